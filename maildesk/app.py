@@ -1,0 +1,70 @@
+"""Builds the object graph the CLI commands and the daemon share."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from maildesk.config import Settings, resolve_installation_secret, resolve_relay_password
+from maildesk.db.database import Database
+from maildesk.domain.signing import Signer
+from maildesk.intake.store import IntakeStore
+from maildesk.outbound.compose import Composer
+from maildesk.outbound.notices import Notices
+from maildesk.outbound.sender import OutboxSender, build_transport
+from maildesk.outbound.templates import TemplateRenderer, default_templates_dir
+from maildesk.pipeline.runner import Worker
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass
+class App:
+    settings: Settings
+    db: Database
+    signer: Signer
+    clock: Callable[[], datetime]
+    renderer: TemplateRenderer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.reload()
+
+    @classmethod
+    def build(cls, settings: Settings, clock: Callable[[], datetime] = utc_now) -> App:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        db = Database(settings.effective_database_url)
+        signer = Signer([resolve_installation_secret(settings)])
+        return cls(settings, db, signer, clock)
+
+    def reload(self) -> None:
+        """(Re)load what ops may edit while the daemon runs: templates."""
+        self.renderer = TemplateRenderer(default_templates_dir(self.settings.templates_dir))
+
+    @property
+    def node_name(self) -> str:
+        return self.settings.node_name or f"{socket.gethostname()}:{os.getpid()}"
+
+    def intake(self) -> IntakeStore:
+        return IntakeStore(self.db, self.clock)
+
+    def composer(self) -> Composer:
+        return Composer(self.settings, self.signer, self.clock)
+
+    def notices(self) -> Notices:
+        return Notices(self.settings, self.composer(), self.renderer, self.clock)
+
+    def worker(self) -> Worker:
+        return Worker(
+            self.db, self.settings, self.signer, self.clock, self.node_name, notices=self.notices()
+        )
+
+    def sender(self) -> OutboxSender:
+        transport = build_transport(
+            self.settings.outbound, self.settings.data_dir, resolve_relay_password(self.settings)
+        )
+        return OutboxSender(self.db, transport, self.settings.outbound, self.clock, self.node_name)

@@ -1,0 +1,143 @@
+"""`maildesk check`: try every configured part once and say what works."""
+
+from __future__ import annotations
+
+import os
+import smtplib
+import socket
+from collections.abc import Iterator
+from typing import Any
+
+from maildesk.config import (
+    ConfigError,
+    ListenerSettings,
+    Settings,
+    resolve_installation_secret,
+    resolve_relay_password,
+)
+from maildesk.db.database import Database
+from maildesk.outbound.templates import TemplateRenderer, default_templates_dir
+
+SAMPLE: dict[str, Any] = {
+    "ticket": {
+        "number": 1,
+        "subject": "s",
+        "status": "new",
+        "priority": "normal",
+        "category": None,
+    },
+    "customer": {"email": "c@example.com", "name": "C"},
+    "support": {"name": "Support", "address": "support@example.com"},
+    "quote": "q",
+    "reopen_days": 14,
+}
+
+
+def run_checks(settings: Settings) -> Iterator[tuple[bool, str]]:
+    yield _data_dir(settings)
+    yield _secret(settings)
+    yield _database(settings)
+    yield from _templates(settings)
+    for listener in settings.listeners:
+        yield _listener(listener)
+    yield _outbound(settings)
+
+
+def _data_dir(settings: Settings) -> tuple[bool, str]:
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        probe = settings.data_dir / ".write-check"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        return False, f"data_dir {settings.data_dir}: not writable: {exc.strerror}"
+    return True, f"data_dir {settings.data_dir.resolve()}: writable"
+
+
+def _secret(settings: Settings) -> tuple[bool, str]:
+    try:
+        resolve_installation_secret(settings)
+    except ConfigError as exc:
+        return False, f"installation secret: {exc}"
+    return True, "installation secret: available"
+
+
+def _database(settings: Settings) -> tuple[bool, str]:
+    url = settings.effective_database_url
+    shown = url.split("@")[-1] if "@" in url else url
+    try:
+        db = Database(url)
+        current, head = db.current_revision(), db.head_revision()
+        db.dispose()
+    except Exception as exc:
+        return False, f"database {shown}: {exc}"
+    if current != head:
+        return (
+            False,
+            f"database {shown}: schema {current or 'empty'}, needs {head} (maildesk db upgrade)",
+        )
+    return True, f"database {shown}: reachable, schema {current}"
+
+
+def _templates(settings: Settings) -> Iterator[tuple[bool, str]]:
+    directory = default_templates_dir(settings.templates_dir)
+    renderer = TemplateRenderer(directory)
+    for event in ("ack", "resolved"):
+        try:
+            renderer.render(event, "customer", SAMPLE)
+        except Exception as exc:
+            yield False, f"template {event}.customer in {directory}: {exc}"
+        else:
+            yield True, f"template {event}.customer in {directory}: renders"
+
+
+def _listener(listener: ListenerSettings) -> tuple[bool, str]:
+    if listener.socket is not None:
+        parent = listener.socket.parent
+        ok = (parent.exists() and os.access(parent, os.W_OK)) or not parent.exists()
+        return ok, f"{listener.protocol} socket {listener.socket}: " + (
+            "can be created" if ok else "not writable"
+        )
+    family = socket.AF_INET6 if ":" in listener.host else socket.AF_INET
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((listener.host, listener.port))
+        except OSError as exc:
+            return (
+                False,
+                f"{listener.protocol} {listener.host}:{listener.port}: cannot bind: {exc.strerror}",
+            )
+    return True, f"{listener.protocol} {listener.host}:{listener.port}: free to bind"
+
+
+def _outbound(settings: Settings) -> tuple[bool, str]:
+    out = settings.outbound
+    if out.transport == "maildir":
+        path = out.maildir or settings.data_dir / "outbox-maildir"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            return False, f"outbound maildir {path}: {exc.strerror}"
+        return True, f"outbound maildir {path}: writable"
+    try:
+        password = resolve_relay_password(settings)
+        client: smtplib.SMTP
+        if out.relay_security == "tls":
+            client = smtplib.SMTP_SSL(
+                out.relay_host, out.relay_port, timeout=out.relay_timeout_seconds
+            )
+        else:
+            client = smtplib.SMTP(out.relay_host, out.relay_port, timeout=out.relay_timeout_seconds)
+        with client:
+            client.ehlo()
+            if out.relay_security == "starttls":
+                client.starttls()
+                client.ehlo()
+            if out.relay_user:
+                client.login(out.relay_user, password)
+    except (OSError, smtplib.SMTPException, ConfigError) as exc:
+        return False, f"relay {out.relay_host}:{out.relay_port}: {exc}"
+    return True, f"relay {out.relay_host}:{out.relay_port}: reachable" + (
+        " and login ok" if out.relay_user else ""
+    )

@@ -1,0 +1,517 @@
+"""The `maildesk` command: thin click wrappers that parse arguments, call services, print."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+from sqlalchemy import select
+
+from maildesk.app import App
+from maildesk.config import EX_CONFIG, ConfigError, load_settings
+from maildesk.db import queries
+from maildesk.db.database import SchemaOutOfDate, StorageUnavailable
+from maildesk.db.models import (
+    Blob,
+    Disposition,
+    Intake,
+    IntakeState,
+    Outbox,
+    OutboxState,
+    Ticket,
+    TicketStatus,
+)
+from maildesk.intake.files import SourceError, count_messages, iter_messages
+from maildesk.intake.store import Envelope
+from maildesk.views import (
+    SCHEMA_VERSION,
+    event_json,
+    intake_json,
+    outbox_json,
+    ticket_json,
+    ticket_summary_json,
+)
+
+EX_TEMPFAIL = 75
+EX_NOINPUT = 66
+EX_DATAERR = 65
+INGEST_BATCH = 100
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    click.echo(f"maildesk: {message}", err=True)
+    sys.exit(code)
+
+
+@click.group()
+@click.option("--config", "config_path", type=str, default=None, help="Path to maildesk.toml.")
+@click.option("--data-dir", type=str, default=None, help="Data directory (overrides the config).")
+@click.option(
+    "--log-level",
+    default="warning",
+    show_default=True,
+    type=click.Choice(["debug", "info", "warning", "error"]),
+)
+@click.pass_context
+def main(ctx: click.Context, config_path: str | None, data_dir: str | None, log_level: str) -> None:
+    """maildesk: an email-centric support ticket daemon."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    ctx.obj = {"config": config_path, "data_dir": data_dir}
+
+
+def build_app(ctx: click.Context, *, check_schema: bool = True) -> App:
+    """Load config and open the database; exit 78 on bad config, 75 when storage is down."""
+    try:
+        settings = load_settings(ctx.obj["config"], ctx.obj["data_dir"])
+        app = App.build(settings)
+    except ConfigError as exc:
+        _fail(str(exc), EX_CONFIG)
+    if check_schema:
+        try:
+            note = app.db.ensure_schema()
+        except SchemaOutOfDate as exc:
+            _fail(str(exc), EX_CONFIG)
+        except StorageUnavailable as exc:
+            _fail(str(exc), EX_TEMPFAIL)
+        if note:
+            logging.getLogger("maildesk").info(note)
+    return app
+
+
+def _echo_json(data: Any) -> None:
+    click.echo(json.dumps(data, ensure_ascii=False, indent=None, sort_keys=False))
+
+
+# -- db ---------------------------------------------------------------------
+@main.group()
+def db() -> None:
+    """Database schema management."""
+
+
+@db.command("upgrade")
+@click.pass_context
+def db_upgrade(ctx: click.Context) -> None:
+    """Migrate the database to the schema this maildesk needs."""
+    app = build_app(ctx, check_schema=False)
+    try:
+        before = app.db.current_revision()
+        app.db.upgrade()
+    except StorageUnavailable as exc:
+        _fail(str(exc), EX_TEMPFAIL)
+    click.echo(f"schema {before or 'empty'} -> {app.db.current_revision()}")
+
+
+@db.command("status")
+@click.pass_context
+def db_status(ctx: click.Context) -> None:
+    """Show the schema revision of the database and the one this maildesk needs."""
+    app = build_app(ctx, check_schema=False)
+    current, head = app.db.current_revision(), app.db.head_revision()
+    verdict = "ok" if current == head else "run `maildesk db upgrade`"
+    click.echo(f"database: {current or 'empty'}; needed: {head}; {verdict}")
+    if current != head:
+        sys.exit(1)
+
+
+# -- ingest -----------------------------------------------------------------
+@contextmanager
+def _progress(total: int | None, enabled: bool) -> Iterator[Callable[[int], None]]:
+    if not enabled:
+        yield lambda _n: None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="msg", file=sys.stderr, dynamic_ncols=True) as bar:
+        yield bar.update
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@click.option("--no-process", is_flag=True, help="Only store; leave processing to the daemon.")
+@click.option(
+    "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
+)
+@click.pass_context
+def ingest(
+    ctx: click.Context,
+    paths: tuple[str, ...],
+    as_json: bool,
+    no_process: bool,
+    progress: bool | None,
+) -> None:
+    """Store and process mail from .eml files, Maildir folders, mbox files, or - (stdin).
+
+    Exit 0 when every message is stored, 75 when storage is unavailable (an
+    MTA pipe then retries), 66 when a path cannot be read.
+    """
+    app = build_app(ctx)
+    store = app.intake()
+    show = progress if progress is not None else sys.stderr.isatty()
+    stored = 0
+    batch: list[tuple[bytes, Envelope]] = []
+    worker = app.worker()
+    from maildesk.pipeline.runner import Summary
+
+    summary = Summary()
+
+    def flush() -> None:
+        nonlocal stored
+        if batch:
+            store.store_many(batch)
+            stored += len(batch)
+            batch.clear()
+            if not no_process:
+                summary.counts.update(worker.drain().counts)
+
+    try:
+        with _progress(count_messages(list(paths)), show) as tick:
+            for item in iter_messages(list(paths)):
+                source = "stdin" if item.ref == "-" else "file"
+                batch.append((item.raw, Envelope(source=source, source_ref=item.ref)))
+                if len(batch) >= INGEST_BATCH:
+                    flush()
+                    tick(INGEST_BATCH)
+            remaining = len(batch)
+            flush()
+            tick(remaining)
+    except StorageUnavailable as exc:
+        _fail(f"{exc} ({stored} stored before the failure)", EX_TEMPFAIL)
+    except SourceError as exc:
+        if batch:
+            try:
+                flush()
+            except StorageUnavailable as store_exc:
+                _fail(str(store_exc), EX_TEMPFAIL)
+        _fail(f"{exc} ({stored} stored before it)", EX_NOINPUT)
+    result = {"stored": stored, **summary.as_dict()}
+    if no_process:
+        result["pending"] = stored
+    if as_json:
+        _echo_json(result)
+    else:
+        click.echo(", ".join(f"{k} {v}" for k, v in result.items()))
+
+
+# -- quarantine -------------------------------------------------------------
+@main.group()
+def quarantine() -> None:
+    """Messages that could not be processed, kept with the reason."""
+
+
+@quarantine.command("list")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def quarantine_list(ctx: click.Context, as_json: bool) -> None:
+    app = build_app(ctx)
+    with app.db.transaction() as session:
+        rows = session.scalars(
+            select(Intake).where(Intake.state == IntakeState.QUARANTINED).order_by(Intake.id)
+        ).all()
+        items = [intake_json(r) for r in rows]
+    if as_json:
+        _echo_json(items)
+        return
+    for item in items:
+        mid = item["message_id"] or "-"
+        click.echo(f"{item['id']:>8}  {item['received_at'][:19]}  {mid}  {item['reason']}")
+    click.echo(f"{len(items)} quarantined")
+
+
+def _quarantined(session: Any, intake_id: int) -> Intake:
+    row = session.get(Intake, intake_id)
+    if row is None or row.state != IntakeState.QUARANTINED:
+        _fail(f"no quarantined message with id {intake_id}", 1)
+    return row
+
+
+@quarantine.command("show")
+@click.argument("intake_id", type=int)
+@click.option("--raw", is_flag=True, help="Print the raw message bytes.")
+@click.pass_context
+def quarantine_show(ctx: click.Context, intake_id: int, raw: bool) -> None:
+    app = build_app(ctx)
+    with app.db.transaction() as session:
+        row = _quarantined(session, intake_id)
+        if raw:
+            blob = session.get(Blob, row.raw_sha256)
+            sys.stdout.buffer.write(bytes(blob.data) if blob else b"")
+            return
+        data = intake_json(row)
+        data["events"] = [event_json(e) for e in queries.events_for_intake(session, row.id)]
+    _echo_json(data)
+
+
+def _requeue(ctx: click.Context, intake_id: int, *, force: bool) -> None:
+    app = build_app(ctx)
+    with app.db.transaction() as session:
+        row = _quarantined(session, intake_id)
+        row.state, row.attempts, row.not_before = IntakeState.PENDING, 0, None
+        row.disposition = Disposition.QUARANTINED if force else None
+    outcome = app.worker().drain()
+    click.echo(", ".join(f"{k} {v}" for k, v in outcome.as_dict().items() if v))
+
+
+@quarantine.command("retry")
+@click.argument("intake_id", type=int)
+@click.pass_context
+def quarantine_retry(ctx: click.Context, intake_id: int) -> None:
+    """Run the message through the pipeline again (after a fix or a config change)."""
+    _requeue(ctx, intake_id, force=False)
+
+
+@quarantine.command("release")
+@click.argument("intake_id", type=int)
+@click.pass_context
+def quarantine_release(ctx: click.Context, intake_id: int) -> None:
+    """Make a ticket of it whatever held it (unparsable mail keeps its raw text)."""
+    _requeue(ctx, intake_id, force=True)
+
+
+# -- tickets, explain, export -------------------------------------------------
+@main.group()
+def tickets() -> None:
+    """Look at tickets."""
+
+
+@tickets.command("list")
+@click.option("--status", type=click.Choice([s.value for s in TicketStatus]), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def tickets_list(ctx: click.Context, status: str | None, as_json: bool) -> None:
+    app = build_app(ctx)
+    with app.db.transaction() as session:
+        stmt = select(Ticket).where(Ticket.merged_into_id.is_(None)).order_by(Ticket.number)
+        if status:
+            stmt = stmt.where(Ticket.status == TicketStatus(status))
+        items = [ticket_summary_json(t) for t in session.scalars(stmt)]
+    if as_json:
+        _echo_json(items)
+        return
+    for t in items:
+        who = t["requester"] or "-"
+        click.echo(
+            f"#{t['number']:<7} {t['status']:<9} {t['priority']:<7} {who:<32} {t['subject'][:60]}"
+        )
+
+
+@tickets.command("show")
+@click.argument("number", type=int)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def tickets_show(ctx: click.Context, number: int, as_json: bool) -> None:
+    app = build_app(ctx)
+    with app.db.transaction() as session:
+        ticket = queries.ticket_by_number(session, number)
+        if ticket is None:
+            _fail(f"no ticket #{number}", 1)
+        data = ticket_json(session, ticket, with_events=True)
+    if as_json:
+        _echo_json(data)
+        return
+    click.echo(f"Ticket #{data['number']}: {data['subject']}")
+    click.echo(
+        f"  status {data['status']}, priority {data['priority']}, requester {data['requester']}"
+    )
+    for link in data["links"]:
+        click.echo(f"  linked: {link['kind']} #{link['ticket']}")
+    for m in data["messages"]:
+        when = m["date"] or m["received_at"]
+        click.echo(f"\n--- {m['direction']} {m['kind']} from {m['from']} at {when}")
+        click.echo(f"Subject: {m['subject']}")
+        click.echo(m["body"].rstrip()[:4000])
+
+
+@main.command()
+@click.argument("message_id")
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def explain(ctx: click.Context, message_id: str, as_json: bool) -> None:
+    """Show the recorded guard and threading decisions for a Message-ID, with evidence."""
+    app = build_app(ctx)
+    mid = message_id.strip().removeprefix("<").removesuffix(">")
+    with app.db.transaction() as session:
+        rows = queries.intakes_for_message_id(session, mid)
+        report = []
+        for row in rows:
+            ticket = session.get(Ticket, row.ticket_id) if row.ticket_id else None
+            report.append(
+                {
+                    **intake_json(row),
+                    "disposition": str(row.disposition) if row.disposition else None,
+                    "ticket": ticket.number if ticket else None,
+                    "events": [event_json(e) for e in queries.events_for_intake(session, row.id)],
+                }
+            )
+    if not report:
+        _fail(f"no stored message with Message-ID <{mid}>", 1)
+    if as_json:
+        _echo_json(report)
+        return
+    for item in report:
+        click.echo(
+            f"intake {item['id']} ({item['source']} {item['source_ref']}) -> {item['disposition']}"
+            + (f" ticket #{item['ticket']}" if item["ticket"] else "")
+        )
+        for event in item["events"]:
+            click.echo(f"  {event['at'][:19]}  {event['kind']:<20} {event['reason']}")
+
+
+@main.command()
+@click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.pass_context
+def export(ctx: click.Context, output: Path | None) -> None:
+    """Write every ticket with all its messages as JSON Lines (backup/migration format)."""
+    app = build_app(ctx)
+    out = output.open("w", encoding="utf-8") if output else sys.stdout
+    count = 0
+    try:
+        with app.db.transaction() as session:
+            ids = session.scalars(select(Ticket.id).order_by(Ticket.number)).all()
+            for ticket_id in ids:
+                ticket = session.get(Ticket, ticket_id)
+                assert ticket is not None
+                line = {"schema": SCHEMA_VERSION, **ticket_json(session, ticket, with_events=True)}
+                out.write(json.dumps(line, ensure_ascii=False) + "\n")
+                count += 1
+                session.expunge_all()
+    finally:
+        if output:
+            out.close()
+    click.echo(f"exported {count} tickets at {datetime.now(UTC).isoformat()}", err=True)
+
+
+# -- the daemon and its operations -----------------------------------------
+@main.command("run")
+@click.pass_context
+def run_daemon(ctx: click.Context) -> None:
+    """Run the daemon in the foreground: listeners, worker, outbox sender."""
+    from maildesk.service import Daemon
+
+    app = build_app(ctx)
+    sys.exit(Daemon(app).run())
+
+
+@main.command()
+@click.pass_context
+def check(ctx: click.Context) -> None:
+    """Validate the config and try every configured connection, one line per check."""
+    from maildesk.checks import run_checks
+
+    try:
+        settings = load_settings(ctx.obj["config"], ctx.obj["data_dir"])
+    except ConfigError as exc:
+        click.echo(f"FAIL config: {exc}")
+        sys.exit(EX_CONFIG)
+    click.echo(f"ok   config: {settings.source}")
+    failures = 0
+    for ok, line in run_checks(settings):
+        click.echo(("ok   " if ok else "FAIL ") + line)
+        failures += not ok
+    sys.exit(1 if failures else 0)
+
+
+@main.group()
+def outbox() -> None:
+    """Outbound mail waiting, sent or failed."""
+
+
+@outbox.command("list")
+@click.option("--state", type=click.Choice([s.value for s in OutboxState]), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@click.pass_context
+def outbox_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
+    app = build_app(ctx)
+    with app.db.transaction() as session:
+        stmt = select(Outbox).order_by(Outbox.id)
+        if state:
+            stmt = stmt.where(Outbox.state == OutboxState(state))
+        items = [outbox_json(row) for row in session.scalars(stmt)]
+    if as_json:
+        _echo_json(items)
+        return
+    for item in items:
+        to = ",".join(item["recipients"])
+        error = item["last_error"] or ""
+        click.echo(f"{item['id']:>6} {item['state']:<10} {item['purpose']:<9} {to:<30} {error}")
+    click.echo(f"{len(items)} outbox rows")
+
+
+@outbox.command("drain")
+@click.pass_context
+def outbox_drain(ctx: click.Context) -> None:
+    """Send what is due now (the daemon does this on its own)."""
+    result = build_app(ctx).sender().drain()
+    click.echo(
+        f"sent {result.sent}, retry later {result.retried}, "
+        f"failed {result.failed}, suppressed {result.suppressed}"
+    )
+
+
+@main.group()
+def templates() -> None:
+    """Outbound mail templates."""
+
+
+@templates.command("preview")
+@click.argument("name")
+@click.option("--ticket", "number", type=int, required=True)
+@click.option("--audience", default="customer", show_default=True)
+@click.pass_context
+def templates_preview(ctx: click.Context, name: str, number: int, audience: str) -> None:
+    """Render template NAME for ticket N, as it would be sent, without sending."""
+    from maildesk.outbound.compose import OutboundMail, Recipient
+    from maildesk.outbound.templates import TemplateMissing
+
+    app = build_app(ctx)
+    notices = app.notices()
+    with app.db.transaction() as session:
+        ticket = queries.ticket_by_number(session, number)
+        if ticket is None or ticket.requester is None:
+            _fail(f"no ticket #{number} with a requester", 1)
+        try:
+            rendered = app.renderer.render(
+                name, audience, notices.variables(ticket, ticket.requester), queue=ticket.queue
+            )
+        except TemplateMissing as exc:
+            _fail(str(exc), 1)
+        mail = OutboundMail(
+            purpose=name,
+            ticket=ticket,
+            recipients=[Recipient(ticket.requester.email, ticket.requester.name)],
+            rendered=rendered,
+            support_address=notices.support_address_for(ticket),
+        )
+        mime = app.composer().build(mail, "preview@maildesk.invalid")
+        session.rollback()
+    click.echo(mime.as_string())
+
+
+@tickets.command("set-status")
+@click.argument("number", type=int)
+@click.argument("status", type=click.Choice([s.value for s in TicketStatus]))
+@click.pass_context
+def tickets_set_status(ctx: click.Context, number: int, status: str) -> None:
+    """Change a ticket's status (resolving it sends the resolution notice)."""
+    from maildesk.tickets import change_status
+
+    app = build_app(ctx)
+    with app.db.transaction() as session:
+        ticket = queries.ticket_by_number(session, number)
+        if ticket is None:
+            _fail(f"no ticket #{number}", 1)
+        change_status(
+            session, ticket, TicketStatus(status), app.clock(), app.notices(), actor="cli"
+        )
+    click.echo(f"ticket #{number}: {status}")

@@ -1,0 +1,120 @@
+"""Engine, sessions and schema management (Alembic migrations shipped in the package)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+MIGRATIONS_DIR = Path(__file__).with_name("migrations")
+
+
+class SchemaOutOfDate(Exception):
+    """The database schema is older (or newer) than this maildesk expects."""
+
+
+class StorageUnavailable(Exception):
+    """The database cannot be reached or is locked: a temporary failure, retry later."""
+
+
+def is_transient(exc: BaseException) -> bool:
+    """True for database errors that are not the message's fault (down, locked, busy)."""
+    if isinstance(exc, StorageUnavailable):
+        return True
+    if isinstance(exc, OperationalError):
+        return True
+    return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
+    cursor = dbapi_conn.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    # FULL: a committed intake row survives power loss, which is what lets us say 250.
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.execute("PRAGMA busy_timeout=30000")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.close()
+
+
+def _sqlite_begin(conn: Any) -> None:
+    # Take the write lock at BEGIN so two writers queue on busy_timeout instead
+    # of failing with "database is locked" when a read upgrades to a write.
+    conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+class Database:
+    """One engine and its session factory; built by the composition root."""
+
+    def __init__(self, url: str, *, echo: bool = False) -> None:
+        self.url = url
+        self.is_sqlite = url.startswith("sqlite")
+        if self.is_sqlite:
+            path = url.split("///", 1)[1] if "///" in url else ""
+            if path and path != ":memory:":
+                Path(path).parent.mkdir(parents=True, exist_ok=True)
+            engine = create_engine(
+                url, echo=echo, connect_args={"timeout": 30, "isolation_level": None}
+            )
+            event.listen(engine, "connect", _sqlite_pragmas)
+            event.listen(engine, "begin", _sqlite_begin)
+        else:
+            engine = create_engine(url, echo=echo, pool_pre_ping=True, pool_size=5)
+        self.engine: Engine = engine
+        self.sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @contextmanager
+    def transaction(self) -> Iterator[Session]:
+        """A session in one transaction: committed on success, rolled back on error."""
+        with self.sessions() as session, session.begin():
+            yield session
+
+    def alembic_config(self) -> AlembicConfig:
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+        cfg.attributes["engine"] = self.engine
+        return cfg
+
+    def head_revision(self) -> str | None:
+        return ScriptDirectory.from_config(self.alembic_config()).get_current_head()
+
+    def current_revision(self) -> str | None:
+        with self.engine.connect() as conn:
+            return MigrationContext.configure(conn).get_current_revision()
+
+    def is_empty(self) -> bool:
+        with self.engine.connect() as conn:
+            return not inspect(conn).get_table_names()
+
+    def upgrade(self) -> None:
+        command.upgrade(self.alembic_config(), "head")
+
+    def ensure_schema(self, *, initialise_empty: bool = True) -> str | None:
+        """Refuse to run on an out-of-date schema; create it on an empty database.
+
+        Returns a note for the log when it initialised the schema.
+        """
+        try:
+            if initialise_empty and self.is_empty():
+                self.upgrade()
+                return "initialised an empty database to the current schema"
+            current, head = self.current_revision(), self.head_revision()
+        except OperationalError as exc:
+            raise StorageUnavailable(f"database unavailable: {exc.orig}") from exc
+        if current != head:
+            raise SchemaOutOfDate(
+                f"database schema is at {current or 'no revision'}, this maildesk needs {head}: "
+                "run `maildesk db upgrade`"
+            )
+        return None
+
+    def dispose(self) -> None:
+        self.engine.dispose()

@@ -1,0 +1,320 @@
+"""Typed SQLAlchemy 2 models: data only, no behaviour.
+
+Raw messages and attachments live in ``blobs``, keyed by their sha256, so
+every node sharing a PostgreSQL database sees the same bytes and a file name
+taken from a mail is never a path.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Enum,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+from sqlalchemy.types import TypeDecorator
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Timezone-aware UTC datetimes on every backend (SQLite keeps no zone)."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to the database")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Any) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar[dict[Any, Any]] = {
+        datetime: UTCDateTime(),
+        dict[str, Any]: JSON,
+        list[str]: JSON,
+    }
+
+
+def _enum(cls: type[enum.Enum]) -> Enum:
+    return Enum(cls, native_enum=False, length=24, values_callable=lambda e: [m.value for m in e])
+
+
+class IntakeState(enum.StrEnum):
+    PENDING = "pending"
+    PROCESSING = "processing"
+    DONE = "done"
+    QUARANTINED = "quarantined"
+    RELEASED = "released"  # quarantined, then deliberately dropped by ops
+
+
+class Disposition(enum.StrEnum):
+    CREATED = "created"
+    THREADED = "threaded"
+    DUPLICATE = "duplicate"
+    QUARANTINED = "quarantined"
+
+
+class TicketStatus(enum.StrEnum):
+    NEW = "new"
+    OPEN = "open"
+    PENDING = "pending"
+    RESOLVED = "resolved"
+    CLOSED = "closed"
+
+
+class Priority(enum.StrEnum):
+    LOW = "low"
+    NORMAL = "normal"
+    HIGH = "high"
+    URGENT = "urgent"
+
+
+class Direction(enum.StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class MessageKind(enum.StrEnum):
+    CUSTOMER = "customer"
+    AGENT_REPLY = "agent_reply"
+    INTERNAL_NOTE = "internal_note"
+    AUTO = "auto"
+
+
+class ParticipantRole(enum.StrEnum):
+    REQUESTER = "requester"
+    CC = "cc"
+    AGENT = "agent"
+
+
+class IdOrigin(enum.StrEnum):
+    """Where a Message-ID a ticket knows came from."""
+
+    INBOUND = "inbound"  # a message we stored
+    OUTBOUND = "outbound"  # a message we sent
+    REFERENCED = "referenced"  # named in References of a message we stored
+
+
+class Blob(Base):
+    __tablename__ = "blobs"
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Intake(Base):
+    """One received message: the durable store, the work queue and quarantine."""
+
+    __tablename__ = "intake"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    received_at: Mapped[datetime]
+    source: Mapped[str] = mapped_column(String(16))  # file, stdin, smtp, lmtp, imap
+    source_ref: Mapped[str] = mapped_column(Text, default="")
+    envelope_from: Mapped[str | None] = mapped_column(Text)
+    envelope_to: Mapped[list[str]] = mapped_column(default=list)
+    raw_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    size: Mapped[int] = mapped_column(BigInteger)
+    header_message_id: Mapped[str | None] = mapped_column(String(998), index=True)
+    state: Mapped[IntakeState] = mapped_column(_enum(IntakeState), default=IntakeState.PENDING)
+    disposition: Mapped[Disposition | None] = mapped_column(_enum(Disposition))
+    attempts: Mapped[int] = mapped_column(default=0)
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_at: Mapped[datetime | None]
+    not_before: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    quarantine_reason: Mapped[str | None] = mapped_column(Text)
+    processed_at: Mapped[datetime | None]
+    message_pk: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
+
+    __table_args__ = (Index("ix_intake_state_id", "state", "id"),)
+
+
+class Contact(Base):
+    __tablename__ = "contacts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    name: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+
+
+class Ticket(Base):
+    __tablename__ = "tickets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    number: Mapped[int | None] = mapped_column(unique=True)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    normalized_subject: Mapped[str] = mapped_column(Text, default="", index=True)
+    status: Mapped[TicketStatus] = mapped_column(_enum(TicketStatus), default=TicketStatus.NEW)
+    priority: Mapped[Priority] = mapped_column(_enum(Priority), default=Priority.NORMAL)
+    category: Mapped[str | None] = mapped_column(String(120))
+    queue: Mapped[str | None] = mapped_column(String(120))
+    requester_id: Mapped[int | None] = mapped_column(ForeignKey("contacts.id"), index=True)
+    assignee: Mapped[str | None] = mapped_column(String(120))
+    created_at: Mapped[datetime]
+    updated_at: Mapped[datetime]
+    last_inbound_at: Mapped[datetime | None]
+    resolved_at: Mapped[datetime | None]
+    closed_at: Mapped[datetime | None]
+    merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
+    support_addresses: Mapped[list[str]] = mapped_column(default=list)
+
+    requester: Mapped[Contact | None] = relationship(foreign_keys=[requester_id])
+    messages: Mapped[list[Message]] = relationship(
+        back_populates="ticket", order_by="Message.id", foreign_keys="Message.ticket_id"
+    )
+
+
+class Participant(Base):
+    __tablename__ = "participants"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
+    contact_id: Mapped[int] = mapped_column(ForeignKey("contacts.id"))
+    role: Mapped[ParticipantRole] = mapped_column(_enum(ParticipantRole))
+    __table_args__ = (UniqueConstraint("ticket_id", "contact_id", name="uq_participant"),)
+
+    contact: Mapped[Contact] = relationship()
+
+
+class Message(Base):
+    __tablename__ = "messages"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    # The key used for duplicate detection: the header Message-ID, a synthetic
+    # one from the content hash when there is none, or the id plus a body hash
+    # suffix when two different messages share one header Message-ID.
+    dedupe_key: Mapped[str] = mapped_column(String(998), unique=True)
+    header_message_id: Mapped[str | None] = mapped_column(Text)
+    direction: Mapped[Direction] = mapped_column(_enum(Direction))
+    kind: Mapped[MessageKind] = mapped_column(_enum(MessageKind))
+    from_addr: Mapped[str] = mapped_column(String(320), default="")
+    from_name: Mapped[str] = mapped_column(Text, default="")
+    to_addrs: Mapped[list[str]] = mapped_column(default=list)
+    cc_addrs: Mapped[list[str]] = mapped_column(default=list)
+    delivered_to: Mapped[list[str]] = mapped_column(default=list)
+    subject: Mapped[str] = mapped_column(Text, default="")
+    date: Mapped[datetime | None]
+    text_body: Mapped[str] = mapped_column(Text, default="")
+    html_body: Mapped[str | None] = mapped_column(Text)
+    raw_sha256: Mapped[str | None] = mapped_column(ForeignKey("blobs.sha256"))
+    body_hash: Mapped[str | None] = mapped_column(String(64))
+    auto_kind: Mapped[str | None] = mapped_column(String(24))
+    created_at: Mapped[datetime]
+
+    ticket: Mapped[Ticket] = relationship(back_populates="messages", foreign_keys=[ticket_id])
+    attachments: Mapped[list[Attachment]] = relationship(order_by="Attachment.id")
+
+
+class KnownMessageId(Base):
+    """Every Message-ID a ticket knows, for threading lookups (MAIL-RULES §2 rule 2)."""
+
+    __tablename__ = "known_message_ids"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_id: Mapped[str] = mapped_column(String(998), unique=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    origin: Mapped[IdOrigin] = mapped_column(_enum(IdOrigin))
+
+
+class Conversation(Base):
+    """Outlook Thread-Index conversation keys (MAIL-RULES §2 rule 5)."""
+
+    __tablename__ = "conversations"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    key: Mapped[str] = mapped_column(String(64), unique=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+
+
+class Attachment(Base):
+    __tablename__ = "attachments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    message_pk: Mapped[int] = mapped_column(ForeignKey("messages.id"), index=True)
+    filename: Mapped[str] = mapped_column(Text, default="")  # display only, never a path
+    content_type: Mapped[str] = mapped_column(String(255), default="application/octet-stream")
+    size: Mapped[int] = mapped_column(BigInteger)
+    sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    content_id: Mapped[str | None] = mapped_column(Text)
+    inline: Mapped[bool] = mapped_column(default=False)
+
+
+class TicketLink(Base):
+    __tablename__ = "ticket_links"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    other_ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
+    kind: Mapped[str] = mapped_column(String(24))  # follow_up_of, quoted_by_stranger, merged
+    created_at: Mapped[datetime]
+
+
+class Event(Base):
+    """An audit row for every decision, with its reason and evidence."""
+
+    __tablename__ = "events"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    at: Mapped[datetime]
+    kind: Mapped[str] = mapped_column(String(40))
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    intake_id: Mapped[int | None] = mapped_column(ForeignKey("intake.id"), index=True)
+    message_pk: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class OutboxState(enum.StrEnum):
+    QUEUED = "queued"
+    SENT = "sent"
+    FAILED = "failed"  # permanent failure, with the server's reply
+    SUPPRESSED = "suppressed"  # recipient on the suppression list
+
+
+class Outbox(Base):
+    """A mail to send, written in the same transaction as the change that caused it."""
+
+    __tablename__ = "outbox"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    created_at: Mapped[datetime]
+    ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"), index=True)
+    message_pk: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
+    purpose: Mapped[str] = mapped_column(String(40))  # template event: ack, resolved, ...
+    message_id: Mapped[str] = mapped_column(String(998), unique=True)
+    envelope_from: Mapped[str] = mapped_column(Text)
+    recipients: Mapped[list[str]] = mapped_column(default=list)
+    raw_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    state: Mapped[OutboxState] = mapped_column(_enum(OutboxState), default=OutboxState.QUEUED)
+    attempts: Mapped[int] = mapped_column(default=0)
+    next_attempt_at: Mapped[datetime]
+    claimed_by: Mapped[str | None] = mapped_column(String(128))
+    claimed_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    sent_at: Mapped[datetime | None]
+
+    __table_args__ = (Index("ix_outbox_state_next", "state", "next_attempt_at"),)
+
+
+class Suppression(Base):
+    """Addresses we must not mail (hard bounces), until ``until``."""
+
+    __tablename__ = "suppressions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    address: Mapped[str] = mapped_column(String(320), unique=True)
+    reason: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime]
+    until: Mapped[datetime]

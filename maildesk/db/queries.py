@@ -1,0 +1,122 @@
+"""Named read queries used by the pipeline stages and the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maildesk.db.models import (
+    Contact,
+    Conversation,
+    Event,
+    IdOrigin,
+    Intake,
+    KnownMessageId,
+    Message,
+    Participant,
+    Ticket,
+    TicketStatus,
+)
+
+OPEN_STATUSES = (TicketStatus.NEW, TicketStatus.OPEN, TicketStatus.PENDING)
+MAX_MERGE_HOPS = 20
+
+
+def message_by_dedupe_key(session: Session, key: str) -> Message | None:
+    return session.scalars(select(Message).where(Message.dedupe_key == key)).first()
+
+
+def known_ids(session: Session, ids: Sequence[str]) -> dict[str, KnownMessageId]:
+    """The subset of ``ids`` some ticket knows, keyed by id."""
+    if not ids:
+        return {}
+    rows = session.scalars(select(KnownMessageId).where(KnownMessageId.message_id.in_(ids)))
+    return {row.message_id: row for row in rows}
+
+
+def first_known_reference(
+    session: Session, ids: Sequence[str]
+) -> tuple[str, KnownMessageId] | None:
+    """The first of ``ids`` (in the caller's order) that a ticket knows.
+
+    Ids of messages we stored or sent win over ids only seen in References.
+    """
+    found = known_ids(session, ids)
+    for wanted in (IdOrigin.INBOUND, IdOrigin.OUTBOUND), (IdOrigin.REFERENCED,):
+        for mid in ids:
+            row = found.get(mid)
+            if row is not None and row.origin in wanted:
+                return mid, row
+    return None
+
+
+def ticket_by_number(session: Session, number: int) -> Ticket | None:
+    return session.scalars(select(Ticket).where(Ticket.number == number)).first()
+
+
+def surviving_ticket(session: Session, ticket: Ticket) -> Ticket:
+    """Follow merges to the ticket that holds the conversation now."""
+    seen = {ticket.id}
+    for _ in range(MAX_MERGE_HOPS):
+        if ticket.merged_into_id is None:
+            return ticket
+        target = session.get(Ticket, ticket.merged_into_id)
+        if target is None or target.id in seen:
+            return ticket
+        seen.add(target.id)
+        ticket = target
+    return ticket
+
+
+def is_participant(session: Session, ticket: Ticket, address: str) -> bool:
+    address = address.lower()
+    if ticket.requester is not None and ticket.requester.email == address:
+        return True
+    stmt = (
+        select(Participant.id)
+        .join(Contact, Contact.id == Participant.contact_id)
+        .where(Participant.ticket_id == ticket.id, Contact.email == address)
+    )
+    return session.scalars(stmt).first() is not None
+
+
+def ticket_by_conversation(session: Session, key: str) -> Ticket | None:
+    row = session.scalars(select(Conversation).where(Conversation.key == key)).first()
+    return session.get(Ticket, row.ticket_id) if row else None
+
+
+def open_ticket_by_sender_subject(
+    session: Session, sender: str, normalized_subject: str, since: datetime
+) -> Ticket | None:
+    """Newest open ticket of this requester with this subject, active since ``since``."""
+    stmt = (
+        select(Ticket)
+        .join(Contact, Contact.id == Ticket.requester_id)
+        .where(
+            Contact.email == sender.lower(),
+            Ticket.normalized_subject == normalized_subject,
+            Ticket.status.in_(OPEN_STATUSES),
+            Ticket.updated_at >= since,
+            Ticket.merged_into_id.is_(None),
+        )
+        .order_by(Ticket.updated_at.desc())
+    )
+    return session.scalars(stmt).first()
+
+
+def intakes_for_message_id(session: Session, message_id: str) -> list[Intake]:
+    stmt = select(Intake).where(Intake.header_message_id == message_id).order_by(Intake.id)
+    return list(session.scalars(stmt))
+
+
+def events_for_intake(session: Session, intake_id: int) -> list[Event]:
+    stmt = select(Event).where(Event.intake_id == intake_id).order_by(Event.id)
+    return list(session.scalars(stmt))
+
+
+def events_for_ticket(session: Session, ticket_id: int) -> list[Event]:
+    stmt = select(Event).where(Event.ticket_id == ticket_id).order_by(Event.id)
+    return list(session.scalars(stmt))

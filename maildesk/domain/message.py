@@ -1,0 +1,84 @@
+"""The parsed form of one inbound message, as every pipeline stage sees it.
+
+Produced by :func:`maildesk.pipeline.parse.parse_message` from raw bytes.
+Pure data: no parser objects, no database rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """One mailbox: ``addr`` is lower-cased ``local@domain`` (may be empty if unparsable)."""
+
+    addr: str
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedAttachment:
+    """An attachment or inline part.
+
+    ``filename`` is the decoded name the sender gave, for display only: it is
+    never used as a path. ``content`` is the decoded payload.
+    """
+
+    filename: str
+    content_type: str
+    content: bytes
+    content_id: str | None = None
+    inline: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DeliveryStatus:
+    """One per-recipient block of a multipart/report; delivery-status part."""
+
+    final_recipient: str
+    action: str  # failed / delayed / delivered / relayed / expanded (lower-case)
+    status: str  # e.g. "5.1.1"
+    diagnostic: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedMessage:
+    """Everything the pipeline needs from one message.
+
+    Header values are decoded (RFC 2047, 8-bit as UTF-8 with a latin-1
+    fallback) so they never raise; ``headers`` keeps every header in order.
+    Message-IDs are stored without angle brackets and never truncated.
+    """
+
+    message_id: str | None
+    in_reply_to: tuple[str, ...]
+    references: tuple[str, ...]
+    subject: str
+    from_: Address | None
+    to: tuple[Address, ...]
+    cc: tuple[Address, ...]
+    reply_to: tuple[Address, ...]
+    date: datetime | None  # timezone-aware (UTC) when the Date header parsed
+    text: str  # always set when the message has any text or HTML body
+    html: str | None
+    attachments: tuple[ParsedAttachment, ...]
+    headers: tuple[tuple[str, str], ...]
+    content_type: str  # top-level, lower-case, e.g. "multipart/report"
+    thread_index: str | None = None  # raw Thread-Index header value
+    delivery_status: tuple[DeliveryStatus, ...] = ()
+    returned_headers: tuple[tuple[str, str], ...] = ()  # headers of the bounced original
+    defects: tuple[str, ...] = field(default=())  # parser complaints, for the record
+
+    def header(self, name: str) -> str | None:
+        """First value of header ``name`` (case-insensitive), or None."""
+        lname = name.lower()
+        for key, value in self.headers:
+            if key.lower() == lname:
+                return value
+        return None
+
+    def header_all(self, name: str) -> list[str]:
+        lname = name.lower()
+        return [value for key, value in self.headers if key.lower() == lname]

@@ -1,0 +1,108 @@
+"""Messages from files: .eml files, Maildir folders, mbox files, plain folders, stdin.
+
+Order is preserved: arguments in the order given, folders in file-name order,
+an mbox in file order.
+"""
+
+from __future__ import annotations
+
+import mailbox
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO
+
+
+class SourceError(Exception):
+    """A path that cannot be read as mail (missing, unreadable)."""
+
+
+@dataclass(frozen=True)
+class FileMessage:
+    raw: bytes
+    ref: str  # where it came from, for the record: path, path#n for mbox, "-"
+
+
+def is_maildir(path: Path) -> bool:
+    return all((path / sub).is_dir() for sub in ("cur", "new", "tmp"))
+
+
+def looks_like_mbox(path: Path) -> bool:
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(5)
+    except OSError:
+        return False
+    return head == b"From "
+
+
+def iter_messages(paths: list[str], stdin: BinaryIO | None = None) -> Iterator[FileMessage]:
+    for name in paths:
+        if name == "-":
+            stream = stdin if stdin is not None else sys.stdin.buffer
+            yield FileMessage(stream.read(), "-")
+            continue
+        path = Path(name)
+        if not path.exists():
+            raise SourceError(f"{name}: no such file or directory")
+        if path.is_dir():
+            yield from _folder(path)
+        elif looks_like_mbox(path):
+            yield from _mbox(path)
+        else:
+            yield FileMessage(_read(path), str(path))
+
+
+def count_messages(paths: list[str]) -> int | None:
+    """A cheap count for the progress bar (None when an mbox or stdin is involved)."""
+    total = 0
+    for name in paths:
+        path = Path(name)
+        if name == "-" or not path.exists():
+            return None
+        if path.is_dir():
+            total += sum(1 for _ in _folder_files(path))
+        elif looks_like_mbox(path):
+            return None
+        else:
+            total += 1
+    return total
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise SourceError(f"{path}: {exc.strerror or exc}") from exc
+
+
+def _folder_files(path: Path) -> Iterator[Path]:
+    if is_maildir(path):
+        for sub in ("new", "cur"):
+            yield from sorted(
+                p for p in (path / sub).iterdir() if p.is_file() and not p.name.startswith(".")
+            )
+        return
+    for entry in sorted(path.rglob("*")):
+        if entry.is_file() and not any(
+            part.startswith(".") for part in entry.relative_to(path).parts
+        ):
+            yield entry
+
+
+def _folder(path: Path) -> Iterator[FileMessage]:
+    for entry in _folder_files(path):
+        if not is_maildir(path) and looks_like_mbox(entry):
+            yield from _mbox(entry)
+        else:
+            yield FileMessage(_read(entry), str(entry))
+
+
+def _mbox(path: Path) -> Iterator[FileMessage]:
+    box = mailbox.mbox(str(path), create=False)
+    try:
+        for index, key in enumerate(box.iterkeys()):
+            yield FileMessage(box.get_bytes(key), f"{path}#{index + 1}")
+    finally:
+        box.close()

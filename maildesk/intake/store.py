@@ -1,0 +1,86 @@
+"""The durable intake store: raw bytes in, an intake row out, nothing more.
+
+Every receiver (files, stdin, SMTP/LMTP, IMAP) calls :meth:`IntakeStore.store`
+and acknowledges only after it returns: the commit is what makes a message
+ours. Processing happens later, in the pipeline worker.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from sqlalchemy import insert
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+
+from maildesk.db.database import Database, StorageUnavailable
+from maildesk.db.models import Blob, Intake, IntakeState
+from maildesk.domain.rawheader import extract_message_id
+
+Clock = Callable[[], datetime]
+
+
+@dataclass(frozen=True)
+class Envelope:
+    """Where a message came from and for whom, as the receiver saw it."""
+
+    source: str  # file, stdin, smtp, lmtp, imap
+    source_ref: str = ""
+    mail_from: str | None = None
+    rcpt_to: tuple[str, ...] = field(default=())
+
+
+def put_blob(session: Session, data: bytes) -> str:
+    """Store bytes content-addressed; storing the same bytes twice is a no-op."""
+    digest = hashlib.sha256(data).hexdigest()
+    values = {"sha256": digest, "size": len(data), "data": data}
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        stmt = pg_insert(Blob).values(values).on_conflict_do_nothing(index_elements=["sha256"])
+    elif dialect == "sqlite":
+        stmt = sqlite_insert(Blob).values(values).on_conflict_do_nothing(index_elements=["sha256"])
+    else:  # pragma: no cover - only the two supported backends
+        if session.get(Blob, digest) is not None:
+            return digest
+        stmt = insert(Blob).values(values)
+    session.execute(stmt)
+    return digest
+
+
+class IntakeStore:
+    def __init__(self, db: Database, clock: Clock) -> None:
+        self.db = db
+        self.clock = clock
+
+    def store(self, raw: bytes, envelope: Envelope) -> int:
+        """Durably store one message; returns its intake id. Raises StorageUnavailable."""
+        return self.store_many([(raw, envelope)])[0]
+
+    def store_many(self, items: Sequence[tuple[bytes, Envelope]]) -> list[int]:
+        """Store several messages in one transaction (one fsync for a bulk import)."""
+        try:
+            with self.db.transaction() as session:
+                rows = [self._row(session, raw, env) for raw, env in items]
+                session.add_all(rows)
+                session.flush()
+                return [row.id for row in rows]
+        except SQLAlchemyError as exc:
+            raise StorageUnavailable(f"cannot store message: {exc}") from exc
+
+    def _row(self, session: Session, raw: bytes, env: Envelope) -> Intake:
+        return Intake(
+            received_at=self.clock(),
+            source=env.source,
+            source_ref=env.source_ref[:2000],
+            envelope_from=env.mail_from,
+            envelope_to=list(env.rcpt_to),
+            raw_sha256=put_blob(session, raw),
+            size=len(raw),
+            header_message_id=(extract_message_id(raw) or "")[:998] or None,
+            state=IntakeState.PENDING,
+        )

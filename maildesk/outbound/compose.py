@@ -1,0 +1,173 @@
+"""Builds outbound mail (MAIL-RULES §4) and queues it in the caller's transaction.
+
+Every mail we generate has our signed Message-ID (stored for threading),
+In-Reply-To/References to what it answers, the ticket tag in the subject, a
+signed Reply-To that leads back to the ticket, the signed body marker,
+``Auto-Submitted`` and our loop header. Values that came from mail (names,
+subjects) are folded to one line, so they cannot add headers.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from email.headerregistry import Address as HeaderAddress
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime
+
+from sqlalchemy.orm import Session
+
+from maildesk.config import Settings
+from maildesk.db.models import (
+    Direction,
+    IdOrigin,
+    KnownMessageId,
+    Message,
+    MessageKind,
+    Outbox,
+    OutboxState,
+    Ticket,
+)
+from maildesk.domain.signing import Signer
+from maildesk.domain.subject import add_ticket_tag
+from maildesk.intake.store import put_blob
+from maildesk.outbound.templates import Rendered
+
+LOOP_HEADER = "X-Maildesk-Loop"
+MAX_REFERENCES = 20
+
+
+def one_line(value: str) -> str:
+    """Fold any line breaks and control characters out of a header value."""
+    return " ".join("".join(ch if ch >= " " or ch == "\t" else " " for ch in value).split())
+
+
+def split_address(address: str) -> tuple[str, str]:
+    local, _, domain = address.rpartition("@")
+    return local, domain
+
+
+@dataclass(frozen=True)
+class Recipient:
+    addr: str
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class OutboundMail:
+    """One mail to queue: what to say, to whom, in answer to what."""
+
+    purpose: str  # template event: ack, resolved, ...
+    ticket: Ticket
+    recipients: Sequence[Recipient]
+    rendered: Rendered
+    support_address: str
+    in_reply_to: str | None = None
+    references: Sequence[str] = ()
+    kind: MessageKind = MessageKind.AUTO
+    auto_submitted: str = "auto-replied"
+
+
+class Composer:
+    def __init__(self, settings: Settings, signer: Signer, clock: Callable[[], datetime]) -> None:
+        self.settings = settings
+        self.signer = signer
+        self.clock = clock
+
+    @property
+    def loop_token(self) -> str:
+        """Identifies this installation in our loop header without revealing the secret."""
+        return self.signer.sign("loop", length=16)
+
+    def build(self, mail: OutboundMail, message_id: str) -> EmailMessage:
+        ticket = mail.ticket
+        assert ticket.number is not None
+        tag = self.settings.threading.ticket_tag
+        local, domain = split_address(mail.support_address)
+        msg = EmailMessage(policy=SMTP)
+        msg["From"] = HeaderAddress(
+            one_line(self.settings.outbound.from_name), addr_spec=mail.support_address
+        )
+        msg["To"] = [HeaderAddress(one_line(r.name), addr_spec=r.addr) for r in mail.recipients]
+        reply_local = self.signer.reply_local_part(local, "t", ticket.number)
+        msg["Reply-To"] = HeaderAddress(
+            one_line(self.settings.outbound.from_name), addr_spec=f"{reply_local}@{domain}"
+        )
+        msg["Subject"] = add_ticket_tag(one_line(mail.rendered.subject), tag, ticket.number)
+        msg["Date"] = format_datetime(self.clock())
+        msg["Message-ID"] = f"<{message_id}>"
+        if mail.in_reply_to:
+            msg["In-Reply-To"] = f"<{one_line(mail.in_reply_to)}>"
+        refs = [r for r in dict.fromkeys([*mail.references, mail.in_reply_to or ""]) if r]
+        if refs:
+            msg["References"] = " ".join(f"<{one_line(r)}>" for r in refs[-MAX_REFERENCES:])
+        msg["Auto-Submitted"] = mail.auto_submitted
+        msg["X-Auto-Response-Suppress"] = "All"
+        msg[LOOP_HEADER] = self.loop_token
+        marker = self.signer.body_marker(ticket.number)
+        msg.set_content(mail.rendered.text.rstrip("\n") + f"\n\n{marker}\n")
+        if mail.rendered.html is not None:
+            footer = f'<p style="color:#999;font-size:smaller">{marker}</p>'
+            html = mail.rendered.html
+            html = (
+                html.replace("</body>", footer + "</body>") if "</body>" in html else html + footer
+            )
+            msg.add_alternative(html, subtype="html")
+        return msg
+
+    def queue(self, session: Session, mail: OutboundMail) -> Outbox:
+        """Write the outbound Message, its id for threading and the outbox row."""
+        ticket = mail.ticket
+        assert ticket.number is not None
+        now = self.clock()
+        _local, domain = split_address(mail.support_address)
+        message_id = self.signer.outbound_message_id(
+            ticket.number, domain or self.settings.mail_domain, nonce=secrets.token_hex(6)
+        )
+        mime = self.build(mail, message_id)
+        raw = mime.as_bytes()
+        digest = put_blob(session, raw)
+        message = Message(
+            ticket_id=ticket.id,
+            dedupe_key=message_id,
+            header_message_id=message_id,
+            direction=Direction.OUTBOUND,
+            kind=mail.kind,
+            from_addr=mail.support_address,
+            from_name=self.settings.outbound.from_name,
+            to_addrs=[r.addr for r in mail.recipients],
+            cc_addrs=[],
+            subject=str(mime["Subject"]),
+            date=now,
+            text_body=mail.rendered.text,
+            html_body=mail.rendered.html,
+            raw_sha256=digest,
+            created_at=now,
+        )
+        session.add(message)
+        session.add(
+            KnownMessageId(message_id=message_id, ticket_id=ticket.id, origin=IdOrigin.OUTBOUND)
+        )
+        session.flush()
+        row = Outbox(
+            created_at=now,
+            ticket_id=ticket.id,
+            message_pk=message.id,
+            purpose=mail.purpose,
+            message_id=message_id,
+            envelope_from="",
+            recipients=[r.addr for r in mail.recipients],
+            raw_sha256=digest,
+            state=OutboxState.QUEUED,
+            next_attempt_at=now,
+        )
+        session.add(row)
+        session.flush()
+        # VERP: a bounce to this envelope sender names exactly this mail.
+        local, domain = split_address(mail.support_address)
+        verp = self.signer.reply_local_part(local, "bounce", ticket.number, extra=(str(row.id),))
+        row.envelope_from = f"{verp}@{domain}"
+        return row

@@ -1,0 +1,186 @@
+"""Customer notices: the acknowledgement of a new ticket and the resolution notice.
+
+Loop protection on the sending side lives here: nothing is sent for mail the
+guard marked (auto-replies, bounces, lists, our own mail), to suppressed or
+own addresses, or past the per-sender hourly and daily limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maildesk.config import Settings
+from maildesk.db.models import Contact, Event, Message, Outbox, Suppression, Ticket
+from maildesk.outbound.compose import Composer, OutboundMail, Recipient
+from maildesk.outbound.templates import TemplateRenderer
+
+QUOTE_LIMIT = 4000
+
+
+class Notices:
+    def __init__(
+        self,
+        settings: Settings,
+        composer: Composer,
+        renderer: TemplateRenderer,
+        clock: Callable[[], datetime],
+    ) -> None:
+        self.settings = settings
+        self.composer = composer
+        self.renderer = renderer
+        self.clock = clock
+
+    def support_address_for(self, ticket: Ticket) -> str:
+        addresses = ticket.support_addresses or []
+        return addresses[0] if addresses else self.settings.support_addresses[0]
+
+    def variables(self, ticket: Ticket, customer: Contact, quote: str = "") -> dict[str, Any]:
+        return {
+            "ticket": {
+                "number": ticket.number,
+                "subject": ticket.subject,
+                "status": str(ticket.status),
+                "priority": str(ticket.priority),
+                "category": ticket.category,
+            },
+            "customer": {"email": customer.email, "name": customer.name},
+            "support": {
+                "name": self.settings.outbound.from_name,
+                "address": self.support_address_for(ticket),
+            },
+            "quote": quote[:QUOTE_LIMIT],
+            "reopen_days": int(self.settings.threading.reopen_window_days),
+        }
+
+    def _event(self, session: Session, ticket: Ticket, kind: str, reason: str, **data: Any) -> None:
+        session.add(
+            Event(at=self.clock(), kind=kind, reason=reason, ticket_id=ticket.id, data=data)
+        )
+
+    def blocked_reason(self, session: Session, address: str, purpose: str) -> str | None:
+        """Why we must not send ``purpose`` mail to ``address`` now, or None."""
+        address = address.lower()
+        if not address or "@" not in address:
+            return "no usable sender address"
+        if address in self.settings.own_addresses:
+            return f"{address} is one of our own addresses"
+        local = address.split("@", 1)[0]
+        if local in ("mailer-daemon", "postmaster") or local.startswith(
+            ("noreply", "no-reply", "donotreply")
+        ):
+            return f"{address} does not take replies"
+        now = self.clock()
+        suppressed = session.scalar(
+            select(Suppression.reason).where(
+                Suppression.address == address, Suppression.until > now
+            )
+        )
+        if suppressed is not None:
+            return f"{address} is suppressed: {suppressed}"
+        limits = self.settings.acknowledgements
+        for window, limit, label in (
+            (timedelta(hours=1), limits.per_sender_per_hour, "hour"),
+            (timedelta(days=1), limits.per_sender_per_day, "day"),
+        ):
+            sent = self._recent(session, address, purpose, now - window)
+            if sent >= limit:
+                return f"rate limit: {sent} {purpose} mails to {address} in the last {label}"
+        return None
+
+    def _recent(self, session: Session, address: str, purpose: str, since: datetime) -> int:
+        rows = session.scalars(
+            select(Outbox.recipients).where(Outbox.purpose == purpose, Outbox.created_at >= since)
+        )
+        return sum(1 for recipients in rows if address in recipients)
+
+    def acknowledge(
+        self, session: Session, ticket: Ticket, message: Message, answerable: bool, why: str
+    ) -> None:
+        """Queue the acknowledgement of a new ticket, or record why not."""
+        if not self.settings.acknowledgements.enabled:
+            return self._event(session, ticket, "ack_skipped", "acknowledgements are disabled")
+        if not answerable:
+            return self._event(session, ticket, "ack_skipped", f"not answered: {why}")
+        customer = ticket.requester
+        if customer is None:
+            return self._event(session, ticket, "ack_skipped", "no requester address")
+        blocked = self.blocked_reason(session, customer.email, "ack")
+        if blocked:
+            return self._event(session, ticket, "ack_skipped", blocked)
+        rendered = self.renderer.render(
+            "ack",
+            "customer",
+            self.variables(ticket, customer, message.text_body),
+            queue=ticket.queue,
+        )
+        row = self.composer.queue(
+            session,
+            OutboundMail(
+                purpose="ack",
+                ticket=ticket,
+                recipients=[Recipient(customer.email, customer.name)],
+                rendered=rendered,
+                support_address=self.support_address_for(ticket),
+                in_reply_to=message.header_message_id,
+                references=self._references(session, message),
+            ),
+        )
+        self._event(
+            session,
+            ticket,
+            "ack_queued",
+            f"acknowledgement queued to {customer.email}",
+            outbox=row.id,
+        )
+        return None
+
+    def resolved(self, session: Session, ticket: Ticket) -> None:
+        """Queue the resolution notice to the requester."""
+        customer = ticket.requester
+        if customer is None or not self.renderer.exists("resolved", "customer"):
+            return
+        blocked = self.blocked_reason(session, customer.email, "resolved")
+        if blocked:
+            return self._event(session, ticket, "notice_skipped", blocked)
+        last = session.scalars(
+            select(Message)
+            .where(Message.ticket_id == ticket.id, Message.direction == "inbound")
+            .order_by(Message.id.desc())
+        ).first()
+        rendered = self.renderer.render(
+            "resolved", "customer", self.variables(ticket, customer), queue=ticket.queue
+        )
+        row = self.composer.queue(
+            session,
+            OutboundMail(
+                purpose="resolved",
+                ticket=ticket,
+                recipients=[Recipient(customer.email, customer.name)],
+                rendered=rendered,
+                support_address=self.support_address_for(ticket),
+                in_reply_to=last.header_message_id if last else None,
+                references=self._references(session, last) if last else (),
+                auto_submitted="auto-generated",
+            ),
+        )
+        self._event(
+            session,
+            ticket,
+            "notice_queued",
+            f"resolution notice queued to {customer.email}",
+            outbox=row.id,
+        )
+        return None
+
+    def _references(self, session: Session, message: Message) -> list[str]:
+        ids = session.scalars(
+            select(Message.header_message_id)
+            .where(Message.ticket_id == message.ticket_id, Message.id <= message.id)
+            .order_by(Message.id)
+        ).all()
+        return [i for i in ids if i]

@@ -1,0 +1,246 @@
+"""Drains the outbox: claims due rows, hands them to a transport, records the result.
+
+A row is claimed in its own transaction before sending and marked sent right
+after, so each mail is sent once in normal operation; a crash in between can
+repeat it, and then only with the same bytes and Message-ID.
+"""
+
+from __future__ import annotations
+
+import logging
+import mailbox
+import smtplib
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Protocol
+
+from sqlalchemy import and_, or_, select
+
+from maildesk.config import OutboundSettings
+from maildesk.db.database import Database
+from maildesk.db.models import Blob, Outbox, OutboxState, Suppression
+
+log = logging.getLogger("maildesk.outbound")
+
+
+class TemporaryFailure(Exception):
+    """Try again later (4xx, connection refused, timeout)."""
+
+
+class PermanentFailure(Exception):
+    """Will never succeed as it is (5xx); recorded with the server's reply."""
+
+
+class Transport(Protocol):
+    def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> None: ...
+
+
+class MaildirTransport:
+    """The embedded default: outbound mail lands in a local Maildir to look at."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> None:
+        box = mailbox.Maildir(str(self.path), create=True)
+        header = f"Return-Path: <{envelope_from}>\nX-Maildesk-Rcpt: {', '.join(recipients)}\n"
+        box.add(header.encode() + raw)
+
+
+class SmtpTransport:
+    def __init__(
+        self, settings: OutboundSettings, password: str, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        self.settings = settings
+        self.password = password
+        self.ssl_context = ssl_context or ssl.create_default_context()
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        if s.relay_security == "tls":
+            client: smtplib.SMTP = smtplib.SMTP_SSL(
+                s.relay_host,
+                s.relay_port,
+                timeout=s.relay_timeout_seconds,
+                context=self.ssl_context,
+            )
+        else:
+            client = smtplib.SMTP(s.relay_host, s.relay_port, timeout=s.relay_timeout_seconds)
+        client.ehlo_or_helo_if_needed()
+        if s.relay_security == "starttls":
+            client.starttls(context=self.ssl_context)
+            client.ehlo()
+        if s.relay_user:
+            client.login(s.relay_user, self.password)
+        return client
+
+    def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> None:
+        try:
+            client = self._connect()
+        except smtplib.SMTPAuthenticationError as exc:
+            raise TemporaryFailure(
+                f"relay refused our login: {exc.smtp_code} {exc.smtp_error!r}"
+            ) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise TemporaryFailure(f"cannot reach relay: {exc}") from exc
+        try:
+            refused = client.sendmail(envelope_from, recipients, raw)
+        except smtplib.SMTPRecipientsRefused as exc:
+            codes = [code for code, _ in exc.recipients.values()]
+            reply = "; ".join(
+                f"{rcpt}: {code} {msg!r}" for rcpt, (code, msg) in exc.recipients.items()
+            )
+            if all(code >= 500 for code in codes):
+                raise PermanentFailure(reply) from exc
+            raise TemporaryFailure(reply) from exc
+        except smtplib.SMTPResponseException as exc:
+            reply = f"{exc.smtp_code} {exc.smtp_error!r}"
+            if exc.smtp_code >= 500:
+                raise PermanentFailure(reply) from exc
+            raise TemporaryFailure(reply) from exc
+        except (OSError, smtplib.SMTPException) as exc:
+            raise TemporaryFailure(f"relay connection failed: {exc}") from exc
+        finally:
+            try:
+                client.quit()
+            except (OSError, smtplib.SMTPException):
+                client.close()
+        if refused:
+            log.warning("relay refused some recipients: %s", refused)
+
+
+@dataclass
+class DrainResult:
+    sent: int = 0
+    retried: int = 0
+    failed: int = 0
+    suppressed: int = 0
+
+
+class OutboxSender:
+    def __init__(
+        self,
+        db: Database,
+        transport: Transport,
+        settings: OutboundSettings,
+        clock: Callable[[], datetime],
+        node: str,
+        claim_timeout: timedelta = timedelta(minutes=10),
+    ) -> None:
+        self.db = db
+        self.transport = transport
+        self.settings = settings
+        self.clock = clock
+        self.node = node
+        self.claim_timeout = claim_timeout
+
+    def _claim(self, limit: int) -> list[int]:
+        now = self.clock()
+        stmt = (
+            select(Outbox)
+            .where(
+                Outbox.state == OutboxState.QUEUED,
+                Outbox.next_attempt_at <= now,
+                or_(Outbox.claimed_at.is_(None), Outbox.claimed_at < now - self.claim_timeout),
+            )
+            .order_by(Outbox.id)
+            .limit(limit)
+        )
+        if not self.db.is_sqlite:
+            stmt = stmt.with_for_update(skip_locked=True)
+        with self.db.transaction() as session:
+            rows = list(session.scalars(stmt))
+            for row in rows:
+                row.claimed_by, row.claimed_at = self.node, now
+            return [row.id for row in rows]
+
+    def _suppressed(self, recipients: list[str]) -> set[str]:
+        now = self.clock()
+        with self.db.transaction() as session:
+            rows = session.scalars(
+                select(Suppression.address).where(
+                    and_(
+                        Suppression.address.in_([r.lower() for r in recipients]),
+                        Suppression.until > now,
+                    )
+                )
+            )
+            return set(rows)
+
+    def drain(self, limit: int = 50) -> DrainResult:
+        result = DrainResult()
+        for outbox_id in self._claim(limit):
+            self._send_one(outbox_id, result)
+        return result
+
+    def _send_one(self, outbox_id: int, result: DrainResult) -> None:
+        with self.db.transaction() as session:
+            row = session.get(Outbox, outbox_id)
+            assert row is not None
+            blob = session.get(Blob, row.raw_sha256)
+            raw = bytes(blob.data) if blob else b""
+            envelope_from, recipients = row.envelope_from, list(row.recipients)
+        blocked = self._suppressed(recipients)
+        live = [r for r in recipients if r.lower() not in blocked]
+        error: Exception | None = None
+        if live:
+            try:
+                self.transport.send(envelope_from, live, raw)
+            except (TemporaryFailure, PermanentFailure) as exc:
+                error = exc
+        with self.db.transaction() as session:
+            row = session.get(Outbox, outbox_id)
+            assert row is not None
+            row.attempts += 1
+            row.claimed_by = row.claimed_at = None
+            now = self.clock()
+            if not live:
+                row.state, row.last_error = (
+                    OutboxState.SUPPRESSED,
+                    f"suppressed: {', '.join(blocked)}",
+                )
+                result.suppressed += 1
+                log.info(
+                    "outbox=%s ticket=%s suppressed: %s", row.id, row.ticket_id, row.last_error
+                )
+            elif error is None:
+                row.state, row.sent_at = OutboxState.SENT, now
+                row.last_error = f"suppressed: {', '.join(blocked)}" if blocked else None
+                result.sent += 1
+                log.info("outbox=%s ticket=%s sent to %s", row.id, row.ticket_id, ", ".join(live))
+            elif isinstance(error, PermanentFailure) or self._too_old(row, now):
+                row.state, row.last_error = OutboxState.FAILED, str(error)[:4000]
+                result.failed += 1
+                log.warning(
+                    "outbox=%s ticket=%s failed permanently: %s", row.id, row.ticket_id, error
+                )
+            else:
+                row.last_error = str(error)[:4000]
+                row.next_attempt_at = now + self.backoff(row.attempts)
+                result.retried += 1
+                log.info(
+                    "outbox=%s ticket=%s retry at %s: %s",
+                    row.id,
+                    row.ticket_id,
+                    row.next_attempt_at,
+                    error,
+                )
+
+    def backoff(self, attempts: int) -> timedelta:
+        seconds = min(
+            self.settings.retry_base_seconds * 2 ** max(attempts - 1, 0),
+            self.settings.retry_max_seconds,
+        )
+        return timedelta(seconds=seconds)
+
+    def _too_old(self, row: Outbox, now: datetime) -> bool:
+        return now - row.created_at > timedelta(hours=self.settings.give_up_after_hours)
+
+
+def build_transport(settings: OutboundSettings, data_dir: Path, password: str) -> Transport:
+    if settings.transport == "smtp":
+        return SmtpTransport(settings, password)
+    return MaildirTransport(settings.maildir or data_dir / "outbox-maildir")

@@ -1,0 +1,106 @@
+"""Jinja2 templates for outbound mail: ``<event>.<audience>.{txt,html}.j2``.
+
+Sandboxed and strict: a template cannot reach Python internals, and a
+misspelt variable is an error rather than an empty string. A template sets
+its subject with ``{% set subject = "..." %}``. Lookup order for overrides:
+``<queue>/<language>/``, ``<queue>/``, ``<language>/``, then the top folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from inscriptis import get_text
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound
+from jinja2.sandbox import SandboxedEnvironment
+
+import maildesk
+
+SHIPPED_TEMPLATES = Path(maildesk.__file__).resolve().parents[1] / "templates"
+
+
+class TemplateMissing(LookupError):
+    pass
+
+
+@dataclass(frozen=True)
+class Rendered:
+    subject: str
+    text: str
+    html: str | None
+
+
+def default_templates_dir(configured: Path | None) -> Path:
+    if configured is not None:
+        return configured
+    local = Path("templates")
+    return local if local.is_dir() else SHIPPED_TEMPLATES
+
+
+class TemplateRenderer:
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        loader = FileSystemLoader(str(directory))
+        self._text_env = SandboxedEnvironment(
+            loader=loader, undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
+        )
+        self._html_env = SandboxedEnvironment(
+            loader=loader, undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True
+        )
+
+    def _candidates(self, name: str, queue: str | None, language: str | None) -> list[str]:
+        prefixes = []
+        if queue and language:
+            prefixes.append(f"{queue}/{language}/")
+        if queue:
+            prefixes.append(f"{queue}/")
+        if language:
+            prefixes.append(f"{language}/")
+        prefixes.append("")
+        return [p + name for p in prefixes]
+
+    def _find(
+        self, env: SandboxedEnvironment, name: str, queue: str | None, language: str | None
+    ) -> Any:
+        for candidate in self._candidates(name, queue, language):
+            try:
+                return env.get_template(candidate)
+            except TemplateNotFound:
+                continue
+        return None
+
+    def exists(self, event: str, audience: str) -> bool:
+        base = f"{event}.{audience}"
+        return any((self.directory / f"{base}.{kind}.j2").exists() for kind in ("txt", "html"))
+
+    def render(
+        self,
+        event: str,
+        audience: str,
+        variables: dict[str, Any],
+        *,
+        queue: str | None = None,
+        language: str | None = None,
+    ) -> Rendered:
+        base = f"{event}.{audience}"
+        text_tpl = self._find(self._text_env, f"{base}.txt.j2", queue, language)
+        html_tpl = self._find(self._html_env, f"{base}.html.j2", queue, language)
+        if text_tpl is None and html_tpl is None:
+            raise TemplateMissing(
+                f"no template {base}.txt.j2 or {base}.html.j2 in {self.directory}"
+            )
+        subject = ""
+        text = html = None
+        if html_tpl is not None:
+            module = html_tpl.make_module(variables)
+            html = str(module)
+            subject = str(getattr(module, "subject", "") or "")
+        if text_tpl is not None:
+            module = text_tpl.make_module(variables)
+            text = str(module)
+            subject = str(getattr(module, "subject", "") or subject)
+        if text is None:
+            text = get_text(html or "")
+        return Rendered(subject=" ".join(subject.split()), text=text, html=html)

@@ -1,0 +1,350 @@
+"""The one writer: turns a decided context into rows, in the caller's transaction."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from maildesk.config import Settings
+from maildesk.db.models import (
+    Attachment,
+    Contact,
+    Conversation,
+    Direction,
+    Disposition,
+    Event,
+    IdOrigin,
+    Intake,
+    IntakeState,
+    KnownMessageId,
+    Message,
+    MessageKind,
+    Participant,
+    ParticipantRole,
+    Ticket,
+    TicketLink,
+    TicketStatus,
+)
+from maildesk.domain.autodetect import AutoKind
+from maildesk.domain.message import Address
+from maildesk.domain.subject import normalize_subject
+from maildesk.domain.threadindex import conversation_key
+from maildesk.intake.store import put_blob
+from maildesk.outbound.notices import Notices
+from maildesk.pipeline.context import MessageContext, Stop, StopKind
+
+MAX_ID = 998
+
+
+def _insert_ignore(session: Session, model: Any, values: dict[str, Any], key: list[str]) -> None:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        stmt = pg_insert(model).values(values).on_conflict_do_nothing(index_elements=key)
+    else:
+        stmt = sqlite_insert(model).values(values).on_conflict_do_nothing(index_elements=key)
+    session.execute(stmt)
+
+
+class Applier:
+    """Writes ticket, message, attachments, ids, links and events for one message."""
+
+    def __init__(self, settings: Settings, now: datetime, notices: Notices | None = None) -> None:
+        self.settings = settings
+        self.now = now
+        self.notices = notices
+
+    def event(
+        self,
+        session: Session,
+        kind: str,
+        reason: str,
+        *,
+        intake: Intake,
+        ticket: Ticket | None = None,
+        message: Message | None = None,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        session.add(
+            Event(
+                at=self.now,
+                kind=kind,
+                reason=reason,
+                intake_id=intake.id,
+                ticket_id=ticket.id if ticket else None,
+                message_pk=message.id if message else None,
+                data=data or {},
+            )
+        )
+
+    def stop(self, session: Session, ctx: MessageContext, intake: Intake, stop: Stop) -> None:
+        """Record a flow that ended early: a duplicate or a quarantined message."""
+        for note in ctx.notes:
+            self.event(session, note.kind, note.reason, intake=intake, data=note.data)
+        if stop.kind is StopKind.DUPLICATE:
+            ticket = (
+                session.get(Ticket, stop.duplicate_of_ticket) if stop.duplicate_of_ticket else None
+            )
+            message = (
+                session.get(Message, stop.duplicate_of_message)
+                if stop.duplicate_of_message
+                else None
+            )
+            new_addresses = self._record_addresses(ticket, message, ctx.envelope_to)
+            reason = stop.reason + (
+                f"; also addressed to {', '.join(new_addresses)}" if new_addresses else ""
+            )
+            self.event(session, "duplicate", reason, intake=intake, ticket=ticket, message=message)
+            intake.state, intake.disposition = IntakeState.DONE, Disposition.DUPLICATE
+            intake.message_pk = message.id if message else None
+            intake.ticket_id = ticket.id if ticket else None
+        else:
+            self.event(session, "quarantined", stop.reason, intake=intake)
+            intake.state, intake.disposition = IntakeState.QUARANTINED, Disposition.QUARANTINED
+            intake.quarantine_reason = stop.reason
+        intake.processed_at = self.now
+        intake.claimed_by = None
+
+    def _record_addresses(
+        self, ticket: Ticket | None, message: Message | None, addresses: Iterable[str]
+    ) -> list[str]:
+        """One mail to two support addresses: the second address goes on the ticket."""
+        own = self.settings.own_addresses
+        new = [a.lower() for a in addresses if a.lower() in own]
+        added: list[str] = []
+        if ticket is not None:
+            known = list(ticket.support_addresses or [])
+            added = [a for a in new if a not in known]
+            if added:
+                ticket.support_addresses = known + added
+        if message is not None:
+            seen = list(message.delivered_to or [])
+            extra = [a for a in new if a not in seen]
+            if extra:
+                message.delivered_to = seen + extra
+        return added
+
+    def apply(self, session: Session, ctx: MessageContext, intake: Intake) -> Ticket:
+        msg = ctx.message
+        decision = ctx.thread
+        verdict = ctx.verdict
+        assert decision is not None and verdict is not None and ctx.dedupe_key is not None
+        automated = verdict.kind not in (AutoKind.HUMAN, AutoKind.LIST)
+        requester = self._contact(session, msg.from_) if msg.from_ and msg.from_.addr else None
+        at = ctx.arrival
+
+        if decision.ticket_id is None:
+            ticket = self._new_ticket(session, ctx, requester, automated, at)
+            created = True
+        else:
+            found = session.get(Ticket, decision.ticket_id)
+            assert found is not None
+            ticket, created = found, False
+
+        message = Message(
+            ticket_id=ticket.id,
+            dedupe_key=ctx.dedupe_key,
+            header_message_id=msg.message_id,
+            direction=Direction.INBOUND,
+            kind=MessageKind.AUTO if automated else MessageKind.CUSTOMER,
+            from_addr=msg.from_.addr if msg.from_ else "",
+            from_name=msg.from_.name if msg.from_ else "",
+            to_addrs=[a.addr for a in msg.to],
+            cc_addrs=[a.addr for a in msg.cc],
+            delivered_to=[a.lower() for a in ctx.envelope_to],
+            subject=msg.subject,
+            date=msg.date,
+            text_body=msg.text,
+            html_body=msg.html,
+            raw_sha256=intake.raw_sha256,
+            body_hash=ctx.body_hash,
+            auto_kind=None if verdict.kind is AutoKind.HUMAN else str(verdict.kind),
+            created_at=self.now,
+        )
+        session.add(message)
+        session.flush()
+        for part in msg.attachments:
+            session.add(
+                Attachment(
+                    message_pk=message.id,
+                    filename=part.filename[:1000],
+                    content_type=part.content_type[:255],
+                    size=len(part.content),
+                    sha256=put_blob(session, part.content),
+                    content_id=part.content_id,
+                    inline=part.inline,
+                )
+            )
+        self._remember_ids(session, ctx, ticket)
+        self._participants(session, ticket, requester, msg.cc, created)
+        self._record_addresses(ticket, None, ctx.envelope_to)
+
+        for note in ctx.notes:
+            self.event(
+                session,
+                note.kind,
+                note.reason,
+                intake=intake,
+                ticket=ticket,
+                message=message,
+                data=note.data,
+            )
+        self.event(
+            session,
+            "created" if created else "threaded",
+            decision.evidence,
+            intake=intake,
+            ticket=ticket,
+            message=message,
+            data={"rule": str(decision.rule)},
+        )
+        if decision.link_to is not None:
+            session.add(
+                TicketLink(
+                    ticket_id=ticket.id,
+                    other_ticket_id=decision.link_to,
+                    kind=decision.link_kind or "related",
+                    created_at=self.now,
+                )
+            )
+        if decision.reopen:
+            ticket.status = TicketStatus.OPEN
+            ticket.resolved_at = None
+            self.event(
+                session,
+                "reopened",
+                "customer replied within the reopen window",
+                intake=intake,
+                ticket=ticket,
+                message=message,
+            )
+        elif not created and not automated and ticket.status == TicketStatus.PENDING:
+            ticket.status = TicketStatus.OPEN
+            self.event(
+                session,
+                "status",
+                "customer replied to a pending ticket: open",
+                intake=intake,
+                ticket=ticket,
+            )
+
+        if created and self.notices is not None:
+            why = f"{verdict.kind}: " + "; ".join(verdict.reasons)
+            self.notices.acknowledge(session, ticket, message, verdict.answerable, why)
+
+        ticket.updated_at = max(ticket.updated_at, at)
+        if not automated:
+            ticket.last_inbound_at = at
+        intake.state = IntakeState.DONE
+        intake.disposition = Disposition.CREATED if created else Disposition.THREADED
+        intake.message_pk, intake.ticket_id = message.id, ticket.id
+        intake.processed_at = self.now
+        intake.claimed_by = None
+        return ticket
+
+    def _new_ticket(
+        self,
+        session: Session,
+        ctx: MessageContext,
+        requester: Contact | None,
+        automated: bool,
+        at: datetime,
+    ) -> Ticket:
+        msg = ctx.message
+        status = TicketStatus.NEW
+        if automated:
+            status = TicketStatus(self.settings.threading.unmatched_auto_status)
+        ticket = Ticket(
+            subject=msg.subject[:2000],
+            normalized_subject=normalize_subject(msg.subject)[:2000],
+            status=status,
+            requester_id=requester.id if requester else None,
+            created_at=at,
+            updated_at=at,
+            closed_at=at if status == TicketStatus.CLOSED else None,
+            support_addresses=[],
+        )
+        session.add(ticket)
+        session.flush()
+        ticket.number = ticket.id
+        return ticket
+
+    def _contact(self, session: Session, address: Address) -> Contact:
+        email = address.addr[:320]
+        _insert_ignore(
+            session,
+            Contact,
+            {"email": email, "name": address.name[:500], "created_at": self.now},
+            ["email"],
+        )
+        contact = session.scalars(select(Contact).where(Contact.email == email)).one()
+        if address.name and not contact.name:
+            contact.name = address.name[:500]
+        return contact
+
+    def _participants(
+        self,
+        session: Session,
+        ticket: Ticket,
+        requester: Contact | None,
+        cc: Iterable[Address],
+        created: bool,
+    ) -> None:
+        own = self.settings.own_addresses
+        if requester is not None:
+            role = (
+                ParticipantRole.REQUESTER
+                if created or ticket.requester_id == requester.id
+                else ParticipantRole.CC
+            )
+            self._participant(session, ticket, requester, role)
+        for address in cc:
+            if address.addr and "@" in address.addr and address.addr not in own:
+                self._participant(
+                    session, ticket, self._contact(session, address), ParticipantRole.CC
+                )
+
+    def _participant(
+        self, session: Session, ticket: Ticket, contact: Contact, role: ParticipantRole
+    ) -> None:
+        _insert_ignore(
+            session,
+            Participant,
+            {"ticket_id": ticket.id, "contact_id": contact.id, "role": role.value},
+            ["ticket_id", "contact_id"],
+        )
+
+    def _remember_ids(self, session: Session, ctx: MessageContext, ticket: Ticket) -> None:
+        msg = ctx.message
+        if msg.message_id:
+            self._known_id(session, msg.message_id, ticket, IdOrigin.INBOUND, upgrade=True)
+        for ref in dict.fromkeys([*msg.in_reply_to, *msg.references]):
+            self._known_id(session, ref, ticket, IdOrigin.REFERENCED)
+        if msg.thread_index:
+            key = conversation_key(msg.thread_index)
+            if key:
+                _insert_ignore(session, Conversation, {"key": key, "ticket_id": ticket.id}, ["key"])
+
+    def _known_id(
+        self, session: Session, mid: str, ticket: Ticket, origin: IdOrigin, *, upgrade: bool = False
+    ) -> None:
+        if not mid or len(mid) > MAX_ID:
+            return
+        _insert_ignore(
+            session,
+            KnownMessageId,
+            {"message_id": mid, "ticket_id": ticket.id, "origin": origin.value},
+            ["message_id"],
+        )
+        if upgrade:
+            # An id first seen in References becomes a stored message's id.
+            row = session.scalars(
+                select(KnownMessageId).where(KnownMessageId.message_id == mid)
+            ).one()
+            if row.origin == IdOrigin.REFERENCED:
+                row.origin = origin

@@ -1,0 +1,98 @@
+"""What the stages know about one message as it moves through the pipeline.
+
+Stages fill in the context; only :mod:`maildesk.pipeline.apply` writes to the
+database. A stage ends the flow by returning a :class:`Stop`.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from maildesk.domain.autodetect import AutoVerdict
+from maildesk.domain.message import ParsedMessage
+
+
+class ThreadRule(enum.StrEnum):
+    """MAIL-RULES §2, in order; the first that matches decides."""
+
+    REFERENCES = "references"
+    SIGNED_REFERENCE = "signed_reference"
+    BODY_MARKER = "body_marker"
+    SUBJECT_TAG = "subject_tag"
+    THREAD_INDEX = "thread_index"
+    SENDER_SUBJECT = "sender_subject"
+    NEW_TICKET = "new_ticket"
+
+
+class StopKind(enum.StrEnum):
+    DUPLICATE = "duplicate"
+    QUARANTINE = "quarantine"
+
+
+@dataclass(frozen=True)
+class Stop:
+    kind: StopKind
+    reason: str
+    duplicate_of_message: int | None = None
+    duplicate_of_ticket: int | None = None
+
+
+@dataclass(frozen=True)
+class ThreadDecision:
+    """Which ticket the message joins, by which rule, and why.
+
+    ``ticket_id`` None means a new ticket. ``link_to`` names an older ticket
+    the new one is linked to (a stranger quoting a number, a follow-up to a
+    closed ticket). ``reopen`` is set when a resolved ticket is reopened.
+    """
+
+    rule: ThreadRule
+    ticket_id: int | None
+    evidence: str
+    link_to: int | None = None
+    link_kind: str | None = None
+    reopen: bool = False
+
+
+@dataclass(frozen=True)
+class EventNote:
+    kind: str
+    reason: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class MessageContext:
+    intake_id: int
+    raw: bytes
+    envelope_from: str | None
+    envelope_to: tuple[str, ...]
+    source: str
+    received_at: datetime
+    forced: bool = False
+    arrived_at: datetime | None = None
+    parsed: ParsedMessage | None = None
+    verdict: AutoVerdict | None = None
+    dedupe_key: str | None = None
+    body_hash: str | None = None
+    thread: ThreadDecision | None = None
+    notes: list[EventNote] = field(default_factory=list)
+
+    def note(self, kind: str, reason: str, **data: Any) -> None:
+        self.notes.append(EventNote(kind, reason, data))
+
+    @property
+    def arrival(self) -> datetime:
+        """When the message counts as arrived, for the threading windows (set by parse)."""
+        if self.arrived_at is None:
+            raise RuntimeError("stage ran before parse")
+        return self.arrived_at
+
+    @property
+    def message(self) -> ParsedMessage:
+        if self.parsed is None:
+            raise RuntimeError("stage ran before parse")
+        return self.parsed

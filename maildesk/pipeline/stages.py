@@ -1,0 +1,288 @@
+"""The reading stages: parse -> guard -> dedupe -> thread.
+
+Each stage takes the context and a read-only session, fills in what it
+decided, and records why. None of them writes; :mod:`apply` does.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy.orm import Session
+
+from maildesk.config import Settings
+from maildesk.db import queries
+from maildesk.db.models import Ticket, TicketStatus
+from maildesk.domain.autodetect import classify
+from maildesk.domain.message import Address, ParsedMessage
+from maildesk.domain.rawheader import body_hash, extract_message_id, raw_header_values
+from maildesk.domain.signing import Signer
+from maildesk.domain.subject import find_ticket_numbers, normalize_subject
+from maildesk.domain.threadindex import conversation_key
+from maildesk.pipeline.context import MessageContext, Stop, StopKind, ThreadDecision, ThreadRule
+from maildesk.pipeline.parse import ParseError, parse_message
+
+MAX_KEY = 998
+LOOP_HEADER = "X-Maildesk-Loop"
+
+
+@dataclass(frozen=True)
+class StageDeps:
+    settings: Settings
+    signer: Signer
+    clock: Callable[[], datetime]
+
+
+Stage = Callable[[MessageContext, Session, StageDeps], Stop | None]
+
+
+def parse_stage(ctx: MessageContext, deps: StageDeps) -> Stop | None:
+    """Runs outside any transaction: parsing may take up to the configured bound."""
+    limits = deps.settings.pipeline
+    if len(ctx.raw) > limits.max_message_bytes and not ctx.forced:
+        return Stop(
+            StopKind.QUARANTINE,
+            f"message of {len(ctx.raw)} bytes exceeds max_message_bytes={limits.max_message_bytes}",
+        )
+    try:
+        ctx.parsed = parse_message(ctx.raw, time_limit=limits.parse_time_limit_seconds)
+    except ParseError as exc:
+        if not ctx.forced:
+            return Stop(StopKind.QUARANTINE, f"cannot parse: {exc.reason}")
+        ctx.parsed = fallback_message(ctx.raw)
+        ctx.note("parse", f"released by ops although it cannot be parsed: {exc.reason}")
+    ctx.arrived_at = arrival_time(ctx.parsed.date, ctx.source, ctx.received_at)
+    return None
+
+
+def fallback_message(raw: bytes) -> ParsedMessage:
+    """A minimal message from raw headers, for mail ops released from quarantine."""
+    subject = (raw_header_values(raw, "Subject") or [""])[0]
+    sender = (raw_header_values(raw, "From") or [""])[0]
+    addr = sender.split("<")[-1].rstrip(">").strip().lower() if "@" in sender else ""
+    return ParsedMessage(
+        message_id=extract_message_id(raw),
+        in_reply_to=(),
+        references=(),
+        subject=subject,
+        from_=Address(addr) if addr else None,
+        to=(),
+        cc=(),
+        reply_to=(),
+        date=None,
+        text=raw.decode("utf-8", "replace")[:100_000],
+        html=None,
+        attachments=(),
+        headers=(),
+        content_type="text/plain",
+        defects=("unparsable; released by ops",),
+    )
+
+
+def guard_stage(ctx: MessageContext, _session: Session, deps: StageDeps) -> Stop | None:
+    verdict = classify(
+        ctx.message,
+        envelope_sender=ctx.envelope_from,
+        own_addresses=deps.settings.own_addresses,
+        loop_header=LOOP_HEADER,
+    )
+    ctx.verdict = verdict
+    ctx.note("guard", f"{verdict.kind}: " + ("; ".join(verdict.reasons) or "no automation signal"))
+    return None
+
+
+def synthetic_message_id(msg: ParsedMessage, body_digest: str) -> str:
+    """A stable id for mail without Message-ID: the same mail gets the same id."""
+    sender = msg.from_.addr if msg.from_ else ""
+    date = msg.date.isoformat() if msg.date else ""
+    basis = "\0".join((sender, date, msg.subject, body_digest)).encode("utf-8", "replace")
+    return f"{hashlib.sha256(basis).hexdigest()[:40]}@synthetic.maildesk.invalid"
+
+
+def bounded_key(key: str) -> str:
+    if len(key) <= MAX_KEY:
+        return key
+    return key[: MAX_KEY - 41] + "#" + hashlib.sha256(key.encode()).hexdigest()[:40]
+
+
+def dedupe_stage(ctx: MessageContext, session: Session, _deps: StageDeps) -> Stop | None:
+    msg = ctx.message
+    ctx.body_hash = digest = body_hash(ctx.raw)
+    key = bounded_key(msg.message_id or synthetic_message_id(msg, digest))
+    existing = queries.message_by_dedupe_key(session, key)
+    if existing is not None and existing.body_hash != digest:
+        ctx.note(
+            "message_id_collision",
+            f"Message-ID {key} already belongs to a different message; kept apart",
+            other_message=existing.id,
+        )
+        key = bounded_key(f"{key}#{digest[:16]}")
+        existing = queries.message_by_dedupe_key(session, key)
+    ctx.dedupe_key = key
+    if existing is not None:
+        return Stop(
+            StopKind.DUPLICATE,
+            f"Message-ID {key} with the same content is already stored",
+            duplicate_of_message=existing.id,
+            duplicate_of_ticket=existing.ticket_id,
+        )
+    return None
+
+
+def arrival_time(date: datetime | None, source: str, received_at: datetime) -> datetime:
+    """When the message counts as arrived for the threading windows.
+
+    Live mail uses the time we received it. A file import (historical mail)
+    uses its Date header when that is plausible, so old threads keep their shape.
+    """
+    if source == "file" and date is not None and date <= received_at:
+        return date
+    return received_at
+
+
+def thread_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop | None:
+    ctx.thread = decide_thread(ctx, session, deps)
+    return None
+
+
+def decide_thread(ctx: MessageContext, session: Session, deps: StageDeps) -> ThreadDecision:
+    found = find_conversation(ctx, session, deps)
+    if found.ticket_id is None:
+        return found
+    ticket = session.get(Ticket, found.ticket_id)
+    assert ticket is not None
+    return lifecycle(ctx, ticket, found, deps)
+
+
+def _sender(msg: ParsedMessage) -> str:
+    return msg.from_.addr if msg.from_ else ""
+
+
+def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) -> ThreadDecision:
+    """MAIL-RULES §2 rules 2-7 in order; the first match wins."""
+    msg = ctx.message
+    own = msg.message_id
+    refs = [r for r in dict.fromkeys([*msg.in_reply_to, *reversed(msg.references)]) if r != own]
+
+    # Our own id may be known already: a reply that arrived before this parent.
+    hit = queries.first_known_reference(session, [*refs, own] if own else refs)
+    if hit is not None:
+        mid, row = hit
+        ticket = _live(session, row.ticket_id)
+        if ticket is not None:
+            return ThreadDecision(
+                ThreadRule.REFERENCES,
+                ticket.id,
+                f"In-Reply-To/References names <{mid}> ({row.origin}) of ticket #{ticket.number}",
+            )
+
+    for ref in refs:
+        signed = deps.signer.parse_outbound_message_id(ref)
+        if signed is not None:
+            ticket = _by_number(session, signed.ticket)
+            if ticket is not None:
+                return ThreadDecision(
+                    ThreadRule.SIGNED_REFERENCE,
+                    ticket.id,
+                    f"References name our signed Message-ID <{ref}> for ticket #{signed.ticket}",
+                )
+
+    marker = deps.signer.find_body_marker(msg.text)
+    if marker is not None:
+        ticket = _by_number(session, marker)
+        if ticket is not None:
+            return ThreadDecision(
+                ThreadRule.BODY_MARKER, ticket.id, f"signed body marker for ticket #{marker}"
+            )
+
+    stranger_of: Ticket | None = None
+    sender = _sender(msg)
+    for number in find_ticket_numbers(msg.subject, deps.settings.threading.ticket_tag):
+        ticket = _by_number(session, number)
+        if ticket is None:
+            continue
+        if sender and queries.is_participant(session, ticket, sender):
+            return ThreadDecision(
+                ThreadRule.SUBJECT_TAG,
+                ticket.id,
+                f"subject tag #{number} and {sender} is a participant of it",
+            )
+        stranger_of = stranger_of or ticket
+
+    if msg.thread_index:
+        key = conversation_key(msg.thread_index)
+        ticket = queries.ticket_by_conversation(session, key) if key else None
+        if ticket is not None:
+            ticket = queries.surviving_ticket(session, ticket)
+            return ThreadDecision(
+                ThreadRule.THREAD_INDEX,
+                ticket.id,
+                f"Outlook Thread-Index conversation {key} belongs to ticket #{ticket.number}",
+            )
+
+    window = deps.settings.threading.subject_window_days
+    normalized = normalize_subject(msg.subject)
+    if sender and normalized and window > 0:
+        since = ctx.arrival - timedelta(days=window)
+        ticket = queries.open_ticket_by_sender_subject(session, sender, normalized, since)
+        if ticket is not None:
+            return ThreadDecision(
+                ThreadRule.SENDER_SUBJECT,
+                ticket.id,
+                f"same sender {sender} and subject {normalized!r} as open ticket "
+                f"#{ticket.number} within {window:g} days",
+            )
+
+    if stranger_of is not None and deps.settings.threading.link_strangers:
+        return ThreadDecision(
+            ThreadRule.NEW_TICKET,
+            None,
+            f"subject names ticket #{stranger_of.number} but {sender or 'the sender'} is not "
+            "a participant of it: new ticket, linked",
+            link_to=stranger_of.id,
+            link_kind="quoted_by_stranger",
+        )
+    return ThreadDecision(ThreadRule.NEW_TICKET, None, "no rule matched: new ticket")
+
+
+def lifecycle(
+    ctx: MessageContext, ticket: Ticket, found: ThreadDecision, deps: StageDeps
+) -> ThreadDecision:
+    """Reopen a resolved ticket inside the window; otherwise a linked follow-up ticket."""
+    automated = ctx.verdict is not None and not ctx.verdict.answerable
+    if ticket.status not in (TicketStatus.RESOLVED, TicketStatus.CLOSED) or automated:
+        return found
+    window = timedelta(days=deps.settings.threading.reopen_window_days)
+    resolved_at = ticket.resolved_at or ticket.updated_at
+    if ticket.status == TicketStatus.RESOLVED and ctx.arrival - resolved_at <= window:
+        return ThreadDecision(
+            found.rule, ticket.id, found.evidence + "; reopens the resolved ticket", reopen=True
+        )
+    why = "closed" if ticket.status == TicketStatus.CLOSED else "resolved outside the reopen window"
+    return ThreadDecision(
+        found.rule,
+        None,
+        found.evidence + f"; ticket #{ticket.number} is {why}: new ticket, linked",
+        link_to=ticket.id,
+        link_kind="follow_up_of",
+    )
+
+
+def _by_number(session: Session, number: int) -> Ticket | None:
+    ticket = queries.ticket_by_number(session, number)
+    return queries.surviving_ticket(session, ticket) if ticket else None
+
+
+def _live(session: Session, ticket_id: int) -> Ticket | None:
+    ticket = session.get(Ticket, ticket_id)
+    return queries.surviving_ticket(session, ticket) if ticket else None
+
+
+DB_STAGES: tuple[tuple[str, Stage], ...] = (
+    ("guard", guard_stage),
+    ("dedupe", dedupe_stage),
+    ("thread", thread_stage),
+)

@@ -1,0 +1,129 @@
+"""`maildesk run`: build the daemon, start in order, stop in reverse.
+
+Start: config (done by the CLI) -> database check -> intake listeners ->
+pipeline worker (this, the main thread, so the parse deadline can use
+SIGALRM) -> outbox sender and periodic jobs (APScheduler) -> READY=1.
+SIGTERM/SIGINT stop accepting, finish the message in hand, and exit 0.
+SIGHUP reloads templates.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from maildesk.app import App
+from maildesk.intake.smtp import IntakeHandler, build_controller
+
+log = logging.getLogger("maildesk.service")
+
+STOP_GRACE_SECONDS = 20
+
+
+class SystemdNotifier:
+    """The sd_notify datagram protocol; silent outside systemd (no NOTIFY_SOCKET)."""
+
+    def __init__(self) -> None:
+        self.address = os.environ.get("NOTIFY_SOCKET", "")
+        self.watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+
+    def notify(self, state: str) -> None:
+        if not self.address:
+            return
+        address = self.address
+        if address.startswith("@"):
+            address = "\0" + address[1:]  # abstract namespace socket
+        try:
+            with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+                sock.connect(address)
+                sock.sendall(state.encode())
+        except OSError as exc:
+            log.warning("sd_notify %s failed: %s", state, exc)
+
+
+@dataclass
+class Daemon:
+    app: App
+    notifier: SystemdNotifier = field(default_factory=SystemdNotifier)
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+    wakeup: threading.Event = field(default_factory=threading.Event)
+    controllers: list[Any] = field(default_factory=list)
+    scheduler: BackgroundScheduler | None = None
+
+    def request_stop(self, signum: int, _frame: FrameType | None) -> None:
+        log.info("received %s: stopping", signal.Signals(signum).name)
+        self.stop_requested.set()
+        self.wakeup.set()
+
+    def reload(self, _signum: int, _frame: FrameType | None) -> None:
+        self.app.reload()
+        log.info("SIGHUP: templates reloaded")
+
+    def start_listeners(self) -> None:
+        for listener in self.app.settings.listeners:
+            handler = IntakeHandler(
+                self.app.intake(),
+                self.app.settings.own_addresses,
+                listener.protocol,
+                on_stored=self.wakeup.set,
+                clock=self.app.clock,
+            )
+            controller = build_controller(listener, handler)
+            controller.start()
+            self.controllers.append(controller)
+            where = listener.socket or f"{controller.hostname}:{controller.port}"
+            log.info("listening: %s on %s", listener.protocol.upper(), where)
+
+    def start_scheduler(self) -> None:
+        sender = self.app.sender()
+        interval = self.app.settings.outbound.drain_interval_seconds
+        scheduler = BackgroundScheduler(timezone="UTC")
+        scheduler.add_job(
+            sender.drain, "interval", seconds=interval, id="outbox", max_instances=1, coalesce=True
+        )
+        scheduler.start()
+        self.scheduler = scheduler
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        signal.signal(signal.SIGHUP, self.reload)
+        worker = self.app.worker()
+        try:
+            self.start_listeners()
+            self.start_scheduler()
+            self.notifier.notify("READY=1\nSTATUS=accepting mail")
+            log.info("maildesk running (node %s)", self.app.node_name)
+            watchdog_every = self.notifier.watchdog_usec / 2e6 if self.notifier.watchdog_usec else 0
+            last_ping = 0.0
+            while not self.stop_requested.is_set():
+                self.wakeup.clear()
+                worker.drain(should_stop=self.stop_requested.is_set)
+                if watchdog_every and time.monotonic() - last_ping >= watchdog_every:
+                    self.notifier.notify("WATCHDOG=1")
+                    last_ping = time.monotonic()
+                self.wakeup.wait(timeout=1.0)
+        finally:
+            self.shutdown()
+        return 0
+
+    def shutdown(self) -> None:
+        self.notifier.notify("STOPPING=1")
+        for controller in reversed(self.controllers):
+            try:
+                controller.stop()
+            except Exception as exc:  # a listener that failed to start
+                log.warning("stopping listener: %s", exc)
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=True)
+        self.app.db.dispose()
+        log.info("maildesk stopped")
