@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -47,7 +46,8 @@ class App:
 
     @property
     def node_name(self) -> str:
-        return self.settings.node_name or f"{socket.gethostname()}:{os.getpid()}"
+        """Stable across restarts, so a restarted node takes back its own claims at once."""
+        return self.settings.node_name or socket.gethostname()
 
     def intake(self) -> IntakeStore:
         return IntakeStore(self.db, self.clock)

@@ -98,6 +98,9 @@ class Daemon:
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self.reload)
         worker = self.app.worker()
+        released = worker.release_own_claims() + self.app.sender().release_own_claims()
+        if released:
+            log.warning("took back %d claims this node held when it last stopped", released)
         try:
             self.start_listeners()
             self.start_scheduler()

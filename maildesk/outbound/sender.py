@@ -137,6 +137,18 @@ class OutboxSender:
         self.node = node
         self.claim_timeout = claim_timeout
 
+    def release_own_claims(self) -> int:
+        """At start: mail this node was sending when it died is sent again (same Message-ID)."""
+        with self.db.transaction() as session:
+            rows = session.scalars(
+                select(Outbox).where(
+                    Outbox.state == OutboxState.QUEUED, Outbox.claimed_by == self.node
+                )
+            ).all()
+            for row in rows:
+                row.claimed_by = row.claimed_at = None
+            return len(rows)
+
     def _claim(self, limit: int) -> list[int]:
         now = self.clock()
         stmt = (

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -27,11 +27,12 @@ from maildesk.db.models import (
     MessageKind,
     Participant,
     ParticipantRole,
+    Suppression,
     Ticket,
     TicketLink,
     TicketStatus,
 )
-from maildesk.domain.autodetect import AutoKind
+from maildesk.domain.autodetect import AutoKind, failed_recipients
 from maildesk.domain.message import Address
 from maildesk.domain.subject import normalize_subject
 from maildesk.domain.threadindex import conversation_key
@@ -233,6 +234,8 @@ class Applier:
                 ticket=ticket,
             )
 
+        if verdict.kind is AutoKind.BOUNCE:
+            self._suppress(session, ctx, intake, ticket, message)
         if created and self.notices is not None:
             why = f"{verdict.kind}: " + "; ".join(verdict.reasons)
             self.notices.acknowledge(session, ticket, message, verdict.answerable, why)
@@ -246,6 +249,35 @@ class Applier:
         intake.processed_at = self.now
         intake.claimed_by = None
         return ticket
+
+    def _suppress(
+        self,
+        session: Session,
+        ctx: MessageContext,
+        intake: Intake,
+        ticket: Ticket,
+        message: Message,
+    ) -> None:
+        """A hard bounce puts the failed recipient on the suppression list, with expiry."""
+        until = self.now + timedelta(days=self.settings.outbound.suppression_days)
+        for address in failed_recipients(ctx.message):
+            address = address[:320]
+            _insert_ignore(
+                session,
+                Suppression,
+                {"address": address, "reason": "", "created_at": self.now, "until": until},
+                ["address"],
+            )
+            row = session.scalars(select(Suppression).where(Suppression.address == address)).one()
+            row.until, row.reason = until, f"bounced (intake {intake.id}, ticket #{ticket.number})"
+            self.event(
+                session,
+                "suppressed",
+                f"{address} bounced: not mailed again until {until:%Y-%m-%d}",
+                intake=intake,
+                ticket=ticket,
+                message=message,
+            )
 
     def _new_ticket(
         self,

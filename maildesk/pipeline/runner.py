@@ -107,6 +107,18 @@ class Worker:
                 claimed.append(row.id)
         return claimed
 
+    def release_own_claims(self) -> int:
+        """At start: what this node had claimed when it died goes back to the queue."""
+        with self.db.transaction() as session:
+            rows = session.scalars(
+                select(Intake).where(
+                    Intake.state == IntakeState.PROCESSING, Intake.claimed_by == self.node
+                )
+            ).all()
+            for row in rows:
+                row.state, row.claimed_by, row.claimed_at = IntakeState.PENDING, None, None
+            return len(rows)
+
     def _quarantine(self, session: Session, row: Intake, reason: str) -> None:
         row.state, row.disposition = IntakeState.QUARANTINED, Disposition.QUARANTINED
         row.quarantine_reason, row.processed_at, row.claimed_by = reason, self.clock(), None

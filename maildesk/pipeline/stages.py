@@ -16,10 +16,10 @@ from sqlalchemy.orm import Session
 from maildesk.config import Settings
 from maildesk.db import queries
 from maildesk.db.models import Ticket, TicketStatus
-from maildesk.domain.autodetect import classify
+from maildesk.domain.autodetect import AutoKind, bounced_message_ids, classify
 from maildesk.domain.message import Address, ParsedMessage
 from maildesk.domain.rawheader import body_hash, extract_message_id, raw_header_values
-from maildesk.domain.signing import Signer
+from maildesk.domain.signing import RefPurpose, Signer
 from maildesk.domain.subject import find_ticket_numbers, normalize_subject
 from maildesk.domain.threadindex import conversation_key
 from maildesk.pipeline.context import MessageContext, Stop, StopKind, ThreadDecision, ThreadRule
@@ -179,6 +179,21 @@ def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) ->
                 f"In-Reply-To/References names <{mid}> ({row.origin}) of ticket #{ticket.number}",
             )
 
+    bounce = bounce_conversation(ctx, session, deps)
+    if bounce is not None:
+        return bounce
+
+    for local in _signed_locals(ctx, deps):
+        signed = deps.signer.parse_reply_local_part(local)
+        if signed is not None and signed.purpose == RefPurpose.TICKET:
+            ticket = _by_number(session, signed.ticket)
+            if ticket is not None:
+                return ThreadDecision(
+                    ThreadRule.SIGNED_REFERENCE,
+                    ticket.id,
+                    f"addressed to our signed reply address {local}@ for ticket #{signed.ticket}",
+                )
+
     for ref in refs:
         signed = deps.signer.parse_outbound_message_id(ref)
         if signed is not None:
@@ -246,6 +261,48 @@ def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) ->
             link_kind="quoted_by_stranger",
         )
     return ThreadDecision(ThreadRule.NEW_TICKET, None, "no rule matched: new ticket")
+
+
+def _signed_locals(ctx: MessageContext, deps: StageDeps) -> list[str]:
+    """Local parts of our own domains' sub-addresses this mail was sent to."""
+    msg = ctx.message
+    addresses = [*ctx.envelope_to, *(a.addr for a in (*msg.to, *msg.cc))]
+    own_bases = {a.split("@", 1)[0] for a in deps.settings.support_addresses}
+    locals_ = []
+    for address in dict.fromkeys(a.lower() for a in addresses):
+        local = address.rpartition("@")[0]
+        if "+" in local and local.split("+", 1)[0] in own_bases:
+            locals_.append(local)
+    return locals_
+
+
+def bounce_conversation(
+    ctx: MessageContext, session: Session, deps: StageDeps
+) -> ThreadDecision | None:
+    """A bounce joins the ticket of the mail that bounced: VERP first, then returned headers."""
+    if ctx.verdict is None or ctx.verdict.kind is not AutoKind.BOUNCE:
+        return None
+    for local in _signed_locals(ctx, deps):
+        signed = deps.signer.parse_reply_local_part(local)
+        if signed is not None and signed.purpose == RefPurpose.BOUNCE:
+            ticket = _by_number(session, signed.ticket)
+            if ticket is not None:
+                return ThreadDecision(
+                    ThreadRule.SIGNED_REFERENCE,
+                    ticket.id,
+                    f"bounce to our VERP address for outbox {signed.extra[0]} "
+                    f"of ticket #{signed.ticket}",
+                )
+    hit = queries.first_known_reference(session, list(bounced_message_ids(ctx.message)))
+    if hit is not None:
+        ticket = _live(session, hit[1].ticket_id)
+        if ticket is not None:
+            return ThreadDecision(
+                ThreadRule.REFERENCES,
+                ticket.id,
+                f"bounce returns the headers of <{hit[0]}> of ticket #{ticket.number}",
+            )
+    return None
 
 
 def lifecycle(

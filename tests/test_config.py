@@ -1,0 +1,124 @@
+"""Configuration: the example loads, errors name file and key, and exit with 78."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from maildesk.config import ConfigError, Settings, load_settings, resolve_installation_secret
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_example_config_loads_and_documents_every_key() -> None:
+    settings = load_settings(str(REPO / "maildesk.toml.example"))
+    assert settings.support_addresses == ("support@localhost",)
+    text = (REPO / "maildesk.toml.example").read_text()
+
+    def keys(model: type, prefix: str = "") -> list[str]:
+        found = []
+        for name, field in model.model_fields.items():  # type: ignore[attr-defined]
+            if name == "source":
+                continue
+            annotation = field.annotation
+            if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
+                found += keys(annotation, f"{name}.")
+            else:
+                found.append(name)
+        return found
+
+    missing = [k for k in keys(Settings) if k not in text]
+    assert missing == [], f"keys not documented in maildesk.toml.example: {missing}"
+
+
+def test_no_file_means_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MAILDESK_CONFIG", raising=False)
+    settings = load_settings(None)
+    assert settings.source == "<defaults>"
+    assert settings.effective_database_url.endswith("var/maildesk.sqlite3")
+
+
+def test_data_dir_override_from_environment(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MAILDESK_DATA_DIR", str(tmp_path / "elsewhere"))
+    assert load_settings(None).data_dir == tmp_path / "elsewhere"
+
+
+@pytest.mark.parametrize(
+    ("toml", "key", "reason"),
+    [
+        ("unknown_key = 1\n", "unknown_key", "unknown key"),
+        ("[threading]\nreopen_window_days = 'soon'\n", "threading.reopen_window_days", "number"),
+        (
+            "[threading]\nsubject_window_days = -1\n",
+            "threading.subject_window_days",
+            "greater than",
+        ),
+        ("support_addresses = ['not an address']\n", "support_addresses", "not a plain address"),
+        ("[[listeners]]\nprotocol = 'pop3'\n", "listeners.0.protocol", "pattern"),
+        ("[outbound]\nrelay_security = 'maybe'\n", "outbound.relay_security", "pattern"),
+    ],
+)
+def test_bad_values_name_file_and_key(tmp_path: Path, toml: str, key: str, reason: str) -> None:
+    path = tmp_path / "maildesk.toml"
+    path.write_text(toml)
+    with pytest.raises(ConfigError) as error:
+        load_settings(str(path))
+    assert error.value.file == str(path)
+    assert error.value.key == key
+    assert reason in error.value.reason
+
+
+def test_broken_toml_is_reported_with_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "maildesk.toml"
+    path.write_text("data_dir = \n")
+    with pytest.raises(ConfigError) as error:
+        load_settings(str(path))
+    assert str(path) in str(error.value) and "TOML" in str(error.value)
+
+
+def test_bad_config_exits_78_with_file_and_key(tmp_path: Path) -> None:
+    path = tmp_path / "maildesk.toml"
+    path.write_text("[pipeline]\nmax_attempts = 0\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "maildesk", "--config", str(path), "tickets", "list"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 78
+    assert f"{path}: pipeline.max_attempts:" in result.stderr
+
+
+def test_secret_from_file_env_or_generated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    secret_file = tmp_path / "secret"
+    secret_file.write_text("from-a-file\n")
+    settings = Settings(data_dir=tmp_path, installation_secret_file=secret_file)
+    assert resolve_installation_secret(settings) == b"from-a-file"
+
+    monkeypatch.setenv("MD_SECRET", "from-env")
+    assert (
+        resolve_installation_secret(
+            Settings(data_dir=tmp_path, installation_secret_env="MD_SECRET")
+        )
+        == b"from-env"
+    )
+
+    with pytest.raises(ConfigError) as error:
+        resolve_installation_secret(
+            Settings(data_dir=tmp_path, installation_secret_env="MD_UNSET_VAR")
+        )
+    assert error.value.key == "installation_secret_env"
+
+    generated = resolve_installation_secret(Settings(data_dir=tmp_path / "d"))
+    assert len(generated) >= 32
+    assert resolve_installation_secret(Settings(data_dir=tmp_path / "d")) == generated, (
+        "stable across runs"
+    )
+    assert (tmp_path / "d" / "installation-secret").stat().st_mode & 0o077 == 0
