@@ -22,11 +22,11 @@ run: install
 	$(BIN)/maildesk --log-level info run
 
 services:
-	bash scripts/test-services
+	bash .ci/test-services
 
 lint: install-test
-	$(BIN)/ruff check maildesk tests bench bench/ingest
-	$(BIN)/ruff format --check maildesk tests bench bench/ingest
+	$(BIN)/ruff check maildesk tests bench bench/ingest bench/smtp
+	$(BIN)/ruff format --check maildesk tests bench bench/ingest bench/smtp
 	$(BIN)/mypy
 
 test: install-test services lint

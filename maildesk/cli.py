@@ -515,3 +515,17 @@ def tickets_set_status(ctx: click.Context, number: int, status: str) -> None:
             session, ticket, TicketStatus(status), app.clock(), app.notices(), actor="cli"
         )
     click.echo(f"ticket #{number}: {status}")
+
+
+@main.command("systemd-unit")
+def systemd_unit() -> None:
+    """Print a hardened systemd unit (Type=notify) for this installation."""
+    from importlib.resources import files
+
+    template = files("maildesk").joinpath("data/maildesk.service").read_text(encoding="utf-8")
+    argv0 = sys.argv[0] if sys.argv else ""
+    if not argv0 or argv0.endswith("__main__.py"):
+        command = f"{sys.executable} -m maildesk"
+    else:
+        command = str(Path(argv0).resolve())
+    click.echo(template.replace("{exec}", command), nl=False)

@@ -80,7 +80,9 @@ class Daemon:
             controller = build_controller(listener, handler)
             controller.start()
             self.controllers.append(controller)
-            where = listener.socket or f"{controller.hostname}:{controller.port}"
+            where = (
+                listener.socket or f"{listener.host}:{getattr(controller, 'port', listener.port)}"
+            )
             log.info("listening: %s on %s", listener.protocol.upper(), where)
 
     def start_scheduler(self) -> None:

@@ -12,14 +12,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from sqlalchemy import insert
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from maildesk.db.database import Database, StorageUnavailable
 from maildesk.db.models import Blob, Intake, IntakeState
+from maildesk.db.upsert import insert_ignore
 from maildesk.domain.rawheader import extract_message_id
 
 Clock = Callable[[], datetime]
@@ -38,17 +36,7 @@ class Envelope:
 def put_blob(session: Session, data: bytes) -> str:
     """Store bytes content-addressed; storing the same bytes twice is a no-op."""
     digest = hashlib.sha256(data).hexdigest()
-    values = {"sha256": digest, "size": len(data), "data": data}
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        stmt = pg_insert(Blob).values(values).on_conflict_do_nothing(index_elements=["sha256"])
-    elif dialect == "sqlite":
-        stmt = sqlite_insert(Blob).values(values).on_conflict_do_nothing(index_elements=["sha256"])
-    else:  # pragma: no cover - only the two supported backends
-        if session.get(Blob, digest) is not None:
-            return digest
-        stmt = insert(Blob).values(values)
-    session.execute(stmt)
+    insert_ignore(session, Blob, {"sha256": digest, "size": len(data), "data": data}, ["sha256"])
     return digest
 
 

@@ -7,8 +7,6 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
@@ -32,24 +30,16 @@ from maildesk.db.models import (
     TicketLink,
     TicketStatus,
 )
+from maildesk.db.upsert import insert_ignore
 from maildesk.domain.autodetect import AutoKind, failed_recipients
 from maildesk.domain.message import Address
 from maildesk.domain.subject import normalize_subject
 from maildesk.domain.threadindex import conversation_key
 from maildesk.intake.store import put_blob
 from maildesk.outbound.notices import Notices
-from maildesk.pipeline.context import MessageContext, Stop, StopKind
+from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind
 
 MAX_ID = 998
-
-
-def _insert_ignore(session: Session, model: Any, values: dict[str, Any], key: list[str]) -> None:
-    dialect = session.get_bind().dialect.name
-    if dialect == "postgresql":
-        stmt = pg_insert(model).values(values).on_conflict_do_nothing(index_elements=key)
-    else:
-        stmt = sqlite_insert(model).values(values).on_conflict_do_nothing(index_elements=key)
-    session.execute(stmt)
 
 
 class Applier:
@@ -135,7 +125,7 @@ class Applier:
         decision = ctx.thread
         verdict = ctx.verdict
         assert decision is not None and verdict is not None and ctx.dedupe_key is not None
-        automated = verdict.kind not in (AutoKind.HUMAN, AutoKind.LIST)
+        automated = verdict.kind not in HUMAN_KINDS
         requester = self._contact(session, msg.from_) if msg.from_ and msg.from_.addr else None
         at = ctx.arrival
 
@@ -262,7 +252,7 @@ class Applier:
         until = self.now + timedelta(days=self.settings.outbound.suppression_days)
         for address in failed_recipients(ctx.message):
             address = address[:320]
-            _insert_ignore(
+            insert_ignore(
                 session,
                 Suppression,
                 {"address": address, "reason": "", "created_at": self.now, "until": until},
@@ -308,7 +298,7 @@ class Applier:
 
     def _contact(self, session: Session, address: Address) -> Contact:
         email = address.addr[:320]
-        _insert_ignore(
+        insert_ignore(
             session,
             Contact,
             {"email": email, "name": address.name[:500], "created_at": self.now},
@@ -344,7 +334,7 @@ class Applier:
     def _participant(
         self, session: Session, ticket: Ticket, contact: Contact, role: ParticipantRole
     ) -> None:
-        _insert_ignore(
+        insert_ignore(
             session,
             Participant,
             {"ticket_id": ticket.id, "contact_id": contact.id, "role": role.value},
@@ -360,14 +350,14 @@ class Applier:
         if msg.thread_index:
             key = conversation_key(msg.thread_index)
             if key:
-                _insert_ignore(session, Conversation, {"key": key, "ticket_id": ticket.id}, ["key"])
+                insert_ignore(session, Conversation, {"key": key, "ticket_id": ticket.id}, ["key"])
 
     def _known_id(
         self, session: Session, mid: str, ticket: Ticket, origin: IdOrigin, *, upgrade: bool = False
     ) -> None:
         if not mid or len(mid) > MAX_ID:
             return
-        _insert_ignore(
+        insert_ignore(
             session,
             KnownMessageId,
             {"message_id": mid, "ticket_id": ticket.id, "origin": origin.value},

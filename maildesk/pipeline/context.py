@@ -11,8 +11,11 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from maildesk.domain.autodetect import AutoVerdict
+from maildesk.domain.autodetect import AutoKind, AutoVerdict
 from maildesk.domain.message import ParsedMessage
+
+# Mail written by a person (a list post is one too); everything else is automated.
+HUMAN_KINDS = (AutoKind.HUMAN, AutoKind.LIST)
 
 
 class ThreadRule(enum.StrEnum):

@@ -24,7 +24,7 @@ from maildesk.db.models import Blob, Disposition, Intake, IntakeState
 from maildesk.domain.signing import Signer
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.apply import Applier
-from maildesk.pipeline.context import MessageContext, Stop, StopKind
+from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind
 from maildesk.pipeline.stages import DB_STAGES, StageDeps, parse_stage
 
 log = logging.getLogger("maildesk.pipeline")
@@ -169,18 +169,16 @@ class Worker:
                     if stop is not None:
                         break
                     stop = stage(ctx, session, self.deps)
-                automated = ctx.verdict is not None and not ctx.verdict.answerable
+                automated = ctx.verdict is not None and ctx.verdict.kind not in HUMAN_KINDS
                 if stop is not None:
                     applier.stop(session, ctx, intake, stop)
-                    disposition = (
+                    stopped = (
                         Disposition.DUPLICATE
                         if stop.kind is StopKind.DUPLICATE
                         else Disposition.QUARANTINED
                     )
-                    log.info("intake=%s %s: %s", ctx.intake_id, disposition, stop.reason)
-                    return Outcome(
-                        ctx.intake_id, disposition, automated=automated, reason=stop.reason
-                    )
+                    log.info("intake=%s %s: %s", ctx.intake_id, stopped, stop.reason)
+                    return Outcome(ctx.intake_id, stopped, automated=automated, reason=stop.reason)
                 ticket = applier.apply(session, ctx, intake)
                 disposition = intake.disposition
                 assert ctx.thread is not None

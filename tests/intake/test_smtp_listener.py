@@ -1,0 +1,135 @@
+"""The SMTP/LMTP listeners as real aiosmtpd servers on loopback, in-process."""
+
+from __future__ import annotations
+
+import smtplib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from maildesk.app import App
+from maildesk.config import ListenerSettings
+from maildesk.db.models import Intake
+from maildesk.intake.smtp import IntakeHandler, base_address, build_controller
+from tests.daemon_harness import free_port
+from tests.mailfactory import make_mail
+
+
+def start(app: App, settings: ListenerSettings) -> object:
+    handler = IntakeHandler(
+        app.intake(), app.settings.own_addresses, settings.protocol, lambda: None, app.clock
+    )
+    controller = build_controller(settings, handler)
+    controller.start()
+    return controller
+
+
+@pytest.fixture
+def smtp(app: App) -> Iterator[int]:
+    port = free_port()
+    controller = start(app, ListenerSettings(protocol="smtp", port=port, max_message_bytes=20_000))
+    yield port
+    controller.stop()  # type: ignore[attr-defined]
+
+
+def stored(app: App) -> list[Intake]:
+    with app.db.transaction() as session:
+        return list(session.scalars(select(Intake).order_by(Intake.id)))
+
+
+def test_data_is_stored_before_250(app: App, smtp: int) -> None:
+    with smtplib.SMTP("127.0.0.1", smtp) as client:
+        client.sendmail(
+            "alice@customer.test", ["support@example.com"], make_mail(message_id="s1@c.test")
+        )
+    [row] = stored(app)
+    assert row.header_message_id == "s1@c.test"
+    assert row.envelope_from == "alice@customer.test"
+    assert row.envelope_to == ["support@example.com"]
+
+
+def test_sub_addresses_of_support_are_accepted_others_refused(app: App, smtp: int) -> None:
+    assert base_address("Support+t-12-abc@Example.com") == "support@example.com"
+    with smtplib.SMTP("127.0.0.1", smtp) as client:
+        refused = client.sendmail(
+            "a@c.test", ["support+t-1-xyz@example.com", "stranger@example.com"], make_mail()
+        )
+    assert list(refused) == ["stranger@example.com"] and refused["stranger@example.com"][0] == 550
+    assert stored(app)[0].envelope_to == ["support+t-1-xyz@example.com"]
+
+
+def test_oversized_message_gets_552_and_is_not_stored(app: App, smtp: int) -> None:
+    with (
+        smtplib.SMTP("127.0.0.1", smtp) as client,
+        pytest.raises(smtplib.SMTPResponseException) as error,
+    ):
+        client.sendmail("a@c.test", ["support@example.com"], make_mail(body="x" * 50_000))
+    assert error.value.smtp_code == 552
+    assert stored(app) == []
+
+
+def test_storage_failure_answers_451_so_the_sender_retries(app: App, smtp: int) -> None:
+    with app.db.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE intake RENAME TO intake_gone")
+    try:
+        with (
+            smtplib.SMTP("127.0.0.1", smtp) as client,
+            pytest.raises(smtplib.SMTPDataError) as error,
+        ):
+            client.sendmail("a@c.test", ["support@example.com"], make_mail())
+        assert error.value.smtp_code == 451
+    finally:
+        with app.db.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE intake_gone RENAME TO intake")
+
+
+def lmtp_conversation(path: Path, recipients: list[str], raw: bytes) -> list[str]:
+    """Speak LMTP by hand: smtplib's LMTP client reads only one reply after DATA."""
+    import socket
+
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.connect(str(path))
+        stream = sock.makefile("rwb")
+
+        def reply() -> list[str]:
+            lines = []
+            while True:
+                line = stream.readline().decode().rstrip("\r\n")
+                lines.append(line)
+                if len(line) < 4 or line[3] != "-":
+                    return lines
+
+        def command(text: str) -> list[str]:
+            stream.write(text.encode() + b"\r\n")
+            stream.flush()
+            return reply()
+
+        reply()  # greeting
+        command("LHLO test")
+        command("MAIL FROM:<a@c.test>")
+        for rcpt in recipients:
+            assert command(f"RCPT TO:<{rcpt}>")[0].startswith("250")
+        assert command("DATA")[0].startswith("354")
+        body = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+        stream.write(body + (b"" if body.endswith(b"\r\n") else b"\r\n") + b".\r\n")
+        stream.flush()
+        statuses = [reply()[0] for _ in recipients]
+        command("QUIT")
+        return statuses
+
+
+def test_lmtp_on_a_unix_socket_answers_per_recipient(app: App, tmp_path: Path) -> None:
+    sock = tmp_path / "lmtp.sock"
+    controller = start(app, ListenerSettings(protocol="lmtp", socket=sock))
+    try:
+        statuses = lmtp_conversation(
+            sock, ["support@example.com", "billing@example.com"], make_mail(message_id="l1@c.test")
+        )
+    finally:
+        controller.stop()  # type: ignore[attr-defined]
+    assert len(statuses) == 2 and all(s.startswith("250") for s in statuses)
+    [row] = stored(app)
+    assert row.source == "lmtp"
+    assert row.envelope_to == ["support@example.com", "billing@example.com"]

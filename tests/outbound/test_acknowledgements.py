@@ -1,0 +1,184 @@
+"""Acknowledgements and notices: MAIL-RULES §3 (sending side) and §4."""
+
+from __future__ import annotations
+
+import email
+from email.message import Message as EmailMessageT
+
+from sqlalchemy import select
+
+from maildesk.app import App
+from maildesk.db import queries
+from maildesk.db.models import Blob, Event, Outbox, OutboxState, TicketStatus
+from maildesk.outbound.sender import MaildirTransport, OutboxSender
+from maildesk.tickets import change_status
+from tests.conftest import FrozenClock
+from tests.mailfactory import deliver, make_mail
+
+
+def outbox(app: App) -> list[tuple[Outbox, EmailMessageT]]:
+    with app.db.transaction() as session:
+        rows = list(session.scalars(select(Outbox).order_by(Outbox.id)))
+        return [
+            (row, email.message_from_bytes(session.get(Blob, row.raw_sha256).data)) for row in rows
+        ]  # type: ignore[union-attr]
+
+
+def skipped_reasons(app: App) -> list[str]:
+    with app.db.transaction() as session:
+        return [e.reason for e in session.scalars(select(Event).where(Event.kind == "ack_skipped"))]
+
+
+def test_new_ticket_is_acknowledged_with_threading_headers(app: App) -> None:
+    deliver(app, make_mail(message_id="q@customer.test", subject="Printer on fire"))
+    [(row, ack)] = outbox(app)
+    assert row.recipients == ["alice@customer.test"] and row.purpose == "ack"
+    assert ack["In-Reply-To"] == "<q@customer.test>"
+    assert "q@customer.test" in ack["References"]
+    assert ack["Subject"].startswith("[Support #1] ")
+    assert ack["Auto-Submitted"] == "auto-replied"
+    assert ack["X-Maildesk-Loop"]
+    assert ack["From"] == "Support <support@example.com>"
+    assert ack["Reply-To"].startswith("Support <support+t-1-")
+    assert app.signer.parse_outbound_message_id(ack["Message-ID"].strip("<>")).ticket == 1  # type: ignore[union-attr]
+    parts = [p for p in ack.walk() if p.get_content_type() in ("text/plain", "text/html")]
+    assert {p.get_content_type() for p in parts} == {"text/plain", "text/html"}
+    for part in parts:
+        assert app.signer.find_body_marker(part.get_payload(decode=True).decode()) == 1
+    assert row.envelope_from.startswith("support+bounce-1-")
+
+
+def test_customer_reply_to_the_ack_threads_and_is_not_acknowledged_again(app: App) -> None:
+    deliver(app, make_mail(message_id="q@customer.test"))
+    [(_, ack)] = outbox(app)
+    deliver(
+        app,
+        make_mail(
+            message_id="r@customer.test",
+            subject="Re: " + ack["Subject"],
+            in_reply_to=ack["Message-ID"].strip("<>"),
+        ),
+    )
+    assert len(outbox(app)) == 1
+
+
+def test_auto_replies_lists_and_bounces_are_never_acknowledged(app: App) -> None:
+    deliver(
+        app,
+        make_mail(
+            message_id="a1@x.test",
+            headers={"Auto-Submitted": "auto-replied"},
+            subject="Out of office",
+        ),
+    )
+    deliver(
+        app,
+        make_mail(
+            message_id="a2@x.test",
+            headers={"List-Id": "<dev.lists.test>"},
+            subject="list post",
+            sender="dev@lists.test",
+        ),
+    )
+    deliver(
+        app,
+        make_mail(
+            message_id="a3@x.test", sender="MAILER-DAEMON@mx.test", subject="Undeliverable: hi"
+        ),
+        mail_from="",
+    )
+    deliver(
+        app,
+        make_mail(
+            message_id="a4@x.test",
+            headers={"Precedence": "bulk"},
+            subject="newsletter",
+            sender="news@shop.test",
+        ),
+    )
+    assert outbox(app) == []
+    assert len(skipped_reasons(app)) == 4
+
+
+def test_mail_from_our_own_address_is_not_answered(app: App) -> None:
+    deliver(
+        app,
+        make_mail(message_id="own@example.com", sender="support@example.com", subject="hello me"),
+    )
+    assert outbox(app) == []
+
+
+def test_acknowledgements_are_rate_limited_per_sender(app: App, clock: FrozenClock) -> None:
+    for n in range(8):
+        deliver(app, make_mail(message_id=f"rl{n}@customer.test", subject=f"question {n}"))
+        clock.advance(minutes=1)
+    assert len(outbox(app)) == 5, "per_sender_per_hour default is 5"
+    assert any("rate limit" in r for r in skipped_reasons(app))
+    clock.advance(hours=2)
+    deliver(app, make_mail(message_id="rl-late@customer.test", subject="later question"))
+    assert len(outbox(app)) == 6
+
+
+def test_header_injection_in_subject_and_name_cannot_add_headers(app: App) -> None:
+    raw = make_mail(message_id="inj@customer.test", subject="hi").replace(
+        b"Subject: hi", b"Subject: =?utf-8?q?hi=0D=0ABcc=3A_victim=40evil=2Etest?="
+    )
+    raw = raw.replace(
+        b"From: Alice Customer", b"From: =?utf-8?q?Alice=0D=0ABcc=3A_x=40evil=2Etest?="
+    )
+    deliver(app, raw)
+    [(row, ack)] = outbox(app)
+    assert ack["Bcc"] is None
+    assert row.recipients == ["alice@customer.test"]
+    assert "\n" not in ack["Subject"] and "\r" not in ack["Subject"]
+    assert "victim@evil.test" not in ack.as_string().split("\n\n", 1)[0].replace(ack["Subject"], "")
+
+
+def test_bounce_of_our_ack_suppresses_the_address(app: App) -> None:
+    deliver(app, make_mail(message_id="q@customer.test", sender="gone@customer.test"))
+    [(row, ack)] = outbox(app)
+    dsn = (
+        "From: MAILER-DAEMON@mx.customer.test\r\nTo: " + row.envelope_from + "\r\n"
+        "Subject: Undelivered Mail Returned to Sender\r\nMessage-ID: <dsn1@mx.customer.test>\r\n"
+        'MIME-Version: 1.0\r\nContent-Type: multipart/report; report-type=delivery-status; boundary="b"\r\n\r\n'
+        "--b\r\nContent-Type: text/plain\r\n\r\nYour message could not be delivered.\r\n"
+        "--b\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; mx.customer.test\r\n\r\n"
+        "Final-Recipient: rfc822; gone@customer.test\r\nAction: failed\r\nStatus: 5.1.1\r\n"
+        "Diagnostic-Code: smtp; 550 5.1.1 no such user\r\n"
+        "--b\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-ID: " + ack["Message-ID"] + "\r\n"
+        "Subject: " + ack["Subject"] + "\r\n--b--\r\n"
+    ).encode()
+    deliver(app, dsn, rcpt=(row.envelope_from,), mail_from="")
+    with app.db.transaction() as session:
+        ticket = queries.ticket_by_number(session, 1)
+        assert ticket is not None and len(ticket.messages) == 3, "the bounce is on the ticket"
+        events = queries.events_for_ticket(session, ticket.id)
+        assert any(e.kind == "suppressed" and "gone@customer.test" in e.reason for e in events)
+    # A new mail from the bounced address is not acknowledged while suppressed.
+    deliver(
+        app, make_mail(message_id="q2@customer.test", sender="gone@customer.test", subject="other")
+    )
+    assert len(outbox(app)) == 1
+    assert any("suppressed" in r for r in skipped_reasons(app))
+
+
+def test_resolution_notice_and_sending_to_maildir(app: App, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    deliver(app, make_mail(message_id="q@customer.test"))
+    with app.db.transaction() as session:
+        ticket = queries.ticket_by_number(session, 1)
+        assert ticket is not None
+        change_status(
+            session, ticket, TicketStatus.RESOLVED, app.clock(), app.notices(), actor="test"
+        )
+    rows = outbox(app)
+    assert [r.purpose for r, _ in rows] == ["ack", "resolved"]
+    assert rows[1][1]["Auto-Submitted"] == "auto-generated"
+    sender = OutboxSender(
+        app.db, MaildirTransport(tmp_path / "md"), app.settings.outbound, app.clock, "n1"
+    )
+    result = sender.drain()
+    assert result.sent == 2
+    assert sender.drain().sent == 0, "each mail is sent once"
+    assert len(list((tmp_path / "md" / "new").iterdir())) == 2
+    with app.db.transaction() as session:
+        assert {r.state for r in session.scalars(select(Outbox))} == {OutboxState.SENT}

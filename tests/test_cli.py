@@ -1,0 +1,181 @@
+"""The CLI as ops use it: ingest sources and exit codes, quarantine, tickets, explain, export."""
+
+from __future__ import annotations
+
+import json
+import mailbox
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+
+from maildesk.cli import main
+from tests.mailfactory import make_mail, reply_to
+
+
+@pytest.fixture
+def config(tmp_path: Path, database_url: str) -> Path:
+    path = tmp_path / "maildesk.toml"
+    path.write_text(
+        f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "{database_url}"\n'
+        'support_addresses = ["support@example.com"]\ninstallation_secret = "cli-test"\n'
+        "[pipeline]\nmax_message_bytes = 100000\n"
+    )
+    return path
+
+
+def cli(config: Path, *args: str, stdin: bytes | None = None) -> Result:
+    return CliRunner().invoke(
+        main, ["--config", str(config), *args], input=stdin, catch_exceptions=False
+    )
+
+
+def test_ingest_files_maildir_mbox_and_stdin_in_order(config: Path, tmp_path: Path) -> None:
+    first = make_mail(message_id="i1@c.test", subject="one")
+    eml = tmp_path / "one.eml"
+    eml.write_bytes(first)
+    maildir = mailbox.Maildir(str(tmp_path / "md"), create=True)
+    maildir.add(reply_to(first, message_id="i2@c.test"))
+    box = mailbox.mbox(str(tmp_path / "box.mbox"))
+    box.add(make_mail(message_id="i3@c.test", subject="three", sender="z@c.test"))
+    box.add(make_mail(message_id="i4@c.test", subject="four", sender="y@c.test"))
+    box.close()
+    result = cli(
+        config,
+        "ingest",
+        "--json",
+        str(eml),
+        str(tmp_path / "md"),
+        str(tmp_path / "box.mbox"),
+        "-",
+        stdin=make_mail(message_id="i5@c.test", subject="five", sender="x@c.test"),
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output.strip().splitlines()[-1])
+    assert summary["stored"] == 5
+    assert (summary["created"], summary["threaded"]) == (4, 1)
+
+    again = json.loads(cli(config, "ingest", "--json", str(eml)).output.strip().splitlines()[-1])
+    assert again["duplicates"] == 1 and again["created"] == 0
+
+
+def test_missing_path_exits_66(config: Path, tmp_path: Path) -> None:
+    result = cli(config, "ingest", str(tmp_path / "nope.eml"))
+    assert result.exit_code == 66
+    assert "no such file" in result.output
+
+
+def test_storage_unavailable_exits_75(tmp_path: Path) -> None:
+    path = tmp_path / "maildesk.toml"
+    path.write_text(
+        f'data_dir = "{tmp_path}"\ndatabase_url = "postgresql+psycopg://nobody@127.0.0.1:1/none"\n'
+        'installation_secret = "x"\n'
+    )
+    eml = tmp_path / "m.eml"
+    eml.write_bytes(make_mail())
+    result = CliRunner().invoke(main, ["--config", str(path), "ingest", str(eml)])
+    assert result.exit_code == 75, result.output
+
+
+def test_quarantine_list_show_retry_and_release(config: Path, tmp_path: Path) -> None:
+    big = tmp_path / "big.eml"
+    big.write_bytes(make_mail(message_id="big@c.test", body="x" * 200_000 + "\n"))
+    summary = json.loads(cli(config, "ingest", "--json", str(big)).output.strip().splitlines()[-1])
+    assert summary["quarantined"] == 1
+    items = json.loads(cli(config, "quarantine", "list", "--json").output)
+    assert len(items) == 1 and "exceeds max_message_bytes" in items[0]["reason"]
+    shown = json.loads(cli(config, "quarantine", "show", str(items[0]["id"])).output)
+    assert shown["message_id"] == "big@c.test" and shown["events"][-1]["kind"] == "quarantined"
+    raw = cli(config, "quarantine", "show", "--raw", str(items[0]["id"])).stdout_bytes
+    assert raw == big.read_bytes()
+
+    cli(config, "quarantine", "retry", str(items[0]["id"]))
+    assert len(json.loads(cli(config, "quarantine", "list", "--json").output)) == 1, (
+        "same limit, same result"
+    )
+
+    cli(config, "quarantine", "release", str(items[0]["id"]))
+    assert json.loads(cli(config, "quarantine", "list", "--json").output) == []
+    tickets = json.loads(cli(config, "tickets", "list", "--json").output)
+    assert len(tickets) == 1
+
+
+def test_tickets_show_explain_and_export(config: Path, tmp_path: Path) -> None:
+    first = make_mail(message_id="t1@c.test", subject="Broken VPN", cc="boss@c.test")
+    (tmp_path / "a.eml").write_bytes(first)
+    (tmp_path / "b.eml").write_bytes(reply_to(first, message_id="t2@c.test"))
+    cli(config, "ingest", str(tmp_path / "a.eml"), str(tmp_path / "b.eml"))
+    [ticket] = json.loads(cli(config, "tickets", "list", "--json").output)
+    shown = json.loads(cli(config, "tickets", "show", str(ticket["number"]), "--json").output)
+    for key in (
+        "number",
+        "subject",
+        "status",
+        "priority",
+        "category",
+        "requester",
+        "assignee",
+        "created_at",
+        "messages",
+    ):
+        assert key in shown
+    assert shown["requester"] == "alice@customer.test"
+    assert {"email": "boss@c.test", "role": "cc"} in shown["participants"]
+    inbound = [m for m in shown["messages"] if m["direction"] == "inbound"]
+    assert [m["kind"] for m in shown["messages"] if m["direction"] == "outbound"] == ["auto"], (
+        "the ack"
+    )
+    message = inbound[1]
+    for key in (
+        "message_id",
+        "direction",
+        "kind",
+        "from",
+        "to",
+        "cc",
+        "subject",
+        "date",
+        "body",
+        "attachments",
+    ):
+        assert key in message
+    assert (message["message_id"], message["direction"], message["kind"]) == (
+        "t2@c.test",
+        "inbound",
+        "customer",
+    )
+
+    explained = json.loads(cli(config, "explain", "<t2@c.test>", "--json").output)
+    kinds = [e["kind"] for e in explained[0]["events"]]
+    assert "guard" in kinds and "threaded" in kinds
+    assert any("In-Reply-To/References" in e["reason"] for e in explained[0]["events"])
+
+    out = tmp_path / "export.jsonl"
+    cli(config, "export", "-o", str(out))
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 1 and lines[0]["schema"] == 1 and len(lines[0]["messages"]) == 3
+
+
+def test_hostile_attachment_name_is_display_text_only(config: Path, tmp_path: Path) -> None:
+    from email.message import EmailMessage
+
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"], msg["Message-ID"] = (
+        "a@c.test",
+        "support@example.com",
+        "att",
+        "<att@c.test>",
+    )
+    msg.set_content("see attached")
+    msg.add_attachment(
+        b"MZ\x00evil", maintype="application", subtype="octet-stream", filename="../../etc/passwd"
+    )
+    (tmp_path / "att.eml").write_bytes(msg.as_bytes())
+    cli(config, "ingest", str(tmp_path / "att.eml"))
+    [ticket] = json.loads(cli(config, "tickets", "list", "--json").output)
+    shown = json.loads(cli(config, "tickets", "show", str(ticket["number"]), "--json").output)
+    [attachment] = shown["messages"][0]["attachments"]
+    assert attachment["size"] == len(b"MZ\x00evil")
+    assert attachment["filename"].endswith("passwd")
+    assert not (tmp_path / "etc").exists() and not Path("/etc/passwd.maildesk").exists()
+    assert not list((tmp_path / "data").rglob("passwd")), "a file name from a mail is never a path"
