@@ -38,13 +38,14 @@ def known_ids(session: Session, ids: Sequence[str]) -> dict[str, KnownMessageId]
 
 
 def first_known_reference(
-    session: Session, ids: Sequence[str]
+    session: Session, ids: Sequence[str], found: dict[str, KnownMessageId] | None = None
 ) -> tuple[str, KnownMessageId] | None:
     """The first of ``ids`` (in the caller's order) that a ticket knows.
 
     Ids of messages we stored or sent win over ids only seen in References.
+    ``found`` is the result of :func:`known_ids` when the caller has it already.
     """
-    found = known_ids(session, ids)
+    found = known_ids(session, ids) if found is None else found
     for wanted in (IdOrigin.INBOUND, IdOrigin.OUTBOUND), (IdOrigin.REFERENCED,):
         for mid in ids:
             row = found.get(mid)

@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
@@ -49,6 +49,8 @@ class Applier:
         self.settings = settings
         self.now = now
         self.notices = notices
+        self._events: list[dict[str, Any]] = []
+        self._contacts: dict[str, Contact] = {}
 
     def event(
         self,
@@ -61,17 +63,23 @@ class Applier:
         message: Message | None = None,
         data: dict[str, Any] | None = None,
     ) -> None:
-        session.add(
-            Event(
-                at=self.now,
-                kind=kind,
-                reason=reason,
-                intake_id=intake.id,
-                ticket_id=ticket.id if ticket else None,
-                message_pk=message.id if message else None,
-                data=data or {},
-            )
+        """Buffer an event; :meth:`flush_events` writes the buffer in one statement."""
+        self._events.append(
+            {
+                "at": self.now,
+                "kind": kind,
+                "reason": reason,
+                "intake_id": intake.id,
+                "ticket_id": ticket.id if ticket else None,
+                "message_pk": message.id if message else None,
+                "data": data or {},
+            }
         )
+
+    def flush_events(self, session: Session) -> None:
+        if self._events:
+            session.connection().execute(insert(Event), self._events)
+            self._events = []
 
     def stop(self, session: Session, ctx: MessageContext, intake: Intake, stop: Stop) -> None:
         """Record a flow that ended early: a duplicate or a quarantined message."""
@@ -100,6 +108,7 @@ class Applier:
             intake.quarantine_reason = stop.reason
         intake.processed_at = self.now
         intake.claimed_by = None
+        self.flush_events(session)
 
     def _record_addresses(
         self, ticket: Ticket | None, message: Message | None, addresses: Iterable[str]
@@ -133,7 +142,7 @@ class Applier:
             ticket = self._new_ticket(session, ctx, requester, automated, at)
             created = True
         else:
-            found = session.get(Ticket, decision.ticket_id)
+            found = ctx.tickets.get(decision.ticket_id) or session.get(Ticket, decision.ticket_id)
             assert found is not None
             ticket, created = found, False
 
@@ -238,6 +247,7 @@ class Applier:
         intake.message_pk, intake.ticket_id = message.id, ticket.id
         intake.processed_at = self.now
         intake.claimed_by = None
+        self.flush_events(session)
         return ticket
 
     def _suppress(
@@ -298,13 +308,18 @@ class Applier:
 
     def _contact(self, session: Session, address: Address) -> Contact:
         email = address.addr[:320]
-        insert_ignore(
-            session,
-            Contact,
-            {"email": email, "name": address.name[:500], "created_at": self.now},
-            ["email"],
-        )
-        contact = session.scalars(select(Contact).where(Contact.email == email)).one()
+        contact = self._contacts.get(email)
+        if contact is None:
+            contact = session.scalars(select(Contact).where(Contact.email == email)).first()
+        if contact is None:
+            insert_ignore(
+                session,
+                Contact,
+                {"email": email, "name": address.name[:500], "created_at": self.now},
+                ["email"],
+            )
+            contact = session.scalars(select(Contact).where(Contact.email == email)).one()
+        self._contacts[email] = contact
         if address.name and not contact.name:
             contact.name = address.name[:500]
         return contact
@@ -342,31 +357,34 @@ class Applier:
         )
 
     def _remember_ids(self, session: Session, ctx: MessageContext, ticket: Ticket) -> None:
+        """Our id and every id it references now lead to this ticket (one statement)."""
         msg = ctx.message
-        if msg.message_id:
-            self._known_id(session, msg.message_id, ticket, IdOrigin.INBOUND, upgrade=True)
+        rows = []
+        if msg.message_id and len(msg.message_id) <= MAX_ID:
+            rows.append(
+                {
+                    "message_id": msg.message_id,
+                    "ticket_id": ticket.id,
+                    "origin": IdOrigin.INBOUND.value,
+                }
+            )
         for ref in dict.fromkeys([*msg.in_reply_to, *msg.references]):
-            self._known_id(session, ref, ticket, IdOrigin.REFERENCED)
+            if ref and len(ref) <= MAX_ID and ref != msg.message_id:
+                rows.append(
+                    {"message_id": ref, "ticket_id": ticket.id, "origin": IdOrigin.REFERENCED.value}
+                )
+        insert_ignore(session, KnownMessageId, rows, ["message_id"])
+        if ctx.own_id_was_referenced:
+            # An id first seen in References becomes a stored message's id.
+            session.execute(
+                update(KnownMessageId)
+                .where(
+                    KnownMessageId.message_id == msg.message_id,
+                    KnownMessageId.origin == IdOrigin.REFERENCED,
+                )
+                .values(origin=IdOrigin.INBOUND)
+            )
         if msg.thread_index:
             key = conversation_key(msg.thread_index)
             if key:
                 insert_ignore(session, Conversation, {"key": key, "ticket_id": ticket.id}, ["key"])
-
-    def _known_id(
-        self, session: Session, mid: str, ticket: Ticket, origin: IdOrigin, *, upgrade: bool = False
-    ) -> None:
-        if not mid or len(mid) > MAX_ID:
-            return
-        insert_ignore(
-            session,
-            KnownMessageId,
-            {"message_id": mid, "ticket_id": ticket.id, "origin": origin.value},
-            ["message_id"],
-        )
-        if upgrade:
-            # An id first seen in References becomes a stored message's id.
-            row = session.scalars(
-                select(KnownMessageId).where(KnownMessageId.message_id == mid)
-            ).one()
-            if row.origin == IdOrigin.REFERENCED:
-                row.origin = origin

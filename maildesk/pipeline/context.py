@@ -82,6 +82,10 @@ class MessageContext:
     dedupe_key: str | None = None
     body_hash: str | None = None
     thread: ThreadDecision | None = None
+    own_id_was_referenced: bool = False  # our Message-ID was known from another's References
+    # Tickets the stages loaded, kept alive for apply: the session's identity
+    # map holds only weak references, so without this each lookup re-selects.
+    tickets: dict[int, Any] = field(default_factory=dict)
     notes: list[EventNote] = field(default_factory=list)
 
     def note(self, kind: str, reason: str, **data: Any) -> None:

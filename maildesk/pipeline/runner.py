@@ -78,8 +78,8 @@ class Worker:
         self.deps = StageDeps(settings, signer, clock)
 
     # -- claiming ---------------------------------------------------------
-    def claim(self, limit: int = 32) -> list[int]:
-        """Claim up to ``limit`` messages that are due, oldest first."""
+    def claim(self, limit: int = 64) -> list[MessageContext]:
+        """Claim up to ``limit`` due messages, oldest first, and load their raw bytes."""
         now = self.clock()
         stale = now - timedelta(seconds=self.settings.pipeline.claim_timeout_seconds)
         due = or_(
@@ -92,9 +92,17 @@ class Worker:
         stmt = select(Intake).where(due).order_by(Intake.id).limit(limit)
         if not self.db.is_sqlite:
             stmt = stmt.with_for_update(skip_locked=True)
-        claimed: list[int] = []
+        claimed: list[MessageContext] = []
         with self.db.transaction() as session:
-            for row in session.scalars(stmt):
+            rows = list(session.scalars(stmt))
+            wanted = {r.raw_sha256 for r in rows}
+            blobs = {
+                digest: data
+                for digest, data in session.execute(
+                    select(Blob.sha256, Blob.data).where(Blob.sha256.in_(wanted))
+                ).all()
+            }
+            for row in rows:
                 if row.attempts >= self.settings.pipeline.max_attempts:
                     self._quarantine(
                         session,
@@ -104,7 +112,18 @@ class Worker:
                     continue
                 row.state, row.claimed_by, row.claimed_at = IntakeState.PROCESSING, self.node, now
                 row.attempts += 1
-                claimed.append(row.id)
+                claimed.append(
+                    MessageContext(
+                        intake_id=row.id,
+                        raw=bytes(blobs.get(row.raw_sha256) or b""),
+                        envelope_from=row.envelope_from,
+                        envelope_to=tuple(row.envelope_to or ()),
+                        source=row.source,
+                        received_at=row.received_at,
+                        # `quarantine release` leaves the disposition set: process it whatever.
+                        forced=row.disposition == Disposition.QUARANTINED,
+                    )
+                )
         return claimed
 
     def release_own_claims(self) -> int:
@@ -122,83 +141,84 @@ class Worker:
     def _quarantine(self, session: Session, row: Intake, reason: str) -> None:
         row.state, row.disposition = IntakeState.QUARANTINED, Disposition.QUARANTINED
         row.quarantine_reason, row.processed_at, row.claimed_by = reason, self.clock(), None
-        Applier(self.settings, self.clock()).event(session, "quarantined", reason, intake=row)
+        applier = Applier(self.settings, self.clock())
+        applier.event(session, "quarantined", reason, intake=row)
+        applier.flush_events(session)
         log.warning("intake=%s quarantined: %s", row.id, reason)
 
     # -- processing -------------------------------------------------------
-    def process(self, intake_id: int) -> Outcome:
-        """Run one claimed message through the pipeline; never raises for a bad message."""
-        try:
-            ctx = self._load(intake_id)
-            stop = parse_stage(ctx, self.deps)
-            return self._decide_and_apply(ctx, stop)
-        except Exception as exc:
-            if is_transient(exc):
-                return self._postpone(intake_id, exc)
-            log.exception("intake=%s failed", intake_id)
-            return self._fail(intake_id, f"processing failed: {type(exc).__name__}: {exc}")
+    def process_batch(self, batch: list[MessageContext]) -> list[Outcome]:
+        """Parse each message, then decide and apply them all in one transaction.
 
-    def _load(self, intake_id: int) -> MessageContext:
-        with self.db.transaction() as session:
-            row = session.get(Intake, intake_id)
-            if row is None:
-                raise LookupError(f"no intake row {intake_id}")
-            blob = session.get(Blob, row.raw_sha256)
-            if blob is None:
-                raise LookupError(f"raw bytes of intake {intake_id} are missing")
-            return MessageContext(
-                intake_id=row.id,
-                raw=bytes(blob.data),
-                envelope_from=row.envelope_from,
-                envelope_to=tuple(row.envelope_to or ()),
-                source=row.source,
-                received_at=row.received_at,
-                # `quarantine release` leaves the disposition set: process it whatever.
-                forced=row.disposition == Disposition.QUARANTINED,
-            )
-
-    def _decide_and_apply(
-        self, ctx: MessageContext, stop: Stop | None, retry: bool = True
-    ) -> Outcome:
+        Each message is applied inside its own savepoint, so one bad message
+        rolls back alone and is quarantined; the batch commits once. A
+        temporary failure (database locked or down) puts the whole batch back.
+        """
+        stops = {ctx.intake_id: parse_stage(ctx, self.deps) for ctx in batch}
         try:
             with self.db.transaction() as session:
-                intake = session.get(Intake, ctx.intake_id)
-                assert intake is not None
                 applier = Applier(self.settings, self.clock(), self.notices)
-                for _name, stage in DB_STAGES:
-                    if stop is not None:
-                        break
-                    stop = stage(ctx, session, self.deps)
-                automated = ctx.verdict is not None and ctx.verdict.kind not in HUMAN_KINDS
-                if stop is not None:
-                    applier.stop(session, ctx, intake, stop)
-                    stopped = (
-                        Disposition.DUPLICATE
-                        if stop.kind is StopKind.DUPLICATE
-                        else Disposition.QUARANTINED
-                    )
-                    log.info("intake=%s %s: %s", ctx.intake_id, stopped, stop.reason)
-                    return Outcome(ctx.intake_id, stopped, automated=automated, reason=stop.reason)
-                ticket = applier.apply(session, ctx, intake)
-                disposition = intake.disposition
-                assert ctx.thread is not None
-                log.info(
-                    "intake=%s ticket=%s %s: %s",
-                    ctx.intake_id,
-                    ticket.number,
-                    disposition,
-                    ctx.thread.evidence,
-                )
-                return Outcome(
-                    ctx.intake_id, disposition, ticket.number, automated, ctx.thread.evidence
-                )
-        except IntegrityError:
-            # Another node stored the same message or id at the same moment:
-            # decide again against what it wrote.
-            if not retry:
+                return [
+                    self._process_one(session, applier, ctx, stops[ctx.intake_id]) for ctx in batch
+                ]
+        except Exception as exc:
+            if not is_transient(exc):
                 raise
-            ctx.notes.clear()
-            return self._decide_and_apply(ctx, None, retry=False)
+            return [self._postpone(ctx.intake_id, exc) for ctx in batch]
+
+    def _process_one(
+        self, session: Session, applier: Applier, ctx: MessageContext, parse_stop: Stop | None
+    ) -> Outcome:
+        for attempt in (1, 2):
+            try:
+                with session.begin_nested():
+                    return self._decide_and_apply(session, applier, ctx, parse_stop)
+            except IntegrityError:
+                # Another node stored the same message or id at the same moment:
+                # decide again against what it wrote.
+                ctx.notes.clear()
+                if attempt == 2:
+                    return self._fail(session, ctx.intake_id, "conflicting concurrent writes twice")
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                log.exception("intake=%s failed", ctx.intake_id)
+                return self._fail(
+                    session, ctx.intake_id, f"processing failed: {type(exc).__name__}: {exc}"
+                )
+        raise AssertionError("unreachable")
+
+    def _decide_and_apply(
+        self, session: Session, applier: Applier, ctx: MessageContext, stop: Stop | None
+    ) -> Outcome:
+        intake = session.get(Intake, ctx.intake_id)
+        assert intake is not None
+        for _name, stage in DB_STAGES:
+            if stop is not None:
+                break
+            stop = stage(ctx, session, self.deps)
+        automated = ctx.verdict is not None and ctx.verdict.kind not in HUMAN_KINDS
+        if stop is not None:
+            applier.stop(session, ctx, intake, stop)
+            stopped = (
+                Disposition.DUPLICATE
+                if stop.kind is StopKind.DUPLICATE
+                else Disposition.QUARANTINED
+            )
+            log.info("intake=%s %s: %s", ctx.intake_id, stopped, stop.reason)
+            return Outcome(ctx.intake_id, stopped, automated=automated, reason=stop.reason)
+        ticket = applier.apply(session, ctx, intake)
+        assert ctx.thread is not None
+        log.info(
+            "intake=%s ticket=%s %s: %s",
+            ctx.intake_id,
+            ticket.number,
+            intake.disposition,
+            ctx.thread.evidence,
+        )
+        return Outcome(
+            ctx.intake_id, intake.disposition, ticket.number, automated, ctx.thread.evidence
+        )
 
     def _postpone(self, intake_id: int, exc: BaseException) -> Outcome:
         reason = f"temporary failure, will retry: {exc}"
@@ -211,11 +231,11 @@ class Worker:
                     row.state, row.claimed_by = IntakeState.PENDING, None
                     row.not_before, row.last_error = self.clock() + delay, str(exc)[:2000]
         except SQLAlchemyError:
-            pass  # the claim times out and the message is picked up again
+            pass  # the claim times out (or the node restarts) and it is picked up again
         return Outcome(intake_id, None, reason=reason)
 
-    def _fail(self, intake_id: int, reason: str) -> Outcome:
-        with self.db.transaction() as session:
+    def _fail(self, session: Session, intake_id: int, reason: str) -> Outcome:
+        with session.begin_nested():
             row = session.get(Intake, intake_id)
             if row is not None:
                 self._quarantine(session, row, reason)
@@ -233,8 +253,7 @@ class Worker:
             batch = self.claim()
             if not batch:
                 break
-            for intake_id in batch:
-                outcome = self.process(intake_id)
+            for outcome in self.process_batch(batch):
                 summary.add(outcome)
                 if on_outcome is not None:
                     on_outcome(outcome)

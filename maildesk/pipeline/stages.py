@@ -152,7 +152,7 @@ def decide_thread(ctx: MessageContext, session: Session, deps: StageDeps) -> Thr
     found = find_conversation(ctx, session, deps)
     if found.ticket_id is None:
         return found
-    ticket = session.get(Ticket, found.ticket_id)
+    ticket = ctx.tickets.get(found.ticket_id) or session.get(Ticket, found.ticket_id)
     assert ticket is not None
     return lifecycle(ctx, ticket, found, deps)
 
@@ -168,10 +168,13 @@ def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) ->
     refs = [r for r in dict.fromkeys([*msg.in_reply_to, *reversed(msg.references)]) if r != own]
 
     # Our own id may be known already: a reply that arrived before this parent.
-    hit = queries.first_known_reference(session, [*refs, own] if own else refs)
+    candidates = [*refs, own] if own else refs
+    known = queries.known_ids(session, candidates)
+    ctx.own_id_was_referenced = bool(own) and own in known
+    hit = queries.first_known_reference(session, candidates, known)
     if hit is not None:
         mid, row = hit
-        ticket = _live(session, row.ticket_id)
+        ticket = _live(session, ctx, row.ticket_id)
         if ticket is not None:
             return ThreadDecision(
                 ThreadRule.REFERENCES,
@@ -186,7 +189,7 @@ def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) ->
     for local in _signed_locals(ctx, deps):
         signed = deps.signer.parse_reply_local_part(local)
         if signed is not None and signed.purpose == RefPurpose.TICKET:
-            ticket = _by_number(session, signed.ticket)
+            ticket = _by_number(session, ctx, signed.ticket)
             if ticket is not None:
                 return ThreadDecision(
                     ThreadRule.SIGNED_REFERENCE,
@@ -197,7 +200,7 @@ def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) ->
     for ref in refs:
         signed = deps.signer.parse_outbound_message_id(ref)
         if signed is not None:
-            ticket = _by_number(session, signed.ticket)
+            ticket = _by_number(session, ctx, signed.ticket)
             if ticket is not None:
                 return ThreadDecision(
                     ThreadRule.SIGNED_REFERENCE,
@@ -207,7 +210,7 @@ def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) ->
 
     marker = deps.signer.find_body_marker(msg.text)
     if marker is not None:
-        ticket = _by_number(session, marker)
+        ticket = _by_number(session, ctx, marker)
         if ticket is not None:
             return ThreadDecision(
                 ThreadRule.BODY_MARKER, ticket.id, f"signed body marker for ticket #{marker}"
@@ -216,7 +219,7 @@ def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) ->
     stranger_of: Ticket | None = None
     sender = _sender(msg)
     for number in find_ticket_numbers(msg.subject, deps.settings.threading.ticket_tag):
-        ticket = _by_number(session, number)
+        ticket = _by_number(session, ctx, number)
         if ticket is None:
             continue
         if sender and queries.is_participant(session, ticket, sender):
@@ -229,7 +232,7 @@ def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) ->
 
     if msg.thread_index:
         key = conversation_key(msg.thread_index)
-        ticket = queries.ticket_by_conversation(session, key) if key else None
+        ticket = _pin(ctx, queries.ticket_by_conversation(session, key)) if key else None
         if ticket is not None:
             ticket = queries.surviving_ticket(session, ticket)
             return ThreadDecision(
@@ -242,7 +245,9 @@ def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) ->
     normalized = normalize_subject(msg.subject)
     if sender and normalized and window > 0:
         since = ctx.arrival - timedelta(days=window)
-        ticket = queries.open_ticket_by_sender_subject(session, sender, normalized, since)
+        ticket = _pin(
+            ctx, queries.open_ticket_by_sender_subject(session, sender, normalized, since)
+        )
         if ticket is not None:
             return ThreadDecision(
                 ThreadRule.SENDER_SUBJECT,
@@ -285,7 +290,7 @@ def bounce_conversation(
     for local in _signed_locals(ctx, deps):
         signed = deps.signer.parse_reply_local_part(local)
         if signed is not None and signed.purpose == RefPurpose.BOUNCE:
-            ticket = _by_number(session, signed.ticket)
+            ticket = _by_number(session, ctx, signed.ticket)
             if ticket is not None:
                 return ThreadDecision(
                     ThreadRule.SIGNED_REFERENCE,
@@ -295,7 +300,7 @@ def bounce_conversation(
                 )
     hit = queries.first_known_reference(session, list(bounced_message_ids(ctx.message)))
     if hit is not None:
-        ticket = _live(session, hit[1].ticket_id)
+        ticket = _live(session, ctx, hit[1].ticket_id)
         if ticket is not None:
             return ThreadDecision(
                 ThreadRule.REFERENCES,
@@ -328,14 +333,20 @@ def lifecycle(
     )
 
 
-def _by_number(session: Session, number: int) -> Ticket | None:
+def _pin(ctx: MessageContext, ticket: Ticket | None) -> Ticket | None:
+    if ticket is not None:
+        ctx.tickets[ticket.id] = ticket
+    return ticket
+
+
+def _by_number(session: Session, ctx: MessageContext, number: int) -> Ticket | None:
     ticket = queries.ticket_by_number(session, number)
-    return queries.surviving_ticket(session, ticket) if ticket else None
+    return _pin(ctx, queries.surviving_ticket(session, ticket)) if ticket else None
 
 
-def _live(session: Session, ticket_id: int) -> Ticket | None:
+def _live(session: Session, ctx: MessageContext, ticket_id: int) -> Ticket | None:
     ticket = session.get(Ticket, ticket_id)
-    return queries.surviving_ticket(session, ticket) if ticket else None
+    return _pin(ctx, queries.surviving_ticket(session, ticket)) if ticket else None
 
 
 DB_STAGES: tuple[tuple[str, Stage], ...] = (

@@ -1,0 +1,491 @@
+"""The parse stage: raw bytes -> :class:`ParsedMessage`, or a :class:`ParseError`.
+
+MIME structure comes from the standard library (``email.message_from_bytes``
+with the compat32 policy — the same parse mail-parser runs internally);
+addresses and dates go through mail-parser's recovering parsers; HTML-only
+mail is turned into text with inscriptis. We do not build a full
+``mailparser.MailParser``: ~40 % of its time goes to Received-header
+analysis we never read, and its body extraction would have to be redone
+anyway (7-bit ISO-2022-JP bodies come back undecoded, nested messages are
+merged into the text, attachments are re-encoded to base64).
+
+Message-IDs and references are read from the raw header
+(:mod:`maildesk.domain.rawheader`). Hostile input is bounded twice: header
+fields with thousands of parameters (which make the standard library's
+parameter parser quadratic) are trimmed in a copy before parsing and a defect
+is recorded, and the whole parse runs under a :class:`Deadline`.
+"""
+
+from __future__ import annotations
+
+import email
+import email.parser
+import email.utils
+import enum
+import mimetypes
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from email.message import Message
+
+from inscriptis import get_text
+from mailparser.dates import parse_mail_date
+from mailparser.utils import get_addresses
+
+from maildesk.domain.message import Address, DeliveryStatus, ParsedAttachment, ParsedMessage
+from maildesk.domain.rawheader import (
+    decode_header_text,
+    decode_text,
+    message_id_from_value,
+    parse_msgid_list,
+    raw_header_index,
+    split_header_block,
+    unescape_header,
+)
+from maildesk.pipeline.deadline import DeadlineExceeded, deadline
+
+MAX_PARAMETERS = 64  # per Content-Type / Content-Disposition field
+MAX_DEPTH = 40  # MIME nesting we descend into
+MAX_DEFECTS = 50
+
+_PARAM_FIELD = re.compile(rb"(?im)^(content-(?:type|disposition))[ \t]*:")
+_FIELD_END = re.compile(rb"(?:\r\n|\r|\n)(?![ \t])")
+_STATUS_CODE = re.compile(r"\b[245]\.\d{1,3}\.\d{1,3}\b")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_LINE_ENDS = re.compile(r"\r\n?")
+_ADDRESS_FIELDS = ("from", "to", "cc", "reply-to")
+
+
+class ParseError(Exception):
+    """The message cannot be parsed; ``reason`` says why, for the quarantine."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class ParseTimeout(ParseError):
+    """Parsing took longer than the time limit."""
+
+
+class MediaType(enum.StrEnum):
+    """Content types the parse stage treats specially."""
+
+    TEXT_PLAIN = "text/plain"
+    TEXT_HTML = "text/html"
+    REPORT = "multipart/report"
+    DELIVERY_STATUS = "message/delivery-status"
+    RFC822_HEADERS = "text/rfc822-headers"
+    TNEF = "application/ms-tnef"
+    RFC822 = "message/rfc822"
+    GLOBAL = "message/global"
+    MESSAGE_HEADERS = "message/rfc822-headers"  # not registered, but MTAs send it
+
+
+_MESSAGE_TYPES = frozenset({MediaType.RFC822, MediaType.GLOBAL})
+
+
+class Disposition(enum.StrEnum):
+    INLINE = "inline"
+    ATTACHMENT = "attachment"
+
+
+def parse_message(
+    raw: bytes, *, time_limit: float = 10.0, max_header_bytes: int = 256 * 1024
+) -> ParsedMessage:
+    """Parse one message. Raises only :class:`ParseError` (or :class:`ParseTimeout`)."""
+    if not isinstance(raw, bytes | bytearray | memoryview):
+        raise ParseError(f"expected bytes, got {type(raw).__name__}")
+    data = bytes(raw)
+    if not data.strip():
+        raise ParseError("empty message")
+    try:
+        with deadline(time_limit):
+            return _parse(data, max_header_bytes)
+    except DeadlineExceeded as exc:
+        raise ParseTimeout(f"parsing took longer than the {time_limit:g} s time limit") from exc
+    except ParseError:
+        raise
+    except RecursionError as exc:
+        raise ParseError("MIME structure nested too deeply to parse") from exc
+    except Exception as exc:
+        raise ParseError(f"parser failed: {type(exc).__name__}: {exc}"[:300]) from exc
+
+
+def _parse(raw: bytes, max_header_bytes: int) -> ParsedMessage:
+    header_block, _ = split_header_block(raw)
+    if len(header_block) > max_header_bytes:
+        raise ParseError(
+            f"header block is {len(header_block)} bytes, over the {max_header_bytes}-byte limit"
+        )
+    defects: list[str] = []
+    to_parse = _trim_parameters(raw, defects)
+    msg = email.message_from_bytes(to_parse)
+    hint = _safe_charset(msg)
+    raw_index = raw_header_index(header_block)
+    headers = tuple((name, decode_header_text(str(value), hint)) for name, value in msg.raw_items())
+    walker = _PartWalker(hint=hint)
+    walker.walk(msg, depth=0, in_report=False)
+    defects.extend(walker.defects)
+    text = "\n\n".join(walker.plain) if walker.plain else ""
+    html = "\n\n".join(walker.html) if walker.html else None
+    if not text.strip():
+        text = _html_to_text(html, defects) if html else "\n\n".join(walker.other_text)
+    address_values = _address_values(msg, hint)
+    date, date_defect = _parse_date(msg, hint)
+    if date_defect:
+        defects.append(date_defect)
+    return ParsedMessage(
+        message_id=_first_message_id(raw_index.get("message-id", [])),
+        in_reply_to=tuple(parse_msgid_list(" ".join(raw_index.get("in-reply-to", [])))),
+        references=tuple(parse_msgid_list(" ".join(raw_index.get("references", [])))),
+        subject=_first(headers, "subject") or "",
+        from_=_from_address(address_values.get("from", [])[:1], defects),
+        to=_addresses(address_values.get("to", []), defects),
+        cc=_addresses(address_values.get("cc", []), defects),
+        reply_to=_addresses(address_values.get("reply-to", []), defects),
+        date=date,
+        text=text,
+        html=html,
+        attachments=tuple(walker.attachments),
+        headers=headers,
+        content_type=msg.get_content_type(),
+        thread_index=next(iter(raw_index.get("thread-index", [])), None),
+        delivery_status=tuple(walker.delivery_status),
+        returned_headers=walker.returned_headers,
+        defects=tuple(dict.fromkeys(defects))[:MAX_DEFECTS],
+    )
+
+
+def _trim_parameters(raw: bytes, defects: list[str]) -> bytes:
+    """Copy of ``raw`` with absurd Content-Type/-Disposition parameter lists cut down.
+
+    The standard library's parameter parser is quadratic: one 14 KB field of
+    ~7,000 empty parameters costs it seconds. Empty parameters are dropped
+    and at most :data:`MAX_PARAMETERS` are kept; a defect is recorded.
+    """
+    if raw.count(b";") <= MAX_PARAMETERS:
+        return raw
+    pieces: list[bytes] = []
+    pos = 0
+    for match in _PARAM_FIELD.finditer(raw):
+        if match.start() < pos:
+            continue
+        end_match = _FIELD_END.search(raw, match.end())
+        end = end_match.start() if end_match else len(raw)
+        value = raw[match.end() : end]
+        if value.count(b";") <= MAX_PARAMETERS:
+            continue
+        segments = value.split(b";")
+        params = [seg.strip() for seg in segments[1:] if seg.strip()]
+        kept = params[:MAX_PARAMETERS]
+        name = match.group(1).decode("ascii")
+        defects.append(f"{name} field with {len(segments) - 1} parameters trimmed to {len(kept)}")
+        rebuilt = b"; ".join([segments[0].strip(), *kept])
+        pieces.append(raw[pos : match.start()])
+        pieces.append(match.group(1) + b": " + rebuilt)
+        pos = end
+    if not pieces:
+        return raw
+    pieces.append(raw[pos:])
+    return b"".join(pieces)
+
+
+def _safe_charset(part: Message) -> str | None:
+    try:
+        return part.get_content_charset()
+    except Exception:  # a malformed RFC 2231 charset parameter
+        return None
+
+
+def _first(headers: tuple[tuple[str, str], ...], name: str) -> str | None:
+    for key, value in headers:
+        if key.lower() == name:
+            return value
+    return None
+
+
+def _first_message_id(values: list[str]) -> str | None:
+    for value in values:
+        msgid = message_id_from_value(value)
+        if msgid is not None:
+            return msgid
+    return None
+
+
+def _address_values(msg: Message, hint: str | None) -> dict[str, list[str]]:
+    """Address header values, unfolded and 8-bit-decoded but RFC 2047 intact.
+
+    Encoded words are left for mail-parser's address parser, which decodes
+    display names where the syntax allows it.
+    """
+    values: dict[str, list[str]] = {}
+    for name, value in msg.raw_items():
+        lname = name.lower()
+        if lname in _ADDRESS_FIELDS:
+            values.setdefault(lname, []).append(unescape_header(str(value), hint))
+    return values
+
+
+def _parse_addresses(values: list[str], defects: list[str]) -> list[Address]:
+    result: list[Address] = []
+    for value in values:
+        if not value.strip():
+            continue
+        try:
+            pairs = get_addresses(value, decode_names=True)
+        except Exception:
+            defects.append("address field unparsable by mail-parser")
+            pairs = email.utils.getaddresses([value])
+        for name, addr in pairs:
+            addr = _CONTROL_CHARS.sub("", addr).strip().lower()
+            name = _CONTROL_CHARS.sub("", decode_header_text(name)).strip().strip('"')
+            if addr or name:
+                result.append(Address(addr=addr, name=name))
+    return result
+
+
+def _addresses(values: list[str], defects: list[str]) -> tuple[Address, ...]:
+    return tuple(a for a in _parse_addresses(values, defects) if a.addr)
+
+
+def _from_address(values: list[str], defects: list[str]) -> Address | None:
+    """The sender; an Address with empty ``addr`` when the field is garbage."""
+    found = _parse_addresses(values, defects)
+    for address in found:
+        if address.addr:
+            return address
+    if values and values[0].strip():
+        defects.append("from field has no usable address")
+        return Address(addr="", name=decode_header_text(values[0])[:200])
+    return None
+
+
+def _parse_date(msg: Message, hint: str | None) -> tuple[datetime | None, str | None]:
+    value = msg.get("date")
+    if value is None:
+        return None, None
+    text = unescape_header(str(value), hint)
+    result = parse_mail_date(text)
+    if result.value is not None:
+        return result.value.astimezone(UTC), None
+    try:
+        parsed = email.utils.parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None, "date field unparsable"
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC), None
+
+
+def _html_to_text(html: str, defects: list[str]) -> str:
+    try:
+        return get_text(html).strip()
+    except Exception as exc:  # inscriptis/lxml refusing odd markup
+        defects.append(f"html to text failed: {type(exc).__name__}")
+        return re.sub(r"<[^>]*>", " ", html)
+
+
+def _line_ends(text: str) -> str:
+    return _LINE_ENDS.sub("\n", text) if "\r" in text else text
+
+
+def _message_bytes(part: Message) -> bytes:
+    """Bytes of a nested message, serialised without refolding its headers."""
+    inner = part.get_payload(0) if part.is_multipart() else None
+    target = inner if isinstance(inner, Message) else part
+    try:
+        return target.as_bytes(policy=target.policy.clone(max_line_length=0))
+    except Exception:
+        try:
+            return target.as_string(policy=target.policy.clone(max_line_length=0)).encode(
+                "utf-8", "surrogateescape"
+            )
+        except Exception:
+            return b""
+
+
+def _payload_bytes(part: Message) -> bytes:
+    """Decoded payload of a leaf part; the serialised blocks of a delivery-status part."""
+    data = part.get_payload(decode=True)
+    if isinstance(data, bytes):
+        return data
+    payload = part.get_payload()
+    if isinstance(payload, list):
+        return b"\n".join(
+            block.as_bytes(policy=block.policy.clone(max_line_length=0))
+            for block in payload
+            if isinstance(block, Message)
+        )
+    return b""
+
+
+def _header_pairs(msg: Message, hint: str | None) -> tuple[tuple[str, str], ...]:
+    return tuple((name, decode_header_text(str(value), hint)) for name, value in msg.raw_items())
+
+
+def _dsn_field(block: Message, name: str) -> str:
+    value = block.get(name)
+    if value is None:
+        return ""
+    text = unescape_header(str(value))
+    return " ".join(text.split())
+
+
+def _dsn_blocks(part: Message) -> list[Message]:
+    """The field blocks of a delivery-status part, however it was encoded."""
+    payload = part.get_payload()
+    if isinstance(payload, list) and not part.get("content-transfer-encoding", "").strip():
+        return [block for block in payload if isinstance(block, Message)]
+    data = part.get_payload(decode=True)
+    if not isinstance(data, bytes):
+        return [block for block in payload if isinstance(block, Message)]
+    text = _line_ends(decode_text(data, None)[0])
+    return [email.message_from_string(chunk) for chunk in re.split(r"\n\s*\n", text) if chunk]
+
+
+@dataclass
+class _PartWalker:
+    """Collects bodies, attachments and report data from a MIME tree."""
+
+    hint: str | None
+    plain: list[str] = field(default_factory=list)
+    html: list[str] = field(default_factory=list)
+    other_text: list[str] = field(default_factory=list)
+    attachments: list[ParsedAttachment] = field(default_factory=list)
+    delivery_status: list[DeliveryStatus] = field(default_factory=list)
+    returned_headers: tuple[tuple[str, str], ...] = ()
+    defects: list[str] = field(default_factory=list)
+
+    def walk(self, part: Message, *, depth: int, in_report: bool) -> None:
+        if depth > MAX_DEPTH:
+            self.defects.append(f"MIME nesting deeper than {MAX_DEPTH}; inner parts skipped")
+            return
+        self.defects.extend(type(defect).__name__ for defect in part.defects)
+        ctype = part.get_content_type()
+        if ctype == MediaType.DELIVERY_STATUS:
+            self._delivery_status(part)
+            self._attachment(part, ctype, "delivery-status.txt")
+        elif part.get_content_maintype() == "message":
+            self._nested_message(part, ctype, in_report)
+        elif part.get_content_maintype() == "multipart" and not part.is_multipart():
+            # Boundary never found: the standard library leaves the body as text.
+            self.defects.append(f"{ctype} without parts; body kept as text")
+            text = self._decode_text_part(part, ctype)
+            if text.strip():
+                self.plain.append(text)
+        elif part.is_multipart():
+            in_report = in_report or ctype == MediaType.REPORT
+            for sub in part.get_payload():
+                if isinstance(sub, Message):
+                    self.walk(sub, depth=depth + 1, in_report=in_report)
+        else:
+            self._leaf(part, ctype, depth, in_report)
+
+    def _filename(self, part: Message) -> str:
+        try:
+            raw_name = part.get_filename()
+        except Exception:
+            self.defects.append("unreadable filename parameter")
+            return ""
+        if not raw_name:
+            return ""
+        return _CONTROL_CHARS.sub("", decode_header_text(str(raw_name), self.hint)).strip()
+
+    def _leaf(self, part: Message, ctype: str, depth: int, in_report: bool) -> None:
+        disposition = part.get_content_disposition()
+        filename = self._filename(part)
+        is_body_type = ctype in (MediaType.TEXT_PLAIN, MediaType.TEXT_HTML)
+        if is_body_type and disposition != Disposition.ATTACHMENT and (not filename or depth == 0):
+            text = self._decode_text_part(part, ctype)
+            (self.plain if ctype == MediaType.TEXT_PLAIN else self.html).append(text)
+            return
+        if in_report and ctype == MediaType.RFC822_HEADERS and not self.returned_headers:
+            data = part.get_payload(decode=True)
+            if isinstance(data, bytes):
+                headers_msg = email.parser.BytesHeaderParser().parsebytes(data)
+                self.returned_headers = _header_pairs(headers_msg, self.hint)
+        elif part.get_content_maintype() == "text" and not filename and not is_body_type:
+            self.other_text.append(self._decode_text_part(part, ctype))
+        self._attachment(part, ctype, filename or _default_name(ctype, len(self.attachments)))
+
+    def _decode_text_part(self, part: Message, ctype: str) -> str:
+        data = part.get_payload(decode=True)
+        if not isinstance(data, bytes):
+            return ""
+        charset = _safe_charset(part)
+        text, exact = decode_text(data, charset)
+        if not exact:
+            self.defects.append(
+                f"{ctype} part: charset {charset!r} did not fit the bytes"
+                if charset
+                else f"{ctype} part: 8-bit bytes without a charset"
+            )
+        return _line_ends(text)
+
+    def _attachment(self, part: Message, ctype: str, filename: str) -> None:
+        content = _payload_bytes(part)
+        cid_raw = part.get("content-id")
+        cid = str(cid_raw).strip().strip("<>").strip() if cid_raw is not None else ""
+        disposition = part.get_content_disposition()
+        inline = disposition == Disposition.INLINE or (disposition is None and bool(cid))
+        self.attachments.append(
+            ParsedAttachment(
+                filename=filename,
+                content_type=ctype,
+                content=content,
+                content_id=cid or None,
+                inline=inline,
+            )
+        )
+
+    def _nested_message(self, part: Message, ctype: str, in_report: bool) -> None:
+        """A forwarded or returned message: kept whole as an attachment, text not merged."""
+        is_message = ctype in _MESSAGE_TYPES
+        filename = self._filename(part) or (
+            "forwarded.eml" if is_message else f"{part.get_content_subtype()}.txt"
+        )
+        inner = part.get_payload(0) if part.is_multipart() else None
+        returned = in_report and (is_message or ctype == MediaType.MESSAGE_HEADERS)
+        if returned and not self.returned_headers and isinstance(inner, Message):
+            self.returned_headers = _header_pairs(inner, self.hint)
+        cid_raw = part.get("content-id")
+        cid = str(cid_raw).strip().strip("<>").strip() if cid_raw is not None else ""
+        self.attachments.append(
+            ParsedAttachment(
+                filename=filename,
+                content_type=ctype,
+                content=_message_bytes(part),
+                content_id=cid or None,
+                inline=part.get_content_disposition() == Disposition.INLINE,
+            )
+        )
+
+    def _delivery_status(self, part: Message) -> None:
+        for block in _dsn_blocks(part):
+            recipient = _dsn_field(block, "final-recipient") or _dsn_field(
+                block, "original-recipient"
+            )
+            if not recipient:
+                continue
+            status = _dsn_field(block, "status")
+            code = _STATUS_CODE.search(status)
+            diagnostic = _dsn_field(block, "diagnostic-code")
+            self.delivery_status.append(
+                DeliveryStatus(
+                    final_recipient=recipient.split(";", 1)[-1].strip().strip("<>"),
+                    action=_dsn_field(block, "action").lower(),
+                    status=code.group(0) if code else status,
+                    diagnostic=diagnostic.split(";", 1)[-1].strip()
+                    if ";" in diagnostic
+                    else diagnostic,
+                )
+            )
+
+
+def _default_name(ctype: str, index: int) -> str:
+    """A display name for an attachment the sender did not name."""
+    if ctype == MediaType.TNEF:
+        return "winmail.dat"
+    ext = mimetypes.guess_extension(ctype, strict=False) or ".bin"
+    return f"part-{index + 1}{ext}"
