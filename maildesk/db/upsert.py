@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
+from functools import cache
 from typing import Any
 
+from sqlalchemy import Table
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 
+@cache
+def _statement(dialect: str, table: Table, key: tuple[str, ...]) -> Any:
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    return insert(table).on_conflict_do_nothing(index_elements=list(key))
+
+
 def insert_ignore(
     session: Session, model: Any, values: dict[str, Any] | list[dict[str, Any]], key: list[str]
 ) -> None:
-    """Insert one row (or several) unless a row with the same ``key`` exists."""
+    """Insert one row (or several) unless a row with the same ``key`` exists.
+
+    Core on the session's connection with a statement built once: this is on
+    the per-message hot path, where ORM bookkeeping would dominate.
+    """
     if isinstance(values, list) and not values:
         return
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(pg_insert(model).values(values).on_conflict_do_nothing(index_elements=key))
-    else:
-        session.execute(
-            sqlite_insert(model).values(values).on_conflict_do_nothing(index_elements=key)
-        )
+    connection = session.connection()
+    connection.execute(_statement(connection.dialect.name, model.__table__, tuple(key)), values)

@@ -88,6 +88,16 @@ class MessageContext:
     tickets: dict[int, Any] = field(default_factory=dict)
     notes: list[EventNote] = field(default_factory=list)
 
+    def reset_decisions(self) -> None:
+        """Forget what the database stages decided, to decide again after a rollback."""
+        self.verdict = None
+        self.dedupe_key = None
+        self.body_hash = None
+        self.thread = None
+        self.own_id_was_referenced = False
+        self.tickets.clear()
+        self.notes = [n for n in self.notes if n.kind == "parse"]
+
     def note(self, kind: str, reason: str, **data: Any) -> None:
         self.notes.append(EventNote(kind, reason, data))
 

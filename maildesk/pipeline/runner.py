@@ -150,49 +150,81 @@ class Worker:
     def process_batch(self, batch: list[MessageContext]) -> list[Outcome]:
         """Parse each message, then decide and apply them all in one transaction.
 
-        Each message is applied inside its own savepoint, so one bad message
-        rolls back alone and is quarantined; the batch commits once. A
+        The batch is applied optimistically in one go. If any message fails,
+        the batch is rolled back and applied again with a savepoint per
+        message, so the bad one rolls back alone and is quarantined. A
         temporary failure (database locked or down) puts the whole batch back.
         """
         stops = {ctx.intake_id: parse_stage(ctx, self.deps) for ctx in batch}
         try:
-            with self.db.transaction() as session:
-                applier = Applier(self.settings, self.clock(), self.notices)
-                return [
-                    self._process_one(session, applier, ctx, stops[ctx.intake_id]) for ctx in batch
-                ]
+            return self._apply_batch(batch, stops, isolated=False)
+        except Exception as exc:
+            if is_transient(exc):
+                return [self._postpone(ctx.intake_id, exc) for ctx in batch]
+            log.info("batch of %d rolled back (%s); applying one by one", len(batch), exc)
+        for ctx in batch:
+            ctx.reset_decisions()
+        try:
+            return self._apply_batch(batch, stops, isolated=True)
         except Exception as exc:
             if not is_transient(exc):
                 raise
             return [self._postpone(ctx.intake_id, exc) for ctx in batch]
 
+    def _apply_batch(
+        self, batch: list[MessageContext], stops: dict[int, Stop | None], *, isolated: bool
+    ) -> list[Outcome]:
+        with self.db.transaction() as session:
+            applier = Applier(self.settings, self.clock(), self.notices)
+            ids = [ctx.intake_id for ctx in batch]
+            intakes = {
+                row.id: row for row in session.scalars(select(Intake).where(Intake.id.in_(ids)))
+            }
+            outcomes = []
+            for ctx in batch:
+                intake = intakes[ctx.intake_id]
+                stop = stops[ctx.intake_id]
+                if isolated:
+                    outcomes.append(self._process_one(session, applier, ctx, intake, stop))
+                else:
+                    outcomes.append(self._decide_and_apply(session, applier, ctx, intake, stop))
+            return outcomes
+
     def _process_one(
-        self, session: Session, applier: Applier, ctx: MessageContext, parse_stop: Stop | None
+        self,
+        session: Session,
+        applier: Applier,
+        ctx: MessageContext,
+        intake: Intake,
+        parse_stop: Stop | None,
     ) -> Outcome:
         for attempt in (1, 2):
             try:
                 with session.begin_nested():
-                    return self._decide_and_apply(session, applier, ctx, parse_stop)
+                    return self._decide_and_apply(session, applier, ctx, intake, parse_stop)
             except IntegrityError:
                 # Another node stored the same message or id at the same moment:
                 # decide again against what it wrote.
-                ctx.notes.clear()
+                ctx.reset_decisions()
                 if attempt == 2:
-                    return self._fail(session, ctx.intake_id, "conflicting concurrent writes twice")
+                    return self._fail(session, intake, "conflicting concurrent writes twice")
             except Exception as exc:
                 if is_transient(exc):
                     raise
                 log.exception("intake=%s failed", ctx.intake_id)
                 return self._fail(
-                    session, ctx.intake_id, f"processing failed: {type(exc).__name__}: {exc}"
+                    session, intake, f"processing failed: {type(exc).__name__}: {exc}"
                 )
         raise AssertionError("unreachable")
 
     def _decide_and_apply(
-        self, session: Session, applier: Applier, ctx: MessageContext, stop: Stop | None
+        self,
+        session: Session,
+        applier: Applier,
+        ctx: MessageContext,
+        intake: Intake,
+        stop: Stop | None,
     ) -> Outcome:
-        intake = session.get(Intake, ctx.intake_id)
-        assert intake is not None
         for _name, stage in DB_STAGES:
             if stop is not None:
                 break
@@ -234,12 +266,10 @@ class Worker:
             pass  # the claim times out (or the node restarts) and it is picked up again
         return Outcome(intake_id, None, reason=reason)
 
-    def _fail(self, session: Session, intake_id: int, reason: str) -> Outcome:
+    def _fail(self, session: Session, intake: Intake, reason: str) -> Outcome:
         with session.begin_nested():
-            row = session.get(Intake, intake_id)
-            if row is not None:
-                self._quarantine(session, row, reason)
-        return Outcome(intake_id, Disposition.QUARANTINED, reason=reason)
+            self._quarantine(session, intake, reason)
+        return Outcome(intake.id, Disposition.QUARANTINED, reason=reason)
 
     def drain(
         self,
