@@ -30,6 +30,7 @@ from maildesk.db.models import (
 )
 from maildesk.intake.files import SourceError, count_messages, iter_messages
 from maildesk.intake.store import Envelope
+from maildesk.logs import configure_logging
 from maildesk.views import (
     SCHEMA_VERSION,
     event_json,
@@ -55,18 +56,22 @@ def _fail(message: str, code: int) -> NoReturn:
 @click.option("--data-dir", type=str, default=None, help="Data directory (overrides the config).")
 @click.option(
     "--log-level",
-    default="warning",
-    show_default=True,
+    default=None,
     type=click.Choice(["debug", "info", "warning", "error"]),
+    help="Default: info for `run`, warning otherwise.",
 )
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text")
 @click.pass_context
-def main(ctx: click.Context, config_path: str | None, data_dir: str | None, log_level: str) -> None:
+def main(
+    ctx: click.Context,
+    config_path: str | None,
+    data_dir: str | None,
+    log_level: str | None,
+    log_format: str,
+) -> None:
     """maildesk: an email-centric support ticket daemon."""
-    logging.basicConfig(
-        level=log_level.upper(),
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-    )
+    default = "info" if ctx.invoked_subcommand == "run" else "warning"
+    configure_logging((log_level or default).upper(), log_format)
     ctx.obj = {"config": config_path, "data_dir": data_dir}
 
 
@@ -529,3 +534,14 @@ def systemd_unit() -> None:
     else:
         command = str(Path(argv0).resolve())
     click.echo(template.replace("{exec}", command), nl=False)
+
+
+def _register_groups() -> None:
+    from maildesk.routing.categorize_cli import categorize
+    from maildesk.spam.cli import spam
+
+    main.add_command(spam)
+    main.add_command(categorize)
+
+
+_register_groups()

@@ -4,9 +4,21 @@ from __future__ import annotations
 
 from datetime import datetime
 
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from maildesk.db.models import Event, Ticket, TicketStatus
+from maildesk.db.models import (
+    Conversation,
+    Event,
+    Intake,
+    KnownMessageId,
+    Message,
+    Participant,
+    Ticket,
+    TicketLink,
+    TicketStatus,
+)
+from maildesk.db.upsert import insert_ignore
 from maildesk.outbound.notices import Notices
 
 
@@ -43,3 +55,60 @@ def change_status(
     if status is TicketStatus.RESOLVED and notices is not None:
         notices.resolved(session, ticket)
     return True
+
+
+def merge_tickets(
+    session: Session, source: Ticket, target: Ticket, now: datetime, *, reason: str
+) -> None:
+    """Merge ``source`` into ``target``: its messages, ids and people move over.
+
+    The source ticket stays as a closed stub with ``merged_into`` set, so
+    anything that still names it (a ticket number in a subject) is forwarded.
+    """
+    if source.id == target.id:
+        return
+    session.flush()
+    session.execute(
+        update(Message).where(Message.ticket_id == source.id).values(ticket_id=target.id)
+    )
+    session.execute(
+        update(KnownMessageId)
+        .where(KnownMessageId.ticket_id == source.id)
+        .values(ticket_id=target.id)
+    )
+    session.execute(
+        update(Conversation).where(Conversation.ticket_id == source.id).values(ticket_id=target.id)
+    )
+    session.execute(update(Intake).where(Intake.ticket_id == source.id).values(ticket_id=target.id))
+    for contact_id, role in session.execute(
+        select(Participant.contact_id, Participant.role).where(Participant.ticket_id == source.id)
+    ).all():
+        insert_ignore(
+            session,
+            Participant,
+            {"ticket_id": target.id, "contact_id": contact_id, "role": str(role)},
+            ["ticket_id", "contact_id"],
+        )
+    session.add(
+        TicketLink(
+            ticket_id=source.id, other_ticket_id=target.id, kind="merged_into", created_at=now
+        )
+    )
+    source.merged_into_id = target.id
+    source.status, source.closed_at, source.updated_at = TicketStatus.CLOSED, now, now
+    target.updated_at = max(target.updated_at, source.updated_at)
+    for ticket, text in (
+        (source, f"merged into #{target.number}: {reason}"),
+        (target, f"#{source.number} merged in: {reason}"),
+    ):
+        session.add(
+            Event(
+                at=now,
+                kind="merged",
+                reason=text,
+                ticket_id=ticket.id,
+                data={"from": source.number},
+            )
+        )
+    session.expire(source, ["messages"])
+    session.expire(target, ["messages"])

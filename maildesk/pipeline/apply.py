@@ -38,6 +38,7 @@ from maildesk.domain.threadindex import conversation_key
 from maildesk.intake.store import put_blob
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind
+from maildesk.tickets import merge_tickets
 
 MAX_ID = 998
 
@@ -212,6 +213,8 @@ class Applier:
                     created_at=self.now,
                 )
             )
+        if decision.merge_candidate is not None:
+            self._merge_early_reply(session, ctx, intake, ticket, decision.merge_candidate)
         if decision.reopen:
             ticket.status = TicketStatus.OPEN
             ticket.resolved_at = None
@@ -249,6 +252,47 @@ class Applier:
         intake.claimed_by = None
         self.flush_events(session)
         return ticket
+
+    def _merge_early_reply(
+        self, session: Session, ctx: MessageContext, intake: Intake, ticket: Ticket, other_id: int
+    ) -> None:
+        """A reply to this message arrived first and started its own ticket: join them.
+
+        Only when that ticket is untouched by agents (new/open, unassigned, no
+        agent reply or note) and shares people with this message, so a forged
+        "parent" cannot pull someone else's conversation into a ticket.
+        """
+        other = session.get(Ticket, other_id)
+        if other is None or other.merged_into_id is not None:
+            return
+        touched = session.scalar(
+            select(Message.id).where(
+                Message.ticket_id == other.id,
+                Message.kind.in_([MessageKind.AGENT_REPLY, MessageKind.INTERNAL_NOTE]),
+            )
+        )
+        if touched or other.assignee or other.status not in (TicketStatus.NEW, TicketStatus.OPEN):
+            return
+        msg = ctx.message
+        ours = {a.addr for a in (*msg.to, *msg.cc)} | ({msg.from_.addr} if msg.from_ else set())
+        theirs: set[str] = set()
+        for frm, to, cc in session.execute(
+            select(Message.from_addr, Message.to_addrs, Message.cc_addrs).where(
+                Message.ticket_id == other.id, Message.direction == Direction.INBOUND
+            )
+        ).all():
+            theirs |= {frm, *(to or []), *(cc or [])}
+        shared = (ours & theirs) - {""} - self.settings.own_addresses
+        if not shared:
+            return
+        merge_tickets(
+            session,
+            other,
+            ticket,
+            self.now,
+            reason=f"<{msg.message_id}> is the parent of a reply that arrived first "
+            f"(shared addresses: {', '.join(sorted(shared)[:3])})",
+        )
 
     def _suppress(
         self,

@@ -58,6 +58,7 @@ class ThreadDecision:
     link_to: int | None = None
     link_kind: str | None = None
     reopen: bool = False
+    merge_candidate: int | None = None  # a ticket started by a reply that arrived early
 
 
 @dataclass(frozen=True)

@@ -176,10 +176,16 @@ def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) ->
         mid, row = hit
         ticket = _live(session, ctx, row.ticket_id)
         if ticket is not None:
+            waiting = known.get(own) if own else None
             return ThreadDecision(
                 ThreadRule.REFERENCES,
                 ticket.id,
                 f"In-Reply-To/References names <{mid}> ({row.origin}) of ticket #{ticket.number}",
+                # A reply to this message arrived first and started its own ticket:
+                # this message joins the two conversations (see apply's merge check).
+                merge_candidate=(
+                    waiting.ticket_id if waiting and waiting.ticket_id != ticket.id else None
+                ),
             )
 
     bounce = bounce_conversation(ctx, session, deps)

@@ -114,6 +114,72 @@ def test_parent_arriving_after_its_reply_joins_the_reply_ticket(app: App) -> Non
     assert ticket_of(app, "parent@x.test") == ticket_of(app, "child@x.test")
 
 
+def test_early_reply_ticket_is_merged_when_its_parent_joins_another_thread(app: App) -> None:
+    # grandparent, then a reply to the parent that arrives before the parent itself
+    deliver(app, make_mail(message_id="gp@x.test", subject="topic", to="list@lists.test"))
+    deliver(
+        app,
+        make_mail(
+            message_id="c@x.test",
+            in_reply_to="p@x.test",
+            references=["p@x.test"],
+            subject="Re: topic",
+            sender="bob@x.test",
+            to="list@lists.test",
+        ),
+    )
+    assert ticket_of(app, "c@x.test") != ticket_of(app, "gp@x.test")
+    deliver(
+        app,
+        make_mail(
+            message_id="p@x.test",
+            references=["gp@x.test"],
+            subject="Re: topic",
+            sender="carol@x.test",
+            to="list@lists.test",
+        ),
+    )
+    survivor = ticket_of(app, "gp@x.test")
+    assert ticket_of(app, "p@x.test") == survivor
+    assert ticket_of(app, "c@x.test") == survivor
+    with app.db.transaction() as session:
+        merged = [t for t in session.scalars(select(Ticket)) if t.merged_into_id is not None]
+        assert len(merged) == 1 and merged[0].status is TicketStatus.CLOSED
+
+
+def test_forged_parent_sharing_no_people_does_not_merge(app: App) -> None:
+    deliver(
+        app,
+        make_mail(
+            message_id="mine@victim.test",
+            subject="private",
+            sender="victim@v.test",
+            to="support@example.com",
+        ),
+    )
+    deliver(
+        app,
+        make_mail(
+            message_id="vc@victim.test",
+            in_reply_to="unseen@victim.test",
+            subject="Re: secret",
+            sender="victim2@v.test",
+            to="victim@v.test",
+        ),
+    )
+    deliver(
+        app,
+        make_mail(
+            message_id="unseen@victim.test",
+            references=["mine@victim.test"],
+            subject="whatever",
+            sender="mallory@evil.test",
+            to="support@example.com",
+        ),
+    )
+    assert ticket_of(app, "vc@victim.test") != ticket_of(app, "unseen@victim.test")
+
+
 def test_signed_outbound_message_id_threads_without_a_database_row(app: App) -> None:
     deliver(app, make_mail(message_id="orig@customer.test"))
     number = ticket_of(app, "orig@customer.test")

@@ -1,0 +1,471 @@
+"""Spam features: pure tokenization of a ParsedMessage, hashed into a fixed space.
+
+Tokens follow the bogofilter/spamprobe tradition (case kept, header-prefixed,
+URL pieces, money/number shapes, punctuation runs) plus a few header *shapes*.
+Deliberately **not** used, because they describe how a corpus was collected
+rather than the mail itself: recipient addresses (To/Cc/Delivered-To),
+X-Spam-* and other filter verdicts (unless configured as trusted), mailing-list
+headers (List-*, X-Beenthere, Mailing-List), Return-Path and every Received hop
+except the origin hops' shape.
+"""
+
+from __future__ import annotations
+
+import html as html_lib
+import itertools
+import math
+import re
+import zlib
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import NDArray
+
+from maildesk.domain.message import ParsedMessage
+
+FEATURE_VERSION = 1
+
+_WORD = re.compile(r"[^\W\d_][\w'\-.$]{0,40}[\w$%!]|[$£€]\s?\d[\d,.]*|\d[\d,.:/\-]*[\d%]?")
+_PUNCT_RUN = re.compile(r"[!?$*%#]{2,}")
+_URL = re.compile(r"(?:https?://|www\.)[^\s<>\"'()\[\]{}]+", re.IGNORECASE)
+_HREF = re.compile(r"""(?:href|src)\s*=\s*["']?([^"'\s>]+)""", re.IGNORECASE)
+_TAG = re.compile(r"<\s*(/?)([a-zA-Z][a-zA-Z0-9]*)([^>]*)>", re.DOTALL)
+_STRIP_BLOCKS = re.compile(r"<(script|style)[^>]*>.*?</\1\s*>", re.IGNORECASE | re.DOTALL)
+_COMMENT = re.compile(r"<!--.*?-->", re.DOTALL)
+_ANY_TAG = re.compile(r"<[^>]*>")
+_IPV4 = re.compile(r"^\d{1,3}(?:\.\d{1,3}){3}$")
+_BRACKET_IP = re.compile(r"\[(\d{1,3}(?:\.\d{1,3}){3})\]")
+_DYNAMIC = re.compile(r"dsl|dial|cable|pool|dhcp|ppp|dyn|\d+[-.]\d+[-.]\d+", re.IGNORECASE)
+_LOCAL_HOP = re.compile(r"localhost|127\.0\.0\.1", re.IGNORECASE)
+_DIGIT = re.compile(r"\d")
+_ALPHA_RUN = re.compile(r"[a-z]+")
+_MAILER_WORD = re.compile(r"[A-Za-z][A-Za-z\-]+|\d+")
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureConfig:
+    """What goes into the feature vector. Stored with every model (JSON-able)."""
+
+    n_features_log2: int = 20
+    body_bigrams: bool = True
+    lowercase_copies: bool = False
+    html_tags: bool = True
+    header_signals: bool = True
+    all_headers: bool = True
+    char_ngrams: int = 4
+    max_body_chars: int = 30_000
+    own_domains: tuple[str, ...] = ()
+    trusted_verdict_headers: tuple[str, ...] = ()  # e.g. ("X-Spam-Flag", "Authentication-Results")
+    version: int = FEATURE_VERSION
+
+    @property
+    def n_features(self) -> int:
+        return 1 << self.n_features_log2
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "n_features_log2": self.n_features_log2,
+            "body_bigrams": self.body_bigrams,
+            "lowercase_copies": self.lowercase_copies,
+            "html_tags": self.html_tags,
+            "header_signals": self.header_signals,
+            "all_headers": self.all_headers,
+            "char_ngrams": self.char_ngrams,
+            "max_body_chars": self.max_body_chars,
+            "own_domains": list(self.own_domains),
+            "trusted_verdict_headers": list(self.trusted_verdict_headers),
+            "version": self.version,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> FeatureConfig:
+        def _int(key: str, default: int) -> int:
+            value = data.get(key, default)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise ValueError(f"feature config {key!r} must be an integer")
+            return value
+
+        def _bool(key: str, default: bool) -> bool:
+            value = data.get(key, default)
+            if not isinstance(value, bool):
+                raise ValueError(f"feature config {key!r} must be a boolean")
+            return value
+
+        def _strs(key: str) -> tuple[str, ...]:
+            value = data.get(key, [])
+            if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+                raise ValueError(f"feature config {key!r} must be a list of strings")
+            return tuple(value)
+
+        log2 = _int("n_features_log2", 20)
+        if not 10 <= log2 <= 24:
+            raise ValueError("feature config n_features_log2 out of range 10..24")
+        return cls(
+            n_features_log2=log2,
+            body_bigrams=_bool("body_bigrams", True),
+            lowercase_copies=_bool("lowercase_copies", False),
+            html_tags=_bool("html_tags", True),
+            header_signals=_bool("header_signals", True),
+            all_headers=_bool("all_headers", True),
+            char_ngrams=_int("char_ngrams", 4),
+            max_body_chars=_int("max_body_chars", 30_000),
+            own_domains=_strs("own_domains"),
+            trusted_verdict_headers=_strs("trusted_verdict_headers"),
+            version=_int("version", FEATURE_VERSION),
+        )
+
+
+class _Sink:
+    """Collects tokens; duplicates are removed once at the end (cheaper than per add)."""
+
+    __slots__ = ("add", "extend", "items")
+
+    def __init__(self) -> None:
+        self.items: list[str] = []
+        self.add = self.items.append
+        self.extend = self.items.extend
+
+    def distinct(self) -> list[str]:
+        return list(dict.fromkeys(self.items))
+
+
+def _word_tokens(text: str, prefix: str, config: FeatureConfig, sink: _Sink) -> list[str]:
+    """Word, money and number tokens of ``text``; returns the words for bigrams."""
+    words: list[str] = []
+    add = sink.add
+    keep_word = words.append
+    lowercase_copies = config.lowercase_copies
+    for raw in _WORD.findall(text):
+        token = raw.rstrip(".-'")
+        if not token:
+            continue
+        first = token[0]
+        if first.isdigit() or first in "$£€":
+            add(prefix + "num:" + _DIGIT.sub("9", token)[:12])
+            keep_word("#")
+        elif len(token) > 24:
+            add(prefix + "long:" + str(min(len(token) // 8, 8)))
+            keep_word("#")
+        else:
+            add(prefix + token)
+            lowered = token.lower()
+            if lowercase_copies and lowered != token:
+                add(prefix + lowered)
+            keep_word(lowered)
+    for run in _PUNCT_RUN.findall(text):
+        sink.add(prefix + "punct:" + run[:4])
+    return words
+
+
+def _domain_suffixes(host: str) -> list[str]:
+    """``a.b.example.co.uk`` -> the last 2, 3 and 4 labels (the registrable-ish parts)."""
+    labels = [label for label in host.lower().strip(".").split(".") if label]
+    out: list[str] = []
+    for n in (1, 2, 3):
+        if len(labels) >= n:
+            out.append(".".join(labels[-n:]))
+    return out
+
+
+def _url_tokens(url: str, sink: _Sink) -> None:
+    if url.lower().startswith("www."):
+        url = "http://" + url
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        port = parts.port
+    except ValueError:
+        sink.add("url:unparsable")
+        return
+    sink.add("url:scheme:" + parts.scheme.lower())
+    if not host:
+        sink.add("url:nohost")
+        return
+    if _IPV4.match(host):
+        sink.add("url:ip")
+    else:
+        for suffix in _domain_suffixes(host):
+            sink.add("url:" + suffix)
+    if port is not None:
+        sink.add("url:port")
+    if "@" in parts.netloc:
+        sink.add("url:userinfo")
+    for piece in _ALPHA_RUN.findall(parts.path.lower()):
+        if 2 <= len(piece) <= 20:
+            sink.add("urlp:" + piece)
+    if parts.query:
+        sink.add("url:query")
+
+
+def html_to_text(html: str) -> str:
+    """Cheap tag stripper (speed matters more than layout here)."""
+    html = _STRIP_BLOCKS.sub(" ", _COMMENT.sub(" ", html))
+    return html_lib.unescape(_ANY_TAG.sub(" ", html))
+
+
+def _html_tokens(html: str, sink: _Sink) -> None:
+    for closing, name, attrs in _TAG.findall(html):
+        if closing:
+            continue
+        lname = name.lower()
+        sink.add("tag:" + lname)
+        lattrs = attrs.lower()
+        for attr in ("color", "size", "face", "bgcolor", "width", "height", "align"):
+            if attr + "=" in lattrs:
+                sink.add("tag:" + lname + ":" + attr)
+    if "&#" in html:
+        sink.add("html:numeric-entity")
+
+
+def _domain_of(addr: str) -> str:
+    return addr.rpartition("@")[2].lower().strip(".>")
+
+
+def _local_shape(addr: str) -> str:
+    local = addr.rpartition("@")[0]
+    has_digit = any(c.isdigit() for c in local)
+    bucket = "short" if len(local) < 5 else "long" if len(local) > 15 else "mid"
+    return f"{bucket}:{'digits' if has_digit else 'alpha'}"
+
+
+def _received_tokens(msg: ParsedMessage, sink: _Sink) -> None:
+    """Shape of the origin side of the chain; local/collector hops are skipped."""
+    hops = [h for h in msg.header_all("Received") if not _LOCAL_HOP.search(h[:120])]
+    sink.add("rcvd:hops:" + str(min(len(hops), 6)))
+    for depth, hop in enumerate(reversed(hops[-2:])):
+        lhop = " ".join(hop.split()).lower()
+        tag = f"rcvd{depth}:"
+        if not lhop.startswith("from"):
+            sink.add(tag + "nofrom")
+        helo = lhop[5:].split(" ", 1)[0] if lhop.startswith("from ") else ""
+        if _IPV4.match(helo.strip("[]")):
+            sink.add(tag + "helo-ip")
+        elif helo and "." not in helo:
+            sink.add(tag + "helo-bare")
+        if "unknown" in lhop[:80]:
+            sink.add(tag + "unknown")
+        rdns = lhop.split("(", 1)[1].split(")", 1)[0] if "(" in lhop else ""
+        if _DYNAMIC.search(rdns):
+            sink.add(tag + "dynamic")
+        if helo and rdns and helo.strip("[]") not in rdns:
+            sink.add(tag + "helo-mismatch")
+        if not _BRACKET_IP.search(lhop):
+            sink.add(tag + "no-ip")
+        for proto in ("esmtp", "smtp", "http", "qmqp", "lmtp"):
+            if f"with {proto}" in lhop:
+                sink.add(tag + "with:" + proto)
+                break
+
+
+def _header_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> None:
+    sender = msg.from_.addr if msg.from_ else ""
+    if sender:
+        from_domain = _domain_of(sender)
+        for suffix in _domain_suffixes(from_domain):
+            sink.add("from:" + suffix)
+        sink.add("from:local:" + _local_shape(sender))
+        if msg.from_ and msg.from_.name:
+            for word in _MAILER_WORD.findall(msg.from_.name)[:6]:
+                sink.add("fromname:" + word)
+        else:
+            sink.add("from:noname")
+    else:
+        from_domain = ""
+        sink.add("from:missing")
+    for reply in msg.reply_to[:2]:
+        reply_domain = _domain_of(reply.addr)
+        sink.add("replyto:" + reply_domain)
+        if reply.addr != sender:
+            sink.add("replyto:differs")
+        if reply_domain != from_domain:
+            sink.add("replyto:otherdomain")
+    if config.own_domains:
+        own = {d.lower() for d in config.own_domains}
+        if from_domain in own:
+            sink.add("from:own")
+    msgid = msg.message_id or ""
+    if not msgid:
+        sink.add("mid:missing")
+    else:
+        host = msgid.rpartition("@")[2].lower()
+        if not host or host == msgid.lower():
+            sink.add("mid:nohost")
+        elif _IPV4.match(host):
+            sink.add("mid:ip")
+        else:
+            for suffix in _domain_suffixes(host)[:2]:
+                sink.add("mid:" + suffix)
+            if from_domain and not host.endswith(from_domain.split(".", 1)[-1]):
+                sink.add("mid:foreign")
+        sink.add("mid:shape:" + _DIGIT.sub("9", msgid.rpartition("@")[0])[:6])
+    for name in ("X-Mailer", "User-Agent"):
+        value = msg.header(name)
+        if value:
+            for word in _MAILER_WORD.findall(value)[:4]:
+                sink.add(f"{name.lower()}:{word}")
+    if msg.header("Date") is None:
+        sink.add("date:missing")
+    sink.add("ct:" + msg.content_type)
+    for key, value in msg.headers:
+        lkey = key.lower()
+        if lkey == "content-type" or lkey == "content-transfer-encoding":
+            lvalue = value.lower()
+            if "charset=" in lvalue:
+                charset = lvalue.split("charset=", 1)[1].strip("\"' ").split(";")[0]
+                sink.add("charset:" + charset.strip("\"' ")[:20])
+            if lkey == "content-transfer-encoding":
+                sink.add("cte:" + lvalue.strip()[:20])
+    if msg.html is not None and not msg.text.strip():
+        sink.add("body:html-only")
+    elif msg.html is not None:
+        sink.add("body:html")
+    for att in msg.attachments[:10]:
+        sink.add("att:" + att.content_type.lower())
+        ext = att.filename.rpartition(".")[2].lower() if "." in att.filename else ""
+        if ext and len(ext) <= 5:
+            sink.add("att:ext:" + ext)
+    _received_tokens(msg, sink)
+
+
+def _verdict_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> None:
+    """Trusted MTA verdicts (only headers the operator named as trusted)."""
+    for name in config.trusted_verdict_headers:
+        for value in msg.header_all(name)[:3]:
+            lname = name.lower()
+            lvalue = value.lower()
+            if lname == "authentication-results":
+                for method in ("spf", "dkim", "dmarc", "arc"):
+                    match = re.search(method + r"=(\w+)", lvalue)
+                    if match:
+                        sink.add(f"verdict:{method}:{match.group(1)}")
+            else:
+                try:
+                    score = float(lvalue.split()[0])
+                    sink.add(f"verdict:{lname}:{max(-5, min(int(score), 15))}")
+                except (ValueError, IndexError):
+                    sink.add(f"verdict:{lname}:{lvalue.strip()[:12]}")
+
+
+# Headers that describe the collection (recipient, collector's MTA, other filters'
+# verdicts) or are unique ids/timestamps: never tokenized generically.
+_SKIP_HEADERS = frozenset(
+    {
+        "to", "cc", "bcc", "delivered-to", "x-original-to", "envelope-to", "apparently-to",
+        "x-apparently-to", "received", "date", "message-id", "in-reply-to", "references",
+        "subject", "from", "reply-to", "content-type", "content-transfer-encoding",
+        "x-mailer", "user-agent", "status", "x-status", "x-keywords", "x-uid", "lines",
+        "content-length", "x-uidl", "x-imap", "x-egroups-return", "x-mailman-approved-at",
+    }
+)  # fmt: skip
+_SKIP_PREFIXES = ("x-spam", "x-virus", "x-razor", "x-pyzor", "x-dspam", "x-bogosity")
+
+
+def _recipient_words(msg: ParsedMessage) -> set[str]:
+    words: set[str] = set()
+    rcpts = [a.addr for a in (*msg.to, *msg.cc)]
+    rcpts.extend(msg.header_all("Delivered-To"))
+    rcpts.extend(msg.header_all("X-Original-To"))
+    for addr in rcpts:
+        words.update(_MAILER_WORD.findall(addr.lower()))
+    return words
+
+
+def _generic_header_tokens(msg: ParsedMessage, sink: _Sink) -> None:
+    """bogofilter-style ``name:word`` tokens of the headers not skipped above."""
+    skip_words = _recipient_words(msg)
+    for key, value in msg.headers[:80]:
+        lkey = key.lower()
+        if lkey in _SKIP_HEADERS or lkey.startswith(_SKIP_PREFIXES):
+            continue
+        sink.add("h:" + lkey)
+        for word in _MAILER_WORD.findall(value[:300])[:20]:
+            if word.lower() not in skip_words and not word.isdigit():
+                sink.add(f"h:{lkey}:{word}")
+    if msg.header("References") or msg.header("In-Reply-To"):
+        sink.add("h:is-reply")
+
+
+def _char_ngram_indices(text: str, n: int, mask: int) -> NDArray[np.int64]:
+    """Hashed byte n-grams (Sculley-style), vectorised: no Python loop per n-gram."""
+    data = np.frombuffer(text.encode("utf-8", "replace")[:3000], dtype=np.uint8)
+    if data.size < n:
+        return np.zeros(0, dtype=np.int64)
+    acc = np.zeros(data.size - n + 1, dtype=np.uint64)
+    for k in range(n):
+        acc = acc * np.uint64(1099511628211) + data[k : data.size - n + 1 + k].astype(np.uint64)
+    acc ^= acc >> np.uint64(29)
+    acc *= np.uint64(0xBF58476D1CE4E5B9)
+    acc ^= acc >> np.uint64(32)
+    return (acc & np.uint64(mask)).astype(np.int64)
+
+
+def tokens(msg: ParsedMessage, config: FeatureConfig) -> list[str]:
+    """All distinct feature tokens of ``msg`` (pure; never raises on odd content)."""
+    sink = _Sink()
+    subject_words = _word_tokens(msg.subject or "", "s:", config, sink)
+    if not subject_words:
+        sink.add("s:empty")
+    body = msg.text or ""
+    html = msg.html or ""
+    if html and not body.strip():
+        body = html_to_text(html[: config.max_body_chars])
+    body = body[: config.max_body_chars]
+    words = _word_tokens(body, "", config, sink)
+    if config.body_bigrams:
+        sink.extend("b:" + a + " " + b for a, b in itertools.pairwise(words))
+    urls = _URL.findall(body)
+    if html:
+        clipped = html[: config.max_body_chars]
+        urls.extend(_HREF.findall(clipped))
+        if config.html_tags:
+            _html_tokens(clipped, sink)
+    for url in urls[:50]:
+        _url_tokens(url, sink)
+    sink.add("url:count:" + str(min(len(urls), 10)))
+    if config.header_signals:
+        _header_tokens(msg, config, sink)
+    if config.all_headers:
+        _generic_header_tokens(msg, sink)
+    if config.trusted_verdict_headers:
+        _verdict_tokens(msg, config, sink)
+    return sink.distinct()
+
+
+class FeatureExtractor:
+    """Message -> sorted distinct hashed indices; every present feature has weight 1/sqrt(n).
+
+    Hashing is CRC-32 of the UTF-8 token (stable across processes and platforms,
+    unlike ``hash()``), masked to ``n_features``; collisions merge features.
+    """
+
+    def __init__(self, config: FeatureConfig) -> None:
+        self.config = config
+        self._mask = config.n_features - 1
+
+    def indices(self, msg: ParsedMessage) -> tuple[NDArray[np.int64], float]:
+        """Distinct feature indices of ``msg`` and the common L2-normalised value."""
+        toks = tokens(msg, self.config)
+        hashed = np.array([zlib.crc32(t.encode("utf-8", "replace")) for t in toks], np.int64)
+        hashed &= self._mask
+        if self.config.char_ngrams:
+            text = (msg.subject or "") + " " + (msg.text or msg.html or "")
+            hashed = np.concatenate(
+                [hashed, _char_ngram_indices(text, self.config.char_ngrams, self._mask)]
+            )
+        hashed.sort()
+        idx = hashed[np.concatenate(([True], hashed[1:] != hashed[:-1]))] if hashed.size else hashed
+        return idx, 1.0 / math.sqrt(max(idx.size, 1))
+
+    def row(self, idx: NDArray[np.int64], value: float) -> sp.csr_matrix:
+        data = np.full(idx.size, value)
+        indptr = np.array([0, idx.size])
+        return sp.csr_matrix((data, idx, indptr), shape=(1, self.config.n_features))
+
+    def transform(self, messages: list[ParsedMessage]) -> sp.csr_matrix:
+        """Rows for many messages (used by batch training)."""
+        rows = [self.row(*self.indices(m)) for m in messages]
+        if not rows:
+            return sp.csr_matrix((0, self.config.n_features))
+        return sp.vstack(rows, format="csr")

@@ -1,0 +1,347 @@
+"""The learning spam filter: hashed features -> SGD logistic model -> calibrated band.
+
+The learner is scikit-learn's ``SGDClassifier(loss="log_loss").partial_fit``
+(chosen on the comparison in the module card ``spam_model/MODEL_CARD.md``).
+Its raw margin is mapped to a probability by an online Platt scaler fitted on
+the margins each message had *before* it was learned, so the probability
+stays calibrated as the model drifts.
+
+Persistence never uses pickle: one ``.npz`` holding the non-zero weights and a
+JSON metadata blob, loaded with ``allow_pickle=False``, written atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import io
+import json
+import math
+import os
+import tempfile
+import warnings
+import zipfile
+import zlib
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.linear_model import SGDClassifier
+
+from maildesk.domain.message import ParsedMessage
+from maildesk.spam.features import FeatureConfig, FeatureExtractor
+
+FORMAT_VERSION = 1
+MODEL_KIND = "maildesk-spam-sgd"
+
+
+class Band(enum.StrEnum):
+    HAM = "ham"
+    UNSURE = "unsure"
+    SPAM = "spam"
+
+
+class TrainPolicy(enum.StrEnum):
+    """When ``learn`` updates the weights (the calibrator always learns)."""
+
+    EVERYTHING = "everything"
+    ON_ERROR = "on-error"  # only when the pre-update band was wrong or unsure
+    THICK = "thick"  # train-on-error plus a margin: |margin| < thick_margin
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    """Probability cut points: < ``unsure_at`` is ham, >= ``spam_at`` is spam."""
+
+    unsure_at: float = 0.5
+    spam_at: float = 0.99
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.unsure_at <= self.spam_at <= 1.0:
+            raise ValueError("thresholds must satisfy 0 <= unsure_at <= spam_at <= 1")
+
+    def band(self, probability: float) -> Band:
+        if probability >= self.spam_at:
+            return Band.SPAM
+        if probability >= self.unsure_at:
+            return Band.UNSURE
+        return Band.HAM
+
+
+@dataclass(frozen=True, slots=True)
+class LearnerConfig:
+    """Hyper-parameters of the SGD learner and training policy."""
+
+    loss: str = "log_loss"
+    alpha: float = 1e-5
+    policy: TrainPolicy = TrainPolicy.EVERYTHING
+    thick_margin: float = 2.0
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "loss": self.loss,
+            "alpha": self.alpha,
+            "policy": self.policy.value,
+            "thick_margin": self.thick_margin,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> LearnerConfig:
+        loss = data.get("loss", "log_loss")
+        alpha = data.get("alpha", 1e-5)
+        thick = data.get("thick_margin", 2.0)
+        if loss not in ("log_loss", "modified_huber", "hinge"):
+            raise ValueError(f"unsupported loss {loss!r}")
+        if not isinstance(alpha, int | float) or not isinstance(thick, int | float):
+            raise ValueError("alpha and thick_margin must be numbers")
+        return cls(
+            loss=str(loss),
+            alpha=float(alpha),
+            policy=TrainPolicy(str(data.get("policy", TrainPolicy.EVERYTHING.value))),
+            thick_margin=float(thick),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class SpamVerdict:
+    probability: float
+    band: Band
+
+
+class ModelLoadError(Exception):
+    """The model file is missing, unreadable, not ours, or would need unpickling."""
+
+
+def _sigmoid(x: float) -> float:
+    if x >= 0:
+        return 1.0 / (1.0 + math.exp(-x))
+    z = math.exp(x)
+    return z / (1.0 + z)
+
+
+class SpamFilter:
+    """Score and learn messages; owns its weights and nothing else (no I/O until save)."""
+
+    _CALIB_RATE = 0.02
+
+    def __init__(
+        self,
+        features: FeatureConfig | None = None,
+        learner: LearnerConfig | None = None,
+        thresholds: Thresholds | None = None,
+    ) -> None:
+        self.features = features or FeatureConfig()
+        self.learner = learner or LearnerConfig()
+        self.thresholds = thresholds or Thresholds()
+        self._extractor = FeatureExtractor(self.features)
+        self._clf = self._new_classifier()
+        self._coef: NDArray[np.float64] = np.zeros(self.features.n_features)
+        self._intercept = 0.0
+        self._calib_a = 1.0
+        self._calib_b = 0.0
+        self.trained_spam = 0
+        self.trained_ham = 0
+        self.seen = 0
+        self.updated_at: str | None = None
+
+    def _new_classifier(self) -> SGDClassifier:
+        return SGDClassifier(loss=self.learner.loss, alpha=self.learner.alpha)
+
+    # -- scoring -----------------------------------------------------------------
+    def margin(self, msg: ParsedMessage) -> float:
+        """Raw linear score (feature extraction included)."""
+        idx, value = self._extractor.indices(msg)
+        return float(self._coef[idx].sum() * value) + self._intercept
+
+    def probability_of(self, margin: float) -> float:
+        return _sigmoid(self._calib_a * margin + self._calib_b)
+
+    def score(self, msg: ParsedMessage) -> SpamVerdict:
+        probability = self.probability_of(self.margin(msg))
+        return SpamVerdict(probability, self.thresholds.band(probability))
+
+    # -- learning ----------------------------------------------------------------
+    def learn(self, msg: ParsedMessage, is_spam: bool) -> None:
+        """Learn the true label of one message (call once per message)."""
+        idx, value = self._extractor.indices(msg)
+        margin = float(self._coef[idx].sum() * value) + self._intercept
+        self._update_calibration(margin, is_spam)
+        self.seen += 1
+        if self._should_train(margin, is_spam):
+            x = self._extractor.row(idx, value)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._clf.partial_fit(x, [int(is_spam)], classes=[0, 1])
+            self._coef = self._clf.coef_[0]
+            self._intercept = float(self._clf.intercept_[0])
+            if is_spam:
+                self.trained_spam += 1
+            else:
+                self.trained_ham += 1
+        self.updated_at = datetime.now(UTC).isoformat(timespec="seconds")
+
+    def _should_train(self, margin: float, is_spam: bool) -> bool:
+        if self.trained_spam + self.trained_ham == 0:
+            return True
+        signed = margin if is_spam else -margin
+        policy = self.learner.policy
+        if policy is TrainPolicy.EVERYTHING:
+            return True
+        if policy is TrainPolicy.ON_ERROR:
+            band = self.thresholds.band(self.probability_of(margin))
+            return band is Band.UNSURE or (band is Band.SPAM) != is_spam
+        return signed < self.learner.thick_margin
+
+    def _update_calibration(self, margin: float, is_spam: bool) -> None:
+        """One SGD step of Platt scaling on the pre-update margin."""
+        if self.trained_spam + self.trained_ham == 0:
+            return
+        p = _sigmoid(self._calib_a * margin + self._calib_b)
+        grad = (1.0 if is_spam else 0.0) - p
+        clipped = max(-10.0, min(10.0, margin))
+        self._calib_a = max(0.05, self._calib_a + self._CALIB_RATE * grad * clipped)
+        self._calib_b += self._CALIB_RATE * grad
+
+    # -- persistence -------------------------------------------------------------
+    def metadata(self) -> dict[str, object]:
+        return {
+            "kind": MODEL_KIND,
+            "format_version": FORMAT_VERSION,
+            "features": self.features.to_json(),
+            "learner": self.learner.to_json(),
+            "thresholds": {
+                "unsure_at": self.thresholds.unsure_at,
+                "spam_at": self.thresholds.spam_at,
+            },
+            "intercept": self._intercept,
+            "sgd_t": float(getattr(self._clf, "t_", 1.0)),
+            "calibration": {"a": self._calib_a, "b": self._calib_b},
+            "trained_spam": self.trained_spam,
+            "trained_ham": self.trained_ham,
+            "seen": self.seen,
+            "updated_at": self.updated_at,
+        }
+
+    def save(self, path: Path | str) -> None:
+        """Write atomically: temp file in the same directory, fsync, os.replace."""
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        nonzero = np.flatnonzero(self._coef).astype(np.int32)
+        meta = json.dumps(self.metadata(), sort_keys=True).encode()
+        buffer = io.BytesIO()
+        np.savez_compressed(
+            buffer,
+            indices=nonzero,
+            values=self._coef[nonzero].astype(np.float64),
+            meta=np.frombuffer(meta, dtype=np.uint8),
+        )
+        fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(buffer.getvalue())
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
+
+    @classmethod
+    def load(cls, path: Path | str) -> SpamFilter:
+        """Load a model written by :meth:`save`; raises ModelLoadError on anything else."""
+        try:
+            with np.load(Path(path), allow_pickle=False) as data:
+                indices = np.asarray(data["indices"])
+                values = np.asarray(data["values"])
+                meta = json.loads(bytes(np.asarray(data["meta"], dtype=np.uint8)).decode())
+        except FileNotFoundError as exc:
+            raise ModelLoadError(f"model file {path} does not exist") from exc
+        except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+            raise ModelLoadError(f"model file {path} is not a readable model: {exc}") from exc
+        try:
+            return cls._from_parts(indices, values, meta)
+        except (ValueError, KeyError, TypeError, IndexError) as exc:
+            raise ModelLoadError(f"model file {path} is inconsistent: {exc}") from exc
+
+    @classmethod
+    def _from_parts(
+        cls, indices: NDArray[np.int32], values: NDArray[np.float64], meta: dict[str, object]
+    ) -> SpamFilter:
+        if not isinstance(meta, dict) or meta.get("kind") != MODEL_KIND:
+            raise ValueError("not a maildesk spam model")
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise ValueError(f"unsupported format_version {meta.get('format_version')!r}")
+        features = FeatureConfig.from_json(_dict(meta, "features"))
+        learner = LearnerConfig.from_json(_dict(meta, "learner"))
+        thr = _dict(meta, "thresholds")
+        thresholds = Thresholds(float(_num(thr, "unsure_at")), float(_num(thr, "spam_at")))
+        model = cls(features, learner, thresholds)
+        if indices.ndim != 1 or indices.shape != values.shape:
+            raise ValueError("weight arrays have mismatched shapes")
+        if indices.size and (indices.min() < 0 or indices.max() >= features.n_features):
+            raise ValueError("weight index out of range")
+        if not np.all(np.isfinite(values)):
+            raise ValueError("non-finite weights")
+        coef = np.zeros((1, features.n_features))
+        coef[0, indices] = values
+        intercept = float(_num(meta, "intercept"))
+        calib = _dict(meta, "calibration")
+        model._calib_a = float(_num(calib, "a"))
+        model._calib_b = float(_num(calib, "b"))
+        model.trained_spam = int(_num(meta, "trained_spam"))
+        model.trained_ham = int(_num(meta, "trained_ham"))
+        model.seen = int(_num(meta, "seen"))
+        updated = meta.get("updated_at")
+        model.updated_at = updated if isinstance(updated, str) else None
+        if model.trained_spam + model.trained_ham:
+            # Restore the estimator state partial_fit needs to continue where it stopped.
+            clf = model._clf
+            clf.classes_ = np.array([0, 1])
+            clf.coef_ = coef
+            clf.intercept_ = np.array([intercept])
+            clf.t_ = float(_num(meta, "sgd_t"))
+            clf.n_features_in_ = features.n_features
+        model._coef = coef[0]
+        model._intercept = intercept
+        return model
+
+    @classmethod
+    def load_or_seed(cls, live_path: Path | str, seed_path: Path | str) -> tuple[SpamFilter, str]:
+        """The live model, else the shipped seed, with a one-line note for the log."""
+        try:
+            model = cls.load(live_path)
+        except ModelLoadError as exc:
+            seed = cls.load(seed_path)
+            return seed, f"spam model: {exc}; falling back to the seed model {seed_path}"
+        return model, (
+            f"spam model: loaded {live_path} "
+            f"({model.trained_spam} spam / {model.trained_ham} ham trained)"
+        )
+
+
+def _dict(data: dict[str, object], key: str) -> dict[str, object]:
+    value = data.get(key)
+    if not isinstance(value, dict):
+        raise ValueError(f"metadata {key!r} missing or not an object")
+    return value
+
+
+def _num(data: dict[str, object], key: str) -> float:
+    value = data.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"metadata {key!r} missing or not a finite number")
+    return float(value)
+
+
+__all__ = [
+    "Band",
+    "LearnerConfig",
+    "ModelLoadError",
+    "SpamFilter",
+    "SpamVerdict",
+    "Thresholds",
+    "TrainPolicy",
+]

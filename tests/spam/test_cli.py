@@ -1,0 +1,117 @@
+"""The ``spam`` click group, driven through CliRunner."""
+
+from __future__ import annotations
+
+import json
+from email.message import EmailMessage
+from pathlib import Path
+
+from click.testing import CliRunner
+
+from maildesk.spam.cli import spam
+
+
+def write_mail(path: Path, sender: str, subject: str, body: str) -> Path:
+    msg = EmailMessage()
+    msg["From"] = sender
+    msg["To"] = "support@desk.test"
+    msg["Subject"] = subject
+    msg["Message-ID"] = f"<{path.stem}@{sender.split('@')[1]}>"
+    msg.set_content(body)
+    path.write_bytes(msg.as_bytes())
+    return path
+
+
+def make_corpus(root: Path) -> tuple[list[Path], list[Path]]:
+    spam_dir, ham_dir = root / "spam", root / "ham"
+    spam_dir.mkdir()
+    ham_dir.mkdir()
+    spams = [
+        write_mail(
+            spam_dir / f"s{i}.eml",
+            f"promo{i}@deals.biz",
+            "CHEAP MEDS $99!!!",
+            f"Buy pills now http://pills{i}.deals.biz/order unsubscribe {i}",
+        )
+        for i in range(6)
+    ]
+    hams = [
+        write_mail(
+            ham_dir / f"h{i}.eml",
+            f"user{i}@corp.org",
+            f"Ticket {i}: printer jam",
+            f"Hello, printer {i} in room B jams on every job. Thanks, User",
+        )
+        for i in range(6)
+    ]
+    return spams, hams
+
+
+def test_train_then_score_ranks_spam_above_ham(tmp_path: Path) -> None:
+    make_corpus(tmp_path)
+    out = tmp_path / "model.npz"
+    runner = CliRunner()
+    result = runner.invoke(
+        spam,
+        [
+            "train",
+            "--spam",
+            str(tmp_path / "spam"),
+            "--ham",
+            str(tmp_path / "ham"),
+            "--out",
+            str(out),
+            "--fresh",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "learned 12 messages" in result.output and out.exists()
+    probe_spam = write_mail(
+        tmp_path / "ps.eml",
+        "new@deals.biz",
+        "CHEAP MEDS $49!!!",
+        "Buy pills now http://pills9.deals.biz/order unsubscribe",
+    )
+    probe_ham = write_mail(
+        tmp_path / "ph.eml",
+        "new@corp.org",
+        "Ticket 77: printer jam",
+        "Hello, printer 7 in room C jams on every job. Thanks",
+    )
+    result = runner.invoke(spam, ["score", "--model", str(out), str(probe_spam), str(probe_ham)])
+    assert result.exit_code == 0, result.output
+    lines = [line.split("\t") for line in result.stdout.splitlines()]
+    probs = {Path(cols[0]).name: float(cols[1]) for cols in lines}
+    assert probs["ps.eml"] > probs["ph.eml"]
+    assert lines[0][2] in {"ham", "unsure", "spam"}
+
+
+def test_status_reports_seed_fallback_when_live_model_missing(tmp_path: Path) -> None:
+    result = CliRunner().invoke(spam, ["status", "--model", str(tmp_path / "none.npz")])
+    assert result.exit_code == 0, result.output
+    assert "falling back to the seed" in result.output
+    assert "trained_spam:" in result.output
+
+
+def test_eval_online_json_on_a_small_index(tmp_path: Path) -> None:
+    spams, hams = make_corpus(tmp_path)
+    index = tmp_path / "index"
+    lines = []
+    for s, h in zip(spams, hams, strict=True):
+        lines += [f"spam {s.relative_to(tmp_path)}", f"ham {h.relative_to(tmp_path)}"]
+    index.write_text("\n".join(lines) + "\n")
+    result = CliRunner().invoke(
+        spam, ["eval", "--index", str(index), "--protocol", "online", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    figures = json.loads(result.stdout)
+    assert figures["messages"] == 12 and figures["spam"] == 6 and figures["ham"] == 6
+    for key in ("fp_pct", "fn_pct", "unsure_pct", "one_minus_roca_pct", "messages_per_s"):
+        assert key in figures
+
+
+def test_eval_rejects_a_malformed_index(tmp_path: Path) -> None:
+    index = tmp_path / "index"
+    index.write_text("maybe some/file\n")
+    result = CliRunner().invoke(spam, ["eval", "--index", str(index)])
+    assert result.exit_code != 0

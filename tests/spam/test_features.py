@@ -1,0 +1,117 @@
+"""Feature extraction: fixed width, deterministic, total on odd input, no collection artefacts."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from maildesk.domain.message import Address, ParsedAttachment, ParsedMessage
+from maildesk.spam.features import FeatureConfig, FeatureExtractor, tokens
+
+
+def message(
+    subject: str = "Hello",
+    text: str = "Body text",
+    html: str | None = None,
+    headers: tuple[tuple[str, str], ...] = (),
+    sender: str = "alice@example.org",
+    to: tuple[Address, ...] = (Address("support@desk.test"),),
+    attachments: tuple[ParsedAttachment, ...] = (),
+) -> ParsedMessage:
+    return ParsedMessage(
+        message_id="abc@example.org",
+        in_reply_to=(),
+        references=(),
+        subject=subject,
+        from_=Address(sender, "Alice"),
+        to=to,
+        cc=(),
+        reply_to=(),
+        date=None,
+        text=text,
+        html=html,
+        attachments=attachments,
+        headers=headers,
+        content_type="text/plain",
+    )
+
+
+odd_text = st.text(alphabet=st.characters(codec="utf-8"), max_size=400)
+header_pairs = st.lists(st.tuples(st.text(max_size=20), odd_text), max_size=8).map(tuple)
+
+
+@settings(max_examples=150, deadline=None)
+@given(subject=odd_text, text=odd_text, html=st.none() | odd_text, headers=header_pairs)
+def test_never_raises_and_stays_in_the_fixed_space(
+    subject: str, text: str, html: str | None, headers: tuple[tuple[str, str], ...]
+) -> None:
+    config = FeatureConfig(n_features_log2=12)
+    msg = message(subject=subject, text=text, html=html, headers=headers)
+    idx, value = FeatureExtractor(config).indices(msg)
+    assert idx.size > 0
+    assert idx.min() >= 0 and idx.max() < 4096
+    assert len(set(idx.tolist())) == idx.size  # distinct
+    assert value > 0
+
+
+@settings(max_examples=50, deadline=None)
+@given(subject=odd_text, text=odd_text)
+def test_deterministic(subject: str, text: str) -> None:
+    extractor = FeatureExtractor(FeatureConfig())
+    first, _ = extractor.indices(message(subject=subject, text=text))
+    second, _ = FeatureExtractor(FeatureConfig()).indices(message(subject=subject, text=text))
+    assert first.tolist() == second.tolist()
+
+
+def test_url_domains_and_money_shapes_become_tokens() -> None:
+    toks = tokens(
+        message(text="Win $1,000 now at http://deals.cheap-pills.example.com/buy/now?x=1"),
+        FeatureConfig(),
+    )
+    assert "url:cheap-pills.example.com" in toks
+    assert "url:example.com" in toks
+    assert "urlp:buy" in toks
+    assert "num:$9,999" in toks
+
+
+def test_html_only_body_is_tokenized_from_its_text_and_tags() -> None:
+    toks = tokens(
+        message(
+            text="", html='<font color="red">Cheap <b>meds</b></font><a href="http://x.test/">'
+        ),
+        FeatureConfig(),
+    )
+    assert {"Cheap", "meds", "tag:font:color", "url:x.test", "body:html-only"} <= set(toks)
+
+
+def test_recipient_and_filter_verdict_headers_are_not_features_by_default() -> None:
+    headers = (
+        ("X-Spam-Status", "Yes, hits=12.0"),
+        ("Delivered-To", "zzzz@collector.test"),
+        ("X-Original-Recipient", "zzzz@collector.test"),
+        ("Organization", "Acme Widgets"),
+    )
+    toks = tokens(message(headers=headers), FeatureConfig())
+    assert not any("spam" in t.lower() and t.startswith("h:") for t in toks)
+    assert not any("zzzz" in t for t in toks)
+    assert "h:organization:Acme" in toks
+
+
+def test_trusted_verdict_headers_are_used_only_when_configured() -> None:
+    headers = (("X-Spam-Flag", "YES"), ("Authentication-Results", "mx; spf=fail dkim=none"))
+    msg = message(headers=headers)
+    assert not any(t.startswith("verdict:") for t in tokens(msg, FeatureConfig()))
+    trusted = FeatureConfig(trusted_verdict_headers=("X-Spam-Flag", "Authentication-Results"))
+    toks = tokens(msg, trusted)
+    assert {"verdict:x-spam-flag:yes", "verdict:spf:fail", "verdict:dkim:none"} <= set(toks)
+
+
+def test_attachment_types_are_features() -> None:
+    att = ParsedAttachment("invoice.exe", "application/octet-stream", b"MZ")
+    toks = tokens(message(attachments=(att,)), FeatureConfig())
+    assert "att:ext:exe" in toks and "att:application/octet-stream" in toks
+
+
+def test_config_json_round_trip() -> None:
+    config = FeatureConfig(n_features_log2=18, own_domains=("desk.test",), char_ngrams=0)
+    assert FeatureConfig.from_json(config.to_json()) == config

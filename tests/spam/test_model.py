@@ -1,0 +1,184 @@
+"""SpamFilter: learning, bands, persistence without pickle, seed fallback."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from maildesk.domain.message import Address, ParsedMessage
+from maildesk.spam.model import (
+    Band,
+    ModelLoadError,
+    SpamFilter,
+    Thresholds,
+)
+
+
+def message(subject: str, text: str, sender: str = "bob@example.org") -> ParsedMessage:
+    return ParsedMessage(
+        message_id=f"{abs(hash(subject + text))}@example.org",
+        in_reply_to=(),
+        references=(),
+        subject=subject,
+        from_=Address(sender),
+        to=(Address("support@desk.test"),),
+        cc=(),
+        reply_to=(),
+        date=None,
+        text=text,
+        html=None,
+        attachments=(),
+        headers=(("Subject", subject),),
+        content_type="text/plain",
+    )
+
+
+SPAMMY = [
+    message("Cheap meds!!!", "Buy viagra now $99.99 http://pills.example.biz/buy", "x1@pills.biz"),
+    message(
+        "You WON $1,000,000", "Claim your lottery prize at http://win.example.biz", "w@win.biz"
+    ),
+    message("Hot singles", "Click here http://dating.example.biz/now unsubscribe", "d@dating.biz"),
+]
+HAMMY = [
+    message(
+        "Printer broken", "Hi, the office printer shows error 42 since Monday.", "ann@corp.org"
+    ),
+    message(
+        "Re: invoice 2231", "Thanks, the invoice was paid yesterday. Regards, Tom", "t@corp.org"
+    ),
+    message(
+        "VPN access", "Could you reset my VPN token? I am travelling next week.", "eve@corp.org"
+    ),
+]
+
+
+def trained(rounds: int = 3) -> SpamFilter:
+    model = SpamFilter()
+    for _ in range(rounds):
+        for s, h in zip(SPAMMY, HAMMY, strict=True):
+            model.learn(s, True)
+            model.learn(h, False)
+    return model
+
+
+def test_learning_a_message_moves_its_score_toward_the_label() -> None:
+    model = trained(1)
+    target = message("Limited offer", "Cheap watches http://watch.example.biz", "o@watch.biz")
+    before = model.score(target).probability
+    model.learn(target, True)
+    assert model.score(target).probability > before
+    before = model.score(target).probability
+    model.learn(target, False)
+    assert model.score(target).probability < before
+
+
+def test_trained_model_separates_the_classes() -> None:
+    model = trained()
+    assert all(
+        model.score(s).probability > model.score(h).probability for s in SPAMMY for h in HAMMY
+    )
+
+
+@pytest.mark.parametrize(
+    ("probability", "band"),
+    [(0.0, Band.HAM), (0.49, Band.HAM), (0.5, Band.UNSURE), (0.98, Band.UNSURE), (0.99, Band.SPAM)],
+)
+def test_bands_follow_thresholds(probability: float, band: Band) -> None:
+    assert Thresholds(unsure_at=0.5, spam_at=0.99).band(probability) is band
+
+
+def test_inconsistent_thresholds_are_rejected() -> None:
+    with pytest.raises(ValueError):
+        Thresholds(unsure_at=0.9, spam_at=0.5)
+
+
+def test_save_load_round_trip_gives_identical_scores(tmp_path: Path) -> None:
+    model = trained()
+    path = tmp_path / "live.npz"
+    model.save(path)
+    loaded = SpamFilter.load(path)
+    for msg in SPAMMY + HAMMY:
+        assert loaded.score(msg) == model.score(msg)
+    assert (loaded.trained_spam, loaded.trained_ham) == (model.trained_spam, model.trained_ham)
+    assert [p.name for p in tmp_path.iterdir()] == ["live.npz"]  # no temp file left behind
+
+
+def test_loaded_model_keeps_learning_like_the_original(tmp_path: Path) -> None:
+    model = trained()
+    model.save(tmp_path / "m.npz")
+    loaded = SpamFilter.load(tmp_path / "m.npz")
+    extra = message("Free money", "Wire fee needed http://scam.example.biz", "s@scam.biz")
+    model.learn(extra, True)
+    loaded.learn(extra, True)
+    assert loaded.score(extra).probability == pytest.approx(model.score(extra).probability)
+
+
+def test_missing_live_file_falls_back_to_seed_with_a_note(tmp_path: Path) -> None:
+    seed = tmp_path / "seed.npz"
+    trained().save(seed)
+    model, note = SpamFilter.load_or_seed(tmp_path / "absent.npz", seed)
+    assert "does not exist" in note and "seed" in note
+    assert model.score(SPAMMY[0]) == SpamFilter.load(seed).score(SPAMMY[0])
+
+
+def test_corrupt_live_file_falls_back_to_seed_with_a_note(tmp_path: Path) -> None:
+    seed = tmp_path / "seed.npz"
+    trained().save(seed)
+    live = tmp_path / "live.npz"
+    trained().save(live)
+    live.write_bytes(live.read_bytes()[:200])  # truncated write
+    model, note = SpamFilter.load_or_seed(live, seed)
+    assert "falling back to the seed" in note
+    assert model.trained_spam == SpamFilter.load(seed).trained_spam
+
+
+def test_good_live_file_is_preferred_over_seed(tmp_path: Path) -> None:
+    seed = tmp_path / "seed.npz"
+    SpamFilter().save(seed)
+    live = tmp_path / "live.npz"
+    trained().save(live)
+    model, note = SpamFilter.load_or_seed(live, seed)
+    assert model.trained_spam == 9 and "loaded" in note
+
+
+class _Boom:
+    """Unpickling this would create a marker file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[object, tuple[str, str]]:
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_pickle_is_rejected_and_never_executed(tmp_path: Path) -> None:
+    marker = tmp_path / "executed"
+    path = tmp_path / "evil.npz"
+    path.write_bytes(pickle.dumps(_Boom(marker)))
+    with pytest.raises(ModelLoadError):
+        SpamFilter.load(path)
+    assert not marker.exists()
+
+
+def test_an_npz_with_object_arrays_is_rejected(tmp_path: Path) -> None:
+    marker = tmp_path / "executed"
+    path = tmp_path / "evil.npz"
+    arr = np.empty(1, dtype=object)
+    arr[0] = _Boom(marker)
+    with path.open("wb") as handle:
+        np.savez(handle, indices=arr, values=arr, meta=arr, allow_pickle=True)
+    with pytest.raises(ModelLoadError):
+        SpamFilter.load(path)
+    assert not marker.exists()
+
+
+def test_a_foreign_npz_is_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "other.npz"
+    with path.open("wb") as handle:
+        np.savez(handle, weights=np.zeros(3))
+    with pytest.raises(ModelLoadError):
+        SpamFilter.load(path)
