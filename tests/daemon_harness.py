@@ -89,6 +89,7 @@ class DaemonProcess:
     smtp_port: int = field(default_factory=free_port)
     relay_port: int = 0
     extra_config: str = ""
+    support: str = "support@example.com"
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -103,8 +104,8 @@ class DaemonProcess:
         self.config_path.write_text(
             f"""
 data_dir = "{self.workdir / "data"}"
-support_addresses = ["support@example.com", "billing@example.com"]
-mail_domain = "example.com"
+support_addresses = ["{self.support}", "billing@example.com"]
+mail_domain = "{self.support.split("@")[1]}"
 installation_secret = "e2e-secret"
 templates_dir = "{REPO / "templates"}"
 

@@ -94,9 +94,10 @@ def test_kill_9_during_1000_concurrent_mails_loses_and_duplicates_nothing(tmp_pa
 class Forwarder:
     """A relay that hands each mail on to another SMTP server (a second maildesk)."""
 
-    def __init__(self, target_port: int) -> None:
+    def __init__(self, target_port: int, target_address: str) -> None:
         self.port = free_port()
         self.target_port = target_port
+        self.target_address = target_address
         self.count = 0
         self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
 
@@ -111,7 +112,7 @@ class Forwarder:
     def _forward(self, mail_from: str, raw: bytes) -> None:
         try:
             with smtplib.SMTP("127.0.0.1", self.target_port, timeout=10) as client:
-                client.sendmail(mail_from, ["support@example.com"], raw)
+                client.sendmail(mail_from, [self.target_address], raw)
         except (OSError, smtplib.SMTPException):
             pass
 
@@ -120,22 +121,24 @@ def test_two_maildesks_acknowledging_each_other_stop(tmp_path: Path) -> None:
     a_dir, b_dir = tmp_path / "a", tmp_path / "b"
     a_dir.mkdir()
     b_dir.mkdir()
-    a = DaemonProcess(a_dir)
-    b = DaemonProcess(b_dir)
-    to_b, to_a = Forwarder(b.smtp_port), Forwarder(a.smtp_port)
+    a = DaemonProcess(a_dir, support="support@a.test")
+    b = DaemonProcess(b_dir, support="support@b.test")
+    to_b, to_a = Forwarder(b.smtp_port, "support@b.test"), Forwarder(a.smtp_port, "support@a.test")
     a.relay_port, b.relay_port = to_b.port, to_a.port
     to_b.controller.start()
     to_a.controller.start()
     a.start()
     b.start()
     try:
-        # A mail that claims to come from the other helpdesk's address starts it off.
+        # B's helpdesk address writes to A: A acknowledges to B, B must not answer that.
         with smtplib.SMTP("127.0.0.1", a.smtp_port) as client:
             client.sendmail(
-                "support@example.com",
-                ["support@example.com"],
+                "support@b.test",
+                ["support@a.test"],
                 make_mail(
-                    sender="Other Helpdesk <helpdesk@peer.test>", message_id="loop-start@peer.test"
+                    sender="Helpdesk B <support@b.test>",
+                    to="support@a.test",
+                    message_id="loop-start@b.test",
                 ),
             )
         time.sleep(8)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from email.errors import HeaderParseError
 from typing import Any
 
 from sqlalchemy import select
@@ -109,33 +110,14 @@ class Notices:
         customer = ticket.requester
         if customer is None:
             return self._event(session, ticket, "ack_skipped", "no requester address")
-        blocked = self.blocked_reason(session, customer.email, "ack")
-        if blocked:
-            return self._event(session, ticket, "ack_skipped", blocked)
-        rendered = self.renderer.render(
-            "ack",
-            "customer",
-            self.variables(ticket, customer, message.text_body),
-            queue=ticket.queue,
-        )
-        row = self.composer.queue(
-            session,
-            OutboundMail(
-                purpose="ack",
-                ticket=ticket,
-                recipients=[Recipient(customer.email, customer.name)],
-                rendered=rendered,
-                support_address=self.support_address_for(ticket),
-                in_reply_to=message.header_message_id,
-                references=self._references(session, message),
-            ),
-        )
-        self._event(
+        self._queue_notice(
             session,
             ticket,
-            "ack_queued",
-            f"acknowledgement queued to {customer.email}",
-            outbox=row.id,
+            customer,
+            purpose="ack",
+            quote=message.text_body,
+            answers=message,
+            auto_submitted="auto-replied",
         )
         return None
 
@@ -144,35 +126,60 @@ class Notices:
         customer = ticket.requester
         if customer is None or not self.renderer.exists("resolved", "customer"):
             return
-        blocked = self.blocked_reason(session, customer.email, "resolved")
-        if blocked:
-            return self._event(session, ticket, "notice_skipped", blocked)
         last = session.scalars(
             select(Message)
             .where(Message.ticket_id == ticket.id, Message.direction == "inbound")
             .order_by(Message.id.desc())
         ).first()
-        rendered = self.renderer.render(
-            "resolved", "customer", self.variables(ticket, customer), queue=ticket.queue
-        )
-        row = self.composer.queue(
+        self._queue_notice(
             session,
-            OutboundMail(
-                purpose="resolved",
-                ticket=ticket,
-                recipients=[Recipient(customer.email, customer.name)],
-                rendered=rendered,
-                support_address=self.support_address_for(ticket),
-                in_reply_to=last.header_message_id if last else None,
-                references=self._references(session, last) if last else (),
-                auto_submitted="auto-generated",
-            ),
+            ticket,
+            customer,
+            purpose="resolved",
+            quote="",
+            answers=last,
+            auto_submitted="auto-generated",
         )
+
+    def _queue_notice(
+        self,
+        session: Session,
+        ticket: Ticket,
+        customer: Contact,
+        *,
+        purpose: str,
+        quote: str,
+        answers: Message | None,
+        auto_submitted: str,
+    ) -> None:
+        """Render ``purpose``.customer and queue it, or record why it was not sent."""
+        blocked = self.blocked_reason(session, customer.email, purpose)
+        if blocked:
+            return self._event(session, ticket, f"{purpose}_skipped", blocked)
+        rendered = self.renderer.render(
+            purpose, "customer", self.variables(ticket, customer, quote), queue=ticket.queue
+        )
+        mail = OutboundMail(
+            purpose=purpose,
+            ticket=ticket,
+            recipients=[Recipient(customer.email, customer.name)],
+            rendered=rendered,
+            support_address=self.support_address_for(ticket),
+            in_reply_to=answers.header_message_id if answers else None,
+            references=self._references(session, answers) if answers else (),
+            auto_submitted=auto_submitted,
+        )
+        try:
+            row = self.composer.queue(session, mail)
+        except (ValueError, TypeError, HeaderParseError) as exc:
+            # e.g. a non-ASCII local part our relay could not take: say so, send nothing.
+            reason = f"cannot address {customer.email!r}: {type(exc).__name__}: {exc}"
+            return self._event(session, ticket, f"{purpose}_skipped", reason)
         self._event(
             session,
             ticket,
-            "notice_queued",
-            f"resolution notice queued to {customer.email}",
+            f"{purpose}_queued",
+            f"{purpose} queued to {customer.email}",
             outbox=row.id,
         )
         return None

@@ -77,6 +77,11 @@ class Applier:
             }
         )
 
+    def discard_events(self) -> None:
+        """Forget buffered events of a message whose savepoint rolled back."""
+        self._events = []
+        self._contacts.clear()
+
     def flush_events(self, session: Session) -> None:
         if self._events:
             session.connection().execute(insert(Event), self._events)

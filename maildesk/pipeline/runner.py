@@ -205,12 +205,14 @@ class Worker:
             except IntegrityError:
                 # Another node stored the same message or id at the same moment:
                 # decide again against what it wrote.
+                applier.discard_events()
                 ctx.reset_decisions()
                 if attempt == 2:
                     return self._fail(session, intake, "conflicting concurrent writes twice")
             except Exception as exc:
                 if is_transient(exc):
                     raise
+                applier.discard_events()
                 log.exception("intake=%s failed", ctx.intake_id)
                 return self._fail(
                     session, intake, f"processing failed: {type(exc).__name__}: {exc}"
