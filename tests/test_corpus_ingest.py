@@ -107,7 +107,17 @@ def test_every_corpus_message_is_stored_or_quarantined_and_reingest_adds_nothing
 
     again = run_ingest(data, map(str, files))
     second = counts(db)
-    assert again["created"] == 0 and again["threaded"] == 0, again
+    engine = create_engine(f"sqlite:///{db}")
+    with engine.connect() as conn:
+        new_on_reingest = conn.execute(
+            text(
+                "SELECT i.source_ref, e.kind, e.reason FROM intake i JOIN events e ON e.intake_id = i.id "
+                "WHERE i.id > :n AND i.disposition IN ('created', 'threaded')"
+            ),
+            {"n": first["intake"]},
+        ).all()
+    engine.dispose()
+    assert again["created"] == 0 and again["threaded"] == 0, (again, new_on_reingest)
     assert (second["tickets"], second["messages"]) == (first["tickets"], first["messages"])
 
 
