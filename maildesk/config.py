@@ -10,6 +10,7 @@ Secrets may be given inline, as ``<name>_file`` (a path) or ``<name>_env``
 
 from __future__ import annotations
 
+import enum
 import os
 import secrets
 import tomllib
@@ -17,7 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 EX_CONFIG = 78
 DEFAULT_CONFIG_NAME = "maildesk.toml"
@@ -94,6 +102,62 @@ class AcknowledgementSettings(_Section):
     per_sender_per_day: int = Field(default=20, ge=0)
 
 
+class ImapSecurity(enum.StrEnum):
+    NONE = "none"
+    STARTTLS = "starttls"
+    TLS = "tls"  # implicit TLS (IMAPS)
+
+
+class ImapPostAction(enum.StrEnum):
+    """What happens to a message on the server once it is stored (never before)."""
+
+    FLAG = "flag"  # set \Seen
+    MOVE = "move"  # move to ``move_to``
+    DELETE = "delete"  # \Deleted + UID EXPUNGE
+    NONE = "none"
+
+
+class ImapMailboxSettings(_Section):
+    """One IMAP mailbox maildesk reads; each folder gets its own poller."""
+
+    name: str = Field(default="", max_length=100, pattern=r"^[^/\s]*$")  # default: user@host
+    host: str = Field(min_length=1)
+    port: int | None = Field(default=None, ge=1, le=65535)  # default: 993 (tls), else 143
+    security: ImapSecurity = ImapSecurity.TLS
+    verify_tls: bool = True
+    user: str = Field(min_length=1)
+    password: str = ""
+    password_file: Path | None = None
+    password_env: str | None = None
+    folders: tuple[str, ...] = Field(default=("INBOX",), min_length=1)
+    post_action: ImapPostAction = ImapPostAction.FLAG
+    move_to: str = ""
+    idle: bool = True
+    poll_interval_seconds: float = Field(default=60.0, gt=0)
+    max_message_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    lease_seconds: float = Field(default=60.0, ge=5)
+    timeout_seconds: float = Field(default=60.0, gt=0)
+
+    @model_validator(mode="after")
+    def _move_needs_target(self) -> ImapMailboxSettings:
+        if self.post_action is ImapPostAction.MOVE and not self.move_to:
+            raise ValueError("post_action = 'move' needs move_to")
+        if self.move_to and self.move_to in self.folders:
+            raise ValueError("move_to must not be one of the folders read")
+        return self
+
+    @property
+    def key(self) -> str:
+        """The mailbox's name in the state table, source refs and logs."""
+        return self.name or f"{self.user}@{self.host}"
+
+    @property
+    def effective_port(self) -> int:
+        if self.port is not None:
+            return self.port
+        return 993 if self.security is ImapSecurity.TLS else 143
+
+
 class Settings(_Section):
     """The whole configuration. ``source`` is the file it came from (or "<defaults>")."""
 
@@ -111,6 +175,7 @@ class Settings(_Section):
     listeners: tuple[ListenerSettings, ...] = (ListenerSettings(),)
     outbound: OutboundSettings = OutboundSettings()
     acknowledgements: AcknowledgementSettings = AcknowledgementSettings()
+    imap: tuple[ImapMailboxSettings, ...] = ()
     source: str = "<defaults>"
 
     @field_validator("support_addresses")

@@ -22,6 +22,7 @@ from typing import Any
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from maildesk.app import App
+from maildesk.intake.imap import ImapIntake
 from maildesk.intake.smtp import IntakeHandler, build_controller
 
 log = logging.getLogger("maildesk.service")
@@ -58,6 +59,7 @@ class Daemon:
     wakeup: threading.Event = field(default_factory=threading.Event)
     controllers: list[Any] = field(default_factory=list)
     scheduler: BackgroundScheduler | None = None
+    imap: ImapIntake | None = None
 
     def request_stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -85,6 +87,20 @@ class Daemon:
             )
             log.info("listening: %s on %s", listener.protocol.upper(), where)
 
+    def start_imap(self) -> None:
+        """One poller thread per configured IMAP mailbox folder (none by default)."""
+        if not self.app.settings.imap:
+            return
+        self.imap = ImapIntake.build(
+            self.app.settings,
+            store=self.app.intake(),
+            db=self.app.db,
+            holder=self.app.node_name,
+            clock=self.app.clock,
+            on_stored=self.wakeup.set,
+        )
+        self.imap.start()
+
     def start_scheduler(self) -> None:
         sender = self.app.sender()
         interval = self.app.settings.outbound.drain_interval_seconds
@@ -105,6 +121,7 @@ class Daemon:
             log.warning("took back %d claims this node held when it last stopped", released)
         try:
             self.start_listeners()
+            self.start_imap()
             self.start_scheduler()
             self.notifier.notify("READY=1\nSTATUS=accepting mail")
             log.info("maildesk running (node %s)", self.app.node_name)
@@ -123,6 +140,8 @@ class Daemon:
 
     def shutdown(self) -> None:
         self.notifier.notify("STOPPING=1")
+        if self.imap is not None:
+            self.imap.stop()
         for controller in reversed(self.controllers):
             try:
                 controller.stop()

@@ -297,6 +297,8 @@ class Outbox(Base):
     message_id: Mapped[str] = mapped_column(String(998), unique=True)
     envelope_from: Mapped[str] = mapped_column(Text)
     recipients: Mapped[list[str]] = mapped_column(default=list)
+    # The first recipient, lower-cased: what per-sender rate limits count by.
+    recipient_key: Mapped[str] = mapped_column(String(320), default="")
     raw_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
     state: Mapped[OutboxState] = mapped_column(_enum(OutboxState), default=OutboxState.QUEUED)
     attempts: Mapped[int] = mapped_column(default=0)
@@ -306,7 +308,10 @@ class Outbox(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None]
 
-    __table_args__ = (Index("ix_outbox_state_next", "state", "next_attempt_at"),)
+    __table_args__ = (
+        Index("ix_outbox_state_next", "state", "next_attempt_at"),
+        Index("ix_outbox_rate", "recipient_key", "purpose", "created_at"),
+    )
 
 
 class Suppression(Base):
@@ -318,3 +323,25 @@ class Suppression(Base):
     reason: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime]
     until: Mapped[datetime]
+
+
+class ImapFolderState(Base):
+    """Per IMAP folder: how far it has been stored, and which node reads it now.
+
+    ``last_uid`` is the highest UID stored under ``uidvalidity``; ``acted_uid``
+    the highest UID whose post-action (flag/move/delete) has been applied. The
+    lease (``lease_holder`` until ``lease_expires_at``) lets one node at a time
+    read the folder; another takes over once it has expired.
+    """
+
+    __tablename__ = "imap_folder_state"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    mailbox: Mapped[str] = mapped_column(String(200))
+    folder: Mapped[str] = mapped_column(String(500))
+    uidvalidity: Mapped[int] = mapped_column(BigInteger, default=0)
+    last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    acted_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    lease_holder: Mapped[str | None] = mapped_column(String(128))
+    lease_expires_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime | None]
+    __table_args__ = (UniqueConstraint("mailbox", "folder", name="uq_imap_folder"),)

@@ -9,6 +9,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+# Put first on the header-only copy the IMAP poller stores of a message over
+# its size limit; the pipeline quarantines such a copy with this reason.
+TRUNCATED_HEADER = "X-Maildesk-Truncated"
+
 
 @dataclass(frozen=True, slots=True)
 class Address:

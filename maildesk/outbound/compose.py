@@ -160,6 +160,7 @@ class Composer:
             message_id=message_id,
             envelope_from="",
             recipients=[r.addr for r in mail.recipients],
+            recipient_key=mail.recipients[0].addr.lower()[:320] if mail.recipients else "",
             raw_sha256=digest,
             state=OutboxState.QUEUED,
             next_attempt_at=now,

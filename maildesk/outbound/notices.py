@@ -12,7 +12,7 @@ from datetime import datetime, timedelta
 from email.errors import HeaderParseError
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
@@ -94,10 +94,16 @@ class Notices:
         return None
 
     def _recent(self, session: Session, address: str, purpose: str, since: datetime) -> int:
-        rows = session.scalars(
-            select(Outbox.recipients).where(Outbox.purpose == purpose, Outbox.created_at >= since)
+        return (
+            session.scalar(
+                select(func.count(Outbox.id)).where(
+                    Outbox.recipient_key == address,
+                    Outbox.purpose == purpose,
+                    Outbox.created_at >= since,
+                )
+            )
+            or 0
         )
-        return sum(1 for recipients in rows if address in recipients)
 
     def acknowledge(
         self, session: Session, ticket: Ticket, message: Message, answerable: bool, why: str

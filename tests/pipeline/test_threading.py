@@ -419,3 +419,16 @@ def test_oversized_message_is_quarantined_with_reason(tmp_path, database_url, cl
         assert row.state is IntakeState.QUARANTINED
         assert "exceeds max_message_bytes" in (row.quarantine_reason or "")
     app.db.dispose()
+
+
+def test_header_only_imap_copy_of_a_huge_message_is_quarantined(app: App) -> None:
+    note = (
+        b"X-Maildesk-Truncated: original size 90000000 bytes exceeds max_message_bytes=50000000\r\n"
+    )
+    headers_only = note + make_mail(message_id="huge@x.test").split(b"\n\n")[0] + b"\n\n"
+    assert deliver(app, headers_only, source="imap").as_dict()["quarantined"] == 1
+    # The same note from a sender (not first, or not from IMAP) is just a header.
+    forged = make_mail(message_id="forged@x.test", headers={"X-Maildesk-Truncated": "lies"})
+    assert deliver(app, forged, source="imap").as_dict()["quarantined"] == 0
+    from_smtp = deliver(app, note + make_mail(message_id="smtp@x.test"), source="smtp")
+    assert from_smtp.as_dict()["quarantined"] == 0

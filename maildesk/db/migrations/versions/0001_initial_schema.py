@@ -331,6 +331,7 @@ def upgrade() -> None:
         sa.Column("message_id", sa.String(length=998), nullable=False),
         sa.Column("envelope_from", sa.Text(), nullable=False),
         sa.Column("recipients", sa.JSON(), nullable=False),
+        sa.Column("recipient_key", sa.String(length=320), nullable=False),
         sa.Column("raw_sha256", sa.String(length=64), nullable=False),
         sa.Column(
             "state",
@@ -368,6 +369,9 @@ def upgrade() -> None:
     )
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.create_index("ix_outbox_state_next", ["state", "next_attempt_at"], unique=False)
+        batch_op.create_index(
+            "ix_outbox_rate", ["recipient_key", "purpose", "created_at"], unique=False
+        )
         batch_op.create_index(batch_op.f("ix_outbox_ticket_id"), ["ticket_id"], unique=False)
 
     op.create_table(
@@ -407,6 +411,7 @@ def downgrade() -> None:
     op.drop_table("events")
     with op.batch_alter_table("outbox", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_outbox_ticket_id"))
+        batch_op.drop_index("ix_outbox_rate")
         batch_op.drop_index("ix_outbox_state_next")
 
     op.drop_table("outbox")

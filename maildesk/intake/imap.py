@@ -1,0 +1,717 @@
+"""IMAP intake: one poller thread per configured mailbox folder (MAIL-RULES §1).
+
+What is new is decided by UIDVALIDITY + UID kept in ``imap_folder_state``,
+never by \\Seen. Per batch: fetch with BODY.PEEK[] (fetching sets no flag),
+store through :class:`IntakeStore` (one commit), record the highest UID, and
+only then apply the post-action (flag, move, delete) and record that too, so
+a crash anywhere leaves at worst a message fetched again, which is recognised
+by Message-ID + content hash and not stored twice.
+
+New mail is noticed through IDLE within seconds; every
+``poll_interval_seconds`` (and at least every :data:`IDLE_MAX_SECONDS`, well
+before the server's IDLE timeout) IDLE is left for a reconciliation search.
+Each folder is read by one node at a time: a lease row in the state table,
+renewed while the poller runs and taken over by another node once expired.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import hashlib
+import json
+import logging
+import os
+import random
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from imapclient import DELETED, SEEN, IMAPClient
+from imapclient.exceptions import LoginError
+from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
+
+from maildesk.config import (
+    ConfigError,
+    ImapMailboxSettings,
+    ImapPostAction,
+    ImapSecurity,
+    Settings,
+    resolve_secret,
+)
+from maildesk.db.database import Database
+from maildesk.db.models import ImapFolderState, Intake
+from maildesk.db.upsert import insert_ignore
+from maildesk.domain.message import TRUNCATED_HEADER
+from maildesk.domain.rawheader import extract_message_id
+from maildesk.intake.store import Envelope, IntakeStore
+
+log = logging.getLogger("maildesk.intake.imap")
+
+SOURCE = "imap"
+# RFC 2177: servers may drop an IDLE after 30 minutes; restart long before.
+IDLE_MAX_SECONDS = 540.0
+IDLE_CHECK_SECONDS = 1.0  # how often an IDLE-ing poller looks at its stop flag and lease
+BACKOFF_BASE_SECONDS = 1.0
+BACKOFF_MAX_SECONDS = 300.0
+FETCH_BATCH = 50  # UIDs stored per transaction
+FETCH_BYTES = 8 * 1024 * 1024  # at most this much message data per FETCH command
+
+Clock = Callable[[], datetime]
+
+
+class FolderStatus(enum.StrEnum):
+    STARTING = "starting"
+    STANDBY = "standby"  # another node holds the lease
+    POLLING = "polling"
+    IDLE = "idle"
+    WAITING = "waiting"  # polling mode, between two polls
+    BACKOFF = "backoff"  # failed; reconnecting after a delay
+    STOPPED = "stopped"
+
+
+class LeaseLost(Exception):
+    """Another node took this folder over (our lease had expired)."""
+
+
+@dataclass
+class FolderHealth:
+    """What ops see per folder (also written to ``<data_dir>/imap-health.json``)."""
+
+    mailbox: str
+    folder: str
+    status: FolderStatus = FolderStatus.STARTING
+    last_error: str = ""
+    consecutive_failures: int = 0
+    last_ok_at: str = ""  # ISO time of the last successful search
+    stored: int = 0  # messages stored by this process
+    last_uid: int = 0
+
+
+@dataclass(frozen=True)
+class Progress:
+    uidvalidity: int
+    last_uid: int
+    acted_uid: int
+
+
+def backoff_delay(failures: int) -> float:
+    """Exponential backoff with a little jitter: 1, 2, 4, ... seconds, at most 5 minutes."""
+    base = min(BACKOFF_MAX_SECONDS, BACKOFF_BASE_SECONDS * 2 ** max(0, failures - 1))
+    return base * random.uniform(0.9, 1.1)
+
+
+def source_ref(mailbox: str, folder: str, uidvalidity: int, uid: int) -> str:
+    return f"{mailbox}/{folder}/{uidvalidity}/{uid}"
+
+
+def ref_folder(ref: str) -> str:
+    """``<mailbox>/<folder>`` of a source ref (folder names may contain '/')."""
+    return ref.rsplit("/", 2)[0]
+
+
+def truncated_copy(header: bytes, size: int, limit: int) -> bytes:
+    """The stored stand-in for a message too large to fetch: its header plus a note."""
+    note = f"{TRUNCATED_HEADER}: original size {size} bytes exceeds max_message_bytes={limit}"
+    return note.encode("ascii") + b"\r\n" + header
+
+
+def new_uids(found: Iterable[int], last_uid: int) -> list[int]:
+    """UIDs above ``last_uid``: ``UID n+1:*`` also returns the last message when it is <= n."""
+    return sorted(uid for uid in set(found) if uid > last_uid)
+
+
+def size_groups(sizes: Sequence[tuple[int, int]], budget: int) -> Iterator[list[int]]:
+    """Split (uid, size) pairs into FETCH groups of at most ``budget`` bytes (at least one)."""
+    group: list[int] = []
+    total = 0
+    for uid, size in sizes:
+        if group and total + size > budget:
+            yield group
+            group, total = [], 0
+        group.append(uid)
+        total += size
+    if group:
+        yield group
+
+
+def connect(mailbox: ImapMailboxSettings, password: str) -> IMAPClient:
+    """Open, secure and log in; raises on any failure."""
+    context = ssl.create_default_context()
+    if not mailbox.verify_tls:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    client = IMAPClient(
+        mailbox.host,
+        port=mailbox.effective_port,
+        ssl=mailbox.security is ImapSecurity.TLS,
+        ssl_context=context,
+        timeout=mailbox.timeout_seconds,
+    )
+    try:
+        if mailbox.security is ImapSecurity.STARTTLS:
+            client.starttls(context)
+        client.login(mailbox.user, password)
+    except BaseException:
+        _close_quietly(client)
+        raise
+    return client
+
+
+def _close_quietly(client: IMAPClient) -> None:
+    try:
+        client.logout()
+    except Exception:
+        with contextlib.suppress(Exception):  # already gone
+            client.shutdown()
+
+
+class FolderStateStore:
+    """The folder's row in ``imap_folder_state``; every write checks we hold the lease."""
+
+    def __init__(
+        self,
+        db: Database,
+        mailbox: str,
+        folder: str,
+        holder: str,
+        clock: Clock,
+        lease_seconds: float,
+    ) -> None:
+        self.db = db
+        self.mailbox, self.folder, self.holder = mailbox, folder, holder
+        self.clock = clock
+        self.lease = timedelta(seconds=lease_seconds)
+
+    def _mine(self) -> Any:
+        return (
+            (ImapFolderState.mailbox == self.mailbox)
+            & (ImapFolderState.folder == self.folder)
+            & (ImapFolderState.lease_holder == self.holder)
+        )
+
+    def _update(self, session: Session, where: Any, **values: Any) -> int:
+        stmt = (
+            update(ImapFolderState)
+            .where(where)
+            .values(**values)
+            .execution_options(synchronize_session=False)
+        )
+        return int(session.execute(stmt).rowcount)  # type: ignore[attr-defined]
+
+    def acquire(self) -> bool:
+        """Take (or keep) the lease if it is free, ours, or expired."""
+        now = self.clock()
+        with self.db.transaction() as session:
+            insert_ignore(
+                session,
+                ImapFolderState,
+                {
+                    "mailbox": self.mailbox,
+                    "folder": self.folder,
+                    "uidvalidity": 0,
+                    "last_uid": 0,
+                    "acted_uid": 0,
+                    "updated_at": now,
+                },
+                ["mailbox", "folder"],
+            )
+            free = or_(
+                ImapFolderState.lease_holder.is_(None),
+                ImapFolderState.lease_holder == self.holder,
+                ImapFolderState.lease_expires_at < now,
+            )
+            where = (
+                (ImapFolderState.mailbox == self.mailbox)
+                & (ImapFolderState.folder == self.folder)
+                & free
+            )
+            return (
+                self._update(
+                    session, where, lease_holder=self.holder, lease_expires_at=now + self.lease
+                )
+                == 1
+            )
+
+    def renew(self, **values: Any) -> None:
+        """Extend the lease (and write ``values``); raises LeaseLost if it is not ours."""
+        now = self.clock()
+        with self.db.transaction() as session:
+            changed = self._update(
+                session, self._mine(), lease_expires_at=now + self.lease, updated_at=now, **values
+            )
+        if changed != 1:
+            raise LeaseLost(f"{self.mailbox}/{self.folder} is now read by another node")
+
+    def release(self) -> None:
+        with self.db.transaction() as session:
+            self._update(session, self._mine(), lease_holder=None, lease_expires_at=None)
+
+    def load(self) -> Progress:
+        with self.db.transaction() as session:
+            row = session.scalars(
+                select(ImapFolderState).where(
+                    ImapFolderState.mailbox == self.mailbox, ImapFolderState.folder == self.folder
+                )
+            ).one()
+            return Progress(row.uidvalidity, row.last_uid, row.acted_uid)
+
+    def reset(self, uidvalidity: int) -> None:
+        self.renew(uidvalidity=uidvalidity, last_uid=0, acted_uid=0)
+
+    def record_stored(self, uid: int) -> None:
+        self.renew(last_uid=uid)
+
+    def record_acted(self, uid: int) -> None:
+        self.renew(acted_uid=uid)
+
+
+@dataclass
+class PollerDeps:
+    """What a folder poller needs from the rest of maildesk."""
+
+    store: IntakeStore
+    db: Database
+    holder: str
+    clock: Clock
+    stop: threading.Event
+    on_stored: Callable[[], None]
+    on_health: Callable[[FolderHealth], None]
+
+
+class FolderPoller:
+    """Reads one folder of one mailbox until stopped; never raises."""
+
+    def __init__(
+        self, mailbox: ImapMailboxSettings, folder: str, password: str, deps: PollerDeps
+    ) -> None:
+        self.mailbox, self.folder, self.password, self.deps = mailbox, folder, password, deps
+        self.name = f"{mailbox.key}/{folder}"
+        self.state = FolderStateStore(
+            deps.db, mailbox.key, folder, deps.holder, deps.clock, mailbox.lease_seconds
+        )
+        self.health = FolderHealth(mailbox.key, folder)
+        self.failures = 0
+        self.last_renew = 0.0
+
+    # -- the loop -----------------------------------------------------------
+    def run(self) -> None:
+        stop = self.deps.stop
+        while not stop.is_set():
+            try:
+                if not self.state.acquire():
+                    self._report(FolderStatus.STANDBY)
+                    stop.wait(self.mailbox.lease_seconds / 3)
+                    continue
+                self.session()
+            except LeaseLost as exc:
+                log.warning("imap %s: %s; standing by", self.name, exc)
+                self._report(FolderStatus.STANDBY, str(exc))
+            except Exception as exc:
+                self._failed(exc)
+        try:
+            self.state.release()
+        except Exception as exc:
+            log.warning("imap %s: could not release the lease: %s", self.name, exc)
+        self._report(FolderStatus.STOPPED)
+
+    def _failed(self, exc: Exception) -> None:
+        self.failures += 1
+        delay = backoff_delay(self.failures)
+        what = "login failed" if isinstance(exc, LoginError) else "connection failed"
+        error = f"{type(exc).__name__}: {exc}"
+        log.warning(
+            "imap %s: %s (%s); reconnecting in %.1fs (failure %d)",
+            self.name,
+            what,
+            error,
+            delay,
+            self.failures,
+        )
+        self.health.consecutive_failures = self.failures
+        self._report(FolderStatus.BACKOFF, f"{what}: {error}")
+        self.deps.stop.wait(delay)
+
+    def session(self) -> None:
+        """One connection: select, reconcile, then IDLE (or wait) and poll until stopped."""
+        client = connect(self.mailbox, self.password)
+        try:
+            writable = self.mailbox.post_action is not ImapPostAction.NONE
+            info = client.select_folder(self.folder, readonly=not writable)
+            uidvalidity = int(info[b"UIDVALIDITY"])
+            progress = self._check_uidvalidity(uidvalidity)
+            if self.mailbox.post_action is ImapPostAction.MOVE and not client.folder_exists(
+                self.mailbox.move_to
+            ):
+                client.create_folder(self.mailbox.move_to)
+            use_idle = self.mailbox.idle and b"IDLE" in client.capabilities()
+            if self.failures:
+                log.info("imap %s: connected again after %d failures", self.name, self.failures)
+            self.failures = 0
+            self.health.consecutive_failures = 0
+            self._catch_up_post_actions(client, progress)
+            while not self.deps.stop.is_set():
+                self.poll(client, uidvalidity)
+                if use_idle:
+                    self._idle(client)
+                else:
+                    self._wait(self.mailbox.poll_interval_seconds)
+        finally:
+            _close_quietly(client)
+
+    def _check_uidvalidity(self, uidvalidity: int) -> Progress:
+        progress = self.state.load()
+        if progress.uidvalidity == uidvalidity:
+            return progress
+        if progress.uidvalidity:
+            log.warning(
+                "imap %s: UIDVALIDITY changed from %d to %d (folder recreated?): reading it "
+                "again from the start; messages already stored are recognised by Message-ID "
+                "and content and not stored again",
+                self.name,
+                progress.uidvalidity,
+                uidvalidity,
+            )
+        self.state.reset(uidvalidity)
+        return Progress(uidvalidity, 0, 0)
+
+    # -- reading ------------------------------------------------------------
+    def poll(self, client: IMAPClient, uidvalidity: int) -> int:
+        """Store every message above the recorded UID; returns how many were stored."""
+        self._report(FolderStatus.POLLING)
+        _take_change_notices(client)  # what they announce, the search below finds
+        self._renew_if_due()  # every write below checks the lease as well
+        last = self.state.load().last_uid
+        uids = new_uids(client.search(["UID", f"{last + 1}:*"]), last)
+        stored = 0
+        for start in range(0, len(uids), FETCH_BATCH):
+            chunk = uids[start : start + FETCH_BATCH]
+            items = self._fetch(client, chunk, uidvalidity)
+            fresh = self._not_yet_stored(items)
+            if fresh:
+                self.deps.store.store_many(fresh)
+            self.state.record_stored(chunk[-1])
+            stored += len(fresh)
+            self.health.stored += len(fresh)
+            self.health.last_uid = chunk[-1]
+            if fresh:
+                self.deps.on_stored()
+            self._post_action(client, chunk)
+            self.state.record_acted(chunk[-1])
+        if stored:
+            log.info("imap %s: stored %d new messages (up to UID %d)", self.name, stored, uids[-1])
+        self.health.last_ok_at = self.deps.clock().isoformat()
+        return stored
+
+    def _fetch(
+        self, client: IMAPClient, uids: list[int], uidvalidity: int
+    ) -> list[tuple[bytes, Envelope]]:
+        """Raw bytes per UID (header plus note when too large); vanished UIDs are skipped."""
+        limit = self.mailbox.max_message_bytes
+        sizes = {
+            uid: int(data[b"RFC822.SIZE"])
+            for uid, data in client.fetch(uids, ["RFC822.SIZE"]).items()
+            if b"RFC822.SIZE" in data
+        }
+        raws: dict[int, bytes] = {}
+        small = [(uid, size) for uid, size in sorted(sizes.items()) if size <= limit]
+        for group in size_groups(small, FETCH_BYTES):
+            for uid, data in client.fetch(group, ["BODY.PEEK[]"]).items():
+                body = data.get(b"BODY[]")
+                if body is not None:
+                    raws[uid] = bytes(body)
+        large = [uid for uid, size in sizes.items() if size > limit]
+        if large:
+            for uid, data in client.fetch(large, ["BODY.PEEK[HEADER]"]).items():
+                header = data.get(b"BODY[HEADER]")
+                if header is not None:
+                    raws[uid] = truncated_copy(bytes(header), sizes[uid], limit)
+                    log.warning(
+                        "imap %s: UID %d is %d bytes, over max_message_bytes=%d: "
+                        "stored its header only, for quarantine",
+                        self.name,
+                        uid,
+                        sizes[uid],
+                        limit,
+                    )
+        return [
+            (
+                raws[uid],
+                Envelope(SOURCE, source_ref(self.mailbox.key, self.folder, uidvalidity, uid)),
+            )
+            for uid in uids
+            if uid in raws
+        ]
+
+    def _not_yet_stored(self, items: list[tuple[bytes, Envelope]]) -> list[tuple[bytes, Envelope]]:
+        """Drop messages this folder already stored (same Message-ID and same bytes).
+
+        That happens after a crash between storing and recording the UID, and
+        after a UIDVALIDITY change, when the whole folder is read again.
+        """
+        ids = {raw: (extract_message_id(raw) or "")[:998] for raw, _env in items}
+        wanted = {mid for mid in ids.values() if mid}
+        if not wanted:
+            return items
+        here = f"{self.mailbox.key}/{self.folder}"
+        with self.deps.db.transaction() as session:
+            rows = session.execute(
+                select(Intake.header_message_id, Intake.raw_sha256, Intake.source_ref).where(
+                    Intake.source == SOURCE, Intake.header_message_id.in_(wanted)
+                )
+            ).all()
+        known = {(mid, sha) for mid, sha, ref in rows if ref_folder(ref) == here}
+        fresh = []
+        for raw, env in items:
+            key = (ids[raw], hashlib.sha256(raw).hexdigest())
+            if ids[raw] and key in known:
+                log.info("imap %s: %s was stored before; not storing it again", self.name, env)
+                continue
+            known.add(key)
+            fresh.append((raw, env))
+        return fresh
+
+    # -- after storing ------------------------------------------------------
+    def _post_action(self, client: IMAPClient, uids: list[int]) -> None:
+        action = self.mailbox.post_action
+        if action is ImapPostAction.NONE or not uids:
+            return
+        if action is ImapPostAction.FLAG:
+            client.add_flags(uids, [SEEN], silent=True)
+        elif action is ImapPostAction.MOVE:
+            if client.has_capability("MOVE"):
+                client.move(uids, self.mailbox.move_to)
+            else:
+                client.copy(uids, self.mailbox.move_to)
+                self._expunge(client, uids)
+        elif action is ImapPostAction.DELETE:
+            self._expunge(client, uids)
+
+    def _expunge(self, client: IMAPClient, uids: list[int]) -> None:
+        client.add_flags(uids, [DELETED], silent=True)
+        if client.has_capability("UIDPLUS"):
+            client.uid_expunge(uids)
+        else:
+            client.expunge()
+
+    def _catch_up_post_actions(self, client: IMAPClient, progress: Progress) -> None:
+        """Apply post-actions a crash left undone (stored, recorded, not yet acted on)."""
+        if progress.acted_uid >= progress.last_uid:
+            return
+        found = client.search(["UID", f"{progress.acted_uid + 1}:{progress.last_uid}"])
+        uids = [u for u in sorted(found) if progress.acted_uid < u <= progress.last_uid]
+        self._post_action(client, uids)
+        self.state.record_acted(progress.last_uid)
+        log.info(
+            "imap %s: applied the post-action left undone to %d messages", self.name, len(uids)
+        )
+
+    # -- waiting ------------------------------------------------------------
+    def _idle(self, client: IMAPClient) -> None:
+        """IDLE until new mail, the reconciliation interval, or stop; renewing the lease."""
+        self._report(FolderStatus.IDLE)
+        client.idle()
+        try:
+            if _take_change_notices(client):
+                return  # mail came in during the last poll's commands or as IDLE began
+            until = time.monotonic() + min(self.mailbox.poll_interval_seconds, IDLE_MAX_SECONDS)
+            while not self.deps.stop.is_set() and time.monotonic() < until:
+                responses = client.idle_check(timeout=IDLE_CHECK_SECONDS)
+                if any(_announces_change(r) for r in responses):
+                    break
+                if not responses and _peer_closed(client):
+                    raise ConnectionError("the server closed the connection during IDLE")
+                self._renew_if_due()
+        finally:
+            client.idle_done()
+
+    def _wait(self, seconds: float) -> None:
+        self._report(FolderStatus.WAITING)
+        until = time.monotonic() + seconds
+        while not self.deps.stop.is_set() and time.monotonic() < until:
+            self.deps.stop.wait(min(IDLE_CHECK_SECONDS * 5, max(0.0, until - time.monotonic())))
+            self._renew_if_due()
+
+    def _renew(self) -> None:
+        self.state.renew()
+        self.last_renew = time.monotonic()
+
+    def _renew_if_due(self) -> None:
+        if time.monotonic() - self.last_renew >= self.mailbox.lease_seconds / 3:
+            self._renew()
+
+    def _report(self, status: FolderStatus, error: str = "") -> None:
+        changed = status is not self.health.status or (error and error != self.health.last_error)
+        self.health.status = status
+        if error:
+            self.health.last_error = error
+        if changed:
+            self.deps.on_health(replace(self.health))
+
+
+def _peer_closed(client: IMAPClient) -> bool:
+    """True when the server has closed the TCP connection.
+
+    ``idle_check`` swallows EOF and just returns nothing, so a dead
+    connection would otherwise IDLE on until the reconciliation poll. Peeks
+    at the raw TCP stream (a dup of the descriptor, so TLS is not disturbed).
+    """
+    sock = client.socket()
+    with socket.fromfd(sock.fileno(), sock.family, sock.type) as raw:
+        try:
+            return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
+        except BlockingIOError:
+            return False
+        except OSError:
+            return True
+
+
+def _take_change_notices(client: IMAPClient) -> bool:
+    """Pop untagged EXISTS/RECENT that arrived with other commands' responses.
+
+    imaplib keeps those in ``untagged_responses`` (where ``idle_check`` never
+    looks), so new mail announced during a poll or just before the IDLE
+    continuation would otherwise wait for the next reconciliation poll.
+    """
+    pending = client._imap.untagged_responses
+    found = False
+    for name in ("EXISTS", "RECENT"):
+        found = bool(pending.pop(name, None)) or found
+    return found
+
+
+def _announces_change(response: Any) -> bool:
+    """An untagged EXISTS/RECENT (new mail) or BYE (server going away) ends the IDLE."""
+    if not isinstance(response, tuple) or not response:
+        return False
+    words = [part for part in response if isinstance(part, bytes)]
+    return any(word.upper() in (b"EXISTS", b"RECENT", b"BYE") for word in words)
+
+
+@dataclass
+class ImapIntake:
+    """All configured mailbox folders: starts one poller thread each, stops them all."""
+
+    mailboxes: tuple[ImapMailboxSettings, ...]
+    passwords: dict[str, str]
+    store: IntakeStore
+    db: Database
+    holder: str
+    clock: Clock
+    on_stored: Callable[[], None] = lambda: None
+    health_path: Path | None = None
+    stop_event: threading.Event = field(default_factory=threading.Event)
+    pollers: list[FolderPoller] = field(default_factory=list)
+    threads: list[threading.Thread] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    _health: dict[tuple[str, str], FolderHealth] = field(default_factory=dict)
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        store: IntakeStore,
+        db: Database,
+        holder: str,
+        clock: Clock,
+        on_stored: Callable[[], None] = lambda: None,
+    ) -> ImapIntake:
+        """Resolve the passwords now, so a missing secret stops the start with exit 78."""
+        return cls(
+            settings.imap,
+            resolve_passwords(settings),
+            store,
+            db,
+            holder,
+            clock,
+            on_stored,
+            settings.data_dir / "imap-health.json",
+        )
+
+    def start(self) -> None:
+        deps = PollerDeps(
+            self.store,
+            self.db,
+            self.holder,
+            self.clock,
+            self.stop_event,
+            self.on_stored,
+            self._record_health,
+        )
+        for mailbox in self.mailboxes:
+            for folder in mailbox.folders:
+                poller = FolderPoller(mailbox, folder, self.passwords[mailbox.key], deps)
+                self.pollers.append(poller)
+                self._health[(mailbox.key, folder)] = poller.health
+                thread = threading.Thread(
+                    target=poller.run, name=f"imap:{poller.name}", daemon=True
+                )
+                thread.start()
+                self.threads.append(thread)
+                log.info(
+                    "imap %s: reading %s:%d (%s, post-action %s)",
+                    poller.name,
+                    mailbox.host,
+                    mailbox.effective_port,
+                    "IDLE" if mailbox.idle else "polling",
+                    mailbox.post_action,
+                )
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Ask every poller to stop and wait for them (each releases its lease)."""
+        self.stop_event.set()
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("%s did not stop in time", thread.name)
+        self.threads.clear()
+
+    def health(self) -> list[FolderHealth]:
+        with self.lock:
+            return [replace(h) for h in self._health.values()]
+
+    def _record_health(self, health: FolderHealth) -> None:
+        with self.lock:
+            self._health[(health.mailbox, health.folder)] = health
+            snapshot = [asdict(h) for h in self._health.values()]
+        if health.status in (FolderStatus.BACKOFF, FolderStatus.STANDBY):
+            log.info("imap %s/%s: %s", health.mailbox, health.folder, health.status)
+        if self.health_path is not None:
+            self._write_health(snapshot)
+
+    def _write_health(self, snapshot: list[dict[str, Any]]) -> None:
+        assert self.health_path is not None
+        tmp = self.health_path.with_name(f".{self.health_path.name}.{threading.get_ident()}")
+        try:
+            tmp.write_text(json.dumps(snapshot, indent=1), encoding="utf-8")
+            os.replace(tmp, self.health_path)
+        except OSError as exc:
+            log.warning("cannot write %s: %s", self.health_path, exc)
+
+
+def resolve_passwords(settings: Settings) -> dict[str, str]:
+    """Each mailbox's password by key; ConfigError for duplicates or a missing secret."""
+    passwords: dict[str, str] = {}
+    for index, mailbox in enumerate(settings.imap):
+        if mailbox.key in passwords:
+            raise ConfigError(settings.source, f"imap.{index}.name", f"{mailbox.key!r} twice")
+        value = resolve_secret(
+            settings.source,
+            f"imap.{index}.password",
+            mailbox.password,
+            mailbox.password_file,
+            mailbox.password_env,
+        )
+        if value is None:
+            raise ConfigError(settings.source, f"imap.{index}.password", "no password given")
+        passwords[mailbox.key] = value
+    return passwords

@@ -1,0 +1,228 @@
+"""A private, throwaway Dovecot IMAP server for tests (never the system instance).
+
+Runs ``/usr/sbin/dovecot -F -c CONFIG`` as root with its own base_dir and
+state_dir, a passwd-file passdb, a static userdb owned by the ``dovecot`` user
+and Maildirs, all under a temporary directory, on a free loopback port.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from imapclient import IMAPClient
+
+from tests.daemon_harness import free_port
+
+DOVECOT = Path("/usr/sbin/dovecot")
+APPENDUID = re.compile(rb"APPENDUID (\d+) (\d+)")
+
+
+def dovecot_available() -> str | None:
+    """None when a private Dovecot can run here, else why not."""
+    if not DOVECOT.exists():
+        return f"{DOVECOT} not installed (run .ci/test-services)"
+    if os.geteuid() != 0:
+        return "a private Dovecot needs root here"
+    try:
+        pwd.getpwnam("dovecot")
+    except KeyError:
+        return "no dovecot user"
+    return None
+
+
+def require_dovecot() -> None:
+    reason = dovecot_available()
+    if reason is None:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+CONFIG = """\
+base_dir = {root}/run
+state_dir = {root}/state
+instance_name = maildesk-test-{port}
+listen = 127.0.0.1
+protocols = imap
+ssl = no
+disable_plaintext_auth = no
+auth_mechanisms = plain login
+first_valid_uid = 1
+log_path = {root}/dovecot.log
+mail_location = maildir:~/Maildir
+passdb {{
+  driver = passwd-file
+  args = scheme=PLAIN username_format=%u {root}/passwd
+}}
+userdb {{
+  driver = static
+  args = uid=dovecot gid=dovecot home={root}/home/%u
+}}
+service imap-login {{
+  inet_listener imap {{
+    address = 127.0.0.1
+    port = {port}
+  }}
+  inet_listener imaps {{
+    port = 0
+  }}
+}}
+"""
+
+
+@dataclass
+class Dovecot:
+    users: dict[str, str]
+    root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="maildesk-dovecot-")))
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def config(self) -> Path:
+        return self.root / "dovecot.conf"
+
+    def setup(self) -> None:
+        self.root.chmod(0o755)  # the dovecot user must reach its home below
+        for sub in ("run", "state", "home"):
+            (self.root / sub).mkdir(exist_ok=True)
+        account = pwd.getpwnam("dovecot")
+        os.chown(self.root / "home", account.pw_uid, account.pw_gid)
+        lines = [f"{user}:{{PLAIN}}{password}" for user, password in self.users.items()]
+        (self.root / "passwd").write_text("\n".join(lines) + "\n", encoding="utf-8")
+        self.config.write_text(CONFIG.format(root=self.root, port=self.port), encoding="utf-8")
+
+    def start(self, timeout: float = 20) -> Dovecot:
+        self.proc = subprocess.Popen(
+            [str(DOVECOT), "-F", "-c", str(self.config)],
+            stdout=subprocess.DEVNULL,
+            stderr=(self.root / "dovecot.stderr").open("ab"),
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"dovecot exited {self.proc.returncode}: {self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=1) as sock:
+                    if sock.recv(64).startswith(b"* OK"):
+                        return self
+            except OSError:
+                pass
+            time.sleep(0.05)
+        raise AssertionError(f"dovecot did not listen in {timeout}s: {self.log()}")
+
+    def stop(self, timeout: float = 20) -> None:
+        if self.proc is None:
+            return
+        # Its imap processes outlive the master (their sessions would go on):
+        # end them too, as a real server restart or crash would.
+        children = _children(self.proc.pid)
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=timeout)
+        for pid in children:
+            with contextlib.suppress(OSError):
+                os.kill(pid, signal.SIGKILL)
+        self.proc = None
+        deadline = time.monotonic() + timeout
+        while (self.root / "run" / "master.pid").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def remove(self) -> None:
+        self.stop()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def log(self) -> str:
+        parts = []
+        for name in ("dovecot.log", "dovecot.stderr"):
+            path = self.root / name
+            if path.exists():
+                parts.append(path.read_text(errors="replace")[-3000:])
+        return "\n".join(parts)
+
+    # -- a second, independent client (the "user's mail program") ----------
+    @contextmanager
+    def client(self, user: str) -> Iterator[IMAPClient]:
+        client = IMAPClient("127.0.0.1", port=self.port, ssl=False, timeout=30)
+        try:
+            client.login(user, self.users[user])
+            yield client
+        finally:
+            try:
+                client.logout()
+            except Exception:
+                client.shutdown()
+
+    def append(
+        self, user: str, raw: bytes, folder: str = "INBOX", flags: Sequence[bytes] = ()
+    ) -> int:
+        """APPEND one message; returns its UID (from APPENDUID)."""
+        with self.client(user) as client:
+            return append_with(client, raw, folder, flags)
+
+    def mailbox(self, user: str, **overrides: Any) -> dict[str, Any]:
+        """An ``[[imap]]`` block (as a dict) reading this server as ``user``."""
+        values: dict[str, Any] = {
+            "name": user,
+            "host": "127.0.0.1",
+            "port": self.port,
+            "security": "none",
+            "user": user,
+            "password": self.users[user],
+        }
+        values.update(overrides)
+        return values
+
+
+def _children(pid: int) -> list[int]:
+    """Direct child processes of ``pid`` (Linux /proc)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        with contextlib.suppress(OSError):
+            found += [int(p) for p in (task / "children").read_text().split()]
+    return found
+
+
+def append_with(client: IMAPClient, raw: bytes, folder: str, flags: Sequence[bytes] = ()) -> int:
+    reply = client.append(folder, raw, flags=tuple(flags))
+    found = APPENDUID.search(reply)
+    assert found, reply
+    return int(found.group(2))
+
+
+@contextmanager
+def dovecot_server(*users: str) -> Iterator[Dovecot]:
+    require_dovecot()
+    server = Dovecot({user: f"pw-{user}" for user in users})
+    server.setup()
+    try:
+        server.start()
+        for user in users:  # mailboxes exist before maildesk is pointed at them
+            with server.client(user) as client:
+                client.select_folder("INBOX")
+        yield server
+    finally:
+        server.remove()
