@@ -98,6 +98,8 @@ class OutboundSettings(_Section):
 
 class AcknowledgementSettings(_Section):
     enabled: bool = True
+    # Mail older than this when processed (an import of old mail) is not acknowledged.
+    max_age_hours: float = Field(default=24.0, gt=0)
     per_sender_per_hour: int = Field(default=5, ge=0)
     per_sender_per_day: int = Field(default=20, ge=0)
 

@@ -245,7 +245,12 @@ class Applier:
             self._suppress(session, ctx, intake, ticket, message)
         if created and self.notices is not None:
             why = f"{verdict.kind}: " + "; ".join(verdict.reasons)
-            self.notices.acknowledge(session, ticket, message, verdict.answerable, why)
+            max_age = timedelta(hours=self.settings.acknowledgements.max_age_hours)
+            if self.now - at > max_age:
+                why, answerable = f"written {at:%Y-%m-%d %H:%M} UTC, older than {max_age}", False
+            else:
+                answerable = verdict.answerable
+            self.notices.acknowledge(session, ticket, message, answerable, why)
 
         ticket.updated_at = max(ticket.updated_at, at)
         if not automated:

@@ -182,3 +182,13 @@ def test_resolution_notice_and_sending_to_maildir(app: App, tmp_path) -> None:  
     assert len(list((tmp_path / "md" / "new").iterdir())) == 2
     with app.db.transaction() as session:
         assert {r.state for r in session.scalars(select(Outbox))} == {OutboxState.SENT}
+
+
+def test_an_import_of_old_mail_is_not_acknowledged(app: App) -> None:
+    from maildesk.intake.store import Envelope
+
+    old = make_mail(message_id="old@customer.test", date="Tue, 02 Jan 2024 10:00:00 +0000")
+    app.intake().store(old, Envelope(source="file", source_ref="old.eml"))
+    app.worker().drain()
+    assert outbox(app) == []
+    assert any("older than" in r for r in skipped_reasons(app))
