@@ -92,14 +92,38 @@ class IntakeHandler:
         return status
 
 
+# RFC 5321 caps lines at 1,000 octets, but real mail (HTML from marketing tools,
+# long base64 lines) breaks that, and a 500 would bounce it for good. Like
+# Postfix we accept long lines; the message size limit still bounds memory.
+LONG_LINE_LIMIT = 1024 * 1024
+
+
+class _SMTP(SMTP):
+    line_length_limit = LONG_LINE_LIMIT
+
+
+class _LMTP(LMTP):
+    line_length_limit = LONG_LINE_LIMIT
+
+
+class _SmtpController(Controller):
+    def factory(self) -> SMTP:
+        return _SMTP(self.handler, **self.SMTP_kwargs)
+
+
+class _SmtpSocketController(UnixSocketController):
+    def factory(self) -> SMTP:
+        return _SMTP(self.handler, **self.SMTP_kwargs)
+
+
 class _LmtpController(Controller):
     def factory(self) -> SMTP:
-        return LMTP(self.handler, **self.SMTP_kwargs)
+        return _LMTP(self.handler, **self.SMTP_kwargs)
 
 
 class _LmtpSocketController(UnixSocketController):
     def factory(self) -> SMTP:
-        return LMTP(self.handler, **self.SMTP_kwargs)
+        return _LMTP(self.handler, **self.SMTP_kwargs)
 
 
 def _authenticator(users_file: Path) -> Callable[..., AuthResult]:
@@ -143,10 +167,10 @@ def build_controller(
         settings.socket.parent.mkdir(parents=True, exist_ok=True)
         if settings.socket.exists():
             settings.socket.unlink()
-        cls = _LmtpSocketController if settings.protocol == "lmtp" else UnixSocketController
+        cls = _LmtpSocketController if settings.protocol == "lmtp" else _SmtpSocketController
         return cls(handler, unix_socket=str(settings.socket), **kwargs)
     port = settings.port or free_port(settings.host)
-    cls2 = _LmtpController if settings.protocol == "lmtp" else Controller
+    cls2 = _LmtpController if settings.protocol == "lmtp" else _SmtpController
     return cls2(handler, hostname=settings.host, port=port, **kwargs)
 
 

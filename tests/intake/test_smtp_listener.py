@@ -60,6 +60,16 @@ def test_sub_addresses_of_support_are_accepted_others_refused(app: App, smtp: in
     assert stored(app)[0].envelope_to == ["support+t-1-xyz@example.com"]
 
 
+def test_lines_longer_than_rfc_5321_allows_are_still_accepted(app: App, smtp: int) -> None:
+    raw = (
+        b"From: a@c.test\r\nTo: support@example.com\r\nSubject: long\r\n"
+        b"Content-Type: text/html\r\n\r\n<p>" + b"x" * 5000 + b"</p>\r\n"
+    )
+    with smtplib.SMTP("127.0.0.1", smtp) as client:
+        client.sendmail("a@c.test", ["support@example.com"], raw)
+    assert len(stored(app)) == 1
+
+
 def test_oversized_message_gets_552_and_is_not_stored(app: App, smtp: int) -> None:
     with (
         smtplib.SMTP("127.0.0.1", smtp) as client,
