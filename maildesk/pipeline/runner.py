@@ -278,11 +278,16 @@ class Worker:
         *,
         on_outcome: Callable[[Outcome], None] | None = None,
         should_stop: Callable[[], bool] = lambda: False,
+        batch_size: int = 64,
     ) -> Summary:
-        """Process everything due now; returns counts. Used by ingest and the daemon."""
+        """Process everything due now; returns counts. Used by ingest and the daemon.
+
+        A batch is one write transaction: the daemon uses small batches so the
+        SQLite write lock is never held long while listeners wait to store.
+        """
         summary = Summary()
         while not should_stop():
-            batch = self.claim()
+            batch = self.claim(batch_size)
             if not batch:
                 break
             for outcome in self.process_batch(batch):
