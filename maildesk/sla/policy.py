@@ -153,8 +153,9 @@ class TargetState:
     ``due_at`` is None when satisfied, or while paused before the target was
     used up (the due time is unknown until the clock resumes). ``warn_at`` is
     the instant the warning share is (or was) reached, None if unknown or
-    never reached. ``breached`` means the due time passed before
-    satisfaction (a reply exactly at ``due_at`` is in time).
+    never reached. ``breached`` means more business time than the target was
+    used before satisfaction (a reply exactly at ``due_at``, or in the closed
+    hours right after it, is in time).
     """
 
     target: Target
@@ -348,7 +349,9 @@ def _evaluate_instance(
         satisfied_at=instance.end,
         elapsed_minutes=elapsed / timedelta(minutes=1),
         target_minutes=spec.minutes,
-        breached=deadline is not None and horizon > deadline,
+        # Business time used beyond the target: a reply during closed hours right
+        # after the due time is not late, and nothing breaches at night.
+        breached=deadline is not None and elapsed > target_time,
         warned=warn_at is not None and horizon >= warn_at,
     )
 

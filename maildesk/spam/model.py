@@ -1,10 +1,19 @@
-"""The learning spam filter: hashed features -> SGD logistic model -> calibrated band.
+"""The learning spam filter: hashed features -> two learners -> calibrated band.
 
-The learner is scikit-learn's ``SGDClassifier(loss="log_loss").partial_fit``
-(chosen on the comparison in the module card ``spam_model/MODEL_CARD.md``).
-Its raw margin is mapped to a probability by an online Platt scaler fitted on
-the margins each message had *before* it was learned, so the probability
-stays calibrated as the model drifts.
+Two incremental learners share one hashed feature vector (chosen on the
+comparison in ``spam_model/MODEL_CARD.md``):
+
+* scikit-learn's ``SGDClassifier(loss="log_loss").partial_fit`` (discriminative);
+* bogofilter/SpamBayes-style token counts with Robinson's f(w) and Fisher
+  chi-square combining (:mod:`maildesk.spam.tokenstats`), which learns from a
+  handful of examples and so carries the early, sparse-data phase.
+
+The score is ``lr_margin + token_weight * clip(logit(I), +-12) / 12``. Token
+counts learn every message; the SGD weights learn with a thick threshold (only
+messages whose pre-update score is wrong or within ``thick_margin`` of the
+boundary), which measured better than training SGD on everything. An online
+Platt scaler, fitted on the score each message had *before* it was learned,
+maps it to a probability, so the probability stays calibrated as the model drifts.
 
 Persistence never uses pickle: one ``.npz`` holding the non-zero weights and a
 JSON metadata blob, loaded with ``allow_pickle=False``, written atomically.
@@ -22,7 +31,7 @@ import tempfile
 import warnings
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -32,8 +41,10 @@ from sklearn.linear_model import SGDClassifier
 
 from maildesk.domain.message import ParsedMessage
 from maildesk.spam.features import FeatureConfig, FeatureExtractor
+from maildesk.spam.tokenstats import TokenStats, TokenStatsConfig
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+_LOGIT_CLIP = 12.0
 MODEL_KIND = "maildesk-spam-sgd"
 
 
@@ -44,7 +55,7 @@ class Band(enum.StrEnum):
 
 
 class TrainPolicy(enum.StrEnum):
-    """When ``learn`` updates the weights (the calibrator always learns)."""
+    """When ``learn`` updates the SGD weights (calibrator and token counts always learn)."""
 
     EVERYTHING = "everything"
     ON_ERROR = "on-error"  # only when the pre-update band was wrong or unsure
@@ -56,7 +67,7 @@ class Thresholds:
     """Probability cut points: < ``unsure_at`` is ham, >= ``spam_at`` is spam."""
 
     unsure_at: float = 0.5
-    spam_at: float = 0.99
+    spam_at: float = 0.96
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.unsure_at <= self.spam_at <= 1.0:
@@ -72,12 +83,17 @@ class Thresholds:
 
 @dataclass(frozen=True, slots=True)
 class LearnerConfig:
-    """Hyper-parameters of the SGD learner and training policy."""
+    """Hyper-parameters of both learners, their mix, and the training policy.
+
+    ``token_weight`` 0 turns the token-statistics learner off (pure SGD).
+    """
 
     loss: str = "log_loss"
     alpha: float = 1e-5
-    policy: TrainPolicy = TrainPolicy.EVERYTHING
-    thick_margin: float = 2.0
+    policy: TrainPolicy = TrainPolicy.THICK
+    thick_margin: float = 8.0
+    token_weight: float = 8.0
+    token_stats: TokenStatsConfig = field(default_factory=TokenStatsConfig)
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -85,22 +101,34 @@ class LearnerConfig:
             "alpha": self.alpha,
             "policy": self.policy.value,
             "thick_margin": self.thick_margin,
+            "token_weight": self.token_weight,
+            "token_stats": self.token_stats.to_json(),
         }
 
     @classmethod
     def from_json(cls, data: dict[str, object]) -> LearnerConfig:
         loss = data.get("loss", "log_loss")
         alpha = data.get("alpha", 1e-5)
-        thick = data.get("thick_margin", 2.0)
+        thick = data.get("thick_margin", 8.0)
+        weight = data.get("token_weight", 8.0)
+        stats = data.get("token_stats", {})
         if loss not in ("log_loss", "modified_huber", "hinge"):
             raise ValueError(f"unsupported loss {loss!r}")
-        if not isinstance(alpha, int | float) or not isinstance(thick, int | float):
-            raise ValueError("alpha and thick_margin must be numbers")
+        if (
+            not isinstance(alpha, int | float)
+            or not isinstance(thick, int | float)
+            or not isinstance(weight, int | float)
+        ):
+            raise ValueError("alpha, thick_margin and token_weight must be numbers")
+        if not isinstance(stats, dict):
+            raise ValueError("token_stats must be an object")
         return cls(
             loss=str(loss),
             alpha=float(alpha),
-            policy=TrainPolicy(str(data.get("policy", TrainPolicy.EVERYTHING.value))),
+            policy=TrainPolicy(str(data.get("policy", TrainPolicy.THICK.value))),
             thick_margin=float(thick),
+            token_weight=float(weight),
+            token_stats=TokenStatsConfig.from_json(stats),
         )
 
 
@@ -137,6 +165,7 @@ class SpamFilter:
         self.thresholds = thresholds or Thresholds()
         self._extractor = FeatureExtractor(self.features)
         self._clf = self._new_classifier()
+        self._stats = TokenStats(self.features.n_features, self.learner.token_stats)
         self._coef: NDArray[np.float64] = np.zeros(self.features.n_features)
         self._intercept = 0.0
         self._calib_a = 1.0
@@ -151,9 +180,18 @@ class SpamFilter:
 
     # -- scoring -----------------------------------------------------------------
     def margin(self, msg: ParsedMessage) -> float:
-        """Raw linear score (feature extraction included)."""
-        idx, value = self._extractor.indices(msg)
-        return float(self._coef[idx].sum() * value) + self._intercept
+        """Raw combined score, higher is spammier (feature extraction included)."""
+        return self._margin_of(*self._extractor.indices(msg))
+
+    def _margin_of(self, idx: NDArray[np.int64], value: float) -> float:
+        score = float(self._coef[idx].sum() * value) + self._intercept
+        weight = self.learner.token_weight
+        if weight:
+            spamicity = self._stats.spamicity(idx)
+            if spamicity != 0.5:
+                logit = math.log(max(spamicity, 1e-12) / max(1.0 - spamicity, 1e-12))
+                score += weight * max(-_LOGIT_CLIP, min(_LOGIT_CLIP, logit)) / _LOGIT_CLIP
+        return score
 
     def probability_of(self, margin: float) -> float:
         return _sigmoid(self._calib_a * margin + self._calib_b)
@@ -166,9 +204,11 @@ class SpamFilter:
     def learn(self, msg: ParsedMessage, is_spam: bool) -> None:
         """Learn the true label of one message (call once per message)."""
         idx, value = self._extractor.indices(msg)
-        margin = float(self._coef[idx].sum() * value) + self._intercept
+        margin = self._margin_of(idx, value)
         self._update_calibration(margin, is_spam)
         self.seen += 1
+        if self.learner.token_weight:
+            self._stats.learn(idx, is_spam)  # counts are only meaningful over all mail
         if self._should_train(margin, is_spam):
             x = self._extractor.row(idx, value)
             with warnings.catch_warnings():
@@ -176,10 +216,10 @@ class SpamFilter:
                 self._clf.partial_fit(x, [int(is_spam)], classes=[0, 1])
             self._coef = self._clf.coef_[0]
             self._intercept = float(self._clf.intercept_[0])
-            if is_spam:
-                self.trained_spam += 1
-            else:
-                self.trained_ham += 1
+        if is_spam:
+            self.trained_spam += 1
+        else:
+            self.trained_ham += 1
         self.updated_at = datetime.now(UTC).isoformat(timespec="seconds")
 
     def _should_train(self, margin: float, is_spam: bool) -> bool:
@@ -218,6 +258,7 @@ class SpamFilter:
             "intercept": self._intercept,
             "sgd_t": float(getattr(self._clf, "t_", 1.0)),
             "calibration": {"a": self._calib_a, "b": self._calib_b},
+            "token_messages": {"spam": self._stats.n_spam, "ham": self._stats.n_ham},
             "trained_spam": self.trained_spam,
             "trained_ham": self.trained_ham,
             "seen": self.seen,
@@ -230,11 +271,15 @@ class SpamFilter:
         target.parent.mkdir(parents=True, exist_ok=True)
         nonzero = np.flatnonzero(self._coef).astype(np.int32)
         meta = json.dumps(self.metadata(), sort_keys=True).encode()
+        where, spam_counts, ham_counts = self._stats.nonzero()
         buffer = io.BytesIO()
         np.savez_compressed(
             buffer,
             indices=nonzero,
             values=self._coef[nonzero].astype(np.float64),
+            count_indices=where,
+            spam_counts=spam_counts,
+            ham_counts=ham_counts,
             meta=np.frombuffer(meta, dtype=np.uint8),
         )
         fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
@@ -254,22 +299,22 @@ class SpamFilter:
         """Load a model written by :meth:`save`; raises ModelLoadError on anything else."""
         try:
             with np.load(Path(path), allow_pickle=False) as data:
-                indices = np.asarray(data["indices"])
-                values = np.asarray(data["values"])
+                arrays = {
+                    key: np.asarray(data[key])
+                    for key in ("indices", "values", "count_indices", "spam_counts", "ham_counts")
+                }
                 meta = json.loads(bytes(np.asarray(data["meta"], dtype=np.uint8)).decode())
         except FileNotFoundError as exc:
             raise ModelLoadError(f"model file {path} does not exist") from exc
         except (ValueError, KeyError, OSError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
             raise ModelLoadError(f"model file {path} is not a readable model: {exc}") from exc
         try:
-            return cls._from_parts(indices, values, meta)
+            return cls._from_parts(arrays, meta)
         except (ValueError, KeyError, TypeError, IndexError) as exc:
             raise ModelLoadError(f"model file {path} is inconsistent: {exc}") from exc
 
     @classmethod
-    def _from_parts(
-        cls, indices: NDArray[np.int32], values: NDArray[np.float64], meta: dict[str, object]
-    ) -> SpamFilter:
+    def _from_parts(cls, arrays: dict[str, NDArray[np.generic]], meta: object) -> SpamFilter:
         if not isinstance(meta, dict) or meta.get("kind") != MODEL_KIND:
             raise ValueError("not a maildesk spam model")
         if meta.get("format_version") != FORMAT_VERSION:
@@ -279,6 +324,8 @@ class SpamFilter:
         thr = _dict(meta, "thresholds")
         thresholds = Thresholds(float(_num(thr, "unsure_at")), float(_num(thr, "spam_at")))
         model = cls(features, learner, thresholds)
+        indices = arrays["indices"].astype(np.int64)
+        values = arrays["values"].astype(np.float64)
         if indices.ndim != 1 or indices.shape != values.shape:
             raise ValueError("weight arrays have mismatched shapes")
         if indices.size and (indices.min() < 0 or indices.max() >= features.n_features):
@@ -294,6 +341,14 @@ class SpamFilter:
         model.trained_spam = int(_num(meta, "trained_spam"))
         model.trained_ham = int(_num(meta, "trained_ham"))
         model.seen = int(_num(meta, "seen"))
+        counted = _dict(meta, "token_messages")
+        model._stats.restore(
+            arrays["count_indices"].astype(np.int64),
+            arrays["spam_counts"].astype(np.int64),
+            arrays["ham_counts"].astype(np.int64),
+            int(_num(counted, "spam")),
+            int(_num(counted, "ham")),
+        )
         updated = meta.get("updated_at")
         model.updated_at = updated if isinstance(updated, str) else None
         if model.trained_spam + model.trained_ham:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -115,3 +116,44 @@ def test_attachment_types_are_features() -> None:
 def test_config_json_round_trip() -> None:
     config = FeatureConfig(n_features_log2=18, own_domains=("desk.test",), char_ngrams=0)
     assert FeatureConfig.from_json(config.to_json()) == config
+
+
+def test_numbers_become_shapes_but_digits_inside_words_do_not() -> None:
+    toks = tokens(message(subject="", text="Order 12345 of mp3 files"), FeatureConfig())
+    assert "num:99999" in toks
+    assert "mp3" in toks
+    assert "num:9" not in toks
+
+
+def test_origin_relays_are_features_but_the_receiving_side_is_not() -> None:
+    headers = (
+        ("Received", "from mx.receiver.test (mx.receiver.test [10.0.0.1]) by inbox.receiver.test"),
+        (
+            "Received",
+            "from helo.sender-isp.example (relay7.sender-isp.example [203.0.113.9]) "
+            "by mx.receiver.test with ESMTP",
+        ),
+        (
+            "Received",
+            "from client (pc1.office.example [198.51.100.7]) by relay7.sender-isp.example",
+        ),
+        ("Received", "from localhost (localhost [127.0.0.1]) by collector.test"),
+    )
+    toks = set(tokens(message(headers=headers), FeatureConfig()))
+    assert {"rcvdhost:sender-isp.example", "rcvdip:203.0", "rcvdhost:office.example"} <= toks
+    assert not any("receiver" in t or "collector" in t for t in toks if t.startswith("rcvd"))
+    plain = set(tokens(message(headers=headers), FeatureConfig(received_hosts=False)))
+    assert not any(t.startswith(("rcvdhost:", "rcvdip:")) for t in plain)
+
+
+def test_body_beyond_the_configured_length_is_ignored() -> None:
+    text = "hello " * 100 + "zebraword"
+    assert "zebraword" in tokens(message(text=text), FeatureConfig(max_body_chars=1000))
+    assert "zebraword" not in tokens(message(text=text), FeatureConfig(max_body_chars=300))
+
+
+def test_config_from_another_feature_version_is_refused() -> None:
+    data = FeatureConfig().to_json()
+    data["version"] = 1
+    with pytest.raises(ValueError):
+        FeatureConfig.from_json(data)

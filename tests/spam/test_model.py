@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
 
@@ -11,10 +12,13 @@ import pytest
 from maildesk.domain.message import Address, ParsedMessage
 from maildesk.spam.model import (
     Band,
+    LearnerConfig,
     ModelLoadError,
     SpamFilter,
     Thresholds,
+    TrainPolicy,
 )
+from maildesk.spam.tokenstats import TokenStatsConfig
 
 
 def message(subject: str, text: str, sender: str = "bob@example.org") -> ParsedMessage:
@@ -182,3 +186,59 @@ def test_a_foreign_npz_is_rejected(tmp_path: Path) -> None:
         np.savez(handle, weights=np.zeros(3))
     with pytest.raises(ModelLoadError):
         SpamFilter.load(path)
+
+
+def test_learner_config_json_round_trip() -> None:
+    config = LearnerConfig(
+        alpha=1e-4,
+        policy=TrainPolicy.THICK,
+        token_weight=3.0,
+        token_stats=TokenStatsConfig(robs=0.2, robx=0.4, min_dev=0.05),
+    )
+    assert LearnerConfig.from_json(config.to_json()) == config
+
+
+@pytest.mark.parametrize("token_weight", [0.0, 8.0])
+def test_with_and_without_token_statistics_the_model_learns_and_round_trips(
+    tmp_path: Path, token_weight: float
+) -> None:
+    model = SpamFilter(learner=LearnerConfig(token_weight=token_weight))
+    for _ in range(3):
+        for s, h in zip(SPAMMY, HAMMY, strict=True):
+            model.learn(s, True)
+            model.learn(h, False)
+    assert min(model.margin(s) for s in SPAMMY) > max(model.margin(h) for h in HAMMY)
+    model.save(tmp_path / "m.npz")
+    loaded = SpamFilter.load(tmp_path / "m.npz")
+    assert [loaded.margin(m) for m in SPAMMY + HAMMY] == [model.margin(m) for m in SPAMMY + HAMMY]
+
+
+def test_token_statistics_add_evidence_after_a_single_example() -> None:
+    """One learned spam makes its near-duplicate spammier than with SGD alone."""
+    probe = message(
+        "Cheap meds!!!", "Buy viagra now $89.99 http://pills.example.biz/buy", "x@p.biz"
+    )
+    with_stats = SpamFilter()
+    sgd_only = SpamFilter(learner=LearnerConfig(token_weight=0.0))
+    for model in (with_stats, sgd_only):
+        model.learn(SPAMMY[0], True)
+        model.learn(HAMMY[0], False)
+    assert with_stats.margin(probe) > sgd_only.margin(probe)
+
+
+def test_a_model_file_of_an_older_format_falls_back_to_the_seed(tmp_path: Path) -> None:
+    seed = tmp_path / "seed.npz"
+    trained().save(seed)
+    old = tmp_path / "old.npz"
+    meta = json.dumps({"kind": "maildesk-spam-sgd", "format_version": 1}).encode()
+    with old.open("wb") as handle:
+        np.savez(
+            handle,
+            indices=np.zeros(0, np.int32),
+            values=np.zeros(0),
+            meta=np.frombuffer(meta, dtype=np.uint8),
+        )
+    with pytest.raises(ModelLoadError):
+        SpamFilter.load(old)
+    model, note = SpamFilter.load_or_seed(old, seed)
+    assert "falling back to the seed" in note and model.trained_spam == 9

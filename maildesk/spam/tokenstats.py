@@ -1,0 +1,153 @@
+"""Bogofilter/SpamBayes-style token statistics: Robinson's f(w) and Fisher combining.
+
+Counts live in two fixed-size arrays indexed by the hashed feature index, so
+memory never grows with the vocabulary. For a message with distinct features
+``w``, each feature's spamminess is Robinson's smoothed estimate
+
+    p(w) = (s/Ns) / (s/Ns + h/Nh),  f(w) = (S*x + n*p(w)) / (S + n),  n = s + h
+
+and the features far enough from neutral (|f - 0.5| >= min_dev) are combined
+with Fisher's chi-square method (Robinson 2003)::
+
+    S = 1 - C(-2 sum ln(1 - f), 2k),  H = 1 - C(-2 sum ln f, 2k),  I = (1 + S - H) / 2
+
+where C is the chi-square survival function. I is 0 for clear ham, 1 for
+clear spam and about 0.5 both when there is no evidence and when the evidence
+conflicts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from numpy.typing import NDArray
+from scipy.special import gammaln
+
+_F_CLIP = 1e-6
+
+
+@dataclass(frozen=True, slots=True)
+class TokenStatsConfig:
+    """Robinson's smoothing strength ``robs`` and prior ``robx``; neutral-band half width."""
+
+    robs: float = 0.0178
+    robx: float = 0.52
+    min_dev: float = 0.1
+
+    def __post_init__(self) -> None:
+        if not (self.robs > 0 and 0 < self.robx < 1 and 0 <= self.min_dev < 0.5):
+            raise ValueError("token stats need robs > 0, 0 < robx < 1, 0 <= min_dev < 0.5")
+
+    def to_json(self) -> dict[str, object]:
+        return {"robs": self.robs, "robx": self.robx, "min_dev": self.min_dev}
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> TokenStatsConfig:
+        values: dict[str, float] = {}
+        for key, default in (("robs", 0.0178), ("robx", 0.52), ("min_dev", 0.1)):
+            value = data.get(key, default)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise ValueError(f"token stats {key!r} must be a number")
+            values[key] = float(value)
+        return cls(**values)
+
+
+_I = np.arange(4096, dtype=np.float64)
+_LOG_FACTORIAL = gammaln(_I + 1.0)  # read-only lookup table: log(i!) for the series terms
+
+
+def log_chi2_sf_even(x: float, k: int) -> float:
+    """log P(X > x) for X ~ chi-square with 2k degrees of freedom (exact series, in logs)."""
+    if k <= 0 or x <= 0.0:
+        return 0.0
+    m = x / 2.0
+    if k <= _I.size:
+        i, log_factorial = _I[:k], _LOG_FACTORIAL[:k]
+    else:
+        i = np.arange(k, dtype=np.float64)
+        log_factorial = gammaln(i + 1.0)
+    terms = i * math.log(m) - log_factorial
+    top = float(terms.max())
+    return min(0.0, -m + top + math.log(float(np.exp(terms - top).sum())))
+
+
+class TokenStats:
+    """Per-feature spam/ham document counts in a fixed hashed space."""
+
+    def __init__(self, n_features: int, config: TokenStatsConfig | None = None) -> None:
+        self.config = config or TokenStatsConfig()
+        self.spam_counts: NDArray[np.int32] = np.zeros(n_features, dtype=np.int32)
+        self.ham_counts: NDArray[np.int32] = np.zeros(n_features, dtype=np.int32)
+        self.n_spam = 0
+        self.n_ham = 0
+
+    def spamicity(self, idx: NDArray[np.int64]) -> float:
+        """Robinson-Fisher indicator I in [0, 1] for distinct feature indices ``idx``."""
+        if self.n_spam == 0 or self.n_ham == 0 or idx.size == 0:
+            return 0.5
+        cfg = self.config
+        s = self.spam_counts[idx].astype(np.float64)
+        h = self.ham_counts[idx].astype(np.float64)
+        n = s + h
+        seen = n > 0
+        if not seen.any():
+            return 0.5
+        s, h, n = s[seen], h[seen], n[seen]
+        ps = s / self.n_spam
+        p = ps / (ps + h / self.n_ham)
+        f = (cfg.robs * cfg.robx + n * p) / (cfg.robs + n)
+        f = f[np.abs(f - 0.5) >= cfg.min_dev]
+        if f.size == 0:
+            return 0.5
+        f = np.clip(f, _F_CLIP, 1.0 - _F_CLIP)
+        k = int(f.size)
+        log_q_spam = log_chi2_sf_even(-2.0 * float(np.log1p(-f).sum()), k)
+        log_q_ham = log_chi2_sf_even(-2.0 * float(np.log(f).sum()), k)
+        return (1.0 + math.exp(log_q_ham) - math.exp(log_q_spam)) / 2.0
+
+    def learn(self, idx: NDArray[np.int64], is_spam: bool) -> None:
+        """Count one message (its distinct features) as spam or ham."""
+        if is_spam:
+            self.spam_counts[idx] += 1
+            self.n_spam += 1
+        else:
+            self.ham_counts[idx] += 1
+            self.n_ham += 1
+
+    def nonzero(self) -> tuple[NDArray[np.int32], NDArray[np.uint32], NDArray[np.uint32]]:
+        """Sparse form for saving: indices with any count, and both counts there."""
+        where = np.flatnonzero((self.spam_counts > 0) | (self.ham_counts > 0)).astype(np.int32)
+        return (
+            where,
+            self.spam_counts[where].astype(np.uint32),
+            self.ham_counts[where].astype(np.uint32),
+        )
+
+    def restore(
+        self,
+        where: NDArray[np.int64],
+        spam: NDArray[np.int64],
+        ham: NDArray[np.int64],
+        n_spam: int,
+        n_ham: int,
+    ) -> None:
+        """Inverse of :meth:`nonzero`; raises ValueError on inconsistent arrays."""
+        size = self.spam_counts.size
+        if not (
+            where.ndim == spam.ndim == ham.ndim == 1 and where.shape == spam.shape == ham.shape
+        ):
+            raise ValueError("token count arrays have mismatched shapes")
+        if where.size and (int(where.min()) < 0 or int(where.max()) >= size):
+            raise ValueError("token count index out of range")
+        if n_spam < 0 or n_ham < 0:
+            raise ValueError("negative message counts")
+        if spam.size and (int(spam.max()) > n_spam or int(ham.max()) > n_ham):
+            raise ValueError("a token count exceeds its message count")
+        self.spam_counts[:] = 0
+        self.ham_counts[:] = 0
+        self.spam_counts[where] = spam.astype(np.int32)
+        self.ham_counts[where] = ham.astype(np.int32)
+        self.n_spam = n_spam
+        self.n_ham = n_ham

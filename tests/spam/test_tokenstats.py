@@ -1,0 +1,99 @@
+"""Robinson-Fisher token statistics: the chi-square tail, the indicator, persistence checks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from scipy.stats import chi2
+
+from maildesk.spam.tokenstats import TokenStats, TokenStatsConfig, log_chi2_sf_even
+
+
+@pytest.mark.parametrize(
+    ("x", "k"), [(0.5, 1), (2.0, 1), (3.0, 2), (10.0, 5), (40.0, 30), (900.0, 200), (5.0, 300)]
+)
+def test_chi2_tail_matches_scipy(x: float, k: int) -> None:
+    assert log_chi2_sf_even(x, k) == pytest.approx(chi2.logsf(x, 2 * k), rel=1e-9, abs=1e-12)
+
+
+def ids(*values: int) -> np.ndarray:
+    return np.array(values, dtype=np.int64)
+
+
+SPAM_WORDS = ids(1, 2, 3, 4)
+HAM_WORDS = ids(10, 11, 12, 13)
+
+
+def trained_stats() -> TokenStats:
+    stats = TokenStats(64)
+    for _ in range(5):
+        stats.learn(SPAM_WORDS, True)
+        stats.learn(HAM_WORDS, False)
+    return stats
+
+
+def test_empty_stats_are_neutral() -> None:
+    assert TokenStats(64).spamicity(SPAM_WORDS) == 0.5
+
+
+def test_learned_tokens_decide_the_indicator() -> None:
+    stats = trained_stats()
+    assert stats.spamicity(SPAM_WORDS) > 0.99
+    assert stats.spamicity(HAM_WORDS) < 0.01
+    assert stats.spamicity(ids(40, 41)) == 0.5  # never seen: no evidence
+
+
+def test_conflicting_evidence_is_unsure() -> None:
+    both = np.concatenate([SPAM_WORDS, HAM_WORDS])
+    assert trained_stats().spamicity(both) == pytest.approx(0.5, abs=0.05)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    spam=st.lists(st.integers(0, 31), max_size=20),
+    ham=st.lists(st.integers(0, 31), max_size=20),
+    probe=st.lists(st.integers(0, 31), min_size=1, max_size=20, unique=True),
+    min_dev=st.floats(0.0, 0.45),
+)
+def test_indicator_is_a_probability(
+    spam: list[int], ham: list[int], probe: list[int], min_dev: float
+) -> None:
+    stats = TokenStats(32, TokenStatsConfig(min_dev=min_dev))
+    stats.learn(np.unique(np.array(spam, dtype=np.int64)), True)
+    stats.learn(np.unique(np.array(ham, dtype=np.int64)), False)
+    assert 0.0 <= stats.spamicity(np.array(sorted(probe), dtype=np.int64)) <= 1.0
+
+
+def test_nonzero_restore_round_trip() -> None:
+    stats = trained_stats()
+    where, spam, ham = stats.nonzero()
+    copy = TokenStats(64)
+    copy.restore(where.astype(np.int64), spam.astype(np.int64), ham.astype(np.int64), 5, 5)
+    assert copy.spamicity(SPAM_WORDS) == stats.spamicity(SPAM_WORDS)
+    assert copy.spamicity(HAM_WORDS) == stats.spamicity(HAM_WORDS)
+
+
+@pytest.mark.parametrize(
+    ("where", "spam", "ham", "n_spam"),
+    [
+        (ids(70), ids(1), ids(0), 1),  # index outside the space
+        (ids(1), ids(3), ids(0), 2),  # more spam tokens than spam messages
+        (ids(1, 2), ids(1), ids(0), 1),  # mismatched lengths
+    ],
+)
+def test_restore_rejects_inconsistent_arrays(
+    where: np.ndarray, spam: np.ndarray, ham: np.ndarray, n_spam: int
+) -> None:
+    with pytest.raises(ValueError):
+        TokenStats(64).restore(where, spam, ham, n_spam, 0)
+
+
+def test_config_rejects_out_of_range_values() -> None:
+    with pytest.raises(ValueError):
+        TokenStatsConfig(min_dev=0.5)
+    with pytest.raises(ValueError):
+        TokenStatsConfig(robx=1.0)
+    config = TokenStatsConfig(robs=0.1, robx=0.4, min_dev=0.2)
+    assert TokenStatsConfig.from_json(config.to_json()) == config
