@@ -56,7 +56,7 @@ class App:
         return Composer(self.settings, self.signer, self.clock)
 
     def notices(self) -> Notices:
-        return Notices(self.settings, self.composer(), self.renderer, self.clock)
+        return Notices(self.settings, self.composer(), lambda: self.renderer, self.clock)
 
     def worker(self) -> Worker:
         return Worker(

@@ -68,9 +68,12 @@ def _database(settings: Settings) -> tuple[bool, str]:
     try:
         db = Database(url)
         current, head = db.current_revision(), db.head_revision()
+        empty = db.is_empty()
         db.dispose()
     except Exception as exc:
         return False, f"database {shown}: {exc}"
+    if empty:
+        return True, f"database {shown}: reachable and empty; the first start creates schema {head}"
     if current != head:
         return (
             False,

@@ -160,6 +160,16 @@ class ImapMailboxSettings(_Section):
         return 993 if self.security is ImapSecurity.TLS else 143
 
 
+class AddressSettings(_Section):
+    """Defaults for tickets that arrive at one support address (its queue)."""
+
+    address: str = Field(pattern=r"^[^@\s<>,]+@[^@\s<>,]+$")
+    queue: str | None = None
+    category: str | None = None
+    from_name: str | None = None  # display name on mail sent for its tickets
+    language: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[A-Za-z]{2})?$")
+
+
 class Settings(_Section):
     """The whole configuration. ``source`` is the file it came from (or "<defaults>")."""
 
@@ -178,6 +188,7 @@ class Settings(_Section):
     outbound: OutboundSettings = OutboundSettings()
     acknowledgements: AcknowledgementSettings = AcknowledgementSettings()
     imap: tuple[ImapMailboxSettings, ...] = ()
+    address: tuple[AddressSettings, ...] = ()  # per-address defaults ([[address]] tables)
     source: str = "<defaults>"
 
     @field_validator("support_addresses")
@@ -196,7 +207,11 @@ class Settings(_Section):
 
     @property
     def own_addresses(self) -> frozenset[str]:
-        return frozenset(self.support_addresses)
+        return frozenset(self.support_addresses) | {a.address.lower() for a in self.address}
+
+    def address_defaults(self, address: str) -> AddressSettings | None:
+        address = address.lower()
+        return next((a for a in self.address if a.address.lower() == address), None)
 
 
 @dataclass(frozen=True)

@@ -90,6 +90,7 @@ class DaemonProcess:
     relay_port: int = 0
     extra_config: str = ""
     support: str = "support@example.com"
+    templates: Path = REPO / "templates"
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -107,7 +108,7 @@ data_dir = "{self.workdir / "data"}"
 support_addresses = ["{self.support}", "billing@example.com"]
 mail_domain = "{self.support.split("@")[1]}"
 installation_secret = "e2e-secret"
-templates_dir = "{REPO / "templates"}"
+templates_dir = "{self.templates}"
 
 [[listeners]]
 protocol = "smtp"

@@ -122,3 +122,30 @@ def test_secret_from_file_env_or_generated(tmp_path: Path, monkeypatch: pytest.M
         "stable across runs"
     )
     assert (tmp_path / "d" / "installation-secret").stat().st_mode & 0o077 == 0
+
+
+def test_check_reports_each_part_and_fails_on_an_unreachable_relay(tmp_path: Path) -> None:
+    good = tmp_path / "good.toml"
+    good.write_text(f'data_dir = "{tmp_path / "d"}"\n[[listeners]]\nport = 0\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "maildesk", "--config", str(good), "check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout
+    assert "ok   database" in result.stdout and "ok   outbound maildir" in result.stdout
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text(
+        f'data_dir = "{tmp_path / "d"}"\n[[listeners]]\nport = 0\n'
+        '[outbound]\ntransport = "smtp"\nrelay_host = "127.0.0.1"\nrelay_port = 1\nrelay_timeout_seconds = 2\n'
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "maildesk", "--config", str(bad), "check"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "FAIL relay 127.0.0.1:1" in result.stdout

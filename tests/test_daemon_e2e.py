@@ -139,3 +139,41 @@ def test_permanent_failure_is_recorded_and_visible(tmp_path: Path) -> None:
     finally:
         relay.stop()
         assert daemon.terminate() == 0
+
+
+def test_sighup_reloads_templates_without_dropping_the_listener(
+    tmp_path: Path, relay: RelaySink
+) -> None:
+    import shutil
+    import signal
+
+    templates = tmp_path / "templates"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "templates", templates)
+    daemon = DaemonProcess(tmp_path, relay_port=relay.port, templates=templates).start()
+    try:
+        with smtplib.SMTP("127.0.0.1", daemon.smtp_port) as client:
+            client.sendmail(
+                "a1@customer.test", ["support@example.com"], make_mail(sender="a1@customer.test")
+            )
+            text = (templates / "ack.customer.txt.j2").read_text()
+            (templates / "ack.customer.txt.j2").write_text(
+                text.replace("We received your request", "Got it")
+            )
+            (templates / "ack.customer.html.j2").unlink()
+            assert daemon.proc is not None
+            daemon.proc.send_signal(signal.SIGHUP)
+            time.sleep(1)
+            # the same SMTP session still works after the reload
+            client.sendmail(
+                "a2@customer.test",
+                ["support@example.com"],
+                make_mail(sender="a2@customer.test", subject="second"),
+            )
+        got = relay.wait_for(
+            lambda r: {x.rcpt_tos[0] for x in r} >= {"a1@customer.test", "a2@customer.test"}
+        )
+        second = next(x for x in got if x.rcpt_tos[0] == "a2@customer.test").message
+        assert second["Subject"].startswith("[Support #2] Got it")
+        assert daemon.proc.poll() is None
+    finally:
+        assert daemon.terminate() == 0

@@ -23,15 +23,10 @@ from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
 from maildesk.config import ListenerSettings
 from maildesk.db.database import StorageUnavailable
+from maildesk.domain.address import base_address
 from maildesk.intake.store import Envelope, IntakeStore
 
 log = logging.getLogger("maildesk.intake.smtp")
-
-
-def base_address(address: str) -> str:
-    """``support+t-12-abc@example.com`` -> ``support@example.com`` (lower-case)."""
-    local, _, domain = address.strip().strip("<>").rpartition("@")
-    return f"{local.split('+', 1)[0]}@{domain}".lower()
 
 
 class IntakeHandler:

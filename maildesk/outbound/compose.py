@@ -69,6 +69,7 @@ class OutboundMail:
     references: Sequence[str] = ()
     kind: MessageKind = MessageKind.AUTO
     auto_submitted: str = "auto-replied"
+    from_name: str = ""  # display name; empty: outbound.from_name
 
 
 class Composer:
@@ -89,12 +90,14 @@ class Composer:
         local, domain = split_address(mail.support_address)
         msg = EmailMessage(policy=SMTP)
         msg["From"] = HeaderAddress(
-            one_line(self.settings.outbound.from_name), addr_spec=mail.support_address
+            one_line(mail.from_name or self.settings.outbound.from_name),
+            addr_spec=mail.support_address,
         )
         msg["To"] = [HeaderAddress(one_line(r.name), addr_spec=r.addr) for r in mail.recipients]
         reply_local = self.signer.reply_local_part(local, "t", ticket.number)
         msg["Reply-To"] = HeaderAddress(
-            one_line(self.settings.outbound.from_name), addr_spec=f"{reply_local}@{domain}"
+            one_line(mail.from_name or self.settings.outbound.from_name),
+            addr_spec=f"{reply_local}@{domain}",
         )
         msg["Subject"] = add_ticket_tag(one_line(mail.rendered.subject), tag, ticket.number)
         msg["Date"] = format_datetime(self.clock())
@@ -137,7 +140,7 @@ class Composer:
             direction=Direction.OUTBOUND,
             kind=mail.kind,
             from_addr=mail.support_address,
-            from_name=self.settings.outbound.from_name,
+            from_name=mail.from_name or self.settings.outbound.from_name,
             to_addrs=[r.addr for r in mail.recipients],
             cc_addrs=[],
             subject=str(mime["Subject"]),

@@ -28,17 +28,26 @@ class Notices:
         self,
         settings: Settings,
         composer: Composer,
-        renderer: TemplateRenderer,
+        renderer: Callable[[], TemplateRenderer],
         clock: Callable[[], datetime],
     ) -> None:
         self.settings = settings
         self.composer = composer
-        self.renderer = renderer
+        self._renderer = renderer
         self.clock = clock
+
+    @property
+    def renderer(self) -> TemplateRenderer:
+        """The current templates: the daemon swaps them on SIGHUP."""
+        return self._renderer()
 
     def support_address_for(self, ticket: Ticket) -> str:
         addresses = ticket.support_addresses or []
         return addresses[0] if addresses else self.settings.support_addresses[0]
+
+    def from_name_for(self, ticket: Ticket) -> str:
+        defaults = self.settings.address_defaults(self.support_address_for(ticket))
+        return (defaults.from_name if defaults else None) or self.settings.outbound.from_name
 
     def variables(self, ticket: Ticket, customer: Contact, quote: str = "") -> dict[str, Any]:
         return {
@@ -51,7 +60,7 @@ class Notices:
             },
             "customer": {"email": customer.email, "name": customer.name},
             "support": {
-                "name": self.settings.outbound.from_name,
+                "name": self.from_name_for(ticket),
                 "address": self.support_address_for(ticket),
             },
             "quote": quote[:QUOTE_LIMIT],
@@ -162,18 +171,25 @@ class Notices:
         blocked = self.blocked_reason(session, customer.email, purpose)
         if blocked:
             return self._event(session, ticket, f"{purpose}_skipped", blocked)
+        support = self.support_address_for(ticket)
+        defaults = self.settings.address_defaults(support)
         rendered = self.renderer.render(
-            purpose, "customer", self.variables(ticket, customer, quote), queue=ticket.queue
+            purpose,
+            "customer",
+            self.variables(ticket, customer, quote),
+            queue=ticket.queue,
+            language=defaults.language if defaults else None,
         )
         mail = OutboundMail(
             purpose=purpose,
             ticket=ticket,
             recipients=[Recipient(customer.email, customer.name)],
             rendered=rendered,
-            support_address=self.support_address_for(ticket),
+            support_address=support,
             in_reply_to=answers.header_message_id if answers else None,
             references=self._references(session, answers) if answers else (),
             auto_submitted=auto_submitted,
+            from_name=self.from_name_for(ticket),
         )
         try:
             row = self.composer.queue(session, mail)

@@ -43,12 +43,15 @@ class TemplateRenderer:
     def __init__(self, directory: Path) -> None:
         self.directory = directory
         loader = FileSystemLoader(str(directory))
-        self._text_env = SandboxedEnvironment(
-            loader=loader, undefined=StrictUndefined, autoescape=False, keep_trailing_newline=True
-        )
-        self._html_env = SandboxedEnvironment(
-            loader=loader, undefined=StrictUndefined, autoescape=True, keep_trailing_newline=True
-        )
+        # Templates change when ops say so (SIGHUP builds a new renderer), not
+        # whenever a file's mtime moves mid-edit.
+        options: dict[str, Any] = {
+            "undefined": StrictUndefined,
+            "keep_trailing_newline": True,
+            "auto_reload": False,
+        }
+        self._text_env = SandboxedEnvironment(loader=loader, autoescape=False, **options)
+        self._html_env = SandboxedEnvironment(loader=loader, autoescape=True, **options)
 
     def _candidates(self, name: str, queue: str | None, language: str | None) -> list[str]:
         prefixes = []

@@ -31,6 +31,7 @@ from maildesk.db.models import (
     TicketStatus,
 )
 from maildesk.db.upsert import insert_ignore
+from maildesk.domain.address import base_address
 from maildesk.domain.autodetect import AutoKind, failed_recipients
 from maildesk.domain.message import Address
 from maildesk.domain.subject import normalize_subject
@@ -121,7 +122,7 @@ class Applier:
     ) -> list[str]:
         """One mail to two support addresses: the second address goes on the ticket."""
         own = self.settings.own_addresses
-        new = [a.lower() for a in addresses if a.lower() in own]
+        new = [a for a in dict.fromkeys(x.lower() for x in addresses) if a in own]
         added: list[str] = []
         if ticket is not None:
             known = list(ticket.support_addresses or [])
@@ -188,7 +189,10 @@ class Applier:
             )
         self._remember_ids(session, ctx, ticket)
         self._participants(session, ticket, requester, msg.cc, created)
-        self._record_addresses(ticket, None, ctx.envelope_to)
+        delivered = [*ctx.envelope_to, *(a.addr for a in (*msg.to, *msg.cc))]
+        self._record_addresses(ticket, None, [base_address(a) for a in delivered])
+        if created:
+            self._address_defaults(session, ctx, intake, ticket)
 
         for note in ctx.notes:
             self.event(
@@ -262,6 +266,25 @@ class Applier:
         intake.claimed_by = None
         self.flush_events(session)
         return ticket
+
+    def _address_defaults(
+        self, session: Session, ctx: MessageContext, intake: Intake, ticket: Ticket
+    ) -> None:
+        """A new ticket takes the queue and category of the address it came in on."""
+        for address in ticket.support_addresses or []:
+            defaults = self.settings.address_defaults(address)
+            if defaults is None:
+                continue
+            ticket.queue = ticket.queue or defaults.queue
+            ticket.category = ticket.category or defaults.category
+            self.event(
+                session,
+                "address_defaults",
+                f"arrived at {address}: queue {defaults.queue}, category {defaults.category}",
+                intake=intake,
+                ticket=ticket,
+            )
+            return
 
     def _merge_early_reply(
         self, session: Session, ctx: MessageContext, intake: Intake, ticket: Ticket, other_id: int

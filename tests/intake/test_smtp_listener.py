@@ -12,7 +12,8 @@ from sqlalchemy import select
 from maildesk.app import App
 from maildesk.config import ListenerSettings
 from maildesk.db.models import Intake
-from maildesk.intake.smtp import IntakeHandler, base_address, build_controller
+from maildesk.domain.address import base_address
+from maildesk.intake.smtp import IntakeHandler, build_controller
 from tests.daemon_harness import free_port
 from tests.mailfactory import make_mail
 

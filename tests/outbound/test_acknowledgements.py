@@ -192,3 +192,41 @@ def test_an_import_of_old_mail_is_not_acknowledged(app: App) -> None:
     app.worker().drain()
     assert outbox(app) == []
     assert any("older than" in r for r in skipped_reasons(app))
+
+
+def test_each_support_address_brings_its_own_queue_category_and_sender_name(
+    tmp_path, database_url, clock
+) -> None:  # type: ignore[no-untyped-def]
+    from tests.conftest import make_settings
+
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        address=[
+            {
+                "address": "billing@example.com",
+                "queue": "billing",
+                "category": "invoices",
+                "from_name": "Example Billing",
+            }
+        ],
+    )
+    app = App.build(settings, clock=clock)
+    deliver(
+        app,
+        make_mail(message_id="b@customer.test", to="billing@example.com"),
+        rcpt=("billing@example.com",),
+    )
+    deliver(
+        app, make_mail(message_id="s@customer.test", subject="other", sender="zed@customer.test")
+    )
+    with app.db.transaction() as session:
+        billing = queries.ticket_by_number(session, 1)
+        plain = queries.ticket_by_number(session, 2)
+        assert billing is not None and plain is not None
+        assert (billing.queue, billing.category) == ("billing", "invoices")
+        assert (plain.queue, plain.category) == (None, None)
+    (_, ack_billing), (_, ack_plain) = outbox(app)
+    assert ack_billing["From"] == "Example Billing <billing@example.com>"
+    assert ack_plain["From"] == "Support <support@example.com>"
+    app.db.dispose()
