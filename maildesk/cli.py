@@ -51,7 +51,31 @@ def _fail(message: str, code: int) -> NoReturn:
     sys.exit(code)
 
 
-@click.group()
+class LazyGroup(click.Group):
+    """Sub-command groups whose modules (scikit-learn...) load only when used.
+
+    Keeps start-up quick for `ingest -` behind an MTA, which runs once per mail.
+    """
+
+    lazy: dict[str, str] = {  # noqa: RUF012 - read-only table
+        "spam": "maildesk.spam.cli:spam",
+        "categorize": "maildesk.routing.categorize_cli:categorize",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.lazy])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.lazy:
+            import importlib
+
+            module, attr = self.lazy[cmd_name].split(":")
+            command: click.Command = getattr(importlib.import_module(module), attr)
+            return command
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=LazyGroup)
 @click.option("--config", "config_path", type=str, default=None, help="Path to maildesk.toml.")
 @click.option("--data-dir", type=str, default=None, help="Data directory (overrides the config).")
 @click.option(
@@ -534,14 +558,3 @@ def systemd_unit() -> None:
     else:
         command = str(Path(argv0).resolve())
     click.echo(template.replace("{exec}", command), nl=False)
-
-
-def _register_groups() -> None:
-    from maildesk.routing.categorize_cli import categorize
-    from maildesk.spam.cli import spam
-
-    main.add_command(spam)
-    main.add_command(categorize)
-
-
-_register_groups()
