@@ -144,3 +144,57 @@ def test_lmtp_on_a_unix_socket_answers_per_recipient(app: App, tmp_path: Path) -
     [row] = stored(app)
     assert row.source == "lmtp"
     assert row.envelope_to == ["support@example.com", "billing@example.com"]
+
+
+def test_starttls_and_auth_when_configured(app: App, tmp_path: Path) -> None:
+    import ssl
+    import subprocess
+
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    users = tmp_path / "users"
+    users.write_text("relay:s3cret\n")
+    port = free_port()
+    controller = start(
+        app,
+        ListenerSettings(
+            port=port, tls_cert=cert, tls_key=key, require_auth=True, auth_users_file=users
+        ),
+    )
+    context = ssl.create_default_context(cafile=str(cert))
+    try:
+        with (
+            smtplib.SMTP("127.0.0.1", port) as client,
+            pytest.raises(smtplib.SMTPException),  # no TLS, no login
+        ):
+            client.sendmail("a@c.test", ["support@example.com"], make_mail())
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.starttls(context=context)
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                client.login("relay", "wrong")
+            client.login("relay", "s3cret")
+            client.sendmail("a@c.test", ["support@example.com"], make_mail(message_id="tls@c.test"))
+    finally:
+        controller.stop()  # type: ignore[attr-defined]
+    assert [row.header_message_id for row in stored(app)] == ["tls@c.test"]
