@@ -43,7 +43,7 @@ from maildesk.views import (
 EX_TEMPFAIL = 75
 EX_NOINPUT = 66
 EX_DATAERR = 65
-INGEST_BATCH = 100
+INGEST_BATCH = 1000
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -224,6 +224,7 @@ def ingest(
             except StorageUnavailable as store_exc:
                 _fail(str(store_exc), EX_TEMPFAIL)
         _fail(f"{exc} ({stored} stored before it)", EX_NOINPUT)
+    worker.close()
     result = {"stored": stored, **summary.as_dict()}
     if no_process:
         result["pending"] = stored

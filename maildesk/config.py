@@ -59,6 +59,8 @@ class PipelineSettings(_Section):
     claim_timeout_seconds: float = Field(default=600.0, gt=0)
     max_attempts: int = Field(default=5, ge=1, le=100)
     retry_delay_seconds: float = Field(default=2.0, ge=0)
+    # Bulk imports parse the next batch in a second process while applying this one.
+    parse_in_child: bool = True
 
 
 class ListenerSettings(_Section):

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import cache
 from typing import Any
 
-from sqlalchemy import Table
+from sqlalchemy import Table, case
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -29,3 +29,21 @@ def insert_ignore(
         return
     connection = session.connection()
     connection.execute(_statement(connection.dialect.name, model.__table__, tuple(key)), values)
+
+
+@cache
+def _contact_upsert(dialect: str, table: Table) -> Any:
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(table)
+    keep_name = case((table.c.name == "", stmt.excluded.name), else_=table.c.name)
+    return stmt.on_conflict_do_update(index_elements=["email"], set_={"name": keep_name}).returning(
+        table.c.id
+    )
+
+
+def upsert_contact(session: Session, table: Table, email: str, name: str, now: Any) -> int:
+    """The id of the contact with ``email``, created if new; a missing name is filled in."""
+    connection = session.connection()
+    statement = _contact_upsert(connection.dialect.name, table)
+    row = connection.execute(statement, {"email": email, "name": name, "created_at": now}).one()
+    return int(row[0])

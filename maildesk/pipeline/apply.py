@@ -6,7 +6,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
@@ -30,7 +30,7 @@ from maildesk.db.models import (
     TicketLink,
     TicketStatus,
 )
-from maildesk.db.upsert import insert_ignore
+from maildesk.db.upsert import insert_ignore, upsert_contact
 from maildesk.domain.address import base_address
 from maildesk.domain.autodetect import AutoKind, failed_recipients
 from maildesk.domain.message import Address
@@ -42,6 +42,7 @@ from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKin
 from maildesk.tickets import merge_tickets
 
 MAX_ID = 998
+CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
 
 
 class Applier:
@@ -52,7 +53,7 @@ class Applier:
         self.now = now
         self.notices = notices
         self._events: list[dict[str, Any]] = []
-        self._contacts: dict[str, Contact] = {}
+        self._contacts: dict[str, int] = {}
 
     def event(
         self,
@@ -360,7 +361,7 @@ class Applier:
         self,
         session: Session,
         ctx: MessageContext,
-        requester: Contact | None,
+        requester: int | None,
         automated: bool,
         at: datetime,
     ) -> Ticket:
@@ -372,7 +373,7 @@ class Applier:
             subject=msg.subject[:2000],
             normalized_subject=normalize_subject(msg.subject)[:2000],
             status=status,
-            requester_id=requester.id if requester else None,
+            requester_id=requester,
             created_at=at,
             updated_at=at,
             closed_at=at if status == TicketStatus.CLOSED else None,
@@ -383,55 +384,41 @@ class Applier:
         ticket.number = ticket.id
         return ticket
 
-    def _contact(self, session: Session, address: Address) -> Contact:
+    def _contact(self, session: Session, address: Address) -> int:
+        """The contact id for an address (one upsert, cached for the batch)."""
         email = address.addr[:320]
-        contact = self._contacts.get(email)
-        if contact is None:
-            contact = session.scalars(select(Contact).where(Contact.email == email)).first()
-        if contact is None:
-            insert_ignore(
-                session,
-                Contact,
-                {"email": email, "name": address.name[:500], "created_at": self.now},
-                ["email"],
-            )
-            contact = session.scalars(select(Contact).where(Contact.email == email)).one()
-        self._contacts[email] = contact
-        if address.name and not contact.name:
-            contact.name = address.name[:500]
-        return contact
+        contact_id = self._contacts.get(email)
+        if contact_id is None:
+            contact_id = upsert_contact(session, CONTACTS, email, address.name[:500], self.now)
+            self._contacts[email] = contact_id
+        return contact_id
 
     def _participants(
         self,
         session: Session,
         ticket: Ticket,
-        requester: Contact | None,
+        requester: int | None,
         cc: Iterable[Address],
         created: bool,
     ) -> None:
+        """Requester and customer-side Cc become participants (one statement)."""
         own = self.settings.own_addresses
+        rows = []
         if requester is not None:
-            role = (
-                ParticipantRole.REQUESTER
-                if created or ticket.requester_id == requester.id
-                else ParticipantRole.CC
-            )
-            self._participant(session, ticket, requester, role)
+            is_requester = created or ticket.requester_id == requester
+            role = ParticipantRole.REQUESTER if is_requester else ParticipantRole.CC
+            rows.append({"ticket_id": ticket.id, "contact_id": requester, "role": role.value})
         for address in cc:
             if address.addr and "@" in address.addr and address.addr not in own:
-                self._participant(
-                    session, ticket, self._contact(session, address), ParticipantRole.CC
+                contact_id = self._contact(session, address)
+                rows.append(
+                    {
+                        "ticket_id": ticket.id,
+                        "contact_id": contact_id,
+                        "role": ParticipantRole.CC.value,
+                    }
                 )
-
-    def _participant(
-        self, session: Session, ticket: Ticket, contact: Contact, role: ParticipantRole
-    ) -> None:
-        insert_ignore(
-            session,
-            Participant,
-            {"ticket_id": ticket.id, "contact_id": contact.id, "role": role.value},
-            ["ticket_id", "contact_id"],
-        )
+        insert_ignore(session, Participant, rows, ["ticket_id", "contact_id"])
 
     def _remember_ids(self, session: Session, ctx: MessageContext, ticket: Ticket) -> None:
         """Our id and every id it references now lead to this ticket (one statement)."""

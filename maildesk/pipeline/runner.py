@@ -25,7 +25,8 @@ from maildesk.domain.signing import Signer
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.apply import Applier
 from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind
-from maildesk.pipeline.stages import DB_STAGES, StageDeps, parse_stage
+from maildesk.pipeline.parsepool import Parsed, ParsePool, parse_batch
+from maildesk.pipeline.stages import DB_STAGES, StageDeps
 
 log = logging.getLogger("maildesk.pipeline")
 
@@ -76,6 +77,7 @@ class Worker:
         self.clock = clock
         self.node = node_name
         self.deps = StageDeps(settings, signer, clock)
+        self.parse_pool = ParsePool(settings.pipeline)
 
     # -- claiming ---------------------------------------------------------
     def claim(self, limit: int = 64) -> list[MessageContext]:
@@ -155,7 +157,12 @@ class Worker:
         message, so the bad one rolls back alone and is quarantined. A
         temporary failure (database locked or down) puts the whole batch back.
         """
-        stops = {ctx.intake_id: parse_stage(ctx, self.deps) for ctx in batch}
+        return self.apply_parsed(parse_batch(batch, self.settings.pipeline))
+
+    def apply_parsed(self, parsed: Parsed) -> list[Outcome]:
+        """Decide and apply a parsed batch (see :meth:`process_batch`)."""
+        batch = [ctx for ctx, _stop in parsed]
+        stops = {ctx.intake_id: stop for ctx, stop in parsed}
         try:
             return self._apply_batch(batch, stops, isolated=False)
         except Exception as exc:
@@ -286,12 +293,18 @@ class Worker:
         SQLite write lock is never held long while listeners wait to store.
         """
         summary = Summary()
-        while not should_stop():
-            batch = self.claim(batch_size)
-            if not batch:
-                break
-            for outcome in self.process_batch(batch):
+        batch = self.claim(batch_size)
+        parsed = self.parse_pool.submit(batch)
+        while batch:
+            # Claim and start parsing the next batch before applying this one.
+            upcoming = [] if should_stop() else self.claim(batch_size)
+            upcoming_parsed = self.parse_pool.submit(upcoming)
+            for outcome in self.apply_parsed(parsed()):
                 summary.add(outcome)
                 if on_outcome is not None:
                     on_outcome(outcome)
+            batch, parsed = upcoming, upcoming_parsed
         return summary
+
+    def close(self) -> None:
+        self.parse_pool.close()

@@ -13,7 +13,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
-from maildesk.config import Settings
+from maildesk.config import PipelineSettings, Settings
 from maildesk.db import queries
 from maildesk.db.models import Ticket, TicketStatus
 from maildesk.domain.autodetect import AutoKind, bounced_message_ids, classify
@@ -39,9 +39,8 @@ class StageDeps:
 Stage = Callable[[MessageContext, Session, StageDeps], Stop | None]
 
 
-def parse_stage(ctx: MessageContext, deps: StageDeps) -> Stop | None:
-    """Runs outside any transaction: parsing may take up to the configured bound."""
-    limits = deps.settings.pipeline
+def parse_stage(ctx: MessageContext, limits: PipelineSettings) -> Stop | None:
+    """Runs outside any transaction (or in a child process): parsing may take up to the bound."""
     if len(ctx.raw) > limits.max_message_bytes and not ctx.forced:
         return Stop(
             StopKind.QUARANTINE,
