@@ -19,7 +19,7 @@ from maildesk.db.models import Ticket, TicketStatus
 from maildesk.domain.autodetect import AutoKind, bounced_message_ids, classify
 from maildesk.domain.message import TRUNCATED_HEADER, Address, ParsedMessage
 from maildesk.domain.rawheader import body_hash, extract_message_id, raw_header_values
-from maildesk.domain.signing import RefPurpose, Signer
+from maildesk.domain.signing import RefPurpose, SignedRef, Signer
 from maildesk.domain.subject import find_ticket_numbers, normalize_subject
 from maildesk.domain.threadindex import conversation_key
 from maildesk.pipeline.context import MessageContext, Stop, StopKind, ThreadDecision, ThreadRule
@@ -200,16 +200,14 @@ def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) ->
     if bounce is not None:
         return bounce
 
-    for local in _signed_locals(ctx, deps):
-        signed = deps.signer.parse_reply_local_part(local)
-        if signed is not None and signed.purpose == RefPurpose.TICKET:
-            ticket = _by_number(session, ctx, signed.ticket)
-            if ticket is not None:
-                return ThreadDecision(
-                    ThreadRule.SIGNED_REFERENCE,
-                    ticket.id,
-                    f"addressed to our signed reply address {local}@ for ticket #{signed.ticket}",
-                )
+    found = _signed_address_ticket(ctx, session, deps, RefPurpose.TICKET)
+    if found is not None:
+        local, _signed, ticket = found
+        return ThreadDecision(
+            ThreadRule.SIGNED_REFERENCE,
+            ticket.id,
+            f"addressed to our signed reply address {local}@ for ticket #{ticket.number}",
+        )
 
     for ref in refs:
         signed = deps.signer.parse_outbound_message_id(ref)
@@ -295,23 +293,33 @@ def _signed_locals(ctx: MessageContext, deps: StageDeps) -> list[str]:
     return locals_
 
 
+def _signed_address_ticket(
+    ctx: MessageContext, session: Session, deps: StageDeps, purpose: RefPurpose
+) -> tuple[str, SignedRef, Ticket] | None:
+    """The ticket named by a signed sub-address of ours this mail was sent to."""
+    for local in _signed_locals(ctx, deps):
+        signed = deps.signer.parse_reply_local_part(local)
+        if signed is not None and signed.purpose == purpose:
+            ticket = _by_number(session, ctx, signed.ticket)
+            if ticket is not None:
+                return local, signed, ticket
+    return None
+
+
 def bounce_conversation(
     ctx: MessageContext, session: Session, deps: StageDeps
 ) -> ThreadDecision | None:
     """A bounce joins the ticket of the mail that bounced: VERP first, then returned headers."""
     if ctx.verdict is None or ctx.verdict.kind is not AutoKind.BOUNCE:
         return None
-    for local in _signed_locals(ctx, deps):
-        signed = deps.signer.parse_reply_local_part(local)
-        if signed is not None and signed.purpose == RefPurpose.BOUNCE:
-            ticket = _by_number(session, ctx, signed.ticket)
-            if ticket is not None:
-                return ThreadDecision(
-                    ThreadRule.SIGNED_REFERENCE,
-                    ticket.id,
-                    f"bounce to our VERP address for outbox {signed.extra[0]} "
-                    f"of ticket #{signed.ticket}",
-                )
+    found = _signed_address_ticket(ctx, session, deps, RefPurpose.BOUNCE)
+    if found is not None:
+        _local, signed, bounced = found
+        return ThreadDecision(
+            ThreadRule.SIGNED_REFERENCE,
+            bounced.id,
+            f"bounce to our VERP address for outbox {signed.extra[0]} of ticket #{bounced.number}",
+        )
     hit = queries.first_known_reference(session, list(bounced_message_ids(ctx.message)))
     if hit is not None:
         ticket = _live(session, ctx, hit[1].ticket_id)
