@@ -42,7 +42,6 @@ from maildesk.views import (
 
 EX_TEMPFAIL = 75
 EX_NOINPUT = 66
-EX_DATAERR = 65
 INGEST_BATCH = 1000
 
 

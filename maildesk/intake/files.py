@@ -92,8 +92,9 @@ def _folder_files(path: Path) -> Iterator[Path]:
 
 
 def _folder(path: Path) -> Iterator[FileMessage]:
+    maildir = is_maildir(path)
     for entry in _folder_files(path):
-        if not is_maildir(path) and looks_like_mbox(entry):
+        if not maildir and looks_like_mbox(entry):
             yield from _mbox(entry)
         else:
             yield FileMessage(_read(entry), str(entry))

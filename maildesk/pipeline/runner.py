@@ -25,7 +25,7 @@ from maildesk.domain.signing import Signer
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.apply import Applier
 from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind
-from maildesk.pipeline.parsepool import Parsed, ParsePool, parse_batch
+from maildesk.pipeline.parsepool import Parsed, ParsePool
 from maildesk.pipeline.stages import DB_STAGES, StageDeps
 
 log = logging.getLogger("maildesk.pipeline")
@@ -149,18 +149,14 @@ class Worker:
         log.warning("intake=%s quarantined: %s", row.id, reason)
 
     # -- processing -------------------------------------------------------
-    def process_batch(self, batch: list[MessageContext]) -> list[Outcome]:
-        """Parse each message, then decide and apply them all in one transaction.
+    def apply_parsed(self, parsed: Parsed) -> list[Outcome]:
+        """Decide and apply a parsed batch in one transaction.
 
         The batch is applied optimistically in one go. If any message fails,
         the batch is rolled back and applied again with a savepoint per
         message, so the bad one rolls back alone and is quarantined. A
         temporary failure (database locked or down) puts the whole batch back.
         """
-        return self.apply_parsed(parse_batch(batch, self.settings.pipeline))
-
-    def apply_parsed(self, parsed: Parsed) -> list[Outcome]:
-        """Decide and apply a parsed batch (see :meth:`process_batch`)."""
         batch = [ctx for ctx, _stop in parsed]
         stops = {ctx.intake_id: stop for ctx, stop in parsed}
         try:
