@@ -15,8 +15,10 @@ import os
 import secrets
 import tomllib
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     BaseModel,
@@ -26,6 +28,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+
+from maildesk.sla.calendar import WeeklyHours
 
 EX_CONFIG = 78
 DEFAULT_CONFIG_NAME = "maildesk.toml"
@@ -172,6 +176,133 @@ class AddressSettings(_Section):
     language: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[A-Za-z]{2})?$")
 
 
+_NAME = r"^[A-Za-z0-9][\w.\-]*$"
+_ADDRESS = r"^[^@\s<>,]+@[^@\s<>,]+$"
+
+
+class NotificationPreferences(_Section):
+    """Which notifications an agent receives by mail."""
+
+    new_ticket: bool = True  # a new ticket assigned to them or their group
+    customer_reply: bool = True  # a customer wrote on a ticket they own or watch
+    assignment: bool = True  # a ticket was assigned to or taken from them
+
+
+class AbsenceSettings(_Section):
+    """A period an agent is away (inclusive dates): never assigned, notifications held."""
+
+    start: date
+    end: date
+    note: str = ""
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AbsenceSettings:
+        if self.end < self.start:
+            raise ValueError(f"end {self.end} is before start {self.start}")
+        return self
+
+
+class AgentSettings(_Section):
+    """One agent: who they are and from which addresses they write."""
+
+    name: str = Field(min_length=1, max_length=120, pattern=_NAME)  # the id used in commands
+    display_name: str = ""
+    addresses: tuple[str, ...] = Field(min_length=1)
+    groups: tuple[str, ...] = ()
+    language: str | None = Field(default=None, pattern=r"^[a-z]{2}(-[A-Za-z]{2})?$")
+    notify: NotificationPreferences = NotificationPreferences()
+    timezone: str = "UTC"
+    hours: WeeklyHours | None = None  # working hours; None: always on shift
+    absences: tuple[AbsenceSettings, ...] = ()
+    skills: tuple[str, ...] = ()  # categories they handle (assignment by skill)
+    max_open_tickets: int | None = Field(default=None, ge=1)
+
+    @field_validator("addresses")
+    @classmethod
+    def _plain_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_plain_address(a) for a in value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        return _known_zone(value)
+
+
+class GroupSettings(_Section):
+    """A team such as L1/L2/L3; ``escalates_to`` names the next tier up."""
+
+    name: str = Field(min_length=1, max_length=120, pattern=_NAME)
+    address: str | None = Field(default=None, pattern=_ADDRESS)  # a list address, if any
+    lead: str | None = None  # an agent name: receives escalations for the group
+    tier: int = Field(default=1, ge=1, le=9)
+    escalates_to: str | None = None
+
+
+class OrganisationSettings(_Section):
+    """A customer organisation, recognised by its mail domains (for SLA tiers and rules)."""
+
+    name: str = Field(min_length=1, max_length=200)
+    domains: tuple[str, ...] = Field(min_length=1)
+    tier: str | None = None  # e.g. "gold": rules and SLA policies select on it
+    sla_policy: str | None = None
+
+    @field_validator("domains")
+    @classmethod
+    def _lower_domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for domain in value:
+            if not domain or any(c in domain for c in " @\r\n<>,"):
+                raise ValueError(f"not a mail domain: {domain!r}")
+        return tuple(d.lower().lstrip(".") for d in value)
+
+
+def _plain_address(addr: str) -> str:
+    if "@" not in addr or any(c in addr for c in " \r\n<>,"):
+        raise ValueError(f"not a plain address: {addr!r}")
+    return addr.lower()
+
+
+def _known_zone(value: str) -> str:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError) as exc:
+        raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from exc
+    return value
+
+
+def _check_people(
+    agents: tuple[AgentSettings, ...],
+    groups: tuple[GroupSettings, ...],
+    organisations: tuple[OrganisationSettings, ...],
+) -> None:
+    """Names unique, every reference resolves, no address or domain claimed twice."""
+    agent_names = _unique("agents", [a.name for a in agents])
+    group_names = _unique("groups", [g.name for g in groups])
+    if clash := agent_names & group_names:
+        raise ValueError(f"{sorted(clash)[0]!r} names both an agent and a group")
+    _unique("agent addresses", [addr for a in agents for addr in a.addresses])
+    _unique("organisation domains", [d for o in organisations for d in o.domains])
+    for agent in agents:
+        for group_name in agent.groups:
+            if group_name not in group_names:
+                raise ValueError(f"agent {agent.name!r} is in unknown group {group_name!r}")
+    for group in groups:
+        if group.lead is not None and group.lead not in agent_names:
+            raise ValueError(f"group {group.name!r} has unknown lead {group.lead!r}")
+        if group.escalates_to is not None and group.escalates_to not in group_names:
+            raise ValueError(
+                f"group {group.name!r} escalates to unknown group {group.escalates_to!r}"
+            )
+
+
+def _unique(what: str, names: list[str]) -> set[str]:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"{what}: {name!r} appears twice")
+        seen.add(name)
+    return seen
+
+
 class Settings(_Section):
     """The whole configuration. ``source`` is the file it came from (or "<defaults>")."""
 
@@ -191,7 +322,15 @@ class Settings(_Section):
     acknowledgements: AcknowledgementSettings = AcknowledgementSettings()
     imap: tuple[ImapMailboxSettings, ...] = ()
     address: tuple[AddressSettings, ...] = ()  # per-address defaults ([[address]] tables)
+    agents: tuple[AgentSettings, ...] = ()  # [[agents]] tables
+    groups: tuple[GroupSettings, ...] = ()  # [[groups]] tables
+    organisations: tuple[OrganisationSettings, ...] = ()  # [[organisations]] tables
     source: str = "<defaults>"
+
+    @model_validator(mode="after")
+    def _people_consistent(self) -> Settings:
+        _check_people(self.agents, self.groups, self.organisations)
+        return self
 
     @field_validator("support_addresses")
     @classmethod

@@ -1,0 +1,91 @@
+"""Who is who: agents, groups and customer organisations from the config.
+
+Pure lookups over the validated settings, built once by the composition root
+(and again on reload); nothing here reads the database or the clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+from maildesk.config import AgentSettings, GroupSettings, OrganisationSettings, Settings
+from maildesk.domain.address import base_address
+from maildesk.sla.calendar import BusinessCalendar, CalendarConfig
+
+
+class Directory:
+    """Agents by name and address, groups by name, organisations by mail domain."""
+
+    def __init__(
+        self,
+        agents: Iterable[AgentSettings] = (),
+        groups: Iterable[GroupSettings] = (),
+        organisations: Iterable[OrganisationSettings] = (),
+    ) -> None:
+        self.agents: dict[str, AgentSettings] = {a.name: a for a in agents}
+        self.groups: dict[str, GroupSettings] = {g.name: g for g in groups}
+        self.organisations: tuple[OrganisationSettings, ...] = tuple(organisations)
+        self._by_address = {
+            base_address(addr): agent for agent in self.agents.values() for addr in agent.addresses
+        }
+        self._by_domain = {d: org for org in self.organisations for d in org.domains}
+        self._shift_calendars: dict[str, BusinessCalendar] = {}
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Directory:
+        return cls(settings.agents, settings.groups, settings.organisations)
+
+    def agent(self, name: str) -> AgentSettings | None:
+        return self.agents.get(name)
+
+    def agent_by_address(self, address: str) -> AgentSettings | None:
+        """The agent who writes from ``address`` (case and +tag insensitive)."""
+        return self._by_address.get(base_address(address))
+
+    def is_agent_address(self, address: str) -> bool:
+        return self.agent_by_address(address) is not None
+
+    def group(self, name: str) -> GroupSettings | None:
+        return self.groups.get(name)
+
+    def members(self, group: str) -> tuple[AgentSettings, ...]:
+        """Agents of ``group`` in config order (the order round robin walks)."""
+        return tuple(a for a in self.agents.values() if group in a.groups)
+
+    def agent_or_group(self, name: str) -> AgentSettings | GroupSettings | None:
+        return self.agents.get(name) or self.groups.get(name)
+
+    def organisation_for(self, address: str) -> OrganisationSettings | None:
+        """The organisation owning the address's domain or a parent domain of it."""
+        domain = address.rpartition("@")[2].lower().rstrip(".")
+        while domain:
+            if org := self._by_domain.get(domain):
+                return org
+            domain = domain.partition(".")[2]
+        return None
+
+    def is_absent(self, agent: AgentSettings, at: datetime) -> bool:
+        day = at.astimezone(ZoneInfo(agent.timezone)).date()
+        return any(a.start <= day <= a.end for a in agent.absences)
+
+    def on_shift(self, agent: AgentSettings, at: datetime) -> bool:
+        """Working now: inside their weekly hours (if any) and not absent."""
+        if self.is_absent(agent, at):
+            return False
+        if agent.hours is None:
+            return True
+        return self.shift_calendar(agent).is_open(at)
+
+    def shift_calendar(self, agent: AgentSettings) -> BusinessCalendar:
+        """The agent's working hours as a business calendar (cached per agent)."""
+        calendar = self._shift_calendars.get(agent.name)
+        if calendar is None:
+            if agent.hours is None:
+                calendar = BusinessCalendar.always_open(agent.timezone)
+            else:
+                config = CalendarConfig(timezone=agent.timezone, hours=agent.hours)
+                calendar = BusinessCalendar(config)
+            self._shift_calendars[agent.name] = calendar
+        return calendar
