@@ -177,6 +177,15 @@ class Ticket(Base):
     closed_at: Mapped[datetime | None]
     merged_into_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
     support_addresses: Mapped[list[str]] = mapped_column(default=list)
+    # Routing and people (issues 5-8): the owning group, the request type
+    # (question, incident, change...), free tags, the SLA policy chosen for it,
+    # the requester's organisation, and the spam filter's "possible spam" flag.
+    group: Mapped[str | None] = mapped_column(String(120))
+    ticket_type: Mapped[str | None] = mapped_column(String(60))
+    tags: Mapped[list[str]] = mapped_column(default=list)
+    sla_policy: Mapped[str | None] = mapped_column(String(120))
+    organisation: Mapped[str | None] = mapped_column(String(200))
+    possible_spam: Mapped[bool] = mapped_column(default=False)
 
     requester: Mapped[Contact | None] = relationship(foreign_keys=[requester_id])
     messages: Mapped[list[Message]] = relationship(
@@ -193,6 +202,18 @@ class Participant(Base):
     __table_args__ = (UniqueConstraint("ticket_id", "contact_id", name="uq_participant"),)
 
     contact: Mapped[Contact] = relationship()
+
+
+class Watcher(Base):
+    """An agent who follows a ticket (a co-executor): gets its notifications."""
+
+    __tablename__ = "watchers"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    agent: Mapped[str] = mapped_column(String(120))
+    added_by: Mapped[str] = mapped_column(String(120), default="")  # agent, rule:<name>, ...
+    created_at: Mapped[datetime]
+    __table_args__ = (UniqueConstraint("ticket_id", "agent", name="uq_watcher"),)
 
 
 class Message(Base):
