@@ -15,6 +15,7 @@ from maildesk.outbound.compose import Composer
 from maildesk.outbound.notices import Notices
 from maildesk.outbound.sender import OutboxSender, build_transport
 from maildesk.outbound.templates import TemplateRenderer, default_templates_dir
+from maildesk.people import Directory
 from maildesk.pipeline.runner import Worker
 
 
@@ -29,6 +30,7 @@ class App:
     signer: Signer
     clock: Callable[[], datetime]
     renderer: TemplateRenderer = field(init=False)
+    directory: Directory = field(init=False)
 
     def __post_init__(self) -> None:
         self.reload()
@@ -43,6 +45,7 @@ class App:
     def reload(self) -> None:
         """(Re)load what ops may edit while the daemon runs: templates."""
         self.renderer = TemplateRenderer(default_templates_dir(self.settings.templates_dir))
+        self.directory = Directory.from_settings(self.settings)
 
     @property
     def node_name(self) -> str:
