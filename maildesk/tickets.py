@@ -20,6 +20,7 @@ from maildesk.db.models import (
 )
 from maildesk.db.upsert import insert_ignore
 from maildesk.outbound.notices import Notices
+from maildesk.pipeline.lookahead import Lookahead
 
 
 def change_status(
@@ -67,6 +68,8 @@ def merge_tickets(
     """
     if source.id == target.id:
         return
+    if (lookahead := Lookahead.of(session)) is not None:
+        lookahead.merged(source, target)
     session.flush()
     session.execute(
         update(Message).where(Message.ticket_id == source.id).values(ticket_id=target.id)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -25,21 +26,48 @@ OPEN_STATUSES = (TicketStatus.NEW, TicketStatus.OPEN, TicketStatus.PENDING)
 MAX_MERGE_HOPS = 20
 
 
-def message_by_dedupe_key(session: Session, key: str) -> Message | None:
-    return session.scalars(select(Message).where(Message.dedupe_key == key)).first()
+class StoredMessage(NamedTuple):
+    """What dedupe needs of a stored message."""
+
+    id: int
+    ticket_id: int
+    body_hash: str | None
 
 
-def known_ids(session: Session, ids: Sequence[str]) -> dict[str, KnownMessageId]:
+class KnownId(NamedTuple):
+    """What threading needs of a known Message-ID (a row of known_message_ids)."""
+
+    message_id: str
+    ticket_id: int
+    origin: IdOrigin
+
+
+_STORED_MESSAGE = select(Message.id, Message.ticket_id, Message.body_hash)
+_KNOWN_ID = select(KnownMessageId.message_id, KnownMessageId.ticket_id, KnownMessageId.origin)
+
+
+def message_by_dedupe_key(session: Session, key: str) -> StoredMessage | None:
+    row = session.execute(_STORED_MESSAGE.where(Message.dedupe_key == key)).first()
+    return StoredMessage(*row) if row is not None else None
+
+
+def messages_by_dedupe_keys(session: Session, keys: Sequence[str]) -> dict[str, StoredMessage]:
+    stmt = select(Message.dedupe_key, *_STORED_MESSAGE.selected_columns)
+    rows = session.execute(stmt.where(Message.dedupe_key.in_(keys)))
+    return {key: StoredMessage(pk, ticket_id, digest) for key, pk, ticket_id, digest in rows}
+
+
+def known_ids(session: Session, ids: Sequence[str]) -> dict[str, KnownId]:
     """The subset of ``ids`` some ticket knows, keyed by id."""
     if not ids:
         return {}
-    rows = session.scalars(select(KnownMessageId).where(KnownMessageId.message_id.in_(ids)))
-    return {row.message_id: row for row in rows}
+    rows = session.execute(_KNOWN_ID.where(KnownMessageId.message_id.in_(ids)))
+    return {row.message_id: KnownId(*row) for row in rows}
 
 
 def first_known_reference(
-    session: Session, ids: Sequence[str], found: dict[str, KnownMessageId] | None = None
-) -> tuple[str, KnownMessageId] | None:
+    session: Session, ids: Sequence[str], found: dict[str, KnownId] | None = None
+) -> tuple[str, KnownId] | None:
     """The first of ``ids`` (in the caller's order) that a ticket knows.
 
     Ids of messages we stored or sent win over ids only seen in References.

@@ -30,6 +30,7 @@ from maildesk.db.models import (
     TicketLink,
     TicketStatus,
 )
+from maildesk.db.queries import KnownId, StoredMessage
 from maildesk.db.upsert import insert_ignore, upsert_contact
 from maildesk.domain.address import base_address
 from maildesk.domain.autodetect import AutoKind, failed_recipients
@@ -39,6 +40,7 @@ from maildesk.domain.threadindex import conversation_key
 from maildesk.intake.store import put_blob
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind
+from maildesk.pipeline.lookahead import Lookahead
 from maildesk.tickets import merge_tickets
 
 MAX_ID = 998
@@ -54,6 +56,8 @@ class Applier:
         self.notices = notices
         self._events: list[dict[str, Any]] = []
         self._contacts: dict[str, int] = {}
+        # An all-or-nothing batch writes its events once, at the end (see the runner).
+        self.defer_events = False
 
     def event(
         self,
@@ -84,8 +88,8 @@ class Applier:
         self._events = []
         self._contacts.clear()
 
-    def flush_events(self, session: Session) -> None:
-        if self._events:
+    def flush_events(self, session: Session, *, final: bool = False) -> None:
+        if self._events and (final or not self.defer_events):
             session.connection().execute(insert(Event), self._events)
             self._events = []
 
@@ -154,8 +158,11 @@ class Applier:
             assert found is not None
             ticket, created = found, False
 
+        # A new ticket is inserted by the same flush as its first message (no lazy
+        # load of an existing ticket's messages: that one is linked by id).
+        link: dict[str, Any] = {"ticket": ticket} if created else {"ticket_id": ticket.id}
         message = Message(
-            ticket_id=ticket.id,
+            **link,
             dedupe_key=ctx.dedupe_key,
             header_message_id=msg.message_id,
             direction=Direction.INBOUND,
@@ -176,6 +183,13 @@ class Applier:
         )
         session.add(message)
         session.flush()
+        if created:
+            ticket.number = ticket.id
+        if (lookahead := Lookahead.of(session)) is not None:
+            lookahead.stored_message(
+                ctx.dedupe_key, StoredMessage(message.id, ticket.id, ctx.body_hash)
+            )
+            lookahead.touched(ticket)
         for part in msg.attachments:
             session.add(
                 Attachment(
@@ -380,8 +394,6 @@ class Applier:
             support_addresses=[],
         )
         session.add(ticket)
-        session.flush()
-        ticket.number = ticket.id
         return ticket
 
     def _contact(self, session: Session, address: Address) -> int:
@@ -391,6 +403,8 @@ class Applier:
         if contact_id is None:
             contact_id = upsert_contact(session, CONTACTS, email, address.name[:500], self.now)
             self._contacts[email] = contact_id
+            if (lookahead := Lookahead.of(session)) is not None:
+                lookahead.contact(email, contact_id)
         return contact_id
 
     def _participants(
@@ -423,21 +437,19 @@ class Applier:
     def _remember_ids(self, session: Session, ctx: MessageContext, ticket: Ticket) -> None:
         """Our id and every id it references now lead to this ticket (one statement)."""
         msg = ctx.message
-        rows = []
+        known: list[KnownId] = []
         if msg.message_id and len(msg.message_id) <= MAX_ID:
-            rows.append(
-                {
-                    "message_id": msg.message_id,
-                    "ticket_id": ticket.id,
-                    "origin": IdOrigin.INBOUND.value,
-                }
-            )
+            known.append(KnownId(msg.message_id, ticket.id, IdOrigin.INBOUND))
         for ref in dict.fromkeys([*msg.in_reply_to, *msg.references]):
             if ref and len(ref) <= MAX_ID and ref != msg.message_id:
-                rows.append(
-                    {"message_id": ref, "ticket_id": ticket.id, "origin": IdOrigin.REFERENCED.value}
-                )
+                known.append(KnownId(ref, ticket.id, IdOrigin.REFERENCED))
+        rows = [{**k._asdict(), "origin": k.origin.value} for k in known]
         insert_ignore(session, KnownMessageId, rows, ["message_id"])
+        lookahead = Lookahead.of(session)
+        if lookahead is not None:
+            lookahead.remembered_ids(known)
+            if ctx.own_id_was_referenced and msg.message_id:
+                lookahead.promoted(msg.message_id)
         if ctx.own_id_was_referenced:
             # An id first seen in References becomes a stored message's id.
             session.execute(

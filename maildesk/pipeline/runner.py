@@ -25,6 +25,7 @@ from maildesk.domain.signing import Signer
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.apply import Applier
 from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind
+from maildesk.pipeline.lookahead import Lookahead
 from maildesk.pipeline.parsepool import Parsed, ParsePool
 from maildesk.pipeline.stages import DB_STAGES, StageDeps
 
@@ -183,14 +184,25 @@ class Worker:
             intakes = {
                 row.id: row for row in session.scalars(select(Intake).where(Intake.id.in_(ids)))
             }
+            if not isolated:
+                # All or nothing: prefetch the batch's lookups, write its events once.
+                window = timedelta(days=self.settings.threading.subject_window_days)
+                Lookahead.attach(session, [c for c in batch if stops[c.intake_id] is None], window)
+                applier.defer_events = True
             outcomes = []
-            for ctx in batch:
-                intake = intakes[ctx.intake_id]
-                stop = stops[ctx.intake_id]
-                if isolated:
-                    outcomes.append(self._process_one(session, applier, ctx, intake, stop))
-                else:
-                    outcomes.append(self._decide_and_apply(session, applier, ctx, intake, stop))
+            try:
+                for ctx in batch:
+                    intake = intakes[ctx.intake_id]
+                    stop = stops[ctx.intake_id]
+                    if isolated:
+                        outcomes.append(self._process_one(session, applier, ctx, intake, stop))
+                    else:
+                        outcomes.append(
+                            self._decide_and_apply(session, applier, ctx, intake, stop)
+                        )
+                applier.flush_events(session, final=True)
+            finally:
+                Lookahead.detach(session)
             return outcomes
 
     def _process_one(

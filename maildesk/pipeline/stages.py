@@ -23,6 +23,7 @@ from maildesk.domain.signing import RefPurpose, SignedRef, Signer
 from maildesk.domain.subject import find_ticket_numbers, normalize_subject
 from maildesk.domain.threadindex import conversation_key
 from maildesk.pipeline.context import MessageContext, Stop, StopKind, ThreadDecision, ThreadRule
+from maildesk.pipeline.lookahead import Lookahead
 from maildesk.pipeline.parse import ParseError, parse_message
 
 MAX_KEY = 998
@@ -116,11 +117,20 @@ def bounded_key(key: str) -> str:
     return key[: MAX_KEY - 41] + "#" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
+def _stored_message(session: Session, key: str) -> queries.StoredMessage | None:
+    lookahead = Lookahead.of(session)
+    if lookahead is not None and lookahead.covers_message(key):
+        return lookahead.message(key)
+    return queries.message_by_dedupe_key(session, key)
+
+
 def dedupe_stage(ctx: MessageContext, session: Session, _deps: StageDeps) -> Stop | None:
     msg = ctx.message
-    ctx.body_hash = digest = body_hash(ctx.raw)
+    if ctx.body_hash is None:
+        ctx.body_hash = body_hash(ctx.raw)
+    digest = ctx.body_hash
     key = bounded_key(msg.message_id or synthetic_message_id(msg, digest))
-    existing = queries.message_by_dedupe_key(session, key)
+    existing = _stored_message(session, key)
     if existing is not None and existing.body_hash != digest:
         ctx.note(
             "message_id_collision",
@@ -128,7 +138,7 @@ def dedupe_stage(ctx: MessageContext, session: Session, _deps: StageDeps) -> Sto
             other_message=existing.id,
         )
         key = bounded_key(f"{key}#{digest[:16]}")
-        existing = queries.message_by_dedupe_key(session, key)
+        existing = _stored_message(session, key)
     ctx.dedupe_key = key
     if existing is not None:
         return Stop(
@@ -177,7 +187,9 @@ def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) ->
 
     # Our own id may be known already: a reply that arrived before this parent.
     candidates = [*refs, own] if own else refs
-    known = queries.known_ids(session, candidates)
+    lookahead = Lookahead.of(session)
+    prefetched = lookahead.known_ids(candidates) if lookahead is not None else None
+    known = prefetched if prefetched is not None else queries.known_ids(session, candidates)
     ctx.own_id_was_referenced = bool(own) and own in known
     hit = queries.first_known_reference(session, candidates, known)
     if hit is not None:
@@ -257,9 +269,7 @@ def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) ->
     normalized = normalize_subject(msg.subject)
     if sender and normalized and window > 0:
         since = ctx.arrival - timedelta(days=window)
-        ticket = _pin(
-            ctx, queries.open_ticket_by_sender_subject(session, sender, normalized, since)
-        )
+        ticket = _pin(ctx, _open_ticket_by_sender_subject(session, sender, normalized, since))
         if ticket is not None:
             return ThreadDecision(
                 ThreadRule.SENDER_SUBJECT,
@@ -278,6 +288,15 @@ def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) ->
             link_kind="quoted_by_stranger",
         )
     return ThreadDecision(ThreadRule.NEW_TICKET, None, "no rule matched: new ticket")
+
+
+def _open_ticket_by_sender_subject(
+    session: Session, sender: str, normalized: str, since: datetime
+) -> Ticket | None:
+    lookahead = Lookahead.of(session)
+    if lookahead is not None and lookahead.covers_sender(sender, since):
+        return lookahead.open_ticket_by_sender_subject(sender, normalized, since)
+    return queries.open_ticket_by_sender_subject(session, sender, normalized, since)
 
 
 def _signed_locals(ctx: MessageContext, deps: StageDeps) -> list[str]:
