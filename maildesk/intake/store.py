@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from sqlalchemy import insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -47,28 +48,46 @@ class IntakeStore:
 
     def store(self, raw: bytes, envelope: Envelope) -> int:
         """Durably store one message; returns its intake id. Raises StorageUnavailable."""
-        return self.store_many([(raw, envelope)])[0]
-
-    def store_many(self, items: Sequence[tuple[bytes, Envelope]]) -> list[int]:
-        """Store several messages in one transaction (one fsync for a bulk import)."""
+        digest = hashlib.sha256(raw).hexdigest()
         try:
             with self.db.transaction() as session:
-                rows = [self._row(session, raw, env) for raw, env in items]
-                session.add_all(rows)
-                session.flush()
-                return [row.id for row in rows]
+                put_blob(session, raw)
+                stmt = insert(Intake).returning(Intake.id)
+                return int(session.scalars(stmt, [self._row(digest, raw, envelope)]).one())
         except SQLAlchemyError as exc:
             raise StorageUnavailable(f"cannot store message: {exc}") from exc
 
-    def _row(self, session: Session, raw: bytes, env: Envelope) -> Intake:
-        return Intake(
-            received_at=self.clock(),
-            source=env.source,
-            source_ref=env.source_ref[:2000],
-            envelope_from=env.mail_from,
-            envelope_to=list(env.rcpt_to),
-            raw_sha256=put_blob(session, raw),
-            size=len(raw),
-            header_message_id=(extract_message_id(raw) or "")[:998] or None,
-            state=IntakeState.PENDING,
-        )
+    def store_many(self, items: Sequence[tuple[bytes, Envelope]]) -> None:
+        """Store several messages in one transaction (one fsync for a bulk import).
+
+        Blobs and intake rows go in one executemany each, not a statement per message.
+        Raises StorageUnavailable; on return every message is stored.
+        """
+        blobs: dict[str, dict[str, object]] = {}
+        rows = []
+        for raw, env in items:
+            digest = hashlib.sha256(raw).hexdigest()
+            blobs.setdefault(digest, {"sha256": digest, "size": len(raw), "data": raw})
+            rows.append(self._row(digest, raw, env))
+        if not rows:
+            return
+        try:
+            with self.db.transaction() as session:
+                insert_ignore(session, Blob, list(blobs.values()), ["sha256"])
+                session.execute(insert(Intake), rows)
+        except SQLAlchemyError as exc:
+            raise StorageUnavailable(f"cannot store message: {exc}") from exc
+
+    def _row(self, digest: str, raw: bytes, env: Envelope) -> dict[str, object]:
+        return {
+            "received_at": self.clock(),
+            "source": env.source,
+            "source_ref": env.source_ref[:2000],
+            "envelope_from": env.mail_from,
+            "envelope_to": list(env.rcpt_to),
+            "raw_sha256": digest,
+            "size": len(raw),
+            "header_message_id": (extract_message_id(raw) or "")[:998] or None,
+            "state": IntakeState.PENDING,
+            "attempts": 0,
+        }
