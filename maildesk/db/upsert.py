@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from functools import cache
-from typing import Any
+from typing import Any, TypeVar
 
-from sqlalchemy import Table, case
+from sqlalchemy import Table, case, insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -47,3 +47,17 @@ def upsert_contact(session: Session, table: Table, email: str, name: str, now: A
     statement = _contact_upsert(connection.dialect.name, table)
     row = connection.execute(statement, {"email": email, "name": name, "created_at": now}).one()
     return int(row[0])
+
+
+Row = TypeVar("Row")
+
+
+def insert_row(session: Session, model: type[Row], **values: Any) -> Row:
+    """INSERT one row with RETURNING and get it back as a persistent ORM object.
+
+    Unlike ``session.add`` + ``flush`` this runs no unit of work, and it does
+    not flush other pending changes first: the hot path of apply inserts two
+    rows per message, and the flush machinery cost more than the inserts.
+    """
+    stmt = insert(model).returning(model).execution_options(autoflush=False)
+    return session.scalars(stmt, [values]).one()

@@ -31,7 +31,7 @@ from maildesk.db.models import (
     TicketStatus,
 )
 from maildesk.db.queries import KnownId, StoredMessage
-from maildesk.db.upsert import insert_ignore, upsert_contact
+from maildesk.db.upsert import insert_ignore, insert_row, upsert_contact
 from maildesk.domain.address import base_address
 from maildesk.domain.autodetect import AutoKind, failed_recipients
 from maildesk.domain.message import Address
@@ -158,11 +158,10 @@ class Applier:
             assert found is not None
             ticket, created = found, False
 
-        # A new ticket is inserted by the same flush as its first message (no lazy
-        # load of an existing ticket's messages: that one is linked by id).
-        link: dict[str, Any] = {"ticket": ticket} if created else {"ticket_id": ticket.id}
-        message = Message(
-            **link,
+        message = insert_row(
+            session,
+            Message,
+            ticket_id=ticket.id,
             dedupe_key=ctx.dedupe_key,
             header_message_id=msg.message_id,
             direction=Direction.INBOUND,
@@ -181,10 +180,6 @@ class Applier:
             auto_kind=None if verdict.kind is AutoKind.HUMAN else str(verdict.kind),
             created_at=self.now,
         )
-        session.add(message)
-        session.flush()
-        if created:
-            ticket.number = ticket.id
         if (lookahead := Lookahead.of(session)) is not None:
             lookahead.stored_message(
                 ctx.dedupe_key, StoredMessage(message.id, ticket.id, ctx.body_hash)
@@ -383,7 +378,9 @@ class Applier:
         status = TicketStatus.NEW
         if automated:
             status = TicketStatus(self.settings.threading.unmatched_auto_status)
-        ticket = Ticket(
+        ticket = insert_row(
+            session,
+            Ticket,
             subject=msg.subject[:2000],
             normalized_subject=normalize_subject(msg.subject)[:2000],
             status=status,
@@ -393,7 +390,7 @@ class Applier:
             closed_at=at if status == TicketStatus.CLOSED else None,
             support_addresses=[],
         )
-        session.add(ticket)
+        ticket.number = ticket.id
         return ticket
 
     def _contact(self, session: Session, address: Address) -> int:
