@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 from sqlalchemy import Table, case, insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, make_transient_to_detached
 
 
 @cache
@@ -55,9 +55,39 @@ Row = TypeVar("Row")
 def insert_row(session: Session, model: type[Row], **values: Any) -> Row:
     """INSERT one row with RETURNING and get it back as a persistent ORM object.
 
-    Unlike ``session.add`` + ``flush`` this runs no unit of work, and it does
-    not flush other pending changes first: the hot path of apply inserts two
-    rows per message, and the flush machinery cost more than the inserts.
+    Unlike ``session.add`` + ``flush`` this runs no unit of work and flushes
+    nothing else first: apply inserts two rows per message, and the flush
+    machinery cost more than the inserts. Column defaults are filled in here,
+    so the object is complete and never lazy-loads what the INSERT wrote.
     """
-    stmt = insert(model).returning(model).execution_options(autoflush=False)
-    return session.scalars(stmt, [values]).one()
+    full = _with_defaults(model, values)
+    table = model.__table__  # type: ignore[attr-defined]
+    (pk_column,) = table.primary_key.columns
+    statement = _insert_returning_pk(table, pk_column.key)
+    full[pk_column.key] = session.connection().execute(statement, full).scalar_one()
+    row = model(**full)
+    make_transient_to_detached(row)
+    session.add(row)
+    return row
+
+
+@cache
+def _insert_returning_pk(table: Table, pk: str) -> Any:
+    return insert(table).returning(table.c[pk])
+
+
+def _with_defaults(model: type[Any], values: dict[str, Any]) -> dict[str, Any]:
+    full = dict(values)
+    for column in model.__table__.columns:
+        if column.key in full or column.primary_key:
+            continue
+        default = column.default
+        if default is None:
+            full[column.key] = None
+        elif default.is_scalar:
+            full[column.key] = default.arg
+        elif default.is_callable:
+            full[column.key] = default.arg(None)
+        else:  # pragma: no cover - no SQL-expression defaults in the models
+            raise TypeError(f"{model.__name__}.{column.key}: unsupported default")
+    return full

@@ -74,15 +74,19 @@ class ParsedMessage:
     delivery_status: tuple[DeliveryStatus, ...] = ()
     returned_headers: tuple[tuple[str, str], ...] = ()  # headers of the bounced original
     defects: tuple[str, ...] = field(default=())  # parser complaints, for the record
+    # Header values by lower-case name: the guard asks for dozens of headers per message.
+    _by_name: dict[str, list[str]] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_name: dict[str, list[str]] = {}
+        for key, value in self.headers:
+            by_name.setdefault(key.lower(), []).append(value)
+        object.__setattr__(self, "_by_name", by_name)
 
     def header(self, name: str) -> str | None:
         """First value of header ``name`` (case-insensitive), or None."""
-        lname = name.lower()
-        for key, value in self.headers:
-            if key.lower() == lname:
-                return value
-        return None
+        values = self._by_name.get(name.lower())
+        return values[0] if values else None
 
     def header_all(self, name: str) -> list[str]:
-        lname = name.lower()
-        return [value for key, value in self.headers if key.lower() == lname]
+        return list(self._by_name.get(name.lower(), ()))
