@@ -59,6 +59,7 @@ class LazyGroup(click.Group):
     lazy: dict[str, str] = {  # noqa: RUF012 - read-only table
         "spam": "maildesk.spam.cli:spam",
         "categorize": "maildesk.routing.categorize_cli:categorize",
+        "report": "maildesk.reports.cli:report",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -317,22 +318,34 @@ def tickets() -> None:
 @tickets.command("list")
 @click.option("--status", type=click.Choice([s.value for s in TicketStatus]), default=None)
 @click.option("--json", "as_json", is_flag=True)
+@click.option("--overdue", is_flag=True, help="Only tickets past an SLA due time.")
 @click.pass_context
-def tickets_list(ctx: click.Context, status: str | None, as_json: bool) -> None:
+def tickets_list(ctx: click.Context, status: str | None, as_json: bool, overdue: bool) -> None:
+    from maildesk.sla.overdue import overdue as late_tickets
+
     app = build_app(ctx)
+    now = app.clock()
     with app.db.transaction() as session:
         stmt = select(Ticket).where(Ticket.merged_into_id.is_(None)).order_by(Ticket.number)
         if status:
             stmt = stmt.where(Ticket.status == TicketStatus(status))
-        items = [ticket_summary_json(t) for t in session.scalars(stmt)]
+        late = late_tickets(session, now)
+        if overdue:
+            stmt = stmt.where(Ticket.id.in_(late))
+        items = [(ticket_summary_json(t), late.get(t.id)) for t in session.scalars(stmt)]
     if as_json:
-        _echo_json(items)
+        if overdue:
+            for item, why in items:
+                item["overdue"] = why.as_json() if why else None
+        _echo_json([item for item, _ in items])
         return
-    for t in items:
+    for t, why in items:
         who = t["requester"] or "-"
-        click.echo(
-            f"#{t['number']:<7} {t['status']:<9} {t['priority']:<7} {who:<32} {t['subject'][:60]}"
-        )
+        line = f"#{t['number']:<7} {t['status']:<9} {t['priority']:<7} {who:<32} "
+        line += t["subject"][:60]
+        if why is not None:
+            line = click.style(f"{line}  LATE: {why.describe(now)}", fg="red", bold=True)
+        click.echo(line)
 
 
 @tickets.command("show")

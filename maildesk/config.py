@@ -29,7 +29,8 @@ from pydantic import (
     model_validator,
 )
 
-from maildesk.sla.calendar import WeeklyHours
+from maildesk.sla.calendar import CalendarConfig, WeeklyHours
+from maildesk.sla.settings import SlaSettings, check_sla_references
 
 EX_CONFIG = 78
 DEFAULT_CONFIG_NAME = "maildesk.toml"
@@ -325,11 +326,24 @@ class Settings(_Section):
     agents: tuple[AgentSettings, ...] = ()  # [[agents]] tables
     groups: tuple[GroupSettings, ...] = ()  # [[groups]] tables
     organisations: tuple[OrganisationSettings, ...] = ()  # [[organisations]] tables
+    calendars: dict[str, CalendarConfig] = Field(default_factory=dict)  # [calendars.<name>]
+    sla: SlaSettings = SlaSettings()
     source: str = "<defaults>"
 
     @model_validator(mode="after")
     def _people_consistent(self) -> Settings:
         _check_people(self.agents, self.groups, self.organisations)
+        return self
+
+    @model_validator(mode="after")
+    def _sla_consistent(self) -> Settings:
+        check_sla_references(
+            self.sla,
+            self.calendars,
+            (g.name for g in self.groups),
+            (a.name for a in self.agents),
+            {o.name: o.sla_policy for o in self.organisations},
+        )
         return self
 
     @field_validator("support_addresses")
@@ -398,6 +412,8 @@ def load_settings(explicit: str | None = None, data_dir: str | None = None) -> S
         reason = first["msg"]
         if first["type"] == "extra_forbidden":
             reason = "unknown key"
+        elif first["type"] == "value_error" and "error" in first.get("ctx", {}):
+            reason = str(first["ctx"]["error"])  # without pydantic's "Value error, " prefix
         raise ConfigError(source, key, reason) from None
     return settings
 

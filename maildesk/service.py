@@ -24,6 +24,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from maildesk.app import App
 from maildesk.intake.imap import ImapIntake
 from maildesk.intake.smtp import IntakeHandler, build_controller
+from maildesk.sla.jobs import add_sla_jobs
 
 log = logging.getLogger("maildesk.service")
 
@@ -109,6 +110,7 @@ class Daemon:
         scheduler.add_job(
             sender.drain, "interval", seconds=interval, id="outbox", max_instances=1, coalesce=True
         )
+        add_sla_jobs(scheduler, self.app)
         scheduler.start()
         self.scheduler = scheduler
 

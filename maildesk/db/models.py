@@ -366,3 +366,52 @@ class ImapFolderState(Base):
     lease_expires_at: Mapped[datetime | None]
     updated_at: Mapped[datetime | None]
     __table_args__ = (UniqueConstraint("mailbox", "folder", name="uq_imap_folder"),)
+
+
+class SlaTargetRow(Base):
+    """One SLA target instance of a ticket as last computed by the SLA sweep (issue 8).
+
+    Recomputed from the ticket's messages and status events, so changing the
+    priority, policy or status moves ``due_at`` on the next sweep.
+    """
+
+    __tablename__ = "sla_targets"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    target: Mapped[str] = mapped_column(String(24))  # first_response, next_response, resolution
+    instance: Mapped[int] = mapped_column(default=0)
+    policy: Mapped[str] = mapped_column(String(120))
+    status: Mapped[str] = mapped_column(String(16))  # running, paused, satisfied
+    started_at: Mapped[datetime]
+    warn_at: Mapped[datetime | None]
+    due_at: Mapped[datetime | None] = mapped_column(index=True)
+    satisfied_at: Mapped[datetime | None]
+    breached: Mapped[bool] = mapped_column(default=False)
+    elapsed_minutes: Mapped[float] = mapped_column(default=0.0)
+    target_minutes: Mapped[float] = mapped_column(default=0.0)
+    computed_at: Mapped[datetime]
+    __table_args__ = (UniqueConstraint("ticket_id", "target", "instance", name="uq_sla_target"),)
+
+
+class SlaEscalation(Base):
+    """The ledger of escalations (and auto-close steps): each row fires exactly once.
+
+    Written first, in the same transaction as the outbox rows and ticket
+    changes it causes; the unique key makes a second node's insert a no-op.
+    """
+
+    __tablename__ = "sla_escalations"
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    target: Mapped[str] = mapped_column(String(24))  # a target, or auto_close
+    level: Mapped[str] = mapped_column(String(16))  # warning, breach, reminder, resolve, close
+    instance: Mapped[int] = mapped_column(BigInteger, default=0)
+    policy: Mapped[str] = mapped_column(String(120), default="")
+    due_at: Mapped[datetime]  # when it should have fired
+    fired_at: Mapped[datetime]
+    late: Mapped[bool] = mapped_column(default=False)
+    node: Mapped[str] = mapped_column(String(128), default="")
+    actions: Mapped[list[str]] = mapped_column(default=list)
+    __table_args__ = (
+        UniqueConstraint("ticket_id", "target", "level", "instance", name="uq_sla_escalation"),
+    )

@@ -138,8 +138,12 @@ class Notices:
 
     def resolved(self, session: Session, ticket: Ticket) -> None:
         """Queue the resolution notice to the requester."""
+        self.customer_notice(session, ticket, "resolved")
+
+    def customer_notice(self, session: Session, ticket: Ticket, purpose: str) -> None:
+        """Queue the ``<purpose>.customer`` template to the requester (no-op without it)."""
         customer = ticket.requester
-        if customer is None or not self.renderer.exists("resolved", "customer"):
+        if customer is None or not self.renderer.exists(purpose, "customer"):
             return
         last = session.scalars(
             select(Message)
@@ -150,7 +154,7 @@ class Notices:
             session,
             ticket,
             customer,
-            purpose="resolved",
+            purpose=purpose,
             quote="",
             answers=last,
             auto_submitted="auto-generated",

@@ -197,9 +197,7 @@ class Worker:
                     if isolated:
                         outcomes.append(self._process_one(session, applier, ctx, intake, stop))
                     else:
-                        outcomes.append(
-                            self._decide_and_apply(session, applier, ctx, intake, stop)
-                        )
+                        outcomes.append(self._decide_and_apply(session, applier, ctx, intake, stop))
                 applier.flush_events(session, final=True)
             finally:
                 Lookahead.detach(session)

@@ -1,0 +1,79 @@
+"""`maildesk report sla|agents|categories|volume --from --to --format ...`."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+
+import click
+
+from maildesk.reports.data import collect
+from maildesk.reports.render import Format, Kind, render
+from maildesk.sla.sweep import build_calendars
+
+
+def _day_start(value: date) -> datetime:
+    return datetime.combine(value, time(0), tzinfo=UTC)
+
+
+@click.command("report")
+@click.argument("kind", type=click.Choice([k.value for k in Kind]))
+@click.option(
+    "--from",
+    "start",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="First day (UTC), default: 30 days ago.",
+)
+@click.option(
+    "--to",
+    "end",
+    type=click.DateTime(["%Y-%m-%d"]),
+    default=None,
+    help="Last day, inclusive (UTC), default: today.",
+)
+@click.option("--format", "fmt", type=click.Choice([f.value for f in Format]), default="table")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=None)
+@click.option(
+    "--now",
+    "as_of",
+    type=click.DateTime(),
+    default=None,
+    hidden=True,
+    help="Evaluate as of this UTC instant (for reproducible reports).",
+)
+@click.pass_context
+def report(
+    ctx: click.Context,
+    kind: str,
+    start: datetime | None,
+    end: datetime | None,
+    fmt: str,
+    output: Path | None,
+    as_of: datetime | None,
+) -> None:
+    """Service figures: SLA (first response/resolution, breaches, overdue), agents,
+    categories, volume. HTML is one self-contained file with charts (all sections)."""
+    from maildesk.cli import build_app
+
+    app = build_app(ctx)
+    now = as_of.replace(tzinfo=UTC) if as_of else app.clock()
+    last = end.date() if end else now.date()
+    first = start.date() if start else last - timedelta(days=29)
+    if first > last:
+        raise click.BadParameter("--from is after --to")
+    with app.db.transaction() as session:
+        data = collect(
+            session,
+            app.settings,
+            app.directory,
+            build_calendars(app.settings),
+            _day_start(first),
+            _day_start(last + timedelta(days=1)),
+            now,
+        )
+    text = render(data, Kind(kind), Format(fmt))
+    if output is not None:
+        output.write_text(text, encoding="utf-8")
+    else:
+        click.echo(text, nl=False)

@@ -1,0 +1,245 @@
+"""Report figures, computed from stored facts (messages, status events, tickets).
+
+SLA figures re-evaluate each ticket's timeline with its policy as of ``now``
+(they do not depend on the sweep having run). Times are business minutes the
+target's clock ran (pauses excluded). Percentiles use the nearest-rank
+method: the smallest value with at least p % of the values at or below it.
+Tickets count for the period they were created in ``[start, end)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maildesk.config import Settings
+from maildesk.db.models import Message, MessageKind, Ticket, TicketStatus
+from maildesk.people import Directory
+from maildesk.sla.calendar import BusinessCalendar
+from maildesk.sla.facts import TicketHistory, load_histories
+from maildesk.sla.policy import SlaEvaluation, TargetStatus, evaluate
+from maildesk.sla.select import select_policy
+
+PERCENTILES = (50, 75, 90, 95)
+OPEN = (TicketStatus.NEW, TicketStatus.OPEN, TicketStatus.PENDING)
+FRT_BUCKETS = (30, 60, 120, 240, 480, 960, 1920)  # upper bounds in business minutes
+
+
+def percentile(values: Sequence[float], p: float) -> float | None:
+    """Nearest-rank percentile; None for no values."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, math.ceil(p / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    return {f"p{p}": percentile(values, p) for p in PERCENTILES}
+
+
+@dataclass
+class Evaluated:
+    ticket: Ticket
+    policy: str | None
+    evaluation: SlaEvaluation | None
+
+
+@dataclass
+class ReportData:
+    start: datetime
+    end: datetime
+    now: datetime
+    sla: dict[str, Any] = field(default_factory=dict)
+    agents: list[dict[str, Any]] = field(default_factory=list)
+    categories: list[dict[str, Any]] = field(default_factory=list)
+    volume: dict[str, Any] = field(default_factory=dict)
+
+
+def _evaluate_all(
+    histories: Sequence[TicketHistory],
+    settings: Settings,
+    calendars: Mapping[str, BusinessCalendar],
+    now: datetime,
+) -> list[Evaluated]:
+    out = []
+    for h in histories:
+        selection = select_policy(settings.sla, h.facts)
+        if selection is None or h.ticket.created_at > now:
+            out.append(Evaluated(h.ticket, None, None))
+            continue
+        evaluation = evaluate(selection.policy, h.events, now, calendars)
+        out.append(Evaluated(h.ticket, selection.policy.name, evaluation))
+    return out
+
+
+def _week(day: datetime) -> str:
+    iso = day.isocalendar()
+    return f"{iso.year}-W{iso.week:02d}"
+
+
+def sla_figures(
+    in_period: Sequence[Evaluated], live: Sequence[Evaluated], now: datetime
+) -> dict[str, Any]:
+    frt: list[float] = []
+    resolution: list[float] = []
+    per_policy: dict[str, dict[str, Any]] = {}
+    breaches_per_week: Counter[str] = Counter()
+    for item in in_period:
+        if item.evaluation is None or item.policy is None:
+            continue
+        stats = per_policy.setdefault(
+            item.policy,
+            {"policy": item.policy, "tickets": 0, "targets": 0, "breached": 0, "_f": [], "_r": []},
+        )
+        stats["tickets"] += 1
+        ev = item.evaluation
+        if ev.first_response and ev.first_response.status is TargetStatus.SATISFIED:
+            frt.append(ev.first_response.elapsed_minutes)
+            stats["_f"].append(ev.first_response.elapsed_minutes)
+        if ev.resolution and ev.resolution.status is TargetStatus.SATISFIED:
+            resolution.append(ev.resolution.elapsed_minutes)
+            stats["_r"].append(ev.resolution.elapsed_minutes)
+        for state in ev.states():
+            stats["targets"] += 1
+            if state.breached:
+                stats["breached"] += 1
+                due = state.due_at or state.started_at
+                breaches_per_week[_week(due)] += 1
+    for stats in per_policy.values():
+        stats["breach_rate"] = stats["breached"] / stats["targets"] if stats["targets"] else 0.0
+        f, r = stats.pop("_f"), stats.pop("_r")
+        stats.update({f"frt_{k}": v for k, v in percentiles(f).items()})
+        stats.update({f"resolution_{k}": v for k, v in percentiles(r).items()})
+    overdue = []
+    for item in live:
+        if item.evaluation is None:
+            continue
+        for state in item.evaluation.states():
+            if state.status is not TargetStatus.SATISFIED and state.breached:
+                overdue.append(
+                    {
+                        "number": item.ticket.number,
+                        "subject": item.ticket.subject,
+                        "policy": item.policy,
+                        "target": str(state.target),
+                        "due_at": state.due_at.isoformat() if state.due_at else None,
+                        "over_minutes": round(state.elapsed_minutes - state.target_minutes, 1),
+                        "assignee": item.ticket.assignee,
+                    }
+                )
+    overdue.sort(key=lambda o: (o["due_at"] or "", o["number"] or 0))
+    histogram = Counter(_bucket(v) for v in frt)
+    labels = [f"<={b}" for b in FRT_BUCKETS] + [f">{FRT_BUCKETS[-1]}"]
+    return {
+        "first_response_minutes": {"count": len(frt), **percentiles(frt)},
+        "resolution_minutes": {"count": len(resolution), **percentiles(resolution)},
+        "policies": sorted(per_policy.values(), key=lambda s: s["policy"]),
+        "backlog": sum(1 for item in live if item.ticket.status in OPEN),
+        "overdue": overdue,
+        "frt_distribution": [{"bucket": label, "tickets": histogram[label]} for label in labels],
+        "breaches_per_week": [
+            {"week": w, "breaches": n} for w, n in sorted(breaches_per_week.items())
+        ],
+    }
+
+
+def _bucket(minutes: float) -> str:
+    for bound in FRT_BUCKETS:
+        if minutes <= bound:
+            return f"<={bound}"
+    return f">{FRT_BUCKETS[-1]}"
+
+
+def agent_figures(
+    session: Session, directory: Directory, live: Sequence[Ticket], start: datetime, end: datetime
+) -> list[dict[str, Any]]:
+    load: Counter[str] = Counter(t.assignee for t in live if t.status in OPEN and t.assignee)
+    replies: Counter[str] = Counter()
+    replied_tickets: dict[str, set[int]] = defaultdict(set)
+    for ticket_id, sender in session.execute(
+        select(Message.ticket_id, Message.from_addr).where(
+            Message.kind == MessageKind.AGENT_REPLY,
+            Message.created_at >= start,
+            Message.created_at < end,
+        )
+    ):
+        agent = directory.agent_by_address(sender)
+        name = agent.name if agent else sender
+        replies[name] += 1
+        replied_tickets[name].add(ticket_id)
+    resolved: Counter[str] = Counter(
+        name
+        for name in session.scalars(
+            select(Ticket.assignee).where(Ticket.resolved_at >= start, Ticket.resolved_at < end)
+        )
+        if name
+    )
+    names = sorted(set(directory.agents) | set(load) | set(replies) | set(resolved))
+    return [
+        {
+            "agent": name,
+            "open_assigned": load[name],
+            "replies": replies[name],
+            "tickets_answered": len(replied_tickets[name]),
+            "resolved": resolved[name],
+        }
+        for name in names
+    ]
+
+
+def collect(
+    session: Session,
+    settings: Settings,
+    directory: Directory,
+    calendars: Mapping[str, BusinessCalendar],
+    start: datetime,
+    end: datetime,
+    now: datetime,
+) -> ReportData:
+    data = ReportData(start, end, now)
+    created = list(
+        session.scalars(
+            select(Ticket)
+            .where(
+                Ticket.created_at >= start, Ticket.created_at < end, Ticket.merged_into_id.is_(None)
+            )
+            .order_by(Ticket.id)
+        )
+    )
+    live_tickets = list(
+        session.scalars(
+            select(Ticket)
+            .where(Ticket.status.in_(OPEN), Ticket.merged_into_id.is_(None))
+            .order_by(Ticket.id)
+        )
+    )
+    in_period = _evaluate_all(load_histories(session, created, directory), settings, calendars, now)
+    live = _evaluate_all(load_histories(session, live_tickets, directory), settings, calendars, now)
+    data.sla = sla_figures(in_period, live, now)
+    data.sla["tickets"] = len(created)
+    data.sla["without_policy"] = sum(1 for e in in_period if e.policy is None)
+    data.agents = agent_figures(session, directory, live_tickets, start, end)
+    per_category = Counter(t.category or "(none)" for t in created)
+    data.categories = [{"category": c, "tickets": n} for c, n in sorted(per_category.items())]
+    per_day = Counter(t.created_at.date() for t in created)
+    days = []
+    day: date = start.date()
+    while day < end.date() or (day == end.date() and end.time() != datetime.min.time()):
+        days.append({"day": day.isoformat(), "tickets": per_day[day]})
+        day += timedelta(days=1)
+    per_mailbox = Counter((t.support_addresses or ["-"])[0] for t in created)
+    data.volume = {
+        "tickets": len(created),
+        "per_day": days,
+        "per_mailbox": [{"mailbox": m, "tickets": n} for m, n in sorted(per_mailbox.items())],
+        "ratings": None,  # answer ratings are not stored by this version
+    }
+    return data

@@ -1,0 +1,338 @@
+"""The SLA sweep: recompute due times, escalate exactly once, auto-close.
+
+Each pass walks the tickets that are not closed in batches. A batch is one
+transaction that (on PostgreSQL) locks its tickets ``FOR UPDATE SKIP LOCKED``,
+so several nodes share the work; the ledger's unique key
+``(ticket, target, level, instance)`` is what makes each escalation fire once
+even if two nodes do reach the same ticket: the ledger row is inserted first
+(``ON CONFLICT DO NOTHING``) and only the node whose insert took acts, in the
+same transaction as its outbox rows. A pass after downtime fires everything
+that came due meanwhile and marks what fired later than
+``sla.late_after_seconds`` as late.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import delete, insert, or_, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.orm import Session
+
+from maildesk.config import Settings
+from maildesk.db.database import Database
+from maildesk.db.models import SlaEscalation, SlaTargetRow, Ticket, TicketStatus
+from maildesk.outbound.notices import Notices
+from maildesk.people import Directory
+from maildesk.sla.actions import Escalation, EscalationActions
+from maildesk.sla.calendar import BusinessCalendar
+from maildesk.sla.facts import TicketHistory, load_histories
+from maildesk.sla.policy import CustomerMessage, SlaEvaluation, TargetState, TargetStatus, evaluate
+from maildesk.sla.select import select_policy
+from maildesk.sla.settings import Level, PolicySettings
+from maildesk.tickets import change_status
+
+if TYPE_CHECKING:
+    from maildesk.app import App
+
+log = logging.getLogger("maildesk.sla")
+
+AUTO_CLOSE = "auto_close"
+_LIVE = (TargetStatus.RUNNING.value, TargetStatus.PAUSED.value)
+ENDED = "ended"  # a target of a closed ticket that was never satisfied
+
+
+@dataclass
+class SweepResult:
+    tickets: int = 0
+    fired: int = 0
+    late: int = 0
+    auto_closed: int = 0
+
+    def add(self, other: SweepResult) -> None:
+        self.tickets += other.tickets
+        self.fired += other.fired
+        self.late += other.late
+        self.auto_closed += other.auto_closed
+
+
+def build_calendars(settings: Settings) -> dict[str, BusinessCalendar]:
+    return {name: BusinessCalendar(cfg) for name, cfg in settings.calendars.items()}
+
+
+def claim_ledger(session: Session, values: dict[str, object]) -> bool:
+    """Insert a ledger row unless its key exists; True when this call inserted it.
+
+    On PostgreSQL a concurrent insert of the same key waits for the other
+    transaction and then does nothing, so exactly one node gets True.
+    """
+    conn = session.connection()
+    dialect_insert = pg_insert if conn.dialect.name == "postgresql" else sqlite_insert
+    stmt = (
+        dialect_insert(SlaEscalation)
+        .values(**values)
+        .on_conflict_do_nothing(index_elements=["ticket_id", "target", "level", "instance"])
+        .returning(SlaEscalation.id)
+    )
+    return conn.execute(stmt).first() is not None
+
+
+class SlaSweeper:
+    def __init__(
+        self,
+        db: Database,
+        settings: Settings,
+        notices: Notices,
+        directory: Callable[[], Directory],
+        clock: Callable[[], datetime],
+        node: str,
+        *,
+        batch_size: int = 200,
+    ) -> None:
+        self.db = db
+        self.settings = settings
+        self.sla = settings.sla
+        self.notices = notices
+        self._directory = directory
+        self.clock = clock
+        self.node = node
+        self.batch_size = batch_size
+        self.calendars: Mapping[str, BusinessCalendar] = build_calendars(settings)
+        self.actions = EscalationActions(settings, notices, directory, clock)
+        self._first_run = True  # the catch-up sweep on start always says what it did
+
+    @classmethod
+    def for_app(cls, app: App) -> SlaSweeper:
+        return cls(
+            app.db, app.settings, app.notices(), lambda: app.directory, app.clock, app.node_name
+        )
+
+    def run(self) -> SweepResult:
+        """One pass over every ticket that is not closed (and closed ones not yet final)."""
+        total = SweepResult()
+        if not self.sla.enabled:
+            return total
+        after = 0
+        while True:
+            with self.db.transaction() as session:
+                batch = self._claim_batch(session, after)
+                if not batch:
+                    break
+                after = batch[-1].id
+                total.add(self._sweep_batch(session, batch))
+        if total.fired or total.auto_closed or self._first_run:
+            log.info(
+                "sla sweep: %d tickets, %d escalations fired (%d late), %d auto-close steps",
+                total.tickets,
+                total.fired,
+                total.late,
+                total.auto_closed,
+            )
+        self._first_run = False
+        if total.late:
+            log.warning("sla sweep caught up: %d escalations fired late (marked late)", total.late)
+        return total
+
+    def _claim_batch(self, session: Session, after: int) -> list[Ticket]:
+        stale = select(SlaTargetRow.ticket_id).where(SlaTargetRow.status.in_(_LIVE))
+        stmt = (
+            select(Ticket)
+            .where(
+                Ticket.id > after,
+                Ticket.merged_into_id.is_(None),
+                or_(Ticket.status != TicketStatus.CLOSED, Ticket.id.in_(stale)),
+            )
+            .order_by(Ticket.id)
+            .limit(self.batch_size)
+            .with_for_update(skip_locked=True)
+        )
+        return list(session.scalars(stmt))
+
+    def _sweep_batch(self, session: Session, batch: list[Ticket]) -> SweepResult:
+        result = SweepResult(tickets=len(batch))
+        now = self.clock()
+        histories = load_histories(session, batch, self._directory())
+        rows: list[dict[str, object]] = []
+        session.execute(
+            delete(SlaTargetRow).where(SlaTargetRow.ticket_id.in_([t.id for t in batch]))
+        )
+        for history in histories:
+            if history.ticket.created_at > now:  # another node's clock runs ahead
+                continue
+            selection = select_policy(self.sla, history.facts)
+            if selection is not None:
+                evaluation = evaluate(selection.policy, history.events, now, self.calendars)
+                rows += self._rows(history.ticket, selection.policy.name, evaluation, now)
+                if history.ticket.status not in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
+                    self._escalate(
+                        session, history.ticket, selection.policy, evaluation, now, result
+                    )
+            result.auto_closed += self._auto_close(session, history, now)
+        if rows:
+            session.execute(insert(SlaTargetRow), rows)
+        return result
+
+    @staticmethod
+    def _rows(
+        ticket: Ticket, policy: str, evaluation: SlaEvaluation, now: datetime
+    ) -> list[dict[str, object]]:
+        closed = ticket.status is TicketStatus.CLOSED
+        return [
+            {
+                "ticket_id": ticket.id,
+                "target": str(s.target),
+                "instance": s.instance,
+                "policy": policy,
+                "status": ENDED
+                if closed and s.status is not TargetStatus.SATISFIED
+                else str(s.status),
+                "started_at": s.started_at,
+                "warn_at": s.warn_at,
+                "due_at": s.due_at,
+                "satisfied_at": s.satisfied_at,
+                "breached": s.breached,
+                "elapsed_minutes": s.elapsed_minutes,
+                "target_minutes": s.target_minutes,
+                "computed_at": now,
+            }
+            for s in evaluation.states()
+        ]
+
+    def _due_levels(
+        self, policy: PolicySettings, state: TargetState
+    ) -> Iterator[tuple[Level, datetime]]:
+        if state.status is TargetStatus.SATISFIED:
+            return
+        if state.warned and state.warn_at is not None and state.target in policy.warning.targets:
+            yield Level.WARNING, state.warn_at
+        if state.breached and state.due_at is not None and state.target in policy.breach.targets:
+            yield Level.BREACH, state.due_at
+
+    def _escalate(
+        self,
+        session: Session,
+        ticket: Ticket,
+        policy: PolicySettings,
+        evaluation: SlaEvaluation,
+        now: datetime,
+        result: SweepResult,
+    ) -> None:
+        late_after = timedelta(seconds=self.sla.late_after_seconds)
+        for state in evaluation.states():
+            for level, due_at in self._due_levels(policy, state):
+                late = now - due_at > late_after
+                claimed = claim_ledger(
+                    session,
+                    {
+                        "ticket_id": ticket.id,
+                        "target": str(state.target),
+                        "level": str(level),
+                        "instance": state.instance,
+                        "policy": policy.name,
+                        "due_at": due_at,
+                        "fired_at": now,
+                        "late": late,
+                        "node": self.node,
+                        "actions": [],
+                    },
+                )
+                if not claimed:
+                    continue
+                esc = Escalation(ticket, state, level, policy.name, due_at, late)
+                done = self.actions.apply(session, esc, policy.escalation(level))
+                self._record_actions(
+                    session, ticket.id, str(state.target), str(level), state.instance, done
+                )
+                result.fired += 1
+                result.late += late
+                log.info(
+                    "ticket #%s: sla %s %s (policy %s, due %s)%s: %s",
+                    ticket.number,
+                    state.target,
+                    level,
+                    policy.name,
+                    due_at.isoformat(),
+                    " LATE" if late else "",
+                    "; ".join(done) or "-",
+                )
+
+    @staticmethod
+    def _record_actions(
+        session: Session, ticket_id: int, target: str, level: str, instance: int, done: list[str]
+    ) -> None:
+        row = session.scalars(
+            select(SlaEscalation).where(
+                SlaEscalation.ticket_id == ticket_id,
+                SlaEscalation.target == target,
+                SlaEscalation.level == level,
+                SlaEscalation.instance == instance,
+            )
+        ).one()
+        row.actions = done
+
+    # -- auto-close -----------------------------------------------------------
+
+    def _auto_close(self, session: Session, history: TicketHistory, now: datetime) -> int:
+        ticket, cfg = history.ticket, self.sla.auto_close
+        if ticket.status is TicketStatus.RESOLVED and cfg.resolved_close_days is not None:
+            since = ticket.resolved_at or ticket.updated_at
+            at = since + timedelta(days=cfg.resolved_close_days)
+            if now >= at and self._claim_auto(session, ticket, "close", 0, at, now):
+                change_status(session, ticket, TicketStatus.CLOSED, now, None, actor="auto-close")
+                return 1
+            return 0
+        if ticket.status is not TicketStatus.PENDING or cfg.pending_resolve_days is None:
+            return 0
+        pending = [f for f in history.statuses if f.new_status() == TicketStatus.PENDING.value]
+        instance = pending[-1].id if pending else 0
+        since = pending[-1].at if pending else ticket.updated_at
+        customer = [e.at for e in history.events if isinstance(e, CustomerMessage)]
+        since = max([since, *customer])
+        steps = 0
+        if cfg.pending_reminder_days is not None:
+            at = since + timedelta(days=cfg.pending_reminder_days)
+            if now >= at and self._claim_auto(session, ticket, "reminder", instance, at, now):
+                self.notices.customer_notice(session, ticket, cfg.reminder_template)
+                steps += 1
+        at = since + timedelta(days=cfg.pending_resolve_days)
+        if now >= at and self._claim_auto(session, ticket, "resolve", instance, at, now):
+            change_status(session, ticket, TicketStatus.RESOLVED, now, None, actor="auto-close")
+            self.notices.customer_notice(session, ticket, cfg.resolve_template)
+            steps += 1
+        return steps
+
+    def _claim_auto(
+        self,
+        session: Session,
+        ticket: Ticket,
+        level: str,
+        instance: int,
+        due: datetime,
+        now: datetime,
+    ) -> bool:
+        late = now - due > timedelta(seconds=self.sla.late_after_seconds)
+        claimed = claim_ledger(
+            session,
+            {
+                "ticket_id": ticket.id,
+                "target": AUTO_CLOSE,
+                "level": level,
+                "instance": instance,
+                "policy": "",
+                "due_at": due,
+                "fired_at": now,
+                "late": late,
+                "node": self.node,
+                "actions": [f"auto-close {level}"],
+            },
+        )
+        if claimed:
+            log.info(
+                "ticket #%s: auto-close %s (idle since %s)", ticket.number, level, due.isoformat()
+            )
+        return claimed

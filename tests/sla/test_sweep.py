@@ -1,0 +1,261 @@
+"""The SLA sweep over stored tickets: due times, exactly-once escalation, catch-up.
+
+Calendar: Mon–Fri 10:00–19:00 Europe/Berlin. Fri 6 March 2026 is a Friday
+(CET, UTC+1); Mon 9 and Tue 10 March are working days.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from maildesk.db.models import Outbox, SlaEscalation, Ticket, TicketStatus, Watcher
+from maildesk.sla.calendar import BusinessCalendar, CalendarConfig
+from maildesk.tickets import change_status
+from tests.conftest import FrozenClock
+from tests.sla.slahelp import AGENTS, OFFICE, berlin, new_ticket, sla_app, sweeper, target_row
+
+CAL = BusinessCalendar(CalendarConfig.model_validate(OFFICE))
+
+
+def _set(app, ticket_id: int, **values: object) -> None:  # type: ignore[no-untyped-def]
+    with app.db.transaction() as session:
+        ticket = session.get(Ticket, ticket_id)
+        for key, value in values.items():
+            setattr(ticket, key, value)
+
+
+def _status(app, ticket_id: int, status: TicketStatus) -> None:  # type: ignore[no-untyped-def]
+    with app.db.transaction() as session:
+        ticket = session.get(Ticket, ticket_id)
+        change_status(session, ticket, status, app.clock(), app.notices(), actor="test")
+
+
+def _sla_mail(app) -> list[tuple[int | None, str, list[str]]]:  # type: ignore[no-untyped-def]
+    with app.db.transaction() as session:
+        rows = session.execute(
+            select(Outbox.ticket_id, Outbox.purpose, Outbox.recipients)
+            .where(Outbox.purpose.like("sla_%"))
+            .order_by(Outbox.id)
+        ).all()
+    return [(t, p, list(r)) for t, p, r in rows]
+
+
+def test_friday_evening_ticket_is_due_monday(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    app = sla_app(tmp_path, database_url, clock)
+    ticket = new_ticket(app, clock, berlin(2026, 3, 6, 18, 30))
+    clock.now = berlin(2026, 3, 6, 18, 45)
+    sweeper(app).run()
+    row = target_row(app, ticket.id, "first_response")
+    assert row.policy == "standard"
+    # 30 minutes on Friday, 3 h 30 on Monday from 10:00.
+    assert row.due_at == berlin(2026, 3, 9, 13, 30)
+    assert row.status == "running"
+
+
+def test_pending_moves_the_due_time_by_the_paused_business_time(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    app = sla_app(tmp_path, database_url, clock)
+    ticket = new_ticket(app, clock, berlin(2026, 3, 6, 18, 30))
+    clock.now = berlin(2026, 3, 9, 11, 0)
+    sweeper(app).run()
+    before = target_row(app, ticket.id, "resolution").due_at
+    _status(app, ticket.id, TicketStatus.PENDING)
+    sweeper(app).run()
+    assert target_row(app, ticket.id, "resolution").status == "paused"
+    clock.now = berlin(2026, 3, 10, 11, 0)
+    _status(app, ticket.id, TicketStatus.OPEN)
+    sweeper(app).run()
+    after = target_row(app, ticket.id, "resolution").due_at
+    paused = CAL.business_time_between(berlin(2026, 3, 9, 11), berlin(2026, 3, 10, 11))
+    assert paused == timedelta(hours=9)
+    assert before is not None and after is not None
+    assert CAL.business_time_between(before, after) == paused
+    assert target_row(app, ticket.id, "first_response").due_at == berlin(2026, 3, 10, 13, 30)
+
+
+def test_changing_priority_recomputes_through_the_rules(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    sla = {
+        "default_policy": "standard",
+        "policies": [
+            {"name": "standard", "first_response": {"minutes": 240, "calendar": "office"}},
+            {"name": "urgent", "first_response": {"minutes": 60, "basis": "calendar"}},
+            {"name": "coupon", "first_response": {"minutes": 30, "basis": "calendar"}},
+        ],
+        "rules": [
+            {"priority": "urgent", "policy": "urgent"},
+            {"subject_token": "VIP-2026", "policy": "coupon"},
+        ],
+    }
+    app = sla_app(tmp_path, database_url, clock, sla)
+    ticket = new_ticket(app, clock, berlin(2026, 3, 6, 18, 30))
+    coupon = new_ticket(app, clock, berlin(2026, 3, 6, 18, 30), subject="Help [vip-2026]")
+    sweeper(app).run()
+    assert target_row(app, ticket.id, "first_response").due_at == berlin(2026, 3, 9, 13, 30)
+    assert target_row(app, coupon.id, "first_response").due_at == berlin(2026, 3, 6, 19, 0)
+    _set(app, ticket.id, priority="urgent")
+    sweeper(app).run()
+    row = target_row(app, ticket.id, "first_response")
+    assert (row.policy, row.due_at) == ("urgent", berlin(2026, 3, 6, 19, 30))
+
+
+def test_downtime_over_a_weekend_fires_every_due_escalation_once_marking_late_ones(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    app = sla_app(tmp_path, database_url, clock)
+    # 4 h first response, warning at 80 % = 3 h 12.
+    a = new_ticket(app, clock, berlin(2026, 3, 6, 15, 0), subject="A")  # warn Fri 18:12, due 19:00
+    c = new_ticket(app, clock, berlin(2026, 3, 6, 16, 0), subject="C")  # warn Mon 10:12, due 11:00
+    clock.now = berlin(2026, 3, 6, 17, 0)
+    assert sweeper(app).run().fired == 0
+    # The daemon stops here (mail still arrives through the MTA) and is back Monday noon.
+    b = new_ticket(app, clock, berlin(2026, 3, 6, 18, 30), subject="B")  # warn Mon 12:42, due 13:30
+    assert len({a.id, b.id, c.id}) == 3
+    for t in (a, b, c):
+        _set(app, t.id, assignee="bob")
+    clock.now = berlin(2026, 3, 9, 12, 0)
+    first = sweeper(app).run()
+    assert (first.fired, first.late) == (4, 4)
+    assert sorted((t, p) for t, p, _ in _sla_mail(app)) == sorted(
+        [(a.id, "sla_warning"), (a.id, "sla_breach"), (c.id, "sla_warning"), (c.id, "sla_breach")]
+    )
+    # Again at once, and after a "restart" (a new sweeper): nothing more.
+    assert sweeper(app).run().fired == 0
+    clock.now = berlin(2026, 3, 9, 12, 45)  # 3 minutes after b's warning: on time
+    assert (sweeper(app).run().fired, sweeper(app).run().fired) == (1, 0)
+    clock.now = berlin(2026, 3, 9, 13, 31)
+    assert sweeper(app).run().late == 0
+    mail = _sla_mail(app)
+    assert len(mail) == 6 and all(r == ["bob@example.com"] for _, _, r in mail)
+    with app.db.transaction() as session:
+        ledger = {
+            (e.ticket_id, e.level): (e.late, e.due_at)
+            for e in session.scalars(select(SlaEscalation))
+        }
+    assert ledger == {
+        (a.id, "warning"): (True, berlin(2026, 3, 6, 18, 12)),
+        (a.id, "breach"): (True, berlin(2026, 3, 6, 19, 0)),
+        (c.id, "warning"): (True, berlin(2026, 3, 9, 10, 12)),
+        (c.id, "breach"): (True, berlin(2026, 3, 9, 11, 0)),
+        (b.id, "warning"): (False, berlin(2026, 3, 9, 12, 42)),
+        (b.id, "breach"): (False, berlin(2026, 3, 9, 13, 30)),
+    }
+
+
+def test_breach_actions_raise_reassign_watch_and_notify_the_lead(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    sla = {
+        "default_policy": "standard",
+        "policies": [
+            {
+                "name": "standard",
+                "warning_share": None,
+                "first_response": {"minutes": 60, "calendar": "office"},
+                "breach": {
+                    "notify": ["assignee", "lead"],
+                    "raise_priority": True,
+                    "reassign_to_group": "escalates_to",
+                    "add_watchers": ["carol"],
+                },
+            }
+        ],
+    }
+    app = sla_app(tmp_path, database_url, clock, sla)
+    ticket = new_ticket(app, clock, berlin(2026, 3, 9, 10, 0))
+    _set(app, ticket.id, assignee="bob", group="l1")
+    clock.now = berlin(2026, 3, 9, 11, 1)
+    assert sweeper(app).run().fired == 1
+    with app.db.transaction() as session:
+        t = session.get(Ticket, ticket.id)
+        assert t is not None
+        assert (str(t.priority), t.group, t.assignee) == ("high", "l2", None)
+        watchers = session.scalars(select(Watcher.agent).where(Watcher.ticket_id == t.id)).all()
+    assert watchers == ["carol"]
+    # The assignee and lead when it breached, and the lead of the group it went to.
+    assert sorted(r[0] for _, _, r in _sla_mail(app)) == [
+        "bob@example.com",
+        "carol@example.com",
+        "dave@example.com",
+    ]
+    assert sweeper(app).run().fired == 0
+
+
+def test_notifications_wait_for_the_recipients_working_hours(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    agents = [dict(a) for a in AGENTS]
+    agents[0] = {**agents[0], "timezone": "Europe/Berlin", "hours": {"mon": "08:00-12:00"}}
+    sla = {
+        "default_policy": "p",
+        "hold_until_working_hours": True,
+        "policies": [
+            {
+                "name": "p",
+                "warning_share": None,
+                "first_response": {"minutes": 30, "basis": "calendar"},
+            }
+        ],
+    }
+    app = sla_app(tmp_path, database_url, clock, sla, agents)
+    ticket = new_ticket(app, clock, berlin(2026, 3, 6, 18, 0))
+    _set(app, ticket.id, assignee="bob")
+    clock.now = berlin(2026, 3, 6, 18, 40)
+    sweeper(app).run()
+    with app.db.transaction() as session:
+        row = session.scalars(select(Outbox).where(Outbox.purpose == "sla_breach")).one()
+    assert row.next_attempt_at == berlin(2026, 3, 9, 8, 0)
+
+
+def test_auto_close_reminds_resolves_with_a_notice_and_closes(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    sla = {
+        "auto_close": {
+            "pending_reminder_days": 3,
+            "pending_resolve_days": 7,
+            "resolved_close_days": 2,
+        }
+    }
+    app = sla_app(tmp_path, database_url, clock, sla)
+    ticket = new_ticket(app, clock, berlin(2026, 3, 2, 9, 0))
+    clock.now = berlin(2026, 3, 2, 10, 0)
+    _status(app, ticket.id, TicketStatus.PENDING)
+
+    def purposes() -> list[str]:
+        with app.db.transaction() as session:
+            return list(
+                session.scalars(
+                    select(Outbox.purpose).where(Outbox.purpose != "ack").order_by(Outbox.id)
+                )
+            )
+
+    clock.now = berlin(2026, 3, 5, 9, 59)
+    assert sweeper(app).run().auto_closed == 0
+    clock.now = berlin(2026, 3, 5, 10, 0)
+    assert sweeper(app).run().auto_closed == 1
+    assert sweeper(app).run().auto_closed == 0
+    assert purposes() == ["pending_reminder"]
+    clock.now = berlin(2026, 3, 9, 10, 0)
+    sweeper(app).run()
+    with app.db.transaction() as session:
+        t = session.get(Ticket, ticket.id)
+        assert t is not None and t.status is TicketStatus.RESOLVED
+    assert purposes() == ["pending_reminder", "auto_resolved"]
+    clock.now = berlin(2026, 3, 11, 10, 1)
+    sweeper(app).run()
+    with app.db.transaction() as session:
+        t = session.get(Ticket, ticket.id)
+        assert t is not None and t.status is TicketStatus.CLOSED
+        kinds = session.scalar(
+            select(func.count()).where(SlaEscalation.ticket_id == ticket.id)  # type: ignore[arg-type]
+        )
+    assert kinds == 3
+    assert purposes() == ["pending_reminder", "auto_resolved"]
