@@ -43,6 +43,7 @@ from maildesk.views import (
 EX_TEMPFAIL = 75
 EX_NOINPUT = 66
 INGEST_BATCH = 1000
+APPLY_BATCH = 200  # messages per pipeline transaction in a bulk import
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -202,7 +203,7 @@ def ingest(
             stored += len(batch)
             batch.clear()
             if not no_process:
-                summary.counts.update(worker.drain().counts)
+                summary.counts.update(worker.drain(batch_size=APPLY_BATCH).counts)
 
     try:
         with _progress(count_messages(list(paths)), show) as tick:

@@ -30,6 +30,7 @@ from maildesk.pipeline.parsepool import Parsed, ParsePool
 from maildesk.pipeline.stages import DB_STAGES, StageDeps
 
 log = logging.getLogger("maildesk.pipeline")
+FIRST_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -299,7 +300,9 @@ class Worker:
         SQLite write lock is never held long while listeners wait to store.
         """
         summary = Summary()
-        batch = self.claim(batch_size)
+        # A small first batch: nothing is applied until it is parsed, so the
+        # pipeline fills sooner (the parser works one batch ahead of apply).
+        batch = self.claim(min(batch_size, FIRST_BATCH))
         parsed = self.parse_pool.submit(batch)
         while batch:
             # Claim and start parsing the next batch before applying this one.
