@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from maildesk.db.models import (
@@ -15,6 +15,7 @@ from maildesk.db.models import (
     Event,
     IdOrigin,
     Intake,
+    IntakeState,
     KnownMessageId,
     Message,
     Participant,
@@ -55,6 +56,22 @@ def messages_by_dedupe_keys(session: Session, keys: Sequence[str]) -> dict[str, 
     stmt = select(Message.dedupe_key, *_STORED_MESSAGE.selected_columns)
     rows = session.execute(stmt.where(Message.dedupe_key.in_(keys)))
     return {key: StoredMessage(pk, ticket_id, digest) for key, pk, ticket_id, digest in rows}
+
+
+def quarantined_copies(
+    session: Session, raw_sha256s: Sequence[str], before_id: int
+) -> dict[str, int]:
+    """For each of these raw hashes, the oldest quarantined intake row holding those bytes."""
+    stmt = (
+        select(Intake.raw_sha256, func.min(Intake.id))
+        .where(
+            Intake.raw_sha256.in_(raw_sha256s),
+            Intake.state == IntakeState.QUARANTINED,
+            Intake.id < before_id,
+        )
+        .group_by(Intake.raw_sha256)
+    )
+    return {digest: int(pk) for digest, pk in session.execute(stmt)}
 
 
 def known_ids(session: Session, ids: Sequence[str]) -> dict[str, KnownId]:

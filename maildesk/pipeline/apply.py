@@ -117,6 +117,8 @@ class Applier:
         else:
             self.event(session, "quarantined", stop.reason, intake=intake)
             intake.state, intake.disposition = IntakeState.QUARANTINED, Disposition.QUARANTINED
+            if (lookahead := Lookahead.of(session)) is not None:
+                lookahead.quarantined(intake.raw_sha256, intake.id)
             intake.quarantine_reason = stop.reason
         intake.processed_at = self.now
         intake.claimed_by = None

@@ -77,6 +77,7 @@ class MessageContext:
     source: str
     received_at: datetime
     forced: bool = False
+    raw_sha256: str = ""  # of the stored bytes: an identical copy may sit in quarantine
     arrived_at: datetime | None = None
     parsed: ParsedMessage | None = None
     verdict: AutoVerdict | None = None

@@ -43,6 +43,8 @@ class Lookahead:
         self._contact_ids: dict[str, int | None] = {}  # email -> contact id (None: no contact)
         self._tickets: dict[int, Ticket] = {}  # candidates: prefetched or written in the batch
         self._window_start: datetime | None = None
+        self._quarantined: dict[str, int] = {}  # raw sha256 -> oldest quarantined intake
+        self._quarantine_checked: set[str] = set()
 
     # -- lifecycle --------------------------------------------------------
     @classmethod
@@ -68,6 +70,12 @@ class Lookahead:
                 if lookahead._window_start is None or start < lookahead._window_start:
                     lookahead._window_start = start
         lookahead._prefetch(session, keys, ids)
+        digests = [c.raw_sha256 for c in batch if c.raw_sha256]
+        if digests:
+            last = max(c.intake_id for c in batch)  # the oldest copy is what each compares
+            for chunk in _chunks(list(dict.fromkeys(digests))):
+                lookahead._quarantined.update(queries.quarantined_copies(session, chunk, last))
+            lookahead._quarantine_checked.update(digests)
         lookahead._prefetch_tickets(session, sorted(senders), sorted(subjects - {""}))
         session.info[SESSION_KEY] = lookahead
         return lookahead
@@ -129,6 +137,16 @@ class Lookahead:
             return None
         return {mid: self._ids[mid] for mid in wanted if mid in self._ids}
 
+    def quarantined_copy(self, raw_sha256: str, intake_id: int) -> int | None:
+        """The oldest quarantined intake (before ``intake_id``) with the same bytes.
+
+        Raises KeyError when the hash was not prefetched.
+        """
+        if raw_sha256 not in self._quarantine_checked:
+            raise KeyError(raw_sha256)
+        found = self._quarantined.get(raw_sha256)
+        return found if found is not None and found < intake_id else None
+
     def covers_sender(self, sender: str, since: datetime) -> bool:
         window = self._window_start
         return sender.lower() in self._contact_ids and window is not None and since >= window
@@ -152,6 +170,12 @@ class Lookahead:
         return max(matches, key=lambda t: t.updated_at, default=None)
 
     # -- what apply wrote -------------------------------------------------
+    def quarantined(self, raw_sha256: str, intake_id: int) -> None:
+        """apply put these bytes in quarantine."""
+        if raw_sha256 and raw_sha256 not in self._quarantined:
+            self._quarantined[raw_sha256] = intake_id
+            self._quarantine_checked.add(raw_sha256)
+
     def contact(self, email: str, contact_id: int) -> None:
         """A contact apply upserted (keyed exactly as stored, as the query compares)."""
         self._contact_ids[email] = contact_id

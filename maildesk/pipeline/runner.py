@@ -27,7 +27,7 @@ from maildesk.pipeline.apply import Applier
 from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind
 from maildesk.pipeline.lookahead import Lookahead
 from maildesk.pipeline.parsepool import Parsed, ParsePool
-from maildesk.pipeline.stages import DB_STAGES, StageDeps
+from maildesk.pipeline.stages import DB_STAGES, StageDeps, copy_of_quarantined
 
 log = logging.getLogger("maildesk.pipeline")
 FIRST_BATCH = 16
@@ -120,6 +120,7 @@ class Worker:
                     MessageContext(
                         intake_id=row.id,
                         raw=bytes(blobs.get(row.raw_sha256) or b""),
+                        raw_sha256=row.raw_sha256,
                         envelope_from=row.envelope_from,
                         envelope_to=tuple(row.envelope_to or ()),
                         source=row.source,
@@ -241,6 +242,8 @@ class Worker:
         intake: Intake,
         stop: Stop | None,
     ) -> Outcome:
+        if stop is not None and stop.kind is StopKind.QUARANTINE:
+            stop = copy_of_quarantined(ctx, session) or stop
         for _name, stage in DB_STAGES:
             if stop is not None:
                 break

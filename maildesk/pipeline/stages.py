@@ -147,7 +147,35 @@ def dedupe_stage(ctx: MessageContext, session: Session, _deps: StageDeps) -> Sto
             duplicate_of_message=existing.id,
             duplicate_of_ticket=existing.ticket_id,
         )
-    return None
+    return copy_of_quarantined(ctx, session)
+
+
+def copy_of_quarantined(ctx: MessageContext, session: Session) -> Stop | None:
+    """A re-delivered copy of quarantined bytes is a duplicate, not a second chance.
+
+    (An MTA retry, or the same import run again after a parse timeout.) Releasing
+    or retrying from quarantine sets ``forced`` and skips this.
+    """
+    held = None if ctx.forced else _quarantined_copy(session, ctx)
+    if held is None:
+        return None
+    return Stop(
+        StopKind.DUPLICATE,
+        f"the same bytes are already in quarantine as intake {held} "
+        f"(`maildesk quarantine retry {held}` processes them)",
+    )
+
+
+def _quarantined_copy(session: Session, ctx: MessageContext) -> int | None:
+    if not ctx.raw_sha256:
+        return None
+    lookahead = Lookahead.of(session)
+    if lookahead is not None:
+        try:
+            return lookahead.quarantined_copy(ctx.raw_sha256, ctx.intake_id)
+        except KeyError:
+            pass
+    return queries.quarantined_copies(session, [ctx.raw_sha256], ctx.intake_id).get(ctx.raw_sha256)
 
 
 def arrival_time(date: datetime | None, source: str, received_at: datetime) -> datetime:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import os
+from pathlib import Path
 
 from sqlalchemy import func, select
 
@@ -432,3 +433,35 @@ def test_header_only_imap_copy_of_a_huge_message_is_quarantined(app: App) -> Non
     assert deliver(app, forged, source="imap").as_dict()["quarantined"] == 0
     from_smtp = deliver(app, note + make_mail(message_id="smtp@x.test"), source="smtp")
     assert from_smtp.as_dict()["quarantined"] == 0
+
+
+def test_a_redelivered_copy_of_quarantined_bytes_is_a_duplicate(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """Quarantine is decided once per message: a second copy (an MTA retry, the same
+    import run again after a parse timeout) neither gets a second chance nor a ticket."""
+    from maildesk.intake.store import Envelope
+    from tests.conftest import make_settings
+
+    big = make_mail(message_id="big@x.test", body="x" * 5000 + "\n")
+    strict = App.build(
+        make_settings(tmp_path, database_url, pipeline={"max_message_bytes": 2000}), clock=clock
+    )
+    # Two copies in one batch: the first is quarantined, the second is its duplicate.
+    for _ in range(2):
+        strict.intake().store(big, Envelope(source="smtp", rcpt_to=("support@example.com",)))
+    assert strict.worker().drain().as_dict()["quarantined"] == 1
+    strict.db.dispose()
+    # Later, with a limit the message fits: a third copy is still not a new ticket.
+    lenient = App.build(make_settings(tmp_path, database_url), clock=clock)
+    summary = deliver(lenient, big).as_dict()
+    assert summary["created"] == 0 and summary["duplicates"] == 1, summary
+    with lenient.db.transaction() as session:
+        from maildesk.db.models import Event, Intake
+
+        rows = session.scalars(select(Intake).order_by(Intake.id)).all()
+        assert [r.disposition for r in rows] == ["quarantined", "duplicate", "duplicate"]
+        reasons = session.scalars(select(Event.reason).where(Event.kind == "duplicate")).all()
+        assert all(f"in quarantine as intake {rows[0].id}" in r for r in reasons), reasons
+        assert session.scalars(select(Ticket)).all() == []
+    lenient.db.dispose()
