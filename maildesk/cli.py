@@ -28,7 +28,7 @@ from maildesk.db.models import (
     Ticket,
     TicketStatus,
 )
-from maildesk.intake.files import SourceError, count_messages, iter_messages
+from maildesk.intake.files import SourceError, count_messages, iter_messages, read_ahead
 from maildesk.intake.store import Envelope
 from maildesk.logs import configure_logging
 from maildesk.views import (
@@ -192,6 +192,8 @@ def ingest(
     stored = 0
     batch: list[tuple[bytes, Envelope]] = []
     worker = app.worker()
+    if not no_process:
+        worker.parse_pool.warm_up()
     from maildesk.pipeline.runner import Summary
 
     summary = Summary()
@@ -207,7 +209,7 @@ def ingest(
 
     try:
         with _progress(count_messages(list(paths)), show) as tick:
-            for item in iter_messages(list(paths)):
+            for item in read_ahead(iter_messages(list(paths)), INGEST_BATCH):
                 source = "stdin" if item.ref == "-" else "file"
                 batch.append((item.raw, Envelope(source=source, source_ref=item.ref)))
                 if len(batch) >= INGEST_BATCH:

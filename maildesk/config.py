@@ -111,6 +111,30 @@ class AcknowledgementSettings(_Section):
     per_sender_per_day: int = Field(default=20, ge=0)
 
 
+class SpamSettings(_Section):
+    """The learning spam filter (a pipeline stage for mail that starts a new ticket)."""
+
+    enabled: bool = True
+    model_path: Path | None = None  # the live model; default <data_dir>/spam-model.npz
+    seed_path: Path | None = None  # default: the seed shipped in spam_model/
+    unsure_at: float | None = Field(default=None, ge=0, le=1)  # default: the model's own
+    spam_at: float | None = Field(default=None, ge=0, le=1)
+    allow_addresses: tuple[str, ...] = ()  # never filtered
+    allow_domains: tuple[str, ...] = ()  # never filtered (subdomains too)
+
+    @model_validator(mode="after")
+    def _ordered(self) -> SpamSettings:
+        unsure, spam = self.unsure_at, self.spam_at
+        if unsure is not None and spam is not None and unsure > spam:
+            raise ValueError("unsure_at must not be above spam_at")
+        return self
+
+    @field_validator("allow_addresses", "allow_domains")
+    @classmethod
+    def _lower(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v.strip().lower().lstrip("@.") for v in value)
+
+
 class ImapSecurity(enum.StrEnum):
     NONE = "none"
     STARTTLS = "starttls"
@@ -321,6 +345,7 @@ class Settings(_Section):
     listeners: tuple[ListenerSettings, ...] = (ListenerSettings(),)
     outbound: OutboundSettings = OutboundSettings()
     acknowledgements: AcknowledgementSettings = AcknowledgementSettings()
+    spam: SpamSettings = SpamSettings()
     imap: tuple[ImapMailboxSettings, ...] = ()
     address: tuple[AddressSettings, ...] = ()  # per-address defaults ([[address]] tables)
     agents: tuple[AgentSettings, ...] = ()  # [[agents]] tables

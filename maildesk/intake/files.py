@@ -7,7 +7,9 @@ an mbox in file order.
 from __future__ import annotations
 
 import mailbox
+import queue
 import sys
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +54,41 @@ def iter_messages(paths: list[str], stdin: BinaryIO | None = None) -> Iterator[F
             yield from _mbox(path)
         else:
             yield FileMessage(_read(path), str(path))
+
+
+def read_ahead(messages: Iterator[FileMessage], limit: int) -> Iterator[FileMessage]:
+    """The same messages in the same order, read by a thread up to ``limit`` ahead.
+
+    A bulk import stores and processes one chunk while the next is read from disk.
+    An error while reading (SourceError) is raised here, where the message would be.
+    """
+    ahead: queue.Queue[FileMessage | BaseException | None] = queue.Queue(maxsize=limit)
+    stop = threading.Event()
+
+    def reader() -> None:
+        try:
+            for message in messages:
+                while not stop.is_set():
+                    try:
+                        ahead.put(message, timeout=0.1)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+            ahead.put(None)
+        except BaseException as exc:  # handed to the consumer, raised there
+            ahead.put(exc)
+
+    thread = threading.Thread(target=reader, name="maildesk-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while (item := ahead.get()) is not None:
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
 
 
 def count_messages(paths: list[str]) -> int | None:

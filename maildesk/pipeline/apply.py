@@ -264,6 +264,8 @@ class Applier:
             max_age = timedelta(hours=self.settings.acknowledgements.max_age_hours)
             if self.now - at > max_age:
                 why, answerable = f"written {at:%Y-%m-%d %H:%M} UTC, older than {max_age}", False
+            elif ctx.possible_spam:
+                why, answerable = "possible spam: not acknowledged until released", False
             else:
                 answerable = verdict.answerable
             self.notices.acknowledge(session, ticket, message, answerable, why)
@@ -390,6 +392,7 @@ class Applier:
             created_at=at,
             updated_at=at,
             closed_at=at if status == TicketStatus.CLOSED else None,
+            possible_spam=ctx.possible_spam,
             support_addresses=[],
         )
         ticket.number = ticket.id

@@ -9,10 +9,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from maildesk.domain.autodetect import AutoKind, AutoVerdict
 from maildesk.domain.message import ParsedMessage
+
+if TYPE_CHECKING:
+    from maildesk.spam.scoring import SpamScore
 
 # Mail written by a person (a list post is one too); everything else is automated.
 HUMAN_KINDS = (AutoKind.HUMAN, AutoKind.LIST)
@@ -85,6 +88,8 @@ class MessageContext:
     body_hash: str | None = None
     thread: ThreadDecision | None = None
     own_id_was_referenced: bool = False  # our Message-ID was known from another's References
+    spam: SpamScore | None = None  # set beside parsing when the filter is on
+    possible_spam: bool = False  # the spam stage's "unsure": flag the ticket, no acknowledgement
     # Tickets the stages loaded, kept alive for apply: the session's identity
     # map holds only weak references, so without this each lookup re-selects.
     tickets: dict[int, Any] = field(default_factory=dict)
@@ -97,6 +102,7 @@ class MessageContext:
         self.body_hash = None
         self.thread = None
         self.own_id_was_referenced = False
+        self.possible_spam = False
         self.tickets.clear()
         self.notes = [n for n in self.notes if n.kind == "parse"]
 

@@ -16,10 +16,15 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from datetime import datetime
 
 from maildesk.config import PipelineSettings
-from maildesk.pipeline.context import MessageContext, Stop
+from maildesk.domain.message import ParsedMessage
+from maildesk.pipeline.context import EventNote, MessageContext, Stop
+from maildesk.pipeline.spam import score_message
 from maildesk.pipeline.stages import parse_stage
+from maildesk.spam.scoring import ScorerSpec, SpamScore, scorer_for
 
 log = logging.getLogger("maildesk.pipeline")
 
@@ -27,41 +32,105 @@ Parsed = list[tuple[MessageContext, Stop | None]]
 
 # Below this many messages a batch is parsed in-process.
 MIN_BATCH_FOR_CHILD = 16
+PARSE_CHILDREN = 2
 
 
-def parse_batch(batch: Sequence[MessageContext], limits: PipelineSettings) -> Parsed:
-    """Parse every message of a batch; runs in the child or in-process."""
-    return [(ctx, parse_stage(ctx, limits)) for ctx in batch]
+def parse_batch(
+    batch: Sequence[MessageContext], limits: PipelineSettings, spam: ScorerSpec | None = None
+) -> Parsed:
+    """Parse (and spam-score) every message of a batch; runs in the child or in-process."""
+    parsed: Parsed = []
+    scorer = scorer_for(spam) if spam is not None else None
+    for ctx in batch:
+        stop = parse_stage(ctx, limits)
+        if stop is None and scorer is not None:
+            score_message(ctx, scorer)
+        parsed.append((ctx, stop))
+    return parsed
+
+
+@dataclass(frozen=True, slots=True)
+class _ChildResult:
+    """What parsing adds to a context: all that travels back from the child (not the raw)."""
+
+    parsed: ParsedMessage | None
+    arrived_at: datetime | None
+    spam: SpamScore | None
+    notes: list[EventNote]
+    stop: Stop | None
+
+
+def _parse_in_child(
+    batch: Sequence[MessageContext], limits: PipelineSettings, spam: ScorerSpec | None
+) -> list[_ChildResult]:
+    return [
+        _ChildResult(ctx.parsed, ctx.arrived_at, ctx.spam, ctx.notes, stop)
+        for ctx, stop in parse_batch(batch, limits, spam)
+    ]
+
+
+def _warm_child(spam: ScorerSpec | None) -> None:
+    if spam is not None:
+        scorer_for(spam).load()
+
+
+def _merge(batch: Sequence[MessageContext], results: list[_ChildResult]) -> Parsed:
+    for ctx, result in zip(batch, results, strict=True):
+        ctx.parsed, ctx.arrived_at, ctx.spam = result.parsed, result.arrived_at, result.spam
+        ctx.notes = result.notes
+    return [(ctx, result.stop) for ctx, result in zip(batch, results, strict=True)]
 
 
 class ParsePool:
-    def __init__(self, limits: PipelineSettings) -> None:
+    def __init__(self, limits: PipelineSettings, spam: ScorerSpec | None = None) -> None:
         self.limits = limits
+        self.spam = spam
         self._executor: ProcessPoolExecutor | None = None
         self.enabled = limits.parse_in_child and (os.cpu_count() or 1) > 1
 
     def submit(self, batch: list[MessageContext]) -> Callable[[], Parsed]:
         """Start parsing ``batch``; call the result to wait for it."""
         if not batch or not self.enabled or len(batch) < MIN_BATCH_FOR_CHILD:
-            done = parse_batch(batch, self.limits)
+            done = parse_batch(batch, self.limits, self.spam)
             return lambda: done
-        future: Future[Parsed] = self._pool().submit(parse_batch, batch, self.limits)
+        # Split across the children: parsing and scoring cost more than applying.
+        step = -(-len(batch) // PARSE_CHILDREN)
+        parts = [batch[i : i + step] for i in range(0, len(batch), step)]
+        pool = self._pool()
+        futures: list[Future[list[_ChildResult]]] = [
+            pool.submit(_parse_in_child, part, self.limits, self.spam) for part in parts
+        ]
 
         def result() -> Parsed:
             try:
-                return future.result()
+                return [
+                    item
+                    for part, future in zip(parts, futures, strict=True)
+                    for item in _merge(part, future.result())
+                ]
             except BrokenProcessPool:
                 log.warning("parse process died; parsing %d messages in-process", len(batch))
                 self.close()
-                return parse_batch(batch, self.limits)
+                return parse_batch(batch, self.limits, self.spam)
 
         return result
+
+    def warm_up(self) -> None:
+        """Start the children (and load the spam model there) before the first batch.
+
+        A bulk import calls this before reading its files, so the second or two a
+        child needs to start is spent while the files are read and stored.
+        """
+        if self.enabled:
+            pool = self._pool()
+            for _ in range(PARSE_CHILDREN):
+                pool.submit(_warm_child, self.spam)
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
             # spawn, not fork: the daemon has threads (listeners, scheduler).
             context = multiprocessing.get_context("spawn")
-            self._executor = ProcessPoolExecutor(max_workers=1, mp_context=context)
+            self._executor = ProcessPoolExecutor(max_workers=PARSE_CHILDREN, mp_context=context)
         return self._executor
 
     def close(self) -> None:

@@ -28,6 +28,7 @@ from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKin
 from maildesk.pipeline.lookahead import Lookahead
 from maildesk.pipeline.parsepool import Parsed, ParsePool
 from maildesk.pipeline.stages import DB_STAGES, StageDeps, copy_of_quarantined
+from maildesk.spam.scoring import ScorerSpec
 
 log = logging.getLogger("maildesk.pipeline")
 FIRST_BATCH = 16
@@ -79,7 +80,7 @@ class Worker:
         self.clock = clock
         self.node = node_name
         self.deps = StageDeps(settings, signer, clock)
-        self.parse_pool = ParsePool(settings.pipeline)
+        self.parse_pool = ParsePool(settings.pipeline, ScorerSpec.from_settings(settings))
 
     # -- claiming ---------------------------------------------------------
     def claim(self, limit: int = 64) -> list[MessageContext]:

@@ -25,6 +25,7 @@ from maildesk.domain.threadindex import conversation_key
 from maildesk.pipeline.context import MessageContext, Stop, StopKind, ThreadDecision, ThreadRule
 from maildesk.pipeline.lookahead import Lookahead
 from maildesk.pipeline.parse import ParseError, parse_message
+from maildesk.pipeline.spam import spam_stage
 
 MAX_KEY = 998
 LOOP_HEADER = "X-Maildesk-Loop"
@@ -422,4 +423,6 @@ DB_STAGES: tuple[tuple[str, Stage], ...] = (
     ("guard", guard_stage),
     ("dedupe", dedupe_stage),
     ("thread", thread_stage),
+    # After thread, not before: mail that joins an existing ticket is exempt.
+    ("spam", spam_stage),
 )

@@ -34,24 +34,22 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.linear_model import SGDClassifier
 
 from maildesk.domain.message import ParsedMessage
+from maildesk.spam.bands import Band, Thresholds
 from maildesk.spam.features import FeatureConfig, FeatureExtractor
 from maildesk.spam.tokenstats import TokenStats, TokenStatsConfig
+
+if TYPE_CHECKING:
+    from sklearn.linear_model import SGDClassifier
 
 FORMAT_VERSION = 2
 _LOGIT_CLIP = 12.0
 MODEL_KIND = "maildesk-spam-sgd"
-
-
-class Band(enum.StrEnum):
-    HAM = "ham"
-    UNSURE = "unsure"
-    SPAM = "spam"
 
 
 class TrainPolicy(enum.StrEnum):
@@ -60,25 +58,6 @@ class TrainPolicy(enum.StrEnum):
     EVERYTHING = "everything"
     ON_ERROR = "on-error"  # only when the pre-update band was wrong or unsure
     THICK = "thick"  # train-on-error plus a margin: |margin| < thick_margin
-
-
-@dataclass(frozen=True, slots=True)
-class Thresholds:
-    """Probability cut points: < ``unsure_at`` is ham, >= ``spam_at`` is spam."""
-
-    unsure_at: float = 0.5
-    spam_at: float = 0.96
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.unsure_at <= self.spam_at <= 1.0:
-            raise ValueError("thresholds must satisfy 0 <= unsure_at <= spam_at <= 1")
-
-    def band(self, probability: float) -> Band:
-        if probability >= self.spam_at:
-            return Band.SPAM
-        if probability >= self.unsure_at:
-            return Band.UNSURE
-        return Band.HAM
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,7 +143,10 @@ class SpamFilter:
         self.learner = learner or LearnerConfig()
         self.thresholds = thresholds or Thresholds()
         self._extractor = FeatureExtractor(self.features)
-        self._clf = self._new_classifier()
+        # scikit-learn is imported on the first learn, not to score: a process that
+        # only scores (the parse child) starts a second and more sooner.
+        self._sgd: SGDClassifier | None = None
+        self._sgd_state: tuple[NDArray[np.float64], float, float] | None = None
         self._stats = TokenStats(self.features.n_features, self.learner.token_stats)
         self._coef: NDArray[np.float64] = np.zeros(self.features.n_features)
         self._intercept = 0.0
@@ -175,8 +157,22 @@ class SpamFilter:
         self.seen = 0
         self.updated_at: str | None = None
 
-    def _new_classifier(self) -> SGDClassifier:
-        return SGDClassifier(loss=self.learner.loss, alpha=self.learner.alpha)
+    @property
+    def _clf(self) -> SGDClassifier:
+        if self._sgd is None:
+            from sklearn.linear_model import SGDClassifier
+
+            clf = SGDClassifier(loss=self.learner.loss, alpha=self.learner.alpha)
+            if self._sgd_state is not None:
+                # Restore the estimator state partial_fit needs to continue where it stopped.
+                coef, intercept, t = self._sgd_state
+                clf.classes_ = np.array([0, 1])
+                clf.coef_ = coef
+                clf.intercept_ = np.array([intercept])
+                clf.t_ = t
+                clf.n_features_in_ = self.features.n_features
+            self._sgd = clf
+        return self._sgd
 
     # -- scoring -----------------------------------------------------------------
     def margin(self, msg: ParsedMessage) -> float:
@@ -245,6 +241,11 @@ class SpamFilter:
         self._calib_b += self._CALIB_RATE * grad
 
     # -- persistence -------------------------------------------------------------
+    def _sgd_t(self) -> float:
+        if self._sgd is not None:
+            return float(getattr(self._sgd, "t_", 1.0))
+        return self._sgd_state[2] if self._sgd_state is not None else 1.0
+
     def metadata(self) -> dict[str, object]:
         return {
             "kind": MODEL_KIND,
@@ -256,7 +257,7 @@ class SpamFilter:
                 "spam_at": self.thresholds.spam_at,
             },
             "intercept": self._intercept,
-            "sgd_t": float(getattr(self._clf, "t_", 1.0)),
+            "sgd_t": self._sgd_t(),
             "calibration": {"a": self._calib_a, "b": self._calib_b},
             "token_messages": {"spam": self._stats.n_spam, "ham": self._stats.n_ham},
             "trained_spam": self.trained_spam,
@@ -352,13 +353,7 @@ class SpamFilter:
         updated = meta.get("updated_at")
         model.updated_at = updated if isinstance(updated, str) else None
         if model.trained_spam + model.trained_ham:
-            # Restore the estimator state partial_fit needs to continue where it stopped.
-            clf = model._clf
-            clf.classes_ = np.array([0, 1])
-            clf.coef_ = coef
-            clf.intercept_ = np.array([intercept])
-            clf.t_ = float(_num(meta, "sgd_t"))
-            clf.n_features_in_ = features.n_features
+            model._sgd_state = (coef, intercept, float(_num(meta, "sgd_t")))
         model._coef = coef[0]
         model._intercept = intercept
         return model

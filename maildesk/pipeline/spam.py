@@ -1,0 +1,78 @@
+"""The spam stage: what the filter's score means for a message.
+
+The score itself is computed beside parsing (:func:`score_message`, in the
+parse child for a bulk import). The decision runs after threading, because
+what it exempts depends on it: a message that joins an existing ticket (it
+names one of our Message-IDs, a signed address, or comes from a participant)
+is part of a conversation and is never filtered. For mail that would start a
+new ticket: spam is quarantined (no ticket, so no acknowledgement and no
+notification of any kind), unsure becomes a ticket flagged "possible spam"
+that is not acknowledged, ham goes on. Every decision is an event.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session
+
+from maildesk.config import Settings
+from maildesk.pipeline.context import MessageContext, Stop, StopKind
+from maildesk.spam.bands import Band
+
+if TYPE_CHECKING:
+    from maildesk.pipeline.stages import StageDeps
+    from maildesk.spam.scoring import SpamScorer
+
+log = logging.getLogger("maildesk.spam")
+
+
+def score_message(ctx: MessageContext, scorer: SpamScorer) -> None:
+    """Score a parsed message; a scoring failure is noted, never fatal."""
+    try:
+        ctx.spam = scorer.score(ctx.message)
+    except Exception as exc:  # a hostile message must not stop the pipeline
+        log.warning("intake=%s spam scoring failed: %s", ctx.intake_id, exc)
+        ctx.note("spam", f"not scored: {type(exc).__name__}: {exc}")
+
+
+def spam_stage(ctx: MessageContext, _session: Session, deps: StageDeps) -> Stop | None:
+    score = ctx.spam
+    if score is None or not deps.settings.spam.enabled:
+        return None
+    facts = {"probability": round(score.probability, 6), "band": str(score.band)}
+    summary = f"p={score.probability:.3f} ({score.band}) by the {score.model} model"
+    thread = ctx.thread
+    if thread is not None and thread.ticket_id is not None:
+        ctx.note("spam", f"{summary}; not filtered: joins an existing ticket", **facts)
+        return None
+    sender = ctx.message.from_.addr if ctx.message.from_ else ""
+    exempt = exemption(deps.settings, sender)
+    if exempt:
+        ctx.note("spam", f"{summary}; not filtered: {exempt}", **facts)
+        return None
+    if score.band is Band.SPAM:
+        return Stop(StopKind.QUARANTINE, f"spam: {summary}")
+    if score.band is Band.UNSURE:
+        ctx.possible_spam = True
+        ctx.note("spam", f"{summary}: possible spam, not acknowledged until released", **facts)
+        return None
+    ctx.note("spam", summary, **facts)
+    return None
+
+
+def exemption(settings: Settings, sender: str) -> str | None:
+    """Why mail from ``sender`` is never filtered, or None."""
+    address = sender.lower()
+    if not address:
+        return None
+    if any(address in agent.addresses for agent in settings.agents):
+        return f"{address} is an agent's address"
+    if address in settings.spam.allow_addresses:
+        return f"{address} is on spam.allow_addresses"
+    domain = address.rpartition("@")[2]
+    for allowed in settings.spam.allow_domains:
+        if domain == allowed or domain.endswith("." + allowed):
+            return f"{domain} is on spam.allow_domains"
+    return None

@@ -1,0 +1,160 @@
+"""The spam stage in the real pipeline: quarantine, possible spam, exemptions, no outbound."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from maildesk.app import App
+from maildesk.db.models import Event, Intake, IntakeState, Outbox, Ticket
+from maildesk.outbound.sender import MaildirTransport, OutboxSender
+from maildesk.pipeline.parse import parse_message
+from maildesk.spam.bands import Band
+from maildesk.spam.scoring import SEED_MODEL, ScorerSpec, SpamScorer
+from tests.conftest import FrozenClock, make_settings
+from tests.mailfactory import deliver, make_mail, reply_to
+
+
+def first_in_band(corpus: Path, folder: str, band: Band) -> bytes:
+    """A corpus message the shipped seed model puts in ``band`` (found, not hard-coded)."""
+    scorer = SpamScorer(ScorerSpec(Path("/nonexistent/live.npz"), SEED_MODEL))
+    for path in sorted((corpus / "spamassassin" / folder).iterdir())[:200]:
+        raw = path.read_bytes().split(b"\n", 1)[1]  # drop the mbox From_ line
+        score = scorer.score(parse_message(raw))
+        if score is not None and score.band is band:
+            return raw
+    raise AssertionError(f"no {band} message among the first 200 of {folder}")
+
+
+def outbox_rows(app: App) -> list[Outbox]:
+    with app.db.transaction() as session:
+        return list(session.scalars(select(Outbox)))
+
+
+def spam_events(app: App) -> list[Event]:
+    with app.db.transaction() as session:
+        return list(session.scalars(select(Event).where(Event.kind == "spam")))
+
+
+def test_spam_is_quarantined_and_produces_no_mail_of_any_kind(
+    app: App, corpus: Path, tmp_path: Path
+) -> None:
+    spam = first_in_band(corpus, "spam-2", Band.SPAM)
+    summary = deliver(app, spam, mail_from=None).as_dict()
+    assert summary["quarantined"] == 1 and summary["created"] == 0, summary
+    with app.db.transaction() as session:
+        intake = session.scalars(select(Intake)).one()
+        assert intake.state is IntakeState.QUARANTINED
+        assert (intake.quarantine_reason or "").startswith("spam: p=")
+        assert session.scalars(select(Ticket)).all() == []
+    assert outbox_rows(app) == []
+    # Nothing reaches the wire either: drain the outbox into a Maildir.
+    maildir = tmp_path / "sent"
+    OutboxSender(
+        app.db, MaildirTransport(maildir), app.settings.outbound, app.clock, "node"
+    ).drain()
+    assert not maildir.exists() or not any(maildir.rglob("*.*"))
+
+
+def test_ham_is_acknowledged_and_its_score_recorded(app: App) -> None:
+    ham = make_mail(
+        subject="Login fails after password reset",
+        body="Hi,\n\nsince I reset my password yesterday I cannot log in to the portal.\n"
+        "The error says the account is locked. Could you have a look?\n\nThanks,\nAlice\n",
+    )
+    assert deliver(app, ham).as_dict()["created"] == 1
+    [ack] = outbox_rows(app)
+    assert ack.purpose == "ack"
+    [event] = spam_events(app)
+    assert event.data["band"] == "ham" and 0 <= event.data["probability"] < 0.5
+    assert "seed" in event.reason  # no live model yet: the shipped seed scored it
+
+
+def test_unsure_mail_becomes_a_flagged_ticket_without_acknowledgement(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    settings = make_settings(tmp_path, database_url, spam={"unsure_at": 0.0, "spam_at": 1.0})
+    app = App.build(settings, clock=clock)
+    try:
+        deliver(app, make_mail(subject="Cheap meds, act now"))
+        with app.db.transaction() as session:
+            ticket = session.scalars(select(Ticket)).one()
+            assert ticket.possible_spam
+            skipped = session.scalars(select(Event).where(Event.kind == "ack_skipped")).one()
+            assert "possible spam" in skipped.reason
+        assert outbox_rows(app) == []
+    finally:
+        app.db.dispose()
+
+
+def test_a_reply_that_joins_a_ticket_is_never_filtered(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    # Everything scores spam here; the reply still lands on its ticket.
+    strict = {"unsure_at": 0.0, "spam_at": 0.0}
+    app = App.build(make_settings(tmp_path, database_url, spam=strict), clock=clock)
+    try:
+        first = make_mail(message_id="start@customer.test", subject="Invoice question")
+        app_lenient = App.build(
+            make_settings(tmp_path, database_url, spam={"enabled": False}), clock=clock
+        )
+        assert deliver(app_lenient, first).as_dict()["created"] == 1
+        app_lenient.db.dispose()
+        summary = deliver(app, reply_to(first, body="WIN A PRIZE NOW")).as_dict()
+        assert summary["threaded"] == 1 and summary["quarantined"] == 0, summary
+        [event] = spam_events(app)
+        assert "joins an existing ticket" in event.reason
+    finally:
+        app.db.dispose()
+
+
+@pytest.mark.parametrize(
+    ("allow", "sender"),
+    [
+        ({"allow_domains": ["partner.example"]}, "alerts@eu.partner.example"),
+        ({"allow_addresses": ["Bot@Vendor.example"]}, "bot@vendor.example"),
+    ],
+)
+def test_allow_listed_senders_are_not_filtered(
+    tmp_path: Path, database_url: str, clock: FrozenClock, allow: dict[str, list[str]], sender: str
+) -> None:
+    spam = {"unsure_at": 0.0, "spam_at": 0.0, **allow}
+    app = App.build(make_settings(tmp_path, database_url, spam=spam), clock=clock)
+    try:
+        summary = deliver(app, make_mail(sender=sender, subject="Monitoring alert")).as_dict()
+        assert summary["created"] == 1, summary
+        assert "allow_" in spam_events(app)[0].reason
+    finally:
+        app.db.dispose()
+
+
+def test_a_corrupt_live_model_falls_back_to_the_seed_with_a_log_line(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, corpus: Path
+) -> None:
+    live = tmp_path / "spam-model.npz"
+    live.write_bytes(b"PK\x03\x04 not really a model")
+    scorer = SpamScorer(ScorerSpec(live, SEED_MODEL))
+    with caplog.at_level(logging.WARNING, logger="maildesk.spam"):
+        score = scorer.score(parse_message(make_mail()))
+    assert score is not None and score.model.startswith("seed")
+    assert any("falling back to the seed" in r.getMessage() for r in caplog.records)
+
+
+def test_the_scorer_picks_up_a_newly_saved_live_model(tmp_path: Path) -> None:
+    from maildesk.spam.model import SpamFilter
+
+    live = tmp_path / "spam-model.npz"
+    scorer = SpamScorer(ScorerSpec(live, SEED_MODEL))
+    msg = parse_message(make_mail(subject="quarterly numbers"))
+    first = scorer.score(msg)
+    assert first is not None and first.model.startswith("seed")
+    model = SpamFilter.load(SEED_MODEL)
+    for _ in range(3):
+        model.learn(msg, is_spam=True)
+    model.save(live)
+    second = scorer.score(msg)
+    assert second is not None and second.model.startswith("live")
+    assert second.probability > first.probability
