@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -290,10 +291,39 @@ def _requeue(ctx: click.Context, intake_id: int, *, force: bool) -> None:
     app = build_app(ctx)
     with app.db.transaction() as session:
         row = _quarantined(session, intake_id)
+        was_spam = (row.quarantine_reason or "").startswith("spam:")
         row.state, row.attempts, row.not_before = IntakeState.PENDING, 0, None
         row.disposition = Disposition.QUARANTINED if force else None
+        if force and was_spam:
+            # Releasing mail the filter held is the strongest "this is ham" there is.
+            spam_feedback(app, session, row.raw_sha256, "ham", "quarantine_release")
     outcome = app.worker().drain()
     click.echo(", ".join(f"{k} {v}" for k, v in outcome.as_dict().items() if v))
+    if force and was_spam:
+        learn_spam_feedback(app)
+
+
+def spam_feedback(app: App, session: Any, raw_sha256: str, label: str, source: str) -> bool:
+    from maildesk.spam.feedback import SpamLabel, record_feedback
+
+    actor = os.environ.get("SUDO_USER") or os.environ.get("USER") or "ops"
+    return record_feedback(
+        session,
+        raw_sha256=raw_sha256,
+        label=SpamLabel(label),
+        source=source,
+        actor=actor,
+        now=app.clock(),
+    )
+
+
+def learn_spam_feedback(app: App) -> None:
+    from maildesk.spam.feedback import learn_pending
+    from maildesk.spam.scoring import ScorerSpec
+
+    spec = ScorerSpec.from_settings(app.settings)
+    if spec is not None:
+        click.echo(f"spam model: learned {learn_pending(app.db, spec, app.clock)} message(s)")
 
 
 @quarantine.command("retry")

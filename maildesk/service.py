@@ -25,6 +25,7 @@ from maildesk.app import App
 from maildesk.intake.imap import ImapIntake
 from maildesk.intake.smtp import IntakeHandler, build_controller
 from maildesk.sla.jobs import add_sla_jobs
+from maildesk.spam.jobs import add_spam_learning
 
 log = logging.getLogger("maildesk.service")
 
@@ -111,6 +112,7 @@ class Daemon:
             sender.drain, "interval", seconds=interval, id="outbox", max_instances=1, coalesce=True
         )
         add_sla_jobs(scheduler, self.app)
+        add_spam_learning(scheduler, self.app)
         scheduler.start()
         self.scheduler = scheduler
 

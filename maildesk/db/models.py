@@ -346,6 +346,23 @@ class Suppression(Base):
     until: Mapped[datetime]
 
 
+class SpamFeedback(Base):
+    """What people said a message is: trains the spam model once per message and label.
+
+    Keyed by the raw bytes' hash, so two copies of one message are one lesson. A
+    relabel (ham after spam) clears ``learned_at`` and is learned again.
+    """
+
+    __tablename__ = "spam_feedback"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    raw_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"), unique=True)
+    label: Mapped[str] = mapped_column(String(8))  # spam | ham
+    source: Mapped[str] = mapped_column(String(40))  # cli, quarantine_release, agent, imap_junk
+    actor: Mapped[str] = mapped_column(String(320), default="")
+    created_at: Mapped[datetime]
+    learned_at: Mapped[datetime | None]
+
+
 class ImapFolderState(Base):
     """Per IMAP folder: how far it has been stored, and which node reads it now.
 

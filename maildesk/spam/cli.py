@@ -77,6 +77,35 @@ def score(files: tuple[Path, ...], model_path: Path) -> None:
         click.echo(f"{path}\t{verdict.probability:.4f}\t{verdict.band.value}")
 
 
+@spam.command("mark")
+@click.argument("label", type=click.Choice(["spam", "ham"]))
+@click.argument("message_id")
+@click.pass_context
+def mark(ctx: click.Context, label: str, message_id: str) -> None:
+    """Tell the filter what a stored message is (by its Message-ID), and learn it.
+
+    Ham releases a possible-spam ticket (and sends its acknowledgement); spam
+    closes the ticket. Each message is learned once per label.
+    """
+    from maildesk.cli import build_app, learn_spam_feedback, spam_feedback
+    from maildesk.db import queries
+    from maildesk.spam.feedback import SpamLabel, settle_ticket
+
+    app = build_app(ctx)
+    wanted = message_id.strip().strip("<>")
+    with app.db.transaction() as session:
+        intakes = queries.intakes_for_message_id(session, wanted)
+        if not intakes:
+            raise click.ClickException(f"no stored message with Message-ID <{wanted}>")
+        intake = intakes[0]
+        news = spam_feedback(app, session, intake.raw_sha256, label, "cli")
+        done = settle_ticket(
+            session, intake, SpamLabel(label), app.notices(), app.clock(), actor="cli"
+        )
+    click.echo(f"<{wanted}> marked {label}" + ("" if news else " (already known)") + f"; {done}")
+    learn_spam_feedback(app)
+
+
 @spam.command("status")
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=DEFAULT_MODEL)
 def status(model_path: Path) -> None:

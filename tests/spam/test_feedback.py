@@ -1,0 +1,103 @@
+"""Spam feedback as ops give it: `spam mark`, releasing spam from quarantine; learned once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import create_engine, select
+from sqlalchemy.orm import Session
+
+from maildesk.cli import main
+from maildesk.db.models import Intake, Outbox, SpamFeedback, Ticket
+from maildesk.spam.model import SpamFilter
+from tests.mailfactory import make_mail
+
+
+def config_file(tmp_path: Path, database_url: str, spam: str) -> Path:
+    path = tmp_path / "maildesk.toml"
+    path.write_text(
+        f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "{database_url}"\n'
+        'support_addresses = ["support@example.com"]\ninstallation_secret = "spam-test"\n'
+        f"[spam]\n{spam}\n"
+    )
+    return path
+
+
+def cli(config: Path, *args: str, stdin: bytes | None = None) -> Result:
+    result = CliRunner().invoke(
+        main, ["--config", str(config), *args], input=stdin, catch_exceptions=False
+    )
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def rows(database_url: str, model: type) -> list:  # type: ignore[type-arg]
+    engine = create_engine(database_url)
+    with Session(engine) as session:
+        found = list(session.scalars(select(model)))
+    engine.dispose()
+    return found
+
+
+@pytest.fixture
+def everything_is_spam(tmp_path: Path, database_url: str) -> Path:
+    return config_file(tmp_path, database_url, "unsure_at = 0.0\nspam_at = 0.0")
+
+
+def test_releasing_spam_from_quarantine_makes_a_ticket_and_learns_ham_once(
+    everything_is_spam: Path, tmp_path: Path, database_url: str
+) -> None:
+    mail = make_mail(message_id="held@customer.test", subject="Order 1234 status")
+    cli(everything_is_spam, "ingest", "-", stdin=mail)
+    [intake] = rows(database_url, Intake)
+    assert (intake.quarantine_reason or "").startswith("spam:")
+    assert rows(database_url, Ticket) == []
+
+    out = cli(everything_is_spam, "quarantine", "release", str(intake.id)).output
+    assert "created 1" in out and "learned 1" in out
+    [ticket] = rows(database_url, Ticket)
+    assert not ticket.possible_spam  # released by ops: not filtered again
+    [feedback] = rows(database_url, SpamFeedback)
+    assert (feedback.label, feedback.source) == ("ham", "quarantine_release")
+    assert feedback.learned_at is not None
+    live = SpamFilter.load(tmp_path / "data" / "spam-model.npz")
+    seed_ham = SpamFilter.load(Path(__file__).parents[2] / "spam_model" / "seed.npz").trained_ham
+    assert live.trained_ham == seed_ham + 1
+    # The same verdict again is not a second lesson.
+    out = cli(everything_is_spam, "spam", "mark", "ham", "held@customer.test").output
+    assert "already known" in out and "learned 0" in out
+    assert SpamFilter.load(tmp_path / "data" / "spam-model.npz").trained_ham == seed_ham + 1
+
+
+def test_marking_a_possible_spam_ticket_ham_sends_its_acknowledgement(
+    tmp_path: Path, database_url: str
+) -> None:
+    config = config_file(tmp_path, database_url, "unsure_at = 0.0\nspam_at = 1.0")
+    cli(config, "ingest", "-", stdin=make_mail(message_id="maybe@customer.test"))
+    [ticket] = rows(database_url, Ticket)
+    assert ticket.possible_spam and rows(database_url, Outbox) == []
+    out = cli(config, "spam", "mark", "ham", "<maybe@customer.test>").output
+    assert "released" in out
+    [ticket] = rows(database_url, Ticket)
+    assert not ticket.possible_spam
+    [ack] = rows(database_url, Outbox)
+    assert ack.purpose == "ack" and ack.recipients == ["alice@customer.test"]
+
+
+def test_marking_a_ticket_spam_closes_it_and_a_correction_is_learned_again(
+    tmp_path: Path, database_url: str
+) -> None:
+    config = config_file(tmp_path, database_url, "enabled = true")
+    cli(config, "ingest", "-", stdin=make_mail(message_id="x@customer.test"))
+    out = cli(config, "spam", "mark", "spam", "x@customer.test").output
+    assert "closed as spam" in out and "learned 1" in out
+    [ticket] = rows(database_url, Ticket)
+    assert ticket.status == "closed"
+    out = cli(config, "spam", "mark", "ham", "x@customer.test").output
+    assert "learned 1" in out
+    [feedback] = rows(database_url, SpamFeedback)
+    assert feedback.label == "ham"
+    status = cli(config, "spam", "status", "--model", str(tmp_path / "data" / "spam-model.npz"))
+    assert "loaded" in status.output
