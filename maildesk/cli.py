@@ -209,7 +209,8 @@ def ingest(
                 summary.counts.update(worker.drain(batch_size=APPLY_BATCH).counts)
 
     try:
-        with _progress(count_messages(list(paths)), show) as tick:
+        total = count_messages(list(paths)) if show else None
+        with _progress(total, show) as tick:
             for item in read_ahead(iter_messages(list(paths)), INGEST_BATCH):
                 source = "stdin" if item.ref == "-" else "file"
                 batch.append((item.raw, Envelope(source=source, source_ref=item.ref)))

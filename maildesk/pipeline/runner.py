@@ -14,9 +14,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
+from sqlalchemy.orm.attributes import set_committed_value
 
 from maildesk.config import Settings
 from maildesk.db.database import Database, is_transient
@@ -107,6 +108,7 @@ class Worker:
                     select(Blob.sha256, Blob.data).where(Blob.sha256.in_(wanted))
                 ).all()
             }
+            taken: list[int] = []
             for row in rows:
                 if row.attempts >= self.settings.pipeline.max_attempts:
                     self._quarantine(
@@ -115,8 +117,15 @@ class Worker:
                         f"gave up after {row.attempts} attempts; last error: {row.last_error}",
                     )
                     continue
-                row.state, row.claimed_by, row.claimed_at = IntakeState.PROCESSING, self.node, now
-                row.attempts += 1
+                taken.append(row.id)
+                # Mirror the bulk UPDATE below on the loaded rows, without dirtying them.
+                for name, value in (
+                    ("state", IntakeState.PROCESSING),
+                    ("claimed_by", self.node),
+                    ("claimed_at", now),
+                    ("attempts", row.attempts + 1),
+                ):
+                    set_committed_value(row, name, value)
                 claimed.append(
                     MessageContext(
                         intake_id=row.id,
@@ -129,6 +138,19 @@ class Worker:
                         # `quarantine release` leaves the disposition set: process it whatever.
                         forced=row.disposition == Disposition.QUARANTINED,
                     )
+                )
+            if taken:
+                # One statement for the batch, not one UPDATE per row.
+                session.execute(
+                    update(Intake)
+                    .where(Intake.id.in_(taken))
+                    .values(
+                        state=IntakeState.PROCESSING,
+                        claimed_by=self.node,
+                        claimed_at=now,
+                        attempts=Intake.attempts + 1,
+                    )
+                    .execution_options(synchronize_session=False)
                 )
         return claimed
 
