@@ -30,7 +30,6 @@ from maildesk.db.models import (
     TicketStatus,
 )
 from maildesk.intake.files import SourceError, count_messages, iter_messages, read_ahead
-from maildesk.intake.store import Envelope
 from maildesk.logs import configure_logging
 from maildesk.views import (
     SCHEMA_VERSION,
@@ -188,48 +187,39 @@ def ingest(
     MTA pipe then retries), 66 when a path cannot be read.
     """
     app = build_app(ctx)
-    store = app.intake()
     show = progress if progress is not None else sys.stderr.isatty()
-    stored = 0
-    batch: list[tuple[bytes, Envelope]] = []
     worker = app.worker()
     if not no_process:
         worker.parse_pool.warm_up()
+    from maildesk.intake.bulk import BulkStorer
     from maildesk.pipeline.runner import Summary
 
     summary = Summary()
-
-    def flush() -> None:
-        nonlocal stored
-        if batch:
-            store.store_many(batch)
-            stored += len(batch)
-            batch.clear()
+    messages = read_ahead(iter_messages(list(paths)), INGEST_BATCH)
+    storer = BulkStorer(app.intake(), messages, INGEST_BATCH)
+    total = count_messages(list(paths)) if show else None
+    with _progress(total, show) as tick:
+        storer.start()
+        while True:
+            # Read "finished" before draining, so nothing stored after it is missed.
+            finished = storer.finished.is_set()
+            before = storer.stored if no_process else sum(summary.counts.values())
             if not no_process:
                 summary.counts.update(worker.drain(batch_size=APPLY_BATCH).counts)
-
-    try:
-        total = count_messages(list(paths)) if show else None
-        with _progress(total, show) as tick:
-            for item in read_ahead(iter_messages(list(paths)), INGEST_BATCH):
-                source = "stdin" if item.ref == "-" else "file"
-                batch.append((item.raw, Envelope(source=source, source_ref=item.ref)))
-                if len(batch) >= INGEST_BATCH:
-                    flush()
-                    tick(INGEST_BATCH)
-            remaining = len(batch)
-            flush()
-            tick(remaining)
-    except StorageUnavailable as exc:
-        _fail(f"{exc} ({stored} stored before the failure)", EX_TEMPFAIL)
-    except SourceError as exc:
-        if batch:
-            try:
-                flush()
-            except StorageUnavailable as store_exc:
-                _fail(str(store_exc), EX_TEMPFAIL)
-        _fail(f"{exc} ({stored} stored before it)", EX_NOINPUT)
+            after = storer.stored if no_process else sum(summary.counts.values())
+            tick(after - before)
+            if finished:
+                break
+            if after == before:
+                storer.wait_for_work(0.5)
     worker.close()
+    stored = storer.stored
+    if isinstance(storer.error, StorageUnavailable):
+        _fail(f"{storer.error} ({stored} stored before the failure)", EX_TEMPFAIL)
+    if isinstance(storer.error, SourceError):
+        _fail(f"{storer.error} ({stored} stored before it)", EX_NOINPUT)
+    if storer.error is not None:
+        raise storer.error
     result = {"stored": stored, **summary.as_dict()}
     if no_process:
         result["pending"] = stored
