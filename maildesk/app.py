@@ -17,6 +17,8 @@ from maildesk.outbound.sender import OutboxSender, build_transport
 from maildesk.outbound.templates import TemplateRenderer, default_templates_dir
 from maildesk.people import Directory
 from maildesk.pipeline.runner import Worker
+from maildesk.routing.router import Router
+from maildesk.routing.rules import RulesError
 
 
 def utc_now() -> datetime:
@@ -31,6 +33,7 @@ class App:
     clock: Callable[[], datetime]
     renderer: TemplateRenderer = field(init=False)
     directory: Directory = field(init=False)
+    router: Router = field(init=False)
 
     def __post_init__(self) -> None:
         self.reload()
@@ -39,13 +42,22 @@ class App:
     def build(cls, settings: Settings, clock: Callable[[], datetime] = utc_now) -> App:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.effective_database_url)
-        signer = Signer([resolve_installation_secret(settings)])
+        now = clock()
+        retired = [r.secret.encode() for r in settings.retired_secrets if r.until > now]
+        signer = Signer([resolve_installation_secret(settings), *retired])
         return cls(settings, db, signer, clock)
 
-    def reload(self) -> None:
-        """(Re)load what ops may edit while the daemon runs: templates."""
-        self.renderer = TemplateRenderer(default_templates_dir(self.settings.templates_dir))
+    def reload(self) -> RulesError | None:
+        """(Re)load what ops may edit while the daemon runs: templates and routing rules.
+
+        A broken rules file keeps the last good rules (the error is logged and returned).
+        """
+        templates = default_templates_dir(self.settings.templates_dir)
+        self.renderer = TemplateRenderer(templates)
         self.directory = Directory.from_settings(self.settings)
+        if not hasattr(self, "router"):
+            self.router = Router(self.settings, lambda: self.directory, templates)
+        return self.router.reload()
 
     @property
     def node_name(self) -> str:
@@ -63,7 +75,13 @@ class App:
 
     def worker(self) -> Worker:
         return Worker(
-            self.db, self.settings, self.signer, self.clock, self.node_name, notices=self.notices()
+            self.db,
+            self.settings,
+            self.signer,
+            self.clock,
+            self.node_name,
+            notices=self.notices(),
+            router=self.router,
         )
 
     def sender(self) -> OutboxSender:

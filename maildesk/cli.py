@@ -61,6 +61,7 @@ class LazyGroup(click.Group):
         "spam": "maildesk.spam.cli:spam",
         "categorize": "maildesk.routing.categorize_cli:categorize",
         "report": "maildesk.reports.cli:report",
+        "rules": "maildesk.routing.rules_cli:rules",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -15,7 +15,7 @@ import os
 import secrets
 import tomllib
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -121,6 +121,31 @@ class SpamSettings(_Section):
     spam_at: float | None = Field(default=None, ge=0, le=1)
     allow_addresses: tuple[str, ...] = ()  # never filtered
     allow_domains: tuple[str, ...] = ()  # never filtered (subdomains too)
+    # Feedback is learned (and the live model saved) this often, and on shutdown.
+    learn_interval_seconds: float = Field(default=60.0, gt=0)
+    retention_days: float = Field(default=30.0, ge=0)  # spam quarantine expiry; 0: keep
+    digest_to: str | None = None  # daily list of quarantined spam to this address
+    digest_at: str = Field(default="07:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
+    digest_timezone: str = "UTC"
+
+    @field_validator("digest_timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r} (use an IANA name)") from exc
+        return value
+
+    @field_validator("digest_to")
+    @classmethod
+    def _address(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        value = value.strip()
+        if value.count("@") != 1 or any(ch in value for ch in ' \t\r\n<>,;"'):
+            raise ValueError(f"{value!r} is not a plain mail address")
+        return value
 
     @model_validator(mode="after")
     def _ordered(self) -> SpamSettings:
@@ -150,6 +175,13 @@ class ImapPostAction(enum.StrEnum):
     NONE = "none"
 
 
+class OversizeNotice(enum.StrEnum):
+    """Whom to tell when an IMAP message is over ``max_message_bytes`` (never to automated mail)."""
+
+    NONE = "none"  # quarantine only
+    SENDER = "sender"  # the From address, once, rate-limited like every notice
+
+
 class ImapMailboxSettings(_Section):
     """One IMAP mailbox maildesk reads; each folder gets its own poller."""
 
@@ -158,6 +190,7 @@ class ImapMailboxSettings(_Section):
     port: int | None = Field(default=None, ge=1, le=65535)  # default: 993 (tls), else 143
     security: ImapSecurity = ImapSecurity.TLS
     verify_tls: bool = True
+    ca_file: Path | None = None  # CA bundle to verify the server with; default: the system's
     user: str = Field(min_length=1)
     password: str = ""
     password_file: Path | None = None
@@ -168,6 +201,7 @@ class ImapMailboxSettings(_Section):
     idle: bool = True
     poll_interval_seconds: float = Field(default=60.0, gt=0)
     max_message_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    oversize_notice: OversizeNotice = OversizeNotice.NONE
     lease_seconds: float = Field(default=60.0, ge=5)
     timeout_seconds: float = Field(default=60.0, gt=0)
 
@@ -191,6 +225,21 @@ class ImapMailboxSettings(_Section):
         return 993 if self.security is ImapSecurity.TLS else 143
 
 
+class RoutingSettings(_Section):
+    """The route stage (issue 7): rules folder, learned models, group and fallback choice."""
+
+    enabled: bool = True
+    rules_dir: Path | None = None  # default: ./rules
+    business_calendar: str | None = None  # a [calendars.<name>]; default Mon-Fri 09-17 UTC
+    category_model: Path | None = None  # default <data_dir>/category-model.npz (if present)
+    queue_model: Path | None = None  # optional learned queue model; default: none
+    min_confidence: float = Field(default=0.6, ge=0, le=1)
+    learn_corrections: bool = True  # agents' #category / queue moves train the models
+    default_group: str | None = None  # group of a new ticket no rule gave one
+    queue_groups: dict[str, str] = Field(default_factory=dict)  # queue -> group
+    default_responsible: dict[str, str] = Field(default_factory=dict)  # queue -> agent
+
+
 class AddressSettings(_Section):
     """Defaults for tickets that arrive at one support address (its queue)."""
 
@@ -211,6 +260,46 @@ class NotificationPreferences(_Section):
     new_ticket: bool = True  # a new ticket assigned to them or their group
     customer_reply: bool = True  # a customer wrote on a ticket they own or watch
     assignment: bool = True  # a ticket was assigned to or taken from them
+
+
+class AgentMailSettings(_Section):
+    """How agents work by mail (issue 5): what proves a mail is an agent's, notes, ratings."""
+
+    # Authentication-Results from our own receiving MTA that must show a pass
+    # for the agent's domain; only headers whose authserv-id is listed count.
+    require_dmarc: bool = False
+    require_dkim: bool = False
+    require_spf: bool = False
+    trusted_authserv_ids: tuple[str, ...] = ()
+    dkim_verify_fallback: bool = False  # verify DKIM in-process (dkimpy) when no trusted header
+    internal_addresses: tuple[str, ...] = ()  # mail to these is an internal note
+    reply_to_cc: bool = True  # customer-side Cc participants receive agent replies
+    rating_scores: int = Field(default=5, ge=2, le=10)  # rating addresses 1..N in resolved mail
+    confirm_hours: float = Field(default=72.0, gt=0)  # "reply to apply" requests expire
+
+    @field_validator("internal_addresses")
+    @classmethod
+    def _plain_internal(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_plain_address(a) for a in value)
+
+    @field_validator("trusted_authserv_ids")
+    @classmethod
+    def _lower_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v.strip().lower() for v in value if v.strip())
+
+
+class RetiredSecretSettings(_Section):
+    """A previous installation secret, still accepted (never used to sign) until ``until``."""
+
+    secret: str = Field(min_length=8)
+    until: datetime
+
+    @field_validator("until")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2026-06-01T00:00:00Z")
+        return value
 
 
 class AbsenceSettings(_Section):
@@ -261,6 +350,11 @@ class GroupSettings(_Section):
     lead: str | None = None  # an agent name: receives escalations for the group
     tier: int = Field(default=1, ge=1, le=9)
     escalates_to: str | None = None
+    # Assignment (issue 7): how a new ticket for this group picks an agent.
+    strategy: str = Field(default="round_robin", pattern=r"^(round_robin|least_open|skill|none)$")
+    max_open: int | None = Field(default=None, ge=1)  # per-agent cap unless the agent sets one
+    default_responsible: str | None = None  # an agent: gets the ticket when nobody qualifies
+    sticky: bool = False  # a customer's new ticket goes to the agent of their last one
 
 
 class OrganisationSettings(_Section):
@@ -313,10 +407,31 @@ def _check_people(
     for group in groups:
         if group.lead is not None and group.lead not in agent_names:
             raise ValueError(f"group {group.name!r} has unknown lead {group.lead!r}")
+        fallback = group.default_responsible
+        if fallback is not None and fallback not in agent_names:
+            raise ValueError(f"group {group.name!r} has unknown default_responsible {fallback!r}")
         if group.escalates_to is not None and group.escalates_to not in group_names:
             raise ValueError(
                 f"group {group.name!r} escalates to unknown group {group.escalates_to!r}"
             )
+
+
+def _check_routing(settings: Settings) -> None:
+    """Groups, agents and the calendar the routing section names exist."""
+    routing = settings.routing
+    groups = {g.name for g in settings.groups}
+    agents = {a.name for a in settings.agents}
+    if routing.default_group is not None and routing.default_group not in groups:
+        raise ValueError(f"routing.default_group: unknown group {routing.default_group!r}")
+    for queue, group in routing.queue_groups.items():
+        if group not in groups:
+            raise ValueError(f"routing.queue_groups.{queue}: unknown group {group!r}")
+    for queue, agent in routing.default_responsible.items():
+        if agent not in agents:
+            raise ValueError(f"routing.default_responsible.{queue}: unknown agent {agent!r}")
+    calendar = routing.business_calendar
+    if calendar is not None and calendar not in settings.calendars:
+        raise ValueError(f"routing.business_calendar: unknown calendar {calendar!r}")
 
 
 def _unique(what: str, names: list[str]) -> set[str]:
@@ -338,6 +453,7 @@ class Settings(_Section):
     installation_secret: str = ""
     installation_secret_file: Path | None = None
     installation_secret_env: str | None = None
+    retired_secrets: tuple[RetiredSecretSettings, ...] = ()  # rotation grace
     node_name: str = ""
     templates_dir: Path | None = None  # default: ./templates, else the shipped ones
     threading: ThreadingSettings = ThreadingSettings()
@@ -353,11 +469,18 @@ class Settings(_Section):
     organisations: tuple[OrganisationSettings, ...] = ()  # [[organisations]] tables
     calendars: dict[str, CalendarConfig] = Field(default_factory=dict)  # [calendars.<name>]
     sla: SlaSettings = SlaSettings()
+    routing: RoutingSettings = RoutingSettings()
+    agent_mail: AgentMailSettings = AgentMailSettings()
     source: str = "<defaults>"
 
     @model_validator(mode="after")
     def _people_consistent(self) -> Settings:
         _check_people(self.agents, self.groups, self.organisations)
+        return self
+
+    @model_validator(mode="after")
+    def _routing_consistent(self) -> Settings:
+        _check_routing(self)
         return self
 
     @model_validator(mode="after")

@@ -23,8 +23,10 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from maildesk.app import App
 from maildesk.intake.imap import ImapIntake
+from maildesk.intake.oversize import add_oversize_notices
 from maildesk.intake.smtp import IntakeHandler, build_controller
 from maildesk.sla.jobs import add_sla_jobs
+from maildesk.spam import jobs as spam_jobs
 from maildesk.spam.jobs import add_spam_learning
 
 log = logging.getLogger("maildesk.service")
@@ -70,8 +72,8 @@ class Daemon:
         self.wakeup.set()
 
     def reload(self, _signum: int, _frame: FrameType | None) -> None:
-        self.app.reload()
-        log.info("SIGHUP: templates reloaded")
+        error = self.app.reload()  # a broken rules file keeps the last good rules
+        log.info("SIGHUP: templates reloaded; rules %s", "kept (error)" if error else "reloaded")
 
     def start_listeners(self) -> None:
         for listener in self.app.settings.listeners:
@@ -113,6 +115,7 @@ class Daemon:
         )
         add_sla_jobs(scheduler, self.app)
         add_spam_learning(scheduler, self.app)
+        add_oversize_notices(scheduler, self.app)
         scheduler.start()
         self.scheduler = scheduler
 
@@ -154,5 +157,6 @@ class Daemon:
                 log.warning("stopping listener: %s", exc)
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
+        spam_jobs.on_shutdown(self.app)  # learn pending feedback, save the live model
         self.app.db.dispose()
         log.info("maildesk stopped")

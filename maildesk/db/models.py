@@ -216,6 +216,32 @@ class Watcher(Base):
     __table_args__ = (UniqueConstraint("ticket_id", "agent", name="uq_watcher"),)
 
 
+class Rating(Base):
+    """A customer's rating of a resolved ticket, sent to a signed rating address (issue 5)."""
+
+    __tablename__ = "ratings"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    score: Mapped[int]
+    contact: Mapped[str] = mapped_column(String(320), default="")
+    message_pk: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
+    created_at: Mapped[datetime]
+
+
+class HeldAgentMail(Base):
+    """Commands from an agent's new (non-reply) mail, waiting for a signed "reply to apply"."""
+
+    __tablename__ = "held_agent_mail"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
+    agent: Mapped[str] = mapped_column(String(120))
+    intake_id: Mapped[int | None] = mapped_column(ForeignKey("intake.id"))
+    commands: Mapped[list[str]] = mapped_column(default=list)
+    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, applied, expired
+    created_at: Mapped[datetime]
+    decided_at: Mapped[datetime | None]
+
+
 class Message(Base):
     __tablename__ = "messages"
     id: Mapped[int] = mapped_column(primary_key=True)
@@ -361,6 +387,16 @@ class SpamFeedback(Base):
     actor: Mapped[str] = mapped_column(String(320), default="")
     created_at: Mapped[datetime]
     learned_at: Mapped[datetime | None]
+
+
+class RoutingState(Base):
+    """Per group: the agent who got the last round-robin ticket (issue 7)."""
+
+    __tablename__ = "routing_state"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    group_name: Mapped[str] = mapped_column(String(120), unique=True)
+    last_agent: Mapped[str | None] = mapped_column(String(120))
+    updated_at: Mapped[datetime]
 
 
 class ImapFolderState(Base):

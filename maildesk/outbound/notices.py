@@ -115,9 +115,18 @@ class Notices:
         )
 
     def acknowledge(
-        self, session: Session, ticket: Ticket, message: Message, answerable: bool, why: str
+        self,
+        session: Session,
+        ticket: Ticket,
+        message: Message,
+        answerable: bool,
+        why: str,
+        template: str | None = None,
     ) -> None:
-        """Queue the acknowledgement of a new ticket, or record why not."""
+        """Queue the acknowledgement of a new ticket, or record why not.
+
+        ``template`` (chosen by a routing rule) replaces ``ack`` when it exists.
+        """
         if not self.settings.acknowledgements.enabled:
             return self._event(session, ticket, "ack_skipped", "acknowledgements are disabled")
         if not answerable:
@@ -133,6 +142,7 @@ class Notices:
             quote=message.text_body,
             answers=message,
             auto_submitted="auto-replied",
+            template=template if template and self.renderer.exists(template, "customer") else None,
         )
         return None
 
@@ -170,15 +180,19 @@ class Notices:
         quote: str,
         answers: Message | None,
         auto_submitted: str,
+        template: str | None = None,
     ) -> None:
-        """Render ``purpose``.customer and queue it, or record why it was not sent."""
+        """Render ``purpose``.customer (or ``template``) and queue it, or record why not."""
+        if ticket.possible_spam:  # the spam filter was unsure: no mail until released as ham
+            reason = "possible spam: no automatic mail until released"
+            return self._event(session, ticket, f"{purpose}_skipped", reason)
         blocked = self.blocked_reason(session, customer.email, purpose)
         if blocked:
             return self._event(session, ticket, f"{purpose}_skipped", blocked)
         support = self.support_address_for(ticket)
         defaults = self.settings.address_defaults(support)
         rendered = self.renderer.render(
-            purpose,
+            template or purpose,
             "customer",
             self.variables(ticket, customer, quote),
             queue=ticket.queue,

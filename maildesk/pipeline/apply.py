@@ -41,6 +41,7 @@ from maildesk.intake.store import put_blob
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind
 from maildesk.pipeline.lookahead import Lookahead
+from maildesk.routing.apply_route import apply_route
 from maildesk.tickets import merge_tickets
 
 MAX_ID = 998
@@ -257,6 +258,20 @@ class Applier:
                 ticket=ticket,
             )
 
+        if ctx.route is not None:  # issue 7: rules, learned fields, assignment
+            apply_route(
+                session,
+                ticket,
+                ctx.route,
+                settings=self.settings,
+                now=self.now,
+                record=lambda kind, reason, data: self.event(
+                    session, kind, reason, intake=intake, ticket=ticket, data=data
+                ),
+                created=created,
+                reopened=decision.reopen,
+                automated=automated,
+            )
         if verdict.kind is AutoKind.BOUNCE:
             self._suppress(session, ctx, intake, ticket, message)
         if created and self.notices is not None:
@@ -266,9 +281,12 @@ class Applier:
                 why, answerable = f"written {at:%Y-%m-%d %H:%M} UTC, older than {max_age}", False
             elif ctx.possible_spam:
                 why, answerable = "possible spam: not acknowledged until released", False
+            elif ctx.route is not None and ctx.route.result.ack_suppressed_by:
+                why, answerable = f"suppressed by rule {ctx.route.result.ack_suppressed_by}", False
             else:
                 answerable = verdict.answerable
-            self.notices.acknowledge(session, ticket, message, answerable, why)
+            template = ctx.route.result.ack_template if ctx.route is not None else None
+            self.notices.acknowledge(session, ticket, message, answerable, why, template)
 
         ticket.updated_at = max(ticket.updated_at, at)
         if not automated:

@@ -90,6 +90,7 @@ class MessageContext:
     own_id_was_referenced: bool = False  # our Message-ID was known from another's References
     spam: SpamScore | None = None  # set beside parsing when the filter is on
     possible_spam: bool = False  # the spam stage's "unsure": flag the ticket, no acknowledgement
+    route: Any = None  # the route stage's RouteDecision (maildesk.routing.router)
     # Tickets the stages loaded, kept alive for apply: the session's identity
     # map holds only weak references, so without this each lookup re-selects.
     tickets: dict[int, Any] = field(default_factory=dict)

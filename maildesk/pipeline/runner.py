@@ -29,6 +29,7 @@ from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKin
 from maildesk.pipeline.lookahead import Lookahead
 from maildesk.pipeline.parsepool import Parsed, ParsePool
 from maildesk.pipeline.stages import DB_STAGES, StageDeps, copy_of_quarantined
+from maildesk.routing.router import Router
 from maildesk.spam.scoring import ScorerSpec
 
 log = logging.getLogger("maildesk.pipeline")
@@ -74,13 +75,14 @@ class Worker:
         clock: Callable[[], datetime],
         node_name: str,
         notices: Notices | None = None,
+        router: Router | None = None,
     ) -> None:
         self.db = db
         self.notices = notices
         self.settings = settings
         self.clock = clock
         self.node = node_name
-        self.deps = StageDeps(settings, signer, clock)
+        self.deps = StageDeps(settings, signer, clock, router)
         self.parse_pool = ParsePool(settings.pipeline, ScorerSpec.from_settings(settings))
 
     # -- claiming ---------------------------------------------------------

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
+from maildesk.domain.address import base_address
 from maildesk.pipeline.context import MessageContext, Stop, StopKind
 from maildesk.spam.bands import Band
 
@@ -41,7 +42,12 @@ def spam_stage(ctx: MessageContext, _session: Session, deps: StageDeps) -> Stop 
     score = ctx.spam
     if score is None or not deps.settings.spam.enabled:
         return None
-    facts = {"probability": round(score.probability, 6), "band": str(score.band)}
+    facts = {
+        "probability": round(score.probability, 6),
+        "band": str(score.band),
+        "model": score.model.split(" ", 1)[0],
+        "model_version": score.version,
+    }
     summary = f"p={score.probability:.3f} ({score.band}) by the {score.model} model"
     if ctx.forced:
         ctx.note("spam", f"{summary}; not filtered: released from quarantine by ops", **facts)
@@ -56,6 +62,7 @@ def spam_stage(ctx: MessageContext, _session: Session, deps: StageDeps) -> Stop 
         ctx.note("spam", f"{summary}; not filtered: {exempt}", **facts)
         return None
     if score.band is Band.SPAM:
+        ctx.note("spam", f"{summary}: quarantined as spam, no mail of any kind", **facts)
         return Stop(StopKind.QUARANTINE, f"spam: {summary}")
     if score.band is Band.UNSURE:
         ctx.possible_spam = True
@@ -70,9 +77,10 @@ def exemption(settings: Settings, sender: str) -> str | None:
     address = sender.lower()
     if not address:
         return None
-    if any(address in agent.addresses for agent in settings.agents):
+    own = base_address(address)
+    if any(own == base_address(a) for agent in settings.agents for a in agent.addresses):
         return f"{address} is an agent's address"
-    if address in settings.spam.allow_addresses:
+    if address in settings.spam.allow_addresses or own in settings.spam.allow_addresses:
         return f"{address} is on spam.allow_addresses"
     domain = address.rpartition("@")[2]
     for allowed in settings.spam.allow_domains:

@@ -26,6 +26,7 @@ from maildesk.pipeline.context import MessageContext, Stop, StopKind, ThreadDeci
 from maildesk.pipeline.lookahead import Lookahead
 from maildesk.pipeline.parse import ParseError, parse_message
 from maildesk.pipeline.spam import spam_stage
+from maildesk.routing.router import Router, route_stage
 
 MAX_KEY = 998
 LOOP_HEADER = "X-Maildesk-Loop"
@@ -36,6 +37,7 @@ class StageDeps:
     settings: Settings
     signer: Signer
     clock: Callable[[], datetime]
+    router: Router | None = None  # rules and models for the route stage (issue 7)
 
 
 Stage = Callable[[MessageContext, Session, StageDeps], Stop | None]
@@ -425,4 +427,5 @@ DB_STAGES: tuple[tuple[str, Stage], ...] = (
     ("thread", thread_stage),
     # After thread, not before: mail that joins an existing ticket is exempt.
     ("spam", spam_stage),
+    ("route", route_stage),
 )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import click
@@ -107,17 +108,50 @@ def mark(ctx: click.Context, label: str, message_id: str) -> None:
 
 
 @spam.command("status")
-@click.option("--model", "model_path", type=click.Path(path_type=Path), default=DEFAULT_MODEL)
-def status(model_path: Path) -> None:
-    """Show which model is in use and what it has learned."""
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A model file to inspect instead of the installation's live model.",
+)
+@click.pass_context
+def status(ctx: click.Context, model_path: Path | None) -> None:
+    """Show which model is in use, its version, what it has learned and when it was saved."""
+    from maildesk.spam.scoring import SEED_MODEL, ScorerSpec
+
+    seed_path, pending = SEED_PATH, None
+    if model_path is None:
+        from maildesk.cli import build_app
+        from maildesk.spam.feedback import feedback_counts
+
+        app = build_app(ctx)
+        spec = ScorerSpec.from_settings(app.settings)
+        if spec is None:
+            click.echo("spam filter: off (spam.enabled = false)")
+            return
+        model_path, seed_path = spec.live_path, spec.seed_path or SEED_MODEL
+        with app.db.transaction() as session:
+            pending = feedback_counts(session)
     try:
-        model, note = SpamFilter.load_or_seed(model_path, SEED_PATH)
+        model, note = SpamFilter.load_or_seed(model_path, seed_path)
     except ModelLoadError as exc:
         raise click.ClickException(f"no usable model: {exc}") from exc
     click.echo(note)
     meta = model.metadata()
+    live = "falling back" not in note
+    click.echo(f"model: {'live ' + str(model_path) if live else 'seed ' + str(seed_path)}")
+    click.echo(f"version: {meta['seen']}")
+    click.echo(f"trained: {meta['trained_spam']} spam, {meta['trained_ham']} ham")
     for key in ("trained_spam", "trained_ham", "seen", "updated_at", "thresholds"):
         click.echo(f"{key}: {meta[key]}")
+    if live:
+        saved = datetime.fromtimestamp(model_path.stat().st_mtime, UTC)
+        click.echo(f"last saved: {saved.isoformat(timespec='seconds')}")
+    else:
+        click.echo("last saved: never (no live model yet)")
+    if pending is not None:
+        click.echo("feedback: " + ", ".join(f"{count} {what}" for what, count in pending.items()))
 
 
 @spam.command("eval")

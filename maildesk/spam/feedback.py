@@ -12,11 +12,15 @@ in the intake path.
 from __future__ import annotations
 
 import enum
+import fcntl
 import logging
-from collections.abc import Callable
-from datetime import datetime
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from maildesk.db.database import Database
@@ -34,74 +38,179 @@ class SpamLabel(enum.StrEnum):
     HAM = "ham"
 
 
+class FeedbackError(ValueError):
+    """The feedback names no stored message."""
+
+
 def record_feedback(
     session: Session,
     *,
-    raw_sha256: str,
-    label: SpamLabel,
+    intake_id: int | None = None,
+    message_pk: int | None = None,
+    raw_sha256: str | None = None,
+    label: SpamLabel | str,
     source: str,
     actor: str,
-    now: datetime,
+    now: datetime | None = None,
 ) -> bool:
-    """Record that these bytes are ``label``; True when that is news to the model.
+    """Record that a stored message is ``label``; True when that is news to the model.
 
-    The same label twice is one lesson; a different label replaces the old one
-    and is learned again (a correction).
+    The message is named by its intake row, its ``messages`` row or its raw
+    bytes' hash (one of them). The ledger is keyed by the raw bytes, so two
+    copies of one message are one lesson; the same label twice is one lesson;
+    a different label replaces the old one and is learned again (a
+    correction). Only the ledger is written, in the caller's transaction:
+    learning happens later (:func:`learn_pending`), never in the caller's path.
+    ``source`` says where it came from (cli, quarantine_release, agent,
+    imap_junk), ``actor`` who. Raises :class:`FeedbackError` if nothing matches.
     """
-    row = session.scalars(select(SpamFeedback).where(SpamFeedback.raw_sha256 == raw_sha256)).first()
+    label = SpamLabel(label)
+    digest = raw_sha256 or _raw_of(session, intake_id, message_pk)
+    when = now or datetime.now(UTC)
+    row = session.scalars(select(SpamFeedback).where(SpamFeedback.raw_sha256 == digest)).first()
     if row is None:
         session.add(
             SpamFeedback(
-                raw_sha256=raw_sha256,
+                raw_sha256=digest,
                 label=label.value,
                 source=source[:40],
                 actor=actor[:320],
-                created_at=now,
+                created_at=when,
             )
         )
+        log.info("spam feedback: %s is %s (%s by %s)", digest[:12], label, source, actor)
         return True
     if row.label == label.value:
         return False
     row.label, row.source, row.actor = label.value, source[:40], actor[:320]
-    row.created_at, row.learned_at = now, None
+    row.created_at, row.learned_at = when, None
+    log.info("spam feedback: %s corrected to %s (%s by %s)", digest[:12], label, source, actor)
     return True
 
 
+def _raw_of(session: Session, intake_id: int | None, message_pk: int | None) -> str:
+    if intake_id is not None:
+        intake = session.get(Intake, intake_id)
+        if intake is not None:
+            return intake.raw_sha256
+        raise FeedbackError(f"no stored message with intake id {intake_id}")
+    if message_pk is not None:
+        message = session.get(Message, message_pk)
+        if message is not None and message.raw_sha256:
+            return message.raw_sha256
+        found = session.scalars(
+            select(Intake.raw_sha256).where(Intake.message_pk == message_pk).limit(1)
+        ).first()
+        if found:
+            return found
+        raise FeedbackError(f"no stored raw message for message {message_pk}")
+    raise FeedbackError("record_feedback needs intake_id, message_pk or raw_sha256")
+
+
+@dataclass(frozen=True, slots=True)
+class _Lesson:
+    id: int
+    raw_sha256: str
+    is_spam: bool
+    created_at: datetime
+    raw: bytes
+
+
 def learn_pending(db: Database, spec: ScorerSpec, clock: Callable[[], datetime]) -> int:
-    """Train the live model on feedback not learned yet; returns how many were learned."""
+    """Train the live model on feedback not learned yet; returns how many were learned.
+
+    Three steps, so no database lock is held while the model learns and saves
+    (a SQLite write lock would stall intake): read what is pending, learn and
+    save the model, then mark the rows learned unless they were relabelled in
+    between. A file lock beside the model keeps two learners (the daemon and a
+    ``spam mark`` command) from overwriting each other's lessons.
+    """
     from maildesk.spam.model import SpamFilter  # sklearn: imported only to learn
 
-    learned = 0
+    with _model_lock(spec.live_path):
+        lessons = _pending(db)
+        if not lessons:
+            return 0
+        model, note = SpamFilter.load_or_seed(spec.live_path, spec.seed_path)
+        (log.warning if "falling back" in note and spec.live_path.exists() else log.info)(
+            "%s", note
+        )
+        learned = 0
+        for lesson in lessons:
+            try:
+                msg = parse_message(lesson.raw)
+            except ParseError as exc:
+                log.warning("spam feedback %s not learned: %s", lesson.raw_sha256[:12], exc)
+                continue
+            model.learn(msg, lesson.is_spam)
+            learned += 1
+        # Saved before the rows are marked: if saving fails they stay pending and
+        # are learned again next time rather than marked learned and lost.
+        model.save(spec.live_path)
+        now = clock()
+        with db.transaction() as session:
+            for lesson in lessons:
+                session.execute(
+                    update(SpamFeedback)
+                    .where(
+                        SpamFeedback.id == lesson.id,
+                        SpamFeedback.created_at == lesson.created_at,
+                        SpamFeedback.learned_at.is_(None),
+                    )
+                    .values(learned_at=now)
+                )
+    log.info(
+        "spam model: learned %d message(s); saved %s (version %d)",
+        learned,
+        spec.live_path,
+        model.seen,
+    )
+    return learned
+
+
+def _pending(db: Database) -> list[_Lesson]:
     with db.transaction() as session:
-        stmt = (
-            select(SpamFeedback)
+        rows = session.execute(
+            select(
+                SpamFeedback.id,
+                SpamFeedback.raw_sha256,
+                SpamFeedback.label,
+                SpamFeedback.created_at,
+                Blob.data,
+            )
+            .join(Blob, Blob.sha256 == SpamFeedback.raw_sha256)
             .where(SpamFeedback.learned_at.is_(None))
             .order_by(SpamFeedback.id)
             .limit(LEARN_BATCH)
+        ).all()
+    return [
+        _Lesson(id_, digest, label == SpamLabel.SPAM, created, bytes(data))
+        for id_, digest, label, created, data in rows
+    ]
+
+
+@contextmanager
+def _model_lock(live_path: Path) -> Iterator[None]:
+    live_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(live_path.with_name(live_path.name + ".lock"), "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
+
+
+def feedback_counts(session: Session) -> dict[str, int]:
+    """The ledger at a glance: learned spam/ham, and what is still pending."""
+    rows = session.execute(
+        select(SpamFeedback.label, SpamFeedback.learned_at.is_(None), func.count()).group_by(
+            SpamFeedback.label, SpamFeedback.learned_at.is_(None)
         )
-        if not db.is_sqlite:
-            stmt = stmt.with_for_update(skip_locked=True)
-        rows = list(session.scalars(stmt))
-        if not rows:
-            return 0
-        model, note = SpamFilter.load_or_seed(spec.live_path, spec.seed_path)
-        log.info("%s", note)
-        now = clock()
-        for row in rows:
-            blob = session.get(Blob, row.raw_sha256)
-            try:
-                msg = parse_message(bytes(blob.data) if blob else b"")
-            except ParseError as exc:
-                log.warning("spam feedback %s not learned: %s", row.raw_sha256[:12], exc)
-            else:
-                model.learn(msg, row.label == SpamLabel.SPAM)
-                learned += 1
-            row.learned_at = now
-        # Saved before the commit: if saving fails, the rows stay pending and are
-        # learned again next time rather than marked learned and lost.
-        model.save(spec.live_path)
-    log.info("spam model: learned %d message(s); saved %s", learned, spec.live_path)
-    return learned
+    ).all()
+    counts = {"spam learned": 0, "ham learned": 0, "pending": 0}
+    for label, pending, count in rows:
+        counts["pending" if pending else f"{label} learned"] += int(count)
+    return counts
 
 
 def settle_ticket(

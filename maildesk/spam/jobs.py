@@ -1,31 +1,95 @@
-"""The daemon learns spam feedback in the background, never in the intake path."""
+"""The spam filter's background work in the daemon, never in the intake path.
+
+* learn pending feedback and save the live model (every ``learn_interval_seconds``,
+  and once more on shutdown, so nothing recorded is left unlearned);
+* the daily digest of quarantined spam (when ``digest_to`` is set);
+* expiry of spam held longer than ``retention_days`` (hourly).
+"""
 
 from __future__ import annotations
 
+import logging
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.base import BaseScheduler
+from apscheduler.triggers.cron import CronTrigger
 
 from maildesk.spam.feedback import learn_pending
+from maildesk.spam.quarantine import expire_spam, queue_digest
 from maildesk.spam.scoring import ScorerSpec
 
 if TYPE_CHECKING:
     from maildesk.app import App
 
-LEARN_INTERVAL_SECONDS = 60.0
+log = logging.getLogger("maildesk.spam")
+EXPIRE_INTERVAL_SECONDS = 3600.0
+
+
+def learn_now(app: App) -> int:
+    """Learn what feedback is pending; errors are logged, never raised into the scheduler."""
+    spec = ScorerSpec.from_settings(app.settings)
+    if spec is None:
+        return 0
+    try:
+        return learn_pending(app.db, spec, app.clock)
+    except Exception:
+        log.exception("spam feedback not learned this time (it stays pending)")
+        return 0
+
+
+def send_digest(app: App) -> bool:
+    """Queue today's spam digest (the outbox sender sends it); True if one was queued."""
+    with app.db.transaction() as session:
+        row = queue_digest(session, app.settings, app.signer, app.renderer, app.clock())
+    return row is not None
+
+
+def expire(app: App) -> int:
+    with app.db.transaction() as session:
+        return expire_spam(session, app.clock(), app.settings.spam.retention_days)
 
 
 def add_spam_learning(scheduler: BaseScheduler, app: App) -> None:
-    """Learn pending feedback every minute (and save the live model when there was any)."""
-    spec = ScorerSpec.from_settings(app.settings)
-    if spec is None:
+    """Schedule the spam filter's jobs (none when the filter is off)."""
+    spam = app.settings.spam
+    if not spam.enabled:
         return
+    common = {"max_instances": 1, "coalesce": True}
     scheduler.add_job(
-        learn_pending,
+        learn_now,
         "interval",
-        args=(app.db, spec, app.clock),
-        seconds=LEARN_INTERVAL_SECONDS,
+        args=(app,),
+        seconds=spam.learn_interval_seconds,
         id="spam-learn",
-        max_instances=1,
-        coalesce=True,
+        **common,
     )
+    if spam.digest_to:
+        hour, minute = (int(part) for part in spam.digest_at.split(":"))
+        trigger = CronTrigger(hour=hour, minute=minute, timezone=spam.digest_timezone)
+        scheduler.add_job(
+            send_digest,
+            trigger,
+            args=(app,),
+            id="spam-digest",
+            misfire_grace_time=6 * 3600,
+            **common,
+        )
+    if spam.retention_days:
+        scheduler.add_job(
+            expire,
+            "interval",
+            args=(app,),
+            seconds=EXPIRE_INTERVAL_SECONDS,
+            id="spam-expire",
+            next_run_time=datetime.now(UTC) + timedelta(seconds=30),
+            **common,
+        )
+
+
+def on_shutdown(app: App) -> None:
+    """Learn what is still pending, so a restart loses nothing that was said."""
+    if app.settings.spam.enabled:
+        learned = learn_now(app)
+        if learned:
+            log.info("spam model saved on shutdown (%d message(s) learned)", learned)

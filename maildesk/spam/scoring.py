@@ -57,6 +57,7 @@ class SpamScore:
     probability: float
     band: Band
     model: str  # which model scored it: "live" or "seed", with what it had learned
+    version: int = 0  # the model's version: how many messages it has learned in all
 
 
 class SpamScorer:
@@ -73,7 +74,7 @@ class SpamScorer:
             return None
         verdict = model.score(msg)
         band = self._thresholds(model).band(verdict.probability)
-        return SpamScore(verdict.probability, band, self._label)
+        return SpamScore(verdict.probability, band, self._label, model.seen)
 
     def load(self) -> None:
         """Load the model now rather than on the first message."""
@@ -102,7 +103,9 @@ class SpamScorer:
         (log.warning if fell_back and stamp is not None else log.info)("%s", note)
         source = "seed" if fell_back or stamp is None else "live"
         self._model, self._stamp = model, stamp
-        self._label = f"{source} ({model.trained_spam} spam / {model.trained_ham} ham learned)"
+        self._label = (
+            f"{source} v{model.seen} ({model.trained_spam} spam / {model.trained_ham} ham learned)"
+        )
         return model
 
 

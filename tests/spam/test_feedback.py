@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
@@ -33,10 +34,10 @@ def cli(config: Path, *args: str, stdin: bytes | None = None) -> Result:
     return result
 
 
-def rows(database_url: str, model: type) -> list:  # type: ignore[type-arg]
+def rows(database_url: str, model: type[Any]) -> list[Any]:
     engine = create_engine(database_url)
     with Session(engine) as session:
-        found = list(session.scalars(select(model)))
+        found: list[Any] = list(session.scalars(select(model)))
     engine.dispose()
     return found
 

@@ -9,11 +9,11 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.app import App
-from maildesk.db.models import Event, Intake, IntakeState, Outbox, Ticket
-from maildesk.outbound.sender import MaildirTransport, OutboxSender
+from maildesk.db.models import Event, Intake, IntakeState, Outbox, Ticket, TicketStatus
 from maildesk.pipeline.parse import parse_message
 from maildesk.spam.bands import Band
 from maildesk.spam.scoring import SEED_MODEL, ScorerSpec, SpamScorer
+from maildesk.tickets import change_status
 from tests.conftest import FrozenClock, make_settings
 from tests.mailfactory import deliver, make_mail, reply_to
 
@@ -51,12 +51,14 @@ def test_spam_is_quarantined_and_produces_no_mail_of_any_kind(
         assert (intake.quarantine_reason or "").startswith("spam: p=")
         assert session.scalars(select(Ticket)).all() == []
     assert outbox_rows(app) == []
-    # Nothing reaches the wire either: drain the outbox into a Maildir.
-    maildir = tmp_path / "sent"
-    OutboxSender(
-        app.db, MaildirTransport(maildir), app.settings.outbound, app.clock, "node"
-    ).drain()
-    assert not maildir.exists() or not any(maildir.rglob("*.*"))
+    # Nothing reaches the wire either: drain the outbox into the app's outbox Maildir.
+    app.sender().drain()
+    maildir = app.settings.data_dir / "outbox-maildir"
+    assert not maildir.exists() or not [p for p in maildir.rglob("*") if p.is_file()]
+    # The same path does send for ham: the check above can see mail when there is some.
+    deliver(app, make_mail(subject="Login fails after password reset"))
+    app.sender().drain()
+    assert len([p for p in maildir.rglob("*") if p.is_file()]) == 1
 
 
 def test_ham_is_acknowledged_and_its_score_recorded(app: App) -> None:
@@ -85,7 +87,12 @@ def test_unsure_mail_becomes_a_flagged_ticket_without_acknowledgement(
             assert ticket.possible_spam
             skipped = session.scalars(select(Event).where(Event.kind == "ack_skipped")).one()
             assert "possible spam" in skipped.reason
+            # Nor does any other automatic customer mail go out for it (here: resolving).
+            change_status(session, ticket, TicketStatus.RESOLVED, clock(), app.notices(), actor="a")
         assert outbox_rows(app) == []
+        with app.db.transaction() as session:
+            skipped = session.scalars(select(Event).where(Event.kind == "resolved_skipped")).one()
+            assert "possible spam" in skipped.reason
     finally:
         app.db.dispose()
 

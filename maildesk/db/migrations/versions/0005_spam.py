@@ -1,4 +1,4 @@
-"""spam quarantine, feedback ledger (issue 6)
+"""spam feedback ledger (issue 6)
 
 Revision ID: 0005
 Revises: 0004

@@ -1,4 +1,4 @@
-"""routing: queue/type/tags, assignment history (issue 7)
+"""routing: round-robin state per group (issue 7)
 
 Revision ID: 0006
 Revises: 0005
@@ -7,6 +7,9 @@ Create Date: 2026-11-22 12:00:00.000000
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
+from alembic import op
+
 revision: str = "0006"
 down_revision: str | None = "0005"
 branch_labels: str | Sequence[str] | None = None
@@ -14,8 +17,16 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-    pass
+    op.create_table(
+        "routing_state",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("group_name", sa.String(length=120), nullable=False),
+        sa.Column("last_agent", sa.String(length=120), nullable=True),
+        sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id"),
+        sa.UniqueConstraint("group_name"),
+    )
 
 
 def downgrade() -> None:
-    pass
+    op.drop_table("routing_state")

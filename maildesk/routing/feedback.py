@@ -1,0 +1,123 @@
+"""Agents' corrections as feedback for the learned models.
+
+``#category NAME`` (:func:`correct_category`) and moving a ticket to another
+queue (:func:`move_queue`) change the ticket, record an event, and teach the
+model the ticket's text with the new label (when ``routing.learn_corrections``
+is on). The model file is saved atomically; the route stage reloads it when
+it changes, so the next similar ticket benefits.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maildesk.config import Settings
+from maildesk.db.models import Direction, Message, Ticket
+from maildesk.people import Directory
+from maildesk.routing.assign_db import Record, assign_ticket, event_recorder
+from maildesk.routing.models import ModelSlot, model_slots
+
+log = logging.getLogger("maildesk.routing")
+
+
+def learn(
+    text: str,
+    label: str,
+    *,
+    settings: Settings,
+    field: str = "category",
+    slots: dict[str, ModelSlot] | None = None,
+) -> str | None:
+    """Teach the ``field`` model that ``text`` is ``label``; returns the new model version.
+
+    None when learning is off or no model is configured for the field.
+    """
+    if not settings.routing.learn_corrections:
+        return None
+    slot = (slots or model_slots(settings)).get(field)
+    if slot is None:
+        return None
+    return slot.learn(text, label)
+
+
+def ticket_text(session: Session, ticket: Ticket) -> str:
+    """Subject and first customer message: what the route stage saw."""
+    body = session.scalar(
+        select(Message.text_body)
+        .where(Message.ticket_id == ticket.id, Message.direction == Direction.INBOUND)
+        .order_by(Message.id)
+        .limit(1)
+    )
+    return f"{ticket.subject}\n{body or ''}"
+
+
+def correct_category(
+    session: Session,
+    ticket: Ticket,
+    label: str,
+    *,
+    actor: str,
+    settings: Settings,
+    now: datetime,
+    slots: dict[str, ModelSlot] | None = None,
+    record: Record | None = None,
+) -> str | None:
+    """An agent's ``#category``: set it, record it, learn from it. Returns the model version."""
+    record = record or event_recorder(session, ticket, now)
+    previous = ticket.category
+    ticket.category = label
+    version = _learn_safely(session, ticket, label, "category", settings, slots)
+    data: dict[str, Any] = {"from": previous, "to": label, "actor": actor, "learned": version}
+    record("category_corrected", f"{actor}: category {previous} -> {label}", data)
+    return version
+
+
+def move_queue(
+    session: Session,
+    ticket: Ticket,
+    queue: str,
+    *,
+    actor: str,
+    settings: Settings,
+    directory: Directory,
+    now: datetime,
+    slots: dict[str, ModelSlot] | None = None,
+    record: Record | None = None,
+) -> str | None:
+    """Reassign a ticket to another queue: the queue's group takes it; the queue model learns."""
+    record = record or event_recorder(session, ticket, now)
+    previous = ticket.queue
+    ticket.queue = queue
+    version = _learn_safely(session, ticket, queue, "queue", settings, slots)
+    data: dict[str, Any] = {"from": previous, "to": queue, "actor": actor, "learned": version}
+    record("queue_changed", f"{actor}: queue {previous} -> {queue}", data)
+    group = settings.routing.queue_groups.get(queue)
+    if group is not None and group != ticket.group:
+        ticket.group, ticket.assignee = group, None
+        assign_ticket(
+            session, ticket, settings=settings, directory=directory, now=now, record=record
+        )
+    return version
+
+
+def _learn_safely(
+    session: Session,
+    ticket: Ticket,
+    label: str,
+    field: str,
+    settings: Settings,
+    slots: dict[str, ModelSlot] | None,
+) -> str | None:
+    """A model that cannot be written must not undo the agent's change: log it."""
+    try:
+        return learn(
+            ticket_text(session, ticket), label, settings=settings, field=field, slots=slots
+        )
+    except (OSError, ValueError) as exc:
+        log.error("ticket=%s %s correction not learned: %s", ticket.id, field, exc)
+        return None

@@ -1,0 +1,95 @@
+"""The learned field models the route stage uses (category, optionally queue).
+
+Each is a :class:`CategoryModel` file; it is (re)loaded when the file changes on
+disk, so the daemon picks up a retrained model or one updated by agents'
+corrections without a restart. scikit-learn is imported only when a model file
+exists.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from maildesk.config import Settings
+
+if TYPE_CHECKING:
+    from maildesk.routing.categorize import CategoryModel
+
+log = logging.getLogger("maildesk.routing")
+CATEGORY_MODEL_NAME = "category-model.npz"
+
+
+@dataclass(frozen=True)
+class Guess:
+    field: str  # "category" or "queue"
+    label: str | None
+    confidence: float
+    version: str
+
+
+class ModelSlot:
+    """One model file: loaded lazily, reloaded when its mtime or size changes."""
+
+    def __init__(self, field: str, path: Path | None) -> None:
+        self.field = field
+        self.path = path
+        self._model: CategoryModel | None = None
+        self._stamp: tuple[int, int] | None = None
+
+    def _current_stamp(self) -> tuple[int, int] | None:
+        if self.path is None:
+            return None
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size)
+
+    def model(self) -> CategoryModel | None:
+        stamp = self._current_stamp()
+        if stamp is None:
+            self._model, self._stamp = None, None
+            return None
+        if stamp != self._stamp:
+            from maildesk.routing.categorize import CategoryModel, ModelFileError
+
+            try:
+                self._model = CategoryModel.load(self.path)  # type: ignore[arg-type]
+            except ModelFileError as exc:
+                log.error("%s model not loaded, keeping the previous one: %s", self.field, exc)
+            self._stamp = stamp
+        return self._model
+
+    def guess(self, text: str) -> Guess | None:
+        model = self.model()
+        if model is None or not model.labels:
+            return None
+        prediction = model.predict(text)
+        return Guess(self.field, prediction.top_label, prediction.confidence, model.version)
+
+    def learn(self, text: str, label: str) -> str:
+        """Learn one correction and save the file atomically; returns the new version."""
+        from maildesk.routing.categorize import CategoryModel
+
+        if self.path is None:
+            raise ValueError(f"no {self.field} model configured")
+        model = self.model()
+        if model is None:
+            model = CategoryModel()
+        model.learn(text, label)
+        model.save(self.path)
+        self._model, self._stamp = model, self._current_stamp()
+        return model.version
+
+
+def model_slots(settings: Settings) -> dict[str, ModelSlot]:
+    routing = settings.routing
+    category = routing.category_model or settings.data_dir / CATEGORY_MODEL_NAME
+    slots = {"category": ModelSlot("category", category)}
+    if routing.queue_model is not None:
+        slots["queue"] = ModelSlot("queue", routing.queue_model)
+    return slots

@@ -1,0 +1,105 @@
+"""Held spam: one digest a day to ops instead of any per-message mail; expiry after retention."""
+
+from __future__ import annotations
+
+import email
+from collections.abc import Iterator
+from email.policy import default as default_policy
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from maildesk.app import App
+from maildesk.db.models import Blob, Event, Intake, Outbox
+from maildesk.outbound.sender import MaildirTransport, OutboxSender
+from maildesk.spam.jobs import expire, send_digest
+from tests.conftest import FrozenClock, make_settings
+from tests.mailfactory import deliver, make_mail
+
+EVERYTHING_IS_SPAM = {"unsure_at": 0.0, "spam_at": 0.0}
+
+
+@pytest.fixture
+def spam_app(tmp_path: Path, database_url: str, clock: FrozenClock) -> Iterator[App]:
+    spam = {**EVERYTHING_IS_SPAM, "digest_to": "postmaster@example.com", "digest_at": "07:00"}
+    app = App.build(make_settings(tmp_path, database_url, spam=spam), clock=clock)
+    yield app
+    app.db.dispose()
+
+
+def outbox(app: App) -> list[Outbox]:
+    with app.db.transaction() as session:
+        return list(session.scalars(select(Outbox)))
+
+
+def test_the_daily_digest_lists_the_days_spam_once_and_goes_only_to_ops(
+    spam_app: App, clock: FrozenClock, tmp_path: Path
+) -> None:
+    # 09:00: two spam messages held; neither makes any mail.
+    deliver(spam_app, make_mail(subject="Cheap watches", sender="Spammer <x@spam.test>"))
+    deliver(spam_app, make_mail(subject="=?utf-8?q?Gl=C3=BCck=0ABcc:_victim@example.org?="))
+    assert outbox(spam_app) == []
+    assert not send_digest(spam_app)  # 07:00 today covers yesterday: nothing held then
+
+    clock.advance(days=1)  # the next morning, after 07:00
+    assert send_digest(spam_app)
+    assert not send_digest(spam_app)  # a day gets one digest (restarts, other nodes)
+    [row] = outbox(spam_app)
+    assert row.purpose == "spam_digest" and row.recipients == ["postmaster@example.com"]
+    assert row.ticket_id is None
+
+    maildir = tmp_path / "sent"
+    OutboxSender(
+        spam_app.db, MaildirTransport(maildir), spam_app.settings.outbound, clock, "n"
+    ).drain()
+    [sent_file] = [p for p in maildir.rglob("*") if p.is_file()]
+    sent = email.message_from_bytes(sent_file.read_bytes(), policy=default_policy)
+    assert sent["To"] == "postmaster@example.com"
+    assert sent["Bcc"] is None  # a hostile subject stays inside the body
+    assert sent["Auto-Submitted"] == "auto-generated"
+    assert "2 messages" in sent["Subject"]
+    body = sent.get_content()
+    assert "Cheap watches" in body and "x@spam.test" in body
+    assert "Glück Bcc: victim@example.org" in body  # decoded, folded to one line
+    assert "quarantine release" in body
+
+    clock.advance(days=1)  # a day without spam: no digest at all
+    assert not send_digest(spam_app)
+    assert len(outbox(spam_app)) == 1
+
+
+def test_no_digest_without_a_configured_address(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    app = App.build(make_settings(tmp_path, database_url, spam=EVERYTHING_IS_SPAM), clock=clock)
+    try:
+        deliver(app, make_mail(subject="Cheap watches"))
+        clock.advance(days=1)
+        assert not send_digest(app)
+        assert outbox(app) == []
+    finally:
+        app.db.dispose()
+
+
+def test_spam_held_past_retention_is_deleted_with_its_bytes(
+    spam_app: App, clock: FrozenClock
+) -> None:
+    old = make_mail(subject="Old spam")
+    deliver(spam_app, old)
+    deliver(spam_app, old, mail_from="retry@spam.test")  # an MTA retry: a duplicate copy
+    clock.advance(days=25)
+    deliver(spam_app, make_mail(subject="Recent spam"))
+    clock.advance(days=6)  # the first is 31 days old, the second 6 (retention 30)
+    assert expire(spam_app) == 1
+    assert expire(spam_app) == 0
+    with spam_app.db.transaction() as session:
+        [kept] = session.scalars(select(Intake)).all()
+        assert (kept.quarantine_reason or "").startswith("spam:")
+        assert session.scalar(select(func.count()).select_from(Blob)) == 1
+        # The deleted entries' own events went with them; one note says what was deleted.
+        assert set(
+            session.scalars(select(Event.intake_id).where(Event.intake_id.is_not(None)))
+        ) == {kept.id}
+        [note] = session.scalars(select(Event).where(Event.kind == "spam_expired")).all()
+        assert "30 days" in note.reason
