@@ -15,7 +15,7 @@ import os
 import secrets
 import tomllib
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -262,46 +262,6 @@ class NotificationPreferences(_Section):
     assignment: bool = True  # a ticket was assigned to or taken from them
 
 
-class AgentMailSettings(_Section):
-    """How agents work by mail (issue 5): what proves a mail is an agent's, notes, ratings."""
-
-    # Authentication-Results from our own receiving MTA that must show a pass
-    # for the agent's domain; only headers whose authserv-id is listed count.
-    require_dmarc: bool = False
-    require_dkim: bool = False
-    require_spf: bool = False
-    trusted_authserv_ids: tuple[str, ...] = ()
-    dkim_verify_fallback: bool = False  # verify DKIM in-process (dkimpy) when no trusted header
-    internal_addresses: tuple[str, ...] = ()  # mail to these is an internal note
-    reply_to_cc: bool = True  # customer-side Cc participants receive agent replies
-    rating_scores: int = Field(default=5, ge=2, le=10)  # rating addresses 1..N in resolved mail
-    confirm_hours: float = Field(default=72.0, gt=0)  # "reply to apply" requests expire
-
-    @field_validator("internal_addresses")
-    @classmethod
-    def _plain_internal(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(_plain_address(a) for a in value)
-
-    @field_validator("trusted_authserv_ids")
-    @classmethod
-    def _lower_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        return tuple(v.strip().lower() for v in value if v.strip())
-
-
-class RetiredSecretSettings(_Section):
-    """A previous installation secret, still accepted (never used to sign) until ``until``."""
-
-    secret: str = Field(min_length=8)
-    until: datetime
-
-    @field_validator("until")
-    @classmethod
-    def _aware(cls, value: datetime) -> datetime:
-        if value.tzinfo is None:
-            raise ValueError("give a time zone, e.g. 2026-06-01T00:00:00Z")
-        return value
-
-
 class AbsenceSettings(_Section):
     """A period an agent is away (inclusive dates): never assigned, notifications held."""
 
@@ -453,7 +413,6 @@ class Settings(_Section):
     installation_secret: str = ""
     installation_secret_file: Path | None = None
     installation_secret_env: str | None = None
-    retired_secrets: tuple[RetiredSecretSettings, ...] = ()  # rotation grace
     node_name: str = ""
     templates_dir: Path | None = None  # default: ./templates, else the shipped ones
     threading: ThreadingSettings = ThreadingSettings()
@@ -470,7 +429,6 @@ class Settings(_Section):
     calendars: dict[str, CalendarConfig] = Field(default_factory=dict)  # [calendars.<name>]
     sla: SlaSettings = SlaSettings()
     routing: RoutingSettings = RoutingSettings()
-    agent_mail: AgentMailSettings = AgentMailSettings()
     source: str = "<defaults>"
 
     @model_validator(mode="after")
