@@ -170,4 +170,5 @@ def eval_(index: Path, protocol: str, limit: int | None, as_json: bool) -> None:
         f"{result.unparsable} unparsable)\n"
         f"FP% {result.fp_pct:.2f}  FN% {result.fn_pct:.2f}  unsure% {result.unsure_pct:.2f}  "
         f"(1-ROCA)% {result.one_minus_roca_pct:.4f}  messages/s {result.messages_per_s:.0f}"
+        f"  messages/CPU-s {result.cpu_messages_per_s:.0f}"
     )

@@ -1,12 +1,16 @@
 """Spam features: pure tokenization of a ParsedMessage, hashed into a fixed space.
 
-Tokens follow the bogofilter/spamprobe tradition (case kept, header-prefixed,
-URL pieces, money/number shapes, punctuation runs) plus a few header *shapes*.
+Tokens follow the bogofilter/spamprobe tradition (case kept plus case-folded
+copies, header-prefixed, URL pieces, money/number shapes, punctuation runs),
+the relay names of the whole Received chain (``rcvd:``, as bogofilter reads
+them), and a few header *shapes*. Tokens fall in two groups, content and
+header, each L2-normalised on its own (see :class:`FeatureExtractor`).
 Deliberately **not** used, because they describe how a corpus was collected
 rather than the mail itself: recipient addresses (To/Cc/Delivered-To and
-recipient words in other headers), X-Spam-* and other filter verdicts (unless
-configured as trusted), mailbox bookkeeping headers (Status, X-UID, ...), and
-every Received hop except the two oldest (origin-side) ones.
+recipient words in other headers; only the recipient *count* and whether they
+are hidden), Received timestamps and ``for <recipient>`` clauses, X-Spam-* and
+other filter verdicts (unless configured as trusted), mailbox bookkeeping
+headers (Status, X-UID, ...).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from numpy.typing import NDArray
 
 from maildesk.domain.message import ParsedMessage
 
-FEATURE_VERSION = 2  # bump whenever tokens change: old weights mean nothing
+FEATURE_VERSION = 3  # bump whenever tokens change: old weights mean nothing
 
 _WORD = re.compile(r"[^\W\d_][\w'\-.$]{0,40}[\w$%!]|[$£€]\s?\d[\d,.]*|\d[\d,.:/\-]*[\d%]?")
 _NUMBER_START = frozenset("0123456789$£€")
@@ -52,13 +56,16 @@ class FeatureConfig:
 
     n_features_log2: int = 20
     body_bigrams: bool = True
-    lowercase_copies: bool = False
+    lowercase_copies: bool = True
     html_tags: bool = True
     header_signals: bool = True
     all_headers: bool = True
     char_ngrams: int = 0
     max_body_chars: int = 12_000
     received_hosts: bool = True
+    received_chain: bool = True
+    recipient_shape: bool = True
+    header_weight: float = 0.7  # L2 norm of the header group relative to the body group
     own_domains: tuple[str, ...] = ()
     trusted_verdict_headers: tuple[str, ...] = ()  # e.g. ("X-Spam-Flag", "Authentication-Results")
     version: int = FEATURE_VERSION
@@ -78,6 +85,9 @@ class FeatureConfig:
             "char_ngrams": self.char_ngrams,
             "max_body_chars": self.max_body_chars,
             "received_hosts": self.received_hosts,
+            "received_chain": self.received_chain,
+            "recipient_shape": self.recipient_shape,
+            "header_weight": self.header_weight,
             "own_domains": list(self.own_domains),
             "trusted_verdict_headers": list(self.trusted_verdict_headers),
             "version": self.version,
@@ -105,19 +115,27 @@ class FeatureConfig:
 
         if _int("version", FEATURE_VERSION) != FEATURE_VERSION:
             raise ValueError("model was trained with another feature version")
+        header_weight = data.get("header_weight", 0.7)
+        if isinstance(header_weight, bool) or not isinstance(header_weight, int | float):
+            raise ValueError("feature config 'header_weight' must be a number")
+        if not 0.0 < float(header_weight) <= 10.0:
+            raise ValueError("feature config header_weight out of range (0, 10]")
         log2 = _int("n_features_log2", 20)
         if not 10 <= log2 <= 24:
             raise ValueError("feature config n_features_log2 out of range 10..24")
         return cls(
             n_features_log2=log2,
             body_bigrams=_bool("body_bigrams", True),
-            lowercase_copies=_bool("lowercase_copies", False),
+            lowercase_copies=_bool("lowercase_copies", True),
             html_tags=_bool("html_tags", True),
             header_signals=_bool("header_signals", True),
             all_headers=_bool("all_headers", True),
             char_ngrams=_int("char_ngrams", 0),
             max_body_chars=_int("max_body_chars", 12_000),
             received_hosts=_bool("received_hosts", True),
+            received_chain=_bool("received_chain", True),
+            recipient_shape=_bool("recipient_shape", True),
+            header_weight=float(header_weight),
             own_domains=_strs("own_domains"),
             trusted_verdict_headers=_strs("trusted_verdict_headers"),
             version=_int("version", FEATURE_VERSION),
@@ -281,6 +299,26 @@ def _received_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> 
                 break
 
 
+_RCVD_DATE = re.compile(r";[^;]*$")
+_RCVD_FOR = re.compile(r"\bfor\s+<?[^\s;>]*>?", re.IGNORECASE)
+_RCVD_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-_]{2,60}")
+_RCVD_STOP = frozenset({"from", "by", "with", "id", "for", "via", "envelope-from"})
+
+
+def _received_chain_tokens(msg: ParsedMessage, sink: _Sink) -> None:
+    """bogofilter-style ``rcvd:`` words of every hop: relay names, IPs, software.
+
+    The timestamp (after the last ``;``) and the ``for <recipient>`` clause are
+    dropped: they describe when and to whom a corpus was collected, not the mail.
+    """
+    for hop in msg.header_all("Received")[:10]:
+        text = _RCVD_FOR.sub(" ", _RCVD_DATE.sub(" ", hop[:400]))
+        words = {w.strip(".-") for w in _RCVD_WORD.findall(text)}
+        sink.extend(
+            ["rcvd:" + w for w in words if w and not w.isdigit() and w.lower() not in _RCVD_STOP]
+        )
+
+
 def _header_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> None:
     sender = msg.from_.addr if msg.from_ else ""
     if sender:
@@ -349,6 +387,22 @@ def _header_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> No
         if ext and len(ext) <= 5:
             sink.add("att:ext:" + ext)
     _received_tokens(msg, config, sink)
+    if config.received_chain:
+        _received_chain_tokens(msg, sink)
+    if config.recipient_shape:
+        _recipient_shape_tokens(msg, sink)
+
+
+def _recipient_shape_tokens(msg: ParsedMessage, sink: _Sink) -> None:
+    """How many recipients and whether they are hidden; never who they are."""
+    sink.add("rc:n:" + str(min(len(msg.to) + len(msg.cc), 5)))
+    to = (msg.header("To") or "").lower()
+    if not to:
+        sink.add("rc:to-missing")
+    elif "undisclosed" in to or "recipients" in to:
+        sink.add("rc:undisclosed")
+    if msg.from_ and any(a.addr == msg.from_.addr for a in msg.to):
+        sink.add("rc:to-is-from")
 
 
 def _verdict_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> None:
@@ -423,8 +477,14 @@ def _char_ngram_indices(text: str, n: int, mask: int) -> NDArray[np.int64]:
     return (acc & np.uint64(mask)).astype(np.int64)
 
 
-def tokens(msg: ParsedMessage, config: FeatureConfig) -> list[str]:
-    """All distinct feature tokens of ``msg`` (pure; never raises on odd content)."""
+def token_groups(msg: ParsedMessage, config: FeatureConfig) -> tuple[list[str], list[str]]:
+    """(content tokens, header tokens) of ``msg``, with repeats (pure; never raises).
+
+    Repeats are left in: hashing removes them for free (``np.unique``).
+
+    Content: subject, body words and bigrams, URLs, HTML tags. Header: sender,
+    relays, ids, mailer, MIME structure, generic header words.
+    """
     sink = _Sink()
     subject_words = _word_tokens(msg.subject or "", "s:", config, sink)
     if not subject_words:
@@ -446,18 +506,36 @@ def tokens(msg: ParsedMessage, config: FeatureConfig) -> list[str]:
     for url in urls[:50]:
         _url_tokens(url, sink)
     sink.add("url:count:" + str(min(len(urls), 10)))
+    head = _Sink()
     if config.header_signals:
-        _header_tokens(msg, config, sink)
+        _header_tokens(msg, config, head)
     if config.all_headers:
-        _generic_header_tokens(msg, sink)
+        _generic_header_tokens(msg, head)
     if config.trusted_verdict_headers:
-        _verdict_tokens(msg, config, sink)
-    return sink.distinct()
+        _verdict_tokens(msg, config, head)
+    return sink.items, head.items
+
+
+def tokens(msg: ParsedMessage, config: FeatureConfig) -> list[str]:
+    """All distinct feature tokens of ``msg``, content first."""
+    content, head = token_groups(msg, config)
+    return list(dict.fromkeys([*content, *head]))
+
+
+def _hash(toks: list[str], mask: int) -> NDArray[np.int64]:
+    encoded = map(str.encode, toks, repeat("utf-8"), repeat("replace"))
+    hashed = np.fromiter(map(zlib.crc32, encoded), np.int64, len(toks))
+    hashed &= mask
+    hashed.sort()
+    return hashed[np.concatenate(([True], hashed[1:] != hashed[:-1]))] if hashed.size else hashed
 
 
 class FeatureExtractor:
-    """Message -> sorted distinct hashed indices; every present feature has weight 1/sqrt(n).
+    """Message -> sorted distinct hashed indices and their values.
 
+    Binary features, L2-normalised per group: the content group has norm 1 and
+    the header group norm ``header_weight``, so a long newsletter's thousand
+    words cannot drown the few header tokens that say who sent it.
     Hashing is CRC-32 of the UTF-8 token (stable across processes and platforms,
     unlike ``hash()``), masked to ``n_features``; collisions merge features.
     """
@@ -466,25 +544,29 @@ class FeatureExtractor:
         self.config = config
         self._mask = config.n_features - 1
 
-    def indices(self, msg: ParsedMessage) -> tuple[NDArray[np.int64], float]:
-        """Distinct feature indices of ``msg`` and the common L2-normalised value."""
-        toks = tokens(msg, self.config)
-        encoded = map(str.encode, toks, repeat("utf-8"), repeat("replace"))
-        hashed = np.fromiter(map(zlib.crc32, encoded), np.int64, len(toks))
-        hashed &= self._mask
+    def indices(self, msg: ParsedMessage) -> tuple[NDArray[np.int64], NDArray[np.float64]]:
+        """Distinct feature indices of ``msg`` (sorted) and the value of each."""
+        content, head = token_groups(msg, self.config)
+        body_idx = _hash(content, self._mask)
         if self.config.char_ngrams:
             text = (msg.subject or "") + " " + (msg.text or msg.html or "")
-            hashed = np.concatenate(
-                [hashed, _char_ngram_indices(text, self.config.char_ngrams, self._mask)]
-            )
-        hashed.sort()
-        idx = hashed[np.concatenate(([True], hashed[1:] != hashed[:-1]))] if hashed.size else hashed
-        return idx, 1.0 / math.sqrt(max(idx.size, 1))
+            grams = _char_ngram_indices(text, self.config.char_ngrams, self._mask)
+            body_idx = np.unique(np.concatenate([body_idx, grams]))
+        head_idx = _hash(head, self._mask)
+        values = np.concatenate(
+            [
+                np.full(
+                    head_idx.size, self.config.header_weight / math.sqrt(max(head_idx.size, 1))
+                ),
+                np.full(body_idx.size, 1.0 / math.sqrt(max(body_idx.size, 1))),
+            ]
+        )
+        idx, first = np.unique(np.concatenate([head_idx, body_idx]), return_index=True)
+        return idx, values[first]
 
-    def row(self, idx: NDArray[np.int64], value: float) -> sp.csr_matrix:
-        data = np.full(idx.size, value)
+    def row(self, idx: NDArray[np.int64], values: NDArray[np.float64]) -> sp.csr_matrix:
         indptr = np.array([0, idx.size])
-        return sp.csr_matrix((data, idx, indptr), shape=(1, self.config.n_features))
+        return sp.csr_matrix((values, idx, indptr), shape=(1, self.config.n_features))
 
     def transform(self, messages: list[ParsedMessage]) -> sp.csr_matrix:
         """Rows for many messages (used by batch training)."""

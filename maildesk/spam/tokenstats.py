@@ -88,15 +88,15 @@ class TokenStats:
         if self.n_spam == 0 or self.n_ham == 0 or idx.size == 0:
             return 0.5
         cfg = self.config
-        s = self.spam_counts[idx].astype(np.float64)
-        h = self.ham_counts[idx].astype(np.float64)
-        n = s + h
-        seen = n > 0
-        if not seen.any():
+        spam = self.spam_counts[idx]
+        ham = self.ham_counts[idx]
+        seen = np.flatnonzero(spam | ham)
+        if seen.size == 0:
             return 0.5
-        s, h, n = s[seen], h[seen], n[seen]
-        ps = s / self.n_spam
-        p = ps / (ps + h / self.n_ham)
+        spam, ham = spam[seen], ham[seen]
+        n = (spam + ham).astype(np.float64)
+        ps = spam * (1.0 / self.n_spam)
+        p = ps / (ps + ham * (1.0 / self.n_ham))
         f = (cfg.robs * cfg.robx + n * p) / (cfg.robs + n)
         f = f[np.abs(f - 0.5) >= cfg.min_dev]
         if f.size == 0:

@@ -48,11 +48,11 @@ def test_never_raises_and_stays_in_the_fixed_space(
 ) -> None:
     config = FeatureConfig(n_features_log2=12)
     msg = message(subject=subject, text=text, html=html, headers=headers)
-    idx, value = FeatureExtractor(config).indices(msg)
+    idx, values = FeatureExtractor(config).indices(msg)
     assert idx.size > 0
     assert idx.min() >= 0 and idx.max() < 4096
     assert len(set(idx.tolist())) == idx.size  # distinct
-    assert value > 0
+    assert values.shape == idx.shape and (values > 0).all()
 
 
 @settings(max_examples=50, deadline=None)
@@ -125,7 +125,7 @@ def test_numbers_become_shapes_but_digits_inside_words_do_not() -> None:
     assert "num:9" not in toks
 
 
-def test_origin_relays_are_features_but_the_receiving_side_is_not() -> None:
+def test_origin_relay_shape_reads_only_the_two_oldest_hops() -> None:
     headers = (
         ("Received", "from mx.receiver.test (mx.receiver.test [10.0.0.1]) by inbox.receiver.test"),
         (
@@ -139,11 +139,38 @@ def test_origin_relays_are_features_but_the_receiving_side_is_not() -> None:
         ),
         ("Received", "from localhost (localhost [127.0.0.1]) by collector.test"),
     )
-    toks = set(tokens(message(headers=headers), FeatureConfig()))
+    toks = set(tokens(message(headers=headers), FeatureConfig(received_chain=False)))
     assert {"rcvdhost:sender-isp.example", "rcvdip:203.0", "rcvdhost:office.example"} <= toks
     assert not any("receiver" in t or "collector" in t for t in toks if t.startswith("rcvd"))
-    plain = set(tokens(message(headers=headers), FeatureConfig(received_hosts=False)))
+    plain = set(
+        tokens(message(headers=headers), FeatureConfig(received_hosts=False, received_chain=False))
+    )
     assert not any(t.startswith(("rcvdhost:", "rcvdip:")) for t in plain)
+
+
+def test_received_chain_gives_relay_words_of_every_hop_but_not_when_or_for_whom() -> None:
+    headers = (
+        (
+            "Received",
+            "from mx.receiver.test (mx.receiver.test [10.0.0.1]) by inbox.receiver.test "
+            "(Postfix) with ESMTP id 4F2A1 for <zzzz@receiver.test>; Mon, 5 Aug 2002 10:11:12 +0100",
+        ),
+        (
+            "Received",
+            "from helo.sender-isp.example ([203.0.113.9]) by mx.receiver.test with SMTP; "
+            "Sun, 4 Aug 2002 23:59:01 -0000",
+        ),
+    )
+    toks = set(tokens(message(headers=headers), FeatureConfig()))
+    assert {
+        "rcvd:mx.receiver.test",
+        "rcvd:inbox.receiver.test",
+        "rcvd:Postfix",
+        "rcvd:helo.sender-isp.example",
+        "rcvd:203.0.113.9",
+    } <= toks
+    chain = [t for t in toks if t.startswith("rcvd:")]
+    assert not any(word in t for t in chain for word in ("zzzz", "Aug", "Mon", "2002", "+0100"))
 
 
 def test_body_beyond_the_configured_length_is_ignored() -> None:
@@ -157,3 +184,30 @@ def test_config_from_another_feature_version_is_refused() -> None:
     data["version"] = 1
     with pytest.raises(ValueError):
         FeatureConfig.from_json(data)
+
+
+def test_recipients_count_only_as_a_shape() -> None:
+    hidden = message(to=(), headers=(("To", "undisclosed-recipients:;"),))
+    toks = set(tokens(hidden, FeatureConfig()))
+    assert {"rc:n:0", "rc:undisclosed"} <= toks
+    many = message(to=tuple(Address(f"user{i}@example.org") for i in range(9)))
+    many_toks = set(tokens(many, FeatureConfig()))
+    assert "rc:n:5" in many_toks
+    assert not any("user3" in t for t in many_toks)
+
+
+def test_words_also_count_case_folded() -> None:
+    toks = set(tokens(message(subject="", text="FREE Viagra"), FeatureConfig()))
+    assert {"FREE", "free", "Viagra", "viagra"} <= toks
+
+
+def test_header_group_weighs_header_weight_against_the_content_group() -> None:
+    """A long body cannot drown the sender: each group is L2-normalised on its own."""
+    config = FeatureConfig(header_weight=0.5)
+    extractor = FeatureExtractor(config)
+    short = extractor.indices(message(text="one two"))[1]
+    long = extractor.indices(message(text=" ".join(f"w{i}x" for i in range(2000))))[1]
+    # squared norm = content 1 + header 0.5**2 (up to hash collisions)
+    for values in (short, long):
+        assert float((values**2).sum()) == pytest.approx(1.25, rel=0.05)
+    assert float(long.max()) > 5 * float(long.min())  # header tokens keep their weight

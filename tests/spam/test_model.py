@@ -192,10 +192,20 @@ def test_learner_config_json_round_trip() -> None:
     config = LearnerConfig(
         alpha=1e-4,
         policy=TrainPolicy.THICK,
+        learning_rate="optimal",
+        eta0=0.5,
         token_weight=3.0,
         token_stats=TokenStatsConfig(robs=0.2, robx=0.4, min_dev=0.05),
     )
     assert LearnerConfig.from_json(config.to_json()) == config
+
+
+@pytest.mark.parametrize(
+    "bad", [{"learning_rate": "turbo"}, {"eta0": 0}, {"eta0": -1.0}, {"eta0": True}]
+)
+def test_learner_config_refuses_bad_step_settings(bad: dict[str, object]) -> None:
+    with pytest.raises(ValueError):
+        LearnerConfig.from_json({**LearnerConfig().to_json(), **bad})
 
 
 @pytest.mark.parametrize("token_weight", [0.0, 8.0])
