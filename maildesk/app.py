@@ -42,7 +42,9 @@ class App:
     def build(cls, settings: Settings, clock: Callable[[], datetime] = utc_now) -> App:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.effective_database_url)
-        signer = Signer([resolve_installation_secret(settings)])
+        now = clock()
+        retired = [r.secret.encode() for r in settings.retired_secrets if r.until > now]
+        signer = Signer([resolve_installation_secret(settings), *retired])
         return cls(settings, db, signer, clock)
 
     def reload(self) -> RulesError | None:

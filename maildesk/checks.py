@@ -30,6 +30,7 @@ SAMPLE: dict[str, Any] = {
     "support": {"name": "Support", "address": "support@example.com"},
     "quote": "q",
     "reopen_days": 14,
+    "rating": [{"score": 5, "address": "support+rate-1-5-sig@example.com"}],
 }
 
 

@@ -15,7 +15,7 @@ import os
 import secrets
 import tomllib
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -182,6 +182,16 @@ class OversizeNotice(enum.StrEnum):
     SENDER = "sender"  # the From address, once, rate-limited like every notice
 
 
+class ImapAuth(enum.StrEnum):
+    PASSWORD = "password"
+    OAUTH2 = "oauth2"  # access tokens from token_endpoint with a refresh token
+
+
+class OAuth2Mechanism(enum.StrEnum):
+    XOAUTH2 = "xoauth2"  # Gmail, Microsoft 365
+    OAUTHBEARER = "oauthbearer"  # RFC 7628
+
+
 class ImapMailboxSettings(_Section):
     """One IMAP mailbox maildesk reads; each folder gets its own poller."""
 
@@ -195,9 +205,22 @@ class ImapMailboxSettings(_Section):
     password: str = ""
     password_file: Path | None = None
     password_env: str | None = None
+    auth: ImapAuth = ImapAuth.PASSWORD
+    oauth2_mechanism: OAuth2Mechanism = OAuth2Mechanism.XOAUTH2
+    token_endpoint: str = Field(default="", pattern=r"^(https?://\S+)?$")
+    client_id: str = ""
+    client_secret: str = ""
+    client_secret_file: Path | None = None
+    client_secret_env: str | None = None
+    client_secret_expires: date | None = None  # warned about oauth2_warn_days before
+    refresh_token: str = ""
+    refresh_token_file: Path | None = None
+    scope: str = ""  # e.g. "https://outlook.office365.com/IMAP.AccessAsUser.All offline_access"
+    oauth2_warn_days: float = Field(default=14.0, gt=0)
     folders: tuple[str, ...] = Field(default=("INBOX",), min_length=1)
     post_action: ImapPostAction = ImapPostAction.FLAG
     move_to: str = ""
+    junk_folder: str = ""  # messages agents move in (out) are spam (ham) feedback
     idle: bool = True
     poll_interval_seconds: float = Field(default=60.0, gt=0)
     max_message_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
@@ -211,6 +234,17 @@ class ImapMailboxSettings(_Section):
             raise ValueError("post_action = 'move' needs move_to")
         if self.move_to and self.move_to in self.folders:
             raise ValueError("move_to must not be one of the folders read")
+        if self.junk_folder and self.junk_folder in (*self.folders, self.move_to):
+            raise ValueError("junk_folder must not be one of the folders read nor move_to")
+        if self.auth is ImapAuth.OAUTH2 and not (self.token_endpoint and self.client_id):
+            raise ValueError("auth = 'oauth2' needs token_endpoint and client_id")
+        if self.auth is ImapAuth.OAUTH2 and not (self.refresh_token or self.refresh_token_file):
+            raise ValueError("auth = 'oauth2' needs refresh_token or refresh_token_file")
+        loopback = ("http://127.0.0.1:", "http://127.0.0.1/", "http://localhost:", "http://[::1]:")
+        if self.token_endpoint.startswith("http://") and not self.token_endpoint.startswith(
+            loopback
+        ):
+            raise ValueError("token_endpoint must use https:// (http only on loopback)")
         return self
 
     @property
@@ -260,6 +294,46 @@ class NotificationPreferences(_Section):
     new_ticket: bool = True  # a new ticket assigned to them or their group
     customer_reply: bool = True  # a customer wrote on a ticket they own or watch
     assignment: bool = True  # a ticket was assigned to or taken from them
+
+
+class AgentMailSettings(_Section):
+    """How agents work by mail (issue 5): what proves a mail is an agent's, notes, ratings."""
+
+    # Authentication-Results from our own receiving MTA that must show a pass
+    # for the agent's domain; only headers whose authserv-id is listed count.
+    require_dmarc: bool = False
+    require_dkim: bool = False
+    require_spf: bool = False
+    trusted_authserv_ids: tuple[str, ...] = ()
+    dkim_verify_fallback: bool = False  # verify DKIM in-process (dkimpy) when no trusted header
+    internal_addresses: tuple[str, ...] = ()  # mail to these is an internal note
+    reply_to_cc: bool = True  # customer-side Cc participants receive agent replies
+    rating_scores: int = Field(default=5, ge=2, le=10)  # rating addresses 1..N in resolved mail
+    confirm_hours: float = Field(default=72.0, gt=0)  # "reply to apply" requests expire
+
+    @field_validator("internal_addresses")
+    @classmethod
+    def _plain_internal(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(_plain_address(a) for a in value)
+
+    @field_validator("trusted_authserv_ids")
+    @classmethod
+    def _lower_ids(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(v.strip().lower() for v in value if v.strip())
+
+
+class RetiredSecretSettings(_Section):
+    """A previous installation secret, still accepted (never used to sign) until ``until``."""
+
+    secret: str = Field(min_length=8)
+    until: datetime
+
+    @field_validator("until")
+    @classmethod
+    def _aware(cls, value: datetime) -> datetime:
+        if value.tzinfo is None:
+            raise ValueError("give a time zone, e.g. 2026-06-01T00:00:00Z")
+        return value
 
 
 class AbsenceSettings(_Section):
@@ -413,6 +487,7 @@ class Settings(_Section):
     installation_secret: str = ""
     installation_secret_file: Path | None = None
     installation_secret_env: str | None = None
+    retired_secrets: tuple[RetiredSecretSettings, ...] = ()  # rotation grace
     node_name: str = ""
     templates_dir: Path | None = None  # default: ./templates, else the shipped ones
     threading: ThreadingSettings = ThreadingSettings()
@@ -429,6 +504,7 @@ class Settings(_Section):
     calendars: dict[str, CalendarConfig] = Field(default_factory=dict)  # [calendars.<name>]
     sla: SlaSettings = SlaSettings()
     routing: RoutingSettings = RoutingSettings()
+    agent_mail: AgentMailSettings = AgentMailSettings()
     source: str = "<defaults>"
 
     @model_validator(mode="after")

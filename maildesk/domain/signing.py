@@ -44,10 +44,11 @@ class RefPurpose(StrEnum):
     AGENT = "a"  # an agent's reply (signed for that agent)
     RATE = "rate"  # a rating: extra = (score,)
     BOUNCE = "bounce"  # a VERP return path: extra = (outbox id,)
+    CONFIRM = "c"  # an agent confirms held commands: extra = (held mail id,); agent-bound
 
 
 # How many extra fields a purpose carries; unknown purposes carry none.
-_EXTRA_COUNT: dict[str, int] = {RefPurpose.RATE: 1, RefPurpose.BOUNCE: 1}
+_EXTRA_COUNT: dict[str, int] = {RefPurpose.RATE: 1, RefPurpose.BOUNCE: 1, RefPurpose.CONFIRM: 1}
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,6 +70,12 @@ class OutboundMail:
     kind: MessageKind = MessageKind.AUTO
     auto_submitted: str = "auto-replied"
     from_name: str = ""  # display name; empty: outbound.from_name
+    # Issue 5: a mail to one agent gets a Reply-To and Message-ID signed for that
+    # agent (``agent``); attachments are (filename, content type, bytes, content id).
+    agent: str = ""
+    reply_purpose: str = ""  # default: "a" for an agent, else "t"
+    reply_extra: tuple[str, ...] = ()
+    attachments: Sequence[tuple[str, str, bytes, str | None]] = ()
 
 
 class Composer:
@@ -94,7 +100,13 @@ class Composer:
             addr_spec=mail.support_address,
         )
         msg["To"] = [HeaderAddress(one_line(r.name), addr_spec=r.addr) for r in mail.recipients]
-        reply_local = self.signer.reply_local_part(local, "t", ticket.number)
+        reply_local = self.signer.reply_local_part(
+            local,
+            mail.reply_purpose or ("a" if mail.agent else "t"),
+            ticket.number,
+            mail.agent,
+            extra=mail.reply_extra,
+        )
         msg["Reply-To"] = HeaderAddress(
             one_line(mail.from_name or self.settings.outbound.from_name),
             addr_spec=f"{reply_local}@{domain}",
@@ -119,6 +131,15 @@ class Composer:
                 html.replace("</body>", footer + "</body>") if "</body>" in html else html + footer
             )
             msg.add_alternative(html, subtype="html")
+        for filename, content_type, data, content_id in mail.attachments:
+            maintype, _, subtype = content_type.partition("/")
+            msg.add_attachment(
+                data,
+                maintype=maintype or "application",
+                subtype=subtype or "octet-stream",
+                filename=one_line(filename) or None,
+                cid=f"<{one_line(content_id)}>" if content_id else None,
+            )
         return msg
 
     def queue(self, session: Session, mail: OutboundMail) -> Outbox:
@@ -128,7 +149,11 @@ class Composer:
         now = self.clock()
         _local, domain = split_address(mail.support_address)
         message_id = self.signer.outbound_message_id(
-            ticket.number, domain or self.settings.mail_domain, nonce=secrets.token_hex(6)
+            ticket.number,
+            domain or self.settings.mail_domain,
+            nonce=secrets.token_hex(6),
+            purpose="a" if mail.agent else "t",
+            agent=mail.agent,
         )
         mime = self.build(mail, message_id)
         raw = mime.as_bytes()

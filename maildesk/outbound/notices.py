@@ -16,7 +16,16 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
-from maildesk.db.models import Contact, Event, Message, Outbox, Suppression, Ticket
+from maildesk.db.models import (
+    Contact,
+    Event,
+    Message,
+    MessageKind,
+    Outbox,
+    Suppression,
+    Ticket,
+)
+from maildesk.domain.signing import RefPurpose
 from maildesk.outbound.compose import Composer, OutboundMail, Recipient
 from maildesk.outbound.templates import TemplateRenderer
 
@@ -65,7 +74,25 @@ class Notices:
             },
             "quote": quote[:QUOTE_LIMIT],
             "reopen_days": int(self.settings.threading.reopen_window_days),
+            "rating": self.rating_addresses(ticket),
         }
+
+    def rating_addresses(self, ticket: Ticket) -> list[dict[str, Any]]:
+        """Signed ``support+rate-<ticket>-<score>-<sig>@`` addresses, best score first."""
+        if ticket.number is None:
+            return []
+        local, _, domain = self.support_address_for(ticket).rpartition("@")
+        top = self.settings.agent_mail.rating_scores
+        signer = self.composer.signer
+        rate = RefPurpose.RATE
+        return [
+            {
+                "score": score,
+                "address": signer.reply_local_part(local, rate, ticket.number, extra=(str(score),))
+                + f"@{domain}",
+            }
+            for score in range(top, 0, -1)
+        ]
 
     def _event(self, session: Session, ticket: Ticket, kind: str, reason: str, **data: Any) -> None:
         session.add(
@@ -227,7 +254,12 @@ class Notices:
     def _references(self, session: Session, message: Message) -> list[str]:
         ids = session.scalars(
             select(Message.header_message_id)
-            .where(Message.ticket_id == message.ticket_id, Message.id <= message.id)
+            .where(
+                Message.ticket_id == message.ticket_id,
+                Message.id <= message.id,
+                Message.kind.not_in([MessageKind.AGENT_REPLY, MessageKind.INTERNAL_NOTE]),
+            )
             .order_by(Message.id)
         ).all()
-        return [i for i in ids if i]
+        # Mail to agents (ids "md.a.*") and agents' own mail stay out of customer mail.
+        return [i for i in ids if i and not i.startswith("md.a.")]

@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Table, insert, select, update
 from sqlalchemy.orm import Session
 
+from maildesk.agents.writer import after_hold, apply_agent_mail
 from maildesk.config import Settings
 from maildesk.db.models import (
     Attachment,
@@ -38,6 +39,7 @@ from maildesk.domain.message import Address
 from maildesk.domain.subject import normalize_subject
 from maildesk.domain.threadindex import conversation_key
 from maildesk.intake.store import put_blob
+from maildesk.outbound.agent_notices import notify_after_customer_mail
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind
 from maildesk.pipeline.lookahead import Lookahead
@@ -121,6 +123,7 @@ class Applier:
             if (lookahead := Lookahead.of(session)) is not None:
                 lookahead.quarantined(intake.raw_sha256, intake.id)
             intake.quarantine_reason = stop.reason
+            after_hold(self, session, ctx, intake)  # issue 5: tell the real agent
         intake.processed_at = self.now
         intake.claimed_by = None
         self.flush_events(session)
@@ -145,6 +148,8 @@ class Applier:
         return added
 
     def apply(self, session: Session, ctx: MessageContext, intake: Intake) -> Ticket:
+        if ctx.agent is not None:  # issue 5: agent mail, ratings, internal notes
+            return apply_agent_mail(self, session, ctx, intake)
         msg = ctx.message
         decision = ctx.thread
         verdict = ctx.verdict
@@ -160,6 +165,7 @@ class Applier:
             found = ctx.tickets.get(decision.ticket_id) or session.get(Ticket, decision.ticket_id)
             assert found is not None
             ticket, created = found, False
+        assignee_before = ticket.assignee
 
         message = insert_row(
             session,
@@ -287,6 +293,17 @@ class Applier:
                 answerable = verdict.answerable
             template = ctx.route.result.ack_template if ctx.route is not None else None
             self.notices.acknowledge(session, ticket, message, answerable, why, template)
+        if self.notices is not None and not automated:  # issue 5: tell the agents
+            notify_after_customer_mail(
+                session,
+                self.notices,
+                ticket,
+                message,
+                created=created,
+                reopened=decision.reopen,
+                assignee_before=None if created else assignee_before,
+                written_at=at,
+            )
 
         ticket.updated_at = max(ticket.updated_at, at)
         if not automated:

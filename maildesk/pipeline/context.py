@@ -91,6 +91,7 @@ class MessageContext:
     spam: SpamScore | None = None  # set beside parsing when the filter is on
     possible_spam: bool = False  # the spam stage's "unsure": flag the ticket, no acknowledgement
     route: Any = None  # the route stage's RouteDecision (maildesk.routing.router)
+    agent: Any = None  # the agent stage's AgentMail (maildesk.agents.stage), issue 5
     # Tickets the stages loaded, kept alive for apply: the session's identity
     # map holds only weak references, so without this each lookup re-selects.
     tickets: dict[int, Any] = field(default_factory=dict)
@@ -104,6 +105,7 @@ class MessageContext:
         self.thread = None
         self.own_id_was_referenced = False
         self.possible_spam = False
+        self.agent = None
         self.tickets.clear()
         self.notes = [n for n in self.notes if n.kind == "parse"]
 

@@ -13,6 +13,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
 
+from maildesk.agents.stage import agent_stage
 from maildesk.config import PipelineSettings, Settings
 from maildesk.db import queries
 from maildesk.db.models import Ticket, TicketStatus
@@ -425,6 +426,8 @@ DB_STAGES: tuple[tuple[str, Stage], ...] = (
     ("guard", guard_stage),
     ("dedupe", dedupe_stage),
     ("thread", thread_stage),
+    # Issue 5: agent mail (signed and authenticated), ratings, internal notes.
+    ("agent", agent_stage),
     # After thread, not before: mail that joins an existing ticket is exempt.
     ("spam", spam_stage),
     ("route", route_stage),

@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
-from maildesk.db.models import Message, MessageKind, Ticket, TicketStatus
+from maildesk.db.models import Message, MessageKind, Rating, Ticket, TicketStatus
 from maildesk.people import Directory
 from maildesk.sla.calendar import BusinessCalendar
 from maildesk.sla.facts import TicketHistory, load_histories
@@ -240,6 +240,23 @@ def collect(
         "tickets": len(created),
         "per_day": days,
         "per_mailbox": [{"mailbox": m, "tickets": n} for m, n in sorted(per_mailbox.items())],
-        "ratings": None,  # answer ratings are not stored by this version
+        "ratings": rating_figures(session, start, end),
     }
     return data
+
+
+def rating_figures(session: Session, start: datetime, end: datetime) -> dict[str, Any]:
+    """Customers' ratings sent in ``[start, end)``; a ticket rated twice counts its last rating."""
+    last: dict[int, int] = {}
+    for ticket_id, score in session.execute(
+        select(Rating.ticket_id, Rating.score)
+        .where(Rating.created_at >= start, Rating.created_at < end)
+        .order_by(Rating.created_at, Rating.id)
+    ):
+        last[ticket_id] = score
+    per_score = Counter(last.values())
+    return {
+        "tickets_rated": len(last),
+        "average": round(sum(last.values()) / len(last), 2) if last else None,
+        "per_score": [{"score": s, "tickets": n} for s, n in sorted(per_score.items())],
+    }

@@ -158,6 +158,7 @@ def as_html(data: ReportData, kind: Kind) -> str:
             ("resolution", "resolution_minutes"),
         )
     ]
+    ratings = data.volume["ratings"]
     title = f"maildesk {kind} report {data.start:%Y-%m-%d} – {data.end:%Y-%m-%d}"
     return (
         "<!DOCTYPE html>\n"
@@ -179,6 +180,9 @@ def as_html(data: ReportData, kind: Kind) -> str:
         + _html_table(data.categories)
         + "<h2>Mailboxes</h2>"
         + _html_table(data.volume["per_mailbox"])
+        + "<h2>Customer ratings</h2>"
+        + f"<p>{ratings['tickets_rated']} tickets rated, average {_fmt(ratings['average'])}.</p>"
+        + _html_table(ratings["per_score"])
         + "</body></html>\n"
     )
 

@@ -78,7 +78,8 @@ def build(
     templates.mkdir(exist_ok=True)
     repo_templates = Path(__file__).resolve().parents[2] / "templates"
     for item in repo_templates.iterdir():
-        (templates / item.name).write_bytes(item.read_bytes())
+        if item.is_file():  # templates/answers/ holds canned answers (issue 5)
+            (templates / item.name).write_bytes(item.read_bytes())
     (templates / "ack_billing.customer.txt.j2").write_text(
         "Subject: Billing got your mail\n\nThe billing team has ticket {{ ticket.number }}.\n"
     )
@@ -154,11 +155,12 @@ def test_chosen_ack_template_and_suppressed_ack(
     )
     assert len(events_of(app, 1, "ack_queued")) == 1
     with app.db.transaction() as session:
-        row = session.scalars(select(Outbox).where(Outbox.ticket_id == 1)).one()
+        acks = select(Outbox).where(Outbox.purpose == "ack")  # agents get notices too
+        row = session.scalars(acks.where(Outbox.ticket_id == 1)).one()
         blob = session.get(Blob, row.raw_sha256)
         assert blob is not None
         assert b"The billing team has ticket 1" in bytes(blob.data)
-        assert session.scalars(select(Outbox).where(Outbox.ticket_id == 2)).all() == []
+        assert session.scalars(acks.where(Outbox.ticket_id == 2)).all() == []
     skipped = events_of(app, 2, "ack_skipped")
     assert "suppressed by rule lists-quiet" in skipped[0].reason
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 
 from maildesk.app import App
 from maildesk.cli import main
-from maildesk.db.models import Ticket, TicketStatus
+from maildesk.db.models import Rating, Ticket, TicketStatus
 from maildesk.reports.data import collect
 from maildesk.reports.render import Format, Kind, render
 from maildesk.sla.calendar import BusinessCalendar, CalendarConfig
@@ -164,6 +164,36 @@ def test_report_figures_match_an_independent_computation(
         {"mailbox": "support@example.com", "tickets": 4},
     ]
     assert sum(d["tickets"] for d in volume["per_day"]) == len(CASES)
+    assert volume["ratings"] == {"tickets_rated": 0, "average": None, "per_score": []}
+
+
+def test_report_counts_each_rated_ticket_once_by_its_last_rating(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    app = sla_app(tmp_path, database_url, clock, SLA)
+    ids = build(app, clock)
+    inside, before = berlin(2026, 3, 4, 12, 0), berlin(2026, 2, 20, 12, 0)
+    with app.db.transaction() as session:
+        for ticket_id, score, at in (
+            (ids[0], 2, inside),
+            (ids[0], 5, inside.replace(hour=13)),  # the customer changed their mind
+            (ids[1], 4, inside),
+            (ids[2], 1, before),  # outside the period
+        ):
+            session.add(Rating(ticket_id=ticket_id, score=score, contact="c@x.org", created_at=at))
+    with app.db.transaction() as session:
+        data = collect(
+            session, app.settings, app.directory, build_calendars(app.settings),
+            berlin(2026, 3, 2, 0, 0), berlin(2026, 3, 9, 0, 0), NOW,
+        )  # fmt: skip
+    ratings = json.loads(render(data, Kind.VOLUME, Format.JSON))["volume"]["ratings"]
+    assert ratings == {
+        "tickets_rated": 2,
+        "average": 4.5,
+        "per_score": [{"score": 4, "tickets": 1}, {"score": 5, "tickets": 1}],
+    }
+    html = render(data, Kind.VOLUME, Format.HTML)
+    assert "2 tickets rated, average 4.5" in html
 
 
 def _config(tmp_path: Path, database_url: str) -> Path:

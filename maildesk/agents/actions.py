@@ -1,0 +1,248 @@
+"""Apply an agent's parsed commands to a ticket, in order, each audited.
+
+Only commands that parsed cleanly and make sense for this ticket are applied;
+every other one is reported back with the reason. Every applied command is an
+``agent_command`` event naming the agent and the trust checks that passed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError
+from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2.sandbox import SandboxedEnvironment
+from sqlalchemy import Table, select
+from sqlalchemy.orm import Session
+
+from maildesk.agents.commands import Command
+from maildesk.config import AgentSettings
+from maildesk.db import queries
+from maildesk.db.models import (
+    Contact,
+    Direction,
+    Event,
+    Intake,
+    Message,
+    MessageKind,
+    Participant,
+    ParticipantRole,
+    Priority,
+    Ticket,
+    TicketStatus,
+    Watcher,
+)
+from maildesk.db.upsert import insert_ignore, upsert_contact
+from maildesk.outbound.notices import Notices
+from maildesk.people import Directory
+from maildesk.tickets import change_status, merge_tickets
+
+CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
+
+
+@dataclass
+class Outcome:
+    applied: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    note: bool = False
+    spam: bool = False
+    resolved: bool = False
+    inserted: list[str] = field(default_factory=list)  # #template texts, in order
+    assignee_before: str | None = None
+    assignment_changed: bool = False
+
+
+class CommandRunner:
+    def __init__(
+        self,
+        session: Session,
+        ticket: Ticket,
+        agent: AgentSettings,
+        *,
+        directory: Directory,
+        notices: Notices,
+        now: datetime,
+        checks: Sequence[str],
+        intake_id: int | None,
+    ) -> None:
+        self.session = session
+        self.ticket = ticket
+        self.agent = agent
+        self.directory = directory
+        self.notices = notices
+        self.now = now
+        self.checks = list(checks)
+        self.intake_id = intake_id
+
+    def run(self, commands: Sequence[Command]) -> Outcome:
+        out = Outcome(assignee_before=self.ticket.assignee)
+        for command in commands:
+            error = command.error or self._apply(command, out)
+            if error is None:
+                out.applied.append(command.line)
+                self._event("agent_command", f"{command.line} by {self.agent.name}", command)
+            else:
+                out.failed.append(f"{command.line} ({error})")
+                self._event(
+                    "agent_command_failed",
+                    f"{command.line} by {self.agent.name} not applied: {error}",
+                    command,
+                )
+        out.assignment_changed = self.ticket.assignee != out.assignee_before
+        return out
+
+    def _event(self, kind: str, reason: str, command: Command) -> None:
+        self.session.add(
+            Event(
+                at=self.now,
+                kind=kind,
+                reason=reason,
+                ticket_id=self.ticket.id,
+                intake_id=self.intake_id,
+                data={
+                    "command": command.name,
+                    "arg": command.arg,
+                    "agent": self.agent.name,
+                    "checks": self.checks,
+                },
+            )
+        )
+
+    def _apply(self, command: Command, out: Outcome) -> str | None:
+        handler = getattr(self, f"_do_{command.name}")
+        result: str | None = handler(command.arg, out)
+        return result
+
+    # -- one method per command: None when applied, else why not ----------------
+
+    def _do_status(self, arg: str, out: Outcome) -> str | None:
+        status = TicketStatus(arg)
+        actor = f"agent:{self.agent.name}"
+        if change_status(self.session, self.ticket, status, self.now, None, actor=actor):
+            out.resolved = status is TicketStatus.RESOLVED
+        return None
+
+    def _do_assign(self, arg: str, out: Outcome) -> str | None:
+        name = self.agent.name if arg.lower() == "me" else arg
+        if self.directory.agent(name) is not None:
+            self.ticket.assignee = name
+            return None
+        if self.directory.group(name) is not None:
+            self.ticket.group, self.ticket.assignee = name, None
+            return None
+        return f"no agent or group named {arg!r}"
+
+    def _do_priority(self, arg: str, out: Outcome) -> str | None:
+        self.ticket.priority = Priority(arg)
+        return None
+
+    def _do_category(self, arg: str, out: Outcome) -> str | None:
+        self.ticket.category = arg
+        return None
+
+    def _do_note(self, arg: str, out: Outcome) -> str | None:
+        out.note = True
+        return None
+
+    def _do_watch(self, arg: str, out: Outcome) -> str | None:
+        insert_ignore(
+            self.session,
+            Watcher,
+            {
+                "ticket_id": self.ticket.id,
+                "agent": self.agent.name,
+                "added_by": f"agent:{self.agent.name}",
+                "created_at": self.now,
+            },
+            ["ticket_id", "agent"],
+        )
+        return None
+
+    def _do_cc(self, arg: str, out: Outcome) -> str | None:
+        settings = self.notices.settings
+        if arg in settings.own_addresses or self.directory.is_agent_address(arg):
+            return "that is one of our own or an agent's address, not a customer's"
+        contact = upsert_contact(self.session, CONTACTS, arg, "", self.now)
+        insert_ignore(
+            self.session,
+            Participant,
+            {"ticket_id": self.ticket.id, "contact_id": contact, "role": ParticipantRole.CC.value},
+            ["ticket_id", "contact_id"],
+        )
+        return None
+
+    def _do_merge(self, arg: str, out: Outcome) -> str | None:
+        other = queries.ticket_by_number(self.session, int(arg))
+        if other is None:
+            return f"no ticket #{arg}"
+        if other.id == self.ticket.id:
+            return "cannot merge a ticket into itself"
+        if other.merged_into_id is not None:
+            return f"#{arg} is already merged into another ticket"
+        merge_tickets(
+            self.session, other, self.ticket, self.now, reason=f"#merge by agent {self.agent.name}"
+        )
+        return None
+
+    def _do_spam(self, arg: str, out: Outcome) -> str | None:
+        out.spam = True
+        return self._feedback("spam")
+
+    def _do_ham(self, arg: str, out: Outcome) -> str | None:
+        return self._feedback("ham")
+
+    def _feedback(self, label: str) -> str | None:
+        first = self.session.scalars(
+            select(Message)
+            .where(
+                Message.ticket_id == self.ticket.id,
+                Message.direction == Direction.INBOUND,
+                Message.kind == MessageKind.CUSTOMER,
+            )
+            .order_by(Message.id)
+            .limit(1)
+        ).first()
+        if first is None:
+            return "the ticket has no customer mail to judge"
+        try:
+            from maildesk.spam.feedback import SpamLabel, record_feedback, settle_ticket
+        except ImportError:  # pragma: no cover - the spam feedback module is optional
+            return None  # the agent_command event is the record
+        record_feedback(
+            self.session,
+            message_pk=first.id,
+            label=label,
+            source="agent",
+            actor=self.agent.name,
+            now=self.now,
+        )
+        intake = self.session.scalars(
+            select(Intake).where(Intake.message_pk == first.id).limit(1)
+        ).first()
+        if intake is not None:
+            actor = f"agent:{self.agent.name}"
+            settle_ticket(self.session, intake, SpamLabel(label), None, self.now, actor=actor)
+        return None
+
+    def _do_template(self, arg: str, out: Outcome) -> str | None:
+        customer = self.ticket.requester or Contact(email="", name="")
+        variables: dict[str, Any] = self.notices.variables(self.ticket, customer)
+        variables["agent"] = {"name": self.agent.name, "display_name": self.agent.display_name}
+        directory = self.notices.renderer.directory / "answers"
+        env = SandboxedEnvironment(
+            loader=FileSystemLoader(str(directory)),
+            undefined=StrictUndefined,
+            autoescape=False,
+            keep_trailing_newline=True,
+        )
+        try:
+            text = env.get_template(f"{arg}.txt.j2").render(variables)
+        except TemplateNotFound:
+            return f"no canned answer {arg!r} in {directory}"
+        except (TemplateSyntaxError, UndefinedError, SecurityError) as exc:
+            return f"canned answer {arg!r} does not render: {exc}"
+        out.inserted.append(text.strip("\n"))
+        return None

@@ -1,0 +1,120 @@
+"""Commands at the top of an agent's mail (MAIL-RULES §5): parsing only, pure.
+
+One command per line, each starting with ``#``, before any other text; blank
+lines between them are allowed. The first line that is not a command ends the
+block. Only the command lines are removed from the text the customer gets.
+A line such as ``#1 in the queue`` is not a command (names are words).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from maildesk.db.models import Priority, TicketStatus
+
+MAX_COMMANDS = 20
+_LINE = re.compile(r"^#([A-Za-z][A-Za-z_-]{1,15})(?:[ \t]+(.*?))?[ \t]*$")
+_NAME = re.compile(r"^[A-Za-z0-9][\w.\-]{0,119}$")
+_CATEGORY = re.compile(r"^[\w][\w .&/\-]{0,119}$")
+_TEMPLATE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+_ADDRESS = re.compile(r"^[^@\s<>,;:\"()\[\]\\]{1,64}@[A-Za-z0-9.-]{1,253}\.[A-Za-z]{2,}$")
+_TICKET = re.compile(r"^#?([0-9]{1,18})$")
+
+KNOWN = (
+    "status",
+    "assign",
+    "priority",
+    "category",
+    "note",
+    "cc",
+    "watch",
+    "merge",
+    "spam",
+    "ham",
+    "template",
+)
+NO_ARGUMENT = ("note", "watch", "spam", "ham")
+
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    """One command line; ``error`` says why it cannot be applied (None: well-formed)."""
+
+    name: str
+    arg: str
+    line: str
+    error: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Parsed:
+    commands: tuple[Command, ...]
+    text: str  # the mail's text without the command lines
+
+    @property
+    def names(self) -> set[str]:
+        return {c.name for c in self.commands if c.error is None}
+
+
+def parse_commands(text: str) -> Parsed:
+    """Split ``text`` into the leading command block and the rest."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    commands: list[Command] = []
+    i = 0
+    while i < len(lines) and len(commands) < MAX_COMMANDS:
+        line = lines[i].strip().lstrip("\ufeff")
+        if not line:
+            i += 1
+            continue
+        match = _LINE.match(line)
+        if match is None:
+            break
+        commands.append(check(match.group(1).lower(), (match.group(2) or "").strip(), line))
+        i += 1
+    if not commands:
+        return Parsed((), text)
+    rest = "\n".join(lines[i:]).strip("\n")
+    return Parsed(tuple(commands), rest + ("\n" if rest else ""))
+
+
+def check(name: str, arg: str, line: str) -> Command:
+    """Validate the syntax of one command (whether it can be applied is decided later)."""
+
+    def bad(reason: str) -> Command:
+        return Command(name, arg, line, reason)
+
+    if name not in KNOWN:
+        return bad(f"unknown command #{name}")
+    if name in NO_ARGUMENT:
+        return bad(f"#{name} takes no argument") if arg else Command(name, "", line)
+    if not arg:
+        return bad(f"#{name} needs an argument")
+    value = arg.lower()
+    if name == "status":
+        allowed = [s.value for s in TicketStatus if s is not TicketStatus.NEW]
+        if value not in allowed:
+            return bad(f"status must be one of {', '.join(allowed)}")
+        return Command(name, value, line)
+    if name == "priority":
+        allowed = [p.value for p in Priority]
+        if value not in allowed:
+            return bad(f"priority must be one of {', '.join(allowed)}")
+        return Command(name, value, line)
+    if name == "assign":
+        return Command(name, arg, line) if _NAME.match(arg) else bad("not an agent or group name")
+    if name == "category":
+        return Command(name, arg, line) if _CATEGORY.match(arg) else bad("not a category name")
+    if name == "cc":
+        address = arg.strip("<>")
+        return (
+            Command(name, address.lower(), line)
+            if _ADDRESS.match(address)
+            else bad(f"not a mail address: {arg!r}")
+        )
+    if name == "merge":
+        match = _TICKET.match(arg)
+        return Command(name, match.group(1), line) if match else bad("not a ticket number")
+    if name == "template":
+        return Command(name, value, line) if _TEMPLATE.match(value) else bad("not a template name")
+    raise AssertionError(name)  # pragma: no cover

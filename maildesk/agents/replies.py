@@ -1,0 +1,173 @@
+"""An agent's answer, sent to the customer side from the support address.
+
+Recipients are the requester and (``agent_mail.reply_to_cc``) the customer-side
+Cc participants, never an agent or one of our own addresses. The mail is
+threaded on the customer's conversation: In-Reply-To their last message,
+References only ids the customer has seen (no agent's Message-ID, no id of a
+mail to an agent). Before anything is queued, the text is checked against
+the ticket's internal notes: a reply that would carry a note is not sent.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maildesk.config import AgentSettings
+from maildesk.db.models import (
+    Contact,
+    Direction,
+    Message,
+    MessageKind,
+    Participant,
+    ParticipantRole,
+    Suppression,
+    Ticket,
+)
+from maildesk.domain.message import ParsedAttachment
+from maildesk.outbound.compose import OutboundMail, Recipient, one_line
+from maildesk.outbound.notices import Notices
+from maildesk.people import Directory
+
+MIN_LEAK_CHARS = 24
+_WS = re.compile(r"\s+")
+_SAFE_TYPE = re.compile(r"^[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*$")
+
+
+@dataclass(frozen=True, slots=True)
+class Sent:
+    recipients: tuple[str, ...]
+    outbox_id: int
+
+
+def _squash(text: str) -> str:
+    return _WS.sub(" ", text).strip().lower()
+
+
+def leaked_note(session: Session, ticket: Ticket, text: str) -> str | None:
+    """The first internal note (or paragraph of one) that ``text`` contains, or None."""
+    haystack = _squash(text)
+    if not haystack:
+        return None
+    notes = session.scalars(
+        select(Message.text_body).where(
+            Message.ticket_id == ticket.id, Message.kind == MessageKind.INTERNAL_NOTE
+        )
+    ).all()
+    for note in notes:
+        for part in [note, *re.split(r"\n\s*\n", note or "")]:
+            needle = _squash(part or "")
+            if len(needle) >= MIN_LEAK_CHARS and needle in haystack:
+                return needle[:60]
+    return None
+
+
+def customer_recipients(
+    session: Session, ticket: Ticket, notices: Notices, directory: Directory
+) -> list[Recipient]:
+    """Requester first, then Cc participants; agents, own and suppressed addresses left out."""
+    roles = [ParticipantRole.REQUESTER, ParticipantRole.CC]
+    if not notices.settings.agent_mail.reply_to_cc:
+        roles = [ParticipantRole.REQUESTER]
+    rows = session.execute(
+        select(Contact.email, Contact.name, Participant.role)
+        .join(Participant, Participant.contact_id == Contact.id)
+        .where(Participant.ticket_id == ticket.id, Participant.role.in_(roles))
+        .order_by(Participant.id)
+    ).all()
+    people: dict[str, Recipient] = {}
+    if ticket.requester is not None:
+        people[ticket.requester.email] = Recipient(ticket.requester.email, ticket.requester.name)
+    for email, name, _role in rows:
+        people.setdefault(email, Recipient(email, name))
+    now = notices.clock()
+    suppressed = set(
+        session.scalars(
+            select(Suppression.address).where(
+                Suppression.address.in_(list(people)), Suppression.until > now
+            )
+        )
+    )
+    own = notices.settings.own_addresses
+    return [
+        r
+        for r in people.values()
+        if "@" in r.addr
+        and r.addr not in own
+        and r.addr not in suppressed
+        and not directory.is_agent_address(r.addr)
+    ]
+
+
+def last_customer_message(session: Session, ticket: Ticket) -> Message | None:
+    return session.scalars(
+        select(Message)
+        .where(
+            Message.ticket_id == ticket.id,
+            Message.direction == Direction.INBOUND,
+            Message.kind == MessageKind.CUSTOMER,
+        )
+        .order_by(Message.id.desc())
+        .limit(1)
+    ).first()
+
+
+def carried_attachments(
+    parts: Sequence[ParsedAttachment],
+) -> list[tuple[str, str, bytes, str | None]]:
+    """The agent's attachments as the composer takes them; names are display text only."""
+    out = []
+    for part in parts:
+        name = one_line(part.filename).replace("/", "_").replace("\\", "_")[:200]
+        ctype = part.content_type.lower()
+        if not _SAFE_TYPE.match(ctype) or ctype.split("/")[0] in ("message", "multipart"):
+            ctype = "application/octet-stream"
+        out.append((name, ctype, part.content, part.content_id if part.inline else None))
+    return out
+
+
+def queue_customer_reply(
+    session: Session,
+    notices: Notices,
+    directory: Directory,
+    ticket: Ticket,
+    agent: AgentSettings,
+    text: str,
+    attachments: Sequence[ParsedAttachment] = (),
+) -> Sent | None:
+    """Queue the agent's answer to the customer side; None if there is nobody to send to."""
+    recipients = customer_recipients(session, ticket, notices, directory)
+    if not recipients:
+        return None
+    customer = ticket.requester or Contact(email=recipients[0].addr, name=recipients[0].name)
+    variables = notices.variables(ticket, customer)
+    variables["reply"] = text
+    variables["agent"] = {"display_name": agent.display_name}
+    support = notices.support_address_for(ticket)
+    defaults = notices.settings.address_defaults(support)
+    rendered = notices.renderer.render(
+        "agent_reply",
+        "customer",
+        variables,
+        queue=ticket.queue,
+        language=defaults.language if defaults else None,
+    )
+    answers = last_customer_message(session, ticket)
+    mail = OutboundMail(
+        purpose="agent_reply",
+        ticket=ticket,
+        recipients=recipients,
+        rendered=rendered,
+        support_address=support,
+        in_reply_to=answers.header_message_id if answers else None,
+        references=notices._references(session, answers) if answers else (),
+        auto_submitted="no",
+        from_name=notices.from_name_for(ticket),
+        attachments=carried_attachments(attachments),
+    )
+    row = notices.composer.queue(session, mail)
+    return Sent(tuple(r.addr for r in recipients), row.id)

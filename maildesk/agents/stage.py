@@ -1,0 +1,194 @@
+"""The agent stage (after thread): agent mail, ratings and internal-address notes.
+
+Reads only. It decides what kind of mail this is for issue 5 and records it
+in ``ctx.agent``; the writer (:mod:`maildesk.agents.writer`) acts on it from
+the pipeline's one writer. Mail that claims to be an agent's but is not
+proven so ends here with a quarantine :class:`Stop` (held for review).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from sqlalchemy.orm import Session
+
+from maildesk.agents.commands import parse_commands
+from maildesk.agents.trust import (
+    AuthCheck,
+    Verdict,
+    agent_refs,
+    check_auth,
+    dkim_domain,
+    judge,
+    signed_locals,
+)
+from maildesk.config import AgentSettings, Settings
+from maildesk.db import queries
+from maildesk.db.models import Ticket
+from maildesk.domain.signing import RefPurpose
+from maildesk.domain.subject import find_ticket_numbers
+from maildesk.people import Directory
+from maildesk.pipeline.context import MessageContext, Stop, StopKind, ThreadDecision, ThreadRule
+
+if TYPE_CHECKING:
+    from maildesk.pipeline.stages import StageDeps
+
+REPLY = "reply"  # verified agent reply: commands, answer to the customer
+CONFIRM = "confirm"  # verified "reply to apply" for held commands
+CONFIRM_REQUEST = "confirm_request"  # an agent's new mail with commands: ask first
+RATING = "rating"  # a customer's mail to a signed rating address
+INTERNAL = "internal"  # mail to an internal address: a note
+AUTO = "auto"  # an automated reply (out of office) to an agent notification
+HELD = "held"  # claims to be an agent's but is not proven: quarantined
+
+
+@dataclass(frozen=True)
+class AgentMail:
+    kind: str
+    ticket_id: int | None
+    agent: str | None = None
+    reason: str = ""
+    checks: tuple[str, ...] = ()
+    score: int | None = None
+    held_id: int | None = None
+    commands: tuple[str, ...] = field(default=())
+
+
+def _auth(ctx: MessageContext, all_settings: Settings, agent: AgentSettings) -> AuthCheck:
+    settings = all_settings.agent_mail
+    domain = agent.addresses[0].rpartition("@")[2]
+    sender = ctx.message.from_.addr if ctx.message.from_ else ""
+    if sender in agent.addresses:
+        domain = sender.rpartition("@")[2]
+    return check_auth(settings, ctx.message, domain, lambda: dkim_domain(ctx.raw))
+
+
+def agent_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop | None:
+    if ctx.forced or ctx.thread is None:
+        return None  # released by ops: processed as the customer mail it looks like
+    settings = deps.settings
+    msg = ctx.message
+    directory = Directory.from_settings(settings)
+    sender = msg.from_.addr if msg.from_ else ""
+    sender_agent = directory.agent_by_address(sender) if sender else None
+    recipients = [*ctx.envelope_to, *(a.addr for a in (*msg.to, *msg.cc))]
+
+    _rating(ctx, session, deps, recipients)
+    if ctx.agent is not None:
+        return None
+
+    verdict: Verdict | None = None
+    if settings.agents:
+        refs = agent_refs(
+            msg, ctx.envelope_to, settings.support_addresses, deps.signer, settings.agents
+        )
+        verdict = judge(
+            refs, sender, sender_agent, lambda a: _auth(ctx, settings, a), directory.agent
+        )
+    thread = ctx.thread
+    joins = thread.ticket_id is not None or thread.link_to is not None
+    internal = set(settings.agent_mail.internal_addresses) & {r.lower() for r in recipients}
+
+    if verdict is None:
+        if sender_agent is None:
+            return None  # customer mail
+        checked = _auth(ctx, settings, sender_agent)
+        if internal and thread.ticket_id is not None and checked.ok:
+            ctx.agent = AgentMail(
+                INTERNAL,
+                thread.ticket_id,
+                sender_agent.name,
+                f"sent by {sender} to the internal address {sorted(internal)[0]}",
+                ("from", *checked.passed),
+            )
+            return None
+        replying = thread.rule not in (ThreadRule.SUBJECT_TAG, ThreadRule.NEW_TICKET)
+        parsed = parse_commands(msg.text)
+        ticket = _tagged_ticket(ctx, session, deps)
+        if parsed.commands and ticket is not None and checked.ok and not replying:
+            ctx.agent = AgentMail(
+                CONFIRM_REQUEST,
+                ticket.id,
+                sender_agent.name,
+                "commands in a new mail: confirmation requested",
+                commands=tuple(c.line for c in parsed.commands),
+            )
+            ctx.thread = ThreadDecision(
+                ThreadRule.SUBJECT_TAG,
+                ticket.id,
+                f"agent {sender_agent.name} names #{ticket.number}",
+            )
+            return None
+        if joins:
+            return _hold(
+                ctx,
+                thread.ticket_id or thread.link_to,
+                sender_agent.name,
+                f"mail from agent address {sender} without a reply address signed for "
+                "that agent and ticket (From alone proves nothing)",
+            )
+        return None  # an agent writing to support like anyone else: a new ticket
+
+    ticket = _by_number(session, ctx, verdict.ticket) if verdict.ticket is not None else None
+    if not verdict.trusted:
+        return _hold(ctx, ticket.id if ticket else None, verdict.agent, verdict.reason)
+    if ticket is None:
+        return _hold(ctx, None, verdict.agent, f"names ticket #{verdict.ticket}, which is unknown")
+    assert verdict.ref is not None
+    evidence = f"agent mail: {verdict.reason} ({', '.join(verdict.checks)} passed)"
+    ctx.thread = ThreadDecision(ThreadRule.SIGNED_REFERENCE, ticket.id, evidence)
+    if ctx.verdict is not None and not ctx.verdict.answerable:
+        ctx.agent = AgentMail(AUTO, ticket.id, verdict.agent, "automated mail", verdict.checks)
+    elif verdict.ref.purpose == RefPurpose.CONFIRM:
+        held = int(verdict.ref.extra[0]) if verdict.ref.extra else None
+        ctx.agent = AgentMail(
+            CONFIRM, ticket.id, verdict.agent, verdict.reason, verdict.checks, held_id=held
+        )
+    else:
+        kind = INTERNAL if internal else REPLY
+        ctx.agent = AgentMail(kind, ticket.id, verdict.agent, verdict.reason, verdict.checks)
+    return None
+
+
+def _hold(ctx: MessageContext, ticket_id: int | None, agent: str | None, reason: str) -> Stop:
+    ctx.agent = AgentMail(HELD, ticket_id, agent, reason)
+    return Stop(StopKind.QUARANTINE, f"held agent mail: {reason}")
+
+
+def _rating(ctx: MessageContext, session: Session, deps: StageDeps, recipients: list[str]) -> None:
+    for local in signed_locals(recipients, deps.settings.support_addresses):
+        signed = deps.signer.parse_reply_local_part(local)
+        if signed is None or signed.purpose != RefPurpose.RATE:
+            continue
+        score = int(signed.extra[0])
+        ticket = _by_number(session, ctx, signed.ticket)
+        if ticket is None or not 1 <= score <= deps.settings.agent_mail.rating_scores:
+            continue
+        ctx.agent = AgentMail(
+            RATING, ticket.id, None, f"rating {score} for #{ticket.number}", score=score
+        )
+        ctx.thread = ThreadDecision(
+            ThreadRule.SIGNED_REFERENCE,
+            ticket.id,
+            f"addressed to our signed rating address {local}@ for ticket #{ticket.number}",
+        )
+        return
+
+
+def _tagged_ticket(ctx: MessageContext, session: Session, deps: StageDeps) -> Ticket | None:
+    for number in find_ticket_numbers(ctx.message.subject, deps.settings.threading.ticket_tag):
+        ticket = _by_number(session, ctx, number)
+        if ticket is not None:
+            return ticket
+    return None
+
+
+def _by_number(session: Session, ctx: MessageContext, number: int) -> Ticket | None:
+    ticket = queries.ticket_by_number(session, number)
+    if ticket is None:
+        return None
+    ticket = queries.surviving_ticket(session, ticket)
+    if ticket is not None:
+        ctx.tickets[ticket.id] = ticket
+    return ticket

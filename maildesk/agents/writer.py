@@ -1,0 +1,460 @@
+"""Writes what the agent stage decided, inside the pipeline's one transaction.
+
+Called from :class:`maildesk.pipeline.apply.Applier`: :func:`apply_agent_mail`
+for agent replies, confirmations, notes, ratings; :func:`after_hold` when the
+stage held a mail (quarantined) to tell the real agent.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maildesk.agents import stage as kinds
+from maildesk.agents.actions import CommandRunner, Outcome
+from maildesk.agents.commands import parse_commands
+from maildesk.agents.replies import leaked_note, queue_customer_reply
+from maildesk.agents.stage import AgentMail
+from maildesk.config import AgentSettings
+from maildesk.db.models import (
+    Attachment,
+    Direction,
+    Disposition,
+    Event,
+    HeldAgentMail,
+    Intake,
+    IntakeState,
+    Message,
+    MessageKind,
+    Rating,
+    Ticket,
+    TicketStatus,
+)
+from maildesk.db.upsert import insert_row
+from maildesk.domain.quotes import strip_reply
+from maildesk.domain.signing import RefPurpose
+from maildesk.intake.store import put_blob
+from maildesk.outbound.agent_notices import AgentNotices, marker_line
+from maildesk.outbound.notices import Notices
+from maildesk.people import Directory
+from maildesk.pipeline.context import MessageContext
+
+if TYPE_CHECKING:
+    from maildesk.pipeline.apply import Applier
+
+
+def _event(
+    applier: Applier,
+    session: Session,
+    intake: Intake,
+    ticket: Ticket,
+    message: Message | None,
+    kind: str,
+    reason: str,
+    data: dict[str, Any],
+) -> None:
+    applier.event(session, kind, reason, intake=intake, ticket=ticket, message=message, data=data)
+
+
+def _store(
+    applier: Applier,
+    session: Session,
+    ctx: MessageContext,
+    intake: Intake,
+    ticket: Ticket,
+    kind: MessageKind,
+    text: str,
+    *,
+    keep_html: bool = False,
+) -> Message:
+    """The inbound mail as a message of ``kind``; its raw MIME stays linked unchanged."""
+    msg = ctx.message
+    assert ctx.dedupe_key is not None
+    message = insert_row(
+        session,
+        Message,
+        ticket_id=ticket.id,
+        dedupe_key=ctx.dedupe_key,
+        header_message_id=msg.message_id,
+        direction=Direction.INBOUND,
+        kind=kind,
+        from_addr=msg.from_.addr if msg.from_ else "",
+        from_name=msg.from_.name if msg.from_ else "",
+        to_addrs=[a.addr for a in msg.to],
+        cc_addrs=[a.addr for a in msg.cc],
+        delivered_to=[a.lower() for a in ctx.envelope_to],
+        subject=msg.subject,
+        date=msg.date,
+        text_body=text,
+        html_body=msg.html if keep_html else None,
+        raw_sha256=intake.raw_sha256,
+        body_hash=ctx.body_hash,
+        auto_kind=None,
+        created_at=applier.now,
+    )
+    for part in msg.attachments:
+        session.add(
+            Attachment(
+                message_pk=message.id,
+                filename=part.filename[:1000],
+                content_type=part.content_type[:255],
+                size=len(part.content),
+                sha256=put_blob(session, part.content),
+                content_id=part.content_id,
+                inline=part.inline,
+            )
+        )
+    applier._remember_ids(session, ctx, ticket)
+    for note in ctx.notes:
+        _event(applier, session, intake, ticket, message, note.kind, note.reason, note.data)
+    assert ctx.thread is not None
+    _event(
+        applier,
+        session,
+        intake,
+        ticket,
+        message,
+        "threaded",
+        ctx.thread.evidence,
+        {"rule": str(ctx.thread.rule)},
+    )
+    return message
+
+
+def apply_agent_mail(
+    applier: Applier, session: Session, ctx: MessageContext, intake: Intake
+) -> Ticket:
+    mail: AgentMail = ctx.agent
+    assert mail.ticket_id is not None
+    ticket = ctx.tickets.get(mail.ticket_id) or session.get(Ticket, mail.ticket_id)
+    assert ticket is not None
+    notices = applier.notices
+    directory = Directory.from_settings(applier.settings)
+    agent = directory.agent(mail.agent) if mail.agent else None
+    data = {"agent": mail.agent, "checks": list(mail.checks)}
+
+    if mail.kind == kinds.RATING:
+        message = _store(applier, session, ctx, intake, ticket, MessageKind.AUTO, ctx.message.text)
+        sender = ctx.message.from_.addr if ctx.message.from_ else ""
+        session.add(
+            Rating(
+                ticket_id=ticket.id,
+                score=mail.score or 0,
+                contact=sender[:320],
+                message_pk=message.id,
+                created_at=applier.now,
+            )
+        )
+        _event(
+            applier,
+            session,
+            intake,
+            ticket,
+            message,
+            "rated",
+            f"{sender or 'someone'} rated ticket #{ticket.number}: {mail.score}",
+            {"score": mail.score, "contact": sender},
+        )
+    elif mail.kind == kinds.AUTO:
+        message = _store(applier, session, ctx, intake, ticket, MessageKind.AUTO, ctx.message.text)
+        _event(
+            applier,
+            session,
+            intake,
+            ticket,
+            message,
+            "agent_auto_reply",
+            f"automated mail from agent {mail.agent}: stored, nothing applied or sent",
+            data,
+        )
+    elif agent is None or notices is None:
+        message = _store(
+            applier, session, ctx, intake, ticket, MessageKind.INTERNAL_NOTE, ctx.message.text
+        )
+    elif mail.kind == kinds.CONFIRM_REQUEST:
+        _confirm_request(applier, session, ctx, intake, ticket, agent, notices, directory, mail)
+    elif mail.kind == kinds.CONFIRM:
+        _confirm(applier, session, ctx, intake, ticket, agent, notices, directory, mail)
+    else:
+        _reply(applier, session, ctx, intake, ticket, agent, notices, directory, mail)
+
+    ticket.updated_at = max(ticket.updated_at, applier.now)
+    intake.state, intake.disposition = IntakeState.DONE, Disposition.THREADED
+    intake.ticket_id = ticket.id
+    intake.message_pk = session.scalar(
+        select(Message.id).where(Message.dedupe_key == ctx.dedupe_key)
+    )
+    intake.processed_at, intake.claimed_by = applier.now, None
+    applier.flush_events(session)
+    return ticket
+
+
+def _clean_text(ctx: MessageContext, text: str, notices: Notices, ticket: Ticket) -> str:
+    """The agent's new text: our marker first, then client quote headers, heuristics."""
+    return strip_reply(text, ctx.message.html, marker=marker_line(notices, ticket)).text.strip()
+
+
+def _reply(
+    applier: Applier,
+    session: Session,
+    ctx: MessageContext,
+    intake: Intake,
+    ticket: Ticket,
+    agent: AgentSettings,
+    notices: Notices,
+    directory: Directory,
+    mail: AgentMail,
+) -> None:
+    parsed = parse_commands(ctx.message.text)
+    text = _clean_text(ctx, parsed.text, notices, ticket)
+    runner = CommandRunner(
+        session,
+        ticket,
+        agent,
+        directory=directory,
+        notices=notices,
+        now=applier.now,
+        checks=mail.checks,
+        intake_id=intake.id,
+    )
+    out = runner.run(parsed.commands)
+    answer = "\n\n".join([*out.inserted, text]).strip()
+    is_note = out.note or mail.kind == kinds.INTERNAL
+    send = bool(answer) and not is_note and not out.spam
+    if send and (leak := leaked_note(session, ticket, answer)) is not None:
+        send = False
+        out.failed.append(f"reply NOT sent: it contains the internal note text {leak!r}")
+    kind = MessageKind.AGENT_REPLY if send else MessageKind.INTERNAL_NOTE
+    stored_text = answer if send else (text or answer)
+    message = _store(applier, session, ctx, intake, ticket, kind, stored_text)
+    sent = None
+    if send:
+        sent = queue_customer_reply(
+            session, notices, directory, ticket, agent, answer, ctx.message.attachments
+        )
+        if sent is None:
+            out.failed.append("reply NOT sent: the ticket has no customer address to send to")
+    if sent is not None:
+        if ticket.status is TicketStatus.NEW:
+            ticket.status = TicketStatus.OPEN
+        _event(
+            applier,
+            session,
+            intake,
+            ticket,
+            message,
+            "agent_reply",
+            f"agent {agent.name} answered; sent to {', '.join(sent.recipients)}",
+            {**_data(mail), "outbox": sent.outbox_id, "recipients": list(sent.recipients)},
+        )
+    else:
+        _event(
+            applier,
+            session,
+            intake,
+            ticket,
+            message,
+            "internal_note",
+            f"agent {agent.name} wrote an internal note; nothing sent to the customer",
+            _data(mail),
+        )
+    _after_commands(session, ticket, agent, notices, directory, out)
+    if parsed.commands or (send and sent is None) or out.failed:
+        _result_mail(
+            session,
+            ticket,
+            agent,
+            notices,
+            directory,
+            out,
+            sent.recipients if sent else (),
+            is_note,
+        )
+
+
+def _data(mail: AgentMail) -> dict[str, Any]:
+    return {"agent": mail.agent, "checks": list(mail.checks), "why": mail.reason}
+
+
+def _after_commands(
+    session: Session,
+    ticket: Ticket,
+    agent: AgentSettings,
+    notices: Notices,
+    directory: Directory,
+    out: Outcome,
+) -> None:
+    """What the commands imply once the answer is queued: resolution mail, assignment mail."""
+    if out.resolved and ticket.status is TicketStatus.RESOLVED:
+        notices.resolved(session, ticket)
+    if out.assignment_changed:
+        AgentNotices(notices, directory).assigned(
+            session, ticket, out.assignee_before, f"agent {agent.name}"
+        )
+
+
+def _result_mail(
+    session: Session,
+    ticket: Ticket,
+    agent: AgentSettings,
+    notices: Notices,
+    directory: Directory,
+    out: Outcome,
+    sent: tuple[str, ...],
+    note: bool,
+) -> None:
+    AgentNotices(notices, directory).send(
+        session,
+        ticket,
+        agent,
+        "agent_result",
+        extra={"applied": out.applied, "failed": out.failed, "sent": list(sent), "note": note},
+    )
+
+
+def _confirm_request(
+    applier: Applier,
+    session: Session,
+    ctx: MessageContext,
+    intake: Intake,
+    ticket: Ticket,
+    agent: AgentSettings,
+    notices: Notices,
+    directory: Directory,
+    mail: AgentMail,
+) -> None:
+    parsed = parse_commands(ctx.message.text)
+    message = _store(
+        applier, session, ctx, intake, ticket, MessageKind.INTERNAL_NOTE, parsed.text.strip()
+    )
+    held = insert_row(
+        session,
+        HeldAgentMail,
+        ticket_id=ticket.id,
+        agent=agent.name,
+        intake_id=intake.id,
+        commands=list(mail.commands),
+        state="pending",
+        created_at=applier.now,
+    )
+    _event(
+        applier,
+        session,
+        intake,
+        ticket,
+        message,
+        "agent_confirm_requested",
+        f"agent {agent.name} sent commands in a new mail: confirmation requested (held {held.id})",
+        {**_data(mail), "held": held.id, "commands": list(mail.commands)},
+    )
+    AgentNotices(notices, directory).send(
+        session,
+        ticket,
+        agent,
+        "agent_confirm",
+        extra={
+            "commands": list(mail.commands),
+            "expires_hours": applier.settings.agent_mail.confirm_hours,
+        },
+        reply_purpose=RefPurpose.CONFIRM,
+        reply_extra=(str(held.id),),
+    )
+
+
+def _confirm(
+    applier: Applier,
+    session: Session,
+    ctx: MessageContext,
+    intake: Intake,
+    ticket: Ticket,
+    agent: AgentSettings,
+    notices: Notices,
+    directory: Directory,
+    mail: AgentMail,
+) -> None:
+    message = _store(applier, session, ctx, intake, ticket, MessageKind.AUTO, "")
+    held = session.get(HeldAgentMail, mail.held_id) if mail.held_id is not None else None
+    expiry = timedelta(hours=applier.settings.agent_mail.confirm_hours)
+    problem = None
+    if held is None or held.ticket_id != ticket.id or held.agent != agent.name:
+        problem = "no such held mail for this agent and ticket"
+    elif held.state != "pending":
+        problem = f"already {held.state}"
+    elif applier.now - held.created_at > expiry:
+        held.state, held.decided_at = "expired", applier.now
+        problem = "the confirmation request has expired"
+    if problem is not None or held is None:
+        out = Outcome(failed=[f"confirmation not applied: {problem}"])
+        _event(
+            applier,
+            session,
+            intake,
+            ticket,
+            message,
+            "agent_confirm_failed",
+            str(problem),
+            _data(mail),
+        )
+        _result_mail(session, ticket, agent, notices, directory, out, (), True)
+        return
+    parsed = parse_commands("\n".join(held.commands))
+    runner = CommandRunner(
+        session,
+        ticket,
+        agent,
+        directory=directory,
+        notices=notices,
+        now=applier.now,
+        checks=[*mail.checks, "confirmed"],
+        intake_id=intake.id,
+    )
+    out = runner.run(parsed.commands)
+    held.state, held.decided_at = "applied", applier.now
+    _event(
+        applier,
+        session,
+        intake,
+        ticket,
+        message,
+        "agent_confirmed",
+        f"agent {agent.name} confirmed held commands {held.id}",
+        {**_data(mail), "held": held.id},
+    )
+    _after_commands(session, ticket, agent, notices, directory, out)
+    _result_mail(session, ticket, agent, notices, directory, out, (), True)
+
+
+def after_hold(applier: Applier, session: Session, ctx: MessageContext, intake: Intake) -> None:
+    """A held mail: audit it on the ticket and tell the real agent (or the assignee)."""
+    mail: AgentMail | None = ctx.agent
+    if mail is None or mail.kind != kinds.HELD or mail.ticket_id is None:
+        return
+    ticket = ctx.tickets.get(mail.ticket_id) or session.get(Ticket, mail.ticket_id)
+    if ticket is None:
+        return
+    msg = ctx.message
+    sender = msg.from_.addr if msg.from_ else ""
+    session.add(
+        Event(
+            at=applier.now,
+            kind="agent_mail_held",
+            reason=f"held (intake {intake.id}): {mail.reason}",
+            ticket_id=ticket.id,
+            intake_id=intake.id,
+            data={"agent": mail.agent, "sender": sender, "reason": mail.reason},
+        )
+    )
+    notices = applier.notices
+    if notices is None:
+        return
+    directory = Directory.from_settings(applier.settings)
+    agent = directory.agent(mail.agent or "") or directory.agent(ticket.assignee or "")
+    if agent is None:
+        return
+    held = {"reason": mail.reason, "sender": sender, "subject": msg.subject, "intake": intake.id}
+    AgentNotices(notices, directory).send(
+        session, ticket, agent, "agent_held", extra={"held": held}
+    )

@@ -1,0 +1,241 @@
+"""Mail to agents (MAIL-RULES §5): notifications, command results, held-mail warnings.
+
+Every mail here goes to one agent and carries a Reply-To sub-address and a
+Message-ID signed for that agent and ticket, so the agent's reply can be
+trusted as theirs. The first body line is the reply marker, so quote
+stripping cuts the whole notification (with its internal notes) from an
+answer. Internal notes appear only here, in mail to agents.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from email.errors import HeaderParseError
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from maildesk.config import AgentSettings
+from maildesk.db.models import (
+    Contact,
+    Direction,
+    Event,
+    Message,
+    MessageKind,
+    Ticket,
+    Watcher,
+)
+from maildesk.domain.quotes import REPLY_MARKER_TEMPLATE
+from maildesk.outbound.compose import OutboundMail, Recipient
+from maildesk.outbound.notices import Notices
+from maildesk.outbound.templates import TemplateMissing
+from maildesk.people import Directory
+
+TEXT_LIMIT = 8000
+NOTES_SHOWN = 5
+
+
+def marker_line(notices: Notices, ticket: Ticket) -> str:
+    assert ticket.number is not None
+    return REPLY_MARKER_TEMPLATE.format(ref=notices.composer.signer.body_marker(ticket.number))
+
+
+class AgentNotices:
+    def __init__(self, notices: Notices, directory: Directory) -> None:
+        self.notices = notices
+        self.directory = directory
+
+    @property
+    def now(self) -> datetime:
+        return self.notices.clock()
+
+    # -- who ---------------------------------------------------------------
+
+    def _watchers(self, session: Session, ticket: Ticket) -> list[str]:
+        return list(session.scalars(select(Watcher.agent).where(Watcher.ticket_id == ticket.id)))
+
+    def _agents(self, names: Sequence[str | None], pref: str) -> list[AgentSettings]:
+        out: dict[str, AgentSettings] = {}
+        for name in names:
+            agent = self.directory.agent(name) if name else None
+            if agent is None or not getattr(agent.notify, pref):
+                continue
+            if self.directory.is_absent(agent, self.now):
+                continue
+            out.setdefault(agent.name, agent)
+        return list(out.values())
+
+    def _group_members(self, ticket: Ticket) -> list[str]:
+        return [a.name for a in self.directory.members(ticket.group)] if ticket.group else []
+
+    # -- what ----------------------------------------------------------------
+
+    def after_customer_mail(
+        self,
+        session: Session,
+        ticket: Ticket,
+        message: Message,
+        *,
+        created: bool,
+        reopened: bool,
+        assignee_before: str | None,
+    ) -> None:
+        """New ticket -> assignee (else the group); reply -> assignee and watchers."""
+        if not self.directory.agents or ticket.possible_spam:
+            return
+        names: list[str | None]
+        if created:
+            names = [ticket.assignee] if ticket.assignee else [*self._group_members(ticket)]
+            for agent in self._agents(names, "new_ticket"):
+                self.send(session, ticket, agent, "new_ticket", message)
+            return
+        if ticket.assignee != assignee_before:
+            self.assigned(session, ticket, assignee_before, "maildesk (routing)", message)
+        names = [ticket.assignee, *self._watchers(session, ticket)]
+        if not any(names):
+            names = [*self._group_members(ticket)]
+        for agent in self._agents(names, "customer_reply"):
+            self.send(session, ticket, agent, "customer_reply", message, {"reopened": reopened})
+
+    def assigned(
+        self,
+        session: Session,
+        ticket: Ticket,
+        before: str | None,
+        by: str,
+        message: Message | None = None,
+    ) -> None:
+        """Tell the new assignee (and the previous one) about an assignment change."""
+        for name, to_you in ((ticket.assignee, True), (before, False)):
+            for agent in self._agents([name], "assignment"):
+                extra = {"assignment": {"to_you": to_you, "agent": ticket.assignee, "by": by}}
+                self.send(session, ticket, agent, "assigned", message, extra)
+
+    # -- how -----------------------------------------------------------------
+
+    def notes(self, session: Session, ticket: Ticket) -> list[dict[str, str]]:
+        rows = session.scalars(
+            select(Message)
+            .where(Message.ticket_id == ticket.id, Message.kind == MessageKind.INTERNAL_NOTE)
+            .order_by(Message.id.desc())
+            .limit(NOTES_SHOWN)
+        ).all()
+        return [
+            {
+                "by": r.from_name or r.from_addr,
+                "at": f"{r.created_at:%Y-%m-%d %H:%M} UTC",
+                "text": r.text_body.strip()[:TEXT_LIMIT],
+            }
+            for r in reversed(rows)
+        ]
+
+    def last_customer_message(self, session: Session, ticket: Ticket) -> Message | None:
+        return session.scalars(
+            select(Message)
+            .where(
+                Message.ticket_id == ticket.id,
+                Message.direction == Direction.INBOUND,
+                Message.kind == MessageKind.CUSTOMER,
+            )
+            .order_by(Message.id.desc())
+            .limit(1)
+        ).first()
+
+    def variables(
+        self, session: Session, ticket: Ticket, agent: AgentSettings, message: Message | None
+    ) -> dict[str, Any]:
+        customer = ticket.requester or Contact(email="", name="")
+        base = self.notices.variables(ticket, customer)
+        base["ticket"].update(
+            {"group": ticket.group, "assignee": ticket.assignee, "tags": list(ticket.tags or [])}
+        )
+        if message is None:
+            message = self.last_customer_message(session, ticket)
+        return {
+            **base,
+            "marker": marker_line(self.notices, ticket),
+            "recipient": {"name": agent.display_name or agent.name, "agent": agent.name},
+            "text": (message.text_body if message is not None else "")[:TEXT_LIMIT],
+            "notes": self.notes(session, ticket),
+        }
+
+    def send(
+        self,
+        session: Session,
+        ticket: Ticket,
+        agent: AgentSettings,
+        event: str,
+        message: Message | None = None,
+        extra: dict[str, Any] | None = None,
+        *,
+        reply_purpose: str = "",
+        reply_extra: tuple[str, ...] = (),
+    ) -> bool:
+        """Render ``<event>.agent`` for ``agent`` and queue it; False (with an event) if not."""
+        notices = self.notices
+        try:
+            variables = {**self.variables(session, ticket, agent, message), **(extra or {})}
+            rendered = notices.renderer.render(event, "agent", variables, queue=ticket.queue)
+            mail = OutboundMail(
+                purpose=event,
+                ticket=ticket,
+                recipients=[Recipient(agent.addresses[0], agent.display_name)],
+                rendered=rendered,
+                support_address=notices.support_address_for(ticket),
+                in_reply_to=None,
+                auto_submitted="auto-generated",
+                from_name=notices.from_name_for(ticket),
+                agent=agent.name,
+                reply_purpose=reply_purpose,
+                reply_extra=reply_extra,
+            )
+            row = notices.composer.queue(session, mail)
+        except (TemplateMissing, ValueError, TypeError, HeaderParseError) as exc:
+            self._event(session, ticket, f"{event}_skipped", f"to {agent.name}: {exc}")
+            return False
+        if not self.directory.on_shift(agent, self.now) and agent.hours is not None:
+            row.next_attempt_at = max(
+                row.next_attempt_at, self.directory.shift_calendar(agent).next_open(self.now)
+            )
+        self._event(
+            session,
+            ticket,
+            f"{event}_queued",
+            f"{event} notice queued to agent {agent.name}",
+            outbox=row.id,
+            agent=agent.name,
+        )
+        return True
+
+    def _event(self, session: Session, ticket: Ticket, kind: str, reason: str, **data: Any) -> None:
+        session.add(Event(at=self.now, kind=kind, reason=reason, ticket_id=ticket.id, data=data))
+
+
+def notify_after_customer_mail(
+    session: Session,
+    notices: Notices,
+    ticket: Ticket,
+    message: Message,
+    *,
+    created: bool,
+    reopened: bool,
+    assignee_before: str | None,
+    written_at: datetime,
+) -> None:
+    """The pipeline's hook: notify agents of a customer's mail (not of old imported mail)."""
+    settings = notices.settings
+    if not settings.agents:
+        return
+    max_age = timedelta(hours=settings.acknowledgements.max_age_hours)
+    if notices.clock() - written_at > max_age:
+        return
+    AgentNotices(notices, Directory.from_settings(settings)).after_customer_mail(
+        session,
+        ticket,
+        message,
+        created=created,
+        reopened=reopened,
+        assignee_before=assignee_before,
+    )

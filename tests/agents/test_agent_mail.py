@@ -1,0 +1,322 @@
+"""Agents work by mail: notifications, replies, commands, trust, notes, ratings (issue 5)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from maildesk.app import App
+from maildesk.db.models import Event, Intake, IntakeState, Message, MessageKind, Rating, Ticket
+from tests.agents.agenthelp import (
+    AGENT_ADDRESSES,
+    Sent,
+    agent_app,
+    client_reply,
+    outbox,
+    plain_mail,
+    reply_address,
+    to,
+)
+from tests.conftest import FrozenClock
+from tests.mailfactory import deliver, make_mail, reply_to
+
+ALICE = "alice@customer.test"
+
+
+@pytest.fixture
+def app(tmp_path: Path, database_url: str, clock: FrozenClock) -> Iterator[App]:
+    application = agent_app(tmp_path, database_url, clock)
+    yield application
+    application.db.dispose()
+
+
+def _agent_deliver(app: App, raw: bytes, rcpt: str) -> None:
+    deliver(app, raw, rcpt=(rcpt,), mail_from="bob@agents.test")
+
+
+def _ticket(app: App, number: int = 1) -> Ticket:
+    with app.db.transaction() as session:
+        ticket = session.scalars(select(Ticket).where(Ticket.number == number)).one()
+        session.expunge(ticket)
+        return ticket
+
+
+def _events(app: App, kind: str) -> list[Event]:
+    with app.db.transaction() as session:
+        rows = list(session.scalars(select(Event).where(Event.kind == kind).order_by(Event.id)))
+        session.expunge_all()
+        return rows
+
+
+def _open_ticket(app: App, body: str = "My printer is on fire.\n", cc: str | None = None) -> Sent:
+    original = make_mail(message_id="first@customer.test", body=body, cc=cc)
+    deliver(app, original)
+    notices = to(app, "bob@agents.test", "new_ticket")
+    assert len(notices) == 1, [s.purpose for s in outbox(app)]
+    return notices[0]
+
+
+def test_new_ticket_notifies_the_assignee_with_a_reply_address_signed_for_them(app: App) -> None:
+    notice = _open_ticket(app)
+    assert _ticket(app).assignee == "bob"
+    msg = notice.msg
+    assert "support+a-1-" in reply_address(notice)
+    assert str(msg["Message-ID"]).startswith("<md.a.1.")
+    assert "My printer is on fire." in notice.text
+    assert notice.text.startswith("-- reply above this line [ref:md-1-")
+    # A signature made for bob does not verify for carol.
+    local = reply_address(notice).split("@")[0]
+    assert app.signer.parse_reply_local_part(local, agent="bob") is not None
+    assert app.signer.parse_reply_local_part(local, agent="carol") is None
+    assert app.signer.parse_reply_local_part(local) is None
+
+
+@pytest.mark.parametrize("style", ["thunderbird", "outlook", "gmail"])
+def test_agent_reply_reaches_the_customer_without_quotes_commands_or_private_address(
+    app: App, style: str
+) -> None:
+    notice = _open_ticket(app, cc="Dave <dave@customer.test>")
+    raw = client_reply(
+        notice,
+        "#status resolved\n#priority high\n\nHello Alice,\n\nplease unplug the printer.\n",
+        style=style,
+        attachment=("manual.pdf", "application/pdf", b"%PDF-1.4 manual"),
+    )
+    _agent_deliver(app, raw, reply_address(notice))
+
+    answers = to(app, ALICE, "agent_reply")
+    assert len(answers) == 1
+    answer = answers[0]
+    assert "dave@customer.test" in answer.recipients  # customer-side Cc participant
+    assert not AGENT_ADDRESSES & set(answer.recipients)
+    text = answer.text
+    assert "please unplug the printer." in text
+    assert "#status" not in text and "#priority" not in text
+    assert "My printer is on fire." not in text  # the quoted notification is cut
+    assert b"bob@agents.test" not in answer.raw
+    assert str(answer.msg["From"]).endswith("<support@example.com>")
+    assert answer.msg["In-Reply-To"] == "<first@customer.test>"
+    assert "md.a." not in str(answer.msg["References"] or "")
+    names = [p.get_filename() for p in answer.msg.iter_attachments()]
+    assert names == ["manual.pdf"]
+
+    ticket = _ticket(app)
+    assert ticket.status == "resolved" and ticket.priority == "high"
+    resolved = to(app, ALICE, "resolved")
+    assert len(resolved) == 1 and "support+rate-1-5-" in resolved[0].text
+    applied = _events(app, "agent_command")
+    assert [e.data["command"] for e in applied] == ["status", "priority"]
+    assert all(e.data["checks"] == ["signature", "from"] for e in applied)
+    result = to(app, "bob@agents.test", "agent_result")
+    assert len(result) == 1 and "applied: #status resolved" in result[0].text
+    with app.db.transaction() as session:
+        kinds = [m.kind for m in session.scalars(select(Message).order_by(Message.id))]
+    assert MessageKind.AGENT_REPLY in kinds
+
+
+def test_invalid_commands_are_not_applied_and_reported(app: App) -> None:
+    notice = _open_ticket(app)
+    raw = client_reply(
+        notice,
+        "#status maybe\n#assign nobody\n#frobnicate\n#category billing\n\nDone.\n",
+    )
+    _agent_deliver(app, raw, reply_address(notice))
+    ticket = _ticket(app)
+    assert ticket.status == "open" and ticket.category == "billing"
+    report = to(app, "bob@agents.test", "agent_result")[0].text
+    assert "NOT applied: #status maybe (status must be one of" in report
+    assert "NOT applied: #assign nobody (no agent or group named 'nobody')" in report
+    assert "NOT applied: #frobnicate (unknown command #frobnicate)" in report
+    assert "applied: #category billing" in report
+    assert "Done." in to(app, ALICE, "agent_reply")[0].text
+
+
+def test_assign_watch_and_template(app: App, tmp_path: Path) -> None:
+    notice = _open_ticket(app)
+    raw = client_reply(notice, "#assign carol\n#watch\n#template thanks\n\nMore soon.\n")
+    _agent_deliver(app, raw, reply_address(notice))
+    assert _ticket(app).assignee == "carol"
+    assigned = to(app, "carol@agents.test", "assigned")
+    assert len(assigned) == 1 and "assigned to you" in assigned[0].text
+    answer = to(app, ALICE, "agent_reply")[0].text
+    assert "thank you for contacting us about" in answer and "More soon." in answer
+    # bob watches now: a customer reply notifies carol (assignee) and bob (watcher).
+    deliver(app, reply_to(make_mail(message_id="first@customer.test"), body="Still burning\n"))
+    assert len(to(app, "carol@agents.test", "customer_reply")) == 1
+    assert len(to(app, "bob@agents.test", "customer_reply")) == 1
+
+
+def _forged(app: App, raw: bytes, rcpt: str) -> None:
+    before = {(s.purpose, tuple(s.recipients)) for s in outbox(app)}
+    status = _ticket(app).status
+    deliver(app, raw, rcpt=(rcpt,), mail_from="bob@agents.test")
+    after = [s for s in outbox(app) if (s.purpose, tuple(s.recipients)) not in before]
+    assert not [s for s in after if ALICE in s.recipients], "nothing may reach the customer"
+    assert _ticket(app).status == status
+    assert not _events(app, "agent_command")
+    with app.db.transaction() as session:
+        last = session.scalars(select(Intake).order_by(Intake.id.desc())).first()
+        assert last is not None and last.state == IntakeState.QUARANTINED
+        assert last.quarantine_reason and last.quarantine_reason.startswith("held agent mail")
+
+
+def test_from_alone_is_held_and_the_real_agent_is_told(app: App) -> None:
+    _open_ticket(app)
+    forged = reply_to(
+        make_mail(message_id="first@customer.test"),
+        sender="Bob Agent <bob@agents.test>",
+        body="#status closed\n\nClosing this.\n",
+    )
+    _forged(app, forged, "support@example.com")
+    held = _events(app, "agent_mail_held")
+    assert held and "From alone proves nothing" in held[-1].reason
+    warning = to(app, "bob@agents.test", "agent_held")
+    assert len(warning) == 1 and "NOT accepted" in warning[0].text
+
+
+def test_valid_signature_but_failing_authentication_results_is_held(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    app = agent_app(
+        tmp_path,
+        database_url,
+        clock,
+        agent_mail={"require_dmarc": True, "trusted_authserv_ids": ["mx.example.com"]},
+    )
+    try:
+        notice = _open_ticket(app)
+        address = reply_address(notice)
+        failing = "mx.example.com; dmarc=fail (p=reject) header.from=agents.test"
+        _forged(
+            app,
+            client_reply(
+                notice, "#status closed\n\nx\n", headers={"Authentication-Results": failing}
+            ),
+            address,
+        )
+        # A pass from a host we do not trust counts for nothing.
+        untrusted = "evil.example; dmarc=pass header.from=agents.test"
+        _forged(
+            app,
+            client_reply(
+                notice, "#status closed\n\ny\n", headers={"Authentication-Results": untrusted}
+            ),
+            address,
+        )
+        assert len(_events(app, "agent_mail_held")) == 2
+        # The same reply with our MTA's pass is applied, and says which checks passed.
+        passing = "mx.example.com; spf=pass smtp.mailfrom=bob@agents.test; dmarc=pass header.from=agents.test"
+        raw = client_reply(
+            notice, "#status closed\n\nz\n", headers={"Authentication-Results": passing}
+        )
+        _agent_deliver(app, raw, address)
+        assert _ticket(app).status == "closed"
+        assert _events(app, "agent_command")[0].data["checks"] == [
+            "signature",
+            "from",
+            "dmarc",
+            "spf",
+        ]
+    finally:
+        app.db.dispose()
+
+
+def test_another_tickets_signature_is_held(app: App) -> None:
+    notice = _open_ticket(app)
+    deliver(app, make_mail(message_id="second@customer.test", subject="Another thing"))
+    local, _, domain = reply_address(notice).partition("@")
+    replayed = local.replace("+a-1-", "+a-2-") + "@" + domain
+    raw = client_reply(notice, "#status closed\n\nx\n", to_addr=replayed)
+    _forged(app, raw, replayed)
+    assert "not valid for any agent" in _events(app, "agent_mail_held")[-1].reason
+    assert _ticket(app, 2).status == "new"
+
+
+def test_another_agents_signature_is_held(app: App) -> None:
+    notice = _open_ticket(app)  # signed for bob
+    raw = client_reply(notice, "#status closed\n\nx\n", sender="Carol <carol@agents.test>")
+    _forged(app, raw, reply_address(notice))
+    assert "signed for agent bob, but the mail is from carol@agents.test" in (
+        _events(app, "agent_mail_held")[-1].reason
+    )
+
+
+def test_agents_new_mail_with_commands_asks_for_confirmation(app: App) -> None:
+    _open_ticket(app)
+    raw = plain_mail(
+        "Bob Agent <bob@agents.test>",
+        "support@example.com",
+        "[Support #1] fix",
+        "#priority urgent\n",
+    )
+    deliver(app, raw, mail_from="bob@agents.test")
+    assert _ticket(app).priority == "normal"
+    request = to(app, "bob@agents.test", "agent_confirm")
+    assert len(request) == 1 and "#priority urgent" in request[0].text
+    assert "support+c-1-" in reply_address(request[0])
+    _agent_deliver(app, client_reply(request[0], "ok\n"), reply_address(request[0]))
+    assert _ticket(app).priority == "urgent"
+    assert _events(app, "agent_command")[0].data["checks"][-1] == "confirmed"
+
+
+def test_notes_never_reach_the_customer(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    app = agent_app(
+        tmp_path, database_url, clock, agent_mail={"internal_addresses": ["internal@example.com"]}
+    )
+    secret = "Customer owes us 5000 EUR from the last contract, do not mention it"
+    secret2 = "Second note via the internal address: vendor bug VX-1234 is the cause"
+    try:
+        notice = _open_ticket(app)
+        address = reply_address(notice)
+        _agent_deliver(app, client_reply(notice, f"#note\n\n{secret}\n"), address)
+        first = make_mail(message_id="first@customer.test")
+        note2 = reply_to(first, sender="Bob Agent <bob@agents.test>", body=secret2 + "\n")
+        deliver(app, note2, rcpt=("internal@example.com",), mail_from="bob@agents.test")
+        deliver(app, reply_to(first, body="Any news?\n", message_id="second@customer.test"))
+        # The notification shows both notes to bob ...
+        latest = to(app, "bob@agents.test", "customer_reply")[-1]
+        assert secret in latest.text and secret2 in latest.text
+        # ... and bob's plain reply quotes it all; the answer must not carry it.
+        _agent_deliver(app, client_reply(latest, "We are on it.\n", style="outlook"), address)
+        # Pasting a note above the marker is caught before sending.
+        _agent_deliver(app, client_reply(latest, f"FYI: {secret}\n"), address)
+        _agent_deliver(
+            app, client_reply(latest, "#status resolved\n\nAll done.\n", style="gmail"), address
+        )
+        customer_mail = [s for s in outbox(app) if not AGENT_ADDRESSES & set(s.recipients)]
+        assert {s.purpose for s in customer_mail} == {"ack", "agent_reply", "resolved"}
+        assert len([s for s in customer_mail if s.purpose == "agent_reply"]) == 2
+        for sent in customer_mail:
+            flat = " ".join(sent.raw.decode("utf-8", "replace").split())
+            for text in (secret, secret2, "5000 EUR", "VX-1234"):
+                assert text not in flat, (sent.purpose, text)
+        report = to(app, "bob@agents.test", "agent_result")
+        assert any("contains the internal note text" in r.text for r in report)
+    finally:
+        app.db.dispose()
+
+
+def test_rating_mail_is_stored(app: App) -> None:
+    notice = _open_ticket(app)
+    _agent_deliver(app, client_reply(notice, "#status resolved\n\nFixed.\n"), reply_address(notice))
+    resolved = to(app, ALICE, "resolved")[0]
+    rate4 = next(
+        line.split(": ", 1)[1]
+        for line in resolved.text.splitlines()
+        if line.strip().startswith("4:")
+    )
+    deliver(app, plain_mail("Alice <alice@customer.test>", rate4.strip(), "rating", "\n"))
+    with app.db.transaction() as session:
+        ratings = [(r.score, r.contact) for r in session.scalars(select(Rating))]
+    assert ratings == [(4, ALICE)]
+    assert _ticket(app).status == "resolved"  # a rating does not reopen
+    # A forged score (signature of 4 on a 5) is not a rating.
+    forged = rate4.replace("rate-1-4-", "rate-1-5-")
+    deliver(app, plain_mail("Alice <alice@customer.test>", forged, "rating", "\n"))
+    with app.db.transaction() as session:
+        assert len(session.scalars(select(Rating)).all()) == 1
