@@ -23,6 +23,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from maildesk.app import App
 from maildesk.intake.imap import ImapIntake
+from maildesk.intake.oversize import add_oversize_notices
 from maildesk.intake.smtp import IntakeHandler, build_controller
 from maildesk.sla.jobs import add_sla_jobs
 from maildesk.spam import jobs as spam_jobs
@@ -114,6 +115,7 @@ class Daemon:
         )
         add_sla_jobs(scheduler, self.app)
         add_spam_learning(scheduler, self.app)
+        add_oversize_notices(scheduler, self.app)
         scheduler.start()
         self.scheduler = scheduler
 

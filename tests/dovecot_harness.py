@@ -60,9 +60,9 @@ state_dir = {root}/state
 instance_name = maildesk-test-{port}
 listen = 127.0.0.1
 protocols = imap
-ssl = no
+{ssl}
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{mechanisms}
 first_valid_uid = 1
 log_path = {root}/dovecot.log
 mail_location = maildir:~/Maildir
@@ -80,10 +80,51 @@ service imap-login {{
     port = {port}
   }}
   inet_listener imaps {{
-    port = 0
+    address = 127.0.0.1
+    port = {tls_port}
   }}
 }}
+{extra}
 """
+SSL_ON = """\
+ssl = yes
+ssl_cert = <{root}/tls/server.pem
+ssl_key = <{root}/tls/server.key"""
+
+OAUTH2 = """\
+introspection_mode = post
+introspection_url = {url}
+username_attribute = username
+active_attribute = active
+active_value = true
+"""
+OAUTH2_PASSDB = """
+passdb {{
+  driver = oauth2
+  mechanisms = xoauth2 oauthbearer
+  args = {conf}
+}}
+"""
+
+
+def make_certificates(where: Path) -> None:
+    """A throwaway CA (ca.pem) and a server certificate for 127.0.0.1/localhost signed by it."""
+    where.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], cwd=where, check=True, capture_output=True)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj",
+            "/CN=maildesk test CA", "-keyout", "ca.key", "-out", "ca.pem",
+            "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")  # fmt: skip
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost",
+            "-keyout", "server.key", "-out", "server.csr")  # fmt: skip
+    (where / "san.ext").write_text(
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth\n"
+    )
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+            "-CAcreateserial", "-days", "2", "-extfile", "san.ext", "-out", "server.pem")  # fmt: skip
 
 
 @dataclass
@@ -91,7 +132,14 @@ class Dovecot:
     users: dict[str, str]
     root: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="maildesk-dovecot-")))
     port: int = field(default_factory=free_port)
+    tls: bool = False  # STARTTLS on ``port`` and implicit TLS on ``tls_port``
+    tls_port: int = 0
+    introspection_url: str = ""  # accept XOAUTH2/OAUTHBEARER tokens this RFC 7662 endpoint knows
     proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def ca_file(self) -> Path:
+        return self.root / "tls" / "ca.pem"
 
     @property
     def config(self) -> Path:
@@ -105,7 +153,25 @@ class Dovecot:
         os.chown(self.root / "home", account.pw_uid, account.pw_gid)
         lines = [f"{user}:{{PLAIN}}{password}" for user, password in self.users.items()]
         (self.root / "passwd").write_text("\n".join(lines) + "\n", encoding="utf-8")
-        self.config.write_text(CONFIG.format(root=self.root, port=self.port), encoding="utf-8")
+        if self.tls:
+            make_certificates(self.root / "tls")
+            self.tls_port = self.tls_port or free_port()
+        ssl = SSL_ON.format(root=self.root) if self.tls else "ssl = no"
+        mechanisms = extra = ""
+        if self.introspection_url:
+            oauth2 = self.root / "dovecot-oauth2.conf.ext"
+            oauth2.write_text(OAUTH2.format(url=self.introspection_url), encoding="utf-8")
+            mechanisms = " xoauth2 oauthbearer"
+            extra = OAUTH2_PASSDB.format(conf=oauth2)
+        config = CONFIG.format(
+            root=self.root,
+            port=self.port,
+            tls_port=self.tls_port,
+            ssl=ssl,
+            mechanisms=mechanisms,
+            extra=extra,
+        )
+        self.config.write_text(config, encoding="utf-8")
 
     def start(self, timeout: float = 20) -> Dovecot:
         self.proc = subprocess.Popen(
@@ -164,11 +230,20 @@ class Dovecot:
         return "\n".join(parts)
 
     # -- a second, independent client (the "user's mail program") ----------
-    @contextmanager
-    def client(self, user: str) -> Iterator[IMAPClient]:
-        client = IMAPClient("127.0.0.1", port=self.port, ssl=False, timeout=30)
+    def connect(self, user: str, timeout: float = 30) -> IMAPClient:
+        """A logged-in client the caller closes."""
+        client = IMAPClient("127.0.0.1", port=self.port, ssl=False, timeout=timeout)
         try:
             client.login(user, self.users[user])
+        except BaseException:
+            client.shutdown()
+            raise
+        return client
+
+    @contextmanager
+    def client(self, user: str) -> Iterator[IMAPClient]:
+        client = self.connect(user)
+        try:
             yield client
         finally:
             try:
@@ -214,9 +289,9 @@ def append_with(client: IMAPClient, raw: bytes, folder: str, flags: Sequence[byt
 
 
 @contextmanager
-def dovecot_server(*users: str) -> Iterator[Dovecot]:
+def dovecot_server(*users: str, **options: Any) -> Iterator[Dovecot]:
     require_dovecot()
-    server = Dovecot({user: f"pw-{user}" for user in users})
+    server = Dovecot({user: f"pw-{user}" for user in users}, **options)
     server.setup()
     try:
         server.start()

@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.config import (
     ConfigError,
+    ImapAuth,
     ImapMailboxSettings,
     ImapPostAction,
     ImapSecurity,
@@ -47,10 +48,11 @@ from maildesk.config import (
     resolve_secret,
 )
 from maildesk.db.database import Database
-from maildesk.db.models import ImapFolderState, Intake
+from maildesk.db.models import Blob, ImapFolderState, Intake
 from maildesk.db.upsert import insert_ignore
 from maildesk.domain.message import TRUNCATED_HEADER
 from maildesk.domain.rawheader import extract_message_id
+from maildesk.intake.oauth2 import Login, OAuth2Error, PasswordLogin, oauth2_login
 from maildesk.intake.store import Envelope, IntakeStore
 
 log = logging.getLogger("maildesk.intake.imap")
@@ -142,9 +144,11 @@ def size_groups(sizes: Sequence[tuple[int, int]], budget: int) -> Iterator[list[
         yield group
 
 
-def connect(mailbox: ImapMailboxSettings, password: str) -> IMAPClient:
+def connect(mailbox: ImapMailboxSettings, login: Login) -> IMAPClient:
     """Open, secure and log in; raises on any failure."""
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(
+        cafile=str(mailbox.ca_file) if mailbox.ca_file is not None else None
+    )
     if not mailbox.verify_tls:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
@@ -158,11 +162,28 @@ def connect(mailbox: ImapMailboxSettings, password: str) -> IMAPClient:
     try:
         if mailbox.security is ImapSecurity.STARTTLS:
             client.starttls(context)
-        client.login(mailbox.user, password)
+        try:
+            login.login(client)
+        except LoginError:
+            login.refused()
+            raise
     except BaseException:
         _close_quietly(client)
         raise
     return client
+
+
+def failure_kind(exc: BaseException) -> str:
+    """How a failed connection is named in the log line and the health file."""
+    if isinstance(exc, LoginError):
+        return "login failed"
+    if isinstance(exc, OAuth2Error):
+        return "OAuth2 token refresh failed"
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "TLS failed: server certificate not trusted (check ca_file / verify_tls)"
+    if isinstance(exc, ssl.SSLError):
+        return "TLS failed"
+    return "connection failed"
 
 
 def _close_quietly(client: IMAPClient) -> None:
@@ -289,10 +310,12 @@ class PollerDeps:
 class FolderPoller:
     """Reads one folder of one mailbox until stopped; never raises."""
 
+    writable = True  # False: the folder is only looked at (no post-action)
+
     def __init__(
-        self, mailbox: ImapMailboxSettings, folder: str, password: str, deps: PollerDeps
+        self, mailbox: ImapMailboxSettings, folder: str, login: Login, deps: PollerDeps
     ) -> None:
-        self.mailbox, self.folder, self.password, self.deps = mailbox, folder, password, deps
+        self.mailbox, self.folder, self.login, self.deps = mailbox, folder, login, deps
         self.name = f"{mailbox.key}/{folder}"
         self.state = FolderStateStore(
             deps.db, mailbox.key, folder, deps.holder, deps.clock, mailbox.lease_seconds
@@ -300,6 +323,8 @@ class FolderPoller:
         self.health = FolderHealth(mailbox.key, folder)
         self.failures = 0
         self.last_renew = 0.0
+        # Called with the hashes of messages found again that were stored before.
+        self.on_seen_again: Callable[[Iterable[str]], None] | None = None
 
     # -- the loop -----------------------------------------------------------
     def run(self) -> None:
@@ -325,7 +350,7 @@ class FolderPoller:
     def _failed(self, exc: Exception) -> None:
         self.failures += 1
         delay = backoff_delay(self.failures)
-        what = "login failed" if isinstance(exc, LoginError) else "connection failed"
+        what = failure_kind(exc)
         error = f"{type(exc).__name__}: {exc}"
         log.warning(
             "imap %s: %s (%s); reconnecting in %.1fs (failure %d)",
@@ -341,14 +366,16 @@ class FolderPoller:
 
     def session(self) -> None:
         """One connection: select, reconcile, then IDLE (or wait) and poll until stopped."""
-        client = connect(self.mailbox, self.password)
+        client = connect(self.mailbox, self.login)
         try:
-            writable = self.mailbox.post_action is not ImapPostAction.NONE
+            writable = self.writable and self.mailbox.post_action is not ImapPostAction.NONE
             info = client.select_folder(self.folder, readonly=not writable)
             uidvalidity = int(info[b"UIDVALIDITY"])
             progress = self._check_uidvalidity(uidvalidity)
-            if self.mailbox.post_action is ImapPostAction.MOVE and not client.folder_exists(
-                self.mailbox.move_to
+            if (
+                writable
+                and self.mailbox.post_action is ImapPostAction.MOVE
+                and not client.folder_exists(self.mailbox.move_to)
             ):
                 client.create_folder(self.mailbox.move_to)
             use_idle = self.mailbox.idle and b"IDLE" in client.capabilities()
@@ -356,7 +383,8 @@ class FolderPoller:
                 log.info("imap %s: connected again after %d failures", self.name, self.failures)
             self.failures = 0
             self.health.consecutive_failures = 0
-            self._catch_up_post_actions(client, progress)
+            if writable:
+                self._catch_up_post_actions(client, progress)
             while not self.deps.stop.is_set():
                 self.poll(client, uidvalidity)
                 if use_idle:
@@ -385,9 +413,7 @@ class FolderPoller:
     # -- reading ------------------------------------------------------------
     def poll(self, client: IMAPClient, uidvalidity: int) -> int:
         """Store every message above the recorded UID; returns how many were stored."""
-        self._report(FolderStatus.POLLING)
-        _take_change_notices(client)  # what they announce, the search below finds
-        self._renew_if_due()  # every write below checks the lease as well
+        self._begin_poll(client)
         last = self.state.load().last_uid
         uids = new_uids(client.search(["UID", f"{last + 1}:*"]), last)
         stored = 0
@@ -409,6 +435,11 @@ class FolderPoller:
             log.info("imap %s: stored %d new messages (up to UID %d)", self.name, stored, uids[-1])
         self.health.last_ok_at = self.deps.clock().isoformat()
         return stored
+
+    def _begin_poll(self, client: IMAPClient) -> None:
+        self._report(FolderStatus.POLLING)
+        _take_change_notices(client)  # what they announce, the search below finds
+        self._renew_if_due()  # every write below checks the lease as well
 
     def _fetch(
         self, client: IMAPClient, uids: list[int], uidvalidity: int
@@ -457,25 +488,41 @@ class FolderPoller:
         after a UIDVALIDITY change, when the whole folder is read again.
         """
         ids = {raw: (extract_message_id(raw) or "")[:998] for raw, _env in items}
+        hashes = {raw: hashlib.sha256(raw).hexdigest() for raw, _env in items}
         wanted = {mid for mid in ids.values() if mid}
-        if not wanted:
-            return items
+        # Without a Message-ID the bytes alone identify it: only when they are
+        # already stored at all (a blob) is the intake table searched for them.
+        bare = {hashes[raw] for raw, _env in items if not ids[raw]}
         here = f"{self.mailbox.key}/{self.folder}"
+        rows: list[Any] = []
         with self.deps.db.transaction() as session:
-            rows = session.execute(
-                select(Intake.header_message_id, Intake.raw_sha256, Intake.source_ref).where(
-                    Intake.source == SOURCE, Intake.header_message_id.in_(wanted)
-                )
-            ).all()
-        known = {(mid, sha) for mid, sha, ref in rows if ref_folder(ref) == here}
+            if wanted:
+                rows += session.execute(
+                    select(Intake.header_message_id, Intake.raw_sha256, Intake.source_ref).where(
+                        Intake.source == SOURCE, Intake.header_message_id.in_(wanted)
+                    )
+                ).all()
+            if bare:
+                known_blobs = set(session.scalars(select(Blob.sha256).where(Blob.sha256.in_(bare))))
+                if known_blobs:
+                    rows += session.execute(
+                        select(
+                            Intake.header_message_id, Intake.raw_sha256, Intake.source_ref
+                        ).where(Intake.source == SOURCE, Intake.raw_sha256.in_(known_blobs))
+                    ).all()
+        known = {(mid or "", sha) for mid, sha, ref in rows if ref_folder(ref) == here}
         fresh = []
+        again = []
         for raw, env in items:
-            key = (ids[raw], hashlib.sha256(raw).hexdigest())
-            if ids[raw] and key in known:
+            key = (ids[raw], hashes[raw])
+            if key in known:
                 log.info("imap %s: %s was stored before; not storing it again", self.name, env)
+                again.append(hashes[raw])
                 continue
             known.add(key)
             fresh.append((raw, env))
+        if again and self.on_seen_again is not None:
+            self.on_seen_again(again)
         return fresh
 
     # -- after storing ------------------------------------------------------
@@ -523,6 +570,8 @@ class FolderPoller:
                 return  # mail came in during the last poll's commands or as IDLE began
             until = time.monotonic() + min(self.mailbox.poll_interval_seconds, IDLE_MAX_SECONDS)
             while not self.deps.stop.is_set() and time.monotonic() < until:
+                if _buffered_change(client):
+                    break
                 responses = client.idle_check(timeout=IDLE_CHECK_SECONDS)
                 if any(_announces_change(r) for r in responses):
                     break
@@ -573,6 +622,35 @@ def _peer_closed(client: IMAPClient) -> bool:
             return True
 
 
+def _buffered_change(client: IMAPClient) -> bool:
+    """True when a change notice already sits in imaplib's read buffer.
+
+    ``idle_check`` only polls the socket. A line that arrived in the same
+    packet as the one before it (``+ idling`` and ``* 2 EXISTS`` together) is
+    already in the buffered reader, invisible to that poll, and would wait for
+    the next packet or the reconciliation poll. Reads only complete lines.
+    """
+    reader = client._imap.file
+    sock = client.socket()
+    changed = False
+    sock.setblocking(False)
+    try:
+        while True:
+            try:
+                pending = reader.peek(1)
+            except (BlockingIOError, ssl.SSLWantReadError, TimeoutError):
+                return changed
+            if b"\n" not in pending:
+                return changed
+            words = reader.readline().split()
+            if words[:1] == [b"*"] and len(words) >= 2:
+                kind = (words[2] if len(words) >= 3 else words[1]).upper()
+                changed = changed or kind in (b"EXISTS", b"RECENT") or words[1].upper() == b"BYE"
+    finally:
+        sock.setblocking(True)
+        client._set_read_timeout()
+
+
 def _take_change_notices(client: IMAPClient) -> bool:
     """Pop untagged EXISTS/RECENT that arrived with other commands' responses.
 
@@ -600,7 +678,7 @@ class ImapIntake:
     """All configured mailbox folders: starts one poller thread each, stops them all."""
 
     mailboxes: tuple[ImapMailboxSettings, ...]
-    passwords: dict[str, str]
+    logins: dict[str, Login]
     store: IntakeStore
     db: Database
     holder: str
@@ -624,10 +702,10 @@ class ImapIntake:
         clock: Clock,
         on_stored: Callable[[], None] = lambda: None,
     ) -> ImapIntake:
-        """Resolve the passwords now, so a missing secret stops the start with exit 78."""
+        """Resolve the secrets now, so a missing secret stops the start with exit 78."""
         return cls(
             settings.imap,
-            resolve_passwords(settings),
+            resolve_logins(settings, clock),
             store,
             db,
             holder,
@@ -646,9 +724,15 @@ class ImapIntake:
             self.on_stored,
             self._record_health,
         )
+        from maildesk.intake.junk import JunkPoller, seen_again_hook  # it builds on this module
+
         for mailbox in self.mailboxes:
-            for folder in mailbox.folders:
-                poller = FolderPoller(mailbox, folder, self.passwords[mailbox.key], deps)
+            junk = (mailbox.junk_folder,) if mailbox.junk_folder else ()
+            for folder in (*mailbox.folders, *junk):
+                kind = JunkPoller if folder in junk else FolderPoller
+                poller = kind(mailbox, folder, self.logins[mailbox.key], deps)
+                if junk and kind is FolderPoller:
+                    poller.on_seen_again = seen_again_hook(self.db, poller.name, self.clock)
                 self.pollers.append(poller)
                 self._health[(mailbox.key, folder)] = poller.health
                 thread = threading.Thread(
@@ -698,12 +782,15 @@ class ImapIntake:
             log.warning("cannot write %s: %s", self.health_path, exc)
 
 
-def resolve_passwords(settings: Settings) -> dict[str, str]:
-    """Each mailbox's password by key; ConfigError for duplicates or a missing secret."""
-    passwords: dict[str, str] = {}
+def resolve_logins(settings: Settings, clock: Clock) -> dict[str, Login]:
+    """Each mailbox's login by key; ConfigError for duplicates or a missing secret."""
+    logins: dict[str, Login] = {}
     for index, mailbox in enumerate(settings.imap):
-        if mailbox.key in passwords:
+        if mailbox.key in logins:
             raise ConfigError(settings.source, f"imap.{index}.name", f"{mailbox.key!r} twice")
+        if mailbox.auth is ImapAuth.OAUTH2:
+            logins[mailbox.key] = oauth2_login(settings, index, mailbox, clock)
+            continue
         value = resolve_secret(
             settings.source,
             f"imap.{index}.password",
@@ -713,5 +800,5 @@ def resolve_passwords(settings: Settings) -> dict[str, str]:
         )
         if value is None:
             raise ConfigError(settings.source, f"imap.{index}.password", "no password given")
-        passwords[mailbox.key] = value
-    return passwords
+        logins[mailbox.key] = PasswordLogin(mailbox.user, value)
+    return logins

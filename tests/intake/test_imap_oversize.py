@@ -1,0 +1,135 @@
+"""Over-size IMAP mail: header-only quarantine entry, and one notice per policy."""
+
+from __future__ import annotations
+
+import email
+from collections.abc import Iterator
+from email.message import Message
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from maildesk.app import App
+from maildesk.db.models import Blob, Event, Intake, IntakeState, Outbox
+from maildesk.intake.oversize import EVENT, queue_notices
+from tests.conftest import FrozenClock, make_settings
+from tests.dovecot_harness import Dovecot, dovecot_server
+from tests.intake.test_imap import Runner, crlf, mail, wait_until
+from tests.mailfactory import make_mail
+
+USER = "support"
+LIMIT = 10_000
+BIG_BODY = ("y" * 76 + "\n") * 400
+
+
+@pytest.fixture
+def dovecot() -> Iterator[Dovecot]:
+    with dovecot_server(USER) as server:
+        yield server
+
+
+def build_app(tmp_path: Path, database_url: str, clock: FrozenClock, block: dict[str, Any]) -> App:
+    settings = make_settings(tmp_path, database_url, imap=[block])
+    return App.build(settings, clock=clock)
+
+
+def read_in(app: App, dovecot: Dovecot, count: int) -> None:
+    """Let the real poller store ``count`` messages, then run the pipeline on them."""
+    runner = Runner()
+    intake = runner.start(app, app.settings.imap[0].model_dump())
+    try:
+        wait_until(lambda: intake_count(app) == count, f"{count} stored")
+    finally:
+        runner.stop(intake)
+    app.worker().drain()
+
+
+def intake_count(app: App) -> int:
+    with app.db.transaction() as session:
+        return len(session.scalars(select(Intake.id)).all())
+
+
+def outbox(app: App) -> list[Message]:
+    with app.db.transaction() as session:
+        rows = session.scalars(select(Outbox).where(Outbox.purpose == "too_large")).all()
+        return [
+            email.message_from_bytes(bytes(session.get_one(Blob, r.raw_sha256).data)) for r in rows
+        ]
+
+
+def events(app: App) -> list[str]:
+    with app.db.transaction() as session:
+        return list(session.scalars(select(Event.reason).where(Event.kind == EVENT)))
+
+
+def notify(app: App) -> int:
+    with app.db.transaction() as session:
+        return queue_notices(session, app.notices(), app.clock())
+
+
+def test_sender_of_an_over_size_message_is_told_once(
+    tmp_path: Path, database_url: str, clock: FrozenClock, dovecot: Dovecot
+) -> None:
+    block = dovecot.mailbox(
+        USER, max_message_bytes=LIMIT, oversize_notice="sender", post_action="none"
+    )
+    app = build_app(tmp_path, database_url, clock, block)
+    try:
+        big = mail(1, subject="Scans attached", body=BIG_BODY, message_id="big-1@customer.test")
+        dovecot.append(USER, big)
+        read_in(app, dovecot, 1)
+        with app.db.transaction() as session:
+            row = session.scalars(select(Intake)).one()
+            assert row.state is IntakeState.QUARANTINED
+            reason = row.quarantine_reason or ""
+            assert reason.startswith("too large to fetch from IMAP")
+            assert f"original size {len(big)} bytes" in reason
+            kept = bytes(session.get_one(Blob, row.raw_sha256).data)
+        assert b"Subject: Scans attached" in kept and b"yyyy" not in kept
+
+        assert notify(app) == 1
+        assert notify(app) == 0  # the next pass: already told
+        (notice,) = outbox(app)
+        assert notice["To"] == "alice@customer.test"
+        assert notice["From"].endswith("<support@example.com>")
+        assert notice["Subject"] == "Your message was too large: Scans attached"
+        assert notice["In-Reply-To"] == "<big-1@customer.test>"
+        assert notice["Auto-Submitted"] == "auto-replied"
+        payload = notice.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        body = payload.decode()
+        assert f"({len(big)} bytes)" in body and f"{LIMIT}" in body
+        assert events(app) == ["too_large notice queued"]
+    finally:
+        app.db.dispose()
+
+
+def test_no_notice_to_automated_mail_or_when_the_policy_is_none(
+    tmp_path: Path, database_url: str, clock: FrozenClock, dovecot: Dovecot
+) -> None:
+    block = dovecot.mailbox(
+        USER, max_message_bytes=LIMIT, oversize_notice="sender", post_action="none"
+    )
+    app = build_app(tmp_path, database_url, clock, block)
+    try:
+        bounce = make_mail(body=BIG_BODY, headers={"Auto-Submitted": "auto-generated"})
+        dovecot.append(USER, crlf(bounce))
+        read_in(app, dovecot, 1)
+        assert notify(app) == 0
+        assert outbox(app) == []
+        (reason,) = events(app)
+        assert "automated mail" in reason
+    finally:
+        app.db.dispose()
+
+    quiet = build_app(tmp_path / "quiet", database_url, clock, {**block, "oversize_notice": "none"})
+    try:
+        dovecot.append(USER, mail(3, body=BIG_BODY))
+        read_in(quiet, dovecot, 2)
+        assert notify(quiet) == 0
+        assert outbox(quiet) == []
+        assert any("policy is none" in r for r in events(quiet))
+    finally:
+        quiet.db.dispose()
