@@ -128,6 +128,8 @@ def agent_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop 
                 f"mail from agent address {sender} without a reply address signed for "
                 "that agent and ticket (From alone proves nothing)",
             )
+        if checked.ok and checked.passed:
+            ctx.authenticated_agent = f"{sender_agent.name} ({', '.join(checked.passed)} passed)"
         return None  # an agent writing to support like anyone else: a new ticket
 
     ticket = _by_number(session, ctx, verdict.ticket) if verdict.ticket is not None else None

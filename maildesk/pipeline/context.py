@@ -92,6 +92,9 @@ class MessageContext:
     possible_spam: bool = False  # the spam stage's "unsure": flag the ticket, no acknowledgement
     route: Any = None  # the route stage's RouteDecision (maildesk.routing.router)
     agent: Any = None  # the agent stage's AgentMail (maildesk.agents.stage), issue 5
+    # An agent's new mail whose sender authentication passed (DKIM/DMARC/SPF from
+    # a trusted host): the only agent mail the spam filter leaves alone.
+    authenticated_agent: str | None = None
     # Tickets the stages loaded, kept alive for apply: the session's identity
     # map holds only weak references, so without this each lookup re-selects.
     tickets: dict[int, Any] = field(default_factory=dict)
@@ -106,6 +109,7 @@ class MessageContext:
         self.own_id_was_referenced = False
         self.possible_spam = False
         self.agent = None
+        self.authenticated_agent = None
         self.tickets.clear()
         self.notes = [n for n in self.notes if n.kind == "parse"]
 

@@ -58,6 +58,8 @@ def spam_stage(ctx: MessageContext, _session: Session, deps: StageDeps) -> Stop 
         return None
     sender = ctx.message.from_.addr if ctx.message.from_ else ""
     exempt = exemption(deps.settings, sender)
+    if ctx.authenticated_agent is not None:
+        exempt = f"authenticated mail from agent {ctx.authenticated_agent}"
     if exempt:
         ctx.note("spam", f"{summary}; not filtered: {exempt}", **facts)
         return None
@@ -73,13 +75,15 @@ def spam_stage(ctx: MessageContext, _session: Session, deps: StageDeps) -> Stop 
 
 
 def exemption(settings: Settings, sender: str) -> str | None:
-    """Why mail from ``sender`` is never filtered, or None."""
+    """Why mail from ``sender`` is never filtered, or None.
+
+    An agent's From address is not on this list: anyone can write it. Only
+    the agent stage's authenticated sender (``ctx.authenticated_agent``) is.
+    """
     address = sender.lower()
     if not address:
         return None
     own = base_address(address)
-    if any(own == base_address(a) for agent in settings.agents for a in agent.addresses):
-        return f"{address} is an agent's address"
     if address in settings.spam.allow_addresses or own in settings.spam.allow_addresses:
         return f"{address} is on spam.allow_addresses"
     domain = address.rpartition("@")[2]

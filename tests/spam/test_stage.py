@@ -138,6 +138,44 @@ def test_allow_listed_senders_are_not_filtered(
         app.db.dispose()
 
 
+def test_an_agents_from_address_alone_does_not_pass_the_filter(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    # Everything scores spam here. Spammers forge From = a staff address all the time:
+    # only mail whose sender authentication passed at our own MTA is let through.
+    spam = {"unsure_at": 0.0, "spam_at": 0.0}
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        spam=spam,
+        agents=[{"name": "bob", "addresses": ["bob@example.com"]}],
+        agent_mail={"trusted_authserv_ids": ["mx.example.com"]},
+    )
+    app = App.build(settings, clock=clock)
+    try:
+        forged = make_mail(sender="Bob <bob@example.com>", subject="Invoice overdue, pay now")
+        assert deliver(app, forged).as_dict()["quarantined"] == 1
+        passed = "mx.example.com; dkim=pass header.d=example.com; spf=pass smtp.mailfrom=example.com"
+        elsewhere = "evil.example; dkim=pass header.d=example.com"  # not our MTA: ignored
+        untrusted = make_mail(
+            sender="Bob <bob@example.com>",
+            subject="Printer in room 4",
+            headers={"Authentication-Results": elsewhere},
+        )
+        assert deliver(app, untrusted).as_dict()["quarantined"] == 1
+        real = make_mail(
+            sender="Bob <bob@example.com>",
+            subject="Printer in room 4",
+            headers={"Authentication-Results": passed},
+        )
+        assert deliver(app, real).as_dict()["created"] == 1
+        reasons = [e.reason for e in spam_events(app)]
+        assert "not filtered: authenticated mail from agent bob (dkim, spf passed)" in reasons[-1]
+        assert all("not filtered" not in r for r in reasons[:-1])
+    finally:
+        app.db.dispose()
+
+
 def test_a_corrupt_live_model_falls_back_to_the_seed_with_a_log_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, corpus: Path
 ) -> None:
