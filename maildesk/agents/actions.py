@@ -38,6 +38,8 @@ from maildesk.db.models import (
 from maildesk.db.upsert import insert_ignore, upsert_contact
 from maildesk.outbound.notices import Notices
 from maildesk.people import Directory
+from maildesk.routing.escalate import EscalationError, escalate
+from maildesk.routing.feedback import correct_category, move_queue
 from maildesk.tickets import change_status, merge_tickets
 
 CONTACTS: Table = Contact.__table__  # type: ignore[assignment]
@@ -53,6 +55,7 @@ class Outcome:
     inserted: list[str] = field(default_factory=list)  # #template texts, in order
     assignee_before: str | None = None
     assignment_changed: bool = False
+    escalated: tuple[str, str] | None = None  # (new group, why) of the last #escalate
 
 
 class CommandRunner:
@@ -120,8 +123,7 @@ class CommandRunner:
 
     def _do_status(self, arg: str, out: Outcome) -> str | None:
         status = TicketStatus(arg)
-        actor = f"agent:{self.agent.name}"
-        if change_status(self.session, self.ticket, status, self.now, None, actor=actor):
+        if change_status(self.session, self.ticket, status, self.now, None, actor=self._actor):
             out.resolved = status is TicketStatus.RESOLVED
         return None
 
@@ -139,8 +141,81 @@ class CommandRunner:
         self.ticket.priority = Priority(arg)
         return None
 
+    @property
+    def _actor(self) -> str:
+        return f"agent:{self.agent.name}"
+
+    def _record(self, kind: str, reason: str, data: dict[str, Any]) -> None:
+        self.session.add(
+            Event(
+                at=self.now,
+                kind=kind,
+                reason=reason,
+                ticket_id=self.ticket.id,
+                intake_id=self.intake_id,
+                data=data,
+            )
+        )
+
     def _do_category(self, arg: str, out: Outcome) -> str | None:
-        self.ticket.category = arg
+        """A correction: the category model learns it (``routing.learn_corrections``)."""
+        settings = self.notices.settings
+        correct_category(
+            self.session,
+            self.ticket,
+            arg,
+            actor=self._actor,
+            settings=settings,
+            now=self.now,
+            record=self._record,
+        )
+        return None
+
+    def _do_queue(self, arg: str, out: Outcome) -> str | None:
+        """Move to another queue: its group takes the ticket, the queue model learns."""
+        settings = self.notices.settings
+        known = {
+            *settings.routing.queue_groups,
+            *settings.routing.default_responsible,
+            *(a.queue for a in settings.address if a.queue),
+        }
+        if arg not in known:
+            listed = f" (known: {', '.join(sorted(known))})" if known else ""
+            return f"no queue named {arg!r}{listed}"
+        if arg == self.ticket.queue:
+            return f"the ticket is already in queue {arg}"
+        move_queue(
+            self.session,
+            self.ticket,
+            arg,
+            actor=self._actor,
+            settings=settings,
+            directory=self.directory,
+            now=self.now,
+            record=self._record,
+        )
+        return None
+
+    def _do_escalate(self, arg: str, out: Outcome) -> str | None:
+        """Up a tier (the group's ``escalates_to``) or to the named group; the group is told."""
+        before = self.ticket.group
+        try:
+            group = escalate(
+                self.session,
+                self.ticket,
+                arg or None,
+                actor=self._actor,
+                settings=self.notices.settings,
+                directory=self.directory,
+                now=self.now,
+                record=self._record,
+            )
+        except EscalationError as exc:
+            return str(exc)
+        out.escalated = (
+            group,
+            f"escalated by {self.agent.name} from {before or 'no group'} to {group}",
+        )
         return None
 
     def _do_note(self, arg: str, out: Outcome) -> str | None:
@@ -148,23 +223,31 @@ class CommandRunner:
         return None
 
     def _do_watch(self, arg: str, out: Outcome) -> str | None:
+        self._watch(self.agent.name)
+        return None
+
+    def _watch(self, name: str) -> None:
         insert_ignore(
             self.session,
             Watcher,
             {
                 "ticket_id": self.ticket.id,
-                "agent": self.agent.name,
-                "added_by": f"agent:{self.agent.name}",
+                "agent": name,
+                "added_by": self._actor,
                 "created_at": self.now,
             },
             ["ticket_id", "agent"],
         )
-        return None
 
     def _do_cc(self, arg: str, out: Outcome) -> str | None:
+        """A customer-side address joins the conversation; an agent's address, the watchers."""
         settings = self.notices.settings
-        if arg in settings.own_addresses or self.directory.is_agent_address(arg):
-            return "that is one of our own or an agent's address, not a customer's"
+        if arg in settings.own_addresses:
+            return "that is one of our own addresses"
+        colleague = self.directory.agent_by_address(arg)
+        if colleague is not None:
+            self._watch(colleague.name)
+            return None
         contact = upsert_contact(self.session, CONTACTS, arg, "", self.now)
         insert_ignore(
             self.session,

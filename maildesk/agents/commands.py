@@ -33,8 +33,11 @@ KNOWN = (
     "spam",
     "ham",
     "template",
+    "escalate",
+    "queue",
 )
 NO_ARGUMENT = ("note", "watch", "spam", "ham")
+OPTIONAL_ARGUMENT = ("escalate",)  # #escalate: to the group's escalates_to
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +91,8 @@ def check(name: str, arg: str, line: str) -> Command:
         return bad(f"unknown command #{name}")
     if name in NO_ARGUMENT:
         return bad(f"#{name} takes no argument") if arg else Command(name, "", line)
+    if name in OPTIONAL_ARGUMENT and not arg:
+        return Command(name, "", line)
     if not arg:
         return bad(f"#{name} needs an argument")
     value = arg.lower()
@@ -101,8 +106,10 @@ def check(name: str, arg: str, line: str) -> Command:
         if value not in allowed:
             return bad(f"priority must be one of {', '.join(allowed)}")
         return Command(name, value, line)
-    if name == "assign":
+    if name in ("assign", "escalate"):
         return Command(name, arg, line) if _NAME.match(arg) else bad("not an agent or group name")
+    if name == "queue":
+        return Command(name, arg, line) if _NAME.match(arg) else bad("not a queue name")
     if name == "category":
         return Command(name, arg, line) if _CATEGORY.match(arg) else bad("not a category name")
     if name == "cc":

@@ -290,7 +290,9 @@ def _after_commands(
     """What the commands imply once the answer is queued: resolution mail, assignment mail."""
     if out.resolved and ticket.status is TicketStatus.RESOLVED:
         notices.resolved(session, ticket)
-    if out.assignment_changed:
+    if out.escalated is not None:  # the new group hears of it, the assignee among them
+        AgentNotices(notices, directory).escalated(session, ticket, *out.escalated)
+    elif out.assignment_changed:
         AgentNotices(notices, directory).assigned(
             session, ticket, out.assignee_before, f"agent {agent.name}"
         )

@@ -9,7 +9,7 @@ answer. Internal notes appear only here, in mail to agents.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime, timedelta
 from email.errors import HeaderParseError
 from typing import Any
@@ -112,6 +112,13 @@ class AgentNotices:
             for agent in self._agents([name], "assignment"):
                 extra = {"assignment": {"to_you": to_you, "agent": ticket.assignee, "by": by}}
                 self.send(session, ticket, agent, "assigned", message, extra)
+
+    def escalated(self, session: Session, ticket: Ticket, group: str, why: str) -> None:
+        """Tell every present member of the group a ticket was escalated to."""
+        members = [a.name for a in self.directory.members(group)]
+        extra = {"escalation": {"group": group, "why": why}}
+        for agent in self._agents(members, "new_ticket"):
+            self.send(session, ticket, agent, "escalated", None, extra)
 
     # -- how -----------------------------------------------------------------
 
@@ -239,3 +246,9 @@ def notify_after_customer_mail(
         reopened=reopened,
         assignee_before=assignee_before,
     )
+
+
+def notify_escalation(notices: Notices) -> Callable[[Session, Ticket, str, str], None]:
+    """The ``notify`` for :func:`maildesk.routing.escalate.escalate`: mail the new group."""
+    directory = Directory.from_settings(notices.settings)
+    return AgentNotices(notices, directory).escalated

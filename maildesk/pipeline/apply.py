@@ -39,7 +39,7 @@ from maildesk.domain.message import Address
 from maildesk.domain.subject import normalize_subject
 from maildesk.domain.threadindex import conversation_key
 from maildesk.intake.store import put_blob
-from maildesk.outbound.agent_notices import notify_after_customer_mail
+from maildesk.outbound.agent_notices import notify_after_customer_mail, notify_escalation
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind
 from maildesk.pipeline.lookahead import Lookahead
@@ -277,6 +277,8 @@ class Applier:
                 created=created,
                 reopened=decision.reopen,
                 automated=automated,
+                # A new ticket's group hears of it by the new-ticket notice below.
+                notify=None if created or self.notices is None else notify_escalation(self.notices),
             )
         if verdict.kind is AutoKind.BOUNCE:
             self._suppress(session, ctx, intake, ticket, message)

@@ -17,7 +17,7 @@ from maildesk.config import Settings
 from maildesk.db.models import Priority, Ticket, Watcher
 from maildesk.db.upsert import insert_ignore
 from maildesk.routing.assign_db import Record, assign_ticket
-from maildesk.routing.escalate import EscalationError, escalate
+from maildesk.routing.escalate import EscalationError, Notify, escalate
 from maildesk.routing.router import RouteDecision
 
 TICKET_FIELD = {"type": "ticket_type", "agent": "assignee"}
@@ -34,6 +34,7 @@ def apply_route(
     created: bool,
     reopened: bool,
     automated: bool,
+    notify: Notify | None = None,
 ) -> None:
     directory = decision.directory
     if created and ticket.organisation is None:
@@ -54,6 +55,7 @@ def apply_route(
                 directory=directory,
                 now=now,
                 record=record,
+                notify=notify,
             )
             return  # escalate assigned it within the new group
         except EscalationError as exc:

@@ -3,15 +3,14 @@
 Called by the ``escalate`` rule action and by the agents' ``#escalate [group]``
 command. The ticket leaves its assignee, joins the new group, is assigned
 within it by the group's strategy, and the move is an ``escalated`` event. The
-new group is notified by :mod:`maildesk.outbound.agent_notices` when that
-module is installed (else the event is the record).
+caller passes ``notify`` to tell the new group (the pipeline and the agents'
+command runner pass :func:`maildesk.outbound.agent_notices.notify_escalation`).
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
+from collections.abc import Callable
 from datetime import datetime
 
 from sqlalchemy.orm import Session
@@ -22,7 +21,8 @@ from maildesk.people import Directory
 from maildesk.routing.assign_db import Record, assign_ticket, event_recorder, group_for
 
 log = logging.getLogger("maildesk.routing")
-NOTICES_MODULE = "maildesk.outbound.agent_notices"
+# (session, ticket, new group, why): tells the new group about the ticket.
+Notify = Callable[[Session, Ticket, str, str], None]
 
 
 class EscalationError(ValueError):
@@ -56,6 +56,7 @@ def escalate(
     now: datetime,
     record: Record | None = None,
     reason: str = "",
+    notify: Notify | None = None,
 ) -> str:
     """Escalate ``ticket`` to ``to_group`` (default: its group's ``escalates_to``).
 
@@ -73,18 +74,6 @@ def escalate(
         {"from": current, "to": new_group, "actor": actor, "previous_assignee": previous},
     )
     assign_ticket(session, ticket, settings=settings, directory=directory, now=now, record=record)
-    _notify(session, ticket, new_group, why)
+    if notify is not None:
+        notify(session, ticket, new_group, why)
     return new_group
-
-
-def _notify(session: Session, ticket: Ticket, group: str, why: str) -> None:
-    if importlib.util.find_spec(NOTICES_MODULE) is None:
-        return
-    module = importlib.import_module(NOTICES_MODULE)
-    notify = getattr(module, "notify_escalation", None) or getattr(module, "notify_group", None)
-    if notify is None:
-        log.info(
-            "ticket=%s escalated to %s: %s has no notify function", ticket.id, group, NOTICES_MODULE
-        )
-        return
-    notify(session, ticket, group, why)

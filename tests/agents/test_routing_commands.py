@@ -1,0 +1,123 @@
+"""Issue 7's agent commands by mail: #escalate, #queue, #category as feedback, #cc a colleague."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from maildesk.app import App
+from maildesk.db.models import Event, Ticket, Watcher
+from tests.agents.agenthelp import client_reply, reply_address, to
+from tests.conftest import FrozenClock, make_settings
+from tests.mailfactory import deliver, make_mail, reply_to
+
+AGENTS = [
+    {"name": "bob", "addresses": ["bob@agents.test"], "groups": ["L1"]},
+    {"name": "carol", "addresses": ["carol@agents.test"], "groups": ["L2"]},
+    {"name": "dan", "addresses": ["dan@agents.test"], "groups": ["L2"]},
+    {"name": "erin", "addresses": ["erin@agents.test"], "groups": ["L3"]},
+]
+GROUPS = [
+    {"name": "L1", "escalates_to": "L2"},
+    {"name": "L2", "escalates_to": "L3", "strategy": "least_open"},
+    {"name": "L3", "strategy": "none"},
+]
+
+
+@pytest.fixture
+def app(tmp_path: Path, database_url: str, clock: FrozenClock) -> Iterator[App]:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        agents=AGENTS,
+        groups=GROUPS,
+        routing={"default_group": "L1", "rules_dir": str(rules), "queue_groups": {"sales": "L3"}},
+    )
+    application = App.build(settings, clock=clock)
+    yield application
+    application.db.dispose()
+
+
+def _ticket(app: App) -> Ticket:
+    with app.db.transaction() as session:
+        ticket = session.scalars(select(Ticket)).one()
+        session.expunge(ticket)
+        return ticket
+
+
+def _events(app: App, kind: str) -> list[Event]:
+    with app.db.transaction() as session:
+        rows = list(session.scalars(select(Event).where(Event.kind == kind).order_by(Event.id)))
+        session.expunge_all()
+        return rows
+
+
+def _bob_replies(app: App, body: str) -> str:
+    """bob answers his new-ticket notice; returns his result report."""
+    if not to(app, "bob@agents.test", "new_ticket"):
+        deliver(app, make_mail(message_id="first@customer.test"))
+    notice = to(app, "bob@agents.test", "new_ticket")[0]
+    deliver(app, client_reply(notice, body), rcpt=(reply_address(notice),), mail_from="bob@x")
+    return to(app, "bob@agents.test", "agent_result")[-1].text
+
+
+def test_escalate_moves_up_a_tier_and_tells_the_new_group(app: App) -> None:
+    report = _bob_replies(app, "#escalate\n\nA colleague will take over.\n")
+    assert "applied: #escalate" in report
+    ticket = _ticket(app)
+    assert ticket.group == "L2" and ticket.assignee in ("carol", "dan")
+    for agent in ("carol", "dan"):  # the whole new group hears of it, with a signed reply address
+        [notice] = to(app, f"{agent}@agents.test", "escalated")
+        assert "Ticket #1 was escalated by bob from L1 to L2." in notice.text
+        assert f"now assigned to {ticket.assignee}" in notice.text
+        assert "support+a-1-" in reply_address(notice)
+    assert not to(app, "erin@agents.test")
+    [event] = _events(app, "escalated")
+    assert event.data["from"] == "L1" and event.data["actor"] == "agent:bob"
+    # The customer still gets the answer; never the escalation.
+    [answer] = to(app, "alice@customer.test", "agent_reply")
+    assert "A colleague will take over." in answer.text and "L2" not in answer.text
+
+
+def test_escalate_to_a_named_group_and_past_the_top(app: App) -> None:
+    report = _bob_replies(app, "#escalate L3\n")
+    assert "applied: #escalate L3" in report
+    assert _ticket(app).group == "L3" and _ticket(app).assignee is None  # L3 assigns by hand
+    assert len(to(app, "erin@agents.test", "escalated")) == 1
+    # Once at the top there is nowhere higher: reported, not applied.
+    notice = to(app, "erin@agents.test", "escalated")[0]
+    raw = client_reply(notice, "#escalate\n", sender="Erin <erin@agents.test>")
+    deliver(app, raw, rcpt=(reply_address(notice),), mail_from="erin@x")
+    report = to(app, "erin@agents.test", "agent_result")[-1].text
+    assert "NOT applied: #escalate (group L3 has no higher tier (escalates_to))" in report
+    assert _ticket(app).group == "L3"
+
+
+def test_queue_move_and_category_correction_are_recorded_as_feedback(app: App) -> None:
+    report = _bob_replies(app, "#category billing\n#queue sales\n#queue nowhere\n")
+    assert "applied: #category billing" in report and "applied: #queue sales" in report
+    assert "NOT applied: #queue nowhere (no queue named 'nowhere' (known: sales))" in report
+    ticket = _ticket(app)
+    assert (ticket.category, ticket.queue, ticket.group) == ("billing", "sales", "L3")
+    [corrected] = _events(app, "category_corrected")
+    assert corrected.data["to"] == "billing" and corrected.data["actor"] == "agent:bob"
+    [moved] = _events(app, "queue_changed")
+    assert moved.data["to"] == "sales"
+
+
+def test_cc_a_colleague_makes_them_a_watcher_not_a_customer_recipient(app: App) -> None:
+    report = _bob_replies(app, "#cc carol@agents.test\n\nLooking into it.\n")
+    assert "applied: #cc carol@agents.test" in report
+    with app.db.transaction() as session:
+        assert list(session.scalars(select(Watcher.agent))) == ["carol"]
+    [answer] = to(app, "alice@customer.test", "agent_reply")
+    assert "carol@agents.test" not in answer.recipients
+    assert b"carol@agents.test" not in answer.raw
+    # As a watcher carol now hears the customer's replies.
+    deliver(app, reply_to(make_mail(message_id="first@customer.test"), body="Thanks!\n"))
+    assert len(to(app, "carol@agents.test", "customer_reply")) == 1
