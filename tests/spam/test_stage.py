@@ -155,7 +155,9 @@ def test_an_agents_from_address_alone_does_not_pass_the_filter(
     try:
         forged = make_mail(sender="Bob <bob@example.com>", subject="Invoice overdue, pay now")
         assert deliver(app, forged).as_dict()["quarantined"] == 1
-        passed = "mx.example.com; dkim=pass header.d=example.com; spf=pass smtp.mailfrom=example.com"
+        passed = (
+            "mx.example.com; dkim=pass header.d=example.com; spf=pass smtp.mailfrom=example.com"
+        )
         elsewhere = "evil.example; dkim=pass header.d=example.com"  # not our MTA: ignored
         untrusted = make_mail(
             sender="Bob <bob@example.com>",
