@@ -13,7 +13,9 @@ from maildesk.db import queries
 from maildesk.db.models import (
     Direction,
     Event,
+    IdOrigin,
     IntakeState,
+    KnownMessageId,
     Message,
     Ticket,
     TicketLink,
@@ -111,8 +113,18 @@ def test_sibling_replies_to_an_unseen_parent_share_a_ticket(app: App) -> None:
 
 def test_parent_arriving_after_its_reply_joins_the_reply_ticket(app: App) -> None:
     deliver(app, make_mail(message_id="child@x.test", in_reply_to="parent@x.test", subject="Re: a"))
+    with app.db.transaction() as session:
+        origin = session.scalar(
+            select(KnownMessageId.origin).where(KnownMessageId.message_id == "parent@x.test")
+        )
+    assert origin is IdOrigin.REFERENCED  # only named by the reply so far
     deliver(app, make_mail(message_id="parent@x.test", subject="a", sender="bob@x.test"))
     assert ticket_of(app, "parent@x.test") == ticket_of(app, "child@x.test")
+    with app.db.transaction() as session:
+        origin = session.scalar(
+            select(KnownMessageId.origin).where(KnownMessageId.message_id == "parent@x.test")
+        )
+    assert origin is IdOrigin.INBOUND  # now a message we hold
 
 
 def test_early_reply_ticket_is_merged_when_its_parent_joins_another_thread(app: App) -> None:
