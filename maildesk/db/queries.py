@@ -130,8 +130,11 @@ def is_participant(session: Session, ticket: Ticket, address: str) -> bool:
 
 
 def ticket_by_conversation(session: Session, key: str) -> Ticket | None:
-    row = session.scalars(select(Conversation).where(Conversation.key == key)).first()
-    return session.get(Ticket, row.ticket_id) if row else None
+    # Conversation rows are written with Core, never left pending in the session:
+    # no need to flush the batch's ticket changes first (an autoflush per message).
+    with session.no_autoflush:
+        row = session.scalars(select(Conversation).where(Conversation.key == key)).first()
+        return session.get(Ticket, row.ticket_id) if row else None
 
 
 def open_ticket_by_sender_subject(
