@@ -100,7 +100,7 @@ class TrainingConfig:
     """SGD and feedback knobs; stored with the model."""
 
     alpha: float = 1e-6
-    epochs: int = 5
+    epochs: int = 4  # 5 gains 0.4 points of macro-F1 on the IT tickets for 20 % more time
     batch_size: int = 10_000
     replay_size: int = 2000
     # Replayed history rows mixed into each correction batch, per correction.
@@ -512,6 +512,8 @@ class Scores:
     macro_f1: float
     train_seconds: float
     train_tickets_per_second: float
+    # Per CPU-second of this process: what holds on a busy shared machine.
+    train_tickets_per_cpu_second: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -559,9 +561,9 @@ def evaluate(
         list(texts), list(labels), test_size=test_size, random_state=seed, stratify=list(labels)
     )
     model = CategoryModel(features, training)
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     model.train(x_tr, y_tr)
-    spent = time.perf_counter() - start
+    spent, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     pred = model.predict_labels(x_te)
     inc = Scores(
         "incremental hashed SGD (log loss, one-vs-rest)",
@@ -569,6 +571,7 @@ def evaluate(
         float(f1_score(y_te, pred, average="macro")),
         spent,
         len(x_tr) / spent,
+        len(x_tr) / cpu if cpu > 0 else 0.0,
     )
     base = _baseline_scores(x_tr, y_tr, x_te, y_te) if baseline else None
     return Evaluation(len(x_tr), len(x_te), tuple(sorted(set(labels))), inc, base)
@@ -580,10 +583,10 @@ def _baseline_scores(x_tr: list[str], y_tr: list[str], x_te: list[str], y_te: li
     from sklearn.metrics import accuracy_score, f1_score
     from sklearn.svm import LinearSVC
 
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     vec = TfidfVectorizer(ngram_range=(1, 2), sublinear_tf=True)
     svc = LinearSVC(random_state=0).fit(vec.fit_transform(x_tr), y_tr)
-    spent = time.perf_counter() - start
+    spent, cpu = time.perf_counter() - start, time.process_time() - cpu_start
     pred = svc.predict(vec.transform(x_te))
     return Scores(
         "batch TF-IDF 1-2-grams + LinearSVC",
@@ -591,4 +594,5 @@ def _baseline_scores(x_tr: list[str], y_tr: list[str], x_te: list[str], y_te: li
         float(f1_score(y_te, pred, average="macro")),
         spent,
         len(x_tr) / spent,
+        len(x_tr) / cpu if cpu > 0 else 0.0,
     )
