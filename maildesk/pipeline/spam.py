@@ -4,7 +4,8 @@ The score itself is computed beside parsing (:func:`score_message`, in the
 parse child for a bulk import). The decision runs after threading, because
 what it exempts depends on it: a message that joins an existing ticket (it
 names one of our Message-IDs, a signed address, or comes from a participant)
-is part of a conversation and is never filtered. For mail that would start a
+is part of a conversation and is never filtered; nor is a new mail from a
+customer an agent has answered before, or an agent's authenticated mail. For mail that would start a
 new ticket: spam is quarantined (no ticket, so no acknowledgement and no
 notification of any kind), unsure becomes a ticket flagged "possible spam"
 that is not acknowledged, ham goes on. Every decision is an event.
@@ -15,9 +16,11 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
+from maildesk.db.models import Contact, Message, MessageKind, Ticket
 from maildesk.domain.address import base_address
 from maildesk.pipeline.context import MessageContext, Stop, StopKind
 from maildesk.spam.bands import Band
@@ -60,6 +63,8 @@ def spam_stage(ctx: MessageContext, _session: Session, deps: StageDeps) -> Stop 
     exempt = exemption(deps.settings, sender)
     if ctx.authenticated_agent is not None:
         exempt = f"authenticated mail from agent {ctx.authenticated_agent}"
+    elif exempt is None and sender and (known := answered_customer(_session, sender)):
+        exempt = f"{sender.lower()} is a customer we answered on ticket #{known}"
     if exempt:
         ctx.note("spam", f"{summary}; not filtered: {exempt}", **facts)
         return None
@@ -72,6 +77,26 @@ def spam_stage(ctx: MessageContext, _session: Session, deps: StageDeps) -> Stop 
         return None
     ctx.note("spam", summary, **facts)
     return None
+
+
+def answered_customer(session: Session, sender: str) -> int | None:
+    """The number of a ticket of ``sender``'s that an agent answered, or None.
+
+    A known participant is one we have had a conversation with: an agent
+    replied to their ticket. Merely having written before is not enough
+    (a spammer who once got through the "unsure" band would be let in).
+    """
+    return session.scalars(
+        select(Ticket.number)
+        .join(Contact, Contact.id == Ticket.requester_id)
+        .join(Message, Message.ticket_id == Ticket.id)
+        .where(
+            Contact.email == sender.lower(),
+            Message.kind == MessageKind.AGENT_REPLY,
+            Ticket.possible_spam.is_(False),
+        )
+        .limit(1)
+    ).first()
 
 
 def exemption(settings: Settings, sender: str) -> str | None:

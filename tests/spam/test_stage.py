@@ -178,6 +178,35 @@ def test_an_agents_from_address_alone_does_not_pass_the_filter(
         app.db.dispose()
 
 
+def test_a_customer_an_agent_answered_is_not_filtered_a_mere_earlier_sender_is(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    from tests.agents.agenthelp import agent_app, client_reply, reply_address, to
+
+    lenient = agent_app(tmp_path, database_url, clock, spam={"enabled": False})
+    try:
+        deliver(lenient, make_mail(sender="alice@customer.test", subject="VPN drops"))
+        deliver(lenient, make_mail(sender="mallory@spam.test", subject="Great offer"))
+        notice = to(lenient, "bob@agents.test", "new_ticket")[0]  # alice's ticket, #1
+        answer = client_reply(notice, "Please update the client.\n")
+        deliver(lenient, answer, rcpt=(reply_address(notice),), mail_from="bob@agents.test")
+        assert to(lenient, "alice@customer.test", "agent_reply")
+    finally:
+        lenient.db.dispose()
+    # Everything scores spam now.
+    strict = agent_app(tmp_path, database_url, clock, spam={"unsure_at": 0.0, "spam_at": 0.0})
+    try:
+        new = make_mail(sender="Alice <Alice@Customer.test>", subject="Another question")
+        assert deliver(strict, new).as_dict()["created"] == 1
+        assert "alice@customer.test is a customer we answered on ticket #1" in (
+            spam_events(strict)[-1].reason
+        )
+        again = make_mail(sender="mallory@spam.test", subject="Another great offer")
+        assert deliver(strict, again).as_dict()["quarantined"] == 1  # wrote before, never answered
+    finally:
+        strict.db.dispose()
+
+
 def test_a_corrupt_live_model_falls_back_to_the_seed_with_a_log_line(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, corpus: Path
 ) -> None:
