@@ -189,6 +189,10 @@ def ingest(
     """
     app = build_app(ctx)
     show = progress if progress is not None else sys.stderr.isatty()
+    if not no_process:
+        from maildesk.spam.jobs import take_shared_model
+
+        take_shared_model(app)  # score with what every node has learned
     worker = app.worker()
     if not no_process:
         worker.parse_pool.warm_up()
@@ -315,7 +319,8 @@ def learn_spam_feedback(app: App) -> None:
 
     spec = ScorerSpec.from_settings(app.settings)
     if spec is not None:
-        click.echo(f"spam model: learned {learn_pending(app.db, spec, app.clock)} message(s)")
+        learned = learn_pending(app.db, spec, app.clock, app.node_name)
+        click.echo(f"spam model: learned {learned} message(s)")
 
 
 @quarantine.command("retry")

@@ -123,6 +123,7 @@ class Daemon:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self.reload)
+        spam_jobs.take_shared_model(self.app)  # before the parse children load it
         worker = self.app.worker()
         released = worker.release_own_claims() + self.app.sender().release_own_claims()
         if released:

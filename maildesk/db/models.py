@@ -372,6 +372,23 @@ class Suppression(Base):
     until: Mapped[datetime]
 
 
+class SharedModel(Base):
+    """A learned model every node uses (the live spam model): the database is its source.
+
+    Each node keeps a copy in its data directory for its scorers; ``version``
+    goes up by one with every publish, which only succeeds against the
+    version it was based on (compare and swap), so two nodes learning at once
+    never overwrite each other's lessons.
+    """
+
+    __tablename__ = "shared_models"
+    name: Mapped[str] = mapped_column(String(40), primary_key=True)
+    version: Mapped[int]
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    updated_at: Mapped[datetime]
+    updated_by: Mapped[str] = mapped_column(String(200), default="")
+
+
 class SpamFeedback(Base):
     """What people said a message is: trains the spam model once per message and label.
 

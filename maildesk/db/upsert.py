@@ -12,7 +12,8 @@ from sqlalchemy.orm import Session, make_transient_to_detached
 
 
 @cache
-def _statement(dialect: str, table: Table, key: tuple[str, ...]) -> Any:
+def insert_ignore_statement(dialect: str, table: Table, key: tuple[str, ...]) -> Any:
+    """INSERT ... ON CONFLICT (key) DO NOTHING for ``dialect``, built once per table and key."""
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     return insert(table).on_conflict_do_nothing(index_elements=list(key))
 
@@ -28,7 +29,9 @@ def insert_ignore(
     if isinstance(values, list) and not values:
         return
     connection = session.connection()
-    connection.execute(_statement(connection.dialect.name, model.__table__, tuple(key)), values)
+    connection.execute(
+        insert_ignore_statement(connection.dialect.name, model.__table__, tuple(key)), values
+    )
 
 
 @cache

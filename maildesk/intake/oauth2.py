@@ -19,7 +19,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import threading
 import urllib.error
 import urllib.parse
@@ -32,6 +31,7 @@ from typing import Any
 
 from imapclient import IMAPClient
 
+from maildesk.atomic import write_atomic
 from maildesk.config import ImapMailboxSettings, OAuth2Mechanism, Settings, resolve_secret
 
 log = logging.getLogger("maildesk.intake.imap")
@@ -80,22 +80,7 @@ class TokenFile:
 
     def save(self, state: TokenState) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.{threading.get_ident()}")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                json.dump(state.__dict__, out)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self.path)
-        except BaseException:
-            tmp.unlink(missing_ok=True)
-            raise
-        dir_fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_atomic(self.path, json.dumps(state.__dict__).encode(), mode=0o600)  # a secret
 
 
 @dataclass(frozen=True)

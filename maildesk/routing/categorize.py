@@ -31,7 +31,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Sequence
@@ -45,6 +44,8 @@ import scipy.sparse as sp
 from numpy.typing import NDArray
 from sklearn.feature_extraction.text import HashingVectorizer
 from sklearn.linear_model import SGDClassifier
+
+from maildesk.atomic import write_atomic
 
 FORMAT_NAME: Final = "maildesk-category-model"
 FORMAT_VERSION: Final = 1
@@ -391,17 +392,7 @@ class CategoryModel:
                 [label_index[lab] for lab in self._reservoir.labels], dtype=np.int64
             ),
         )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(buf.getvalue())
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        write_atomic(target, buf.getvalue())
 
     @classmethod
     def load(cls, path: str | os.PathLike[str], *, threshold: float | None = None) -> CategoryModel:

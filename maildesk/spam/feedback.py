@@ -3,7 +3,8 @@
 Every source of feedback (``maildesk spam mark``, releasing spam from
 quarantine, agents' ``#spam``/``#ham``, an IMAP Junk folder) records a row
 with :func:`record_feedback` in its own transaction. :func:`learn_pending`
-then trains the live model on rows not learned yet and saves it atomically;
+then trains the live model on rows not learned yet, saves it atomically and
+publishes it to every node through the database (:mod:`maildesk.spam.shared`);
 the scorers pick the new file up by its changed mtime. Learning runs in the
 CLI command that recorded the feedback or in the daemon's scheduler, never
 in the intake path.
@@ -28,9 +29,11 @@ from maildesk.db.models import Blob, Event, Intake, Message, SpamFeedback, Ticke
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.parse import ParseError, parse_message
 from maildesk.spam.scoring import ScorerSpec
+from maildesk.spam.shared import PublishConflict, publish, pull, settle
 
 log = logging.getLogger("maildesk.spam")
 LEARN_BATCH = 500
+PUBLISH_ATTEMPTS = 3
 
 
 class SpamLabel(enum.StrEnum):
@@ -116,56 +119,77 @@ class _Lesson:
     raw: bytes
 
 
-def learn_pending(db: Database, spec: ScorerSpec, clock: Callable[[], datetime]) -> int:
+def learn_pending(
+    db: Database, spec: ScorerSpec, clock: Callable[[], datetime], node: str = ""
+) -> int:
     """Train the live model on feedback not learned yet; returns how many were learned.
 
-    Three steps, so no database lock is held while the model learns and saves
-    (a SQLite write lock would stall intake): read what is pending, learn and
-    save the model, then mark the rows learned unless they were relabelled in
-    between. A file lock beside the model keeps two learners (the daemon and a
-    ``spam mark`` command) from overwriting each other's lessons.
+    No database lock is held while the model learns (a SQLite write lock would
+    stall intake): read what is pending, bring this node's copy of the shared
+    model up to date, learn and save it, then in one transaction publish it
+    (only if no other node published meanwhile) and mark the rows learned. On
+    a conflict the other node's model is pulled and the lessons learned again.
+    A file lock beside the model keeps two learners on this node (the daemon
+    and a ``spam mark`` command) from racing for the same copy.
     """
     from maildesk.spam.model import SpamFilter  # sklearn: imported only to learn
 
-    with _model_lock(spec.live_path):
-        lessons = _pending(db)
-        if not lessons:
-            return 0
-        model, note = SpamFilter.load_or_seed(spec.live_path, spec.seed_path)
-        (log.warning if "falling back" in note and spec.live_path.exists() else log.info)(
-            "%s", note
-        )
-        learned = 0
-        for lesson in lessons:
-            try:
-                msg = parse_message(lesson.raw)
-            except ParseError as exc:
-                log.warning("spam feedback %s not learned: %s", lesson.raw_sha256[:12], exc)
-                continue
-            model.learn(msg, lesson.is_spam)
-            learned += 1
-        # Saved before the rows are marked: if saving fails they stay pending and
-        # are learned again next time rather than marked learned and lost.
-        model.save(spec.live_path)
-        now = clock()
-        with db.transaction() as session:
+    for _attempt in range(PUBLISH_ATTEMPTS):
+        with _model_lock(spec.live_path):
+            lessons = _pending(db)
+            if not lessons:
+                return 0
+            based_on = pull(db, spec.live_path)
+            model, note = SpamFilter.load_or_seed(spec.live_path, spec.seed_path)
+            (log.warning if "falling back" in note and spec.live_path.exists() else log.info)(
+                "%s", note
+            )
+            learned = 0
             for lesson in lessons:
-                session.execute(
-                    update(SpamFeedback)
-                    .where(
-                        SpamFeedback.id == lesson.id,
-                        SpamFeedback.created_at == lesson.created_at,
-                        SpamFeedback.learned_at.is_(None),
-                    )
-                    .values(learned_at=now)
-                )
-    log.info(
-        "spam model: learned %d message(s); saved %s (version %d)",
-        learned,
-        spec.live_path,
-        model.seen,
+                try:
+                    msg = parse_message(lesson.raw)
+                except ParseError as exc:
+                    log.warning("spam feedback %s not learned: %s", lesson.raw_sha256[:12], exc)
+                    continue
+                model.learn(msg, lesson.is_spam)
+                learned += 1
+            # Saved before the rows are marked: if publishing fails they stay
+            # pending and are learned again next time rather than lost.
+            model.save(spec.live_path)
+            now = clock()
+            try:
+                with db.transaction() as session:
+                    version = publish(session, spec.live_path, based_on, node=node, now=now)
+                    _mark_learned(session, lessons, now)
+            except PublishConflict as exc:
+                log.info("spam model: %s; learning again on the newer model", exc)
+                continue
+            settle(spec.live_path, version)
+        log.info(
+            "spam model: learned %d message(s); saved %s (version %d, shared version %d)",
+            learned,
+            spec.live_path,
+            model.seen,
+            version,
+        )
+        return learned
+    log.warning(
+        "spam model: still conflicting after %d attempts; lessons stay pending", PUBLISH_ATTEMPTS
     )
-    return learned
+    return 0
+
+
+def _mark_learned(session: Session, lessons: list[_Lesson], now: datetime) -> None:
+    for lesson in lessons:
+        session.execute(
+            update(SpamFeedback)
+            .where(
+                SpamFeedback.id == lesson.id,
+                SpamFeedback.created_at == lesson.created_at,
+                SpamFeedback.learned_at.is_(None),
+            )
+            .values(learned_at=now)
+        )
 
 
 def _pending(db: Database) -> list[_Lesson]:

@@ -1,7 +1,8 @@
 """The spam filter's background work in the daemon, never in the intake path.
 
-* learn pending feedback and save the live model (every ``learn_interval_seconds``,
-  and once more on shutdown, so nothing recorded is left unlearned);
+* take the shared live model other nodes published, learn pending feedback,
+  save and publish the model (every ``learn_interval_seconds``, and once more
+  on shutdown, so nothing recorded is left unlearned);
 * the daily digest of quarantined spam (when ``digest_to`` is set);
 * expiry of spam held longer than ``retention_days`` (hourly).
 """
@@ -18,6 +19,7 @@ from apscheduler.triggers.cron import CronTrigger
 from maildesk.spam.feedback import learn_pending
 from maildesk.spam.quarantine import expire_spam, queue_digest
 from maildesk.spam.scoring import ScorerSpec
+from maildesk.spam.shared import pull
 
 if TYPE_CHECKING:
     from maildesk.app import App
@@ -26,13 +28,25 @@ log = logging.getLogger("maildesk.spam")
 EXPIRE_INTERVAL_SECONDS = 3600.0
 
 
+def take_shared_model(app: App) -> None:
+    """Bring this node's copy of the live model up to date with the database's (at start)."""
+    spec = ScorerSpec.from_settings(app.settings)
+    if spec is None:
+        return
+    try:
+        pull(app.db, spec.live_path)
+    except Exception:
+        log.exception("spam model: could not take the shared model; scoring with the local copy")
+
+
 def learn_now(app: App) -> int:
     """Learn what feedback is pending; errors are logged, never raised into the scheduler."""
     spec = ScorerSpec.from_settings(app.settings)
     if spec is None:
         return 0
     try:
-        return learn_pending(app.db, spec, app.clock)
+        pull(app.db, spec.live_path)  # what other nodes learned
+        return learn_pending(app.db, spec, app.clock, app.node_name)
     except Exception:
         log.exception("spam feedback not learned this time (it stays pending)")
         return 0

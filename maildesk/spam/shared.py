@@ -1,0 +1,106 @@
+"""The live spam model, shared by every node through the database.
+
+With several ``maildesk run`` nodes on one PostgreSQL, feedback recorded on
+any node must teach every node's filter. The database holds the model
+(``shared_models``); each node keeps a copy in its data directory, which its
+scorers reload when the file changes. :func:`pull` brings that copy up to
+date; :func:`publish` stores a newly learned model only if nobody published
+since it was pulled (compare and swap), so two learners never overwrite each
+other's lessons: the later one pulls and learns again. One machine runs the
+same path with one node.
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import Table, select, update
+from sqlalchemy.orm import Session
+
+from maildesk.atomic import write_atomic
+from maildesk.db.database import Database
+from maildesk.db.models import SharedModel
+from maildesk.db.upsert import insert_ignore_statement
+
+log = logging.getLogger("maildesk.spam")
+NAME = "spam"
+_TABLE: Table = SharedModel.__table__  # type: ignore[assignment]
+
+
+class PublishConflict(Exception):
+    """Another node published a model since this one pulled: pull and learn again."""
+
+
+def _version_file(live_path: Path) -> Path:
+    return live_path.with_name(live_path.name + ".version")
+
+
+def held_version(live_path: Path) -> int | None:
+    """The shared version this node's copy is, or None (no copy, or never shared)."""
+    try:
+        return int(_version_file(live_path).read_text(encoding="ascii").strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _hold(live_path: Path, version: int) -> None:
+    write_atomic(_version_file(live_path), f"{version}\n".encode())
+
+
+def shared_version(db: Database) -> int | None:
+    with db.transaction() as session:
+        return session.scalar(select(SharedModel.version).where(SharedModel.name == NAME))
+
+
+def pull(db: Database, live_path: Path) -> int | None:
+    """Make this node's copy the database's model if it is not already; returns its version."""
+    held = held_version(live_path) if live_path.exists() else None
+    with db.transaction() as session:
+        version = session.scalar(select(SharedModel.version).where(SharedModel.name == NAME))
+        if version is None or version == held:
+            return held
+        data = session.scalar(select(SharedModel.data).where(SharedModel.name == NAME))
+    assert data is not None
+    write_atomic(live_path, bytes(data))
+    _hold(live_path, version)
+    log.info("spam model: took version %d from the database (%d bytes)", version, len(data))
+    return version
+
+
+def publish(
+    session: Session, live_path: Path, based_on: int | None, *, node: str, now: datetime
+) -> int:
+    """Store ``live_path`` as the next version after ``based_on``, in the caller's transaction.
+
+    Raises :class:`PublishConflict` when the database no longer holds
+    ``based_on``. The caller records the new version with :func:`settle`
+    once its transaction has committed.
+    """
+    values = {"data": live_path.read_bytes(), "updated_at": now, "updated_by": node[:200]}
+    connection = session.connection()
+    # RETURNING tells whether the row was written (rowcount is not reliable for
+    # INSERT ... ON CONFLICT DO NOTHING on every driver).
+    if based_on is None:
+        version = 1
+        statement = insert_ignore_statement(connection.dialect.name, _TABLE, ("name",))
+        written = connection.execute(
+            statement.returning(_TABLE.c.version), {"name": NAME, "version": version, **values}
+        ).first()
+    else:
+        version = based_on + 1
+        written = connection.execute(
+            update(_TABLE)
+            .where(_TABLE.c.name == NAME, _TABLE.c.version == based_on)
+            .values(version=version, **values)
+            .returning(_TABLE.c.version)
+        ).first()
+    if written is None:
+        raise PublishConflict(f"another node published after version {based_on}")
+    return version
+
+
+def settle(live_path: Path, version: int) -> None:
+    """This node's copy is ``version`` (after a committed :func:`publish`)."""
+    _hold(live_path, version)
