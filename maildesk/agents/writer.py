@@ -7,6 +7,8 @@ stage held a mail (quarantined) to tell the real agent.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -15,12 +17,11 @@ from sqlalchemy.orm import Session
 
 from maildesk.agents import stage as kinds
 from maildesk.agents.actions import CommandRunner, Outcome
-from maildesk.agents.commands import parse_commands
+from maildesk.agents.commands import Command, parse_commands
 from maildesk.agents.replies import leaked_note, queue_customer_reply
 from maildesk.agents.stage import AgentMail
 from maildesk.config import AgentSettings
 from maildesk.db.models import (
-    Attachment,
     Direction,
     Disposition,
     Event,
@@ -36,7 +37,7 @@ from maildesk.db.models import (
 from maildesk.db.upsert import insert_row
 from maildesk.domain.quotes import strip_reply
 from maildesk.domain.signing import RefPurpose
-from maildesk.intake.store import put_blob
+from maildesk.intake.store import store_attachments
 from maildesk.outbound.agent_notices import AgentNotices, marker_line
 from maildesk.outbound.notices import Notices
 from maildesk.people import Directory
@@ -95,18 +96,7 @@ def _store(
         auto_kind=None,
         created_at=applier.now,
     )
-    for part in msg.attachments:
-        session.add(
-            Attachment(
-                message_pk=message.id,
-                filename=part.filename[:1000],
-                content_type=part.content_type[:255],
-                size=len(part.content),
-                sha256=put_blob(session, part.content),
-                content_id=part.content_id,
-                inline=part.inline,
-            )
-        )
+    store_attachments(session, message.id, msg.attachments)
     applier._remember_ids(session, ctx, ticket)
     for note in ctx.notes:
         _event(applier, session, intake, ticket, message, note.kind, note.reason, note.data)
@@ -174,12 +164,14 @@ def apply_agent_mail(
         message = _store(
             applier, session, ctx, intake, ticket, MessageKind.INTERNAL_NOTE, ctx.message.text
         )
-    elif mail.kind == kinds.CONFIRM_REQUEST:
-        _confirm_request(applier, session, ctx, intake, ticket, agent, notices, directory, mail)
-    elif mail.kind == kinds.CONFIRM:
-        _confirm(applier, session, ctx, intake, ticket, agent, notices, directory, mail)
     else:
-        _reply(applier, session, ctx, intake, ticket, agent, notices, directory, mail)
+        turn = _AgentTurn(applier, session, ctx, intake, ticket, agent, notices, directory, mail)
+        if mail.kind == kinds.CONFIRM_REQUEST:
+            turn.confirm_request()
+        elif mail.kind == kinds.CONFIRM:
+            turn.confirm()
+        else:
+            turn.reply()
 
     ticket.updated_at = max(ticket.updated_at, applier.now)
     intake.state, intake.disposition = IntakeState.DONE, Disposition.THREADED
@@ -197,236 +189,170 @@ def _clean_text(ctx: MessageContext, text: str, notices: Notices, ticket: Ticket
     return strip_reply(text, ctx.message.html, marker=marker_line(notices, ticket)).text.strip()
 
 
-def _reply(
-    applier: Applier,
-    session: Session,
-    ctx: MessageContext,
-    intake: Intake,
-    ticket: Ticket,
-    agent: AgentSettings,
-    notices: Notices,
-    directory: Directory,
-    mail: AgentMail,
-) -> None:
-    parsed = parse_commands(ctx.message.text)
-    text = _clean_text(ctx, parsed.text, notices, ticket)
-    runner = CommandRunner(
-        session,
-        ticket,
-        agent,
-        directory=directory,
-        notices=notices,
-        now=applier.now,
-        checks=mail.checks,
-        intake_id=intake.id,
-    )
-    out = runner.run(parsed.commands)
-    answer = "\n\n".join([*out.inserted, text]).strip()
-    is_note = out.note or mail.kind == kinds.INTERNAL
-    send = bool(answer) and not is_note and not out.spam
-    if send and (leak := leaked_note(session, ticket, answer)) is not None:
-        send = False
-        out.failed.append(f"reply NOT sent: it contains the internal note text {leak!r}")
-    kind = MessageKind.AGENT_REPLY if send else MessageKind.INTERNAL_NOTE
-    stored_text = answer if send else (text or answer)
-    message = _store(applier, session, ctx, intake, ticket, kind, stored_text)
-    sent = None
-    if send:
-        sent = queue_customer_reply(
-            session, notices, directory, ticket, agent, answer, ctx.message.attachments
-        )
-        if sent is None:
-            out.failed.append("reply NOT sent: the ticket has no customer address to send to")
-    if sent is not None:
-        if ticket.status is TicketStatus.NEW:
-            ticket.status = TicketStatus.OPEN
-        _event(
-            applier,
-            session,
-            intake,
-            ticket,
-            message,
-            "agent_reply",
-            f"agent {agent.name} answered; sent to {', '.join(sent.recipients)}",
-            {**_data(mail), "outbox": sent.outbox_id, "recipients": list(sent.recipients)},
-        )
-    else:
-        _event(
-            applier,
-            session,
-            intake,
-            ticket,
-            message,
-            "internal_note",
-            f"agent {agent.name} wrote an internal note; nothing sent to the customer",
-            _data(mail),
-        )
-    _after_commands(session, ticket, agent, notices, directory, out)
-    if parsed.commands or (send and sent is None) or out.failed:
-        _result_mail(
-            session,
-            ticket,
-            agent,
-            notices,
-            directory,
-            out,
-            sent.recipients if sent else (),
-            is_note,
-        )
-
-
 def _data(mail: AgentMail) -> dict[str, Any]:
     return {"agent": mail.agent, "checks": list(mail.checks), "why": mail.reason}
 
 
-def _after_commands(
-    session: Session,
-    ticket: Ticket,
-    agent: AgentSettings,
-    notices: Notices,
-    directory: Directory,
-    out: Outcome,
-) -> None:
-    """What the commands imply once the answer is queued: resolution mail, assignment mail."""
-    if out.resolved and ticket.status is TicketStatus.RESOLVED:
-        notices.resolved(session, ticket)
-    if out.escalated is not None:  # the new group hears of it, the assignee among them
-        AgentNotices(notices, directory).escalated(session, ticket, *out.escalated)
-    elif out.assignment_changed:
-        AgentNotices(notices, directory).assigned(
-            session, ticket, out.assignee_before, f"agent {agent.name}"
+@dataclass
+class _AgentTurn:
+    """One verified agent mail being written: a reply, a confirmation request, a confirmation."""
+
+    applier: Applier
+    session: Session
+    ctx: MessageContext
+    intake: Intake
+    ticket: Ticket
+    agent: AgentSettings
+    notices: Notices
+    directory: Directory
+    mail: AgentMail
+
+    def store(self, kind: MessageKind, text: str) -> Message:
+        return _store(self.applier, self.session, self.ctx, self.intake, self.ticket, kind, text)
+
+    def event(self, message: Message, kind: str, reason: str, data: dict[str, Any]) -> None:
+        _event(self.applier, self.session, self.intake, self.ticket, message, kind, reason, data)
+
+    def run(self, commands: Sequence[Command], checks: Sequence[str]) -> Outcome:
+        runner = CommandRunner(
+            self.session,
+            self.ticket,
+            self.agent,
+            directory=self.directory,
+            notices=self.notices,
+            now=self.applier.now,
+            checks=checks,
+            intake_id=self.intake.id,
+        )
+        return runner.run(commands)
+
+    def tell_agent(self, template: str, extra: dict[str, Any], **reply: Any) -> None:
+        AgentNotices(self.notices, self.directory).send(
+            self.session, self.ticket, self.agent, template, extra=extra, **reply
         )
 
+    def result_mail(self, out: Outcome, sent: Sequence[str], note: bool) -> None:
+        extra = {"applied": out.applied, "failed": out.failed, "sent": list(sent), "note": note}
+        self.tell_agent("agent_result", extra)
 
-def _result_mail(
-    session: Session,
-    ticket: Ticket,
-    agent: AgentSettings,
-    notices: Notices,
-    directory: Directory,
-    out: Outcome,
-    sent: tuple[str, ...],
-    note: bool,
-) -> None:
-    AgentNotices(notices, directory).send(
-        session,
-        ticket,
-        agent,
-        "agent_result",
-        extra={"applied": out.applied, "failed": out.failed, "sent": list(sent), "note": note},
-    )
+    def after_commands(self, out: Outcome) -> None:
+        """What the commands imply once the answer is queued: resolution mail, assignment mail."""
+        session, ticket = self.session, self.ticket
+        if out.resolved and ticket.status is TicketStatus.RESOLVED:
+            self.notices.resolved(session, ticket)
+        agent_notices = AgentNotices(self.notices, self.directory)
+        if out.escalated is not None:  # the new group hears of it, the assignee among them
+            agent_notices.escalated(session, ticket, *out.escalated)
+        elif out.assignment_changed:
+            agent_notices.assigned(session, ticket, out.assignee_before, f"agent {self.agent.name}")
 
+    def reply(self) -> None:
+        """Commands, then the answer to the customer (or an internal note)."""
+        mail, ticket, agent = self.mail, self.ticket, self.agent
+        parsed = parse_commands(self.ctx.message.text)
+        text = _clean_text(self.ctx, parsed.text, self.notices, ticket)
+        out = self.run(parsed.commands, mail.checks)
+        answer = "\n\n".join([*out.inserted, text]).strip()
+        is_note = out.note or mail.kind == kinds.INTERNAL
+        send = bool(answer) and not is_note and not out.spam
+        if send and (leak := leaked_note(self.session, ticket, answer)) is not None:
+            send = False
+            out.failed.append(f"reply NOT sent: it contains the internal note text {leak!r}")
+        kind = MessageKind.AGENT_REPLY if send else MessageKind.INTERNAL_NOTE
+        message = self.store(kind, answer if send else (text or answer))
+        sent = None
+        if send:
+            sent = queue_customer_reply(
+                self.session,
+                self.notices,
+                self.directory,
+                ticket,
+                agent,
+                answer,
+                self.ctx.message.attachments,
+            )
+            if sent is None:
+                out.failed.append("reply NOT sent: the ticket has no customer address to send to")
+        if sent is not None:
+            if ticket.status is TicketStatus.NEW:
+                ticket.status = TicketStatus.OPEN
+            self.event(
+                message,
+                "agent_reply",
+                f"agent {agent.name} answered; sent to {', '.join(sent.recipients)}",
+                {**_data(mail), "outbox": sent.outbox_id, "recipients": list(sent.recipients)},
+            )
+        else:
+            self.event(
+                message,
+                "internal_note",
+                f"agent {agent.name} wrote an internal note; nothing sent to the customer",
+                _data(mail),
+            )
+        self.after_commands(out)
+        if parsed.commands or (send and sent is None) or out.failed:
+            self.result_mail(out, sent.recipients if sent else (), is_note)
 
-def _confirm_request(
-    applier: Applier,
-    session: Session,
-    ctx: MessageContext,
-    intake: Intake,
-    ticket: Ticket,
-    agent: AgentSettings,
-    notices: Notices,
-    directory: Directory,
-    mail: AgentMail,
-) -> None:
-    parsed = parse_commands(ctx.message.text)
-    message = _store(
-        applier, session, ctx, intake, ticket, MessageKind.INTERNAL_NOTE, parsed.text.strip()
-    )
-    held = insert_row(
-        session,
-        HeldAgentMail,
-        ticket_id=ticket.id,
-        agent=agent.name,
-        intake_id=intake.id,
-        commands=list(mail.commands),
-        state="pending",
-        created_at=applier.now,
-    )
-    _event(
-        applier,
-        session,
-        intake,
-        ticket,
-        message,
-        "agent_confirm_requested",
-        f"agent {agent.name} sent commands in a new mail: confirmation requested (held {held.id})",
-        {**_data(mail), "held": held.id, "commands": list(mail.commands)},
-    )
-    AgentNotices(notices, directory).send(
-        session,
-        ticket,
-        agent,
-        "agent_confirm",
-        extra={
-            "commands": list(mail.commands),
-            "expires_hours": applier.settings.agent_mail.confirm_hours,
-        },
-        reply_purpose=RefPurpose.CONFIRM,
-        reply_extra=(str(held.id),),
-    )
-
-
-def _confirm(
-    applier: Applier,
-    session: Session,
-    ctx: MessageContext,
-    intake: Intake,
-    ticket: Ticket,
-    agent: AgentSettings,
-    notices: Notices,
-    directory: Directory,
-    mail: AgentMail,
-) -> None:
-    message = _store(applier, session, ctx, intake, ticket, MessageKind.AUTO, "")
-    held = session.get(HeldAgentMail, mail.held_id) if mail.held_id is not None else None
-    expiry = timedelta(hours=applier.settings.agent_mail.confirm_hours)
-    problem = None
-    if held is None or held.ticket_id != ticket.id or held.agent != agent.name:
-        problem = "no such held mail for this agent and ticket"
-    elif held.state != "pending":
-        problem = f"already {held.state}"
-    elif applier.now - held.created_at > expiry:
-        held.state, held.decided_at = "expired", applier.now
-        problem = "the confirmation request has expired"
-    if problem is not None or held is None:
-        out = Outcome(failed=[f"confirmation not applied: {problem}"])
-        _event(
-            applier,
-            session,
-            intake,
-            ticket,
+    def confirm_request(self) -> None:
+        """Commands in a new mail: hold them and ask the agent to confirm by a signed reply."""
+        mail, agent = self.mail, self.agent
+        parsed = parse_commands(self.ctx.message.text)
+        message = self.store(MessageKind.INTERNAL_NOTE, parsed.text.strip())
+        held = insert_row(
+            self.session,
+            HeldAgentMail,
+            ticket_id=self.ticket.id,
+            agent=agent.name,
+            intake_id=self.intake.id,
+            commands=list(mail.commands),
+            state="pending",
+            created_at=self.applier.now,
+        )
+        self.event(
             message,
-            "agent_confirm_failed",
-            str(problem),
-            _data(mail),
+            "agent_confirm_requested",
+            f"agent {agent.name} sent commands in a new mail: confirmation requested "
+            f"(held {held.id})",
+            {**_data(mail), "held": held.id, "commands": list(mail.commands)},
         )
-        _result_mail(session, ticket, agent, notices, directory, out, (), True)
-        return
-    parsed = parse_commands("\n".join(held.commands))
-    runner = CommandRunner(
-        session,
-        ticket,
-        agent,
-        directory=directory,
-        notices=notices,
-        now=applier.now,
-        checks=[*mail.checks, "confirmed"],
-        intake_id=intake.id,
-    )
-    out = runner.run(parsed.commands)
-    held.state, held.decided_at = "applied", applier.now
-    _event(
-        applier,
-        session,
-        intake,
-        ticket,
-        message,
-        "agent_confirmed",
-        f"agent {agent.name} confirmed held commands {held.id}",
-        {**_data(mail), "held": held.id},
-    )
-    _after_commands(session, ticket, agent, notices, directory, out)
-    _result_mail(session, ticket, agent, notices, directory, out, (), True)
+        extra = {
+            "commands": list(mail.commands),
+            "expires_hours": self.applier.settings.agent_mail.confirm_hours,
+        }
+        self.tell_agent(
+            "agent_confirm", extra, reply_purpose=RefPurpose.CONFIRM, reply_extra=(str(held.id),)
+        )
+
+    def confirm(self) -> None:
+        """The agent's signed "reply to apply": the held commands run now, if still valid."""
+        mail, now = self.mail, self.applier.now
+        message = self.store(MessageKind.AUTO, "")
+        held = self.session.get(HeldAgentMail, mail.held_id) if mail.held_id is not None else None
+        expiry = timedelta(hours=self.applier.settings.agent_mail.confirm_hours)
+        problem = None
+        if held is None or held.ticket_id != self.ticket.id or held.agent != self.agent.name:
+            problem = "no such held mail for this agent and ticket"
+        elif held.state != "pending":
+            problem = f"already {held.state}"
+        elif now - held.created_at > expiry:
+            held.state, held.decided_at = "expired", now
+            problem = "the confirmation request has expired"
+        if problem is not None or held is None:
+            self.event(message, "agent_confirm_failed", str(problem), _data(mail))
+            self.result_mail(Outcome(failed=[f"confirmation not applied: {problem}"]), (), True)
+            return
+        out = self.run(
+            parse_commands("\n".join(held.commands)).commands, [*mail.checks, "confirmed"]
+        )
+        held.state, held.decided_at = "applied", now
+        self.event(
+            message,
+            "agent_confirmed",
+            f"agent {self.agent.name} confirmed held commands {held.id}",
+            {**_data(mail), "held": held.id},
+        )
+        self.after_commands(out)
+        self.result_mail(out, (), True)
 
 
 def after_hold(applier: Applier, session: Session, ctx: MessageContext, intake: Intake) -> None:

@@ -17,8 +17,9 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
 from maildesk.db.database import Database, StorageUnavailable
-from maildesk.db.models import Blob, Intake, IntakeState
+from maildesk.db.models import Attachment, Blob, Intake, IntakeState
 from maildesk.db.upsert import insert_ignore
+from maildesk.domain.message import ParsedAttachment
 from maildesk.domain.rawheader import extract_message_id
 
 Clock = Callable[[], datetime]
@@ -39,6 +40,22 @@ def put_blob(session: Session, data: bytes) -> str:
     digest = hashlib.sha256(data).hexdigest()
     insert_ignore(session, Blob, {"sha256": digest, "size": len(data), "data": data}, ["sha256"])
     return digest
+
+
+def store_attachments(session: Session, message_pk: int, parts: Sequence[ParsedAttachment]) -> None:
+    """Each attachment's bytes content-addressed; the mail's file name is display text only."""
+    for part in parts:
+        session.add(
+            Attachment(
+                message_pk=message_pk,
+                filename=part.filename[:1000],
+                content_type=part.content_type[:255],
+                size=len(part.content),
+                sha256=put_blob(session, part.content),
+                content_id=part.content_id,
+                inline=part.inline,
+            )
+        )
 
 
 class IntakeStore:

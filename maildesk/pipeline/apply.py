@@ -12,7 +12,6 @@ from sqlalchemy.orm import Session
 from maildesk.agents.writer import after_hold, apply_agent_mail
 from maildesk.config import Settings
 from maildesk.db.models import (
-    Attachment,
     Contact,
     Conversation,
     Direction,
@@ -38,7 +37,7 @@ from maildesk.domain.autodetect import AutoKind, failed_recipients
 from maildesk.domain.message import Address
 from maildesk.domain.subject import normalize_subject
 from maildesk.domain.threadindex import conversation_key
-from maildesk.intake.store import put_blob
+from maildesk.intake.store import store_attachments
 from maildesk.outbound.agent_notices import notify_after_customer_mail, notify_escalation
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind
@@ -203,18 +202,7 @@ class Applier:
                 ctx.dedupe_key, StoredMessage(message.id, ticket.id, ctx.body_hash)
             )
             lookahead.touched(ticket)
-        for part in msg.attachments:
-            session.add(
-                Attachment(
-                    message_pk=message.id,
-                    filename=part.filename[:1000],
-                    content_type=part.content_type[:255],
-                    size=len(part.content),
-                    sha256=put_blob(session, part.content),
-                    content_id=part.content_id,
-                    inline=part.inline,
-                )
-            )
+        store_attachments(session, message.id, msg.attachments)
         self._remember_ids(session, ctx, ticket)
         self._participants(session, ticket, requester, msg.cc, created)
         delivered = [*ctx.envelope_to, *(a.addr for a in (*msg.to, *msg.cc))]
