@@ -98,21 +98,8 @@ class CommandRunner:
         return out
 
     def _event(self, kind: str, reason: str, command: Command) -> None:
-        self.session.add(
-            Event(
-                at=self.now,
-                kind=kind,
-                reason=reason,
-                ticket_id=self.ticket.id,
-                intake_id=self.intake_id,
-                data={
-                    "command": command.name,
-                    "arg": command.arg,
-                    "agent": self.agent.name,
-                    "checks": self.checks,
-                },
-            )
-        )
+        data = {"command": command.name, "arg": command.arg, "agent": self.agent.name}
+        self._record(kind, reason, {**data, "checks": self.checks})
 
     def _apply(self, command: Command, out: Outcome) -> str | None:
         handler = getattr(self, f"_do_{command.name}")

@@ -18,9 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maildesk.config import AgentSettings
+from maildesk.db import queries
 from maildesk.db.models import (
     Contact,
-    Direction,
     Message,
     MessageKind,
     Participant,
@@ -103,19 +103,6 @@ def customer_recipients(
     ]
 
 
-def last_customer_message(session: Session, ticket: Ticket) -> Message | None:
-    return session.scalars(
-        select(Message)
-        .where(
-            Message.ticket_id == ticket.id,
-            Message.direction == Direction.INBOUND,
-            Message.kind == MessageKind.CUSTOMER,
-        )
-        .order_by(Message.id.desc())
-        .limit(1)
-    ).first()
-
-
 def carried_attachments(
     parts: Sequence[ParsedAttachment],
 ) -> list[tuple[str, str, bytes, str | None]]:
@@ -156,7 +143,7 @@ def queue_customer_reply(
         queue=ticket.queue,
         language=defaults.language if defaults else None,
     )
-    answers = last_customer_message(session, ticket)
+    answers = queries.last_customer_message(session, ticket)
     mail = OutboundMail(
         purpose="agent_reply",
         ticket=ticket,

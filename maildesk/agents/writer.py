@@ -22,7 +22,6 @@ from maildesk.agents.replies import leaked_note, queue_customer_reply
 from maildesk.agents.stage import AgentMail
 from maildesk.config import AgentSettings
 from maildesk.db.models import (
-    Direction,
     Disposition,
     Event,
     HeldAgentMail,
@@ -37,7 +36,6 @@ from maildesk.db.models import (
 from maildesk.db.upsert import insert_row
 from maildesk.domain.quotes import strip_reply
 from maildesk.domain.signing import RefPurpose
-from maildesk.intake.store import store_attachments
 from maildesk.outbound.agent_notices import AgentNotices, marker_line
 from maildesk.outbound.notices import Notices
 from maildesk.people import Directory
@@ -72,31 +70,8 @@ def _store(
     keep_html: bool = False,
 ) -> Message:
     """The inbound mail as a message of ``kind``; its raw MIME stays linked unchanged."""
-    msg = ctx.message
-    assert ctx.dedupe_key is not None
-    message = insert_row(
-        session,
-        Message,
-        ticket_id=ticket.id,
-        dedupe_key=ctx.dedupe_key,
-        header_message_id=msg.message_id,
-        direction=Direction.INBOUND,
-        kind=kind,
-        from_addr=msg.from_.addr if msg.from_ else "",
-        from_name=msg.from_.name if msg.from_ else "",
-        to_addrs=[a.addr for a in msg.to],
-        cc_addrs=[a.addr for a in msg.cc],
-        delivered_to=[a.lower() for a in ctx.envelope_to],
-        subject=msg.subject,
-        date=msg.date,
-        text_body=text,
-        html_body=msg.html if keep_html else None,
-        raw_sha256=intake.raw_sha256,
-        body_hash=ctx.body_hash,
-        auto_kind=None,
-        created_at=applier.now,
-    )
-    store_attachments(session, message.id, msg.attachments)
+    html = ctx.message.html if keep_html else None
+    message = applier.insert_inbound(session, ctx, intake, ticket, kind, text, html)
     applier._remember_ids(session, ctx, ticket)
     for note in ctx.notes:
         _event(applier, session, intake, ticket, message, note.kind, note.reason, note.data)

@@ -12,12 +12,14 @@ from sqlalchemy.orm import Session
 from maildesk.db.models import (
     Contact,
     Conversation,
+    Direction,
     Event,
     IdOrigin,
     Intake,
     IntakeState,
     KnownMessageId,
     Message,
+    MessageKind,
     Participant,
     Ticket,
     TicketStatus,
@@ -169,3 +171,17 @@ def events_for_intake(session: Session, intake_id: int) -> list[Event]:
 def events_for_ticket(session: Session, ticket_id: int) -> list[Event]:
     stmt = select(Event).where(Event.ticket_id == ticket_id).order_by(Event.id)
     return list(session.scalars(stmt))
+
+
+def last_customer_message(session: Session, ticket: Ticket) -> Message | None:
+    """The ticket's newest mail from the customer side (not automated, not an agent's)."""
+    return session.scalars(
+        select(Message)
+        .where(
+            Message.ticket_id == ticket.id,
+            Message.direction == Direction.INBOUND,
+            Message.kind == MessageKind.CUSTOMER,
+        )
+        .order_by(Message.id.desc())
+        .limit(1)
+    ).first()

@@ -18,9 +18,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maildesk.config import AgentSettings
+from maildesk.db import queries
 from maildesk.db.models import (
     Contact,
-    Direction,
     Event,
     Message,
     MessageKind,
@@ -138,18 +138,6 @@ class AgentNotices:
             for r in reversed(rows)
         ]
 
-    def last_customer_message(self, session: Session, ticket: Ticket) -> Message | None:
-        return session.scalars(
-            select(Message)
-            .where(
-                Message.ticket_id == ticket.id,
-                Message.direction == Direction.INBOUND,
-                Message.kind == MessageKind.CUSTOMER,
-            )
-            .order_by(Message.id.desc())
-            .limit(1)
-        ).first()
-
     def variables(
         self, session: Session, ticket: Ticket, agent: AgentSettings, message: Message | None
     ) -> dict[str, Any]:
@@ -159,7 +147,7 @@ class AgentNotices:
             {"group": ticket.group, "assignee": ticket.assignee, "tags": list(ticket.tags or [])}
         )
         if message is None:
-            message = self.last_customer_message(session, ticket)
+            message = queries.last_customer_message(session, ticket)
         return {
             **base,
             "marker": marker_line(self.notices, ticket),

@@ -175,34 +175,16 @@ class Applier:
             ticket, created = found, False
         assignee_before = ticket.assignee
 
-        message = insert_row(
+        message = self.insert_inbound(
             session,
-            Message,
-            ticket_id=ticket.id,
-            dedupe_key=ctx.dedupe_key,
-            header_message_id=msg.message_id,
-            direction=Direction.INBOUND,
-            kind=MessageKind.AUTO if automated else MessageKind.CUSTOMER,
-            from_addr=msg.from_.addr if msg.from_ else "",
-            from_name=msg.from_.name if msg.from_ else "",
-            to_addrs=[a.addr for a in msg.to],
-            cc_addrs=[a.addr for a in msg.cc],
-            delivered_to=[a.lower() for a in ctx.envelope_to],
-            subject=msg.subject,
-            date=msg.date,
-            text_body=msg.text,
-            html_body=msg.html,
-            raw_sha256=intake.raw_sha256,
-            body_hash=ctx.body_hash,
+            ctx,
+            intake,
+            ticket,
+            MessageKind.AUTO if automated else MessageKind.CUSTOMER,
+            msg.text,
+            msg.html,
             auto_kind=None if verdict.kind is AutoKind.HUMAN else str(verdict.kind),
-            created_at=self.now,
         )
-        if (lookahead := Lookahead.of(session)) is not None:
-            lookahead.stored_message(
-                ctx.dedupe_key, StoredMessage(message.id, ticket.id, ctx.body_hash)
-            )
-            lookahead.touched(ticket)
-        store_attachments(session, message.id, msg.attachments)
         self._remember_ids(session, ctx, ticket)
         self._participants(session, ticket, requester, msg.cc, created)
         delivered = [*ctx.envelope_to, *(a.addr for a in (*msg.to, *msg.cc))]
@@ -469,6 +451,53 @@ class Applier:
                     }
                 )
         insert_ignore(session, Participant, rows, ["ticket_id", "contact_id"])
+
+    def insert_inbound(
+        self,
+        session: Session,
+        ctx: MessageContext,
+        intake: Intake,
+        ticket: Ticket,
+        kind: MessageKind,
+        text: str,
+        html: str | None,
+        auto_kind: str | None = None,
+    ) -> Message:
+        """The inbound mail as a ``messages`` row of ``kind`` with its attachments.
+
+        The raw MIME stays linked (``raw_sha256``) whatever ``text`` is kept.
+        """
+        msg = ctx.message
+        assert ctx.dedupe_key is not None
+        message = insert_row(
+            session,
+            Message,
+            ticket_id=ticket.id,
+            dedupe_key=ctx.dedupe_key,
+            header_message_id=msg.message_id,
+            direction=Direction.INBOUND,
+            kind=kind,
+            from_addr=msg.from_.addr if msg.from_ else "",
+            from_name=msg.from_.name if msg.from_ else "",
+            to_addrs=[a.addr for a in msg.to],
+            cc_addrs=[a.addr for a in msg.cc],
+            delivered_to=[a.lower() for a in ctx.envelope_to],
+            subject=msg.subject,
+            date=msg.date,
+            text_body=text,
+            html_body=html,
+            raw_sha256=intake.raw_sha256,
+            body_hash=ctx.body_hash,
+            auto_kind=auto_kind,
+            created_at=self.now,
+        )
+        if (lookahead := Lookahead.of(session)) is not None:
+            lookahead.stored_message(
+                ctx.dedupe_key, StoredMessage(message.id, ticket.id, ctx.body_hash)
+            )
+            lookahead.touched(ticket)
+        store_attachments(session, message.id, msg.attachments)
+        return message
 
     def _remember_ids(self, session: Session, ctx: MessageContext, ticket: Ticket) -> None:
         """Our id and every id it references now lead to this ticket (one statement)."""
