@@ -320,3 +320,29 @@ def test_rating_mail_is_stored(app: App) -> None:
     deliver(app, plain_mail("Alice <alice@customer.test>", forged, "rating", "\n"))
     with app.db.transaction() as session:
         assert len(session.scalars(select(Rating)).all()) == 1
+
+
+def test_a_hostile_attachment_name_reaches_the_customer_as_harmless_text(app: App) -> None:
+    notice = _open_ticket(app)
+    raw = client_reply(
+        notice, "The log is attached.\n", attachment=("log.txt", "text/plain", b"log lines\n")
+    )
+    # RFC 2231 lets a name carry anything: a path, and a CR LF that would start a header.
+    hostile = b"filename*=utf-8''..%2F..%2Fetc%2Fpasswd%0D%0ABcc%3A%20evil%40attacker.test"
+    assert b'filename="log.txt"' in raw
+    raw = raw.replace(b'filename="log.txt"', hostile)
+    _agent_deliver(app, raw, reply_address(notice))
+    [answer] = to(app, ALICE, "agent_reply")
+    assert "evil@attacker.test" not in answer.recipients
+    assert answer.msg["Bcc"] is None
+    [part] = list(answer.msg.iter_attachments())
+    name = part.get_filename() or ""
+    assert "/" not in name and "\r" not in name and "\n" not in name
+    assert name == ".._.._etc_passwdBcc: evil@attacker.test"  # one line of text, no path
+    assert part.get_content() == "log lines\n"
+    # Stored on the ticket as display text, content-addressed: the name is never a path.
+    with app.db.transaction() as session:
+        from maildesk.db.models import Attachment
+
+        stored = session.scalars(select(Attachment)).all()
+        assert stored and all(len(a.sha256) == 64 for a in stored)
