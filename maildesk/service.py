@@ -25,6 +25,7 @@ from maildesk.app import App
 from maildesk.intake.imap import ImapIntake
 from maildesk.intake.oversize import add_oversize_notices
 from maildesk.intake.smtp import IntakeHandler, build_controller
+from maildesk.routing.models import pull_models
 from maildesk.sla.jobs import add_sla_jobs
 from maildesk.spam import jobs as spam_jobs
 from maildesk.spam.jobs import add_spam_learning
@@ -33,6 +34,7 @@ log = logging.getLogger("maildesk.service")
 
 # Messages per worker transaction in the daemon: short write locks, low accept latency.
 DAEMON_BATCH = 8
+SHARED_MODELS_INTERVAL_SECONDS = 60.0  # how soon a node takes models another node taught
 
 
 class SystemdNotifier:
@@ -116,6 +118,15 @@ class Daemon:
         add_sla_jobs(scheduler, self.app)
         add_spam_learning(scheduler, self.app)
         add_oversize_notices(scheduler, self.app)
+        scheduler.add_job(
+            pull_models,
+            "interval",
+            args=(self.app.db, self.app.settings),
+            seconds=SHARED_MODELS_INTERVAL_SECONDS,
+            id="shared-models",
+            max_instances=1,
+            coalesce=True,
+        )
         scheduler.start()
         self.scheduler = scheduler
 
@@ -124,6 +135,7 @@ class Daemon:
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self.reload)
         spam_jobs.take_shared_model(self.app)  # before the parse children load it
+        pull_models(self.app.db, self.app.settings)  # category/queue models other nodes taught
         worker = self.app.worker()
         released = worker.release_own_claims() + self.app.sender().release_own_claims()
         if released:

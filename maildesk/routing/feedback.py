@@ -10,6 +10,7 @@ it changes, so the next similar ticket benefits.
 from __future__ import annotations
 
 import logging
+import socket
 from datetime import datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ from maildesk.db.models import Direction, Message, Ticket
 from maildesk.people import Directory
 from maildesk.routing.assign_db import Record, assign_ticket, event_recorder
 from maildesk.routing.models import ModelSlot, model_slots
+from maildesk.shared_models import PublishConflict
 
 log = logging.getLogger("maildesk.routing")
 
@@ -32,17 +34,22 @@ def learn(
     settings: Settings,
     field: str = "category",
     slots: dict[str, ModelSlot] | None = None,
+    session: Session | None = None,
+    now: datetime | None = None,
 ) -> str | None:
     """Teach the ``field`` model that ``text`` is ``label``; returns the new model version.
 
-    None when learning is off or no model is configured for the field.
+    None when learning is off or no model is configured for the field. With
+    ``session`` the corrected model is published to every node in that
+    transaction.
     """
     if not settings.routing.learn_corrections:
         return None
     slot = (slots or model_slots(settings)).get(field)
     if slot is None:
         return None
-    return slot.learn(text, label)
+    node = settings.node_name or socket.gethostname()
+    return slot.learn(text, label, session=session, node=node, now=now)
 
 
 def ticket_text(session: Session, ticket: Ticket) -> str:
@@ -116,8 +123,13 @@ def _learn_safely(
     """A model that cannot be written must not undo the agent's change: log it."""
     try:
         return learn(
-            ticket_text(session, ticket), label, settings=settings, field=field, slots=slots
+            ticket_text(session, ticket),
+            label,
+            settings=settings,
+            field=field,
+            slots=slots,
+            session=session,
         )
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, PublishConflict) as exc:
         log.error("ticket=%s %s correction not learned: %s", ticket.id, field, exc)
         return None

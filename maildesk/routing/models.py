@@ -11,16 +11,22 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from sqlalchemy.orm import Session
+
 from maildesk.config import Settings
+from maildesk.db.database import Database
+from maildesk.shared_models import PublishConflict, publish, pull, pull_in, settle
 
 if TYPE_CHECKING:
     from maildesk.routing.categorize import CategoryModel
 
 log = logging.getLogger("maildesk.routing")
 CATEGORY_MODEL_NAME = "category-model.npz"
+PUBLISH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)
@@ -71,19 +77,60 @@ class ModelSlot:
         prediction = model.predict(text)
         return Guess(self.field, prediction.top_label, prediction.confidence, model.version)
 
-    def learn(self, text: str, label: str) -> str:
-        """Learn one correction and save the file atomically; returns the new version."""
+    def learn(
+        self,
+        text: str,
+        label: str,
+        *,
+        session: Session | None = None,
+        node: str = "",
+        now: datetime | None = None,
+    ) -> str:
+        """Learn one correction and save the file atomically; returns the new version.
+
+        With ``session`` the model is shared: the database's newest version is
+        learned on and the result published in that transaction, so every node
+        gets the correction (:mod:`maildesk.shared_models`).
+        """
         from maildesk.routing.categorize import CategoryModel
 
         if self.path is None:
             raise ValueError(f"no {self.field} model configured")
-        model = self.model()
-        if model is None:
-            model = CategoryModel()
-        model.learn(text, label)
-        model.save(self.path)
-        self._model, self._stamp = model, self._current_stamp()
-        return model.version
+        for _attempt in range(PUBLISH_ATTEMPTS):
+            based_on = pull_in(session, self.path, self.field) if session is not None else None
+            model = self.model()
+            if model is None:
+                model = CategoryModel()
+            model.learn(text, label)
+            model.save(self.path)
+            self._model, self._stamp = model, self._current_stamp()
+            if session is None:
+                return model.version
+            try:
+                version = publish(
+                    session,
+                    self.path,
+                    based_on,
+                    node=node,
+                    now=now or datetime.now(UTC),
+                    name=self.field,
+                )
+            except PublishConflict as exc:
+                log.info("%s; learning the correction again on the newer model", exc)
+                continue
+            settle(self.path, version)
+            return model.version
+        raise PublishConflict(f"{self.field} model: still conflicting after {PUBLISH_ATTEMPTS}")
+
+
+def pull_models(db: Database, settings: Settings) -> None:
+    """Take the category/queue models other nodes published (at start and periodically)."""
+    for slot in model_slots(settings).values():
+        if slot.path is not None:
+            try:
+                pull(db, slot.path, slot.field)
+            except Exception:
+                log.exception("%s model: could not take the shared model", slot.field)
 
 
 def model_slots(settings: Settings) -> dict[str, ModelSlot]:

@@ -28,8 +28,8 @@ from maildesk.db.database import Database
 from maildesk.db.models import Blob, Event, Intake, Message, SpamFeedback, Ticket, TicketStatus
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.parse import ParseError, parse_message
+from maildesk.shared_models import PublishConflict, publish, pull, settle
 from maildesk.spam.scoring import ScorerSpec
-from maildesk.spam.shared import PublishConflict, publish, pull, settle
 
 log = logging.getLogger("maildesk.spam")
 LEARN_BATCH = 500

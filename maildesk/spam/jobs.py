@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from maildesk.shared_models import pull
 from maildesk.spam.feedback import learn_pending
 from maildesk.spam.quarantine import expire_spam, queue_digest
 from maildesk.spam.scoring import ScorerSpec
-from maildesk.spam.shared import pull
 
 if TYPE_CHECKING:
     from maildesk.app import App

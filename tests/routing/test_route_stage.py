@@ -14,6 +14,8 @@ from maildesk.db.models import Blob, Event, Outbox, Ticket, TicketStatus, Watche
 from maildesk.routing.categorize import CategoryModel
 from maildesk.routing.escalate import EscalationError, escalate
 from maildesk.routing.feedback import correct_category, move_queue
+from maildesk.routing.models import pull_models
+from maildesk.shared_models import held_version
 from tests.conftest import FrozenClock, make_settings
 from tests.mailfactory import deliver, make_mail, reply_to
 
@@ -362,6 +364,47 @@ def test_agent_corrections_teach_the_model_and_queue_moves_reassign(
     assert CategoryModel.load(model_path).predict("toner empty again").top_label == "printing"
     (corrected,) = events_of(app, 1, "category_corrected")
     assert corrected.data["learned"] == version
+
+
+def test_a_correction_on_one_node_reaches_every_node(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    paths = {name: tmp_path / name / "category.npz" for name in ("a", "b")}
+    for path in paths.values():
+        path.parent.mkdir()
+    a, b = (
+        build(tmp_path / name, database_url, clock, category_model=str(paths[name]))
+        for name in ("a", "b")
+    )
+    try:
+        toner = make_mail(sender="q@customer.test", subject="toner empty", body="toner is empty")
+        deliver(a, toner, mail_from="q@customer.test")
+        with a.db.transaction() as session:
+            first = session.scalars(select(Ticket).where(Ticket.number == 1)).one()
+            correct_category(
+                session, first, "printing", actor="ann", settings=a.settings, now=clock(),
+                slots=a.router.models,
+            )  # fmt: skip
+        assert held_version(paths["a"]) == 1
+        pull_models(b.db, b.settings)  # what node b's scheduler does every minute
+        assert CategoryModel.load(paths["b"]).predict("toner empty again").top_label == "printing"
+        # node b's correction is learned on top of node a's, and goes back to node a.
+        vpn = make_mail(sender="r@customer.test", subject="vpn tunnel drops", body="vpn drops")
+        deliver(b, vpn, mail_from="r@customer.test")
+        with b.db.transaction() as session:
+            second = session.scalars(select(Ticket).where(Ticket.number == 2)).one()
+            correct_category(
+                session, second, "network", actor="cy", settings=b.settings, now=clock(),
+                slots=b.router.models,
+            )  # fmt: skip
+        pull_models(a.db, a.settings)
+        assert held_version(paths["a"]) == 2
+        model = CategoryModel.load(paths["a"])
+        assert model.predict("toner empty again").top_label == "printing"
+        assert model.predict("the vpn tunnel drops").top_label == "network"
+    finally:
+        a.db.dispose()
+        b.db.dispose()
 
 
 def test_broken_rules_on_reload_keep_the_last_good_rules(

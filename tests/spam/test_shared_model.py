@@ -1,4 +1,4 @@
-"""Several nodes on one database learn one spam model (maildesk.spam.shared)."""
+"""Several nodes on one database learn one spam model (maildesk.shared_models)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from sqlalchemy import select
 
 from maildesk.app import App
 from maildesk.db.models import Intake, SharedModel
+from maildesk.shared_models import PublishConflict, held_version, publish
 from maildesk.spam.feedback import SpamLabel, record_feedback
 from maildesk.spam.jobs import learn_now, take_shared_model
 from maildesk.spam.model import SpamFilter
 from maildesk.spam.scoring import SEED_MODEL, ScorerSpec, SpamScorer
-from maildesk.spam.shared import PublishConflict, held_version, publish
 from tests.conftest import FrozenClock, make_settings
 from tests.mailfactory import deliver, make_mail
 
@@ -43,9 +43,7 @@ def live(app: App) -> Path:
 def mark(app: App, message_id: str, label: SpamLabel) -> None:
     deliver(app, make_mail(message_id=message_id, subject=f"About {message_id}"))
     with app.db.transaction() as session:
-        intake = session.scalars(
-            select(Intake).where(Intake.header_message_id == message_id)
-        ).one()
+        intake = session.scalars(select(Intake).where(Intake.header_message_id == message_id)).one()
         record_feedback(session, intake_id=intake.id, label=label, source="cli", actor="ops")
 
 

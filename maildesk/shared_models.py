@@ -1,13 +1,14 @@
-"""The live spam model, shared by every node through the database.
+"""Learned models shared by every node through the database (the live spam
+model, the category and queue models).
 
 With several ``maildesk run`` nodes on one PostgreSQL, feedback recorded on
-any node must teach every node's filter. The database holds the model
-(``shared_models``); each node keeps a copy in its data directory, which its
-scorers reload when the file changes. :func:`pull` brings that copy up to
-date; :func:`publish` stores a newly learned model only if nobody published
-since it was pulled (compare and swap), so two learners never overwrite each
-other's lessons: the later one pulls and learns again. One machine runs the
-same path with one node.
+any node must teach every node's model. The database holds each model
+(``shared_models``, by name); each node keeps a copy in its data directory,
+which its scorers reload when the file changes. :func:`pull` brings that copy
+up to date; :func:`publish` stores a newly learned model only if nobody
+published since it was pulled (compare and swap), so two learners never
+overwrite each other's lessons: the later one pulls and learns again. One
+machine runs the same path with one node.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from maildesk.db.database import Database
 from maildesk.db.models import SharedModel
 from maildesk.db.upsert import insert_ignore_statement
 
-log = logging.getLogger("maildesk.spam")
-NAME = "spam"
+log = logging.getLogger("maildesk.models")
+SPAM = "spam"
 _TABLE: Table = SharedModel.__table__  # type: ignore[assignment]
 
 
@@ -49,28 +50,34 @@ def _hold(live_path: Path, version: int) -> None:
     write_atomic(_version_file(live_path), f"{version}\n".encode())
 
 
-def shared_version(db: Database) -> int | None:
-    with db.transaction() as session:
-        return session.scalar(select(SharedModel.version).where(SharedModel.name == NAME))
-
-
-def pull(db: Database, live_path: Path) -> int | None:
+def pull(db: Database, live_path: Path, name: str = SPAM) -> int | None:
     """Make this node's copy the database's model if it is not already; returns its version."""
-    held = held_version(live_path) if live_path.exists() else None
     with db.transaction() as session:
-        version = session.scalar(select(SharedModel.version).where(SharedModel.name == NAME))
-        if version is None or version == held:
-            return held
-        data = session.scalar(select(SharedModel.data).where(SharedModel.name == NAME))
+        return pull_in(session, live_path, name)
+
+
+def pull_in(session: Session, live_path: Path, name: str) -> int | None:
+    """:func:`pull` inside the caller's transaction."""
+    held = held_version(live_path) if live_path.exists() else None
+    version = session.scalar(select(SharedModel.version).where(SharedModel.name == name))
+    if version is None or version == held:
+        return held
+    data = session.scalar(select(SharedModel.data).where(SharedModel.name == name))
     assert data is not None
     write_atomic(live_path, bytes(data))
     _hold(live_path, version)
-    log.info("spam model: took version %d from the database (%d bytes)", version, len(data))
+    log.info("%s model: took version %d from the database (%d bytes)", name, version, len(data))
     return version
 
 
 def publish(
-    session: Session, live_path: Path, based_on: int | None, *, node: str, now: datetime
+    session: Session,
+    live_path: Path,
+    based_on: int | None,
+    *,
+    node: str,
+    now: datetime,
+    name: str = SPAM,
 ) -> int:
     """Store ``live_path`` as the next version after ``based_on``, in the caller's transaction.
 
@@ -86,18 +93,18 @@ def publish(
         version = 1
         statement = insert_ignore_statement(connection.dialect.name, _TABLE, ("name",))
         written = connection.execute(
-            statement.returning(_TABLE.c.version), {"name": NAME, "version": version, **values}
+            statement.returning(_TABLE.c.version), {"name": name, "version": version, **values}
         ).first()
     else:
         version = based_on + 1
         written = connection.execute(
             update(_TABLE)
-            .where(_TABLE.c.name == NAME, _TABLE.c.version == based_on)
+            .where(_TABLE.c.name == name, _TABLE.c.version == based_on)
             .values(version=version, **values)
             .returning(_TABLE.c.version)
         ).first()
     if written is None:
-        raise PublishConflict(f"another node published after version {based_on}")
+        raise PublishConflict(f"another node published the {name} model after version {based_on}")
     return version
 
 
