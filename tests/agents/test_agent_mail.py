@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -346,3 +347,52 @@ def test_a_hostile_attachment_name_reaches_the_customer_as_harmless_text(app: Ap
 
         stored = session.scalars(select(Attachment)).all()
         assert stored and all(len(a.sha256) == 64 for a in stored)
+
+
+def test_a_customer_reply_to_a_resolved_ticket_reopens_it_and_tells_the_assignee(
+    app: App,
+) -> None:
+    notice = _open_ticket(app)
+    _agent_deliver(app, client_reply(notice, "#status resolved\n\nFixed.\n"), reply_address(notice))
+    assert _ticket(app).status == "resolved"
+    first = make_mail(message_id="first@customer.test")
+    deliver(app, reply_to(first, body="Sorry, it is burning again.\n"))
+    assert _ticket(app).status == "open"
+    [told] = to(app, "bob@agents.test", "customer_reply")
+    assert "wrote on ticket #1 (reopened)" in told.text and "burning again" in told.text
+
+
+def test_signatures_made_with_a_retired_secret_count_until_its_grace_period_ends(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    old = agent_app(tmp_path, database_url, clock, installation_secret="the-old-secret")
+    try:
+        notice = _open_ticket(old)  # signed with the old secret
+    finally:
+        old.db.dispose()
+    until = clock().replace(year=clock().year + 1).isoformat()
+    retired = [{"secret": "the-old-secret", "until": until}]
+    rotated = agent_app(
+        tmp_path, database_url, clock, installation_secret="the-new-one", retired_secrets=retired
+    )
+    try:
+        _agent_deliver(rotated, client_reply(notice, "Still valid.\n"), reply_address(notice))
+        assert "Still valid." in to(rotated, ALICE, "agent_reply")[0].text
+    finally:
+        rotated.db.dispose()
+    # Past the grace period the old signature proves nothing: held.
+    ended = [{"secret": "the-old-secret", "until": (clock() - timedelta(days=1)).isoformat()}]
+    forgotten = agent_app(
+        tmp_path, database_url, clock, installation_secret="the-new-one", retired_secrets=ended
+    )
+    try:
+        again = client_reply(notice, "Too late.\n")
+        _agent_deliver(forgotten, again, reply_address(notice))
+        assert len(to(forgotten, ALICE, "agent_reply")) == 1
+        with forgotten.db.transaction() as session:
+            held = session.scalars(
+                select(Intake).where(Intake.state == IntakeState.QUARANTINED)
+            ).all()
+        assert [h.quarantine_reason or "" for h in held][-1].startswith("held agent mail")
+    finally:
+        forgotten.db.dispose()
