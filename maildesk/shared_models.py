@@ -50,6 +50,12 @@ def _hold(live_path: Path, version: int) -> None:
     write_atomic(_version_file(live_path), f"{version}\n".encode())
 
 
+def shared_version(db: Database, name: str) -> int | None:
+    """The version the database holds of model ``name`` (None: nothing published yet)."""
+    with db.transaction() as session:
+        return session.scalar(select(SharedModel.version).where(SharedModel.name == name))
+
+
 def pull(db: Database, live_path: Path, name: str = SPAM) -> int | None:
     """Make this node's copy the database's model if it is not already; returns its version."""
     with db.transaction() as session:

@@ -120,9 +120,10 @@ def status(ctx: click.Context, model_path: Path | None) -> None:
     """Show which model is in use, its version, what it has learned and when it was saved."""
     from maildesk.spam.scoring import SEED_MODEL, ScorerSpec
 
-    seed_path, pending = SEED_PATH, None
+    seed_path, pending, shared = SEED_PATH, None, None
     if model_path is None:
         from maildesk.cli import build_app
+        from maildesk.shared_models import SPAM, held_version, shared_version
         from maildesk.spam.feedback import feedback_counts
 
         app = build_app(ctx)
@@ -133,6 +134,7 @@ def status(ctx: click.Context, model_path: Path | None) -> None:
         model_path, seed_path = spec.live_path, spec.seed_path or SEED_MODEL
         with app.db.transaction() as session:
             pending = feedback_counts(session)
+        shared = shared_version(app.db, SPAM)
     try:
         model, note = SpamFilter.load_or_seed(model_path, seed_path)
     except ModelLoadError as exc:
@@ -152,6 +154,11 @@ def status(ctx: click.Context, model_path: Path | None) -> None:
         click.echo("last saved: never (no live model yet)")
     if pending is not None:
         click.echo("feedback: " + ", ".join(f"{count} {what}" for what, count in pending.items()))
+        held = held_version(model_path) if model_path.exists() else None
+        click.echo(
+            f"shared version: {shared if shared is not None else 'none yet'} in the database, "
+            f"{held if held is not None else 'none'} on this node"
+        )
 
 
 @spam.command("eval")

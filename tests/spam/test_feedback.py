@@ -102,3 +102,6 @@ def test_marking_a_ticket_spam_closes_it_and_a_correction_is_learned_again(
     assert feedback.label == "ham"
     status = cli(config, "spam", "status", "--model", str(tmp_path / "data" / "spam-model.npz"))
     assert "loaded" in status.output
+    # Each learning published a version of the shared model; this node holds the newest.
+    status = cli(config, "spam", "status")
+    assert "shared version: 2 in the database, 2 on this node" in status.output
