@@ -16,6 +16,7 @@ from maildesk.app import App
 from maildesk.config import Settings
 from maildesk.db.database import Database
 from maildesk.db.models import Base
+from tests.daemon_harness import RelaySink
 
 REPO = Path(__file__).resolve().parents[1]
 PG_ADMIN_URL = os.environ.get(
@@ -121,3 +122,11 @@ def app(tmp_path: Path, database_url: str, clock: FrozenClock) -> Iterator[App]:
     application = App.build(make_settings(tmp_path, database_url), clock=clock)
     yield application
     application.db.dispose()
+
+
+@pytest.fixture
+def relay() -> Iterator[RelaySink]:
+    """A real SMTP server on loopback standing in for the outbound relay (daemon tests)."""
+    sink = RelaySink().start()
+    yield sink
+    sink.stop()

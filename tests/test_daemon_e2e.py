@@ -16,13 +16,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def relay() -> Iterator[RelaySink]:
-    sink = RelaySink().start()
-    yield sink
-    sink.stop()
-
-
-@pytest.fixture
 def daemon(tmp_path: Path, relay: RelaySink) -> Iterator[DaemonProcess]:
     proc = DaemonProcess(tmp_path, relay_port=relay.port).start()
     yield proc

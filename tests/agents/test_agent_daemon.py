@@ -18,13 +18,6 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
-def relay() -> Iterator[RelaySink]:
-    sink = RelaySink().start()
-    yield sink
-    sink.stop()
-
-
-@pytest.fixture
 def daemon(tmp_path: Path, relay: RelaySink) -> Iterator[DaemonProcess]:
     rules = tmp_path / "rules"
     rules.mkdir()

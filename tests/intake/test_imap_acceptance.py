@@ -45,13 +45,6 @@ def dovecot() -> Iterator[Dovecot]:
         yield server
 
 
-@pytest.fixture
-def relay() -> Iterator[RelaySink]:
-    sink = RelaySink().start()
-    yield sink
-    sink.stop()
-
-
 def daemon_config(dovecot: Dovecot) -> str:
     post = {FLAGGED: 'post_action = "flag"', MOVED: 'post_action = "move"\nmove_to = "Processed"'}
     return "\n".join(

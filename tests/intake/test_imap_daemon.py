@@ -31,13 +31,6 @@ def dovecot() -> Iterator[Dovecot]:
         yield server
 
 
-@pytest.fixture
-def relay() -> Iterator[RelaySink]:
-    sink = RelaySink().start()
-    yield sink
-    sink.stop()
-
-
 def imap_config(dovecot: Dovecot) -> str:
     blocks = []
     for user in MAILBOXES:

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import pytest
 from sqlalchemy import select
 
 from maildesk.app import App
@@ -32,13 +30,6 @@ sweep_interval_seconds = 0.5
 name = "p"
 first_response = { minutes = 60, calendar = "always" }
 """
-
-
-@pytest.fixture
-def relay() -> Iterator[RelaySink]:
-    sink = RelaySink().start()
-    yield sink
-    sink.stop()
 
 
 def _sweep_lines(daemon: DaemonProcess) -> int:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import smtplib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -21,13 +21,6 @@ from tests.mailfactory import make_mail
 
 pytestmark = pytest.mark.slow
 T = TypeVar("T")
-
-
-@pytest.fixture
-def relay() -> Iterator[RelaySink]:
-    sink = RelaySink().start()
-    yield sink
-    sink.stop()
 
 
 def send(daemon: DaemonProcess, raw: bytes) -> None:
