@@ -13,7 +13,7 @@ from typing import Any
 from sqlalchemy import select
 
 from maildesk.app import App
-from maildesk.db.models import Blob, Outbox
+from maildesk.db.models import Blob, Event, Outbox, Ticket
 from tests.conftest import FrozenClock, make_settings
 
 AGENTS = [
@@ -158,3 +158,18 @@ def plain_mail(sender: str, to_addr: str, subject: str, body: str, **headers: st
         msg[name.replace("_", "-")] = value
     msg.set_content(body)
     return msg.as_bytes()
+
+
+def ticket_number(app: App, number: int = 1) -> Ticket:
+    """Ticket ``number``, detached (its fields as committed)."""
+    with app.db.transaction() as session:
+        ticket = session.scalars(select(Ticket).where(Ticket.number == number)).one()
+        session.expunge(ticket)
+        return ticket
+
+
+def events_of_kind(app: App, kind: str) -> list[Event]:
+    with app.db.transaction() as session:
+        rows = list(session.scalars(select(Event).where(Event.kind == kind).order_by(Event.id)))
+        session.expunge_all()
+        return rows

@@ -10,15 +10,17 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.app import App
-from maildesk.db.models import Event, Intake, IntakeState, Message, MessageKind, Rating, Ticket
+from maildesk.db.models import Intake, IntakeState, Message, MessageKind, Rating
 from tests.agents.agenthelp import (
     AGENT_ADDRESSES,
     Sent,
     agent_app,
     client_reply,
+    events_of_kind,
     outbox,
     plain_mail,
     reply_address,
+    ticket_number,
     to,
 )
 from tests.conftest import FrozenClock
@@ -38,20 +40,6 @@ def _agent_deliver(app: App, raw: bytes, rcpt: str) -> None:
     deliver(app, raw, rcpt=(rcpt,), mail_from="bob@agents.test")
 
 
-def _ticket(app: App, number: int = 1) -> Ticket:
-    with app.db.transaction() as session:
-        ticket = session.scalars(select(Ticket).where(Ticket.number == number)).one()
-        session.expunge(ticket)
-        return ticket
-
-
-def _events(app: App, kind: str) -> list[Event]:
-    with app.db.transaction() as session:
-        rows = list(session.scalars(select(Event).where(Event.kind == kind).order_by(Event.id)))
-        session.expunge_all()
-        return rows
-
-
 def _open_ticket(app: App, body: str = "My printer is on fire.\n", cc: str | None = None) -> Sent:
     original = make_mail(message_id="first@customer.test", body=body, cc=cc)
     deliver(app, original)
@@ -62,7 +50,7 @@ def _open_ticket(app: App, body: str = "My printer is on fire.\n", cc: str | Non
 
 def test_new_ticket_notifies_the_assignee_with_a_reply_address_signed_for_them(app: App) -> None:
     notice = _open_ticket(app)
-    assert _ticket(app).assignee == "bob"
+    assert ticket_number(app).assignee == "bob"
     msg = notice.msg
     assert "support+a-1-" in reply_address(notice)
     assert str(msg["Message-ID"]).startswith("<md.a.1.")
@@ -104,11 +92,11 @@ def test_agent_reply_reaches_the_customer_without_quotes_commands_or_private_add
     names = [p.get_filename() for p in answer.msg.iter_attachments()]
     assert names == ["manual.pdf"]
 
-    ticket = _ticket(app)
+    ticket = ticket_number(app)
     assert ticket.status == "resolved" and ticket.priority == "high"
     resolved = to(app, ALICE, "resolved")
     assert len(resolved) == 1 and "support+rate-1-5-" in resolved[0].text
-    applied = _events(app, "agent_command")
+    applied = events_of_kind(app, "agent_command")
     assert [e.data["command"] for e in applied] == ["status", "priority"]
     assert all(e.data["checks"] == ["signature", "from"] for e in applied)
     result = to(app, "bob@agents.test", "agent_result")
@@ -125,7 +113,7 @@ def test_invalid_commands_are_not_applied_and_reported(app: App) -> None:
         "#status maybe\n#assign nobody\n#frobnicate\n#category billing\n\nDone.\n",
     )
     _agent_deliver(app, raw, reply_address(notice))
-    ticket = _ticket(app)
+    ticket = ticket_number(app)
     assert ticket.status == "open" and ticket.category == "billing"
     report = to(app, "bob@agents.test", "agent_result")[0].text
     assert "NOT applied: #status maybe (status must be one of" in report
@@ -139,7 +127,7 @@ def test_assign_watch_and_template(app: App, tmp_path: Path) -> None:
     notice = _open_ticket(app)
     raw = client_reply(notice, "#assign carol\n#watch\n#template thanks\n\nMore soon.\n")
     _agent_deliver(app, raw, reply_address(notice))
-    assert _ticket(app).assignee == "carol"
+    assert ticket_number(app).assignee == "carol"
     assigned = to(app, "carol@agents.test", "assigned")
     assert len(assigned) == 1 and "assigned to you" in assigned[0].text
     answer = to(app, ALICE, "agent_reply")[0].text
@@ -152,12 +140,12 @@ def test_assign_watch_and_template(app: App, tmp_path: Path) -> None:
 
 def _forged(app: App, raw: bytes, rcpt: str) -> None:
     before = {(s.purpose, tuple(s.recipients)) for s in outbox(app)}
-    status = _ticket(app).status
+    status = ticket_number(app).status
     deliver(app, raw, rcpt=(rcpt,), mail_from="bob@agents.test")
     after = [s for s in outbox(app) if (s.purpose, tuple(s.recipients)) not in before]
     assert not [s for s in after if ALICE in s.recipients], "nothing may reach the customer"
-    assert _ticket(app).status == status
-    assert not _events(app, "agent_command")
+    assert ticket_number(app).status == status
+    assert not events_of_kind(app, "agent_command")
     with app.db.transaction() as session:
         last = session.scalars(select(Intake).order_by(Intake.id.desc())).first()
         assert last is not None and last.state == IntakeState.QUARANTINED
@@ -172,7 +160,7 @@ def test_from_alone_is_held_and_the_real_agent_is_told(app: App) -> None:
         body="#status closed\n\nClosing this.\n",
     )
     _forged(app, forged, "support@example.com")
-    held = _events(app, "agent_mail_held")
+    held = events_of_kind(app, "agent_mail_held")
     assert held and "From alone proves nothing" in held[-1].reason
     warning = to(app, "bob@agents.test", "agent_held")
     assert len(warning) == 1 and "NOT accepted" in warning[0].text
@@ -207,15 +195,15 @@ def test_valid_signature_but_failing_authentication_results_is_held(
             ),
             address,
         )
-        assert len(_events(app, "agent_mail_held")) == 2
+        assert len(events_of_kind(app, "agent_mail_held")) == 2
         # The same reply with our MTA's pass is applied, and says which checks passed.
         passing = "mx.example.com; spf=pass smtp.mailfrom=bob@agents.test; dmarc=pass header.from=agents.test"
         raw = client_reply(
             notice, "#status closed\n\nz\n", headers={"Authentication-Results": passing}
         )
         _agent_deliver(app, raw, address)
-        assert _ticket(app).status == "closed"
-        assert _events(app, "agent_command")[0].data["checks"] == [
+        assert ticket_number(app).status == "closed"
+        assert events_of_kind(app, "agent_command")[0].data["checks"] == [
             "signature",
             "from",
             "dmarc",
@@ -232,8 +220,8 @@ def test_another_tickets_signature_is_held(app: App) -> None:
     replayed = local.replace("+a-1-", "+a-2-") + "@" + domain
     raw = client_reply(notice, "#status closed\n\nx\n", to_addr=replayed)
     _forged(app, raw, replayed)
-    assert "not valid for any agent" in _events(app, "agent_mail_held")[-1].reason
-    assert _ticket(app, 2).status == "new"
+    assert "not valid for any agent" in events_of_kind(app, "agent_mail_held")[-1].reason
+    assert ticket_number(app, 2).status == "new"
 
 
 def test_another_agents_signature_is_held(app: App) -> None:
@@ -241,7 +229,7 @@ def test_another_agents_signature_is_held(app: App) -> None:
     raw = client_reply(notice, "#status closed\n\nx\n", sender="Carol <carol@agents.test>")
     _forged(app, raw, reply_address(notice))
     assert "signed for agent bob, but the mail is from carol@agents.test" in (
-        _events(app, "agent_mail_held")[-1].reason
+        events_of_kind(app, "agent_mail_held")[-1].reason
     )
 
 
@@ -254,13 +242,13 @@ def test_agents_new_mail_with_commands_asks_for_confirmation(app: App) -> None:
         "#priority urgent\n",
     )
     deliver(app, raw, mail_from="bob@agents.test")
-    assert _ticket(app).priority == "normal"
+    assert ticket_number(app).priority == "normal"
     request = to(app, "bob@agents.test", "agent_confirm")
     assert len(request) == 1 and "#priority urgent" in request[0].text
     assert "support+c-1-" in reply_address(request[0])
     _agent_deliver(app, client_reply(request[0], "ok\n"), reply_address(request[0]))
-    assert _ticket(app).priority == "urgent"
-    assert _events(app, "agent_command")[0].data["checks"][-1] == "confirmed"
+    assert ticket_number(app).priority == "urgent"
+    assert events_of_kind(app, "agent_command")[0].data["checks"][-1] == "confirmed"
 
 
 def test_notes_never_reach_the_customer(
@@ -315,7 +303,7 @@ def test_rating_mail_is_stored(app: App) -> None:
     with app.db.transaction() as session:
         ratings = [(r.score, r.contact) for r in session.scalars(select(Rating))]
     assert ratings == [(4, ALICE)]
-    assert _ticket(app).status == "resolved"  # a rating does not reopen
+    assert ticket_number(app).status == "resolved"  # a rating does not reopen
     # A forged score (signature of 4 on a 5) is not a rating.
     forged = rate4.replace("rate-1-4-", "rate-1-5-")
     deliver(app, plain_mail("Alice <alice@customer.test>", forged, "rating", "\n"))
@@ -354,10 +342,10 @@ def test_a_customer_reply_to_a_resolved_ticket_reopens_it_and_tells_the_assignee
 ) -> None:
     notice = _open_ticket(app)
     _agent_deliver(app, client_reply(notice, "#status resolved\n\nFixed.\n"), reply_address(notice))
-    assert _ticket(app).status == "resolved"
+    assert ticket_number(app).status == "resolved"
     first = make_mail(message_id="first@customer.test")
     deliver(app, reply_to(first, body="Sorry, it is burning again.\n"))
-    assert _ticket(app).status == "open"
+    assert ticket_number(app).status == "open"
     [told] = to(app, "bob@agents.test", "customer_reply")
     assert "wrote on ticket #1 (reopened)" in told.text and "burning again" in told.text
 

@@ -9,8 +9,14 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.app import App
-from maildesk.db.models import Event, Ticket, Watcher
-from tests.agents.agenthelp import client_reply, reply_address, to
+from maildesk.db.models import Watcher
+from tests.agents.agenthelp import (
+    client_reply,
+    events_of_kind,
+    reply_address,
+    ticket_number,
+    to,
+)
 from tests.conftest import FrozenClock, make_settings
 from tests.mailfactory import deliver, make_mail, reply_to
 
@@ -43,20 +49,6 @@ def app(tmp_path: Path, database_url: str, clock: FrozenClock) -> Iterator[App]:
     application.db.dispose()
 
 
-def _ticket(app: App) -> Ticket:
-    with app.db.transaction() as session:
-        ticket = session.scalars(select(Ticket)).one()
-        session.expunge(ticket)
-        return ticket
-
-
-def _events(app: App, kind: str) -> list[Event]:
-    with app.db.transaction() as session:
-        rows = list(session.scalars(select(Event).where(Event.kind == kind).order_by(Event.id)))
-        session.expunge_all()
-        return rows
-
-
 def _bob_replies(app: App, body: str) -> str:
     """bob answers his new-ticket notice; returns his result report."""
     if not to(app, "bob@agents.test", "new_ticket"):
@@ -69,7 +61,7 @@ def _bob_replies(app: App, body: str) -> str:
 def test_escalate_moves_up_a_tier_and_tells_the_new_group(app: App) -> None:
     report = _bob_replies(app, "#escalate\n\nA colleague will take over.\n")
     assert "applied: #escalate" in report
-    ticket = _ticket(app)
+    ticket = ticket_number(app)
     assert ticket.group == "L2" and ticket.assignee in ("carol", "dan")
     for agent in ("carol", "dan"):  # the whole new group hears of it, with a signed reply address
         [notice] = to(app, f"{agent}@agents.test", "escalated")
@@ -77,7 +69,7 @@ def test_escalate_moves_up_a_tier_and_tells_the_new_group(app: App) -> None:
         assert f"now assigned to {ticket.assignee}" in notice.text
         assert "support+a-1-" in reply_address(notice)
     assert not to(app, "erin@agents.test")
-    [event] = _events(app, "escalated")
+    [event] = events_of_kind(app, "escalated")
     assert event.data["from"] == "L1" and event.data["actor"] == "agent:bob"
     # The customer still gets the answer; never the escalation.
     [answer] = to(app, "alice@customer.test", "agent_reply")
@@ -87,7 +79,9 @@ def test_escalate_moves_up_a_tier_and_tells_the_new_group(app: App) -> None:
 def test_escalate_to_a_named_group_and_past_the_top(app: App) -> None:
     report = _bob_replies(app, "#escalate L3\n")
     assert "applied: #escalate L3" in report
-    assert _ticket(app).group == "L3" and _ticket(app).assignee is None  # L3 assigns by hand
+    assert (
+        ticket_number(app).group == "L3" and ticket_number(app).assignee is None
+    )  # L3 assigns by hand
     assert len(to(app, "erin@agents.test", "escalated")) == 1
     # Once at the top there is nowhere higher: reported, not applied.
     notice = to(app, "erin@agents.test", "escalated")[0]
@@ -95,18 +89,18 @@ def test_escalate_to_a_named_group_and_past_the_top(app: App) -> None:
     deliver(app, raw, rcpt=(reply_address(notice),), mail_from="erin@x")
     report = to(app, "erin@agents.test", "agent_result")[-1].text
     assert "NOT applied: #escalate (group L3 has no higher tier (escalates_to))" in report
-    assert _ticket(app).group == "L3"
+    assert ticket_number(app).group == "L3"
 
 
 def test_queue_move_and_category_correction_are_recorded_as_feedback(app: App) -> None:
     report = _bob_replies(app, "#category billing\n#queue sales\n#queue nowhere\n")
     assert "applied: #category billing" in report and "applied: #queue sales" in report
     assert "NOT applied: #queue nowhere (no queue named 'nowhere' (known: sales))" in report
-    ticket = _ticket(app)
+    ticket = ticket_number(app)
     assert (ticket.category, ticket.queue, ticket.group) == ("billing", "sales", "L3")
-    [corrected] = _events(app, "category_corrected")
+    [corrected] = events_of_kind(app, "category_corrected")
     assert corrected.data["to"] == "billing" and corrected.data["actor"] == "agent:bob"
-    [moved] = _events(app, "queue_changed")
+    [moved] = events_of_kind(app, "queue_changed")
     assert moved.data["to"] == "sales"
 
 
