@@ -2,19 +2,12 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maildesk.domain.message import Address, ParsedAttachment, ParsedMessage
-from maildesk.spam.features import (
-    FeatureConfig,
-    FeatureExtractor,
-    field_char_ngram_indices,
-    tokens,
-)
+from maildesk.spam.features import FeatureConfig, FeatureExtractor, tokens
 
 
 def message(
@@ -123,13 +116,6 @@ def test_attachment_types_are_features() -> None:
 def test_config_json_round_trip() -> None:
     config = FeatureConfig(n_features_log2=18, own_domains=("desk.test",), char_ngrams=0)
     assert FeatureConfig.from_json(config.to_json()) == config
-    no_grams = FeatureConfig(field_char_ngrams=0)
-    assert FeatureConfig.from_json(no_grams.to_json()) == no_grams
-    for bad in (-1, 9):
-        data = FeatureConfig().to_json()
-        data["field_char_ngrams"] = bad
-        with pytest.raises(ValueError):
-            FeatureConfig.from_json(data)
 
 
 def test_numbers_become_shapes_but_digits_inside_words_do_not() -> None:
@@ -225,35 +211,3 @@ def test_header_group_weighs_header_weight_against_the_content_group() -> None:
     for values in (short, long):
         assert float((values**2).sum()) == pytest.approx(1.25, rel=0.05)
     assert float(long.max()) > 5 * float(long.min())  # header tokens keep their weight
-
-
-def test_subject_sender_and_message_id_char_ngrams() -> None:
-    """Case-folded 4-grams of three short fields, kept apart from each other."""
-    config = FeatureConfig()
-    msg = message(subject="V1AGRA  Deals")  # sender "Alice <alice@example.org>", id "abc@..."
-    content, head = field_char_ngram_indices(msg, config)
-    # "v1agra deals" (whitespace collapsed) has 9 four-grams; "alice alice@example.org" 20
-    assert content.size == 9 + 20
-    assert head.size == 0  # "abc" is shorter than one 4-gram
-    same = field_char_ngram_indices(message(subject="v1agra deals"), config)[0]
-    assert sorted(same.tolist()) == sorted(content.tolist())  # case and spacing do not matter
-    # the same text in the subject and in the sender hashes apart
-    no_subject = set(field_char_ngram_indices(message(subject=""), config)[0].tolist())
-    as_subject = set(field_char_ngram_indices(message(subject="zzzz"), config)[0].tolist())
-    as_subject -= no_subject
-    as_sender = field_char_ngram_indices(message(subject="", sender="zzzz"), config)[0]
-    assert len(as_subject) == 1
-    assert not as_subject & set(as_sender.tolist())
-
-
-def test_field_char_ngrams_join_the_vector_and_can_be_turned_off() -> None:
-    msg = message(subject="Cheap meds here")
-    msg_id = dataclasses.replace(msg, message_id="ABCDEF123@mailer.example")
-    with_grams, _ = FeatureExtractor(FeatureConfig()).indices(msg_id)
-    without, _ = FeatureExtractor(FeatureConfig(field_char_ngrams=0)).indices(msg_id)
-    content, head = field_char_ngram_indices(msg_id, FeatureConfig())
-    assert head.size > 0
-    assert set(without.tolist()) | set(content.tolist()) | set(head.tolist()) == set(
-        with_grams.tolist()
-    )
-    assert with_grams.size > without.size

@@ -252,27 +252,3 @@ def test_a_model_file_of_an_older_format_falls_back_to_the_seed(tmp_path: Path) 
         SpamFilter.load(old)
     model, note = SpamFilter.load_or_seed(old, seed)
     assert "falling back to the seed" in note and model.trained_spam == 9
-
-
-def test_a_live_model_of_the_previous_feature_version_falls_back_to_the_seed(
-    tmp_path: Path,
-) -> None:
-    """Feature version 4 added field char n-grams: version-3 weights would mean nothing."""
-    seed = tmp_path / "seed.npz"
-    trained().save(seed)
-    live = tmp_path / "live.npz"
-    trained(1).save(live)
-    with np.load(live, allow_pickle=False) as data:
-        arrays = {key: np.asarray(data[key]) for key in data.files}
-    meta = json.loads(bytes(arrays["meta"]).decode())
-    assert meta["features"]["version"] == 4 and meta["features"]["field_char_ngrams"] == 4
-    meta["features"]["version"] = 3
-    del meta["features"]["field_char_ngrams"]
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    with live.open("wb") as handle:
-        np.savez(handle, **arrays)  # type: ignore[arg-type]
-    with pytest.raises(ModelLoadError, match="feature version"):
-        SpamFilter.load(live)
-    model, note = SpamFilter.load_or_seed(live, seed)
-    assert "feature version" in note and "falling back to the seed" in note
-    assert model.trained_spam == 9
