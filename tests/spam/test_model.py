@@ -252,3 +252,44 @@ def test_a_model_file_of_an_older_format_falls_back_to_the_seed(tmp_path: Path) 
         SpamFilter.load(old)
     model, note = SpamFilter.load_or_seed(old, seed)
     assert "falling back to the seed" in note and model.trained_spam == 9
+
+
+def test_the_seed_model_lets_short_plain_support_requests_through() -> None:
+    """What a helpdesk mostly receives: short plain requests from unknown customers.
+
+    A feature set that ranked the corpus better (field character n-grams)
+    put 19 of 1,000 such mails in "unsure" (no acknowledgement) when they came
+    through the SMTP listener; this guards against that kind of regression.
+    Short billing mail is the seed's known weak spot (its 2002 spam is full of
+    invoices and amounts): it may land in "unsure" (a ticket, flagged), but
+    must never be held as spam.
+    """
+    from maildesk.pipeline.parse import parse_message
+    from maildesk.spam.scoring import SEED_MODEL
+    from tests.mailfactory import make_mail
+
+    model = SpamFilter.load(SEED_MODEL)
+    subjects = ["request", "Printer on fire", "Invoice question", "Login fails", "VPN drops"]
+    plain = [
+        "Hello, my printer is on fire.\n",
+        "Hi,\n\nI cannot log in since this morning. Can you help?\n\nThanks, Dana\n",
+        "The VPN disconnects every ten minutes.\n",
+    ]
+    billing = "Our invoice 4711 shows the wrong amount, please check.\n"
+    trace = (  # what the SMTP listener prepends
+        b"Received: from client.example (127.0.0.1)\r\n"
+        b"\tby maildesk with SMTP; Sun, 06 Dec 2026 00:19:43 +0000\r\n"
+    )
+    worst = {"plain": 0.0, "billing": 0.0}
+    for n in range(200):
+        kind, body = ("billing", billing) if n % 4 == 3 else ("plain", plain[n % 4])
+        raw = make_mail(
+            sender=f"c{n}@customer.test",
+            message_id=f"load-{n}@customer.test",
+            subject=f"{subjects[n % len(subjects)]} {n}",
+            body=body,
+        )
+        verdict = model.score(parse_message(trace + raw))
+        worst[kind] = max(worst[kind], verdict.probability)
+    assert worst["plain"] < model.thresholds.unsure_at, worst
+    assert worst["billing"] < model.thresholds.spam_at, worst
