@@ -63,7 +63,12 @@ def spam_stage(ctx: MessageContext, _session: Session, deps: StageDeps) -> Stop 
     exempt = exemption(deps.settings, sender)
     if ctx.authenticated_agent is not None:
         exempt = f"authenticated mail from agent {ctx.authenticated_agent}"
-    elif exempt is None and sender and (known := answered_customer(_session, sender)):
+    elif (
+        exempt is None
+        and sender
+        and score.band is not Band.HAM  # a query per message only where it changes the outcome
+        and (known := answered_customer(_session, sender))
+    ):
         exempt = f"{sender.lower()} is a customer we answered on ticket #{known}"
     if exempt:
         ctx.note("spam", f"{summary}; not filtered: {exempt}", **facts)
