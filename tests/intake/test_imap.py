@@ -109,14 +109,6 @@ class Runner:
 
 
 @pytest.fixture
-def runner() -> Iterator[Runner]:
-    r = Runner()
-    yield r
-    for intake in list(r.running):
-        r.stop(intake)
-
-
-@pytest.fixture
 def dovecot() -> Iterator[Dovecot]:
     with dovecot_server(USER, "sales") as server:
         yield server

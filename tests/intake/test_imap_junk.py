@@ -25,14 +25,6 @@ def dovecot() -> Iterator[Dovecot]:
         yield server
 
 
-@pytest.fixture
-def runner() -> Iterator[Runner]:
-    r = Runner()
-    yield r
-    for intake in list(r.running):
-        r.stop(intake)
-
-
 def feedback(app: App) -> dict[str, tuple[str, str]]:
     """raw sha256 -> (label, source) of every feedback row."""
     with app.db.transaction() as session:

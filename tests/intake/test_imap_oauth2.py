@@ -140,14 +140,6 @@ def dovecot(oauth: OAuthServer) -> Iterator[Dovecot]:
         yield server
 
 
-@pytest.fixture
-def runner() -> Iterator[Runner]:
-    r = Runner()
-    yield r
-    for intake in list(r.running):
-        r.stop(intake)
-
-
 @pytest.mark.parametrize("mechanism", ["xoauth2", "oauthbearer"])
 def test_mail_is_read_with_a_real_oauth2_login(
     app: App, dovecot: Dovecot, oauth: OAuthServer, runner: Runner, mechanism: str

@@ -27,14 +27,6 @@ def dovecot() -> Iterator[Dovecot]:
         yield server
 
 
-@pytest.fixture
-def runner() -> Iterator[Runner]:
-    r = Runner()
-    yield r
-    for intake in list(r.running):
-        r.stop(intake)
-
-
 @pytest.mark.parametrize("security", ["starttls", "tls"])
 def test_mail_is_read_over_a_verified_tls_connection(
     app: App, dovecot: Dovecot, runner: Runner, security: str
