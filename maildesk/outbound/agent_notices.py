@@ -237,6 +237,14 @@ def notify_after_customer_mail(
 
 
 def notify_escalation(notices: Notices) -> Callable[[Session, Ticket, str, str], None]:
-    """The ``notify`` for :func:`maildesk.routing.escalate.escalate`: mail the new group."""
-    directory = Directory.from_settings(notices.settings)
-    return AgentNotices(notices, directory).escalated
+    """The ``notify`` for :func:`maildesk.routing.escalate.escalate`: mail the new group.
+
+    Cheap to make (the pipeline passes one for every routed message); the
+    directory is built only when a ticket is really escalated.
+    """
+
+    def notify(session: Session, ticket: Ticket, group: str, why: str) -> None:
+        directory = Directory.from_settings(notices.settings)
+        AgentNotices(notices, directory).escalated(session, ticket, group, why)
+
+    return notify

@@ -213,6 +213,29 @@ def test_rule_agent_and_escalation_rule(
     }
 
 
+def test_an_escalation_rule_on_a_follow_up_mails_the_new_group(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    rules = """
+[[rule]]
+name = "outage-follow-up"
+follow_ups = true
+when = { subject_regex = '\\boutage\\b' }
+then = { escalate = true }
+"""
+    app = build(tmp_path, database_url, clock, rules=rules)
+    first = make_mail(sender="x@customer.test", subject="printer", message_id="p1@customer.test")
+    deliver(app, first, mail_from="x@customer.test")
+    assert ticket_of(app, 1).group == "L1"
+    follow = reply_to(first, subject="Re: printer - now a total outage", body="All down.\n")
+    deliver(app, follow, mail_from="x@customer.test")
+    ticket = ticket_of(app, 1)
+    assert (ticket.group, ticket.assignee) == ("L2", "cy")
+    with app.db.transaction() as session:
+        sent = session.scalars(select(Outbox).where(Outbox.purpose == "escalated")).all()
+        assert [row.recipients for row in sent] == [["cy@example.com"]]
+
+
 def test_escalate_command_moves_up_the_tiers(
     tmp_path: Path, database_url: str, clock: FrozenClock
 ) -> None:
