@@ -6,6 +6,7 @@ Pure lookups over the validated settings, built once by the composition root
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Iterable
 from datetime import datetime
 from zoneinfo import ZoneInfo
@@ -13,6 +14,9 @@ from zoneinfo import ZoneInfo
 from maildesk.config import AgentSettings, GroupSettings, OrganisationSettings, Settings
 from maildesk.domain.address import base_address
 from maildesk.sla.calendar import BusinessCalendar, CalendarConfig
+
+# Directories by the id of the settings they were built from (see from_settings).
+_BUILT: dict[int, tuple[weakref.ref[Settings], Directory]] = {}
 
 
 class Directory:
@@ -35,7 +39,18 @@ class Directory:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Directory:
-        return cls(settings.agents, settings.groups, settings.organisations)
+        """The directory of ``settings``, built once per settings object.
+
+        The pipeline's stages and notifiers ask for it per message; a reload
+        makes new settings, hence a new directory.
+        """
+        key = id(settings)
+        built = _BUILT.get(key)
+        if built is not None and built[0]() is settings:
+            return built[1]
+        directory = cls(settings.agents, settings.groups, settings.organisations)
+        _BUILT[key] = (weakref.ref(settings, lambda _gone: _BUILT.pop(key, None)), directory)
+        return directory
 
     def agent(self, name: str) -> AgentSettings | None:
         return self.agents.get(name)
