@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -61,8 +60,7 @@ class App:
 
     @property
     def node_name(self) -> str:
-        """Stable across restarts, so a restarted node takes back its own claims at once."""
-        return self.settings.node_name or socket.gethostname()
+        return self.settings.effective_node_name
 
     def intake(self) -> IntakeStore:
         return IntakeStore(self.db, self.clock)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import enum
 import os
 import secrets
+import socket
 import tomllib
 from dataclasses import dataclass
 from datetime import date, datetime
@@ -535,6 +536,11 @@ class Settings(_Section):
             if "@" not in addr or any(c in addr for c in " \r\n<>,"):
                 raise ValueError(f"not a plain address: {addr!r}")
         return tuple(a.lower() for a in value)
+
+    @property
+    def effective_node_name(self) -> str:
+        """Stable across restarts, so a restarted node takes back its own claims at once."""
+        return self.node_name or socket.gethostname()
 
     @property
     def effective_database_url(self) -> str:

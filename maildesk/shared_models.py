@@ -27,6 +27,7 @@ from maildesk.db.upsert import insert_ignore_statement
 
 log = logging.getLogger("maildesk.models")
 SPAM = "spam"
+PUBLISH_ATTEMPTS = 3  # a learner that loses this many races in a row gives up until next time
 _TABLE: Table = SharedModel.__table__  # type: ignore[assignment]
 
 

@@ -5,8 +5,8 @@ parse child for a bulk import). The decision runs after threading, because
 what it exempts depends on it: a message that joins an existing ticket (it
 names one of our Message-IDs, a signed address, or comes from a participant)
 is part of a conversation and is never filtered; nor is a new mail from a
-customer an agent has answered before, or an agent's authenticated mail. For mail that would start a
-new ticket: spam is quarantined (no ticket, so no acknowledgement and no
+customer an agent has answered before, or an agent's authenticated mail.
+For mail that would start a new ticket: spam is quarantined (no ticket, so no acknowledgement and no
 notification of any kind), unsure becomes a ticket flagged "possible spam"
 that is not acknowledged, ham goes on. Every decision is an event.
 """
@@ -84,19 +84,6 @@ def spam_stage(ctx: MessageContext, _session: Session, deps: StageDeps) -> Stop 
     return None
 
 
-def answered_customer(session: Session, sender: str) -> int | None:
-    """The number of a ticket of ``sender``'s that an agent answered, or None.
-
-    A known participant is one we have had a conversation with: an agent
-    replied to their ticket. Merely having written before is not enough
-    (a spammer who once got through the "unsure" band would be let in).
-    """
-    # No autoflush: the rows this reads are written with Core, never left pending,
-    # and flushing the batch's ticket changes before every lookup cost more than it.
-    with session.no_autoflush:
-        return _answered_ticket(session, sender)
-
-
 # Built once: this runs for every message the filter would hold or flag.
 _ANSWERED = (
     select(Ticket.number)
@@ -111,8 +98,17 @@ _ANSWERED = (
 )
 
 
-def _answered_ticket(session: Session, sender: str) -> int | None:
-    return session.scalars(_ANSWERED, {"sender_email": sender.lower()}).first()
+def answered_customer(session: Session, sender: str) -> int | None:
+    """The number of a ticket of ``sender``'s that an agent answered, or None.
+
+    A known participant is one we have had a conversation with: an agent
+    replied to their ticket. Merely having written before is not enough
+    (a spammer who once got through the "unsure" band would be let in).
+    """
+    # No autoflush: the rows this reads are written with Core, never left pending,
+    # and flushing the batch's ticket changes before every lookup cost more than it.
+    with session.no_autoflush:
+        return session.scalars(_ANSWERED, {"sender_email": sender.lower()}).first()
 
 
 def exemption(settings: Settings, sender: str) -> str | None:

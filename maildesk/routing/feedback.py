@@ -10,7 +10,6 @@ it changes, so the next similar ticket benefits.
 from __future__ import annotations
 
 import logging
-import socket
 from datetime import datetime
 from typing import Any
 
@@ -48,8 +47,7 @@ def learn(
     slot = (slots or model_slots(settings)).get(field)
     if slot is None:
         return None
-    node = settings.node_name or socket.gethostname()
-    return slot.learn(text, label, session=session, node=node, now=now)
+    return slot.learn(text, label, session=session, node=settings.effective_node_name, now=now)
 
 
 def ticket_text(session: Session, ticket: Ticket) -> str:

@@ -19,14 +19,20 @@ from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
 from maildesk.db.database import Database
-from maildesk.shared_models import PublishConflict, publish, pull, pull_in, settle
+from maildesk.shared_models import (
+    PUBLISH_ATTEMPTS,
+    PublishConflict,
+    publish,
+    pull,
+    pull_in,
+    settle,
+)
 
 if TYPE_CHECKING:
     from maildesk.routing.categorize import CategoryModel
 
 log = logging.getLogger("maildesk.routing")
 CATEGORY_MODEL_NAME = "category-model.npz"
-PUBLISH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True)

@@ -28,12 +28,11 @@ from maildesk.db.database import Database
 from maildesk.db.models import Blob, Event, Intake, Message, SpamFeedback, Ticket, TicketStatus
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.parse import ParseError, parse_message
-from maildesk.shared_models import PublishConflict, publish, pull, settle
+from maildesk.shared_models import PUBLISH_ATTEMPTS, PublishConflict, publish, pull, settle
 from maildesk.spam.scoring import ScorerSpec
 
 log = logging.getLogger("maildesk.spam")
 LEARN_BATCH = 500
-PUBLISH_ATTEMPTS = 3
 
 
 class SpamLabel(enum.StrEnum):
