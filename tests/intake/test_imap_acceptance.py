@@ -216,18 +216,23 @@ def test_2000_corpus_messages_with_kill_9_and_dovecot_restart(
         chaos = random.Random(seed)
         events = ["kill"] * KILLS
         events.insert(chaos.randrange(KILLS + 1), "restart")
-        for event in events:
-            target = chaos.uniform(0.05, 0.9) * TOTAL / len(events)
+        # Moments spread over the whole run (as counts of appended messages).
+        moments = sorted(chaos.uniform(0.05, 0.9) * TOTAL for _ in events)
+        for event, target in zip(events, moments, strict=True):
             while sum(map(len, log.uids.values())) < target and writers[0].is_alive():
                 time.sleep(0.05)
             if event == "kill":
                 daemon.kill()
                 health.unlink(missing_ok=True)
                 daemon.start()
-                # Connected again before the next event, so a Dovecot restart hits live sessions.
-                wait_idle(daemon, timeout=120, statuses=("idle", "polling"))
             else:
+                failures_before = daemon.log().count("reconnecting in")
                 dovecot.restart()
+                # The daemon noticed before it may be killed: otherwise a kill right
+                # after the restart would hide whether it reconnects by itself.
+                wait_for_log(daemon, "reconnecting in", more_than=failures_before)
+            # Connected again before the next event, so each one hits live sessions.
+            wait_idle(daemon, timeout=120, statuses=("idle", "polling"))
         for writer in writers:
             writer.join(timeout=180)
             assert writer.error is None, writer.error
@@ -288,6 +293,15 @@ def post_actions_pending(dovecot: Dovecot) -> str:
         if inbox or processed < TOTAL // 2:
             return f"{MOVED}: {inbox} still in INBOX, {processed} in Processed"
     return ""
+
+
+def wait_for_log(daemon: DaemonProcess, text: str, more_than: int, timeout: float = 60) -> None:
+    """Until the daemon's log holds ``text`` more than ``more_than`` times."""
+    deadline = time.monotonic() + timeout
+    while daemon.log().count(text) <= more_than:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no new {text!r} in {timeout}s:\n{daemon.log()[-2000:]}")
+        time.sleep(0.1)
 
 
 def wait_idle(
