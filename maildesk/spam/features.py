@@ -29,7 +29,11 @@ from numpy.typing import NDArray
 
 from maildesk.domain.message import ParsedMessage
 
-FEATURE_VERSION = 3  # bump whenever tokens change: old weights mean nothing
+FEATURE_VERSION = 5  # bump whenever tokens change: old weights mean nothing
+# Versions whose weights still mean the same: 5 only stopped producing some of
+# version 3's tokens (receiver-side headers, dates in header values), so a
+# live model learned with version 3 keeps what it learned.
+COMPATIBLE_FEATURE_VERSIONS = frozenset({3, FEATURE_VERSION})
 
 _WORD = re.compile(r"[^\W\d_][\w'\-.$]{0,40}[\w$%!]|[$£€]\s?\d[\d,.]*|\d[\d,.:/\-]*[\d%]?")
 _NUMBER_START = frozenset("0123456789$£€")
@@ -113,7 +117,7 @@ class FeatureConfig:
                 raise ValueError(f"feature config {key!r} must be a list of strings")
             return tuple(value)
 
-        if _int("version", FEATURE_VERSION) != FEATURE_VERSION:
+        if _int("version", FEATURE_VERSION) not in COMPATIBLE_FEATURE_VERSIONS:
             raise ValueError("model was trained with another feature version")
         header_weight = data.get("header_weight", 0.7)
         if isinstance(header_weight, bool) or not isinstance(header_weight, int | float):
@@ -138,7 +142,6 @@ class FeatureConfig:
             header_weight=float(header_weight),
             own_domains=_strs("own_domains"),
             trusted_verdict_headers=_strs("trusted_verdict_headers"),
-            version=_int("version", FEATURE_VERSION),
         )
 
 
@@ -424,8 +427,17 @@ def _verdict_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> N
                     sink.add(f"verdict:{lname}:{lvalue.strip()[:12]}")
 
 
-# Headers that describe the collection (recipient, collector's MTA, other filters'
-# verdicts) or are unique ids/timestamps: never tokenized generically.
+_DATE_WORDS = frozenset(
+    {
+        "jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec",
+        "mon", "tue", "wed", "thu", "fri", "sat", "sun",
+    }
+)  # fmt: skip
+
+# Headers that describe the collection (recipient, collector's MTA and delivery
+# agent, other filters' verdicts) or are unique ids/timestamps: never tokenized
+# generically. Receiver-side headers such as Exim's Delivery-date and Envelope-to
+# are on every message of one installation and on none of another's.
 _SKIP_HEADERS = frozenset(
     {
         "to", "cc", "bcc", "delivered-to", "x-original-to", "envelope-to", "apparently-to",
@@ -433,9 +445,12 @@ _SKIP_HEADERS = frozenset(
         "subject", "from", "reply-to", "content-type", "content-transfer-encoding",
         "x-mailer", "user-agent", "status", "x-status", "x-keywords", "x-uid", "lines",
         "content-length", "x-uidl", "x-imap", "x-egroups-return", "x-mailman-approved-at",
+        "delivery-date", "x-delivery-agent",
     }
 )  # fmt: skip
-_SKIP_PREFIXES = ("x-spam", "x-virus", "x-razor", "x-pyzor", "x-dspam", "x-bogosity")
+_SKIP_PREFIXES = (
+    "x-spam", "x-virus", "x-razor", "x-pyzor", "x-dspam", "x-bogosity", "x-mailscanner",
+)  # fmt: skip
 
 
 def _recipient_words(msg: ParsedMessage) -> set[str]:
@@ -449,8 +464,13 @@ def _recipient_words(msg: ParsedMessage) -> set[str]:
 
 
 def _generic_header_tokens(msg: ParsedMessage, sink: _Sink) -> None:
-    """bogofilter-style ``name:word`` tokens of the headers not skipped above."""
-    skip_words = _recipient_words(msg)
+    """bogofilter-style ``name:word`` tokens of the headers not skipped above.
+
+    Recipient words and date words are left out: a month or weekday in a
+    timestamp header says when mail arrived, and a model that learned "May" from
+    one collection would lean every May's mail towards spam.
+    """
+    skip_words = _recipient_words(msg) | _DATE_WORDS
     for key, value in msg.headers[:80]:
         lkey = key.lower()
         if lkey in _SKIP_HEADERS or lkey.startswith(_SKIP_PREFIXES):

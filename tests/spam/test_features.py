@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maildesk.domain.message import Address, ParsedAttachment, ParsedMessage
-from maildesk.spam.features import FeatureConfig, FeatureExtractor, tokens
+from maildesk.spam.features import FEATURE_VERSION, FeatureConfig, FeatureExtractor, tokens
 
 
 def message(
@@ -184,6 +184,35 @@ def test_config_from_another_feature_version_is_refused() -> None:
     data["version"] = 1
     with pytest.raises(ValueError):
         FeatureConfig.from_json(data)
+
+
+def test_a_version_3_model_keeps_its_features_and_is_saved_as_the_current_version() -> None:
+    # Version 5 only stopped producing some of version 3's tokens: its weights still apply.
+    data = FeatureConfig().to_json()
+    data["version"] = 3
+    config = FeatureConfig.from_json(data)
+    assert config == FeatureConfig()
+    assert config.to_json()["version"] == FEATURE_VERSION
+
+
+def test_the_receiving_side_and_dates_in_headers_are_not_features() -> None:
+    # What this installation's MTA adds (Exim's Delivery-date / Envelope-to, a
+    # scanner's verdict) is on all of its mail; the month says when, not what.
+    headers = (
+        ("Delivery-date", "Tue, 05 May 2026 10:00:01 +0000"),
+        ("Envelope-to", "support@helpdesk.test"),
+        ("X-MailScanner", "Found to be clean"),
+        ("X-Delivery-Agent", "TMDA/0.57"),
+        ("X-OriginalArrivalTime", "05 May 2026 09:59:58.0123 (UTC) FILETIME=[1234ABCD:01C2]"),
+    )
+    toks = tokens(message(headers=headers), FeatureConfig())
+    header_toks = [t for t in toks if t.startswith("h:")]
+    assert not any(
+        name in t for t in header_toks for name in ("delivery", "envelope", "mailscanner")
+    )
+    assert not any(t.endswith((":May", ":Tue")) for t in header_toks)
+    assert "h:x-originalarrivaltime" in header_toks  # the origin's Exchange server: kept
+    assert "h:x-originalarrivaltime:FILETIME" in header_toks
 
 
 def test_recipients_count_only_as_a_shape() -> None:
