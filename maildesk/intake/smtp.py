@@ -29,6 +29,20 @@ from maildesk.intake.store import Envelope, IntakeStore
 log = logging.getLogger("maildesk.intake.smtp")
 
 
+def trace_header(helo: str | None, peer_ip: str, protocol: str, when: datetime) -> str:
+    """Our Received line, in the usual ``from HELO ([IP])`` shape.
+
+    The spam features read the oldest hop's shape (HELO against the
+    bracketed IP); for mail a client sent straight to us, this line is that hop.
+    We do no reverse DNS lookup, so the parentheses hold only the address.
+    """
+    origin = f"[{peer_ip}]" if peer_ip else "local"
+    return (
+        f"Received: from {helo or 'unknown'} ({origin})\r\n"
+        f"\tby maildesk with {protocol.upper()}; {format_datetime(when)}\r\n"
+    )
+
+
 class IntakeHandler:
     """aiosmtpd handler: RCPT checks the address, DATA stores and answers."""
 
@@ -57,11 +71,8 @@ class IntakeHandler:
 
     async def handle_DATA(self, server: SMTP, session: Any, envelope: Any) -> str:
         raw: bytes = envelope.original_content or b""
-        peer = session.peer[0] if session.peer else "local"
-        trace = (
-            f"Received: from {session.host_name or 'unknown'} ({peer})\r\n"
-            f"\tby maildesk with {self.protocol.upper()}; {format_datetime(self.clock())}\r\n"
-        )
+        peer = session.peer[0] if session.peer else ""
+        trace = trace_header(session.host_name, peer, self.protocol, self.clock())
         item = Envelope(
             source=self.protocol,
             source_ref=str(session.peer),

@@ -30,9 +30,11 @@ from numpy.typing import NDArray
 from maildesk.domain.message import ParsedMessage
 
 FEATURE_VERSION = 5  # bump whenever tokens change: old weights mean nothing
-# Versions whose weights still mean the same: 5 only stopped producing some of
-# version 3's tokens (receiver-side headers, dates in header values), so a
-# live model learned with version 3 keeps what it learned.
+# Versions whose weights still mean the same: 5 stopped producing some of
+# version 3's tokens (receiver-side headers, dates in header values, the hop
+# count) and gave the corrected hop-shape tests new names; every token both
+# produce means the same, so a live model learned with version 3 keeps what it
+# learned.
 COMPATIBLE_FEATURE_VERSIONS = frozenset({3, FEATURE_VERSION})
 
 _WORD = re.compile(r"[^\W\d_][\w'\-.$]{0,40}[\w$%!]|[$£€]\s?\d[\d,.]*|\d[\d,.:/\-]*[\d%]?")
@@ -258,15 +260,28 @@ def _local_shape(addr: str) -> str:
     return f"{bucket}:{'digits' if has_digit else 'alpha'}"
 
 
+def _reverse_name(paren: str) -> str:
+    """The reverse DNS name in a hop's ``(name [ip])`` part, or "" if none is given.
+
+    The bracketed address is not part of it: read as a name, every address
+    looked "dynamic" (digit-dot-digit) and unlike the HELO name.
+    """
+    name = _BRACKET_IP.sub(" ", paren).split(maxsplit=1)
+    if not name or _IPV4.match(name[0].strip("[]")) or name[0] in ("unknown", "local"):
+        return ""
+    return name[0].strip("[]")
+
+
 def _received_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> None:
     """Shape (and, if configured, relay names) of the two origin-side hops.
 
     Only the oldest two hops are read: they describe where the mail came from.
     The newer hops are the receiving side's own infrastructure (a collection
-    artefact); local hops are skipped as well.
+    artefact); local hops are skipped as well. For the same reason the number
+    of hops is not a feature: each installation adds its own (none for mail
+    sent straight to our listener, one behind Postfix, more via a provider).
     """
     hops = [h for h in msg.header_all("Received") if not _LOCAL_HOP.search(h[:120])]
-    sink.add("rcvd:hops:" + str(min(len(hops), 6)))
     for depth, hop in enumerate(reversed(hops[-2:])):
         lhop = " ".join(hop.split()).lower()
         tag = f"rcvd{depth}:"
@@ -279,11 +294,12 @@ def _received_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> 
             sink.add(tag + "helo-bare")
         if "unknown" in lhop[:80]:
             sink.add(tag + "unknown")
-        rdns = lhop.split("(", 1)[1].split(")", 1)[0] if "(" in lhop else ""
+        paren = lhop.split("(", 1)[1].split(")", 1)[0] if "(" in lhop else ""
+        rdns = _reverse_name(paren)
         if _DYNAMIC.search(rdns):
-            sink.add(tag + "dynamic")
+            sink.add(tag + "rdns-dynamic")
         if helo and rdns and helo.strip("[]") not in rdns:
-            sink.add(tag + "helo-mismatch")
+            sink.add(tag + "helo-not-rdns")
         ip = _BRACKET_IP.search(lhop)
         if not ip:
             sink.add(tag + "no-ip")
@@ -292,7 +308,7 @@ def _received_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> 
             sink.add("rcvdip:" + ".".join(octets[:2]))
             sink.add("rcvdip:" + ".".join(octets[:3]))
         if config.received_hosts:
-            for host in {helo.strip("[]"), rdns.split(" ", 1)[0].strip("[]")}:
+            for host in {helo.strip("[]"), rdns}:
                 if host and "." in host and not _IPV4.match(host):
                     for suffix in _domain_suffixes(host)[1:]:
                         sink.add("rcvdhost:" + suffix)

@@ -1,40 +1,107 @@
 """Build the shipped seed model: ``python -m maildesk.spam.train_seed --out spam_model/``.
 
 Trains an empty model on every message of a TREC index (default: the
-SpamAssassin public corpus index) in index order, then saves ``seed.npz``.
+SpamAssassin public corpus index) in index order, with support requests from a
+labelled ticket export (default: the public IT service-desk tickets) mixed in
+evenly as ham, then saves ``seed.npz``.
+
+Why the tickets: the SpamAssassin ham is 2002 mailing-list discussion, so a
+seed trained on it alone finds a short modern "I cannot log in to my account"
+more like its spam than its ham (71 % of held-out requests landed in
+"unsure"). The tickets are text only; each becomes a plain modern message
+from a made-up customer, varied enough that no one header shape is learned.
 """
 
 from __future__ import annotations
 
+import csv
 import os
+import random
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
+from email.utils import format_datetime, make_msgid
 from pathlib import Path
 
 import click
 
+from maildesk.domain.message import ParsedMessage
+from maildesk.pipeline.parse import parse_message
 from maildesk.spam.evaluate import load_messages, read_index
 from maildesk.spam.model import SpamFilter
 
+_FIRST = ("anna", "ben", "chen", "dana", "emil", "fatima", "goran", "hana", "ivan", "julia")
+_LAST = ("berg", "cruz", "dahl", "evans", "fischer", "garcia", "hansen", "ito", "novak", "olsen")
+_ORGS = ("acme", "globex", "initech", "umbrella", "stark", "wayne", "tyrell", "hooli")
+_CHARSETS = ("utf-8", "us-ascii", "iso-8859-1")
 
-def _default_index() -> Path:
+
+def _corpus_dir() -> Path:
     corpus = os.environ.get("MAILDESK_CORPUS")
-    base = Path(corpus) if corpus else Path(__file__).resolve().parents[3] / "shared" / "corpus"
-    return base / "spamassassin" / "index"
+    return Path(corpus) if corpus else Path(__file__).resolve().parents[3] / "shared" / "corpus"
+
+
+def ticket_requests(path: Path, count: int, seed: int = 2026) -> Iterator[ParsedMessage]:
+    """``count`` tickets of a ``Document,...`` CSV (a fixed random sample) as request mails."""
+    with path.open(newline="", encoding="utf-8") as handle:
+        texts = [row["Document"] for row in csv.DictReader(handle) if row.get("Document")]
+    rng = random.Random(seed)
+    rng.shuffle(texts)
+    start = datetime(2026, 1, 1, tzinfo=UTC)
+    for number, text in enumerate(texts[:count]):
+        words = text.split()
+        first, last = rng.choice(_FIRST), rng.choice(_LAST)
+        domain = f"{rng.choice(_ORGS)}-{number % 97}.example"
+        mail = EmailMessage()
+        mail["From"] = f"{first.title()} {last.title()} <{first}.{last}@{domain}>"
+        mail["To"] = "support@helpdesk.example"
+        mail["Subject"] = " ".join(words[: rng.randint(3, 7)]).capitalize()
+        mail["Date"] = format_datetime(start + timedelta(minutes=37 * number))
+        mail["Message-ID"] = make_msgid(domain=domain)
+        mail.set_content(text + "\n", charset=rng.choice(_CHARSETS))
+        yield parse_message(mail.as_bytes())
+
+
+def interleave(
+    corpus: list[tuple[ParsedMessage, bool]], extra_ham: list[ParsedMessage]
+) -> Iterator[tuple[ParsedMessage, bool]]:
+    """The corpus in order, with the extra ham spread evenly through it."""
+    every = len(corpus) / len(extra_ham) if extra_ham else float("inf")
+    pending = iter(extra_ham)
+    for position, item in enumerate(corpus):
+        yield item
+        if position % every < 1:
+            ham = next(pending, None)
+            if ham is not None:
+                yield ham, False
+    yield from ((ham, False) for ham in pending)
 
 
 @click.command()
 @click.option("--index", type=click.Path(exists=True, path_type=Path), default=None)
+@click.option(
+    "--tickets",
+    "tickets_csv",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="Ticket CSV with a Document column (default: the corpus's IT service-desk tickets).",
+)
+@click.option("--ticket-count", type=int, default=2000, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("spam_model"))
-def main(index: Path | None, out: Path) -> None:
-    index = index or _default_index()
+def main(index: Path | None, tickets_csv: Path | None, ticket_count: int, out: Path) -> None:
+    index = index or _corpus_dir() / "spamassassin" / "index"
+    tickets_csv = tickets_csv or _corpus_dir() / "tickets" / "it-service-tickets.csv"
     messages, failed = load_messages(read_index(index))
+    requests = list(ticket_requests(tickets_csv, ticket_count)) if ticket_count else []
     model = SpamFilter()
-    for msg, is_spam in messages:
+    for msg, is_spam in interleave(messages, requests):
         model.learn(msg, is_spam)
     model.save(out / "seed.npz")
     (out / "seed.npz").chmod(0o644)  # shipped read-only data, not a secret
     click.echo(
         f"seed: {model.trained_spam} spam + {model.trained_ham} ham from {index} "
-        f"({failed} unparsable) -> {out / 'seed.npz'}"
+        f"({failed} unparsable) and {len(requests)} requests from {tickets_csv} "
+        f"-> {out / 'seed.npz'}"
     )
 
 

@@ -148,6 +148,26 @@ def test_origin_relay_shape_reads_only_the_two_oldest_hops() -> None:
     assert not any(t.startswith(("rcvdhost:", "rcvdip:")) for t in plain)
 
 
+def test_hop_shape_reads_the_reverse_name_apart_from_the_address() -> None:
+    def shape(received: str) -> set[str]:
+        toks = tokens(message(headers=(("Received", received),)), FeatureConfig())
+        return {t for t in toks if t.startswith("rcvd0:")}
+
+    # A well-configured relay: HELO matches its reverse name; the address is no "dynamic" name.
+    assert not shape("from mail.shop.example (mail.shop.example [192.0.2.25]) by mx.test") & {
+        "rcvd0:rdns-dynamic",
+        "rcvd0:helo-not-rdns",
+    }
+    assert {"rcvd0:rdns-dynamic", "rcvd0:helo-not-rdns"} <= shape(
+        "from mail.shop.example (dsl-81-2-3-4.pool.isp.example [81.2.3.4]) by mx.test"
+    )
+    # Our own listener's line names no reverse name: nothing to compare, nothing dynamic.
+    ours = shape("from mail.shop.example ([198.51.100.7]) by maildesk with ESMTP")
+    assert not ours & {"rcvd0:rdns-dynamic", "rcvd0:helo-not-rdns", "rcvd0:no-ip"}
+    # How many hops there were is the receiving installation's, not the sender's.
+    assert not any(t.startswith("rcvd:hops") for t in tokens(message(), FeatureConfig()))
+
+
 def test_received_chain_gives_relay_words_of_every_hop_but_not_when_or_for_whom() -> None:
     headers = (
         (

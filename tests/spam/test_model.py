@@ -264,6 +264,9 @@ def test_the_seed_model_lets_short_plain_support_requests_through() -> None:
     invoices and amounts): it may land in "unsure" (a ticket, flagged), but
     must never be held as spam.
     """
+    from datetime import UTC, datetime
+
+    from maildesk.intake.smtp import trace_header
     from maildesk.pipeline.parse import parse_message
     from maildesk.spam.scoring import SEED_MODEL
     from tests.mailfactory import make_mail
@@ -276,10 +279,8 @@ def test_the_seed_model_lets_short_plain_support_requests_through() -> None:
         "The VPN disconnects every ten minutes.\n",
     ]
     billing = "Our invoice 4711 shows the wrong amount, please check.\n"
-    trace = (  # what the SMTP listener prepends
-        b"Received: from client.example (127.0.0.1)\r\n"
-        b"\tby maildesk with SMTP; Sun, 06 Dec 2026 00:19:43 +0000\r\n"
-    )
+    # What the SMTP listener prepends for the load test's client on 127.0.0.1.
+    trace = trace_header("client.example", "127.0.0.1", "smtp", datetime.now(UTC)).encode()
     worst = {"plain": 0.0, "billing": 0.0}
     for n in range(200):
         kind, body = ("billing", billing) if n % 4 == 3 else ("plain", plain[n % 4])
@@ -320,3 +321,52 @@ def test_the_receiving_mta_and_the_month_do_not_move_the_seed_verdict() -> None:
             f"X-MailScanner: Found to be clean\r\n"
         ).encode()
         assert model.score(parse_message(delivered + raw)).probability == pytest.approx(plain)
+
+
+@pytest.mark.parametrize(
+    "relays",
+    [
+        pytest.param(b"", id="sent-straight-to-our-listener"),
+        pytest.param(
+            b"Received: from [10.0.0.23] (pc23.customer.test [10.0.0.23])\r\n"
+            b"\tby mail.customer.test (Postfix) with ESMTPSA id 99AB;"
+            b" Sun, 06 Dec 2026 01:19:40 +0100\r\n",
+            id="through-the-customers-own-server",
+        ),
+    ],
+)
+def test_plain_requests_through_our_listener_from_a_public_address_are_not_flagged(
+    relays: bytes,
+) -> None:
+    """The listener's own Received line is the oldest hop of mail sent straight to us.
+
+    Written as ``from HELO (IP)``, the seed read every such line as a dynamic,
+    mismatched relay and scored a plain "cannot log in" 0.71 ("possible spam",
+    no acknowledgement): only tests from 127.0.0.1, whose hop is skipped as
+    local, looked fine.
+    """
+    from datetime import UTC, datetime
+
+    from maildesk.intake.smtp import trace_header
+    from maildesk.pipeline.parse import parse_message
+    from maildesk.spam.scoring import SEED_MODEL
+    from tests.mailfactory import make_mail
+
+    model = SpamFilter.load(SEED_MODEL)
+    ours = trace_header("mail.customer.test", "198.51.100.7", "smtp", datetime.now(UTC)).encode()
+    requests = {
+        "Cannot log in since yesterday": "Hello, since yesterday I cannot log in to my account. "
+        "Can you help? Thanks, Anna\n",
+        "VPN drops": "The VPN disconnects every ten minutes.\n",
+        "Invoice question": "Our invoice 4711 shows the wrong amount, please check.\n",
+    }
+    for n, (subject, body) in enumerate(requests.items()):
+        raw = make_mail(
+            sender="anna@customer.test",
+            message_id=f"{n}.request@customer.test",
+            subject=subject,
+            body=body,
+        )
+        verdict = model.score(parse_message(ours + relays + raw))
+        limit = model.thresholds.spam_at if "invoice" in body else model.thresholds.unsure_at
+        assert verdict.probability < limit, (subject, verdict)
