@@ -32,7 +32,7 @@ from maildesk.domain.message import ParsedMessage
 FEATURE_VERSION = 5  # bump whenever tokens change: old weights mean nothing
 # Versions whose weights still mean the same: 5 stopped producing some of
 # version 3's tokens (receiver-side headers, dates in header values, the hop
-# count) and gave the corrected hop-shape tests new names; every token both
+# count, Return-Path's presence) and gave the corrected hop-shape tests new names; every token both
 # produce means the same, so a live model learned with version 3 keeps what it
 # learned.
 COMPATIBLE_FEATURE_VERSIONS = frozenset({3, FEATURE_VERSION})
@@ -464,6 +464,10 @@ _SKIP_HEADERS = frozenset(
         "delivery-date", "x-delivery-agent",
     }
 )  # fmt: skip
+# Added at final delivery where the installation has such a step (Dovecot's
+# LDA does, our SMTP listener does not): the envelope sender in it is signal,
+# that it is there at all is the installation's.
+_WORDS_ONLY_HEADERS = frozenset({"return-path"})
 _SKIP_PREFIXES = (
     "x-spam", "x-virus", "x-razor", "x-pyzor", "x-dspam", "x-bogosity", "x-mailscanner",
 )  # fmt: skip
@@ -491,7 +495,8 @@ def _generic_header_tokens(msg: ParsedMessage, sink: _Sink) -> None:
         lkey = key.lower()
         if lkey in _SKIP_HEADERS or lkey.startswith(_SKIP_PREFIXES):
             continue
-        sink.add("h:" + lkey)
+        if lkey not in _WORDS_ONLY_HEADERS:
+            sink.add("h:" + lkey)
         for word in _MAILER_WORD.findall(value[:300])[:20]:
             if word.lower() not in skip_words and not word.isdigit():
                 sink.add(f"h:{lkey}:{word}")

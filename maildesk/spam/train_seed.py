@@ -7,7 +7,7 @@ evenly as ham, then saves ``seed.npz``.
 
 Why the tickets: the SpamAssassin ham is 2002 mailing-list discussion, so a
 seed trained on it alone finds a short modern "I cannot log in to my account"
-more like its spam than its ham (71 % of held-out requests landed in
+more like its spam than its ham (72 % of held-out requests landed in
 "unsure"). The tickets are text only; each becomes a plain modern message
 from a made-up customer, varied enough that no one header shape is learned.
 """

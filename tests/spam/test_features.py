@@ -224,6 +224,7 @@ def test_the_receiving_side_and_dates_in_headers_are_not_features() -> None:
         ("X-MailScanner", "Found to be clean"),
         ("X-Delivery-Agent", "TMDA/0.57"),
         ("X-OriginalArrivalTime", "05 May 2026 09:59:58.0123 (UTC) FILETIME=[1234ABCD:01C2]"),
+        ("Return-Path", "<bounces@shop.example>"),
     )
     toks = tokens(message(headers=headers), FeatureConfig())
     header_toks = [t for t in toks if t.startswith("h:")]
@@ -233,6 +234,8 @@ def test_the_receiving_side_and_dates_in_headers_are_not_features() -> None:
     assert not any(t.endswith((":May", ":Tue")) for t in header_toks)
     assert "h:x-originalarrivaltime" in header_toks  # the origin's Exchange server: kept
     assert "h:x-originalarrivaltime:FILETIME" in header_toks
+    # Return-Path: the envelope sender counts, whether the installation adds the header does not.
+    assert "h:return-path" not in header_toks and "h:return-path:shop" in header_toks
 
 
 def test_recipients_count_only_as_a_shape() -> None:
