@@ -370,3 +370,46 @@ def test_plain_requests_through_our_listener_from_a_public_address_are_not_flagg
         verdict = model.score(parse_message(ours + relays + raw))
         limit = model.thresholds.spam_at if "invoice" in body else model.thresholds.unsure_at
         assert verdict.probability < limit, (subject, verdict)
+
+
+def test_the_seed_still_holds_or_flags_plain_modern_spam_sent_to_our_listener() -> None:
+    """The other side of teaching the seed what requests look like (see the model card)."""
+    from datetime import UTC, datetime
+
+    from maildesk.intake.smtp import trace_header
+    from maildesk.pipeline.parse import parse_message
+    from maildesk.spam.scoring import SEED_MODEL
+    from tests.mailfactory import make_mail
+
+    model = SpamFilter.load(SEED_MODEL)
+    ours = trace_header("mail.bulk.test", "203.0.113.77", "smtp", datetime.now(UTC)).encode()
+    spam = {
+        "URGENT: Business proposal": (
+            "Dear Sir/Madam,\n\nI am Mr. John Williams, a bank manager. I have a business "
+            "proposal of $15,500,000 USD which I want to transfer to your account. Please reply "
+            "with your full name, address and phone number. This transaction is 100% risk free.\n"
+        ),
+        "Investment opportunity: 300% returns": (
+            "Dear Friend,\n\nMake money fast with our bitcoin trading platform. Our clients earn "
+            "300% returns every month. Limited offer! Invest just $250 today and start earning. "
+            "Click here: http://crypto-profit.example.biz\n\nDon't miss out!\n"
+        ),
+        "Your account has been suspended": (
+            "Dear Customer,\n\nWe detected unusual activity on your account. Your account has "
+            "been suspended. To restore access, click the link below and verify your information "
+            "within 24 hours:\n\nhttp://secure-verify-account.example.top/login\n\n"
+            "Failure to verify will result in permanent closure.\n\nSecurity Team\n"
+        ),
+    }
+    scores = {}
+    for n, (subject, body) in enumerate(spam.items()):
+        raw = make_mail(
+            sender="noreply@notify-mail.example.top",
+            message_id=f"{n}.offer@notify-mail.example.top",
+            subject=subject,
+            body=body,
+        )
+        scores[subject] = model.score(parse_message(ours + raw)).probability
+    assert scores["URGENT: Business proposal"] >= model.thresholds.spam_at, scores
+    assert scores["Investment opportunity: 300% returns"] >= model.thresholds.spam_at, scores
+    assert scores["Your account has been suspended"] >= model.thresholds.unsure_at, scores
