@@ -30,11 +30,11 @@ from numpy.typing import NDArray
 from maildesk.domain.message import ParsedMessage
 
 FEATURE_VERSION = 5  # bump whenever tokens change: old weights mean nothing
-# Versions whose weights still mean the same: 5 stopped producing some of
-# version 3's tokens (receiver-side headers, dates in header values, the hop
-# count, Return-Path's presence) and gave the corrected hop-shape tests new names; every token both
-# produce means the same, so a live model learned with version 3 keeps what it
-# learned.
+# Versions whose weights still mean the same. Version 5 stopped producing some
+# of version 3's tokens (receiver-side headers, dates in header values, the hop
+# count, Return-Path's presence) and gave the corrected hop-shape tests new
+# names; every token both produce means the same, so a live model learned with
+# version 3 keeps what it learned.
 COMPATIBLE_FEATURE_VERSIONS = frozenset({3, FEATURE_VERSION})
 
 _WORD = re.compile(r"[^\W\d_][\w'\-.$]{0,40}[\w$%!]|[$£€]\s?\d[\d,.]*|\d[\d,.:/\-]*[\d%]?")
