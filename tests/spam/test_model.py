@@ -345,44 +345,22 @@ def test_plain_requests_through_our_listener_from_a_public_address_are_not_flagg
     no acknowledgement): only tests from 127.0.0.1, whose hop is skipped as
     local, looked fine.
     """
-    from datetime import UTC, datetime
-
-    from maildesk.intake.smtp import trace_header
-    from maildesk.pipeline.parse import parse_message
-    from maildesk.spam.scoring import SEED_MODEL
-    from tests.mailfactory import make_mail
-
-    model = SpamFilter.load(SEED_MODEL)
-    ours = trace_header("mail.customer.test", "198.51.100.7", "smtp", datetime.now(UTC)).encode()
     requests = {
         "Cannot log in since yesterday": "Hello, since yesterday I cannot log in to my account. "
         "Can you help? Thanks, Anna\n",
         "VPN drops": "The VPN disconnects every ten minutes.\n",
         "Invoice question": "Our invoice 4711 shows the wrong amount, please check.\n",
     }
-    for n, (subject, body) in enumerate(requests.items()):
-        raw = make_mail(
-            sender="anna@customer.test",
-            message_id=f"{n}.request@customer.test",
-            subject=subject,
-            body=body,
-        )
-        verdict = model.score(parse_message(ours + relays + raw))
-        limit = model.thresholds.spam_at if "invoice" in body else model.thresholds.unsure_at
-        assert verdict.probability < limit, (subject, verdict)
+    model, scores = seed_scores_through_our_listener(
+        "anna@customer.test", "mail.customer.test", "198.51.100.7", requests, relays
+    )
+    for subject, probability in scores.items():
+        limit = model.thresholds.spam_at if "Invoice" in subject else model.thresholds.unsure_at
+        assert probability < limit, (subject, probability)
 
 
 def test_the_seed_still_holds_or_flags_plain_modern_spam_sent_to_our_listener() -> None:
     """The other side of teaching the seed what requests look like (see the model card)."""
-    from datetime import UTC, datetime
-
-    from maildesk.intake.smtp import trace_header
-    from maildesk.pipeline.parse import parse_message
-    from maildesk.spam.scoring import SEED_MODEL
-    from tests.mailfactory import make_mail
-
-    model = SpamFilter.load(SEED_MODEL)
-    ours = trace_header("mail.bulk.test", "203.0.113.77", "smtp", datetime.now(UTC)).encode()
     spam = {
         "URGENT: Business proposal": (
             "Dear Sir/Madam,\n\nI am Mr. John Williams, a bank manager. I have a business "
@@ -401,15 +379,30 @@ def test_the_seed_still_holds_or_flags_plain_modern_spam_sent_to_our_listener() 
             "Failure to verify will result in permanent closure.\n\nSecurity Team\n"
         ),
     }
-    scores = {}
-    for n, (subject, body) in enumerate(spam.items()):
-        raw = make_mail(
-            sender="noreply@notify-mail.example.top",
-            message_id=f"{n}.offer@notify-mail.example.top",
-            subject=subject,
-            body=body,
-        )
-        scores[subject] = model.score(parse_message(ours + raw)).probability
+    model, scores = seed_scores_through_our_listener(
+        "noreply@notify-mail.example.top", "mail.bulk.test", "203.0.113.77", spam
+    )
     assert scores["URGENT: Business proposal"] >= model.thresholds.spam_at, scores
     assert scores["Investment opportunity: 300% returns"] >= model.thresholds.spam_at, scores
     assert scores["Your account has been suspended"] >= model.thresholds.unsure_at, scores
+
+
+def seed_scores_through_our_listener(
+    sender: str, helo: str, peer_ip: str, mails: dict[str, str], relays: bytes = b""
+) -> tuple[SpamFilter, dict[str, float]]:
+    """The seed's probability for each ``subject: body`` mail, as our listener receives it."""
+    from datetime import UTC, datetime
+
+    from maildesk.intake.smtp import trace_header
+    from maildesk.pipeline.parse import parse_message
+    from maildesk.spam.scoring import SEED_MODEL
+    from tests.mailfactory import make_mail
+
+    model = SpamFilter.load(SEED_MODEL)
+    ours = trace_header(helo, peer_ip, "smtp", datetime.now(UTC)).encode()
+    domain = sender.rpartition("@")[2]
+    scores = {}
+    for n, (subject, body) in enumerate(mails.items()):
+        raw = make_mail(sender=sender, message_id=f"{n}.mail@{domain}", subject=subject, body=body)
+        scores[subject] = model.score(parse_message(ours + relays + raw)).probability
+    return model, scores
