@@ -4,7 +4,7 @@ Every source of feedback (``maildesk spam mark``, releasing spam from
 quarantine, agents' ``#spam``/``#ham``, an IMAP Junk folder) records a row
 with :func:`record_feedback` in its own transaction. :func:`learn_pending`
 then trains the live model on rows not learned yet, saves it atomically and
-publishes it to every node through the database (:mod:`maildesk.spam.shared`);
+publishes it to every node through the database (:mod:`maildesk.shared_models`);
 the scorers pick the new file up by its changed mtime. Learning runs in the
 CLI command that recorded the feedback or in the daemon's scheduler, never
 in the intake path.
