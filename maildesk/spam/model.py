@@ -23,13 +23,10 @@ JSON metadata blob, loaded with ``allow_pickle=False``, written atomically.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import io
 import json
 import math
-import os
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -41,6 +38,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from numpy.typing import NDArray
 
+from maildesk.atomic import write_atomic
 from maildesk.domain.message import ParsedMessage
 from maildesk.spam.bands import Band, Thresholds
 from maildesk.spam.features import FeatureConfig, FeatureExtractor
@@ -286,9 +284,8 @@ class SpamFilter:
         }
 
     def save(self, path: Path | str) -> None:
-        """Write atomically: temp file in the same directory, fsync, os.replace."""
+        """Write atomically (:func:`maildesk.atomic.write_atomic`)."""
         target = Path(path)
-        target.parent.mkdir(parents=True, exist_ok=True)
         nonzero = np.flatnonzero(self._coef).astype(np.int32)
         meta = json.dumps(self.metadata(), sort_keys=True).encode()
         where, spam_counts, ham_counts = self._stats.nonzero()
@@ -302,17 +299,7 @@ class SpamFilter:
             ham_counts=ham_counts,
             meta=np.frombuffer(meta, dtype=np.uint8),
         )
-        fd, tmp = tempfile.mkstemp(prefix=target.name + ".", suffix=".tmp", dir=target.parent)
-        try:
-            with os.fdopen(fd, "wb") as handle:
-                handle.write(buffer.getvalue())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, target)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_atomic(target, buffer.getvalue(), mode=0o600)
 
     @classmethod
     def load(cls, path: Path | str) -> SpamFilter:
