@@ -6,9 +6,10 @@ what it exempts depends on it: a message that joins an existing ticket (it
 names one of our Message-IDs, a signed address, or comes from a participant)
 is part of a conversation and is never filtered; nor is a new mail from a
 customer an agent has answered before, or an agent's authenticated mail.
-For mail that would start a new ticket: spam is quarantined (no ticket, so no acknowledgement and no
-notification of any kind), unsure becomes a ticket flagged "possible spam"
-that is not acknowledged, ham goes on. Every decision is an event.
+For mail that would start a new ticket: spam is quarantined (no ticket, so
+no acknowledgement and no notification of any kind), unsure becomes a ticket
+flagged "possible spam" that is not acknowledged, ham goes on. Every
+decision is an event.
 """
 
 from __future__ import annotations
