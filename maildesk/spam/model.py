@@ -41,7 +41,7 @@ from numpy.typing import NDArray
 from maildesk.atomic import write_atomic
 from maildesk.domain.message import ParsedMessage
 from maildesk.spam.bands import Band, Thresholds
-from maildesk.spam.features import FeatureConfig, FeatureExtractor
+from maildesk.spam.features import FeatureConfig, FeatureExtractor, MessageFeatures
 from maildesk.spam.tokenstats import TokenStats, TokenStatsConfig
 
 if TYPE_CHECKING:
@@ -194,13 +194,13 @@ class SpamFilter:
     # -- scoring -----------------------------------------------------------------
     def margin(self, msg: ParsedMessage) -> float:
         """Raw combined score, higher is spammier (feature extraction included)."""
-        return self._margin_of(*self._extractor.indices(msg))
+        return self._margin_of(self._extractor.extract(msg))
 
-    def _margin_of(self, idx: NDArray[np.int64], values: NDArray[np.float64]) -> float:
-        score = float(self._coef[idx] @ values) + self._intercept
+    def _margin_of(self, features: MessageFeatures) -> float:
+        score = float(self._coef[features.indices] @ features.values) + self._intercept
         weight = self.learner.token_weight
         if weight:
-            spamicity = self._stats.spamicity(idx)
+            spamicity = self._stats.spamicity(features.counted)
             if spamicity != 0.5:
                 logit = math.log(max(spamicity, 1e-12) / max(1.0 - spamicity, 1e-12))
                 score += weight * max(-_LOGIT_CLIP, min(_LOGIT_CLIP, logit)) / _LOGIT_CLIP
@@ -216,14 +216,14 @@ class SpamFilter:
     # -- learning ----------------------------------------------------------------
     def learn(self, msg: ParsedMessage, is_spam: bool) -> None:
         """Learn the true label of one message (call once per message)."""
-        idx, values = self._extractor.indices(msg)
-        margin = self._margin_of(idx, values)
+        features = self._extractor.extract(msg)
+        margin = self._margin_of(features)
         self._update_calibration(margin, is_spam)
         self.seen += 1
         if self.learner.token_weight:
-            self._stats.learn(idx, is_spam)  # counts are only meaningful over all mail
+            self._stats.learn(features.counted, is_spam)  # counts mean something over all mail
         if self._should_train(margin, is_spam):
-            x = self._extractor.row(idx, values)
+            x = self._extractor.row(features.indices, features.values)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 self._clf.partial_fit(x, [int(is_spam)], classes=[0, 1])

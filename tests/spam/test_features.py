@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from maildesk.domain.message import Address, ParsedAttachment, ParsedMessage
-from maildesk.spam.features import FEATURE_VERSION, FeatureConfig, FeatureExtractor, tokens
+from maildesk.spam.features import (
+    FEATURE_VERSION,
+    FeatureConfig,
+    FeatureExtractor,
+    field_char_ngram_indices,
+    tokens,
+)
 
 
 def message(
@@ -116,6 +124,13 @@ def test_attachment_types_are_features() -> None:
 def test_config_json_round_trip() -> None:
     config = FeatureConfig(n_features_log2=18, own_domains=("desk.test",), char_ngrams=0)
     assert FeatureConfig.from_json(config.to_json()) == config
+    no_grams = FeatureConfig(field_char_ngrams=0)
+    assert FeatureConfig.from_json(no_grams.to_json()) == no_grams
+    for bad in (-1, 9):
+        data = FeatureConfig().to_json()
+        data["field_char_ngrams"] = bad
+        with pytest.raises(ValueError):
+            FeatureConfig.from_json(data)
 
 
 def test_numbers_become_shapes_but_digits_inside_words_do_not() -> None:
@@ -206,13 +221,62 @@ def test_config_from_another_feature_version_is_refused() -> None:
         FeatureConfig.from_json(data)
 
 
-def test_a_version_3_model_keeps_its_features_and_is_saved_as_the_current_version() -> None:
-    # Version 5 only stopped producing some of version 3's tokens: its weights still apply.
+@pytest.mark.parametrize("version", [3, 5])
+def test_an_older_model_keeps_its_features_and_is_saved_as_the_current_version(
+    version: int,
+) -> None:
+    # Version 5 only stopped producing some of version 3's tokens, and version 6
+    # only adds field n-grams behind a switch: older weights still apply, and a
+    # model saved before the switch existed goes on without the n-grams.
     data = FeatureConfig().to_json()
-    data["version"] = 3
+    data["version"] = version
+    del data["field_char_ngrams"]
     config = FeatureConfig.from_json(data)
-    assert config == FeatureConfig()
+    assert config == FeatureConfig(field_char_ngrams=0)
     assert config.to_json()["version"] == FEATURE_VERSION
+    msg = message(subject="Cheap meds here")
+    old_style = FeatureExtractor(config).extract(msg)
+    assert old_style.indices.tolist() == old_style.counted.tolist()  # tokens only, as before
+
+
+def test_subject_sender_and_message_id_char_ngrams() -> None:
+    """Case-folded 4-grams of three short fields, kept apart from each other."""
+    config = FeatureConfig()
+    msg = message(subject="V1AGRA  Deals")  # sender "Alice <alice@example.org>", id "abc@..."
+    content, head = field_char_ngram_indices(msg, config)
+    # "v1agra deals" (whitespace collapsed) has 9 four-grams; "alice alice@example.org" 20
+    assert content.size == 9 + 20
+    assert head.size == 0  # "abc" is shorter than one 4-gram
+    same = field_char_ngram_indices(message(subject="v1agra deals"), config)[0]
+    assert sorted(same.tolist()) == sorted(content.tolist())  # case and spacing do not matter
+    # the same text in the subject and in the sender hashes apart
+    no_subject = set(field_char_ngram_indices(message(subject=""), config)[0].tolist())
+    as_subject = set(field_char_ngram_indices(message(subject="zzzz"), config)[0].tolist())
+    as_subject -= no_subject
+    as_sender = field_char_ngram_indices(message(subject="", sender="zzzz"), config)[0]
+    assert len(as_subject) == 1
+    assert not as_subject & set(as_sender.tolist())
+
+
+def test_field_char_ngrams_join_the_vector_but_not_the_token_counts() -> None:
+    """The learner sees the n-grams; the token statistics count word tokens only.
+
+    Overlapping n-grams repeat one piece of evidence dozens of times, which
+    Fisher combining would take as dozens of independent clues.
+    """
+    msg = dataclasses.replace(
+        message(subject="Cheap meds here"), message_id="ABCDEF123@mailer.example"
+    )
+    with_grams = FeatureExtractor(FeatureConfig()).extract(msg)
+    without = FeatureExtractor(FeatureConfig(field_char_ngrams=0)).extract(msg)
+    content, head = field_char_ngram_indices(msg, FeatureConfig())
+    assert head.size > 0
+    assert set(without.indices.tolist()) | set(content.tolist()) | set(head.tolist()) == set(
+        with_grams.indices.tolist()
+    )
+    assert with_grams.indices.size > without.indices.size
+    assert with_grams.counted.tolist() == without.indices.tolist()
+    assert set(with_grams.counted.tolist()) <= set(with_grams.indices.tolist())
 
 
 def test_the_receiving_side_and_dates_in_headers_are_not_features() -> None:
