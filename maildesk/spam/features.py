@@ -661,6 +661,7 @@ class FeatureExtractor:
         self._mask = config.n_features - 1
 
     def extract(self, msg: ParsedMessage) -> MessageFeatures:
+        """The feature vector of ``msg``, with the word-token indices apart."""
         content, head = token_groups(msg, self.config)
         body_tokens, head_tokens = _hash(content, self._mask), _hash(head, self._mask)
         counted = _distinct(body_tokens, head_tokens)

@@ -1,7 +1,8 @@
 """The learning spam filter: hashed features -> two learners -> calibrated band.
 
-Two incremental learners share one hashed feature vector (chosen on the
-comparison in ``spam_model/MODEL_CARD.md``):
+Two incremental learners read one hashed feature vector (chosen on the
+comparison in ``spam_model/MODEL_CARD.md``); the token statistics count its
+word tokens only, not its character n-grams (see ``FeatureExtractor``):
 
 * scikit-learn's ``SGDClassifier(loss="log_loss", learning_rate="constant",
   eta0=8).partial_fit`` (discriminative; a constant step measured better online
