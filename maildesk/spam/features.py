@@ -598,7 +598,7 @@ def token_groups(msg: ParsedMessage, config: FeatureConfig) -> tuple[list[str], 
         urls.extend(_HREF.findall(clipped))
         if config.html_tags:
             _html_tokens(clipped, sink)
-    for url in urls[:50]:
+    for url in dict.fromkeys(urls[:50]):  # a repeated link adds no new token
         _url_tokens(url, sink)
     sink.add("url:count:" + str(min(len(urls), 10)))
     head = _Sink()
