@@ -520,9 +520,19 @@ def _char_ngram_indices(text: str, n: int, mask: int) -> NDArray[np.int64]:
     data = np.frombuffer(text.encode("utf-8", "replace")[:3000], dtype=np.uint8)
     if data.size < n:
         return np.zeros(0, dtype=np.int64)
-    acc = np.zeros(data.size - n + 1, dtype=np.uint64)
+    return _hash_ngrams(data, n, np.zeros(data.size - n + 1, dtype=np.uint64), mask)
+
+
+def _hash_ngrams(
+    data: NDArray[np.uint8], n: int, seeds: NDArray[np.uint64], mask: int
+) -> NDArray[np.int64]:
+    """Hashed index of each of the ``seeds.size`` n-grams starting in ``data``.
+
+    ``seeds`` holds each n-gram's starting value (zeros, or a salt per field).
+    """
+    acc = seeds
     for k in range(n):
-        acc = acc * np.uint64(1099511628211) + data[k : data.size - n + 1 + k].astype(np.uint64)
+        acc = acc * np.uint64(1099511628211) + data[k : seeds.size + k].astype(np.uint64)
     acc ^= acc >> np.uint64(29)
     acc *= np.uint64(0xBF58476D1CE4E5B9)
     acc ^= acc >> np.uint64(32)
@@ -562,13 +572,7 @@ def field_char_ngram_indices(
     field_of = np.repeat(np.arange(3), lengths)[:starts]
     ends = np.cumsum(lengths)[field_of]
     keep = np.arange(starts) + n <= ends  # the n-gram lies inside one field
-    acc = _FIELD_SALTS[field_of]
-    for k in range(n):
-        acc = acc * np.uint64(1099511628211) + data[k : starts + k].astype(np.uint64)
-    acc ^= acc >> np.uint64(29)
-    acc *= np.uint64(0xBF58476D1CE4E5B9)
-    acc ^= acc >> np.uint64(32)
-    hashed = (acc & np.uint64(mask)).astype(np.int64)
+    hashed = _hash_ngrams(data, n, _FIELD_SALTS[field_of], mask)
     return hashed[keep & (field_of < 2)], hashed[keep & (field_of == 2)]
 
 
