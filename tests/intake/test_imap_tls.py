@@ -116,7 +116,7 @@ password = "{dovecot.users[OTHER]}"
             time.sleep(0.2)
         assert health[USER]["status"] == "backoff"
         assert "TLS failed" in health[USER]["last_error"]
-        assert health[OTHER]["stored"] == 1
+        assert health[OTHER]["stored"] == 1, (health, daemon.log()[-3000:])
         tickets = daemon.cli("tickets", "list", "--json")
         assert len(tickets) == 2  # the SMTP mail and the other mailbox's mail
         assert "imap support/INBOX: TLS failed" in daemon.log()
