@@ -168,7 +168,12 @@ def status(ctx: click.Context, model_path: Path | None) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def eval_(index: Path, protocol: str, limit: int | None, as_json: bool) -> None:
     """Evaluate an empty model on a TREC index (online: classify, then learn)."""
-    result = evaluate_index(index, Protocol(protocol), limit=limit)
+
+    def progress(done: int) -> None:
+        if done % 5000 == 0:
+            click.echo(f"eval: {done} messages", err=True)
+
+    result = evaluate_index(index, Protocol(protocol), limit=limit, progress=progress)
     if as_json:
         click.echo(json.dumps(result.as_dict()))
         return
