@@ -18,7 +18,7 @@ from __future__ import annotations
 import enum
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -149,6 +149,41 @@ def _figures(
     )
 
 
+@dataclass
+class _Tally:
+    """Each scored message's band, margin and label, and the time spent scoring.
+
+    The ROC uses the margin: probabilities saturate and tie at 0 and 1.
+    """
+
+    bands: list[Band] = field(default_factory=list)
+    margins: list[float] = field(default_factory=list)
+    labels: list[bool] = field(default_factory=list)
+    seconds: float = 0.0
+    cpu_seconds: float = 0.0
+
+    def score(self, model: SpamFilter, msg: ParsedMessage, is_spam: bool) -> None:
+        start, start_cpu = time.perf_counter(), time.thread_time()
+        margin = model.margin(msg)
+        band = model.thresholds.band(model.probability_of(margin))
+        self.seconds += time.perf_counter() - start
+        self.cpu_seconds += time.thread_time() - start_cpu
+        self.bands.append(band)
+        self.margins.append(margin)
+        self.labels.append(is_spam)
+
+    def figures(self, protocol: Protocol, unparsable: int) -> EvalResult:
+        return _figures(
+            protocol,
+            self.bands,
+            self.margins,
+            self.labels,
+            unparsable,
+            self.seconds,
+            self.cpu_seconds,
+        )
+
+
 def run_online(
     model: SpamFilter,
     messages: Iterable[tuple[ParsedMessage, bool]],
@@ -166,23 +201,13 @@ def _run_online(
     unparsable: int,
     progress: Callable[[int], None] | None,
 ) -> EvalResult:
-    bands: list[Band] = []
-    scores: list[float] = []
-    labels: list[bool] = []
-    scoring = cpu = 0.0
+    tally = _Tally()
     for number, (msg, is_spam) in enumerate(messages, start=1):
-        start, start_cpu = time.perf_counter(), time.thread_time()
-        margin = model.margin(msg)
-        band = model.thresholds.band(model.probability_of(margin))
-        scoring += time.perf_counter() - start
-        cpu += time.thread_time() - start_cpu
-        bands.append(band)
-        scores.append(margin)
-        labels.append(is_spam)
+        tally.score(model, msg, is_spam)
         model.learn(msg, is_spam)
         if progress is not None:
             progress(number)
-    return _figures(Protocol.ONLINE, bands, scores, labels, unparsable, scoring, cpu)
+    return tally.figures(Protocol.ONLINE, unparsable)
 
 
 def run_split(
@@ -192,23 +217,14 @@ def run_split(
     unparsable: int = 0,
 ) -> EvalResult:
     """Learn the first ``train_count`` messages, then score the rest with the model frozen."""
-    bands: list[Band] = []
-    scores: list[float] = []
-    labels: list[bool] = []
-    scoring = cpu = 0.0
+    tally = _Tally()
     with threadpool_limits(limits=1):
         for number, (msg, is_spam) in enumerate(messages):
             if number < train_count:
                 model.learn(msg, is_spam)
-                continue
-            start, start_cpu = time.perf_counter(), time.thread_time()
-            verdict = model.score(msg)
-            scoring += time.perf_counter() - start
-            cpu += time.thread_time() - start_cpu
-            bands.append(verdict.band)
-            scores.append(verdict.probability)
-            labels.append(is_spam)
-    return _figures(Protocol.SPLIT, bands, scores, labels, unparsable, scoring, cpu)
+            else:
+                tally.score(model, msg, is_spam)
+    return tally.figures(Protocol.SPLIT, unparsable)
 
 
 def evaluate_index(
