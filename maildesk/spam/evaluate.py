@@ -27,6 +27,7 @@ from threadpoolctl import threadpool_limits
 
 from maildesk.domain.message import ParsedMessage
 from maildesk.pipeline.parse import ParseError, parse_message
+from maildesk.spam.features import MessageFeatures
 from maildesk.spam.model import Band, SpamFilter
 
 
@@ -162,15 +163,18 @@ class _Tally:
     seconds: float = 0.0
     cpu_seconds: float = 0.0
 
-    def score(self, model: SpamFilter, msg: ParsedMessage, is_spam: bool) -> None:
+    def score(self, model: SpamFilter, msg: ParsedMessage, is_spam: bool) -> MessageFeatures:
+        """Score ``msg`` on the clock; returns its features, for learning it afterwards."""
         start, start_cpu = time.perf_counter(), time.thread_time()
-        margin = model.margin(msg)
+        features = model.features_of(msg)
+        margin = model.margin_of(features)
         band = model.thresholds.band(model.probability_of(margin))
         self.seconds += time.perf_counter() - start
         self.cpu_seconds += time.thread_time() - start_cpu
         self.bands.append(band)
         self.margins.append(margin)
         self.labels.append(is_spam)
+        return features
 
     def figures(self, protocol: Protocol, unparsable: int) -> EvalResult:
         return _figures(
@@ -203,8 +207,7 @@ def _run_online(
 ) -> EvalResult:
     tally = _Tally()
     for number, (msg, is_spam) in enumerate(messages, start=1):
-        tally.score(model, msg, is_spam)
-        model.learn(msg, is_spam)
+        model.learn_features(tally.score(model, msg, is_spam), is_spam)
         if progress is not None:
             progress(number)
     return tally.figures(Protocol.ONLINE, unparsable)

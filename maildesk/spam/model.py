@@ -195,9 +195,13 @@ class SpamFilter:
     # -- scoring -----------------------------------------------------------------
     def margin(self, msg: ParsedMessage) -> float:
         """Raw combined score, higher is spammier (feature extraction included)."""
-        return self._margin_of(self._extractor.extract(msg))
+        return self.margin_of(self.features_of(msg))
 
-    def _margin_of(self, features: MessageFeatures) -> float:
+    def features_of(self, msg: ParsedMessage) -> MessageFeatures:
+        """The feature vector the model reads, to score and then learn without extracting twice."""
+        return self._extractor.extract(msg)
+
+    def margin_of(self, features: MessageFeatures) -> float:
         score = float(self._coef[features.indices] @ features.values) + self._intercept
         weight = self.learner.token_weight
         if weight:
@@ -217,8 +221,11 @@ class SpamFilter:
     # -- learning ----------------------------------------------------------------
     def learn(self, msg: ParsedMessage, is_spam: bool) -> None:
         """Learn the true label of one message (call once per message)."""
-        features = self._extractor.extract(msg)
-        margin = self._margin_of(features)
+        self.learn_features(self.features_of(msg), is_spam)
+
+    def learn_features(self, features: MessageFeatures, is_spam: bool) -> None:
+        """:meth:`learn` for a message whose features :meth:`features_of` gave."""
+        margin = self.margin_of(features)
         self._update_calibration(margin, is_spam)
         self.seen += 1
         if self.learner.token_weight:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import re
+import zlib
 
 import pytest
 from hypothesis import given, settings
@@ -10,9 +12,11 @@ from hypothesis import strategies as st
 
 from maildesk.domain.message import Address, ParsedAttachment, ParsedMessage
 from maildesk.spam.features import (
+    _WORD,
     FEATURE_VERSION,
     FeatureConfig,
     FeatureExtractor,
+    _hash,
     field_char_ngram_indices,
     tokens,
 )
@@ -327,3 +331,24 @@ def test_header_group_weighs_header_weight_against_the_content_group() -> None:
     for values in (short, long):
         assert float((values**2).sum()) == pytest.approx(1.25, rel=0.05)
     assert float(long.max()) > 5 * float(long.min())  # header tokens keep their weight
+
+
+# What _WORD means, written plainly: a word starts with a letter, money with
+# $ £ € and a number with a digit. _WORD is written differently for speed.
+_WORD_SPEC = re.compile(r"[^\W\d_][\w'\-.$]{0,40}[\w$%!]|[$£€]\s?\d[\d,.]*|\d[\d,.:/\-]*[\d%]?")
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet=st.sampled_from("aZé_9٣$£€%!'-.,:/ \t\n日ß") | st.characters(), max_size=80)
+)
+def test_word_tokens_are_words_money_and_numbers(text: str) -> None:
+    assert _WORD.findall(text) == _WORD_SPEC.findall(text)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.text(alphabet=st.characters() | st.just("\0"), max_size=12), max_size=40))
+def test_token_hashes_are_the_crc32_of_each_token_even_with_nul_inside(toks: list[str]) -> None:
+    mask = (1 << 20) - 1
+    expected = {zlib.crc32(token.encode("utf-8", "replace")) & mask for token in toks}
+    assert set(_hash(toks, mask).tolist()) == expected
