@@ -521,9 +521,14 @@ def _generic_header_tokens(msg: ParsedMessage, sink: _Sink) -> None:
             continue
         if lkey not in _WORDS_ONLY_HEADERS:
             sink.add("h:" + lkey)
-        for word in _MAILER_WORD.findall(value[:300])[:20]:
-            if word.lower() not in skip_words and not word.isdigit():
-                sink.add(f"h:{lkey}:{word}")
+        prefix = "h:" + lkey + ":"
+        sink.extend(
+            [
+                prefix + word
+                for word in _MAILER_WORD.findall(value[:300])[:20]
+                if not word.isdigit() and word.lower() not in skip_words
+            ]
+        )
     if msg.header("References") or msg.header("In-Reply-To"):
         sink.add("h:is-reply")
 
