@@ -119,7 +119,7 @@ def one_minus_roca_pct(scores: list[float], is_spam: list[bool]) -> float:
     return 100.0 * (1.0 - float(roc_auc_score(np.array(is_spam), np.array(scores))))
 
 
-def _figures(
+def figures(
     protocol: Protocol,
     bands: list[Band],
     scores: list[float],
@@ -128,6 +128,7 @@ def _figures(
     scoring_seconds: float,
     scoring_cpu_seconds: float,
 ) -> EvalResult:
+    """One run's figures from each message's band, score and label (any filter's)."""
     spam = sum(labels)
     ham = len(labels) - spam
     fp = sum(1 for b, s in zip(bands, labels, strict=True) if not s and b is Band.SPAM)
@@ -177,7 +178,7 @@ class _Tally:
         return features
 
     def figures(self, protocol: Protocol, unparsable: int) -> EvalResult:
-        return _figures(
+        return figures(
             protocol,
             self.bands,
             self.margins,
