@@ -177,48 +177,32 @@ class _Tally:
         self.labels.append(is_spam)
         return features
 
-    def figures(self, protocol: Protocol, unparsable: int) -> EvalResult:
+    def figures(self, protocol: Protocol) -> EvalResult:
+        """The run's figures; ``unparsable`` is 0 here, the caller that parsed knows it."""
         return figures(
-            protocol,
-            self.bands,
-            self.margins,
-            self.labels,
-            unparsable,
-            self.seconds,
-            self.cpu_seconds,
+            protocol, self.bands, self.margins, self.labels, 0, self.seconds, self.cpu_seconds
         )
 
 
 def run_online(
     model: SpamFilter,
     messages: Iterable[tuple[ParsedMessage, bool]],
-    unparsable: int = 0,
     progress: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Classify then learn each message in order; the ROC uses the pre-learning margins."""
-    with threadpool_limits(limits=1):
-        return _run_online(model, messages, unparsable, progress)
-
-
-def _run_online(
-    model: SpamFilter,
-    messages: Iterable[tuple[ParsedMessage, bool]],
-    unparsable: int,
-    progress: Callable[[int], None] | None,
-) -> EvalResult:
     tally = _Tally()
-    for number, (msg, is_spam) in enumerate(messages, start=1):
-        model.learn_features(tally.score(model, msg, is_spam), is_spam)
-        if progress is not None:
-            progress(number)
-    return tally.figures(Protocol.ONLINE, unparsable)
+    with threadpool_limits(limits=1):
+        for number, (msg, is_spam) in enumerate(messages, start=1):
+            model.learn_features(tally.score(model, msg, is_spam), is_spam)
+            if progress is not None:
+                progress(number)
+    return tally.figures(Protocol.ONLINE)
 
 
 def run_split(
     model: SpamFilter,
     messages: Iterable[tuple[ParsedMessage, bool]],
     train_count: int,
-    unparsable: int = 0,
 ) -> EvalResult:
     """Learn the first ``train_count`` messages, then score the rest with the model frozen."""
     tally = _Tally()
@@ -228,7 +212,7 @@ def run_split(
                 model.learn(msg, is_spam)
             else:
                 tally.score(model, msg, is_spam)
-    return tally.figures(Protocol.SPLIT, unparsable)
+    return tally.figures(Protocol.SPLIT)
 
 
 def evaluate_index(
