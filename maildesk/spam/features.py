@@ -221,16 +221,17 @@ def _domain_suffixes(host: str) -> list[str]:
 
 
 def _url_tokens(url: str, sink: _Sink) -> None:
-    if url.lower().startswith("www."):
+    """Tokens of one link, which :func:`token_groups` found in lower-cased text."""
+    if url.startswith("www."):
         url = "http://" + url
     try:
         parts = urlsplit(url)
-        host = (parts.hostname or "").lower()
+        host = parts.hostname or ""
         port = parts.port
     except ValueError:
         sink.add("url:unparsable")
         return
-    sink.add("url:scheme:" + parts.scheme.lower())
+    sink.add("url:scheme:" + parts.scheme)
     if not host:
         sink.add("url:nohost")
         return
@@ -243,7 +244,7 @@ def _url_tokens(url: str, sink: _Sink) -> None:
         sink.add("url:port")
     if "@" in parts.netloc:
         sink.add("url:userinfo")
-    for piece in _ALPHA_RUN.findall(parts.path.lower()):
+    for piece in _ALPHA_RUN.findall(parts.path):
         if 2 <= len(piece) <= 20:
             sink.add("urlp:" + piece)
     if parts.query:
@@ -256,8 +257,11 @@ def html_to_text(html: str) -> str:
     return html_lib.unescape(_ANY_TAG.sub(" ", html))
 
 
-_HTML_STYLE_ATTRS = ("color", "size", "face", "bgcolor", "width", "height", "align")
-_STYLE_ATTRS = tuple((attr + "=", ":" + attr) for attr in _HTML_STYLE_ATTRS)
+# (what to look for in a tag's lower-cased attributes, the token suffix it adds)
+_STYLE_ATTRS = tuple(
+    (attr + "=", ":" + attr)
+    for attr in ("color", "size", "face", "bgcolor", "width", "height", "align")
+)
 
 
 def _html_tokens(html: str, sink: _Sink) -> None:
