@@ -707,13 +707,21 @@ class FeatureExtractor:
         if self.config.char_ngrams:
             text = (msg.subject or "") + " " + (msg.text or msg.html or "")
             body_parts.append(_char_ngram_indices(text, self.config.char_ngrams, self._mask))
-        body_idx, head_idx = _distinct(*body_parts), _distinct(*head_parts)
-        head_value = self.config.header_weight / math.sqrt(max(head_idx.size, 1))
-        body_value = 1.0 / math.sqrt(max(body_idx.size, 1))
-        idx, first = np.unique(np.concatenate([head_idx, body_idx]), return_index=True)
+        # One sort for both groups: key = 2 * index + group (header 0, body 1). The
+        # distinct keys give each group's size; the first key of each index says
+        # whether the header group has it.
+        keys = np.concatenate([*head_parts, *body_parts]) * 2
+        keys[sum(part.size for part in head_parts) :] += 1
+        keys = _distinct(keys)
+        in_body = keys & 1
+        body_size = int(np.count_nonzero(in_body))
+        head_value = self.config.header_weight / math.sqrt(max(keys.size - body_size, 1))
+        body_value = 1.0 / math.sqrt(max(body_size, 1))
+        idx = keys >> 1
+        first = np.concatenate(([True], idx[1:] != idx[:-1])) if idx.size else idx.astype(bool)
         # An index in both groups (a hash collision) takes the header group's value.
         return MessageFeatures(
-            idx, np.where(first < head_idx.size, head_value, body_value), counted
+            idx[first], np.where(in_body[first], body_value, head_value), counted
         )
 
     def indices(self, msg: ParsedMessage) -> tuple[NDArray[np.int64], NDArray[np.float64]]:

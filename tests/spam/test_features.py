@@ -18,6 +18,7 @@ from maildesk.spam.features import (
     FeatureExtractor,
     _hash,
     field_char_ngram_indices,
+    token_groups,
     tokens,
 )
 
@@ -331,6 +332,32 @@ def test_header_group_weighs_header_weight_against_the_content_group() -> None:
     for values in (short, long):
         assert float((values**2).sum()) == pytest.approx(1.25, rel=0.05)
     assert float(long.max()) > 5 * float(long.min())  # header tokens keep their weight
+
+
+def test_vector_is_the_union_of_both_groups_and_a_collision_takes_the_header_value() -> None:
+    """The vector written out with sets: every index of either group once, the header
+    group's value where both groups hold it (a hash collision), the body's elsewhere."""
+    config = FeatureConfig(n_features_log2=10, header_weight=0.7)  # small: collisions happen
+    msg = message(
+        subject="Cheap meds today",
+        text=" ".join(f"word{i} other{i}" for i in range(150)),
+        headers=(("X-Mailer", "Bulk Sender 5.1"), ("List-Id", "deals.example.net")),
+    )
+    content, head = token_groups(msg, config)
+    content_grams, head_grams = field_char_ngram_indices(msg, config)
+    mask = config.n_features - 1
+    header = set(_hash(head, mask).tolist()) | set(head_grams.tolist())
+    body = set(_hash(content, mask).tolist()) | set(content_grams.tolist())
+    assert header & body, "the test needs a collision between the groups"
+    features = FeatureExtractor(config).extract(msg)
+    assert features.indices.tolist() == sorted(header | body)
+    expected = [
+        0.7 / len(header) ** 0.5 if index in header else 1 / len(body) ** 0.5
+        for index in features.indices.tolist()
+    ]
+    assert features.values.tolist() == pytest.approx(expected, rel=1e-12)
+    words = set(_hash(content, mask).tolist()) | set(_hash(head, mask).tolist())
+    assert features.counted.tolist() == sorted(words)  # n-grams are not counted
 
 
 # What _WORD means, written plainly: a word starts with a letter, money with
