@@ -18,12 +18,11 @@ conflicts.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from scipy.special import gammaln
+from scipy.special import gammaincc
 
 _F_CLIP = 1e-6
 
@@ -52,25 +51,6 @@ class TokenStatsConfig:
                 raise ValueError(f"token stats {key!r} must be a number")
             values[key] = float(value)
         return cls(**values)
-
-
-_I = np.arange(4096, dtype=np.float64)
-_LOG_FACTORIAL = gammaln(_I + 1.0)  # read-only lookup table: log(i!) for the series terms
-
-
-def log_chi2_sf_even(x: float, k: int) -> float:
-    """log P(X > x) for X ~ chi-square with 2k degrees of freedom (exact series, in logs)."""
-    if k <= 0 or x <= 0.0:
-        return 0.0
-    m = x / 2.0
-    if k <= _I.size:
-        i, log_factorial = _I[:k], _LOG_FACTORIAL[:k]
-    else:
-        i = np.arange(k, dtype=np.float64)
-        log_factorial = gammaln(i + 1.0)
-    terms = i * math.log(m) - log_factorial
-    top = float(terms.max())
-    return min(0.0, -m + top + math.log(float(np.exp(terms - top).sum())))
 
 
 class TokenStats:
@@ -102,10 +82,9 @@ class TokenStats:
         if f.size == 0:
             return 0.5
         f = np.clip(f, _F_CLIP, 1.0 - _F_CLIP)
-        k = int(f.size)
-        log_q_spam = log_chi2_sf_even(-2.0 * float(np.log1p(-f).sum()), k)
-        log_q_ham = log_chi2_sf_even(-2.0 * float(np.log(f).sum()), k)
-        return (1.0 + math.exp(log_q_ham) - math.exp(log_q_spam)) / 2.0
+        # C(x, 2k) = Q(k, x / 2), the regularised upper incomplete gamma function.
+        q_spam, q_ham = gammaincc(f.size, [-np.log1p(-f).sum(), -np.log(f).sum()])
+        return (1.0 + float(q_ham) - float(q_spam)) / 2.0
 
     def learn(self, idx: NDArray[np.int64], is_spam: bool) -> None:
         """Count one message (its distinct features) as spam or ham."""
