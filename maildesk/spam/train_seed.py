@@ -20,7 +20,7 @@ import random
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime
 from pathlib import Path
 
 import click
@@ -56,8 +56,14 @@ def ticket_requests(path: Path, count: int, seed: int = 2026) -> Iterator[Parsed
         mail["From"] = f"{first.title()} {last.title()} <{first}.{last}@{domain}>"
         mail["To"] = "support@helpdesk.example"
         mail["Subject"] = " ".join(words[: rng.randint(3, 7)]).capitalize()
-        mail["Date"] = format_datetime(start + timedelta(minutes=37 * number))
-        mail["Message-ID"] = make_msgid(domain=domain)
+        sent = start + timedelta(minutes=37 * number)
+        mail["Date"] = format_datetime(sent)
+        # Shaped like email.utils.make_msgid's, but from the sample's own random
+        # numbers, so the same command makes the same seed model.
+        mail["Message-ID"] = (
+            f"<{int(sent.timestamp() * 100)}.{rng.randint(1000, 99999)}."
+            f"{rng.getrandbits(64)}@{domain}>"
+        )
         mail.set_content(text + "\n", charset=rng.choice(_CHARSETS))
         yield parse_message(mail.as_bytes())
 

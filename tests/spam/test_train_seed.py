@@ -25,6 +25,9 @@ def test_ticket_requests_are_plain_mails_from_customers_and_the_same_every_time(
     assert len(first) == 10
     assert [m.text for m in first] == [m.text for m in again]  # a fixed sample
     assert [m.subject for m in first] == [m.subject for m in again]
+    # The Message-ID too (its local part is a feature): one command, one seed model.
+    assert [m.message_id for m in first] == [m.message_id for m in again]
+    assert len({m.message_id for m in first}) == 10
     for mail in first:
         assert mail.from_ is not None and mail.from_.addr.endswith(".example")
         assert "printing since morning" in mail.text and mail.html is None
