@@ -17,7 +17,7 @@ class Thresholds:
     """Probability cut points: < ``unsure_at`` is ham, >= ``spam_at`` is spam."""
 
     unsure_at: float = 0.5
-    spam_at: float = 0.96
+    spam_at: float = 0.97
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.unsure_at <= self.spam_at <= 1.0:

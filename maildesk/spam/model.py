@@ -1,22 +1,30 @@
-"""The learning spam filter: hashed features -> two learners -> calibrated band.
+"""The learning spam filter: hashed features -> three learners -> calibrated band.
 
-Two incremental learners read one hashed feature vector (chosen on the
-comparison in ``spam_model/MODEL_CARD.md``); the token statistics count its
-word tokens only, not its character n-grams (see ``FeatureExtractor``):
+Three incremental learners read one hashed feature vector (chosen on the
+comparison in ``spam_model/MODEL_CARD.md``); the token statistics and the
+evidence-scaled learner read its word tokens only, not its character n-grams
+(see ``FeatureExtractor``):
 
 * scikit-learn's ``SGDClassifier(loss="log_loss", learning_rate="constant",
-  eta0=8).partial_fit`` (discriminative; a constant step measured better online
-  than the decaying "optimal" schedule, which stops adapting as mail drifts);
+  eta0=8).partial_fit`` on the vector (discriminative; a constant step measured
+  better online than the decaying "optimal" schedule, which stops adapting as
+  mail drifts);
 * bogofilter/SpamBayes-style token counts with Robinson's f(w) and Fisher
   chi-square combining (:mod:`maildesk.spam.tokenstats`), which learns from a
-  handful of examples and so carries the early, sparse-data phase.
+  handful of examples and so carries the early, sparse-data phase;
+* a second ``SGDClassifier`` on the word tokens each scaled by its smoothed log
+  count ratio from those counts (NBSVM, Wang & Manning 2012): a token's weight
+  starts from the evidence the counts already hold, and the learner corrects it.
+  Fisher combining abstains (I = 0.5) on exactly the borderline mail, where
+  both of its tails saturate; this learner does not.
 
-The score is ``lr_margin + token_weight * clip(logit(I), +-12) / 12``. Token
-counts learn every message; the SGD weights learn with a thick threshold (only
-messages whose pre-update score is wrong or within ``thick_margin`` of the
-boundary), which measured better than training SGD on everything. An online
-Platt scaler, fitted on the score each message had *before* it was learned,
-maps it to a probability, so the probability stays calibrated as the model drifts.
+The score is ``lr_margin + nb_weight * nb_margin + token_weight *
+clip(logit(I), +-12) / 12``. Token counts learn every message; both SGD
+learners learn with a thick threshold (only messages whose pre-update score is
+wrong or within ``thick_margin`` of the boundary), which measured better than
+training on everything. An online Platt scaler, fitted on the score each
+message had *before* it was learned, maps it to a probability, so the
+probability stays calibrated as the model drifts.
 
 Persistence never uses pickle: one ``.npz`` holding the non-zero weights and a
 JSON metadata blob, loaded with ``allow_pickle=False``, written atomically.
@@ -46,6 +54,7 @@ from maildesk.spam.features import FeatureConfig, FeatureExtractor, MessageFeatu
 from maildesk.spam.tokenstats import TokenStats, TokenStatsConfig
 
 if TYPE_CHECKING:
+    import scipy.sparse as sp
     from sklearn.linear_model import SGDClassifier
 
 FORMAT_VERSION = 2
@@ -59,6 +68,9 @@ class TrainPolicy(enum.StrEnum):
     EVERYTHING = "everything"
     ON_ERROR = "on-error"  # only when the pre-update band was wrong or unsure
     THICK = "thick"  # train-on-error plus a margin: |margin| < thick_margin
+
+
+_NB_KEYS = ("nb_weight", "nb_eta0", "nb_smoothing")
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +88,9 @@ class LearnerConfig:
     thick_margin: float = 8.0
     token_weight: float = 8.0
     token_stats: TokenStatsConfig = field(default_factory=TokenStatsConfig)
+    nb_weight: float = 1.0  # the evidence-scaled learner; 0 turns it off
+    nb_eta0: float = 4.0
+    nb_smoothing: float = 0.1  # added to each count in the log count ratio
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -87,6 +102,9 @@ class LearnerConfig:
             "thick_margin": self.thick_margin,
             "token_weight": self.token_weight,
             "token_stats": self.token_stats.to_json(),
+            "nb_weight": self.nb_weight,
+            "nb_eta0": self.nb_eta0,
+            "nb_smoothing": self.nb_smoothing,
         }
 
     @classmethod
@@ -98,6 +116,15 @@ class LearnerConfig:
         thick = data.get("thick_margin", 8.0)
         weight = data.get("token_weight", 8.0)
         stats = data.get("token_stats", {})
+        # Absent in models saved before the evidence-scaled learner: it starts
+        # there with no weights, so the model scores exactly as it did.
+        defaults = cls()
+        nb: dict[str, float] = {}
+        for key in _NB_KEYS:
+            value = data.get(key, getattr(defaults, key))
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise ValueError(f"{key} must be a number >= 0")
+            nb[key] = float(value)
         if loss not in ("log_loss", "modified_huber", "hinge"):
             raise ValueError(f"unsupported loss {loss!r}")
         if rate not in ("constant", "optimal", "invscaling", "adaptive"):
@@ -112,6 +139,8 @@ class LearnerConfig:
             raise ValueError("alpha, thick_margin and token_weight must be numbers")
         if not isinstance(stats, dict):
             raise ValueError("token_stats must be an object")
+        if not nb["nb_eta0"] or not nb["nb_smoothing"]:
+            raise ValueError("nb_eta0 and nb_smoothing must be positive")
         return cls(
             loss=str(loss),
             alpha=float(alpha),
@@ -121,6 +150,9 @@ class LearnerConfig:
             thick_margin=float(thick),
             token_weight=float(weight),
             token_stats=TokenStatsConfig.from_json(stats),
+            nb_weight=nb["nb_weight"],
+            nb_eta0=nb["nb_eta0"],
+            nb_smoothing=nb["nb_smoothing"],
         )
 
 
@@ -141,6 +173,80 @@ def _sigmoid(x: float) -> float:
     return z / (1.0 + z)
 
 
+class _LinearLearner:
+    """One scikit-learn ``SGDClassifier`` that learns one sparse row at a time.
+
+    Scoring reads :attr:`coef` and :attr:`intercept` directly. The estimator is
+    made on the first learn (a process that only scores never imports
+    scikit-learn) and, after :meth:`restore`, is handed the state
+    ``partial_fit`` needs to go on where the saved model stopped.
+    """
+
+    def __init__(self, n_features: int, learner: LearnerConfig, eta0: float) -> None:
+        self._n_features = n_features
+        self._params = {
+            "loss": learner.loss,
+            "alpha": learner.alpha,
+            "learning_rate": learner.learning_rate,
+            "eta0": eta0,
+        }
+        self._clf: SGDClassifier | None = None
+        self._restored_t: float | None = None
+        self.coef: NDArray[np.float64] = np.zeros(n_features)
+        self.intercept = 0.0
+
+    def decision(self, idx: NDArray[np.int64], values: NDArray[np.float64]) -> float:
+        return float(self.coef[idx] @ values) + self.intercept
+
+    def learn(self, row: sp.csr_matrix, is_spam: bool) -> None:
+        clf = self._estimator()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            clf.partial_fit(row, [int(is_spam)], classes=[0, 1])
+        self.coef = clf.coef_[0]
+        self.intercept = float(clf.intercept_[0])
+
+    @property
+    def t(self) -> float:
+        """scikit-learn's step counter, saved so a loaded model steps on as it would have."""
+        if self._clf is not None:
+            return float(getattr(self._clf, "t_", 1.0))
+        return self._restored_t if self._restored_t is not None else 1.0
+
+    def nonzero(self) -> tuple[NDArray[np.int32], NDArray[np.float64]]:
+        where = np.flatnonzero(self.coef).astype(np.int32)
+        return where, self.coef[where].astype(np.float64)
+
+    def restore(
+        self, indices: NDArray[np.int64], values: NDArray[np.float64], intercept: float, t: float
+    ) -> None:
+        """Inverse of :meth:`nonzero`; raises ValueError on inconsistent arrays."""
+        if indices.ndim != 1 or indices.shape != values.shape:
+            raise ValueError("weight arrays have mismatched shapes")
+        if indices.size and (indices.min() < 0 or indices.max() >= self._n_features):
+            raise ValueError("weight index out of range")
+        if not np.all(np.isfinite(values)):
+            raise ValueError("non-finite weights")
+        coef = np.zeros(self._n_features)
+        coef[indices] = values
+        self.coef, self.intercept = coef, intercept
+        self._clf, self._restored_t = None, t
+
+    def _estimator(self) -> SGDClassifier:
+        if self._clf is None:
+            from sklearn.linear_model import SGDClassifier
+
+            clf = SGDClassifier(**self._params)
+            if self._restored_t is not None:
+                clf.classes_ = np.array([0, 1])
+                clf.coef_ = self.coef.reshape(1, -1)
+                clf.intercept_ = np.array([self.intercept])
+                clf.t_ = self._restored_t
+                clf.n_features_in_ = self._n_features
+            self._clf = clf
+        return self._clf
+
+
 class SpamFilter:
     """Score and learn messages; owns its weights and nothing else (no I/O until save)."""
 
@@ -156,41 +262,16 @@ class SpamFilter:
         self.learner = learner or LearnerConfig()
         self.thresholds = thresholds or Thresholds()
         self._extractor = FeatureExtractor(self.features)
-        # scikit-learn is imported on the first learn, not to score: a process that
-        # only scores (the parse child) starts a second and more sooner.
-        self._sgd: SGDClassifier | None = None
-        self._sgd_state: tuple[NDArray[np.float64], float, float] | None = None
-        self._stats = TokenStats(self.features.n_features, self.learner.token_stats)
-        self._coef: NDArray[np.float64] = np.zeros(self.features.n_features)
-        self._intercept = 0.0
+        n_features = self.features.n_features
+        self._sgd = _LinearLearner(n_features, self.learner, self.learner.eta0)
+        self._nb = _LinearLearner(n_features, self.learner, self.learner.nb_eta0)
+        self._stats = TokenStats(n_features, self.learner.token_stats)
         self._calib_a = 1.0
         self._calib_b = 0.0
         self.trained_spam = 0
         self.trained_ham = 0
         self.seen = 0
         self.updated_at: str | None = None
-
-    @property
-    def _clf(self) -> SGDClassifier:
-        if self._sgd is None:
-            from sklearn.linear_model import SGDClassifier
-
-            clf = SGDClassifier(
-                loss=self.learner.loss,
-                alpha=self.learner.alpha,
-                learning_rate=self.learner.learning_rate,
-                eta0=self.learner.eta0,
-            )
-            if self._sgd_state is not None:
-                # Restore the estimator state partial_fit needs to continue where it stopped.
-                coef, intercept, t = self._sgd_state
-                clf.classes_ = np.array([0, 1])
-                clf.coef_ = coef
-                clf.intercept_ = np.array([intercept])
-                clf.t_ = t
-                clf.n_features_in_ = self.features.n_features
-            self._sgd = clf
-        return self._sgd
 
     # -- scoring -----------------------------------------------------------------
     def margin(self, msg: ParsedMessage) -> float:
@@ -202,7 +283,12 @@ class SpamFilter:
         return self._extractor.extract(msg)
 
     def margin_of(self, features: MessageFeatures) -> float:
-        score = float(self._coef[features.indices] @ features.values) + self._intercept
+        return self._margin(features, self._nb_values(features))
+
+    def _margin(self, features: MessageFeatures, nb_values: NDArray[np.float64] | None) -> float:
+        score = self._sgd.decision(features.indices, features.values)
+        if nb_values is not None:
+            score += self.learner.nb_weight * self._nb.decision(features.counted, nb_values)
         weight = self.learner.token_weight
         if weight:
             spamicity = self._stats.spamicity(features.counted)
@@ -210,6 +296,14 @@ class SpamFilter:
                 logit = math.log(max(spamicity, 1e-12) / max(1.0 - spamicity, 1e-12))
                 score += weight * max(-_LOGIT_CLIP, min(_LOGIT_CLIP, logit)) / _LOGIT_CLIP
         return score
+
+    def _nb_values(self, features: MessageFeatures) -> NDArray[np.float64] | None:
+        """The word tokens' values scaled by their log count ratio (None: learner off)."""
+        if not self.learner.nb_weight:
+            return None
+        counted = features.counted
+        values = features.values[np.searchsorted(features.indices, counted)]
+        return values * self._stats.log_count_ratio(counted, self.learner.nb_smoothing)
 
     def probability_of(self, margin: float) -> float:
         return _sigmoid(self._calib_a * margin + self._calib_b)
@@ -225,18 +319,16 @@ class SpamFilter:
 
     def learn_features(self, features: MessageFeatures, is_spam: bool) -> None:
         """:meth:`learn` for a message whose features :meth:`features_of` gave."""
-        margin = self.margin_of(features)
+        nb_values = self._nb_values(features)  # from the counts before this message
+        margin = self._margin(features, nb_values)
         self._update_calibration(margin, is_spam)
         self.seen += 1
-        if self.learner.token_weight:
+        if self.learner.token_weight or nb_values is not None:
             self._stats.learn(features.counted, is_spam)  # counts mean something over all mail
         if self._should_train(margin, is_spam):
-            x = self._extractor.row(features.indices, features.values)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                self._clf.partial_fit(x, [int(is_spam)], classes=[0, 1])
-            self._coef = self._clf.coef_[0]
-            self._intercept = float(self._clf.intercept_[0])
+            self._sgd.learn(self._extractor.row(features.indices, features.values), is_spam)
+            if nb_values is not None:
+                self._nb.learn(self._extractor.row(features.counted, nb_values), is_spam)
         if is_spam:
             self.trained_spam += 1
         else:
@@ -266,11 +358,6 @@ class SpamFilter:
         self._calib_b += self._CALIB_RATE * grad
 
     # -- persistence -------------------------------------------------------------
-    def _sgd_t(self) -> float:
-        if self._sgd is not None:
-            return float(getattr(self._sgd, "t_", 1.0))
-        return self._sgd_state[2] if self._sgd_state is not None else 1.0
-
     def metadata(self) -> dict[str, object]:
         return {
             "kind": MODEL_KIND,
@@ -281,8 +368,10 @@ class SpamFilter:
                 "unsure_at": self.thresholds.unsure_at,
                 "spam_at": self.thresholds.spam_at,
             },
-            "intercept": self._intercept,
-            "sgd_t": self._sgd_t(),
+            "intercept": self._sgd.intercept,
+            "sgd_t": self._sgd.t,
+            "nb_intercept": self._nb.intercept,
+            "nb_sgd_t": self._nb.t,
             "calibration": {"a": self._calib_a, "b": self._calib_b},
             "token_messages": {"spam": self._stats.n_spam, "ham": self._stats.n_ham},
             "trained_spam": self.trained_spam,
@@ -294,14 +383,17 @@ class SpamFilter:
     def save(self, path: Path | str) -> None:
         """Write atomically (:func:`maildesk.atomic.write_atomic`)."""
         target = Path(path)
-        nonzero = np.flatnonzero(self._coef).astype(np.int32)
+        indices, values = self._sgd.nonzero()
+        nb_indices, nb_values = self._nb.nonzero()
         meta = json.dumps(self.metadata(), sort_keys=True).encode()
         where, spam_counts, ham_counts = self._stats.nonzero()
         buffer = io.BytesIO()
         np.savez_compressed(
             buffer,
-            indices=nonzero,
-            values=self._coef[nonzero].astype(np.float64),
+            indices=indices,
+            values=values,
+            nb_indices=nb_indices,
+            nb_values=nb_values,
             count_indices=where,
             spam_counts=spam_counts,
             ham_counts=ham_counts,
@@ -314,10 +406,9 @@ class SpamFilter:
         """Load a model written by :meth:`save`; raises ModelLoadError on anything else."""
         try:
             with np.load(Path(path), allow_pickle=False) as data:
-                arrays = {
-                    key: np.asarray(data[key])
-                    for key in ("indices", "values", "count_indices", "spam_counts", "ham_counts")
-                }
+                arrays = {key: np.asarray(data[key]) for key in _ARRAYS}
+                # Absent in models saved before the evidence-scaled learner.
+                arrays.update({key: np.asarray(data[key]) for key in _NB_ARRAYS if key in data})
                 meta = json.loads(bytes(np.asarray(data["meta"], dtype=np.uint8)).decode())
         except FileNotFoundError as exc:
             raise ModelLoadError(f"model file {path} does not exist") from exc
@@ -339,17 +430,6 @@ class SpamFilter:
         thr = _dict(meta, "thresholds")
         thresholds = Thresholds(float(_num(thr, "unsure_at")), float(_num(thr, "spam_at")))
         model = cls(features, learner, thresholds)
-        indices = arrays["indices"].astype(np.int64)
-        values = arrays["values"].astype(np.float64)
-        if indices.ndim != 1 or indices.shape != values.shape:
-            raise ValueError("weight arrays have mismatched shapes")
-        if indices.size and (indices.min() < 0 or indices.max() >= features.n_features):
-            raise ValueError("weight index out of range")
-        if not np.all(np.isfinite(values)):
-            raise ValueError("non-finite weights")
-        coef = np.zeros((1, features.n_features))
-        coef[0, indices] = values
-        intercept = float(_num(meta, "intercept"))
         calib = _dict(meta, "calibration")
         model._calib_a = float(_num(calib, "a"))
         model._calib_b = float(_num(calib, "b"))
@@ -366,10 +446,19 @@ class SpamFilter:
         )
         updated = meta.get("updated_at")
         model.updated_at = updated if isinstance(updated, str) else None
-        if model.trained_spam + model.trained_ham:
-            model._sgd_state = (coef, intercept, float(_num(meta, "sgd_t")))
-        model._coef = coef[0]
-        model._intercept = intercept
+        model._sgd.restore(
+            arrays["indices"].astype(np.int64),
+            arrays["values"].astype(np.float64),
+            float(_num(meta, "intercept")),
+            float(_num(meta, "sgd_t")),
+        )
+        if "nb_indices" in arrays:
+            model._nb.restore(
+                arrays["nb_indices"].astype(np.int64),
+                arrays["nb_values"].astype(np.float64),
+                float(_num(meta, "nb_intercept")),
+                float(_num(meta, "nb_sgd_t")),
+            )
         return model
 
     @classmethod
@@ -384,6 +473,10 @@ class SpamFilter:
             f"spam model: loaded {live_path} "
             f"({model.trained_spam} spam / {model.trained_ham} ham trained)"
         )
+
+
+_ARRAYS = ("indices", "values", "count_indices", "spam_counts", "ham_counts")
+_NB_ARRAYS = ("nb_indices", "nb_values")
 
 
 def _dict(data: dict[str, object], key: str) -> dict[str, object]:

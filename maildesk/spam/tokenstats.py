@@ -86,6 +86,16 @@ class TokenStats:
         q_spam, q_ham = gammaincc(f.size, [-np.log1p(-f).sum(), -np.log(f).sum()])
         return (1.0 + float(q_ham) - float(q_spam)) / 2.0
 
+    def log_count_ratio(self, idx: NDArray[np.int64], smoothing: float) -> NDArray[np.float64]:
+        """Smoothed ``log(P(token | spam) / P(token | ham))`` of each index (NBSVM's r).
+
+        Each count gets ``smoothing`` added, so a token seen in one class only
+        has a large but finite ratio, and an unseen one has about 0.
+        """
+        in_spam = (self.spam_counts[idx] + smoothing) / (self.n_spam + 2.0 * smoothing)
+        in_ham = (self.ham_counts[idx] + smoothing) / (self.n_ham + 2.0 * smoothing)
+        return np.log(in_spam) - np.log(in_ham)
+
     def learn(self, idx: NDArray[np.int64], is_spam: bool) -> None:
         """Count one message (its distinct features) as spam or ham."""
         if is_spam:

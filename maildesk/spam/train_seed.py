@@ -92,7 +92,7 @@ def interleave(
     default=None,
     help="Ticket CSV with a Document column (default: the corpus's IT service-desk tickets).",
 )
-@click.option("--ticket-count", type=int, default=2000, show_default=True)
+@click.option("--ticket-count", type=int, default=4000, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("spam_model"))
 def main(index: Path | None, tickets_csv: Path | None, ticket_count: int, out: Path) -> None:
     index = index or _corpus_dir() / "spamassassin" / "index"

@@ -149,6 +149,50 @@ def test_a_live_model_learned_before_field_ngrams_loads_and_scores_as_before(
     assert SpamFilter().features.field_char_ngrams == 4  # a new model has them
 
 
+def test_a_live_model_saved_before_the_evidence_scaled_learner_scores_as_before(
+    tmp_path: Path,
+) -> None:
+    """Upgrading keeps an installation's verdicts; the new learner then starts learning."""
+    old = SpamFilter(learner=LearnerConfig(nb_weight=0.0))
+    for _ in range(3):
+        for s, h in zip(SPAMMY, HAMMY, strict=True):
+            old.learn(s, True)
+            old.learn(h, False)
+    path = tmp_path / "live.npz"
+    old.save(path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {key: np.asarray(data[key]) for key in data.files if not key.startswith("nb_")}
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    for key in ("nb_weight", "nb_eta0", "nb_smoothing"):
+        del meta["learner"][key]
+    del meta["nb_intercept"], meta["nb_sgd_t"]
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with path.open("wb") as handle:
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
+    loaded = SpamFilter.load(path)
+    assert loaded.learner.nb_weight == LearnerConfig().nb_weight > 0
+    for msg in SPAMMY + HAMMY:
+        assert loaded.score(msg) == old.score(msg)
+    released = message("Free money", "Wire fee needed http://scam.example.biz", "s@scam.biz")
+    loaded.learn(released, False)  # a mistake, so both learners train
+    old.learn(released, False)
+    assert loaded.margin(released) != old.margin(released)  # the new learner took part
+
+
+def test_the_evidence_scaled_learner_separates_near_duplicates_further() -> None:
+    """After one learned spam and one learned ham, their near-duplicates lie further
+    apart with the evidence-scaled learner than without it."""
+    spam_again = message("Cheap meds!!!", "Buy viagra now $89.99 http://pills.example.biz/buy")
+    ham_again = message("Printer broken again", "Hi, the office printer shows error 43 today.")
+    gaps = {}
+    for weight in (0.0, 1.0):
+        model = SpamFilter(learner=LearnerConfig(nb_weight=weight))
+        model.learn(SPAMMY[0], True)
+        model.learn(HAMMY[0], False)
+        gaps[weight] = model.margin(spam_again) - model.margin(ham_again)
+    assert gaps[1.0] > gaps[0.0] + 1.0 > 1.0
+
+
 def test_missing_live_file_falls_back_to_seed_with_a_note(tmp_path: Path) -> None:
     seed = tmp_path / "seed.npz"
     trained().save(seed)
@@ -224,12 +268,25 @@ def test_learner_config_json_round_trip() -> None:
         eta0=0.5,
         token_weight=3.0,
         token_stats=TokenStatsConfig(robs=0.2, robx=0.4, min_dev=0.05),
+        nb_weight=0.5,
+        nb_eta0=2.0,
+        nb_smoothing=0.3,
     )
     assert LearnerConfig.from_json(config.to_json()) == config
 
 
 @pytest.mark.parametrize(
-    "bad", [{"learning_rate": "turbo"}, {"eta0": 0}, {"eta0": -1.0}, {"eta0": True}]
+    "bad",
+    [
+        {"learning_rate": "turbo"},
+        {"eta0": 0},
+        {"eta0": -1.0},
+        {"eta0": True},
+        {"nb_weight": -1.0},
+        {"nb_eta0": 0},
+        {"nb_smoothing": 0.0},
+        {"nb_smoothing": "0.1"},
+    ],
 )
 def test_learner_config_refuses_bad_step_settings(bad: dict[str, object]) -> None:
     with pytest.raises(ValueError):

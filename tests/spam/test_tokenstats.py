@@ -85,6 +85,16 @@ def test_indicator_is_a_probability(
     assert 0.0 <= stats.spamicity(np.array(sorted(probe), dtype=np.int64)) <= 1.0
 
 
+def test_log_count_ratio_is_the_smoothed_evidence_of_each_token() -> None:
+    stats = trained_stats()  # 5 spam with SPAM_WORDS, 5 ham with HAM_WORDS
+    stats.learn(ids(1, 10), True)  # token 10 once in spam too: 1 of 6 spam, 5 of 5 ham
+    ratio = stats.log_count_ratio(ids(1, 10, 40), smoothing=0.1)
+    assert ratio[0] == pytest.approx(np.log((6.1 / 6.2) / (0.1 / 5.2)))  # spam only
+    assert ratio[1] == pytest.approx(np.log((1.1 / 6.2) / (5.1 / 5.2)))  # mostly ham
+    assert ratio[0] > 3 and ratio[1] < -1
+    assert abs(ratio[2]) < 0.2  # never seen: about no evidence
+
+
 def test_nonzero_restore_round_trip() -> None:
     stats = trained_stats()
     where, spam, ham = stats.nonzero()
