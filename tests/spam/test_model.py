@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import pickle
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -60,13 +62,29 @@ HAMMY = [
 ]
 
 
-def trained(rounds: int = 3) -> SpamFilter:
-    model = SpamFilter()
+def trained(rounds: int = 3, model: SpamFilter | None = None) -> SpamFilter:
+    model = model if model is not None else SpamFilter()
     for _ in range(rounds):
         for s, h in zip(SPAMMY, HAMMY, strict=True):
             model.learn(s, True)
             model.learn(h, False)
     return model
+
+
+def save_as_an_older_release(
+    model: SpamFilter, path: Path, edit_meta: Callable[[dict[str, Any]], None], drop: str = ""
+) -> Path:
+    """Save ``model`` as an older release wrote it: ``edit_meta`` turns today's metadata
+    into that release's, and the arrays whose names start with ``drop`` are left out."""
+    model.save(path)
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {k: np.asarray(data[k]) for k in data.files if not (drop and k.startswith(drop))}
+    meta = json.loads(bytes(arrays["meta"]).decode())
+    edit_meta(meta)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    with path.open("wb") as handle:
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
+    return path
 
 
 def test_learning_a_message_moves_its_score_toward_the_label() -> None:
@@ -127,21 +145,13 @@ def test_a_live_model_learned_before_field_ngrams_loads_and_scores_as_before(
     """A deployment's version 5 model keeps what agents taught it after an upgrade."""
     from maildesk.spam.features import FeatureConfig
 
-    old = SpamFilter(FeatureConfig(field_char_ngrams=0))
-    for _ in range(3):
-        for s, h in zip(SPAMMY, HAMMY, strict=True):
-            old.learn(s, True)
-            old.learn(h, False)
-    path = tmp_path / "live.npz"
-    old.save(path)
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {key: np.asarray(data[key]) for key in data.files}
-    meta = json.loads(bytes(arrays["meta"]).decode())
-    meta["features"]["version"] = 5  # what version 5 wrote: no field n-gram key
-    del meta["features"]["field_char_ngrams"]
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    with path.open("wb") as handle:
-        np.savez(handle, **arrays)  # type: ignore[arg-type]
+    old = trained(model=SpamFilter(FeatureConfig(field_char_ngrams=0)))
+
+    def as_version_5_wrote_it(meta: dict[str, Any]) -> None:
+        meta["features"]["version"] = 5  # no field n-gram key
+        del meta["features"]["field_char_ngrams"]
+
+    path = save_as_an_older_release(old, tmp_path / "live.npz", as_version_5_wrote_it)
     loaded = SpamFilter.load(path)
     assert loaded.features.field_char_ngrams == 0
     for msg in SPAMMY + HAMMY:
@@ -153,22 +163,14 @@ def test_a_live_model_saved_before_the_evidence_scaled_learner_scores_as_before(
     tmp_path: Path,
 ) -> None:
     """Upgrading keeps an installation's verdicts; the new learner then starts learning."""
-    old = SpamFilter(learner=LearnerConfig(nb_weight=0.0))
-    for _ in range(3):
-        for s, h in zip(SPAMMY, HAMMY, strict=True):
-            old.learn(s, True)
-            old.learn(h, False)
-    path = tmp_path / "live.npz"
-    old.save(path)
-    with np.load(path, allow_pickle=False) as data:
-        arrays = {key: np.asarray(data[key]) for key in data.files if not key.startswith("nb_")}
-    meta = json.loads(bytes(arrays["meta"]).decode())
-    for key in ("nb_weight", "nb_eta0", "nb_smoothing"):
-        del meta["learner"][key]
-    del meta["nb_intercept"], meta["nb_sgd_t"]
-    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
-    with path.open("wb") as handle:
-        np.savez(handle, **arrays)  # type: ignore[arg-type]
+    old = trained(model=SpamFilter(learner=LearnerConfig(nb_weight=0.0)))
+
+    def without_the_learner(meta: dict[str, Any]) -> None:
+        for key in ("nb_weight", "nb_eta0", "nb_smoothing"):
+            del meta["learner"][key]
+        del meta["nb_intercept"], meta["nb_sgd_t"]
+
+    path = save_as_an_older_release(old, tmp_path / "live.npz", without_the_learner, "nb_")
     loaded = SpamFilter.load(path)
     assert loaded.learner.nb_weight == LearnerConfig().nb_weight > 0
     for msg in SPAMMY + HAMMY:
