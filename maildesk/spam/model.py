@@ -75,9 +75,10 @@ _NB_KEYS = ("nb_weight", "nb_eta0", "nb_smoothing")
 
 @dataclass(frozen=True, slots=True)
 class LearnerConfig:
-    """Hyper-parameters of both learners, their mix, and the training policy.
+    """Hyper-parameters of the three learners, their mix, and the training policy.
 
-    ``token_weight`` 0 turns the token-statistics learner off (pure SGD).
+    ``token_weight`` 0 turns the token-statistics learner off, ``nb_weight`` 0
+    the evidence-scaled one (both 0: the first SGD learner alone).
     """
 
     loss: str = "log_loss"
