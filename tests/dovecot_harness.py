@@ -201,7 +201,11 @@ class Dovecot:
         if self.proc is None:
             return
         # Its imap processes outlive the master (their sessions would go on):
-        # end them too, as a real server restart or crash would.
+        # end them too, as a real restart does (systemd: SIGTERM to every process
+        # of the service, SIGKILL to what is left after a grace period). SIGKILL
+        # at once would leave a session's maildir lock (dovecot-uidlist.lock,
+        # which holds no pid) for Dovecot to wait out: two minutes before it is
+        # stale, every session of that mailbox stalls in SELECT.
         children = _children(self.proc.pid)
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
@@ -210,9 +214,7 @@ class Dovecot:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(timeout=timeout)
-        for pid in children:
-            with contextlib.suppress(OSError):
-                os.kill(pid, signal.SIGKILL)
+        _end_processes(children, grace=5.0)
         self.proc = None
         deadline = time.monotonic() + timeout
         while (self.root / "run" / "master.pid").exists() and time.monotonic() < deadline:
@@ -275,6 +277,30 @@ class Dovecot:
         }
         values.update(overrides)
         return values
+
+
+def _end_processes(pids: list[int], grace: float) -> None:
+    """SIGTERM ``pids``, then SIGKILL those still running after ``grace`` seconds."""
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace
+    running = list(pids)
+    while running and time.monotonic() < deadline:
+        running = [pid for pid in running if _alive(pid)]
+        time.sleep(0.02)
+    for pid in running:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _alive(pid: int) -> bool:
+    """Running, not exited (a zombie waiting for its parent counts as exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rpartition(")")[2].split()[0] != "Z"
 
 
 def _children(pid: int) -> list[int]:
