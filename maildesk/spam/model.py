@@ -42,7 +42,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -359,6 +359,10 @@ class SpamFilter:
         self._calib_b += self._CALIB_RATE * grad
 
     # -- persistence -------------------------------------------------------------
+    def _learners(self) -> tuple[tuple[str, _LinearLearner], ...]:
+        """Both SGD learners with the prefix of their arrays and metadata keys in a file."""
+        return (("", self._sgd), ("nb_", self._nb))
+
     def metadata(self) -> dict[str, object]:
         return {
             "kind": MODEL_KIND,
@@ -369,10 +373,8 @@ class SpamFilter:
                 "unsure_at": self.thresholds.unsure_at,
                 "spam_at": self.thresholds.spam_at,
             },
-            "intercept": self._sgd.intercept,
-            "sgd_t": self._sgd.t,
-            "nb_intercept": self._nb.intercept,
-            "nb_sgd_t": self._nb.t,
+            **{prefix + "intercept": learner.intercept for prefix, learner in self._learners()},
+            **{prefix + "sgd_t": learner.t for prefix, learner in self._learners()},
             "calibration": {"a": self._calib_a, "b": self._calib_b},
             "token_messages": {"spam": self._stats.n_spam, "ham": self._stats.n_ham},
             "trained_spam": self.trained_spam,
@@ -384,17 +386,15 @@ class SpamFilter:
     def save(self, path: Path | str) -> None:
         """Write atomically (:func:`maildesk.atomic.write_atomic`)."""
         target = Path(path)
-        indices, values = self._sgd.nonzero()
-        nb_indices, nb_values = self._nb.nonzero()
+        weights: dict[str, Any] = {}
+        for prefix, learner in self._learners():
+            weights[prefix + "indices"], weights[prefix + "values"] = learner.nonzero()
         meta = json.dumps(self.metadata(), sort_keys=True).encode()
         where, spam_counts, ham_counts = self._stats.nonzero()
         buffer = io.BytesIO()
         np.savez_compressed(
             buffer,
-            indices=indices,
-            values=values,
-            nb_indices=nb_indices,
-            nb_values=nb_values,
+            **weights,
             count_indices=where,
             spam_counts=spam_counts,
             ham_counts=ham_counts,
@@ -447,19 +447,14 @@ class SpamFilter:
         )
         updated = meta.get("updated_at")
         model.updated_at = updated if isinstance(updated, str) else None
-        model._sgd.restore(
-            arrays["indices"].astype(np.int64),
-            arrays["values"].astype(np.float64),
-            float(_num(meta, "intercept")),
-            float(_num(meta, "sgd_t")),
-        )
-        if "nb_indices" in arrays:
-            model._nb.restore(
-                arrays["nb_indices"].astype(np.int64),
-                arrays["nb_values"].astype(np.float64),
-                float(_num(meta, "nb_intercept")),
-                float(_num(meta, "nb_sgd_t")),
-            )
+        for prefix, linear in model._learners():
+            if prefix + "indices" in arrays:  # the evidence learner's are absent in older files
+                linear.restore(
+                    arrays[prefix + "indices"].astype(np.int64),
+                    arrays[prefix + "values"].astype(np.float64),
+                    float(_num(meta, prefix + "intercept")),
+                    float(_num(meta, prefix + "sgd_t")),
+                )
         return model
 
     @classmethod
