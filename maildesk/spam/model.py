@@ -284,27 +284,33 @@ class SpamFilter:
         return self._extractor.extract(msg)
 
     def margin_of(self, features: MessageFeatures) -> float:
-        return self._margin(features, self._nb_values(features))
+        return self._margin(features, *self._evidence(features))
 
-    def _margin(self, features: MessageFeatures, nb_values: NDArray[np.float64] | None) -> float:
+    def _margin(
+        self, features: MessageFeatures, spamicity: float, nb_values: NDArray[np.float64] | None
+    ) -> float:
         score = self._sgd.decision(features.indices, features.values)
         if nb_values is not None:
             score += self.learner.nb_weight * self._nb.decision(features.counted, nb_values)
-        weight = self.learner.token_weight
-        if weight:
-            spamicity = self._stats.spamicity(features.counted)
-            if spamicity != 0.5:
-                logit = math.log(max(spamicity, 1e-12) / max(1.0 - spamicity, 1e-12))
-                score += weight * max(-_LOGIT_CLIP, min(_LOGIT_CLIP, logit)) / _LOGIT_CLIP
+        if spamicity != 0.5:
+            logit = math.log(max(spamicity, 1e-12) / max(1.0 - spamicity, 1e-12))
+            clipped = max(-_LOGIT_CLIP, min(_LOGIT_CLIP, logit))
+            score += self.learner.token_weight * clipped / _LOGIT_CLIP
         return score
 
-    def _nb_values(self, features: MessageFeatures) -> NDArray[np.float64] | None:
-        """The word tokens' values scaled by their log count ratio (None: learner off)."""
-        if not self.learner.nb_weight:
-            return None
-        counted = features.counted
+    def _evidence(self, features: MessageFeatures) -> tuple[float, NDArray[np.float64] | None]:
+        """What the token counts say, read once: the indicator I and the word tokens'
+        values scaled by their log count ratio.
+
+        I is 0.5 (no evidence) when the token statistics are off, the values None
+        when the evidence-scaled learner is.
+        """
+        counted, learner = features.counted, self.learner
+        if not learner.nb_weight:
+            return (self._stats.spamicity(counted) if learner.token_weight else 0.5), None
+        spamicity, ratio = self._stats.evidence(counted, learner.nb_smoothing)
         values = features.values[np.searchsorted(features.indices, counted)]
-        return values * self._stats.log_count_ratio(counted, self.learner.nb_smoothing)
+        return (spamicity if learner.token_weight else 0.5), values * ratio
 
     def probability_of(self, margin: float) -> float:
         return _sigmoid(self._calib_a * margin + self._calib_b)
@@ -320,8 +326,8 @@ class SpamFilter:
 
     def learn_features(self, features: MessageFeatures, is_spam: bool) -> None:
         """:meth:`learn` for a message whose features :meth:`features_of` gave."""
-        nb_values = self._nb_values(features)  # from the counts before this message
-        margin = self._margin(features, nb_values)
+        spamicity, nb_values = self._evidence(features)  # the counts before this message
+        margin = self._margin(features, spamicity, nb_values)
         self._update_calibration(margin, is_spam)
         self.seen += 1
         if self.learner.token_weight or nb_values is not None:

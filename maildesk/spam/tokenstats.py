@@ -65,11 +65,29 @@ class TokenStats:
 
     def spamicity(self, idx: NDArray[np.int64]) -> float:
         """Robinson-Fisher indicator I in [0, 1] for distinct feature indices ``idx``."""
-        if self.n_spam == 0 or self.n_ham == 0 or idx.size == 0:
+        return self._spamicity(self.spam_counts.take(idx), self.ham_counts.take(idx))
+
+    def log_count_ratio(self, idx: NDArray[np.int64], smoothing: float) -> NDArray[np.float64]:
+        """Smoothed ``log(P(token | spam) / P(token | ham))`` of each index (NBSVM's r).
+
+        Each count gets ``smoothing`` added, so a token seen in one class only
+        has a large but finite ratio, and an unseen one has about 0.
+        """
+        return self._log_count_ratio(
+            self.spam_counts.take(idx), self.ham_counts.take(idx), smoothing
+        )
+
+    def evidence(
+        self, idx: NDArray[np.int64], smoothing: float
+    ) -> tuple[float, NDArray[np.float64]]:
+        """:meth:`spamicity` and :meth:`log_count_ratio` from one read of the counts."""
+        spam, ham = self.spam_counts.take(idx), self.ham_counts.take(idx)
+        return self._spamicity(spam, ham), self._log_count_ratio(spam, ham, smoothing)
+
+    def _spamicity(self, spam: NDArray[np.int32], ham: NDArray[np.int32]) -> float:
+        if self.n_spam == 0 or self.n_ham == 0 or spam.size == 0:
             return 0.5
         cfg = self.config
-        spam = self.spam_counts[idx]
-        ham = self.ham_counts[idx]
         seen = np.flatnonzero(spam | ham)
         if seen.size == 0:
             return 0.5
@@ -81,19 +99,18 @@ class TokenStats:
         f = f[np.abs(f - 0.5) >= cfg.min_dev]
         if f.size == 0:
             return 0.5
-        f = np.clip(f, _F_CLIP, 1.0 - _F_CLIP)
+        # np.clip, but without its per-call overhead (a tenth of this function).
+        np.minimum(np.maximum(f, _F_CLIP, out=f), 1.0 - _F_CLIP, out=f)
         # C(x, 2k) = Q(k, x / 2), the regularised upper incomplete gamma function.
-        q_spam, q_ham = gammaincc(f.size, [-np.log1p(-f).sum(), -np.log(f).sum()])
+        q_spam = gammaincc(f.size, -np.log1p(-f).sum())
+        q_ham = gammaincc(f.size, -np.log(f).sum())
         return (1.0 + float(q_ham) - float(q_spam)) / 2.0
 
-    def log_count_ratio(self, idx: NDArray[np.int64], smoothing: float) -> NDArray[np.float64]:
-        """Smoothed ``log(P(token | spam) / P(token | ham))`` of each index (NBSVM's r).
-
-        Each count gets ``smoothing`` added, so a token seen in one class only
-        has a large but finite ratio, and an unseen one has about 0.
-        """
-        in_spam = (self.spam_counts[idx] + smoothing) / (self.n_spam + 2.0 * smoothing)
-        in_ham = (self.ham_counts[idx] + smoothing) / (self.n_ham + 2.0 * smoothing)
+    def _log_count_ratio(
+        self, spam: NDArray[np.int32], ham: NDArray[np.int32], smoothing: float
+    ) -> NDArray[np.float64]:
+        in_spam = (spam + smoothing) / (self.n_spam + 2.0 * smoothing)
+        in_ham = (ham + smoothing) / (self.n_ham + 2.0 * smoothing)
         return np.log(in_spam) - np.log(in_ham)
 
     def learn(self, idx: NDArray[np.int64], is_spam: bool) -> None:

@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from maildesk.domain.message import Address, ParsedAttachment, ParsedMessage
 from maildesk.spam.features import (
     _WORD,
+    _WORD_ASCII,
     FEATURE_VERSION,
     FeatureConfig,
     FeatureExtractor,
@@ -371,6 +372,16 @@ _WORD_SPEC = re.compile(r"[^\W\d_][\w'\-.$]{0,40}[\w$%!]|[$£€]\s?\d[\d,.]*|\d
 )
 def test_word_tokens_are_words_money_and_numbers(text: str) -> None:
     assert _WORD.findall(text) == _WORD_SPEC.findall(text)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text(alphabet=st.characters(max_codepoint=127), max_size=80)
+    | st.text(alphabet=st.sampled_from("aZ_9$%!'-.,:/ \t\n\x0b\x1c\x1f"), max_size=80)
+)
+def test_ascii_text_has_the_same_word_tokens_on_the_fast_path(text: str) -> None:
+    # Most mail is ASCII and is scanned with _WORD_ASCII; nothing may change.
+    assert _WORD_ASCII.findall(text) == _WORD_SPEC.findall(text)
 
 
 @settings(max_examples=200, deadline=None)

@@ -93,6 +93,10 @@ def test_log_count_ratio_is_the_smoothed_evidence_of_each_token() -> None:
     assert ratio[1] == pytest.approx(np.log((1.1 / 6.2) / (5.1 / 5.2)))  # mostly ham
     assert ratio[0] > 3 and ratio[1] < -1
     assert abs(ratio[2]) < 0.2  # never seen: about no evidence
+    # The model reads both from one pass over the counts: the same figures.
+    spamicity, both = stats.evidence(ids(1, 10, 40), smoothing=0.1)
+    assert spamicity == stats.spamicity(ids(1, 10, 40))
+    assert both.tolist() == ratio.tolist()
 
 
 def test_nonzero_restore_round_trip() -> None:
