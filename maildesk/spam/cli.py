@@ -66,16 +66,42 @@ def train(
 @spam.command("score")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
 @click.option("--model", "model_path", type=click.Path(path_type=Path), default=DEFAULT_MODEL)
-def score(files: tuple[Path, ...], model_path: Path) -> None:
+@click.option(
+    "--explain",
+    is_flag=True,
+    help="Also print the largest parts of each score: the tokens that pushed it up or down.",
+)
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=12,
+    show_default=True,
+    help="How many parts --explain shows.",
+)
+def score(files: tuple[Path, ...], model_path: Path, explain: bool, top: int) -> None:
     """Print probability and band for each message file."""
+    from maildesk.spam.explain import explain as explain_score
+
     model = _load(model_path)
     for path in _message_files(files):
         try:
-            verdict = model.score(parse_message(path.read_bytes()))
+            msg = parse_message(path.read_bytes())
         except ParseError as exc:
             click.echo(f"{path}\tunparsable\t{exc}")
             continue
+        if not explain:
+            verdict = model.score(msg)
+            click.echo(f"{path}\t{verdict.probability:.4f}\t{verdict.band.value}")
+            continue
+        why = explain_score(model, msg)
+        verdict = why.verdict
         click.echo(f"{path}\t{verdict.probability:.4f}\t{verdict.band.value}")
+        click.echo(f"  score {why.margin:+.2f}; positive leans spam, negative ham")
+        for reason in why.reasons[:top]:
+            click.echo(f"  {reason.share:+7.2f}  {reason.what}")
+        if len(why.reasons) > top:
+            rest = sum(reason.share for reason in why.reasons[top:])
+            click.echo(f"  {rest:+7.2f}  the other {len(why.reasons) - top} parts together")
 
 
 @spam.command("mark")

@@ -665,6 +665,11 @@ def _hash(toks: list[str], mask: int) -> NDArray[np.int64]:
     return hashed
 
 
+def token_index(token: str, n_features: int) -> int:
+    """The index one token hashes to (what :func:`_hash` computes for many at once)."""
+    return zlib.crc32(token.encode("utf-8", "replace")) & (n_features - 1)
+
+
 def _distinct(*parts: NDArray[np.int64]) -> NDArray[np.int64]:
     """Sorted distinct values of the concatenated ``parts``."""
     merged = np.concatenate(parts) if len(parts) > 1 else parts[0]

@@ -42,7 +42,7 @@ import zlib
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 from numpy.typing import NDArray
@@ -155,6 +155,16 @@ class LearnerConfig:
             nb_eta0=nb["nb_eta0"],
             nb_smoothing=nb["nb_smoothing"],
         )
+
+
+class MarginParts(NamedTuple):
+    """One message's margin taken apart: what each feature adds, and the rest."""
+
+    indices: NDArray[np.int64]  # the message's features, as in MessageFeatures
+    shares: NDArray[np.float64]  # what each adds through the two SGD learners
+    spamicity: float  # the token statistics' indicator I (0.5: no evidence)
+    token_term: float  # what I adds
+    bias: float  # the learners' intercepts
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,11 +302,26 @@ class SpamFilter:
         score = self._sgd.decision(features.indices, features.values)
         if nb_values is not None:
             score += self.learner.nb_weight * self._nb.decision(features.counted, nb_values)
-        if spamicity != 0.5:
-            logit = math.log(max(spamicity, 1e-12) / max(1.0 - spamicity, 1e-12))
-            clipped = max(-_LOGIT_CLIP, min(_LOGIT_CLIP, logit))
-            score += self.learner.token_weight * clipped / _LOGIT_CLIP
-        return score
+        return score + self._token_term(spamicity)
+
+    def _token_term(self, spamicity: float) -> float:
+        """The token statistics' part of the score: their indicator I as a clipped logit."""
+        if spamicity == 0.5:
+            return 0.0
+        logit = math.log(max(spamicity, 1e-12) / max(1.0 - spamicity, 1e-12))
+        clipped = max(-_LOGIT_CLIP, min(_LOGIT_CLIP, logit))
+        return self.learner.token_weight * clipped / _LOGIT_CLIP
+
+    def contributions(self, features: MessageFeatures) -> MarginParts:
+        """The margin taken apart (their sum is :meth:`margin_of`), to explain a verdict."""
+        spamicity, nb_values = self._evidence(features)
+        shares = self._sgd.coef[features.indices] * features.values
+        bias = self._sgd.intercept
+        if nb_values is not None:
+            at = np.searchsorted(features.indices, features.counted)
+            shares[at] += self.learner.nb_weight * self._nb.coef[features.counted] * nb_values
+            bias += self.learner.nb_weight * self._nb.intercept
+        return MarginParts(features.indices, shares, spamicity, self._token_term(spamicity), bias)
 
     def _evidence(self, features: MessageFeatures) -> tuple[float, NDArray[np.float64] | None]:
         """What the token counts say, read once: the indicator I and the word tokens'
@@ -498,6 +523,7 @@ def _num(data: dict[str, object], key: str) -> float:
 __all__ = [
     "Band",
     "LearnerConfig",
+    "MarginParts",
     "ModelLoadError",
     "SpamFilter",
     "SpamVerdict",

@@ -47,25 +47,20 @@ def make_corpus(root: Path) -> tuple[list[Path], list[Path]]:
     return spams, hams
 
 
-def test_train_then_score_ranks_spam_above_ham(tmp_path: Path) -> None:
-    make_corpus(tmp_path)
-    out = tmp_path / "model.npz"
-    runner = CliRunner()
-    result = runner.invoke(
-        spam,
-        [
-            "train",
-            "--spam",
-            str(tmp_path / "spam"),
-            "--ham",
-            str(tmp_path / "ham"),
-            "--out",
-            str(out),
-            "--fresh",
-        ],
-    )
+def train_fresh(root: Path) -> Path:
+    """Train an empty model on :func:`make_corpus` through the CLI; returns its file."""
+    make_corpus(root)
+    out = root / "model.npz"
+    args = ["train", "--spam", str(root / "spam"), "--ham", str(root / "ham")]
+    result = CliRunner().invoke(spam, [*args, "--out", str(out), "--fresh"])
     assert result.exit_code == 0, result.output
     assert "learned 12 messages" in result.output and out.exists()
+    return out
+
+
+def test_train_then_score_ranks_spam_above_ham(tmp_path: Path) -> None:
+    out = train_fresh(tmp_path)
+    runner = CliRunner()
     probe_spam = write_mail(
         tmp_path / "ps.eml",
         "new@deals.biz",
@@ -115,3 +110,20 @@ def test_eval_rejects_a_malformed_index(tmp_path: Path) -> None:
     index.write_text("maybe some/file\n")
     result = CliRunner().invoke(spam, ["eval", "--index", str(index)])
     assert result.exit_code != 0
+
+
+def test_score_explain_names_what_pushed_each_score(tmp_path: Path) -> None:
+    out = train_fresh(tmp_path)
+    probe = write_mail(tmp_path / "ps.eml", "new@deals.biz", "CHEAP MEDS", "Buy pills now")
+    result = CliRunner().invoke(
+        spam, ["score", "--model", str(out), "--explain", "--top", "5", str(probe)]
+    )
+    assert result.exit_code == 0, result.output
+    first, summary, *parts = result.stdout.splitlines()
+    assert first.startswith(f"{probe}\t") and first.endswith("\tspam")
+    assert summary.startswith("  score +")
+    assert len(parts) == 6 and parts[-1].endswith("parts together")
+    named = [line.split(maxsplit=1) for line in parts[:5]]
+    sizes = [abs(float(share)) for share, _ in named]
+    assert sizes == sorted(sizes, reverse=True)
+    assert any(what in {"from:deals.biz", "s:CHEAP", "pills"} for _, what in named)
