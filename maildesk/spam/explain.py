@@ -44,16 +44,14 @@ def printable(text: str) -> str:
     """``text`` with control and other unprintable characters escaped (no terminal tricks)."""
     if text.isprintable():
         return text
-    return "".join(
-        char
-        if char.isprintable()
-        else f"\\x{ord(char):02x}"
-        if ord(char) < 0x100
-        else f"\\u{ord(char):04x}"
-        if ord(char) < 0x10000
-        else f"\\U{ord(char):08x}"
-        for char in text
-    )
+    return "".join(char if char.isprintable() else _escaped(char) for char in text)
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def explain(model: SpamFilter, msg: ParsedMessage) -> Explanation:
