@@ -362,13 +362,16 @@ def _received_chain_tokens(msg: ParsedMessage, sink: _Sink) -> None:
     The timestamp (after the last ``;``) and the ``for <recipient>`` clause are
     dropped: they describe when and to whom a corpus was collected, not the mail.
     """
+    kept = []
     for hop in msg.header_all("Received")[:10]:
         before, semicolon, _ = hop[:400].rpartition(";")
-        text = _RCVD_FOR.sub(" ", before + " " if semicolon else hop[:400])
-        words = {w.strip(".-") for w in _RCVD_WORD.findall(text)}
-        sink.extend(
-            ["rcvd:" + w for w in words if w and not w.isdigit() and w.lower() not in _RCVD_STOP]
-        )
+        kept.append(before + " " if semicolon else hop[:400])
+    # One pass over all hops: neither pattern reaches across the ";" between them.
+    text = _RCVD_FOR.sub(" ", ";".join(kept))
+    words = {w.strip(".-") for w in _RCVD_WORD.findall(text)}
+    sink.extend(
+        ["rcvd:" + w for w in words if w and not w.isdigit() and w.lower() not in _RCVD_STOP]
+    )
 
 
 def _header_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> None:
