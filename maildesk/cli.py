@@ -31,6 +31,7 @@ from maildesk.db.models import (
 )
 from maildesk.intake.files import SourceError, count_messages, iter_messages, read_ahead
 from maildesk.logs import configure_logging
+from maildesk.terminal import printable, printable_text
 from maildesk.views import (
     SCHEMA_VERSION,
     event_json,
@@ -255,7 +256,8 @@ def quarantine_list(ctx: click.Context, as_json: bool) -> None:
         return
     for item in items:
         mid = item["message_id"] or "-"
-        click.echo(f"{item['id']:>8}  {item['received_at'][:19]}  {mid}  {item['reason']}")
+        line = f"{item['id']:>8}  {item['received_at'][:19]}  {mid}  {item['reason']}"
+        click.echo(printable(line))
     click.echo(f"{len(items)} quarantined")
 
 
@@ -372,7 +374,7 @@ def tickets_list(ctx: click.Context, status: str | None, as_json: bool, overdue:
     for t, why in items:
         who = t["requester"] or "-"
         line = f"#{t['number']:<7} {t['status']:<9} {t['priority']:<7} {who:<32} "
-        line += t["subject"][:60]
+        line = printable(line + t["subject"][:60])
         if why is not None:
             line = click.style(f"{line}  LATE: {why.describe(now)}", fg="red", bold=True)
         click.echo(line)
@@ -392,17 +394,20 @@ def tickets_show(ctx: click.Context, number: int, as_json: bool) -> None:
     if as_json:
         _echo_json(data)
         return
-    click.echo(f"Ticket #{data['number']}: {data['subject']}")
+    click.echo(printable(f"Ticket #{data['number']}: {data['subject']}"))
     click.echo(
-        f"  status {data['status']}, priority {data['priority']}, requester {data['requester']}"
+        printable(
+            f"  status {data['status']}, priority {data['priority']}, requester {data['requester']}"
+        )
     )
     for link in data["links"]:
         click.echo(f"  linked: {link['kind']} #{link['ticket']}")
     for m in data["messages"]:
         when = m["date"] or m["received_at"]
-        click.echo(f"\n--- {m['direction']} {m['kind']} from {m['from']} at {when}")
-        click.echo(f"Subject: {m['subject']}")
-        click.echo(m["body"].rstrip()[:4000])
+        click.echo("")
+        click.echo(printable(f"--- {m['direction']} {m['kind']} from {m['from']} at {when}"))
+        click.echo(printable(f"Subject: {m['subject']}"))
+        click.echo(printable_text(m["body"].rstrip()[:4000]))
 
 
 @main.command()
@@ -433,11 +438,14 @@ def explain(ctx: click.Context, message_id: str, as_json: bool) -> None:
         return
     for item in report:
         click.echo(
-            f"intake {item['id']} ({item['source']} {item['source_ref']}) -> {item['disposition']}"
-            + (f" ticket #{item['ticket']}" if item["ticket"] else "")
+            printable(
+                f"intake {item['id']} ({item['source']} {item['source_ref']}) "
+                f"-> {item['disposition']}"
+                + (f" ticket #{item['ticket']}" if item["ticket"] else "")
+            )
         )
         for event in item["events"]:
-            click.echo(f"  {event['at'][:19]}  {event['kind']:<20} {event['reason']}")
+            click.echo(printable(f"  {event['at'][:19]}  {event['kind']:<20} {event['reason']}"))
 
 
 @main.command()
@@ -516,7 +524,8 @@ def outbox_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
     for item in items:
         to = ",".join(item["recipients"])
         error = item["last_error"] or ""
-        click.echo(f"{item['id']:>6} {item['state']:<10} {item['purpose']:<9} {to:<30} {error}")
+        line = f"{item['id']:>6} {item['state']:<10} {item['purpose']:<9} {to:<30} {error}"
+        click.echo(printable(line))
     click.echo(f"{len(items)} outbox rows")
 
 

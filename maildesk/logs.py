@@ -7,6 +7,17 @@ import logging
 import sys
 from datetime import UTC, datetime
 
+from maildesk.terminal import printable
+
+
+class TextFormatter(logging.Formatter):
+    """One line per event: control characters in a message (mail text can reach one) are
+    shown escaped, so a subject cannot forge a log line; a traceback still follows on
+    its own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        return printable(super().formatMessage(record))
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -26,7 +37,7 @@ def configure_logging(level: str, fmt: str = "text") -> None:
     if fmt == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

@@ -179,3 +179,25 @@ def test_hostile_attachment_name_is_display_text_only(config: Path, tmp_path: Pa
     assert attachment["filename"].endswith("passwd")
     assert not (tmp_path / "etc").exists() and not Path("/etc/passwd.maildesk").exists()
     assert not list((tmp_path / "data").rglob("passwd")), "a file name from a mail is never a path"
+
+
+def test_control_characters_in_mail_are_shown_escaped_not_sent_to_the_terminal(
+    config: Path, tmp_path: Path
+) -> None:
+    raw = (
+        b"From: Mallory <m@evil.test>\r\nTo: support@example.com\r\n"
+        b"Subject: =?utf-8?q?Invoice=1B[2J=1B[31mURGENT=07?=\r\n"
+        b"Message-ID: <esc1@evil.test>\r\nDate: Mon, 2 Mar 2026 08:00:00 +0000\r\n"
+        b"Content-Type: text/plain; charset=utf-8\r\n\r\n"
+        b"Pay now\x1b]0;pwned\x07\r\n\tindented line\r\n"
+    )
+    (tmp_path / "esc.eml").write_bytes(raw)
+    assert cli(config, "ingest", str(tmp_path / "esc.eml")).exit_code == 0
+    [ticket] = json.loads(cli(config, "tickets", "list", "--json").output)
+    assert "\x1b" in ticket["subject"]  # stored as sent: only the terminal output is escaped
+    listed = cli(config, "tickets", "list").output
+    shown = cli(config, "tickets", "show", str(ticket["number"])).output
+    for output in (listed, shown):
+        assert "\x1b" not in output and "\x07" not in output
+        assert "Invoice\\x1b[2J\\x1b[31mURGENT\\x07" in output
+    assert "Pay now\\x1b]0;pwned\\x07\n\tindented line" in shown  # lines and tabs kept

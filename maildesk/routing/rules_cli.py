@@ -21,6 +21,7 @@ from maildesk.pipeline.parse import ParseError, parse_message
 from maildesk.routing.router import Router
 from maildesk.routing.router import rules_dir as configured_rules_dir
 from maildesk.routing.rules import RuleSet
+from maildesk.terminal import printable
 
 EX_DATAERR = 65
 
@@ -135,16 +136,18 @@ def test_command(
         return
     facts = decision.facts
     click.echo(
-        f"message: {message.name}: from {facts.sender or '-'}, language {facts.language or '?'}, "
-        f"organisation {facts.organisation or '-'}, "
-        f"{'in' if facts.business_hours else 'outside'} business hours"
+        printable(
+            f"message: {message.name}: from {facts.sender or '-'}, "
+            f"language {facts.language or '?'}, organisation {facts.organisation or '-'}, "
+            f"{'in' if facts.business_hours else 'outside'} business hours"
+        )
     )
     if not result.matched:
         click.echo("no rule matched")
     for matched in result.matched:
         click.echo(f"matched {matched.rule.name} ({matched.rule.file})")
         for reason in matched.reasons:
-            click.echo(f"  because {reason}")
+            click.echo(printable(f"  because {reason}"))
     if result.stopped_by:
         click.echo(f"stopped by {result.stopped_by}")
     for name, value in result.fields.items():

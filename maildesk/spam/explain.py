@@ -19,6 +19,7 @@ import numpy as np
 from maildesk.domain.message import ParsedMessage
 from maildesk.spam.features import field_char_ngram_indices, token_groups, token_index
 from maildesk.spam.model import SpamFilter, SpamVerdict
+from maildesk.terminal import printable
 
 SUBJECT_SENDER_NGRAMS = "character n-grams of the subject and sender"
 MESSAGE_ID_NGRAMS = "character n-grams of the Message-ID"
@@ -38,20 +39,6 @@ class Explanation:
     verdict: SpamVerdict
     margin: float
     reasons: tuple[Reason, ...]  # every part, largest first; their shares sum to the margin
-
-
-def printable(text: str) -> str:
-    """``text`` with control and other unprintable characters escaped (no terminal tricks)."""
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else _escaped(char) for char in text)
-
-
-def _escaped(char: str) -> str:
-    code = ord(char)
-    if code < 0x100:
-        return f"\\x{code:02x}"
-    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def explain(model: SpamFilter, msg: ParsedMessage) -> Explanation:
