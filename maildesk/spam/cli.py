@@ -89,13 +89,11 @@ def score(files: tuple[Path, ...], model_path: Path, explain: bool, top: int) ->
         except ParseError as exc:
             click.echo(f"{path}\tunparsable\t{exc}")
             continue
-        if not explain:
-            verdict = model.score(msg)
-            click.echo(f"{path}\t{verdict.probability:.4f}\t{verdict.band.value}")
-            continue
-        why = explain_score(model, msg)
-        verdict = why.verdict
+        why = explain_score(model, msg) if explain else None
+        verdict = why.verdict if why is not None else model.score(msg)
         click.echo(f"{path}\t{verdict.probability:.4f}\t{verdict.band.value}")
+        if why is None:
+            continue
         click.echo(f"  score {why.margin:+.2f}; positive leans spam, negative ham")
         for reason in why.reasons[:top]:
             click.echo(f"  {reason.share:+7.2f}  {reason.what}")
