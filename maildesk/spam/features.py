@@ -20,6 +20,7 @@ from __future__ import annotations
 import html as html_lib
 import math
 import re
+import unicodedata
 import zlib
 from dataclasses import dataclass
 from itertools import pairwise
@@ -32,15 +33,18 @@ from numpy.typing import NDArray
 
 from maildesk.domain.message import ParsedMessage
 
-FEATURE_VERSION = 6  # bump whenever tokens change: old weights mean nothing
+FEATURE_VERSION = 7  # bump whenever tokens change: old weights mean nothing
 # Versions whose weights still mean the same. Version 5 stopped producing some
 # of version 3's tokens (receiver-side headers, dates in header values, the hop
 # count, Return-Path's presence) and gave the corrected hop-shape tests new
 # names; every token both produce means the same, so a live model learned with
 # version 3 keeps what it learned. Version 6 only adds the field character
 # n-grams, switched by ``field_char_ngrams``: a model saved without that key
-# was learned without them and goes on scoring exactly as it did.
-COMPATIBLE_FEATURE_VERSIONS = frozenset({3, 5, FEATURE_VERSION})
+# was learned without them and goes on scoring exactly as it did. Version 7 only
+# adds tokens to text that is not all ASCII (Han and kana bigrams, the words as
+# shown, flags for look-alike letters and invisible characters): an older model
+# has no weight for them and keeps the rest.
+COMPATIBLE_FEATURE_VERSIONS = frozenset({3, 5, 6, FEATURE_VERSION})
 
 # Words (a letter first), money ($ £ € then digits) and numbers. Written as one
 # character class followed by a look-behind on which kind it was, not as three
@@ -74,6 +78,32 @@ _LOCAL_HOP = re.compile(r"localhost|127\.0\.0\.1", re.IGNORECASE)
 _DIGIT = re.compile(r"\d")
 _ALPHA_RUN = re.compile(r"[a-z]+")
 _MAILER_WORD = re.compile(r"[A-Za-z][A-Za-z\-]+|\d+")
+# Invisible format characters (soft hyphen, zero-width space and joiners, bidi
+# controls, word joiner, BOM, tag characters): put inside a word, they split it
+# for a tokenizer while a mail client shows it whole ("Vi\u200bagra"). Listed,
+# not read from ``unicodedata`` at run time, so that the tokens do not change
+# with Python's Unicode version.
+_INVISIBLE_CHARS = (
+    "\u00ad\u061c\u180e\u200b-\u200f\u202a-\u202e\u2060-\u2064\u2066-\u206f"
+    "\ufeff\ufff9-\ufffb\U0001d173-\U0001d17a\U000e0001\U000e0020-\U000e007f"
+)
+_INVISIBLE = re.compile(f"[{_INVISIBLE_CHARS}]")
+# What a disguised word is written with: the invisible characters, and letters
+# that NFKC turns into plain ones (ligatures, half- and full-width forms, circled
+# and mathematical letters). A no-break space or an ellipsis, which NFKC also
+# changes, is no disguise and costs no second look.
+_DISGUISE = re.compile(
+    f"[{_INVISIBLE_CHARS}\ufb00-\ufb06\uff00-\uffef\u2460-\u24ff"
+    "\U0001d400-\U0001d7ff\U0001f130-\U0001f189]"
+)
+# A Latin letter next to a Cyrillic or Greek one inside a word: a look-alike
+# spelling ("Pаypal" with a Cyrillic a), which no honest text needs.
+_MIXED_SCRIPT = re.compile(
+    r"[A-Za-z][\u0370-\u03ff\u0400-\u04ff]|[\u0370-\u03ff\u0400-\u04ff][A-Za-z]"
+)
+# Han and kana: written without spaces, so a word token would be a whole
+# phrase; character bigrams are the usual tokens for them.
+_CJK_RUN = re.compile(r"[\u3040-\u30ff\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff]{2,}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -191,9 +221,14 @@ def _word_tokens(text: str, prefix: str, config: FeatureConfig, sink: _Sink) -> 
     """Word, money and number tokens of ``text``; returns the lowered words for bigrams.
 
     The hot spot of scoring: one C-level ``findall`` pass and list comprehensions,
-    no per-token Python branching.
+    no per-token Python branching. Text that is not all ASCII also gives the
+    tokens of :func:`_beyond_ascii_tokens`, and its words as shown.
     """
-    found = (_WORD_ASCII if text.isascii() else _WORD).findall(text)
+    if text.isascii():
+        found = _WORD_ASCII.findall(text)
+    else:
+        found = _WORD.findall(text)
+        found.extend(_beyond_ascii_tokens(text, prefix, sink))
     words = [w for w in found if w[0] not in _NUMBER_START]
     if len(words) != len(found):
         sink.extend(
@@ -213,6 +248,44 @@ def _word_tokens(text: str, prefix: str, config: FeatureConfig, sink: _Sink) -> 
     if "!!" in text or "??" in text or "$$" in text or "**" in text or "%%" in text or "##" in text:
         sink.extend([prefix + "punct:" + run[:4] for run in _PUNCT_RUN.findall(text)])
     return lowered
+
+
+def _western(text: str) -> bool:
+    """True if ``text`` is all Windows-1252: Latin letters with accents, curly quotes,
+    dashes, no-break spaces (a test at C speed; most text beyond ASCII passes it)."""
+    try:
+        text.encode("cp1252")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _beyond_ascii_tokens(text: str, prefix: str, sink: _Sink) -> list[str]:
+    """Tokens that only text beyond ASCII has; returns its words as a reader sees them.
+
+    Full-width and mathematical letters, ligatures and invisible characters
+    disguise a word from a tokenizer but not from a reader. The words of the
+    text as shown (NFKC, invisible characters dropped) are returned, when that
+    differs, to be tokens beside the words as written: the shown word carries
+    what the model knows of the plain word, the written one what it learned of
+    the disguise (measured: MODEL_CARD.md, feature version 7). Look-alike
+    letters from another script cannot be undone without guessing; they are
+    flagged. Han and kana are written without spaces, so the word pattern takes
+    a whole phrase as one token (or only its length, past 24 characters) and two
+    mails about the same thing share none; their character bigrams they share.
+    """
+    if _western(text) and "\u00ad" not in text:
+        return []  # no CJK, Cyrillic, Greek, or disguise but the soft hyphen
+    if _MIXED_SCRIPT.search(text):
+        sink.add(prefix + "script:mixed")
+    for run in _CJK_RUN.findall(text):
+        sink.extend([prefix + "cjk:" + run[i : i + 2] for i in range(len(run) - 1)])
+    if not _DISGUISE.search(text):
+        return []
+    shown, hidden = _INVISIBLE.subn("", unicodedata.normalize("NFKC", text))
+    if hidden:
+        sink.add(prefix + "script:invisible")
+    return _WORD.findall(shown)
 
 
 def _domain_suffixes(host: str) -> list[str]:

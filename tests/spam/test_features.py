@@ -390,3 +390,45 @@ def test_token_hashes_are_the_crc32_of_each_token_even_with_nul_inside(toks: lis
     mask = (1 << 20) - 1
     expected = {zlib.crc32(token.encode("utf-8", "replace")) & mask for token in toks}
     assert set(_hash(toks, mask).tolist()) == expected
+
+
+def test_chinese_and_japanese_text_gives_character_bigrams() -> None:
+    """Han and kana are written without spaces: a phrase is one word token, so two
+    mails about the same thing would share none; their character bigrams they share."""
+    found = tokens(message(subject="免费电话", text="国际长途，无限次。カタカナ"), FeatureConfig())
+    assert {"s:cjk:免费", "s:cjk:费电", "s:cjk:电话"} <= set(found)
+    assert {"cjk:国际", "cjk:际长", "cjk:长途", "cjk:无限", "cjk:限次"} <= set(found)
+    assert {"cjk:カタ", "cjk:タカ", "cjk:カナ"} <= set(found)
+    assert "cjk:途无" not in found  # not across the comma between the phrases
+    # Korean is written with spaces: its words are tokens already
+    assert not [t for t in tokens(message(text="요즘 뜨는 직종"), FeatureConfig()) if "cjk:" in t]
+
+
+def test_latin_words_spelled_with_cyrillic_or_greek_look_alikes_are_flagged() -> None:
+    def flagged(text: str) -> bool:
+        return "script:mixed" in tokens(message(subject="", text=text), FeatureConfig())
+
+    assert flagged("Verify your P\u0430ypal account")  # a Cyrillic a inside "Paypal"
+    assert flagged("Your \u0391pple ID is locked")  # a Greek capital alpha
+    assert not flagged("Verify your Paypal account")
+    assert not flagged("Привет, Paypal и Ελλάδα")  # each word in one script
+
+
+def test_a_word_disguised_with_invisible_or_full_width_letters_also_gives_the_plain_word() -> (
+    None
+):
+    found = set(tokens(message(subject="", text="Buy Vi\u200bagra, ｆｒｅｅ"), FeatureConfig()))
+    assert {"Viagra", "viagra", "free", "script:invisible"} <= found  # as a reader sees it
+    assert {"agra", "ｆｒｅｅ"} <= found  # and as written: the disguise is evidence too
+    soft = set(tokens(message(subject="", text="Café: cheap Vi\u00adagra"), FeatureConfig()))
+    assert {"Viagra", "script:invisible"} <= soft  # a soft hyphen in Western text too
+    plain = set(tokens(message(subject="", text="Grüße aus Köln, café"), FeatureConfig()))
+    assert {"Grüße", "Köln", "café"} <= plain
+    assert not [t for t in plain if t.startswith("script:")]
+
+
+def test_a_version_6_model_loads_as_the_current_version_with_its_settings() -> None:
+    # Version 7 only adds tokens to text that is not all ASCII; older weights still apply.
+    data = FeatureConfig().to_json()
+    data["version"] = 6
+    assert FeatureConfig.from_json(data) == FeatureConfig()

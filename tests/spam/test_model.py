@@ -494,3 +494,26 @@ def seed_scores_through_our_listener(
         raw = make_mail(sender=sender, message_id=f"{n}.mail@{domain}", subject=subject, body=body)
         scores[subject] = model.score(parse_message(ours + relays + raw)).probability
     return model, scores
+
+
+def test_a_model_that_learned_chinese_spam_knows_new_chinese_spam_of_its_kind() -> None:
+    """New Chinese mail shares no phrase with what was learned, only words (here
+    written as character pairs): the model must still tell the kinds apart."""
+    spam = [
+        "免费国际长途电话，无限次任打，立即注册",
+        "优惠促销，免费注册会员，赢取大奖",
+        "低价推广服务，群发邮件，免费试用",
+    ]
+    ham = [
+        "你好，办公室的打印机坏了，显示错误代码",
+        "请帮我重置密码，我无法登录系统",
+        "发票金额有误，请核对一下",
+    ]
+    model = SpamFilter()
+    for _ in range(2):
+        for s, h in zip(spam, ham, strict=True):
+            model.learn(message("", s, "sales@example.cn"), True)
+            model.learn(message("", h, "sales@example.cn"), False)
+    new_spam = model.margin(message("", "免费注册，无限次国际长途电话优惠", "sales@example.cn"))
+    new_ham = model.margin(message("", "打印机无法登录系统，请帮我看一下错误", "sales@example.cn"))
+    assert new_spam > 0 > new_ham
