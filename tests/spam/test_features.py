@@ -414,9 +414,7 @@ def test_latin_words_spelled_with_cyrillic_or_greek_look_alikes_are_flagged() ->
     assert not flagged("Привет, Paypal и Ελλάδα")  # each word in one script
 
 
-def test_a_word_disguised_with_invisible_or_full_width_letters_also_gives_the_plain_word() -> (
-    None
-):
+def test_a_word_disguised_with_invisible_or_full_width_letters_gives_the_plain_word() -> None:
     found = set(tokens(message(subject="", text="Buy Vi\u200bagra, ｆｒｅｅ"), FeatureConfig()))
     assert {"Viagra", "viagra", "free", "script:invisible"} <= found  # as a reader sees it
     assert {"agra", "ｆｒｅｅ"} <= found  # and as written: the disguise is evidence too
