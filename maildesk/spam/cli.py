@@ -10,6 +10,7 @@ import click
 
 from maildesk.pipeline.parse import ParseError, parse_message
 from maildesk.spam.evaluate import Protocol, evaluate_index
+from maildesk.spam.explain import Explanation
 from maildesk.spam.model import ModelLoadError, SpamFilter
 
 SEED_PATH = Path(__file__).resolve().parents[2] / "spam_model" / "seed.npz"
@@ -92,14 +93,73 @@ def score(files: tuple[Path, ...], model_path: Path, explain: bool, top: int) ->
         why = explain_score(model, msg) if explain else None
         verdict = why.verdict if why is not None else model.score(msg)
         click.echo(f"{path}\t{verdict.probability:.4f}\t{verdict.band.value}")
-        if why is None:
-            continue
-        click.echo(f"  score {why.margin:+.2f}; positive leans spam, negative ham")
-        for reason in why.reasons[:top]:
-            click.echo(f"  {reason.share:+7.2f}  {reason.what}")
-        if len(why.reasons) > top:
-            rest = sum(reason.share for reason in why.reasons[top:])
-            click.echo(f"  {rest:+7.2f}  the other {len(why.reasons) - top} parts together")
+        if why is not None:
+            _echo_parts(why, top)
+
+
+def _echo_parts(why: Explanation, top: int) -> None:
+    """The score and its ``top`` largest parts, then the rest as one line."""
+    click.echo(f"  score {why.margin:+.2f}; positive leans spam, negative ham")
+    for reason in why.reasons[:top]:
+        click.echo(f"  {reason.share:+7.2f}  {reason.what}")
+    if len(why.reasons) > top:
+        rest = sum(reason.share for reason in why.reasons[top:])
+        click.echo(f"  {rest:+7.2f}  the other {len(why.reasons) - top} parts together")
+
+
+@spam.command("why")
+@click.argument("message_id")
+@click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=12,
+    show_default=True,
+    help="How many parts of the score to show.",
+)
+@click.pass_context
+def why(ctx: click.Context, message_id: str, top: int) -> None:
+    """Why the filter scores a stored message (by its Message-ID) as it does.
+
+    Prints what was recorded when the message arrived, then the score of the
+    installation's model as it is now (it may have learned since) taken apart
+    into the tokens that pushed it up or down, largest first. For a held spam
+    or a possible-spam ticket; reads the stored message, changes nothing.
+    """
+    from maildesk.cli import build_app
+    from maildesk.db import queries
+    from maildesk.db.models import Blob
+    from maildesk.spam.explain import explain as explain_score
+    from maildesk.spam.scoring import ScorerSpec, SpamScorer
+    from maildesk.terminal import printable
+
+    app = build_app(ctx)
+    spec = ScorerSpec.from_settings(app.settings)
+    if spec is None:
+        raise click.ClickException("the spam filter is off (spam.enabled = false)")
+    wanted = message_id.strip().strip("<>")
+    with app.db.transaction() as session:
+        intakes = queries.intakes_for_message_id(session, wanted)
+        if not intakes:
+            raise click.ClickException(f"no stored message with Message-ID <{wanted}>")
+        intake = intakes[-1]
+        blob = session.get(Blob, intake.raw_sha256)
+        raw = bytes(blob.data) if blob is not None else b""
+        recorded = [
+            e.reason for e in queries.events_for_intake(session, intake.id) if e.kind == "spam"
+        ]
+    try:
+        msg = parse_message(raw)
+    except ParseError as exc:
+        raise click.ClickException(f"intake {intake.id} does not parse: {exc}") from exc
+    scorer = SpamScorer(spec)  # the installation's thresholds, as the daemon scores
+    now, model = scorer.score(msg), scorer.model()
+    if now is None or model is None:
+        raise click.ClickException("no usable spam model (see the log line above)")
+    click.echo(printable(f"<{wanted}> (intake {intake.id})"))
+    for reason in recorded or ["not scored"]:
+        click.echo(printable(f"on arrival: {reason}"))
+    click.echo(f"now: p={now.probability:.3f} ({now.band}) by the {now.model} model")
+    _echo_parts(explain_score(model, msg), top)
 
 
 @spam.command("mark")

@@ -80,6 +80,10 @@ class SpamScorer:
         """Load the model now rather than on the first message."""
         self._current()
 
+    def model(self) -> SpamFilter | None:
+        """The model :meth:`score` uses now (None when none can be loaded)."""
+        return self._current()
+
     def _thresholds(self, model: SpamFilter) -> Thresholds:
         own = model.thresholds
         return Thresholds(

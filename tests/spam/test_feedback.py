@@ -105,3 +105,25 @@ def test_marking_a_ticket_spam_closes_it_and_a_correction_is_learned_again(
     # Each learning published a version of the shared model; this node holds the newest.
     status = cli(config, "spam", "status")
     assert "shared version: 2 in the database, 2 on this node" in status.output
+
+
+def test_spam_why_shows_the_recorded_verdict_and_the_tokens_behind_the_score_now(
+    everything_is_spam: Path, database_url: str
+) -> None:
+    mail = make_mail(message_id="held@customer.test", subject="Zanzibarish offer")
+    cli(everything_is_spam, "ingest", "-", stdin=mail)
+
+    out = cli(everything_is_spam, "spam", "why", "<held@customer.test>", "--top", "1000").output
+    lines = out.splitlines()
+    assert lines[0].startswith("<held@customer.test> (intake ")
+    assert "on arrival: p=" in lines[1] and "quarantined as spam" in lines[1]
+    assert lines[2].startswith("now: p=") and "(spam) by the seed v" in lines[2]
+    assert any(line.endswith("  Hello") for line in lines)  # a word of the body, named
+
+    cli(everything_is_spam, "quarantine", "release", str(rows(database_url, Intake)[0].id))
+    out = cli(everything_is_spam, "spam", "why", "held@customer.test").output
+    assert "released from quarantine" in out  # the second arrival's record
+    assert "by the live v" in out  # the release taught the live model
+
+    unknown = CliRunner().invoke(main, ["--config", str(everything_is_spam), "spam", "why", "x@y"])
+    assert unknown.exit_code == 1 and "no stored message with Message-ID <x@y>" in unknown.output
