@@ -61,6 +61,9 @@ _WORD = re.compile(_WORD_PATTERN)
 # takes the separators \x1c-\x1f that Unicode counts as white space.
 _WORD_ASCII = re.compile(_WORD_PATTERN.replace(r"\s", r"[\s\x1c-\x1f]"), re.ASCII)
 _NUMBER_START = frozenset("0123456789$£€")
+# A subject is read this far (the corpus's longest is 737 characters): a
+# hostile megabyte of subject costs no more than a long one.
+MAX_SUBJECT_CHARS = 1_000
 _NINES = str.maketrans("0123456789", "9999999999")
 _PUNCT_RUN = re.compile(r"[!?$*%#]{2,}")
 # Both run on lower-cased text: a case-sensitive scan is three times faster, and
@@ -689,7 +692,7 @@ def token_groups(msg: ParsedMessage, config: FeatureConfig) -> tuple[list[str], 
     relays, ids, mailer, MIME structure, generic header words.
     """
     sink = _Sink()
-    subject_words = _word_tokens(msg.subject or "", "s:", config, sink)
+    subject_words = _word_tokens((msg.subject or "")[:MAX_SUBJECT_CHARS], "s:", config, sink)
     if not subject_words:
         sink.add("s:empty")
     body = msg.text or ""

@@ -220,6 +220,13 @@ def test_body_beyond_the_configured_length_is_ignored() -> None:
     assert "zebraword" not in tokens(message(text=text), FeatureConfig(max_body_chars=300))
 
 
+def test_a_subject_is_read_to_a_fixed_length() -> None:
+    subject = "hello " * 150 + "zebraword"  # 909 characters
+    assert "s:zebraword" in tokens(message(subject=subject), FeatureConfig())
+    longer = "hello " * 200 + "zebraword"  # past the 1,000 a hostile subject is cut to
+    assert "s:zebraword" not in tokens(message(subject=longer), FeatureConfig())
+
+
 def test_config_from_another_feature_version_is_refused() -> None:
     data = FeatureConfig().to_json()
     data["version"] = 1
