@@ -159,8 +159,14 @@ def open_ticket_by_sender_subject(
 
 
 def intakes_for_message_id(session: Session, message_id: str) -> list[Intake]:
+    """Intakes with this header Message-ID, else the one whose ticket message has it as
+    its key: a mail without a Message-ID is shown under the synthetic one it was given."""
     stmt = select(Intake).where(Intake.header_message_id == message_id).order_by(Intake.id)
-    return list(session.scalars(stmt))
+    found = list(session.scalars(stmt))
+    if found:
+        return found
+    keyed = select(Message.id).where(Message.dedupe_key == message_id).scalar_subquery()
+    return list(session.scalars(select(Intake).where(Intake.message_pk == keyed)))
 
 
 def events_for_intake(session: Session, intake_id: int) -> list[Event]:

@@ -108,7 +108,7 @@ def _echo_parts(why: Explanation, top: int) -> None:
 
 
 @spam.command("why")
-@click.argument("message_id")
+@click.argument("message_id", metavar="MESSAGE-ID|INTAKE-ID")
 @click.option(
     "--top",
     type=click.IntRange(min=1),
@@ -118,7 +118,10 @@ def _echo_parts(why: Explanation, top: int) -> None:
 )
 @click.pass_context
 def why(ctx: click.Context, message_id: str, top: int) -> None:
-    """Why the filter scores a stored message (by its Message-ID) as it does.
+    """Why the filter scores a stored message as it does.
+
+    The message is named by its Message-ID (or the synthetic one a ticket shows
+    for mail that had none), or by its intake id, as `quarantine list` shows it.
 
     Prints what was recorded when the message arrived, then the score of the
     installation's model as it is now (it may have learned since) taken apart
@@ -127,7 +130,7 @@ def why(ctx: click.Context, message_id: str, top: int) -> None:
     """
     from maildesk.cli import build_app
     from maildesk.db import queries
-    from maildesk.db.models import Blob
+    from maildesk.db.models import Blob, Intake
     from maildesk.spam.explain import explain as explain_score
     from maildesk.spam.scoring import ScorerSpec, SpamScorer
     from maildesk.terminal import printable
@@ -138,9 +141,14 @@ def why(ctx: click.Context, message_id: str, top: int) -> None:
         raise click.ClickException("the spam filter is off (spam.enabled = false)")
     wanted = message_id.strip().strip("<>")
     with app.db.transaction() as session:
-        intakes = queries.intakes_for_message_id(session, wanted)
+        if wanted.isdigit():  # a Message-ID always has an "@"
+            intakes = [i for i in [session.get(Intake, int(wanted))] if i is not None]
+            missing = f"no stored message with intake id {wanted}"
+        else:
+            intakes = queries.intakes_for_message_id(session, wanted)
+            missing = f"no stored message with Message-ID <{wanted}>"
         if not intakes:
-            raise click.ClickException(f"no stored message with Message-ID <{wanted}>")
+            raise click.ClickException(missing)
         intake = intakes[-1]
         blob = session.get(Blob, intake.raw_sha256)
         raw = bytes(blob.data) if blob is not None else b""
@@ -155,7 +163,7 @@ def why(ctx: click.Context, message_id: str, top: int) -> None:
     now, model = scorer.score(msg), scorer.model()
     if now is None or model is None:
         raise click.ClickException("no usable spam model (see the log line above)")
-    click.echo(printable(f"<{wanted}> (intake {intake.id})"))
+    click.echo(printable(f"<{intake.header_message_id or '-'}> (intake {intake.id})"))
     for reason in recorded or ["not scored"]:
         click.echo(printable(f"on arrival: {reason}"))
     click.echo(f"now: p={now.probability:.3f} ({now.band}) by the {now.model} model")

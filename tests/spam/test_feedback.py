@@ -11,7 +11,7 @@ from sqlalchemy import create_engine, select
 from sqlalchemy.orm import Session
 
 from maildesk.cli import main
-from maildesk.db.models import Intake, Outbox, SpamFeedback, Ticket
+from maildesk.db.models import Intake, Message, Outbox, SpamFeedback, Ticket
 from maildesk.spam.model import SpamFilter
 from tests.mailfactory import make_mail
 
@@ -127,3 +127,21 @@ def test_spam_why_shows_the_recorded_verdict_and_the_tokens_behind_the_score_now
 
     unknown = CliRunner().invoke(main, ["--config", str(everything_is_spam), "spam", "why", "x@y"])
     assert unknown.exit_code == 1 and "no stored message with Message-ID <x@y>" in unknown.output
+
+
+def test_mail_without_a_message_id_is_found_by_its_synthetic_id_or_intake_id(
+    tmp_path: Path, database_url: str
+) -> None:
+    config = config_file(tmp_path, database_url, "")
+    lines = make_mail(subject="Printer on fire").split(b"\n")
+    cli(config, "ingest", "-", stdin=b"\n".join(x for x in lines if b"Message-ID" not in x))
+    [message] = [m for m in rows(database_url, Message) if m.from_addr == "alice@customer.test"]
+    assert message.header_message_id is None
+    shown = message.dedupe_key  # what `tickets show` gives as its Message-ID
+
+    by_key = cli(config, "spam", "why", shown).output
+    assert by_key.startswith("<-> (intake 1)") and "on arrival: p=" in by_key
+    assert cli(config, "spam", "why", "1").output == by_key  # by intake id
+    assert "intake 1 " in cli(config, "explain", shown).output  # the guard's record, too
+    missing = CliRunner().invoke(main, ["--config", str(config), "spam", "why", "99"])
+    assert missing.exit_code == 1 and "no stored message with intake id 99" in missing.output
