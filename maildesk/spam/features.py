@@ -40,10 +40,11 @@ FEATURE_VERSION = 7  # bump whenever tokens change: old weights mean nothing
 # names; every token both produce means the same, so a live model learned with
 # version 3 keeps what it learned. Version 6 only adds the field character
 # n-grams, switched by ``field_char_ngrams``: a model saved without that key
-# was learned without them and goes on scoring exactly as it did. Version 7 only
+# was learned without them and goes on scoring exactly as it did. Version 7
 # adds tokens to text that is not all ASCII (Han and kana bigrams, the words as
-# shown, flags for look-alike letters and invisible characters): an older model
-# has no weight for them and keeps the rest.
+# shown, flags for look-alike letters and invisible characters), for which an
+# older model has no weight, and counts the subject's words as words of the
+# text too, switched by ``subject_words`` (absent: off, as the model learned).
 COMPATIBLE_FEATURE_VERSIONS = frozenset({3, 5, 6, FEATURE_VERSION})
 
 # Words (a letter first), money ($ £ € then digits) and numbers. Written as one
@@ -121,6 +122,7 @@ class FeatureConfig:
     all_headers: bool = True
     char_ngrams: int = 0
     field_char_ngrams: int = 4  # char n-grams of subject, sender and Message-ID local part; 0 = off
+    subject_words: bool = True  # the subject's words also count as words of the text
     max_body_chars: int = 12_000
     received_hosts: bool = True
     received_chain: bool = True
@@ -144,6 +146,7 @@ class FeatureConfig:
             "all_headers": self.all_headers,
             "char_ngrams": self.char_ngrams,
             "field_char_ngrams": self.field_char_ngrams,
+            "subject_words": self.subject_words,
             "max_body_chars": self.max_body_chars,
             "received_hosts": self.received_hosts,
             "received_chain": self.received_chain,
@@ -196,6 +199,7 @@ class FeatureConfig:
             all_headers=_bool("all_headers", True),
             char_ngrams=_int("char_ngrams", 0),
             field_char_ngrams=field_grams,
+            subject_words=_bool("subject_words", False),  # absent: learned before version 7
             max_body_chars=_int("max_body_chars", 12_000),
             received_hosts=_bool("received_hosts", True),
             received_chain=_bool("received_chain", True),
@@ -688,13 +692,16 @@ def token_groups(msg: ParsedMessage, config: FeatureConfig) -> tuple[list[str], 
 
     Repeats are left in: hashing drops them (a set, before the CRC-32).
 
-    Content: subject, body words and bigrams, URLs, HTML tags. Header: sender,
+    Content: subject words (prefixed, and case-folded as words of the text too),
+    body words and bigrams, URLs, HTML tags. Header: sender,
     relays, ids, mailer, MIME structure, generic header words.
     """
     sink = _Sink()
     subject_words = _word_tokens((msg.subject or "")[:MAX_SUBJECT_CHARS], "s:", config, sink)
     if not subject_words:
         sink.add("s:empty")
+    if config.subject_words:  # "viagra" in a subject is the evidence it is in a body
+        sink.extend(subject_words)
     body = msg.text or ""
     html = msg.html or ""
     if html and not body.strip():

@@ -244,8 +244,9 @@ def test_an_older_model_keeps_its_features_and_is_saved_as_the_current_version(
     data = FeatureConfig().to_json()
     data["version"] = version
     del data["field_char_ngrams"]
+    del data["subject_words"]
     config = FeatureConfig.from_json(data)
-    assert config == FeatureConfig(field_char_ngrams=0)
+    assert config == FeatureConfig(field_char_ngrams=0, subject_words=False)
     assert config.to_json()["version"] == FEATURE_VERSION
     msg = message(subject="Cheap meds here")
     old_style = FeatureExtractor(config).extract(msg)
@@ -433,7 +434,17 @@ def test_a_word_disguised_with_invisible_or_full_width_letters_gives_the_plain_w
 
 
 def test_a_version_6_model_loads_as_the_current_version_with_its_settings() -> None:
-    # Version 7 only adds tokens to text that is not all ASCII; older weights still apply.
+    # Version 7 adds tokens to text that is not all ASCII, which older weights know
+    # nothing of, and subject words as text words behind a switch the model lacks.
     data = FeatureConfig().to_json()
     data["version"] = 6
-    assert FeatureConfig.from_json(data) == FeatureConfig()
+    del data["subject_words"]
+    assert FeatureConfig.from_json(data) == FeatureConfig(subject_words=False)
+
+
+def test_subject_words_are_also_words_of_the_text() -> None:
+    found = tokens(message(subject="Cheap MEDS", text="Hello"), FeatureConfig())
+    assert {"s:Cheap", "s:cheap", "s:MEDS", "s:meds", "cheap", "meds"} <= set(found)
+    assert "MEDS" not in found  # the case-folded word only
+    older = tokens(message(subject="Cheap MEDS", text="Hello"), FeatureConfig(subject_words=False))
+    assert "cheap" not in older and "s:cheap" in older

@@ -159,6 +159,25 @@ def test_a_live_model_learned_before_field_ngrams_loads_and_scores_as_before(
     assert SpamFilter().features.field_char_ngrams == 4  # a new model has them
 
 
+def test_a_live_model_of_feature_version_6_scores_as_before(tmp_path: Path) -> None:
+    """Subject words as text words are switched on for new models only."""
+    from maildesk.spam.features import FeatureConfig
+
+    old = trained(model=SpamFilter(FeatureConfig(subject_words=False)))
+
+    def as_version_6_wrote_it(meta: dict[str, Any]) -> None:
+        meta["features"]["version"] = 6
+        del meta["features"]["subject_words"]
+
+    loaded = SpamFilter.load(
+        save_as_an_older_release(old, tmp_path / "m.npz", as_version_6_wrote_it)
+    )
+    assert not loaded.features.subject_words
+    for msg in SPAMMY + HAMMY:
+        assert loaded.score(msg) == old.score(msg)
+    assert SpamFilter().features.subject_words  # a new model has them
+
+
 def test_a_live_model_saved_before_the_evidence_scaled_learner_scores_as_before(
     tmp_path: Path,
 ) -> None:
