@@ -15,6 +15,13 @@ from maildesk.spam.model import ModelLoadError, SpamFilter
 
 SEED_PATH = Path(__file__).resolve().parents[2] / "spam_model" / "seed.npz"
 DEFAULT_MODEL = Path("spam-model.npz")
+TOP_PARTS = click.option(
+    "--top",
+    type=click.IntRange(min=1),
+    default=12,
+    show_default=True,
+    help="How many parts of a score to list, largest first.",
+)
 
 
 def _message_files(paths: tuple[Path, ...]) -> list[Path]:
@@ -72,13 +79,7 @@ def train(
     is_flag=True,
     help="Also print the largest parts of each score: the tokens that pushed it up or down.",
 )
-@click.option(
-    "--top",
-    type=click.IntRange(min=1),
-    default=12,
-    show_default=True,
-    help="How many parts --explain shows.",
-)
+@TOP_PARTS
 def score(files: tuple[Path, ...], model_path: Path, explain: bool, top: int) -> None:
     """Print probability and band for each message file."""
     from maildesk.spam.explain import explain as explain_score
@@ -109,13 +110,7 @@ def _echo_parts(why: Explanation, top: int) -> None:
 
 @spam.command("why")
 @click.argument("message_id", metavar="MESSAGE-ID|INTAKE-ID")
-@click.option(
-    "--top",
-    type=click.IntRange(min=1),
-    default=12,
-    show_default=True,
-    help="How many parts of the score to show.",
-)
+@TOP_PARTS
 @click.pass_context
 def why(ctx: click.Context, message_id: str, top: int) -> None:
     """Why the filter scores a stored message as it does.
