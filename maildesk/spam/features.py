@@ -271,9 +271,9 @@ def _beyond_ascii_tokens(text: str, prefix: str, sink: _Sink) -> list[str]:
     """Tokens that only text beyond ASCII has; returns its words as a reader sees them.
 
     Full-width and mathematical letters, ligatures and invisible characters
-    disguise a word from a tokenizer but not from a reader. The words of the
-    text as shown (NFKC, invisible characters dropped) are returned, when that
-    differs, to be tokens beside the words as written: the shown word carries
+    disguise a word from a tokenizer but not from a reader. When the text has
+    any of them, its words as shown (NFKC, invisible characters dropped) are
+    returned, to be tokens beside the words as written: the shown word carries
     what the model knows of the plain word, the written one what it learned of
     the disguise (measured: MODEL_CARD.md, feature version 7). Look-alike
     letters from another script cannot be undone without guessing; they are
