@@ -11,6 +11,7 @@ import click
 from maildesk.pipeline.parse import ParseError, parse_message
 from maildesk.spam.evaluate import Protocol, evaluate_index
 from maildesk.spam.explain import Explanation
+from maildesk.spam.explain import explain as explain_score
 from maildesk.spam.model import ModelLoadError, SpamFilter
 
 SEED_PATH = Path(__file__).resolve().parents[2] / "spam_model" / "seed.npz"
@@ -82,7 +83,6 @@ def train(
 @TOP_PARTS
 def score(files: tuple[Path, ...], model_path: Path, explain: bool, top: int) -> None:
     """Print probability and band for each message file."""
-    from maildesk.spam.explain import explain as explain_score
 
     model = _load(model_path)
     for path in _message_files(files):
@@ -126,7 +126,6 @@ def why(ctx: click.Context, message_id: str, top: int) -> None:
     from maildesk.cli import build_app
     from maildesk.db import queries
     from maildesk.db.models import Blob, Intake
-    from maildesk.spam.explain import explain as explain_score
     from maildesk.spam.scoring import ScorerSpec, SpamScorer
     from maildesk.terminal import printable
 
