@@ -135,15 +135,16 @@ def why(ctx: click.Context, message_id: str, top: int) -> None:
         raise click.ClickException("the spam filter is off (spam.enabled = false)")
     wanted = message_id.strip().strip("<>")
     with app.db.transaction() as session:
+        intake: Intake | None
         if wanted.isdigit():  # a Message-ID always has an "@"
-            intakes = [i for i in [session.get(Intake, int(wanted))] if i is not None]
+            intake = session.get(Intake, int(wanted))
             missing = f"no stored message with intake id {wanted}"
         else:
-            intakes = queries.intakes_for_message_id(session, wanted)
+            found = queries.intakes_for_message_id(session, wanted)
+            intake = found[-1] if found else None
             missing = f"no stored message with Message-ID <{wanted}>"
-        if not intakes:
+        if intake is None:
             raise click.ClickException(missing)
-        intake = intakes[-1]
         blob = session.get(Blob, intake.raw_sha256)
         raw = bytes(blob.data) if blob is not None else b""
         recorded = [
