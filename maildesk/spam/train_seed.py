@@ -17,7 +17,7 @@ from __future__ import annotations
 import csv
 import os
 import random
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -83,6 +83,16 @@ def interleave(
     yield from ((ham, False) for ham in pending)
 
 
+def build_seed(
+    corpus: Iterable[tuple[ParsedMessage, bool]], requests: list[ParsedMessage]
+) -> SpamFilter:
+    """An empty model that has learned ``corpus`` in order, with ``requests`` spread in as ham."""
+    model = SpamFilter()
+    for msg, is_spam in interleave(list(corpus), requests):
+        model.learn(msg, is_spam)
+    return model
+
+
 @click.command()
 @click.option("--index", type=click.Path(exists=True, path_type=Path), default=None)
 @click.option(
@@ -99,9 +109,7 @@ def main(index: Path | None, tickets_csv: Path | None, ticket_count: int, out: P
     tickets_csv = tickets_csv or _corpus_dir() / "tickets" / "it-service-tickets.csv"
     messages, failed = load_messages(read_index(index))
     requests = list(ticket_requests(tickets_csv, ticket_count)) if ticket_count else []
-    model = SpamFilter()
-    for msg, is_spam in interleave(messages, requests):
-        model.learn(msg, is_spam)
+    model = build_seed(messages, requests)
     model.save(out / "seed.npz")
     (out / "seed.npz").chmod(0o644)  # shipped read-only data, not a secret
     click.echo(

@@ -105,6 +105,61 @@ def test_eval_online_json_on_a_small_index(tmp_path: Path) -> None:
         assert key in figures
 
 
+def _probe_index(root: Path) -> Path:
+    """An index of new mail like :func:`make_corpus`'s, which no model has learned."""
+    probes = root / "probes"
+    probes.mkdir()
+    lines = []
+    for i in range(4):
+        spam_file = write_mail(
+            probes / f"ps{i}.eml",
+            f"offer{i}@deals.biz",
+            "CHEAP MEDS $59!!!",
+            f"Buy pills now http://pills{i + 20}.deals.biz/order unsubscribe {i}",
+        )
+        ham_file = write_mail(
+            probes / f"ph{i}.eml",
+            f"staff{i}@corp.org",
+            f"Ticket {i + 40}: printer jam",
+            f"Hello, printer {i + 40} in room D jams on every job. Thanks, Staff",
+        )
+        lines += [f"spam probes/{spam_file.name}", f"ham probes/{ham_file.name}"]
+    index = root / "probe-index"
+    index.write_text("\n".join(lines) + "\n")
+    return index
+
+
+def test_eval_can_start_from_a_saved_model_and_leaves_it_unchanged(tmp_path: Path) -> None:
+    model_file = train_fresh(tmp_path)
+    saved = model_file.read_bytes()
+    index = _probe_index(tmp_path)
+    runner = CliRunner()
+    base = ["eval", "--index", str(index), "--json"]
+    from_empty = json.loads(runner.invoke(spam, base).stdout)
+    result = runner.invoke(spam, [*base, "--start", str(model_file)])
+    assert result.exit_code == 0, result.output
+    from_model = json.loads(result.stdout)
+    assert from_empty["start"] == "empty" and from_model["start"] == str(model_file)
+    # An empty model cannot call the first spam spam; one that learned the kind can.
+    assert from_empty["fn_pct"] > 0
+    assert from_model["fn_pct"] == 0 and from_model["fp_pct"] == 0
+    assert "starting from" in result.stderr and "6 spam and 6 ham learned" in result.stderr
+    assert model_file.read_bytes() == saved  # the run learned in memory only
+
+
+def test_eval_from_the_seed_and_from_an_unreadable_model(tmp_path: Path) -> None:
+    index = _probe_index(tmp_path)
+    runner = CliRunner()
+    result = runner.invoke(spam, ["eval", "--index", str(index), "--start", "seed"])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.startswith("online from seed: 8 messages (4 spam, 4 ham")
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"not a model")
+    result = runner.invoke(spam, ["eval", "--index", str(index), "--start", str(broken)])
+    assert result.exit_code == 2  # a usage error, not figures of some other model
+    assert "--start" in result.output and "broken.npz" in result.output
+
+
 def test_eval_rejects_a_malformed_index(tmp_path: Path) -> None:
     index = tmp_path / "index"
     index.write_text("maybe some/file\n")
