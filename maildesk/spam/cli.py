@@ -16,7 +16,7 @@ from maildesk.spam.model import ModelLoadError, SpamFilter
 
 SEED_PATH = Path(__file__).resolve().parents[2] / "spam_model" / "seed.npz"
 DEFAULT_MODEL = Path("spam-model.npz")
-EMPTY_START, SEED_START = "empty", "seed"
+EMPTY_START, SEED_START, LIVE_START = "empty", "seed", "live"
 TOP_PARTS = click.option(
     "--top",
     type=click.IntRange(min=1),
@@ -43,15 +43,26 @@ def _load(model_path: Path) -> SpamFilter:
     return model
 
 
-def _start_model(start: str) -> SpamFilter:
-    """The model ``spam eval --start`` names: empty, the shipped seed, or a model file.
+def _start_model(ctx: click.Context, start: str) -> SpamFilter:
+    """The model ``spam eval --start`` names: empty, the shipped seed, the live one, a file.
 
-    A file must load: an evaluation that quietly fell back to the seed would
-    report the seed's figures under the file's name.
+    It must load: an evaluation that quietly fell back to the seed would report
+    the seed's figures under another model's name.
     """
     if start == EMPTY_START:
         return SpamFilter()
-    path = SEED_PATH if start == SEED_START else Path(start)
+    if start == LIVE_START:
+        from maildesk.cli import build_app
+        from maildesk.spam.scoring import ScorerSpec
+
+        spec = ScorerSpec.from_settings(build_app(ctx).settings)
+        if spec is None:
+            raise click.BadParameter(
+                "the spam filter is off (spam.enabled = false)", param_hint="--start"
+            )
+        path = spec.live_path
+    else:
+        path = SEED_PATH if start == SEED_START else Path(start)
     try:
         model = SpamFilter.load(path)
     except ModelLoadError as exc:
@@ -278,22 +289,26 @@ def status(ctx: click.Context, model_path: Path | None) -> None:
     "--start",
     default=EMPTY_START,
     show_default=True,
-    metavar="empty|seed|FILE",
+    metavar="empty|seed|live|FILE",
     help=(
         "The model the run starts from: empty (the TREC protocol, as other filters "
         "are measured), seed (the shipped seed: what a new installation would do on "
-        "this mail; no measure on the SpamAssassin corpus, which the seed learned) or "
-        "a saved model file, such as an installation's live model (read, never written)."
+        "this mail; no measure on the SpamAssassin corpus, which the seed learned), "
+        "live (this installation's live model) or a saved model file. A model is "
+        "read, never written."
     ),
 )
-def eval_(index: Path, protocol: str, limit: int | None, as_json: bool, start: str) -> None:
+@click.pass_context
+def eval_(
+    ctx: click.Context, index: Path, protocol: str, limit: int | None, as_json: bool, start: str
+) -> None:
     """Evaluate a model on a TREC index (online: classify, then learn), by default from empty."""
 
     def progress(done: int) -> None:
         if done % 5000 == 0:
             click.echo(f"eval: {done} messages", err=True)
 
-    model = _start_model(start)
+    model = _start_model(ctx, start)
     result = evaluate_index(index, Protocol(protocol), model, limit=limit, progress=progress)
     if as_json:
         click.echo(json.dumps({"start": start, **result.as_dict()}))

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from maildesk.cli import main
 from maildesk.spam.cli import spam
 
 
@@ -158,6 +159,26 @@ def test_eval_from_the_seed_and_from_an_unreadable_model(tmp_path: Path) -> None
     result = runner.invoke(spam, ["eval", "--index", str(index), "--start", str(broken)])
     assert result.exit_code == 2  # a usage error, not figures of some other model
     assert "--start" in result.output and "broken.npz" in result.output
+
+
+def test_eval_from_the_installation_live_model(tmp_path: Path, database_url: str) -> None:
+    config = tmp_path / "maildesk.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "{database_url}"\n'
+        'support_addresses = ["support@example.com"]\ninstallation_secret = "eval-test"\n'
+    )
+    index = _probe_index(tmp_path)
+    args = ["--config", str(config), "spam", "eval", "--index", str(index), "--start", "live"]
+    runner = CliRunner()
+    missing = runner.invoke(main, args)
+    assert missing.exit_code == 2 and "spam-model.npz does not exist" in missing.output
+    live = tmp_path / "data" / "spam-model.npz"
+    live.parent.mkdir(exist_ok=True)
+    train_fresh(tmp_path).rename(live)
+    result = runner.invoke(main, [*args, "--json"])
+    assert result.exit_code == 0, result.output
+    assert f"starting from {live}" in result.stderr
+    assert json.loads(result.stdout)["fn_pct"] == 0
 
 
 def test_eval_rejects_a_malformed_index(tmp_path: Path) -> None:
