@@ -33,7 +33,7 @@ from numpy.typing import NDArray
 
 from maildesk.domain.message import ParsedMessage
 
-FEATURE_VERSION = 7  # bump whenever tokens change: old weights mean nothing
+FEATURE_VERSION = 8  # bump whenever tokens change: old weights mean nothing
 # Versions whose weights still mean the same. Version 5 stopped producing some
 # of version 3's tokens (receiver-side headers, dates in header values, the hop
 # count, Return-Path's presence) and gave the corrected hop-shape tests new
@@ -45,7 +45,10 @@ FEATURE_VERSION = 7  # bump whenever tokens change: old weights mean nothing
 # shown, flags for look-alike letters and invisible characters), for which an
 # older model has no weight, and counts the subject's words as words of the
 # text too, switched by ``subject_words`` (absent: off, as the model learned).
-COMPATIBLE_FEATURE_VERSIONS = frozenset({3, 5, 6, FEATURE_VERSION})
+# Version 8 adds whether the sender's domain names the origin-side relays,
+# switched by ``sender_origin``, and no longer reads our listener's own name as
+# a relay word, switched by ``skip_our_relay_name`` (both absent: off).
+COMPATIBLE_FEATURE_VERSIONS = frozenset({3, 5, 6, 7, FEATURE_VERSION})
 
 # Words (a letter first), money ($ £ € then digits) and numbers. Written as one
 # character class followed by a look-behind on which kind it was, not as three
@@ -123,6 +126,8 @@ class FeatureConfig:
     char_ngrams: int = 0
     field_char_ngrams: int = 4  # char n-grams of subject, sender and Message-ID local part; 0 = off
     subject_words: bool = True  # the subject's words also count as words of the text
+    sender_origin: bool = True  # whether the sender's domain names the origin-side relays
+    skip_our_relay_name: bool = True  # our listener's "by maildesk" is no relay word
     max_body_chars: int = 12_000
     received_hosts: bool = True
     received_chain: bool = True
@@ -147,6 +152,8 @@ class FeatureConfig:
             "char_ngrams": self.char_ngrams,
             "field_char_ngrams": self.field_char_ngrams,
             "subject_words": self.subject_words,
+            "sender_origin": self.sender_origin,
+            "skip_our_relay_name": self.skip_our_relay_name,
             "max_body_chars": self.max_body_chars,
             "received_hosts": self.received_hosts,
             "received_chain": self.received_chain,
@@ -200,6 +207,8 @@ class FeatureConfig:
             char_ngrams=_int("char_ngrams", 0),
             field_char_ngrams=field_grams,
             subject_words=_bool("subject_words", False),  # absent: learned before version 7
+            sender_origin=_bool("sender_origin", False),  # absent: learned before version 8
+            skip_our_relay_name=_bool("skip_our_relay_name", False),  # the same
             max_body_chars=_int("max_body_chars", 12_000),
             received_hosts=_bool("received_hosts", True),
             received_chain=_bool("received_chain", True),
@@ -385,7 +394,17 @@ def _reverse_name(paren: str) -> str:
     return name[0].strip("[]")
 
 
-def _received_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> None:
+def _sender_domain(domain: str) -> str:
+    """The part of a sender's domain that its own relays share: the last two labels,
+    or three under a two-letter country code with a short second level (co.uk)."""
+    labels = [label for label in domain.split(".") if label]
+    keep = 3 if len(labels) >= 3 and len(labels[-1]) == 2 and len(labels[-2]) <= 3 else 2
+    return ".".join(labels[-keep:]) if len(labels) >= 2 else ""
+
+
+def _received_tokens(
+    msg: ParsedMessage, config: FeatureConfig, sink: _Sink, from_domain: str = ""
+) -> None:
     """Shape (and, if configured, relay names) of the two origin-side hops.
 
     Only the oldest two hops are read: they describe where the mail came from.
@@ -395,6 +414,13 @@ def _received_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> 
     sent straight to our listener, one behind Postfix, more via a provider).
     """
     hops = [h for h in msg.header_all("Received") if not _LOCAL_HOP.search(h[:120])]
+    if config.sender_origin and hops:
+        # Mail from a domain's own servers names the domain in its first hops;
+        # a made-up sender on a stranger's relay does not. Compared, not learned
+        # token by token, so it speaks for senders never seen before.
+        sender = _sender_domain(from_domain)
+        origin = " ".join(hops[-2:])[:800].lower()
+        sink.add("from:origin:" + ("own" if sender and sender in origin else "other"))
     for depth, hop in enumerate(reversed(hops[-2:])):
         lhop = " ".join(hop.split()).lower()
         tag = f"rcvd{depth}:"
@@ -434,9 +460,13 @@ def _received_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> 
 _RCVD_FOR = re.compile(r"\bfor\s+<?[^\s;>]*>?", re.IGNORECASE)
 _RCVD_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-_]{2,60}")
 _RCVD_STOP = frozenset({"from", "by", "with", "id", "for", "via", "envelope-from"})
+# Our SMTP listener's Received line says "by maildesk": on every mail it takes,
+# so it tells nothing about one, but a seed whose support requests came through
+# the listener would learn it as a word of ham.
+OUR_RELAY_NAME = "maildesk"
 
 
-def _received_chain_tokens(msg: ParsedMessage, sink: _Sink) -> None:
+def _received_chain_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> None:
     """bogofilter-style ``rcvd:`` words of every hop: relay names, IPs, software.
 
     The timestamp (after the last ``;``) and the ``for <recipient>`` clause are
@@ -449,9 +479,8 @@ def _received_chain_tokens(msg: ParsedMessage, sink: _Sink) -> None:
     # One pass over all hops: neither pattern reaches across the ";" between them.
     text = _RCVD_FOR.sub(" ", ";".join(kept))
     words = {w.strip(".-") for w in _RCVD_WORD.findall(text)}
-    sink.extend(
-        ["rcvd:" + w for w in words if w and not w.isdigit() and w.lower() not in _RCVD_STOP]
-    )
+    stop = _RCVD_STOP | {OUR_RELAY_NAME} if config.skip_our_relay_name else _RCVD_STOP
+    sink.extend(["rcvd:" + w for w in words if w and not w.isdigit() and w.lower() not in stop])
 
 
 def _header_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> None:
@@ -521,9 +550,9 @@ def _header_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> No
         ext = att.filename.rpartition(".")[2].lower() if "." in att.filename else ""
         if ext and len(ext) <= 5:
             sink.add("att:ext:" + ext)
-    _received_tokens(msg, config, sink)
+    _received_tokens(msg, config, sink, from_domain)
     if config.received_chain:
-        _received_chain_tokens(msg, sink)
+        _received_chain_tokens(msg, config, sink)
     if config.recipient_shape:
         _recipient_shape_tokens(msg, sink)
 

@@ -438,8 +438,72 @@ def test_a_version_6_model_loads_as_the_current_version_with_its_settings() -> N
     # nothing of, and subject words as text words behind a switch the model lacks.
     data = FeatureConfig().to_json()
     data["version"] = 6
-    del data["subject_words"]
-    assert FeatureConfig.from_json(data) == FeatureConfig(subject_words=False)
+    for key in ("subject_words", "sender_origin", "skip_our_relay_name"):
+        del data[key]
+    assert FeatureConfig.from_json(data) == FeatureConfig(
+        subject_words=False, sender_origin=False, skip_our_relay_name=False
+    )
+
+
+def test_a_version_7_model_loads_with_the_version_8_tokens_off() -> None:
+    data = FeatureConfig().to_json()
+    data["version"] = 7
+    del data["sender_origin"], data["skip_our_relay_name"]
+    loaded = FeatureConfig.from_json(data)
+    assert loaded.version == FEATURE_VERSION and loaded.subject_words
+    assert not loaded.sender_origin and not loaded.skip_our_relay_name
+
+
+def _hop(helo: str, ip: str) -> tuple[str, str]:
+    return (
+        "Received",
+        f"from {helo} ([{ip}])\tby maildesk with ESMTP; Sun, 6 Dec 2026 10:00:00 +0000",
+    )
+
+
+@pytest.mark.parametrize(
+    ("sender", "relays", "origin"),
+    [
+        ("anna@customer.test", [_hop("mail.customer.test", "198.51.100.7")], "own"),
+        ("anna@yahoo.com", [_hop("sonic301.consmr.mail.ir2.yahoo.com", "77.238.176.82")], "own"),
+        ("anna@shop.co.uk", [_hop("smtp.shop.co.uk", "192.0.2.8")], "own"),
+        ("anna@shop.co.uk", [_hop("smtp.other.co.uk", "192.0.2.8")], "other"),  # not "co.uk"
+        ("anna@gmail.com", [_hop("mail-wr1-f41.google.com", "209.85.221.41")], "other"),
+        ("paypal@paypal.com", [_hop("dsl-203-0-113-9.isp.example", "203.0.113.9")], "other"),
+        # The two oldest hops are the origin; the sender's name further on says nothing.
+        (
+            "anna@customer.test",
+            [
+                ("Received", "from mx.customer.test by inbox.customer.test"),
+                _hop("relay.isp.example", "192.0.2.1"),
+                _hop("pc23.home.example", "192.0.2.23"),
+            ],
+            "other",
+        ),
+    ],
+)
+def test_whether_the_sender_domain_names_the_origin_relays(
+    sender: str, relays: list[tuple[str, str]], origin: str
+) -> None:
+    found = [t for t in tokens(message(sender=sender, headers=tuple(relays)), FeatureConfig())]
+    assert [t for t in found if t.startswith("from:origin:")] == ["from:origin:" + origin]
+    older = tokens(
+        message(sender=sender, headers=tuple(relays)), FeatureConfig(sender_origin=False)
+    )
+    assert not any(t.startswith("from:origin:") for t in older)
+
+
+def test_no_received_line_no_origin_token() -> None:
+    assert not any(t.startswith("from:origin:") for t in tokens(message(), FeatureConfig()))
+
+
+def test_our_listener_name_is_no_relay_word() -> None:
+    """Every mail through our SMTP listener says "by maildesk": it is no evidence either way."""
+    headers = (_hop("mail.customer.test", "198.51.100.7"),)
+    found = set(tokens(message(headers=headers), FeatureConfig()))
+    assert "rcvd:mail.customer.test" in found and "rcvd:maildesk" not in found
+    older = set(tokens(message(headers=headers), FeatureConfig(skip_our_relay_name=False)))
+    assert "rcvd:maildesk" in older
 
 
 def test_subject_words_are_also_words_of_the_text() -> None:

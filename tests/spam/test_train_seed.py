@@ -28,11 +28,33 @@ def test_ticket_requests_are_plain_mails_from_customers_and_the_same_every_time(
     # The Message-ID too (its local part is a feature): one command, one seed model.
     assert [m.message_id for m in first] == [m.message_id for m in again]
     assert len({m.message_id for m in first}) == 10
+    assert [m.headers for m in first] == [m.headers for m in again]
     for mail in first:
-        assert mail.from_ is not None and mail.from_.addr.endswith(".example")
         assert "printing since morning" in mail.text and mail.html is None
         assert mail.subject.startswith("Printer ")
     assert len({m.text for m in first}) == 10  # distinct tickets, none twice
+
+
+def test_ticket_requests_come_from_organisations_and_mailbox_providers_like_real_customers(
+    tmp_path: Path,
+) -> None:
+    """A seed that saw only organisation senders learned from its 2002 spam that a
+    Yahoo or Gmail sender is spam (a Yahoo customer's invoice question: 0.99)."""
+    csv_path = write_tickets(tmp_path / "tickets.csv", 400)
+    requests = list(ticket_requests(csv_path, 400))
+    domains = [m.from_.addr.rpartition("@")[2] for m in requests if m.from_ is not None]
+    assert len(domains) == 400
+    providers = [d for d in domains if not d.endswith(".example")]
+    assert 0.25 < len(providers) / 400 < 0.45
+    assert {"gmail.com", "yahoo.com", "outlook.com"} <= set(providers)
+    # Most came through our SMTP listener, as its Received line shows: the relay
+    # that handed each over, named by HELO with its address.
+    traced = [m.header_all("Received") for m in requests if m.header_all("Received")]
+    assert 0.75 < len(traced) / 400 < 0.95
+    assert all(len(hops) == 1 and "by maildesk with ESMTP" in hops[0] for hops in traced)
+    gmail = [m for m in requests if m.from_ and m.from_.addr.endswith("@gmail.com")]
+    relays = [m.header_all("Received")[0] for m in gmail if m.header_all("Received")]
+    assert relays and all(".google.com ([209.85." in hop for hop in relays)
 
 
 def test_interleave_keeps_the_corpus_order_and_spreads_every_extra_ham(tmp_path: Path) -> None:
