@@ -45,9 +45,10 @@ FEATURE_VERSION = 8  # bump whenever tokens change: old weights mean nothing
 # shown, flags for look-alike letters and invisible characters), for which an
 # older model has no weight, and counts the subject's words as words of the
 # text too, switched by ``subject_words`` (absent: off, as the model learned).
-# Version 8 adds whether the sender's domain names the origin-side relays,
-# switched by ``sender_origin``, and no longer reads our listener's own name as
-# a relay word, switched by ``skip_our_relay_name`` (both absent: off).
+# Version 8 adds whether the sender's domain names the origin-side relays
+# (``sender_origin``) and whether the links go to it (``link_sender``), and no
+# longer reads our listener's own name as a relay word (``skip_our_relay_name``);
+# each switch absent: off.
 COMPATIBLE_FEATURE_VERSIONS = frozenset({3, 5, 6, 7, FEATURE_VERSION})
 
 # Words (a letter first), money ($ £ € then digits) and numbers. Written as one
@@ -128,6 +129,7 @@ class FeatureConfig:
     subject_words: bool = True  # the subject's words also count as words of the text
     sender_origin: bool = True  # whether the sender's domain names the origin-side relays
     skip_our_relay_name: bool = True  # our listener's "by maildesk" is no relay word
+    link_sender: bool = True  # whether the links go to the sender's own domain
     max_body_chars: int = 12_000
     received_hosts: bool = True
     received_chain: bool = True
@@ -154,6 +156,7 @@ class FeatureConfig:
             "subject_words": self.subject_words,
             "sender_origin": self.sender_origin,
             "skip_our_relay_name": self.skip_our_relay_name,
+            "link_sender": self.link_sender,
             "max_body_chars": self.max_body_chars,
             "received_hosts": self.received_hosts,
             "received_chain": self.received_chain,
@@ -209,6 +212,7 @@ class FeatureConfig:
             subject_words=_bool("subject_words", False),  # absent: learned before version 7
             sender_origin=_bool("sender_origin", False),  # absent: learned before version 8
             skip_our_relay_name=_bool("skip_our_relay_name", False),  # the same
+            link_sender=_bool("link_sender", False),  # the same
             max_body_chars=_int("max_body_chars", 12_000),
             received_hosts=_bool("received_hosts", True),
             received_chain=_bool("received_chain", True),
@@ -314,8 +318,8 @@ def _domain_suffixes(host: str) -> list[str]:
     return out
 
 
-def _url_tokens(url: str, sink: _Sink) -> None:
-    """Tokens of one link, which :func:`token_groups` found in lower-cased text."""
+def _url_tokens(url: str, sink: _Sink) -> str:
+    """Tokens of one link, which :func:`token_groups` found in lower-cased text; its host."""
     if url.startswith("www."):
         url = "http://" + url
     try:
@@ -324,11 +328,11 @@ def _url_tokens(url: str, sink: _Sink) -> None:
         port = parts.port
     except ValueError:
         sink.add("url:unparsable")
-        return
+        return ""
     sink.add("url:scheme:" + parts.scheme)
     if not host:
         sink.add("url:nohost")
-        return
+        return ""
     if _IPV4.match(host):
         sink.add("url:ip")
     else:
@@ -343,6 +347,19 @@ def _url_tokens(url: str, sink: _Sink) -> None:
             sink.add("urlp:" + piece)
     if parts.query:
         sink.add("url:query")
+    return host
+
+
+def _link_sender_token(hosts: list[str], sender: str) -> str:
+    """Whether the links go to the sender's own domain: all of them, some, or none.
+
+    A newsletter links to its own site, a made-up sender's mail to somewhere
+    else. Compared, not learned site by site, so it speaks for senders never
+    seen before. A look-alike host (``paypal.com.example.net``) is not the
+    sender's.
+    """
+    own = sum(1 for host in hosts if host == sender or host.endswith("." + sender))
+    return "url:sender:" + ("all" if own == len(hosts) else "some" if own else "none")
 
 
 def html_to_text(html: str) -> str:
@@ -745,9 +762,11 @@ def token_groups(msg: ParsedMessage, config: FeatureConfig) -> tuple[list[str], 
         urls.extend(_HREF.findall(clipped.lower()))
         if config.html_tags:
             _html_tokens(clipped, sink)
-    for url in dict.fromkeys(urls[:50]):  # a repeated link adds no new token
-        _url_tokens(url, sink)
+    # A repeated link adds no new token.
+    hosts = [_url_tokens(url, sink) for url in dict.fromkeys(urls[:50])]
     sink.add("url:count:" + str(min(len(urls), 10)))
+    if config.link_sender and hosts and msg.from_ is not None:
+        sink.add(_link_sender_token(hosts, _sender_domain(_domain_of(msg.from_.addr))))
     head = _Sink()
     if config.header_signals:
         _header_tokens(msg, config, head)

@@ -438,20 +438,20 @@ def test_a_version_6_model_loads_as_the_current_version_with_its_settings() -> N
     # nothing of, and subject words as text words behind a switch the model lacks.
     data = FeatureConfig().to_json()
     data["version"] = 6
-    for key in ("subject_words", "sender_origin", "skip_our_relay_name"):
+    for key in ("subject_words", "sender_origin", "skip_our_relay_name", "link_sender"):
         del data[key]
     assert FeatureConfig.from_json(data) == FeatureConfig(
-        subject_words=False, sender_origin=False, skip_our_relay_name=False
+        subject_words=False, sender_origin=False, skip_our_relay_name=False, link_sender=False
     )
 
 
 def test_a_version_7_model_loads_with_the_version_8_tokens_off() -> None:
     data = FeatureConfig().to_json()
     data["version"] = 7
-    del data["sender_origin"], data["skip_our_relay_name"]
+    del data["sender_origin"], data["skip_our_relay_name"], data["link_sender"]
     loaded = FeatureConfig.from_json(data)
     assert loaded.version == FEATURE_VERSION and loaded.subject_words
-    assert not loaded.sender_origin and not loaded.skip_our_relay_name
+    assert not (loaded.sender_origin or loaded.skip_our_relay_name or loaded.link_sender)
 
 
 def _hop(helo: str, ip: str) -> tuple[str, str]:
@@ -491,6 +491,31 @@ def test_whether_the_sender_domain_names_the_origin_relays(
         message(sender=sender, headers=tuple(relays)), FeatureConfig(sender_origin=False)
     )
     assert not any(t.startswith("from:origin:") for t in older)
+
+
+@pytest.mark.parametrize(
+    ("text", "html", "expected"),
+    [
+        ("See https://www.shop.example.org/cart and http://shop.example.org/help", None, "all"),
+        ("See https://shop.example.org/cart and https://imgur.com/a/x1", None, "some"),
+        ("Claim it at http://win.example.biz/now", None, "none"),
+        ("", '<a href="http://example.org.login-check.example.top/">Log in</a>', "none"),
+        (
+            "",
+            '<a href="https://example.org/">Home</a><img src="http://cdn.example.org/a.png">',
+            "all",
+        ),
+        ("No link here.", None, None),
+    ],
+)
+def test_whether_the_links_go_to_the_sender_domain(
+    text: str, html: str | None, expected: str | None
+) -> None:
+    found = [t for t in tokens(message(text=text, html=html), FeatureConfig())]
+    linked = [t for t in found if t.startswith("url:sender:")]
+    assert linked == ([f"url:sender:{expected}"] if expected else [])
+    older = tokens(message(text=text, html=html), FeatureConfig(link_sender=False))
+    assert not any(t.startswith("url:sender:") for t in older)
 
 
 def test_no_received_line_no_origin_token() -> None:

@@ -180,7 +180,8 @@ def test_a_live_model_of_feature_version_6_scores_as_before(tmp_path: Path) -> N
 
 
 def test_a_live_model_of_feature_version_7_scores_as_before(tmp_path: Path) -> None:
-    """The sender-origin token and the skipped "by maildesk" are for new models only."""
+    """The sender-origin and link tokens, and the skipped "by maildesk", are for new
+    models only."""
     from maildesk.spam.features import FeatureConfig
 
     def through_our_listener(msg: ParsedMessage) -> ParsedMessage:
@@ -190,7 +191,9 @@ def test_a_live_model_of_feature_version_7_scores_as_before(tmp_path: Path) -> N
 
     spammy, hammy = map(through_our_listener, SPAMMY), map(through_our_listener, HAMMY)
     mails = [*spammy, *hammy]
-    old = SpamFilter(FeatureConfig(sender_origin=False, skip_our_relay_name=False))
+    old = SpamFilter(
+        FeatureConfig(sender_origin=False, skip_our_relay_name=False, link_sender=False)
+    )
     for _ in range(3):
         for spam_mail, ham_mail in zip(mails[:3], mails[3:], strict=True):
             old.learn(spam_mail, True)
@@ -198,12 +201,14 @@ def test_a_live_model_of_feature_version_7_scores_as_before(tmp_path: Path) -> N
 
     def as_version_7_wrote_it(meta: dict[str, Any]) -> None:
         meta["features"]["version"] = 7
-        del meta["features"]["sender_origin"], meta["features"]["skip_our_relay_name"]
+        for key in ("sender_origin", "skip_our_relay_name", "link_sender"):
+            del meta["features"][key]
 
     loaded = SpamFilter.load(
         save_as_an_older_release(old, tmp_path / "m.npz", as_version_7_wrote_it)
     )
-    assert not loaded.features.sender_origin and not loaded.features.skip_our_relay_name
+    features = loaded.features
+    assert not (features.sender_origin or features.skip_our_relay_name or features.link_sender)
     for msg in mails:
         assert loaded.score(msg) == old.score(msg)
     new = SpamFilter()  # reads the mails differently, so the old weights would not fit it
