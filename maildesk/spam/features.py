@@ -358,7 +358,7 @@ def _link_sender_token(hosts: list[str], sender: str) -> str:
     seen before. A look-alike host (``paypal.com.example.net``) is not the
     sender's.
     """
-    own = sum(1 for host in hosts if host == sender or host.endswith("." + sender))
+    own = sum(1 for host in hosts if sender and (host == sender or host.endswith("." + sender)))
     return "url:sender:" + ("all" if own == len(hosts) else "some" if own else "none")
 
 
@@ -765,6 +765,7 @@ def token_groups(msg: ParsedMessage, config: FeatureConfig) -> tuple[list[str], 
     # A repeated link adds no new token.
     hosts = [_url_tokens(url, sink) for url in dict.fromkeys(urls[:50])]
     sink.add("url:count:" + str(min(len(urls), 10)))
+    hosts = [host for host in hosts if host]  # a link without a host goes nowhere
     if config.link_sender and hosts and msg.from_ is not None:
         sink.add(_link_sender_token(hosts, _sender_domain(_domain_of(msg.from_.addr))))
     head = _Sink()

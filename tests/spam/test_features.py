@@ -506,6 +506,7 @@ def test_whether_the_sender_domain_names_the_origin_relays(
             "all",
         ),
         ("No link here.", None, None),
+        ("A broken link: http:///nothing", None, None),
     ],
 )
 def test_whether_the_links_go_to_the_sender_domain(
@@ -516,6 +517,11 @@ def test_whether_the_links_go_to_the_sender_domain(
     assert linked == ([f"url:sender:{expected}"] if expected else [])
     older = tokens(message(text=text, html=html), FeatureConfig(link_sender=False))
     assert not any(t.startswith("url:sender:") for t in older)
+
+
+def test_a_sender_without_a_domain_owns_no_link() -> None:
+    mail = message(sender="root@localhost", text="See http://localhost/x and http:///y")
+    assert "url:sender:none" in tokens(mail, FeatureConfig())
 
 
 def test_no_received_line_no_origin_token() -> None:
