@@ -47,6 +47,8 @@ def test_ticket_requests_come_from_organisations_and_mailbox_providers_like_real
     providers = [d for d in domains if not d.endswith(".example")]
     assert 0.25 < len(providers) / 400 < 0.45
     assert {"gmail.com", "yahoo.com", "outlook.com"} <= set(providers)
+    nameless = [m for m in requests if m.from_ is not None and not m.from_.name]
+    assert 0.08 < len(nameless) / 400 < 0.22  # some clients send the bare address
     # Most came through our SMTP listener, as its Received line shows: the relay
     # that handed each over, named by HELO with its address.
     traced = [m.header_all("Received") for m in requests if m.header_all("Received")]
