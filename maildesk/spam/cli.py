@@ -190,7 +190,8 @@ def why(ctx: click.Context, message_id: str, top: int) -> None:
     now, model = scorer.score(msg), scorer.model()
     if now is None or model is None:
         raise click.ClickException("no usable spam model (see the log line above)")
-    click.echo(printable(f"<{intake.header_message_id or '-'}> (intake {intake.id})"))
+    named = f"<{intake.header_message_id}>" if intake.header_message_id else "no Message-ID"
+    click.echo(printable(f"{named} (intake {intake.id})"))
     for reason in recorded or ["not scored"]:
         click.echo(printable(f"on arrival: {reason}"))
     click.echo(f"now: p={now.probability:.3f} ({now.band}) by the {now.model} model")

@@ -140,7 +140,7 @@ def test_mail_without_a_message_id_is_found_by_its_synthetic_id_or_intake_id(
     shown = message.dedupe_key  # what `tickets show` gives as its Message-ID
 
     by_key = cli(config, "spam", "why", shown).output
-    assert by_key.startswith("<-> (intake 1)") and "on arrival: p=" in by_key
+    assert by_key.startswith("no Message-ID (intake 1)") and "on arrival: p=" in by_key
     assert cli(config, "spam", "why", "1").output == by_key  # by intake id
     assert "intake 1 " in cli(config, "explain", shown).output  # the guard's record, too
     missing = CliRunner().invoke(main, ["--config", str(config), "spam", "why", "99"])
