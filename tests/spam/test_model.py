@@ -528,10 +528,15 @@ def test_plain_requests_from_mailbox_provider_customers_are_not_flagged(
         "Can you help? Thanks, Anna\n",
         "VPN drops": "The VPN disconnects every ten minutes.\n",
         "Invoice question": "Our invoice 4711 shows the wrong amount, please check.\n",
+        # A link to a third party's site: the seed's ham (ticket texts) has none, so
+        # this may be flagged (a ticket, no acknowledgement), but never held.
+        "Download link broken": "The download link https://downloads.vendor.example/setup.exe "
+        "in your last mail gives 404.\n",
     }
     model, scores = seed_scores_through_our_listener(sender, helo, peer_ip, requests)
     for subject, probability in scores.items():
-        limit = model.thresholds.spam_at if "Invoice" in subject else model.thresholds.unsure_at
+        plain = subject not in {"Invoice question", "Download link broken"}
+        limit = model.thresholds.unsure_at if plain else model.thresholds.spam_at
         assert probability < limit, (subject, probability)
 
 
