@@ -358,8 +358,14 @@ def _link_sender_token(hosts: list[str], sender: str) -> str:
     seen before. A look-alike host (``paypal.com.example.net``) is not the
     sender's.
     """
-    own = sum(1 for host in hosts if sender and (host == sender or host.endswith("." + sender)))
+    own = sum(1 for host in hosts if _is_senders(host, sender))
     return "url:sender:" + ("all" if own == len(hosts) else "some" if own else "none")
+
+
+def _is_senders(host: str, sender: str) -> bool:
+    """``host`` is the sender's domain or a name under it (not a look-alike that
+    merely contains it, such as ``paypal.com.example.net`` or ``notpaypal.com``)."""
+    return bool(sender) and (host == sender or host.endswith("." + sender))
 
 
 def html_to_text(html: str) -> str:
@@ -436,8 +442,9 @@ def _received_tokens(
         # a made-up sender on a stranger's relay does not. Compared, not learned
         # token by token, so it speaks for senders never seen before.
         sender = _sender_domain(from_domain)
-        origin = " ".join(hops[-2:])[:800].lower()
-        sink.add("from:origin:" + ("own" if sender and sender in origin else "other"))
+        names = _RCVD_WORD.findall(" ".join(hops[-2:])[:800].lower())
+        own = any(_is_senders(name.rstrip("."), sender) for name in names)
+        sink.add("from:origin:" + ("own" if own else "other"))
     for depth, hop in enumerate(reversed(hops[-2:])):
         lhop = " ".join(hop.split()).lower()
         tag = f"rcvd{depth}:"
@@ -481,6 +488,7 @@ _RCVD_STOP = frozenset({"from", "by", "with", "id", "for", "via", "envelope-from
 # so it tells nothing about one, but a seed whose support requests came through
 # the listener would learn it as a word of ham.
 OUR_RELAY_NAME = "maildesk"
+_RCVD_STOP_AND_OURS = _RCVD_STOP | {OUR_RELAY_NAME}
 
 
 def _received_chain_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> None:
@@ -496,7 +504,7 @@ def _received_chain_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sin
     # One pass over all hops: neither pattern reaches across the ";" between them.
     text = _RCVD_FOR.sub(" ", ";".join(kept))
     words = {w.strip(".-") for w in _RCVD_WORD.findall(text)}
-    stop = _RCVD_STOP | {OUR_RELAY_NAME} if config.skip_our_relay_name else _RCVD_STOP
+    stop = _RCVD_STOP_AND_OURS if config.skip_our_relay_name else _RCVD_STOP
     sink.extend(["rcvd:" + w for w in words if w and not w.isdigit() and w.lower() not in stop])
 
 

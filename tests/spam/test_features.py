@@ -470,6 +470,9 @@ def _hop(helo: str, ip: str) -> tuple[str, str]:
         ("anna@shop.co.uk", [_hop("smtp.other.co.uk", "192.0.2.8")], "other"),  # not "co.uk"
         ("anna@gmail.com", [_hop("mail-wr1-f41.google.com", "209.85.221.41")], "other"),
         ("paypal@paypal.com", [_hop("dsl-203-0-113-9.isp.example", "203.0.113.9")], "other"),
+        # Look-alike relay names that merely contain the sender's domain:
+        ("paypal@paypal.com", [_hop("paypal.com.secure-login.example", "203.0.113.9")], "other"),
+        ("anna@example.org", [_hop("mail.notexample.org", "203.0.113.9")], "other"),
         # The two oldest hops are the origin; the sender's name further on says nothing.
         (
             "anna@customer.test",
