@@ -60,7 +60,8 @@ _NAMELESS_SHARE = 0.15
 _TRACED_SHARE = 0.85  # the rest come in without our Received line (piped, imported)
 
 
-def _corpus_dir() -> Path:
+def corpus_dir() -> Path:
+    """The shared mail corpus: ``$MAILDESK_CORPUS``, else ``../shared/corpus`` beside the repo."""
     corpus = os.environ.get("MAILDESK_CORPUS")
     return Path(corpus) if corpus else Path(__file__).resolve().parents[3] / "shared" / "corpus"
 
@@ -155,8 +156,8 @@ def build_seed(
 @click.option("--ticket-count", type=int, default=4000, show_default=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=Path), default=Path("spam_model"))
 def main(index: Path | None, tickets_csv: Path | None, ticket_count: int, out: Path) -> None:
-    index = index or _corpus_dir() / "spamassassin" / "index"
-    tickets_csv = tickets_csv or _corpus_dir() / "tickets" / "it-service-tickets.csv"
+    index = index or corpus_dir() / "spamassassin" / "index"
+    tickets_csv = tickets_csv or corpus_dir() / "tickets" / "it-service-tickets.csv"
     messages, failed = load_messages(read_index(index))
     requests = list(ticket_requests(tickets_csv, ticket_count)) if ticket_count else []
     model = build_seed(messages, requests)
