@@ -228,6 +228,7 @@ class ImapMailboxSettings(_Section):
     oversize_notice: OversizeNotice = OversizeNotice.NONE
     lease_seconds: float = Field(default=60.0, ge=5)
     timeout_seconds: float = Field(default=60.0, gt=0)
+    command_deadline_seconds: float = Field(default=300.0, gt=0)
 
     @model_validator(mode="after")
     def _move_needs_target(self) -> ImapMailboxSettings:

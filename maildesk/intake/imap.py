@@ -19,11 +19,11 @@ from __future__ import annotations
 import contextlib
 import enum
 import hashlib
+import imaplib
 import json
 import logging
 import os
 import random
-import socket
 import ssl
 import threading
 import time
@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from select import POLLIN, POLLPRI, poll
 from typing import Any
 
 from imapclient import DELETED, SEEN, IMAPClient
@@ -52,6 +53,7 @@ from maildesk.db.models import Blob, ImapFolderState, Intake
 from maildesk.db.upsert import insert_ignore
 from maildesk.domain.message import TRUNCATED_HEADER
 from maildesk.domain.rawheader import extract_message_id
+from maildesk.intake.deadline import CommandOverdue, ConnectionWatch
 from maildesk.intake.oauth2 import Login, OAuth2Error, PasswordLogin, oauth2_login
 from maildesk.intake.store import Envelope, IntakeStore
 
@@ -65,6 +67,7 @@ BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
 FETCH_BATCH = 50  # UIDs stored per transaction
 FETCH_BYTES = 8 * 1024 * 1024  # at most this much message data per FETCH command
+STOP_GRACE_SECONDS = 5.0  # on stop, a poller's command may finish this long before it is cut
 
 Clock = Callable[[], datetime]
 
@@ -144,8 +147,8 @@ def size_groups(sizes: Sequence[tuple[int, int]], budget: int) -> Iterator[list[
         yield group
 
 
-def connect(mailbox: ImapMailboxSettings, login: Login) -> IMAPClient:
-    """Open, secure and log in; raises on any failure."""
+def connect(mailbox: ImapMailboxSettings, login: Login, watch: ConnectionWatch) -> IMAPClient:
+    """Open, secure and log in, attached to ``watch``; raises on any failure."""
     context = ssl.create_default_context(
         cafile=str(mailbox.ca_file) if mailbox.ca_file is not None else None
     )
@@ -159,16 +162,18 @@ def connect(mailbox: ImapMailboxSettings, login: Login) -> IMAPClient:
         ssl_context=context,
         timeout=mailbox.timeout_seconds,
     )
+    watch.attach(client)
     try:
-        if mailbox.security is ImapSecurity.STARTTLS:
-            client.starttls(context)
-        try:
-            login.login(client)
-        except LoginError:
-            login.refused()
-            raise
+        with watch.command("log-in"):
+            if mailbox.security is ImapSecurity.STARTTLS:
+                client.starttls(context)
+            try:
+                login.login(client)
+            except LoginError:
+                login.refused()
+                raise
     except BaseException:
-        _close_quietly(client)
+        _close_quietly(client, watch)
         raise
     return client
 
@@ -183,15 +188,20 @@ def failure_kind(exc: BaseException) -> str:
         return "TLS failed: server certificate not trusted (check ca_file / verify_tls)"
     if isinstance(exc, ssl.SSLError):
         return "TLS failed"
+    if isinstance(exc, CommandOverdue):
+        return "command deadline exceeded"
     return "connection failed"
 
 
-def _close_quietly(client: IMAPClient) -> None:
+def _close_quietly(client: IMAPClient, watch: ConnectionWatch) -> None:
     try:
-        client.logout()
+        with watch.command("LOGOUT"):
+            client.logout()
     except Exception:
         with contextlib.suppress(Exception):  # already gone
             client.shutdown()
+    finally:
+        watch.attach(None)
 
 
 class FolderStateStore:
@@ -323,6 +333,7 @@ class FolderPoller:
         self.health = FolderHealth(mailbox.key, folder)
         self.failures = 0
         self.last_renew = 0.0
+        self.watch = ConnectionWatch(mailbox.command_deadline_seconds)
         # Called with the hashes of messages found again that were stored before.
         self.on_seen_again: Callable[[Iterable[str]], None] | None = None
 
@@ -348,6 +359,9 @@ class FolderPoller:
         self._report(FolderStatus.STOPPED)
 
     def _failed(self, exc: Exception) -> None:
+        if self.deps.stop.is_set():  # cut on the way out (ImapIntake.stop)
+            log.info("imap %s: stopped during a command (%s)", self.name, exc)
+            return
         self.failures += 1
         delay = backoff_delay(self.failures)
         what = failure_kind(exc)
@@ -366,19 +380,20 @@ class FolderPoller:
 
     def session(self) -> None:
         """One connection: select, reconcile, then IDLE (or wait) and poll until stopped."""
-        client = connect(self.mailbox, self.login)
+        client = connect(self.mailbox, self.login, self.watch)
+        command = self.watch.command
         try:
             writable = self.writable and self.mailbox.post_action is not ImapPostAction.NONE
-            info = client.select_folder(self.folder, readonly=not writable)
+            with command("SELECT"):
+                info = client.select_folder(self.folder, readonly=not writable)
             uidvalidity = int(info[b"UIDVALIDITY"])
             progress = self._check_uidvalidity(uidvalidity)
-            if (
-                writable
-                and self.mailbox.post_action is ImapPostAction.MOVE
-                and not client.folder_exists(self.mailbox.move_to)
-            ):
-                client.create_folder(self.mailbox.move_to)
-            use_idle = self.mailbox.idle and b"IDLE" in client.capabilities()
+            if writable and self.mailbox.post_action is ImapPostAction.MOVE:
+                with command("LIST/CREATE of move_to"):
+                    if not client.folder_exists(self.mailbox.move_to):
+                        client.create_folder(self.mailbox.move_to)
+            with command("CAPABILITY"):
+                use_idle = self.mailbox.idle and b"IDLE" in client.capabilities()
             if self.failures:
                 log.info("imap %s: connected again after %d failures", self.name, self.failures)
             self.failures = 0
@@ -392,7 +407,7 @@ class FolderPoller:
                 else:
                     self._wait(self.mailbox.poll_interval_seconds)
         finally:
-            _close_quietly(client)
+            _close_quietly(client, self.watch)
 
     def _check_uidvalidity(self, uidvalidity: int) -> Progress:
         progress = self.state.load()
@@ -415,7 +430,8 @@ class FolderPoller:
         """Store every message above the recorded UID; returns how many were stored."""
         self._begin_poll(client)
         last = self.state.load().last_uid
-        uids = new_uids(client.search(["UID", f"{last + 1}:*"]), last)
+        with self.watch.command("SEARCH"):
+            uids = new_uids(client.search(["UID", f"{last + 1}:*"]), last)
         stored = 0
         for start in range(0, len(uids), FETCH_BATCH):
             chunk = uids[start : start + FETCH_BATCH]
@@ -446,21 +462,26 @@ class FolderPoller:
     ) -> list[tuple[bytes, Envelope]]:
         """Raw bytes per UID (header plus note when too large); vanished UIDs are skipped."""
         limit = self.mailbox.max_message_bytes
-        sizes = {
-            uid: int(data[b"RFC822.SIZE"])
-            for uid, data in client.fetch(uids, ["RFC822.SIZE"]).items()
-            if b"RFC822.SIZE" in data
-        }
+        with self.watch.command("FETCH RFC822.SIZE"):
+            sizes = {
+                uid: int(data[b"RFC822.SIZE"])
+                for uid, data in client.fetch(uids, ["RFC822.SIZE"]).items()
+                if b"RFC822.SIZE" in data
+            }
         raws: dict[int, bytes] = {}
         small = [(uid, size) for uid, size in sorted(sizes.items()) if size <= limit]
         for group in size_groups(small, FETCH_BYTES):
-            for uid, data in client.fetch(group, ["BODY.PEEK[]"]).items():
+            with self.watch.command("FETCH BODY.PEEK[]"):
+                fetched = client.fetch(group, ["BODY.PEEK[]"])
+            for uid, data in fetched.items():
                 body = data.get(b"BODY[]")
                 if body is not None:
                     raws[uid] = bytes(body)
         large = [uid for uid, size in sizes.items() if size > limit]
         if large:
-            for uid, data in client.fetch(large, ["BODY.PEEK[HEADER]"]).items():
+            with self.watch.command("FETCH BODY.PEEK[HEADER]"):
+                headers = client.fetch(large, ["BODY.PEEK[HEADER]"])
+            for uid, data in headers.items():
                 header = data.get(b"BODY[HEADER]")
                 if header is not None:
                     raws[uid] = truncated_copy(bytes(header), sizes[uid], limit)
@@ -530,6 +551,11 @@ class FolderPoller:
         action = self.mailbox.post_action
         if action is ImapPostAction.NONE or not uids:
             return
+        with self.watch.command(f"post-action {action}"):
+            self._apply_post_action(client, uids)
+
+    def _apply_post_action(self, client: IMAPClient, uids: list[int]) -> None:
+        action = self.mailbox.post_action
         if action is ImapPostAction.FLAG:
             client.add_flags(uids, [SEEN], silent=True)
         elif action is ImapPostAction.MOVE:
@@ -552,7 +578,8 @@ class FolderPoller:
         """Apply post-actions a crash left undone (stored, recorded, not yet acted on)."""
         if progress.acted_uid >= progress.last_uid:
             return
-        found = client.search(["UID", f"{progress.acted_uid + 1}:{progress.last_uid}"])
+        with self.watch.command("SEARCH"):
+            found = client.search(["UID", f"{progress.acted_uid + 1}:{progress.last_uid}"])
         uids = [u for u in sorted(found) if progress.acted_uid < u <= progress.last_uid]
         self._post_action(client, uids)
         self.state.record_acted(progress.last_uid)
@@ -564,7 +591,9 @@ class FolderPoller:
     def _idle(self, client: IMAPClient) -> None:
         """IDLE until new mail, the reconciliation interval, or stop; renewing the lease."""
         self._report(FolderStatus.IDLE)
-        client.idle()
+        command = self.watch.command
+        with command("IDLE"):
+            client.idle()
         try:
             if _take_change_notices(client):
                 return  # mail came in during the last poll's commands or as IDLE began
@@ -572,14 +601,14 @@ class FolderPoller:
             while not self.deps.stop.is_set() and time.monotonic() < until:
                 if _buffered_change(client):
                     break
-                responses = client.idle_check(timeout=IDLE_CHECK_SECONDS)
-                if any(_announces_change(r) for r in responses):
+                with command("IDLE (waiting)"):
+                    line = _next_idle_line(client, IDLE_CHECK_SECONDS)
+                if line is not None and _notice_of_change(line):
                     break
-                if not responses and _peer_closed(client):
-                    raise ConnectionError("the server closed the connection during IDLE")
                 self._renew_if_due()
         finally:
-            client.idle_done()
+            with command("DONE"):
+                client.idle_done()
 
     def _wait(self, seconds: float) -> None:
         self._report(FolderStatus.WAITING)
@@ -605,30 +634,39 @@ class FolderPoller:
             self.deps.on_health(replace(self.health))
 
 
-def _peer_closed(client: IMAPClient) -> bool:
-    """True when the server has closed the TCP connection.
+def _next_idle_line(client: IMAPClient, timeout: float) -> bytes | None:
+    """The next line the server sends during IDLE; None if none begins within ``timeout``.
 
-    ``idle_check`` swallows EOF and just returns nothing, so a dead
-    connection would otherwise IDLE on until the reconciliation poll. Peeks
-    at the raw TCP stream (a dup of the descriptor, so TLS is not disturbed).
+    Only the wait is bounded by ``timeout``: a line that has begun is read
+    whole, blocking, under the socket timeout and the command deadline.
+    imapclient's ``idle_check`` reads with the socket non-blocking, and when a
+    line comes in two TCP segments the buffered reader drops the part it had
+    read, so the connection fails on the rest ("unexpected response: b' 1
+    EXISTS'"). It also swallows end-of-file, which here ends the connection.
     """
     sock = client.socket()
-    with socket.fromfd(sock.fileno(), sock.family, sock.type) as raw:
-        try:
-            return raw.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT) == b""
-        except BlockingIOError:
-            return False
-        except OSError:
-            return True
+    if not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+        waiting = poll()
+        waiting.register(sock, POLLIN | POLLPRI)
+        if not waiting.poll(timeout * 1000):
+            return None
+    try:
+        line: bytes = client._imap._get_line()
+    except imaplib.IMAP4.abort as exc:
+        if "EOF" in str(exc):
+            raise ConnectionError("the server closed the connection during IDLE") from exc
+        raise
+    return line
 
 
 def _buffered_change(client: IMAPClient) -> bool:
     """True when a change notice already sits in imaplib's read buffer.
 
-    ``idle_check`` only polls the socket. A line that arrived in the same
-    packet as the one before it (``+ idling`` and ``* 2 EXISTS`` together) is
-    already in the buffered reader, invisible to that poll, and would wait for
-    the next packet or the reconciliation poll. Reads only complete lines.
+    :func:`_next_idle_line` waits on the socket. A line that arrived in the
+    same packet as the one before it (``+ idling`` and ``* 2 EXISTS``
+    together) is already in the buffered reader, invisible to that wait, and
+    would wait for the next packet or the reconciliation poll. Reads only
+    complete lines.
     """
     reader = client._imap.file
     sock = client.socket()
@@ -642,10 +680,7 @@ def _buffered_change(client: IMAPClient) -> bool:
                 return changed
             if b"\n" not in pending:
                 return changed
-            words = reader.readline().split()
-            if words[:1] == [b"*"] and len(words) >= 2:
-                kind = (words[2] if len(words) >= 3 else words[1]).upper()
-                changed = changed or kind in (b"EXISTS", b"RECENT") or words[1].upper() == b"BYE"
+            changed = _notice_of_change(reader.readline()) or changed
     finally:
         sock.setblocking(True)
         client._set_read_timeout()
@@ -654,7 +689,7 @@ def _buffered_change(client: IMAPClient) -> bool:
 def _take_change_notices(client: IMAPClient) -> bool:
     """Pop untagged EXISTS/RECENT that arrived with other commands' responses.
 
-    imaplib keeps those in ``untagged_responses`` (where ``idle_check`` never
+    imaplib keeps those in ``untagged_responses`` (where the IDLE wait never
     looks), so new mail announced during a poll or just before the IDLE
     continuation would otherwise wait for the next reconciliation poll.
     """
@@ -665,12 +700,13 @@ def _take_change_notices(client: IMAPClient) -> bool:
     return found
 
 
-def _announces_change(response: Any) -> bool:
+def _notice_of_change(line: bytes) -> bool:
     """An untagged EXISTS/RECENT (new mail) or BYE (server going away) ends the IDLE."""
-    if not isinstance(response, tuple) or not response:
+    words = line.split()
+    if words[:1] != [b"*"] or len(words) < 2:
         return False
-    words = [part for part in response if isinstance(part, bytes)]
-    return any(word.upper() in (b"EXISTS", b"RECENT", b"BYE") for word in words)
+    kind = (words[2] if len(words) >= 3 else words[1]).upper()
+    return kind in (b"EXISTS", b"RECENT") or words[1].upper() == b"BYE"
 
 
 @dataclass
@@ -750,14 +786,27 @@ class ImapIntake:
                 )
 
     def stop(self, timeout: float = 15.0) -> None:
-        """Ask every poller to stop and wait for them (each releases its lease)."""
+        """Ask every poller to stop and wait for them (each releases its lease).
+
+        A poller still inside a slow command after half the time (at most
+        :data:`STOP_GRACE_SECONDS`) has its connection cut: what it was
+        fetching is fetched again next time, and nothing was flagged yet.
+        """
         self.stop_event.set()
-        deadline = time.monotonic() + timeout
+        start = time.monotonic()
+        grace = start + min(STOP_GRACE_SECONDS, timeout / 2)
         for thread in self.threads:
-            thread.join(max(0.0, deadline - time.monotonic()))
+            thread.join(max(0.0, grace - time.monotonic()))
+        for poller, thread in zip(self.pollers, self.threads, strict=True):
+            if thread.is_alive():
+                log.info("imap %s: still in a command; cutting its connection", poller.name)
+                poller.watch.cut()
+        for thread in self.threads:
+            thread.join(max(0.0, start + timeout - time.monotonic()))
             if thread.is_alive():
                 log.warning("%s did not stop in time", thread.name)
         self.threads.clear()
+        self.pollers.clear()
 
     def health(self) -> list[FolderHealth]:
         with self.lock:

@@ -80,7 +80,8 @@ class JunkPoller(FolderPoller):
     def poll(self, client: IMAPClient, uidvalidity: int) -> int:
         self._begin_poll(client)
         last = self.state.load().last_uid
-        uids = new_uids(client.search(["UID", f"{last + 1}:*"]), last)
+        with self.watch.command("SEARCH"):
+            uids = new_uids(client.search(["UID", f"{last + 1}:*"]), last)
         recorded = 0
         for start in range(0, len(uids), FETCH_BATCH):
             chunk = uids[start : start + FETCH_BATCH]
@@ -97,14 +98,17 @@ class JunkPoller(FolderPoller):
 
     def _digests(self, client: IMAPClient, uids: list[int]) -> list[str]:
         limit = self.mailbox.max_message_bytes
-        sizes = [
-            (uid, int(data[b"RFC822.SIZE"]))
-            for uid, data in sorted(client.fetch(uids, ["RFC822.SIZE"]).items())
-            if b"RFC822.SIZE" in data and int(data[b"RFC822.SIZE"]) <= limit
-        ]
+        with self.watch.command("FETCH RFC822.SIZE"):
+            sizes = [
+                (uid, int(data[b"RFC822.SIZE"]))
+                for uid, data in sorted(client.fetch(uids, ["RFC822.SIZE"]).items())
+                if b"RFC822.SIZE" in data and int(data[b"RFC822.SIZE"]) <= limit
+            ]
         digests = []
         for group in size_groups(sizes, FETCH_BYTES):
-            for data in client.fetch(group, ["BODY.PEEK[]"]).values():
+            with self.watch.command("FETCH BODY.PEEK[]"):
+                fetched = client.fetch(group, ["BODY.PEEK[]"])
+            for data in fetched.values():
                 body = data.get(b"BODY[]")
                 if body is not None:
                     digests.append(hashlib.sha256(bytes(body)).hexdigest())
