@@ -77,6 +77,7 @@ class ListenerSettings(_Section):
     port: int = Field(default=2525, ge=0, le=65535)
     socket: Path | None = None
     max_message_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
+    max_connections: int = Field(default=100, ge=1)  # beyond: 421, the sender retries
     tls_cert: Path | None = None  # enables STARTTLS (SMTP only)
     tls_key: Path | None = None
     require_auth: bool = False

@@ -98,38 +98,104 @@ class IntakeHandler:
         return status
 
 
-# RFC 5321 caps lines at 1,000 octets, but real mail (HTML from marketing tools,
-# long base64 lines) breaks that, and a 500 would bounce it for good. Like
-# Postfix we accept long lines; the message size limit still bounds memory.
-LONG_LINE_LIMIT = 1024 * 1024
+LONG_LINE_LIMIT = 1024 * 1024  # see _LimitedConnections
 
 
-class _SMTP(SMTP):
+class ConnectionSlots:
+    """How many connections one listener serves at once.
+
+    Each connection may hold a message of up to ``max_message_bytes`` in
+    memory while it arrives, so the count bounds memory as well as sockets.
+    Beyond it a new connection gets ``421`` and is closed; a sending MTA
+    retries later, so nothing is lost. Used from the listener's event loop
+    thread only.
+    """
+
+    def __init__(self, limit: int, name: str) -> None:
+        self.limit, self.name = limit, name
+        self.open = 0
+        self.refused = 0  # since the listener was last below its limit
+
+    def take(self, peer: Any) -> bool:
+        if self.open < self.limit:
+            self.open += 1
+            return True
+        if not self.refused:
+            log.warning(
+                "%s: %d connections open (max_connections); refusing new ones with 421, first %s",
+                self.name,
+                self.open,
+                peer,
+            )
+        self.refused += 1
+        return False
+
+    def give_back(self) -> None:
+        self.open -= 1
+        if self.refused:
+            log.warning("%s: below max_connections again; refused %d", self.name, self.refused)
+            self.refused = 0
+
+
+class _LimitedConnections(SMTP):
+    """An SMTP/LMTP session that first takes one of the listener's slots."""
+
+    # RFC 5321 caps lines at 1,000 octets, but real mail (HTML from marketing
+    # tools, long base64 lines) breaks that, and a 500 would bounce it for good.
+    # Like Postfix we accept long lines; the message size limit bounds memory.
     line_length_limit = LONG_LINE_LIMIT
+    slots: ConnectionSlots | None = None
+    holds_slot = refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        first = self._original_transport is None  # not the TLS layer after STARTTLS
+        if first and self.slots is not None:
+            if not self.slots.take(transport.get_extra_info("peername")):
+                self.refused = True
+                assert isinstance(transport, asyncio.WriteTransport)
+                transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
+                transport.close()
+                return
+            self.holds_slot = True
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.refused:
+            return  # never started: nothing of the session to end
+        super().connection_lost(error)
+        if self.holds_slot and self.slots is not None:
+            self.holds_slot = False
+            self.slots.give_back()
 
 
-class _LMTP(LMTP):
-    line_length_limit = LONG_LINE_LIMIT
+class _SMTP(_LimitedConnections):
+    pass
 
 
-class _SmtpController(Controller):
+class _LMTP(_LimitedConnections, LMTP):
+    pass
+
+
+class _LimitedFactory:
+    """For the controllers: sessions of the configured protocol, sharing one set of slots."""
+
+    handler: Any
+    SMTP_kwargs: dict[str, Any]
+    protocol: type[_LimitedConnections] = _SMTP
+    slots: ConnectionSlots | None = None
+
     def factory(self) -> SMTP:
-        return _SMTP(self.handler, **self.SMTP_kwargs)
+        session = self.protocol(self.handler, **self.SMTP_kwargs)
+        session.slots = self.slots
+        return session
 
 
-class _SmtpSocketController(UnixSocketController):
-    def factory(self) -> SMTP:
-        return _SMTP(self.handler, **self.SMTP_kwargs)
+class _LimitedController(_LimitedFactory, Controller):
+    pass
 
 
-class _LmtpController(Controller):
-    def factory(self) -> SMTP:
-        return _LMTP(self.handler, **self.SMTP_kwargs)
-
-
-class _LmtpSocketController(UnixSocketController):
-    def factory(self) -> SMTP:
-        return _LMTP(self.handler, **self.SMTP_kwargs)
+class _LimitedSocketController(_LimitedFactory, UnixSocketController):
+    pass
 
 
 def _authenticator(users_file: Path) -> Callable[..., AuthResult]:
@@ -169,15 +235,22 @@ def build_controller(
         kwargs["authenticator"] = _authenticator(settings.auth_users_file)
         kwargs["auth_required"] = True
         kwargs["auth_require_tls"] = "tls_context" in kwargs
+    controller: _LimitedController | _LimitedSocketController
     if settings.socket is not None:
         settings.socket.parent.mkdir(parents=True, exist_ok=True)
         if settings.socket.exists():
             settings.socket.unlink()
-        cls = _LmtpSocketController if settings.protocol == "lmtp" else _SmtpSocketController
-        return cls(handler, unix_socket=str(settings.socket), **kwargs)
-    port = settings.port or free_port(settings.host)
-    cls2 = _LmtpController if settings.protocol == "lmtp" else _SmtpController
-    return cls2(handler, hostname=settings.host, port=port, **kwargs)
+        controller = _LimitedSocketController(handler, unix_socket=str(settings.socket), **kwargs)
+        where = str(settings.socket)
+    else:
+        port = settings.port or free_port(settings.host)
+        controller = _LimitedController(handler, hostname=settings.host, port=port, **kwargs)
+        where = f"{settings.host}:{port}"
+    controller.protocol = _LMTP if settings.protocol == "lmtp" else _SMTP
+    controller.slots = ConnectionSlots(
+        settings.max_connections, f"{settings.protocol} listener {where}"
+    )
+    return controller
 
 
 def free_port(host: str) -> int:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import smtplib
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -195,6 +197,55 @@ def test_starttls_and_auth_when_configured(app: App, tmp_path: Path) -> None:
                 client.login("relay", "wrong")
             client.login("relay", "s3cret")
             client.sendmail("a@c.test", ["support@example.com"], make_mail(message_id="tls@c.test"))
+        # A session that switched to TLS gives its connection slot back once, like any other.
+        slots = controller.slots  # type: ignore[attr-defined]
+        for _attempt in range(100):
+            if slots.open == 0:
+                break
+            time.sleep(0.02)
+        assert slots.open == 0
     finally:
         controller.stop()  # type: ignore[attr-defined]
     assert [row.header_message_id for row in stored(app)] == ["tls@c.test"]
+
+
+@pytest.mark.parametrize("protocol", ["smtp", "lmtp"])
+def test_connections_beyond_max_connections_get_421_and_a_freed_slot_is_served(
+    app: App, tmp_path: Path, protocol: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    where: dict[str, Any] = (
+        {"port": port} if protocol == "smtp" else {"socket": tmp_path / "lmtp.sock"}
+    )
+    controller = start(app, ListenerSettings(protocol=protocol, max_connections=2, **where))
+
+    def connect() -> smtplib.SMTP:
+        if protocol == "smtp":
+            return smtplib.SMTP("127.0.0.1", port, timeout=10)
+        return smtplib.LMTP(str(where["socket"]), timeout=10)
+
+    try:
+        first, second = connect(), connect()
+        assert first.noop()[0] == 250 and second.noop()[0] == 250
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            connect()
+        assert refused.value.smtp_code == 421
+        assert first.noop()[0] == 250  # the sessions already open go on
+
+        first.quit()
+        for _attempt in range(50):  # the slot comes back once the server saw the QUIT
+            try:
+                third = connect()
+                break
+            except smtplib.SMTPConnectError:
+                time.sleep(0.05)
+        else:
+            pytest.fail("no connection served after one was closed")
+        third.sendmail("a@c.test", ["support@example.com"], make_mail(message_id="m1@c.test"))
+        third.quit()
+        second.quit()
+    finally:
+        controller.stop()  # type: ignore[attr-defined]
+    assert [row.header_message_id for row in stored(app)] == ["m1@c.test"]
+    assert "refusing new ones with 421" in caplog.text
+    assert "below max_connections again; refused" in caplog.text
