@@ -13,7 +13,6 @@ import contextlib
 import socket
 import threading
 import time
-from types import TracebackType
 
 
 class SlowLink:
@@ -31,12 +30,7 @@ class SlowLink:
     def __enter__(self) -> SlowLink:
         return self
 
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    def __exit__(self, *exc_info: object) -> None:
         self.close()
 
     def close(self) -> None:
