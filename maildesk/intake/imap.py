@@ -595,20 +595,28 @@ class FolderPoller:
         with command("IDLE"):
             client.idle()
         try:
-            if _take_change_notices(client):
-                return  # mail came in during the last poll's commands or as IDLE began
-            until = time.monotonic() + min(self.mailbox.poll_interval_seconds, IDLE_MAX_SECONDS)
-            while not self.deps.stop.is_set() and time.monotonic() < until:
-                if _buffered_change(client):
-                    break
-                with command("IDLE (waiting)"):
-                    line = _next_idle_line(client, IDLE_CHECK_SECONDS)
-                if line is not None and _notice_of_change(line):
-                    break
-                self._renew_if_due()
-        finally:
-            with command("DONE"):
+            self._wait_in_idle(client)
+        except BaseException:
+            # End the IDLE if the connection still works (a lost lease, say);
+            # never let that hide why the wait failed.
+            with contextlib.suppress(Exception), command("DONE"):
                 client.idle_done()
+            raise
+        with command("DONE"):
+            client.idle_done()
+
+    def _wait_in_idle(self, client: IMAPClient) -> None:
+        if _take_change_notices(client):
+            return  # mail came in during the last poll's commands or as IDLE began
+        until = time.monotonic() + min(self.mailbox.poll_interval_seconds, IDLE_MAX_SECONDS)
+        while not self.deps.stop.is_set() and time.monotonic() < until:
+            if _buffered_change(client):
+                return
+            with self.watch.command("IDLE (waiting)"):
+                line = _next_idle_line(client, IDLE_CHECK_SECONDS)
+            if line is not None and _notice_of_change(line):
+                return
+            self._renew_if_due()
 
     def _wait(self, seconds: float) -> None:
         self._report(FolderStatus.WAITING)
