@@ -6,16 +6,21 @@ import os
 import smtplib
 import socket
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 from maildesk.config import (
     ConfigError,
+    ImapMailboxSettings,
     ListenerSettings,
     Settings,
     resolve_installation_secret,
     resolve_relay_password,
 )
 from maildesk.db.database import Database
+from maildesk.intake.deadline import ConnectionWatch
+from maildesk.intake.imap import connect, disconnect, failure_kind, resolve_logins
+from maildesk.intake.oauth2 import Login
 from maildesk.outbound.templates import TemplateRenderer, default_templates_dir
 
 SAMPLE: dict[str, Any] = {
@@ -41,6 +46,7 @@ def run_checks(settings: Settings) -> Iterator[tuple[bool, str]]:
     yield from _templates(settings)
     for listener in settings.listeners:
         yield _listener(listener)
+    yield from _imap(settings)
     yield _outbound(settings)
 
 
@@ -113,6 +119,49 @@ def _listener(listener: ListenerSettings) -> tuple[bool, str]:
                 f"{listener.protocol} {listener.host}:{listener.port}: cannot bind: {exc.strerror}",
             )
     return True, f"{listener.protocol} {listener.host}:{listener.port}: free to bind"
+
+
+def _imap(settings: Settings) -> Iterator[tuple[bool, str]]:
+    if not settings.imap:
+        return
+    try:
+        logins = resolve_logins(settings, lambda: datetime.now(UTC))
+    except ConfigError as exc:
+        yield False, f"imap: {exc}"
+        return
+    for mailbox in settings.imap:
+        yield _imap_mailbox(mailbox, logins[mailbox.key])
+
+
+def _imap_mailbox(mailbox: ImapMailboxSettings, login: Login) -> tuple[bool, str]:
+    """Log in as the poller does; the folders to read (and Junk) must exist."""
+    name = f"imap {mailbox.key} ({mailbox.host}:{mailbox.effective_port})"
+    watch = ConnectionWatch(mailbox.command_deadline_seconds)
+    try:
+        client = connect(mailbox, login, watch)
+    except Exception as exc:
+        return False, f"{name}: {failure_kind(exc)}: {exc}"
+    try:
+        with watch.command("STATUS"):
+            wanted = [*mailbox.folders, *([mailbox.junk_folder] if mailbox.junk_folder else [])]
+            missing = [folder for folder in wanted if not client.folder_exists(folder)]
+            counts = {
+                folder: int(client.folder_status(folder, [b"MESSAGES"])[b"MESSAGES"])
+                for folder in mailbox.folders
+                if folder not in missing
+            }
+    except Exception as exc:
+        return False, f"{name}: {failure_kind(exc)}: {exc}"
+    finally:
+        disconnect(client, watch)
+    if missing:
+        return False, f"{name}: logged in, but there is no folder " + ", ".join(
+            repr(folder) for folder in missing
+        )
+    return True, f"{name}: logged in; " + ", ".join(
+        f"{folder!r} holds {count} message{'' if count == 1 else 's'}"
+        for folder, count in counts.items()
+    )
 
 
 def _outbound(settings: Settings) -> tuple[bool, str]:

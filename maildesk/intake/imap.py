@@ -173,7 +173,7 @@ def connect(mailbox: ImapMailboxSettings, login: Login, watch: ConnectionWatch) 
                 login.refused()
                 raise
     except BaseException:
-        _close_quietly(client, watch)
+        disconnect(client, watch)
         raise
     return client
 
@@ -193,7 +193,8 @@ def failure_kind(exc: BaseException) -> str:
     return "connection failed"
 
 
-def _close_quietly(client: IMAPClient, watch: ConnectionWatch) -> None:
+def disconnect(client: IMAPClient, watch: ConnectionWatch) -> None:
+    """Log out (within the deadline), or just close; never raises."""
     try:
         with watch.command("LOGOUT"):
             client.logout()
@@ -407,7 +408,7 @@ class FolderPoller:
                 else:
                     self._wait(self.mailbox.poll_interval_seconds)
         finally:
-            _close_quietly(client, self.watch)
+            disconnect(client, self.watch)
 
     def _check_uidvalidity(self, uidvalidity: int) -> Progress:
         progress = self.state.load()
