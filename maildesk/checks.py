@@ -18,8 +18,13 @@ from maildesk.config import (
     resolve_relay_password,
 )
 from maildesk.db.database import Database
-from maildesk.intake.deadline import ConnectionWatch
-from maildesk.intake.imap import connect, disconnect, failure_kind, resolve_logins
+from maildesk.intake.imap import (
+    command_watch,
+    connect,
+    disconnect,
+    failure_kind,
+    resolve_logins,
+)
 from maildesk.intake.oauth2 import Login
 from maildesk.outbound.templates import TemplateRenderer, default_templates_dir
 
@@ -136,7 +141,7 @@ def _imap(settings: Settings) -> Iterator[tuple[bool, str]]:
 def _imap_mailbox(mailbox: ImapMailboxSettings, login: Login) -> tuple[bool, str]:
     """Log in as the poller does; the folders to read (and Junk) must exist."""
     name = f"imap {mailbox.key} ({mailbox.host}:{mailbox.effective_port})"
-    watch = ConnectionWatch(mailbox.command_deadline_seconds)
+    watch = command_watch(mailbox)
     try:
         client = connect(mailbox, login, watch)
     except Exception as exc:

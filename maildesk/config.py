@@ -97,6 +97,7 @@ class OutboundSettings(_Section):
     relay_password_file: Path | None = None
     relay_password_env: str | None = None
     relay_timeout_seconds: float = Field(default=30, gt=0)
+    relay_deadline_seconds: float = Field(default=300, gt=0, le=540)  # < the 10 min claim
     from_name: str = "Support"
     drain_interval_seconds: float = Field(default=2.0, gt=0)
     retry_base_seconds: float = Field(default=30.0, gt=0)

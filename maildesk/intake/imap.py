@@ -48,12 +48,12 @@ from maildesk.config import (
     Settings,
     resolve_secret,
 )
+from maildesk.connection_watch import CommandOverdue, ConnectionWatch
 from maildesk.db.database import Database
 from maildesk.db.models import Blob, ImapFolderState, Intake
 from maildesk.db.upsert import insert_ignore
 from maildesk.domain.message import TRUNCATED_HEADER
 from maildesk.domain.rawheader import extract_message_id
-from maildesk.intake.deadline import CommandOverdue, ConnectionWatch
 from maildesk.intake.oauth2 import Login, OAuth2Error, PasswordLogin, oauth2_login
 from maildesk.intake.store import Envelope, IntakeStore
 
@@ -147,6 +147,11 @@ def size_groups(sizes: Sequence[tuple[int, int]], budget: int) -> Iterator[list[
         yield group
 
 
+def command_watch(mailbox: ImapMailboxSettings) -> ConnectionWatch:
+    """The watch that holds each command to the mailbox's ``command_deadline_seconds``."""
+    return ConnectionWatch(mailbox.command_deadline_seconds, "command_deadline_seconds")
+
+
 def connect(mailbox: ImapMailboxSettings, login: Login, watch: ConnectionWatch) -> IMAPClient:
     """Open, secure and log in, attached to ``watch``; raises on any failure."""
     context = ssl.create_default_context(
@@ -162,7 +167,7 @@ def connect(mailbox: ImapMailboxSettings, login: Login, watch: ConnectionWatch) 
         ssl_context=context,
         timeout=mailbox.timeout_seconds,
     )
-    watch.attach(client)
+    watch.attach(client.socket)
     try:
         with watch.command("log-in"):
             if mailbox.security is ImapSecurity.STARTTLS:
@@ -334,7 +339,7 @@ class FolderPoller:
         self.health = FolderHealth(mailbox.key, folder)
         self.failures = 0
         self.last_renew = 0.0
-        self.watch = ConnectionWatch(mailbox.command_deadline_seconds)
+        self.watch = command_watch(mailbox)
         # Called with the hashes of messages found again that were stored before.
         self.on_seen_again: Callable[[Iterable[str]], None] | None = None
 

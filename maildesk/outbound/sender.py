@@ -20,6 +20,7 @@ from typing import Protocol
 from sqlalchemy import and_, or_, select
 
 from maildesk.config import OutboundSettings
+from maildesk.connection_watch import CommandOverdue, ConnectionWatch
 from maildesk.db.database import Database
 from maildesk.db.models import Blob, Outbox, OutboxState, Suppression
 
@@ -58,17 +59,15 @@ class SmtpTransport:
         self.password = password
         self.ssl_context = ssl_context or ssl.create_default_context()
 
-    def _connect(self) -> smtplib.SMTP:
+    def _connect(self, watch: ConnectionWatch) -> smtplib.SMTP:
         s = self.settings
+        client: smtplib.SMTP
         if s.relay_security == "tls":
-            client: smtplib.SMTP = smtplib.SMTP_SSL(
-                s.relay_host,
-                s.relay_port,
-                timeout=s.relay_timeout_seconds,
-                context=self.ssl_context,
-            )
+            client = smtplib.SMTP_SSL(timeout=s.relay_timeout_seconds, context=self.ssl_context)
         else:
-            client = smtplib.SMTP(s.relay_host, s.relay_port, timeout=s.relay_timeout_seconds)
+            client = smtplib.SMTP(timeout=s.relay_timeout_seconds)
+        watch.attach(lambda: client.sock)  # the greeting, too, is within the deadline
+        client.connect(s.relay_host, s.relay_port)
         client.ehlo_or_helo_if_needed()
         if s.relay_security == "starttls":
             client.starttls(context=self.ssl_context)
@@ -78,8 +77,26 @@ class SmtpTransport:
         return client
 
     def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> None:
+        """Hand one mail to the relay within ``relay_deadline_seconds``.
+
+        The socket timeout bounds only the silence between two reads; the
+        deadline bounds the whole delivery, so a relay that trickles its
+        replies cannot stall the outbox. It is shorter than the claim timeout
+        after which another node may take the row, so a slow delivery is
+        never sent a second time alongside.
+        """
+        watch = ConnectionWatch(self.settings.relay_deadline_seconds, "relay_deadline_seconds")
         try:
-            client = self._connect()
+            with watch.command("delivery to the relay"):
+                self._deliver(watch, envelope_from, recipients, raw)
+        except CommandOverdue as exc:
+            raise TemporaryFailure(str(exc)) from exc
+
+    def _deliver(
+        self, watch: ConnectionWatch, envelope_from: str, recipients: list[str], raw: bytes
+    ) -> None:
+        try:
+            client = self._connect(watch)
         except smtplib.SMTPAuthenticationError as exc:
             raise TemporaryFailure(
                 f"relay refused our login: {exc.smtp_code} {exc.smtp_error!r}"
