@@ -78,6 +78,7 @@ class ListenerSettings(_Section):
     socket: Path | None = None
     max_message_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     max_connections: int = Field(default=100, ge=1)  # beyond: 421, the sender retries
+    max_connections_per_client: int = Field(default=50, ge=1)  # per IP address; likewise
     tls_cert: Path | None = None  # enables STARTTLS (SMTP only)
     tls_key: Path | None = None
     require_auth: bool = False

@@ -11,6 +11,7 @@ import asyncio
 import logging
 import socket
 import ssl
+from collections import Counter
 from collections.abc import Callable
 from datetime import datetime
 from email.utils import format_datetime
@@ -102,39 +103,71 @@ LONG_LINE_LIMIT = 1024 * 1024  # see _LimitedConnections
 
 
 class ConnectionSlots:
-    """How many connections one listener serves at once.
+    """How many connections one listener serves at once, in all and per client address.
 
     Each connection may hold a message of up to ``max_message_bytes`` in
-    memory while it arrives, so the count bounds memory as well as sockets.
-    Beyond it a new connection gets ``421`` and is closed; a sending MTA
-    retries later, so nothing is lost. Used from the listener's event loop
-    thread only.
+    memory while it arrives, so the count bounds memory as well as sockets;
+    the count per client keeps one host from taking every slot (Postfix's
+    defaults: 100 in all, 50 per client). Beyond either a new connection gets
+    ``421`` and is closed; a sending MTA retries later, so nothing is lost.
+    Connections on a unix socket have no client address and count only in
+    all. Used from the listener's event loop thread only.
     """
 
-    def __init__(self, limit: int, name: str) -> None:
-        self.limit, self.name = limit, name
+    def __init__(self, limit: int, per_client: int, name: str) -> None:
+        self.limit, self.per_client, self.name = limit, per_client, name
         self.open = 0
-        self.refused = 0  # since the listener was last below its limit
+        self.by_client: Counter[str] = Counter()
+        # Refused since the listener (or that client) was last below its limit.
+        self.refused: Counter[str | None] = Counter()
 
-    def take(self, peer: Any) -> bool:
-        if self.open < self.limit:
-            self.open += 1
-            return True
-        if not self.refused:
-            log.warning(
-                "%s: %d connections open (max_connections); refusing new ones with 421, first %s",
-                self.name,
-                self.open,
-                peer,
-            )
-        self.refused += 1
-        return False
+    def take(self, client: str | None) -> bytes | None:
+        """Count a new connection in, or return the 421 reply that refuses it."""
+        if self.open >= self.limit:
+            return self._refuse(client, per_client=False)
+        if client and self.by_client[client] >= self.per_client:
+            return self._refuse(client, per_client=True)
+        self.open += 1
+        if client:
+            self.by_client[client] += 1
+        return None
 
-    def give_back(self) -> None:
+    def give_back(self, client: str | None) -> None:
         self.open -= 1
-        if self.refused:
-            log.warning("%s: below max_connections again; refused %d", self.name, self.refused)
-            self.refused = 0
+        if client:
+            self.by_client[client] -= 1
+            if not self.by_client[client]:
+                del self.by_client[client]
+        self._below_again(None, "max_connections")
+        if client:
+            self._below_again(client, "max_connections_per_client")
+
+    def _below_again(self, key: str | None, limit: str) -> None:
+        if self.refused[key]:
+            whose = f" for {key}" if key else ""
+            log.warning(
+                "%s: below %s%s again; refused %d", self.name, limit, whose, self.refused[key]
+            )
+            del self.refused[key]
+
+    def _refuse(self, client: str | None, per_client: bool) -> bytes:
+        key = client if per_client else None
+        limit = "max_connections_per_client" if per_client else "max_connections"
+        count = self.by_client[client] if client and per_client else self.open
+        if not self.refused[key]:
+            whose = f" from {key}" if key else ""
+            log.warning(
+                "%s: %d connections open%s (%s); refusing new ones with 421, first from %s",
+                self.name,
+                count,
+                whose,
+                limit,
+                client or "the socket",
+            )
+        self.refused[key] += 1
+        if key:
+            return b"421 4.7.0 Too many connections from your address, try again later\r\n"
+        return b"421 4.7.0 Too many connections, try again later\r\n"
 
 
 class _LimitedConnections(SMTP):
@@ -146,14 +179,18 @@ class _LimitedConnections(SMTP):
     line_length_limit = LONG_LINE_LIMIT
     slots: ConnectionSlots | None = None
     holds_slot = refused = False
+    client: str | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._original_transport is None  # not the TLS layer after STARTTLS
         if first and self.slots is not None:
-            if not self.slots.take(transport.get_extra_info("peername")):
+            peer = transport.get_extra_info("peername")
+            self.client = peer[0] if isinstance(peer, tuple) and peer else None
+            refusal = self.slots.take(self.client)
+            if refusal is not None:
                 self.refused = True
                 assert isinstance(transport, asyncio.WriteTransport)
-                transport.write(b"421 4.7.0 Too many connections, try again later\r\n")
+                transport.write(refusal)
                 transport.close()
                 return
             self.holds_slot = True
@@ -165,7 +202,7 @@ class _LimitedConnections(SMTP):
         super().connection_lost(error)
         if self.holds_slot and self.slots is not None:
             self.holds_slot = False
-            self.slots.give_back()
+            self.slots.give_back(self.client)
 
 
 class _SMTP(_LimitedConnections):
@@ -248,7 +285,9 @@ def build_controller(
         where = f"{settings.host}:{port}"
     controller.protocol = _LMTP if settings.protocol == "lmtp" else _SMTP
     controller.slots = ConnectionSlots(
-        settings.max_connections, f"{settings.protocol} listener {where}"
+        settings.max_connections,
+        settings.max_connections_per_client,
+        f"{settings.protocol} listener {where}",
     )
     return controller
 

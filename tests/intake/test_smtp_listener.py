@@ -249,3 +249,30 @@ def test_connections_beyond_max_connections_get_421_and_a_freed_slot_is_served(
     assert [row.header_message_id for row in stored(app)] == ["m1@c.test"]
     assert "refusing new ones with 421" in caplog.text
     assert "below max_connections again; refused" in caplog.text
+
+
+def test_one_client_address_cannot_take_every_slot(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    port = free_port()
+    settings = ListenerSettings(port=port, max_connections=10, max_connections_per_client=2)
+    controller = start(app, settings)
+
+    def connect(source: str) -> smtplib.SMTP:
+        return smtplib.SMTP("127.0.0.1", port, timeout=10, source_address=(source, 0))
+
+    try:
+        mine = [connect("127.0.0.1"), connect("127.0.0.1")]
+        with pytest.raises(smtplib.SMTPConnectError) as refused:
+            connect("127.0.0.1")
+        assert refused.value.smtp_code == 421
+        assert b"from your address" in refused.value.smtp_error
+        other = connect("127.0.0.2")  # another host still gets in
+        other.sendmail("b@c.test", ["support@example.com"], make_mail(message_id="o1@c.test"))
+        other.quit()
+        for client in mine:
+            client.quit()
+    finally:
+        controller.stop()  # type: ignore[attr-defined]
+    assert [row.header_message_id for row in stored(app)] == ["o1@c.test"]
+    assert "(max_connections_per_client); refusing new ones with 421" in caplog.text
