@@ -113,6 +113,10 @@ class AcknowledgementSettings(_Section):
     max_age_hours: float = Field(default=24.0, gt=0)
     per_sender_per_hour: int = Field(default=5, ge=0)
     per_sender_per_day: int = Field(default=20, ge=0)
+    # No acknowledgement (a ticket all the same) when our own MTA's
+    # Authentication-Results (agent_mail.trusted_authserv_ids) say dmarc=fail:
+    # the From is likely forged, and the mail would go to the forged address.
+    skip_dmarc_fail: bool = True
 
 
 class SpamSettings(_Section):

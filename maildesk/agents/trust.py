@@ -224,6 +224,19 @@ def trusted_results(
     return []
 
 
+def failed_dmarc(headers: Sequence[str], trusted_ids: Iterable[str]) -> str | None:
+    """``dmarc=fail (domain) per <authserv-id>`` when our own MTA found DMARC failing.
+
+    A DMARC failure means the sender's domain says this mail is not its own:
+    the From address is most likely forged. Only our MTA's header counts.
+    """
+    ids = tuple(trusted_ids)
+    for method, result, domain in trusted_results(headers, ids):
+        if method == "dmarc" and result == "fail":
+            return "dmarc=fail" + (f" ({domain})" if domain else "")
+    return None
+
+
 def aligned(domain: str, agent_domain: str) -> bool:
     """Relaxed alignment: equal, or one is a subdomain of the other."""
     if not domain:

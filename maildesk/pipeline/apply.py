@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
+from maildesk.agents.trust import failed_dmarc
 from maildesk.agents.writer import after_hold, apply_agent_mail
 from maildesk.config import Settings
 from maildesk.db.models import (
@@ -268,6 +269,8 @@ class Applier:
                 why, answerable = f"written {at:%Y-%m-%d %H:%M} UTC, older than {max_age}", False
             elif ctx.possible_spam:
                 why, answerable = "possible spam: not acknowledged until released", False
+            elif (forged := self._forged_sender(ctx)) is not None:
+                why, answerable = f"{forged}: the sender is likely forged (no backscatter)", False
             elif ctx.route is not None and ctx.route.result.ack_suppressed_by:
                 why, answerable = f"suppressed by rule {ctx.route.result.ack_suppressed_by}", False
             else:
@@ -356,6 +359,13 @@ class Applier:
             reason=f"<{msg.message_id}> is the parent of a reply that arrived first "
             f"(shared addresses: {', '.join(sorted(shared)[:3])})",
         )
+
+    def _forged_sender(self, ctx: MessageContext) -> str | None:
+        """Why our MTA's sender authentication says the From is not the sender's own."""
+        ids = self.settings.agent_mail.trusted_authserv_ids
+        if not (self.settings.acknowledgements.skip_dmarc_fail and ids and ctx.parsed):
+            return None
+        return failed_dmarc(ctx.parsed.header_all("Authentication-Results"), ids)
 
     def _suppress(
         self,

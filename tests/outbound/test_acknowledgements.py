@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 from email.message import Message as EmailMessageT
+from pathlib import Path
 
 from sqlalchemy import select
 
@@ -12,7 +13,7 @@ from maildesk.db import queries
 from maildesk.db.models import Blob, Event, Outbox, OutboxState, TicketStatus
 from maildesk.outbound.sender import MaildirTransport, OutboxSender
 from maildesk.tickets import change_status
-from tests.conftest import FrozenClock
+from tests.conftest import FrozenClock, make_settings
 from tests.mailfactory import deliver, make_mail
 
 
@@ -230,3 +231,47 @@ def test_each_support_address_brings_its_own_queue_category_and_sender_name(
     assert ack_billing["From"] == "Example Billing <billing@example.com>"
     assert ack_plain["From"] == "Support <support@example.com>"
     app.db.dispose()
+
+
+def test_a_sender_our_mta_found_failing_dmarc_gets_a_ticket_but_no_acknowledgement(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """A forged From must not turn our acknowledgement into backscatter."""
+    settings = make_settings(
+        tmp_path, database_url, agent_mail={"trusted_authserv_ids": ["mx.example.com"]}
+    )
+    app = App.build(settings, clock=clock)
+    failing = "mx.example.com; dmarc=fail (p=reject) header.from=bank.test; spf=fail"
+    elsewhere = "relay.evil.test; dmarc=fail header.from=friend.test"  # not our MTA's verdict
+    try:
+        for n, (sender, results) in enumerate(
+            [
+                ("Bank <security@bank.test>", failing),
+                ("Ann <ann@friend.test>", elsewhere),
+                ("Bo <bo@shop.test>", "mx.example.com; dmarc=pass header.from=shop.test"),
+            ]
+        ):
+            raw = make_mail(
+                sender=sender,
+                message_id=f"d{n}@x.test",
+                subject=f"Question {n}",
+                headers={"Authentication-Results": results},
+            )
+            assert deliver(app, raw).as_dict()["created"] == 1
+        assert sorted(row.recipients[0] for row, _ in outbox(app)) == [
+            "ann@friend.test",
+            "bo@shop.test",
+        ]
+        assert any(
+            "dmarc=fail (bank.test): the sender is likely forged" in r for r in skipped_reasons(app)
+        )
+    finally:
+        app.db.dispose()
+
+
+def test_without_a_trusted_mta_named_an_authentication_results_header_changes_nothing(
+    app: App,
+) -> None:
+    failing = "mx.example.com; dmarc=fail (p=reject) header.from=customer.test"
+    deliver(app, make_mail(message_id="d9@x.test", headers={"Authentication-Results": failing}))
+    assert len(outbox(app)) == 1
