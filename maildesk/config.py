@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 import secrets
 import socket
 import tomllib
@@ -135,6 +136,17 @@ class SpamSettings(_Section):
     digest_to: str | None = None  # daily list of quarantined spam to this address
     digest_at: str = Field(default="07:00", pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
     digest_timezone: str = "UTC"
+    # Our own MTA's verdicts read as features, e.g. ["X-Spam-Flag", "Authentication-Results"]:
+    # the topmost copy of each; Authentication-Results only by agent_mail.trusted_authserv_ids.
+    trusted_verdict_headers: tuple[str, ...] = ()
+
+    @field_validator("trusted_verdict_headers")
+    @classmethod
+    def _header_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9-]+", name):
+                raise ValueError(f"{name!r} is not a header name")
+        return value
 
     @field_validator("digest_timezone")
     @classmethod
@@ -527,6 +539,16 @@ class Settings(_Section):
         return self
 
     @model_validator(mode="after")
+    def _verdicts_have_a_source(self) -> Settings:
+        names = {name.lower() for name in self.spam.trusted_verdict_headers}
+        if "authentication-results" in names and not self.agent_mail.trusted_authserv_ids:
+            raise ValueError(
+                "spam.trusted_verdict_headers: Authentication-Results is believed only from "
+                "our own MTA; name it in agent_mail.trusted_authserv_ids"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _sla_consistent(self) -> Settings:
         check_sla_references(
             self.sla,
@@ -610,6 +632,8 @@ def load_settings(explicit: str | None = None, data_dir: str | None = None) -> S
             reason = "unknown key"
         elif first["type"] == "value_error" and "error" in first.get("ctx", {}):
             reason = str(first["ctx"]["error"])  # without pydantic's "Value error, " prefix
+        if not key and (named := re.fullmatch(r"([a-z_]+(?:\.[\w-]+)+): (.+)", reason, re.S)):
+            key, reason = named.groups()  # a check across sections names its key first
         raise ConfigError(source, key, reason) from None
     return settings
 

@@ -63,6 +63,17 @@ def test_data_dir_override_from_environment(
         ("support_addresses = ['not an address']\n", "support_addresses", "not a plain address"),
         ("[[listeners]]\nprotocol = 'pop3'\n", "listeners.0.protocol", "pattern"),
         ("[outbound]\nrelay_security = 'maybe'\n", "outbound.relay_security", "pattern"),
+        (
+            "[spam]\ntrusted_verdict_headers = ['X Spam']\n",
+            "spam.trusted_verdict_headers",
+            "not a header name",
+        ),
+        (  # whose Authentication-Results to believe?
+            "[spam]\ntrusted_verdict_headers = ['Authentication-Results']\n",
+            "spam.trusted_verdict_headers",
+            "name it in agent_mail.trusted_authserv_ids",
+        ),
+        ("[routing]\ndefault_group = 'nobody'\n", "routing.default_group", "unknown group"),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path: Path, toml: str, key: str, reason: str) -> None:

@@ -17,11 +17,11 @@ only the agent received.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from maildesk.config import AgentMailSettings, AgentSettings
+from maildesk.domain.authresults import trusted_results
 from maildesk.domain.message import ParsedMessage
 from maildesk.domain.signing import RefPurpose, Signer
 
@@ -176,65 +176,6 @@ def judge(
     return Verdict(
         True, ref.agent, ref.ticket, f"signed for {ref.agent} via {ref.via}", factors, ref
     )
-
-
-# -- Authentication-Results (RFC 8601) -----------------------------------------
-
-_RESULT = re.compile(r"\b(dkim|spf|dmarc)\s*=\s*([a-z]+)([^;]*)", re.IGNORECASE)
-_PROP = re.compile(
-    r"\b(header\.d|header\.i|header\.from|smtp\.mailfrom|smtp\.from)\s*=\s*([^\s;]+)"
-)
-
-
-def _strip_comments(value: str) -> str:
-    out, depth = [], 0
-    for ch in value:
-        if ch == "(":
-            depth += 1
-        elif ch == ")" and depth:
-            depth -= 1
-        elif not depth:
-            out.append(ch)
-    return "".join(out)
-
-
-def trusted_results(
-    headers: Sequence[str], trusted_ids: Iterable[str]
-) -> list[tuple[str, str, str]]:
-    """(method, result, domain) from the topmost header by a trusted authserv-id.
-
-    Headers are in message order (newest first); our MTA adds its header on
-    top, so anything below it with our id was written by someone else.
-    """
-    trusted = {t.lower() for t in trusted_ids}
-    for header in headers:
-        value = _strip_comments(" ".join(header.split()))
-        authserv = value.split(";", 1)[0].strip().split()[0].lower() if value.strip() else ""
-        if authserv not in trusted:
-            continue
-        found = []
-        for method, result, props in (m.groups() for m in _RESULT.finditer(value)):
-            domain = ""
-            for key, val in _PROP.findall(props):
-                domain = val.strip("\"'").rpartition("@")[2].lower().rstrip(".")
-                if key in ("header.d", "header.from", "header.i"):
-                    break
-            found.append((method.lower(), result.lower(), domain))
-        return found
-    return []
-
-
-def failed_dmarc(headers: Sequence[str], trusted_ids: Iterable[str]) -> str | None:
-    """``dmarc=fail (domain) per <authserv-id>`` when our own MTA found DMARC failing.
-
-    A DMARC failure means the sender's domain says this mail is not its own:
-    the From address is most likely forged. Only our MTA's header counts.
-    """
-    ids = tuple(trusted_ids)
-    for method, result, domain in trusted_results(headers, ids):
-        if method == "dmarc" and result == "fail":
-            return "dmarc=fail" + (f" ({domain})" if domain else "")
-    return None
 
 
 def aligned(domain: str, agent_domain: str) -> bool:

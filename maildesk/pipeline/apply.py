@@ -9,7 +9,6 @@ from typing import Any
 from sqlalchemy import Table, bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
-from maildesk.agents.trust import failed_dmarc
 from maildesk.agents.writer import after_hold, apply_agent_mail
 from maildesk.config import Settings
 from maildesk.db.models import (
@@ -34,6 +33,7 @@ from maildesk.db.models import (
 from maildesk.db.queries import KnownId, StoredMessage
 from maildesk.db.upsert import insert_ignore, insert_row, upsert_contact
 from maildesk.domain.address import base_address
+from maildesk.domain.authresults import failed_dmarc
 from maildesk.domain.autodetect import AutoKind, failed_recipients
 from maildesk.domain.message import Address
 from maildesk.domain.subject import normalize_subject

@@ -31,6 +31,7 @@ import numpy as np
 import scipy.sparse as sp
 from numpy.typing import NDArray
 
+from maildesk.domain.authresults import trusted_results
 from maildesk.domain.message import ParsedMessage
 
 FEATURE_VERSION = 8  # bump whenever tokens change: old weights mean nothing
@@ -136,7 +137,11 @@ class FeatureConfig:
     recipient_shape: bool = True
     header_weight: float = 0.7  # L2 norm of the header group relative to the body group
     own_domains: tuple[str, ...] = ()
+    # Verdicts of our own MTA (spam.trusted_verdict_headers, set by the
+    # installation whatever the model file says): the topmost such header, and
+    # for Authentication-Results only the one by our authserv-id.
     trusted_verdict_headers: tuple[str, ...] = ()  # e.g. ("X-Spam-Flag", "Authentication-Results")
+    trusted_authserv_ids: tuple[str, ...] = ()
     version: int = FEATURE_VERSION
 
     @property
@@ -164,6 +169,7 @@ class FeatureConfig:
             "header_weight": self.header_weight,
             "own_domains": list(self.own_domains),
             "trusted_verdict_headers": list(self.trusted_verdict_headers),
+            "trusted_authserv_ids": list(self.trusted_authserv_ids),
             "version": self.version,
         }
 
@@ -220,6 +226,7 @@ class FeatureConfig:
             header_weight=float(header_weight),
             own_domains=_strs("own_domains"),
             trusted_verdict_headers=_strs("trusted_verdict_headers"),
+            trusted_authserv_ids=_strs("trusted_authserv_ids"),
         )
 
 
@@ -595,22 +602,27 @@ def _recipient_shape_tokens(msg: ParsedMessage, sink: _Sink) -> None:
 
 
 def _verdict_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> None:
-    """Trusted MTA verdicts (only headers the operator named as trusted)."""
+    """Our own MTA's verdicts, from the headers the installation named as trusted.
+
+    Anyone can put such headers in a mail: an Authentication-Results counts
+    only when it carries our MTA's authserv-id (the topmost one that does),
+    any other header only in its topmost copy, the one our MTA added last.
+    """
     for name in config.trusted_verdict_headers:
-        for value in msg.header_all(name)[:3]:
-            lname = name.lower()
-            lvalue = value.lower()
-            if lname == "authentication-results":
-                for method in ("spf", "dkim", "dmarc", "arc"):
-                    match = re.search(method + r"=(\w+)", lvalue)
-                    if match:
-                        sink.add(f"verdict:{method}:{match.group(1)}")
-            else:
-                try:
-                    score = float(lvalue.split()[0])
-                    sink.add(f"verdict:{lname}:{max(-5, min(int(score), 15))}")
-                except (ValueError, IndexError):
-                    sink.add(f"verdict:{lname}:{lvalue.strip()[:12]}")
+        lname = name.lower()
+        if lname == "authentication-results":
+            results = trusted_results(msg.header_all(name), config.trusted_authserv_ids)
+            sink.extend(f"verdict:{method}:{result}" for method, result, _domain in results)
+            continue
+        values = msg.header_all(name)
+        if not values:
+            continue
+        lvalue = values[0].lower()
+        try:
+            score = float(lvalue.split()[0])
+            sink.add(f"verdict:{lname}:{max(-5, min(int(score), 15))}")
+        except (ValueError, IndexError, OverflowError):
+            sink.add(f"verdict:{lname}:{lvalue.strip()[:12]}")
 
 
 _DATE_WORDS = frozenset(

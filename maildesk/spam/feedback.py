@@ -131,15 +131,13 @@ def learn_pending(
     A file lock beside the model keeps two learners on this node (the daemon
     and a ``spam mark`` command) from racing for the same copy.
     """
-    from maildesk.spam.model import SpamFilter  # sklearn: imported only to learn
-
     for _attempt in range(PUBLISH_ATTEMPTS):
         with _model_lock(spec.live_path):
             lessons = _pending(db)
             if not lessons:
                 return 0
             based_on = pull(db, spec.live_path)
-            model, note = SpamFilter.load_or_seed(spec.live_path, spec.seed_path)
+            model, note = spec.load()
             (log.warning if "falling back" in note and spec.live_path.exists() else log.info)(
                 "%s", note
             )

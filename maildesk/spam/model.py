@@ -39,7 +39,7 @@ import math
 import warnings
 import zipfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -283,6 +283,13 @@ class SpamFilter:
         self.trained_ham = 0
         self.seen = 0
         self.updated_at: str | None = None
+
+    def read_verdicts(self, headers: tuple[str, ...], authserv_ids: tuple[str, ...]) -> None:
+        """Read our own MTA's verdicts in ``headers`` as features (none: read none)."""
+        self.features = replace(
+            self.features, trusted_verdict_headers=headers, trusted_authserv_ids=authserv_ids
+        )
+        self._extractor = FeatureExtractor(self.features)
 
     # -- scoring -----------------------------------------------------------------
     def margin(self, msg: ParsedMessage) -> float:

@@ -36,6 +36,8 @@ class ScorerSpec:
     seed_path: Path
     unsure_at: float | None = None
     spam_at: float | None = None
+    verdict_headers: tuple[str, ...] = ()  # spam.trusted_verdict_headers
+    authserv_ids: tuple[str, ...] = ()  # agent_mail.trusted_authserv_ids
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ScorerSpec | None:
@@ -47,7 +49,22 @@ class ScorerSpec:
             seed_path=spam.seed_path or SEED_MODEL,
             unsure_at=spam.unsure_at,
             spam_at=spam.spam_at,
+            verdict_headers=spam.trusted_verdict_headers,
+            authserv_ids=settings.agent_mail.trusted_authserv_ids,
         )
+
+    def load(self) -> tuple[SpamFilter, str]:
+        """The live model, else the seed, reading the verdicts this installation trusts.
+
+        Which headers are trusted is the installation's to say, not the model
+        file's: it applies to the seed and to a model learned elsewhere alike.
+        Raises ModelLoadError when neither loads.
+        """
+        from maildesk.spam.model import SpamFilter  # sklearn: import on use
+
+        model, note = SpamFilter.load_or_seed(self.live_path, self.seed_path)
+        model.read_verdicts(self.verdict_headers, self.authserv_ids)
+        return model, note
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +112,10 @@ class SpamScorer:
         stamp = _stamp(self.spec.live_path)
         if self._model is not None and stamp == self._stamp:
             return self._model
-        from maildesk.spam.model import ModelLoadError, SpamFilter  # sklearn: import on use
+        from maildesk.spam.model import ModelLoadError  # sklearn: import on use
 
         try:
-            model, note = SpamFilter.load_or_seed(self.spec.live_path, self.spec.seed_path)
+            model, note = self.spec.load()
         except ModelLoadError as exc:
             if self._model is None:
                 log.error("spam filter off: no usable model (%s)", exc)

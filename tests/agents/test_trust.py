@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from maildesk.agents.trust import aligned, check_auth, trusted_results
+from maildesk.agents.trust import aligned, check_auth
 from maildesk.config import AgentMailSettings
+from maildesk.domain.authresults import trusted_results
 from maildesk.domain.message import ParsedMessage
 
 

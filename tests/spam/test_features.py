@@ -112,13 +112,27 @@ def test_recipient_and_filter_verdict_headers_are_not_features_by_default() -> N
     assert "h:organization:Acme" in toks
 
 
-def test_trusted_verdict_headers_are_used_only_when_configured() -> None:
-    headers = (("X-Spam-Flag", "YES"), ("Authentication-Results", "mx; spf=fail dkim=none"))
+def test_trusted_verdict_headers_are_used_only_when_configured_and_only_our_mtas() -> None:
+    headers = (  # newest first: our MTA's headers on top of what the mail brought
+        ("X-Spam-Flag", "YES"),
+        ("Authentication-Results", "relay.evil.test; dmarc=pass header.from=bank.test"),
+        ("Authentication-Results", "mx.example.com; spf=fail smtp.mailfrom=bank.test; dkim=none"),
+        ("X-Spam-Flag", "NO"),  # the sender's own copies, forged
+        ("Authentication-Results", "mx.example.com; dmarc=pass header.from=bank.test"),
+    )
     msg = message(headers=headers)
     assert not any(t.startswith("verdict:") for t in tokens(msg, FeatureConfig()))
-    trusted = FeatureConfig(trusted_verdict_headers=("X-Spam-Flag", "Authentication-Results"))
-    toks = tokens(msg, trusted)
-    assert {"verdict:x-spam-flag:yes", "verdict:spf:fail", "verdict:dkim:none"} <= set(toks)
+    trusted = FeatureConfig(
+        trusted_verdict_headers=("X-Spam-Flag", "Authentication-Results"),
+        trusted_authserv_ids=("mx.example.com",),
+    )
+    verdicts = {t for t in tokens(msg, trusted) if t.startswith("verdict:")}
+    assert verdicts == {"verdict:x-spam-flag:yes", "verdict:spf:fail", "verdict:dkim:none"}
+    # Without our MTA's id no Authentication-Results is believed.
+    unnamed = dataclasses.replace(trusted, trusted_authserv_ids=())
+    assert {t for t in tokens(msg, unnamed) if t.startswith("verdict:")} == {
+        "verdict:x-spam-flag:yes"
+    }
 
 
 def test_attachment_types_are_features() -> None:
