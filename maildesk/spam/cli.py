@@ -51,6 +51,7 @@ def _start_model(ctx: click.Context, start: str) -> SpamFilter:
     """
     if start == EMPTY_START:
         return SpamFilter()
+    spec = None
     if start == LIVE_START:
         from maildesk.cli import build_app
         from maildesk.spam.scoring import ScorerSpec
@@ -67,6 +68,8 @@ def _start_model(ctx: click.Context, start: str) -> SpamFilter:
         model = SpamFilter.load(path)
     except ModelLoadError as exc:
         raise click.BadParameter(str(exc), param_hint="--start") from exc
+    if spec is not None:  # as the daemon scores: with the verdicts the installation trusts
+        model.read_verdicts(spec.verdict_headers, spec.authserv_ids)
     click.echo(
         f"starting from {path}: {model.trained_spam} spam and {model.trained_ham} ham learned",
         err=True,
