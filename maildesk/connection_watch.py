@@ -61,24 +61,28 @@ class ConnectionWatch:
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
 
     @contextlib.contextmanager
-    def command(self, what: str) -> Iterator[None]:
-        """Run one command (``what`` names it in the error) within the deadline."""
+    def command(self, what: str, extra_seconds: float = 0.0) -> Iterator[None]:
+        """Run one command (``what`` names it in the error) within the deadline.
+
+        ``extra_seconds`` lengthens it for this command (a large transfer).
+        """
+        seconds = self.seconds + extra_seconds
         overdue = threading.Event()
 
         def fire() -> None:
             overdue.set()
             self.cut()
 
-        timer = threading.Timer(self.seconds, fire)
+        timer = threading.Timer(seconds, fire)
         timer.daemon = True
         timer.start()
         try:
             yield
         except Exception as exc:
             if overdue.is_set():
-                raise CommandOverdue(what, self.seconds, self.setting) from exc
+                raise CommandOverdue(what, seconds, self.setting) from exc
             raise
         finally:
             timer.cancel()
         if overdue.is_set():  # it finished as the cut came: the connection is gone anyway
-            raise CommandOverdue(what, self.seconds, self.setting)
+            raise CommandOverdue(what, seconds, self.setting)

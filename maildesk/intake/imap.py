@@ -67,6 +67,8 @@ BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
 FETCH_BATCH = 50  # UIDs stored per transaction
 FETCH_BYTES = 8 * 1024 * 1024  # at most this much message data per FETCH command
+# A FETCH may take command_deadline_seconds plus a second per this many bytes.
+FETCH_MIN_BYTES_PER_SECOND = 16 * 1024
 STOP_GRACE_SECONDS = 5.0  # on stop, a poller's command may finish this long before it is cut
 
 Clock = Callable[[], datetime]
@@ -474,15 +476,8 @@ class FolderPoller:
                 for uid, data in client.fetch(uids, ["RFC822.SIZE"]).items()
                 if b"RFC822.SIZE" in data
             }
-        raws: dict[int, bytes] = {}
         small = [(uid, size) for uid, size in sorted(sizes.items()) if size <= limit]
-        for group in size_groups(small, FETCH_BYTES):
-            with self.watch.command("FETCH BODY.PEEK[]"):
-                fetched = client.fetch(group, ["BODY.PEEK[]"])
-            for uid, data in fetched.items():
-                body = data.get(b"BODY[]")
-                if body is not None:
-                    raws[uid] = bytes(body)
+        raws = dict(self._bodies(client, small))
         large = [uid for uid, size in sizes.items() if size > limit]
         if large:
             with self.watch.command("FETCH BODY.PEEK[HEADER]"):
@@ -507,6 +502,26 @@ class FolderPoller:
             for uid in uids
             if uid in raws
         ]
+
+    def _bodies(
+        self, client: IMAPClient, sized: list[tuple[int, int]]
+    ) -> Iterator[tuple[int, bytes]]:
+        """(UID, raw bytes) of the messages, in FETCHes of at most FETCH_BYTES.
+
+        Each FETCH gets a second more per FETCH_MIN_BYTES_PER_SECOND of what it
+        reads: on a slow but steady link the largest message still comes
+        through (a fixed deadline would cut it, and then again on every
+        retry), while a trickle is still cut. Vanished UIDs are skipped.
+        """
+        size_of = dict(sized)
+        for group in size_groups(sized, FETCH_BYTES):
+            transfer = sum(size_of[uid] for uid in group) / FETCH_MIN_BYTES_PER_SECOND
+            with self.watch.command("FETCH BODY.PEEK[]", extra_seconds=transfer):
+                fetched = client.fetch(group, ["BODY.PEEK[]"])
+            for uid, data in fetched.items():
+                body = data.get(b"BODY[]")
+                if body is not None:
+                    yield uid, bytes(body)
 
     def _not_yet_stored(self, items: list[tuple[bytes, Envelope]]) -> list[tuple[bytes, Envelope]]:
         """Drop messages this folder already stored (same Message-ID and same bytes).

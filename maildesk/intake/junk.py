@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from maildesk.db.database import Database
 from maildesk.db.models import Blob, SpamFeedback
-from maildesk.intake.imap import FETCH_BATCH, FETCH_BYTES, FolderPoller, new_uids, size_groups
+from maildesk.intake.imap import FETCH_BATCH, FolderPoller, new_uids
 from maildesk.spam.feedback import SpamLabel, record_feedback
 
 log = logging.getLogger("maildesk.intake.imap")
@@ -104,15 +104,7 @@ class JunkPoller(FolderPoller):
                 for uid, data in sorted(client.fetch(uids, ["RFC822.SIZE"]).items())
                 if b"RFC822.SIZE" in data and int(data[b"RFC822.SIZE"]) <= limit
             ]
-        digests = []
-        for group in size_groups(sizes, FETCH_BYTES):
-            with self.watch.command("FETCH BODY.PEEK[]"):
-                fetched = client.fetch(group, ["BODY.PEEK[]"])
-            for data in fetched.values():
-                body = data.get(b"BODY[]")
-                if body is not None:
-                    digests.append(hashlib.sha256(bytes(body)).hexdigest())
-        return digests
+        return [hashlib.sha256(body).hexdigest() for _uid, body in self._bodies(client, sizes)]
 
 
 def seen_again_hook(

@@ -108,3 +108,26 @@ def test_a_new_mail_notice_split_across_packets_during_idle_is_read_whole(
         link.trickle.clear()
         wait_until(lambda: len(stored(app)) == 1, "the message stored")
     assert "reconnecting" not in caplog.text  # one connection throughout
+
+
+def test_a_slow_but_steady_link_still_brings_a_large_message_in(
+    app: App,
+    dovecot: Dovecot,
+    runner: Runner,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A FETCH gets time for its size: a fixed deadline would cut a large message
+    on a slow link every time, and the folder would never get past it."""
+    monkeypatch.setattr("maildesk.intake.imap.FETCH_MIN_BYTES_PER_SECOND", 1024)
+    raw = mail(1, body="Log attached below.\n" + "0123456789abcdef" * 1000 + "\n")  # 16 KB
+    dovecot.append(USER, raw)
+    with SlowLink(dovecot.port, interval=0.0002) as link:  # some 4 KB/s: the FETCH takes ~4 s
+        link.trickle.set()
+        mailbox = dovecot.mailbox(
+            USER, port=link.port, timeout_seconds=2, command_deadline_seconds=2
+        )
+        runner.start(app, mailbox)
+        rows = wait_until(lambda: stored(app), "the message stored", timeout=60)
+        assert [body for _, body in rows] == [raw]
+    assert "deadline exceeded" not in caplog.text  # in at the first FETCH, never cut
