@@ -24,8 +24,9 @@ SocketOf = Callable[[], socket.socket | None]
 class CommandOverdue(Exception):
     """One command took longer than its deadline; the connection was cut."""
 
-    def __init__(self, what: str, seconds: float, setting: str) -> None:
-        super().__init__(f"{what} took longer than {setting}={seconds:g}; connection cut")
+    def __init__(self, what: str, seconds: float, setting: str, extra: float = 0.0) -> None:
+        limit = f"{setting}={seconds:g}" + (f" + {extra:.0f} s for its size" if extra else "")
+        super().__init__(f"{what} took longer than {limit}; connection cut")
 
 
 class ConnectionWatch:
@@ -80,7 +81,7 @@ class ConnectionWatch:
             yield
         except Exception as exc:
             if overdue.is_set():
-                raise CommandOverdue(what, seconds, self.setting) from exc
+                raise CommandOverdue(what, self.seconds, self.setting, extra_seconds) from exc
             raise
         finally:
             # Finished as the cut came: what it did stands (a mail the relay

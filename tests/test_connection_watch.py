@@ -47,3 +47,11 @@ def test_the_deadline_grows_for_a_large_transfer() -> None:
             server.sendall(b"x")
             time.sleep(0.2)  # past the plain deadline, within the grown one
             assert ours.recv(1) == b"x"
+
+
+def test_an_overdue_transfer_names_both_parts_of_its_deadline() -> None:
+    error = CommandOverdue("FETCH BODY.PEEK[]", 300, "command_deadline_seconds", 512.4)
+    assert str(error) == (
+        "FETCH BODY.PEEK[] took longer than command_deadline_seconds=300 + 512 s for its size;"
+        " connection cut"
+    )
