@@ -25,7 +25,7 @@ class CommandOverdue(Exception):
     """One command took longer than its deadline; the connection was cut."""
 
     def __init__(self, what: str, seconds: float, setting: str, extra: float = 0.0) -> None:
-        limit = f"{setting}={seconds:g}" + (f" + {extra:.0f} s for its size" if extra else "")
+        limit = f"{setting}={seconds:g}" + (f" + {extra:.0f} s for its size" if extra >= 1 else "")
         super().__init__(f"{what} took longer than {limit}; connection cut")
 
 

@@ -4,7 +4,7 @@ Put in front of the tests' Dovecot, it plays a slow or half-broken network
 path: with ``trickle`` on, everything the server sends reaches the client one
 byte at a time, ``interval`` apart, so no single read ever waits long enough
 for a socket timeout, while a command never ends. What the client sends goes
-through at once.
+through at once, or (``slow_upload``) it is what trickles instead.
 """
 
 from __future__ import annotations
@@ -16,9 +16,10 @@ import time
 
 
 class SlowLink:
-    def __init__(self, target_port: int, interval: float = 0.2) -> None:
+    def __init__(self, target_port: int, interval: float = 0.2, slow_upload: bool = False) -> None:
         self.target_port = target_port
         self.interval = interval
+        self.slow_upload = slow_upload
         self.trickle = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
@@ -51,7 +52,8 @@ class SlowLink:
             server.settimeout(None)
             with self._lock:
                 self._sockets += [client, server]
-            for source, sink, slow in ((client, server, False), (server, client, True)):
+            up = self.slow_upload
+            for source, sink, slow in ((client, server, up), (server, client, not up)):
                 threading.Thread(
                     target=self._pump, args=(source, sink, slow), name="slow-link", daemon=True
                 ).start()

@@ -27,6 +27,13 @@ from maildesk.db.models import Blob, Outbox, OutboxState, Suppression
 log = logging.getLogger("maildesk.outbound")
 
 
+# A delivery may take relay_deadline_seconds plus a second per this many bytes
+# of the mail, in all at most RELAY_DEADLINE_CAP_SECONDS: under the 10 minutes
+# after which another node may claim the row and send it too.
+RELAY_MIN_BYTES_PER_SECOND = 16 * 1024
+RELAY_DEADLINE_CAP_SECONDS = 540.0
+
+
 class TemporaryFailure(Exception):
     """Try again later (4xx, connection refused, timeout)."""
 
@@ -77,7 +84,7 @@ class SmtpTransport:
         return client
 
     def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> None:
-        """Hand one mail to the relay within ``relay_deadline_seconds``.
+        """Hand one mail to the relay within ``relay_deadline_seconds`` (and time for its size).
 
         The socket timeout bounds only the silence between two reads; the
         deadline bounds the whole delivery, so a relay that trickles its
@@ -85,9 +92,11 @@ class SmtpTransport:
         after which another node may take the row, so a slow delivery is
         never sent a second time alongside.
         """
-        watch = ConnectionWatch(self.settings.relay_deadline_seconds, "relay_deadline_seconds")
+        base = self.settings.relay_deadline_seconds
+        for_size = min(len(raw) / RELAY_MIN_BYTES_PER_SECOND, RELAY_DEADLINE_CAP_SECONDS - base)
+        watch = ConnectionWatch(base, "relay_deadline_seconds")
         try:
-            with watch.command("delivery to the relay"):
+            with watch.command("delivery to the relay", extra_seconds=max(0.0, for_size)):
                 self._deliver(watch, envelope_from, recipients, raw)
         except CommandOverdue as exc:
             raise TemporaryFailure(str(exc)) from exc
