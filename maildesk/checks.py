@@ -6,9 +6,9 @@ import os
 import smtplib
 import socket
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any
 
+from maildesk.app import utc_now
 from maildesk.config import (
     ConfigError,
     ImapMailboxSettings,
@@ -130,7 +130,7 @@ def _imap(settings: Settings) -> Iterator[tuple[bool, str]]:
     if not settings.imap:
         return
     try:
-        logins = resolve_logins(settings, lambda: datetime.now(UTC))
+        logins = resolve_logins(settings, utc_now)
     except ConfigError as exc:
         yield False, f"imap: {exc}"
         return

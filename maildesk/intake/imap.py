@@ -437,9 +437,7 @@ class FolderPoller:
     def poll(self, client: IMAPClient, uidvalidity: int) -> int:
         """Store every message above the recorded UID; returns how many were stored."""
         self._begin_poll(client)
-        last = self.state.load().last_uid
-        with self.watch.command("SEARCH"):
-            uids = new_uids(client.search(["UID", f"{last + 1}:*"]), last)
+        uids = self._new_uids(client)
         stored = 0
         for start in range(0, len(uids), FETCH_BATCH):
             chunk = uids[start : start + FETCH_BATCH]
@@ -460,6 +458,21 @@ class FolderPoller:
         self.health.last_ok_at = self.deps.clock().isoformat()
         return stored
 
+    def _new_uids(self, client: IMAPClient) -> list[int]:
+        """The folder's UIDs above the last one recorded as stored, in order."""
+        last = self.state.load().last_uid
+        with self.watch.command("SEARCH"):
+            return new_uids(client.search(["UID", f"{last + 1}:*"]), last)
+
+    def _sizes(self, client: IMAPClient, uids: list[int]) -> dict[int, int]:
+        """RFC822.SIZE of each UID that still exists."""
+        with self.watch.command("FETCH RFC822.SIZE"):
+            return {
+                uid: int(data[b"RFC822.SIZE"])
+                for uid, data in client.fetch(uids, ["RFC822.SIZE"]).items()
+                if b"RFC822.SIZE" in data
+            }
+
     def _begin_poll(self, client: IMAPClient) -> None:
         self._report(FolderStatus.POLLING)
         _take_change_notices(client)  # what they announce, the search below finds
@@ -470,12 +483,7 @@ class FolderPoller:
     ) -> list[tuple[bytes, Envelope]]:
         """Raw bytes per UID (header plus note when too large); vanished UIDs are skipped."""
         limit = self.mailbox.max_message_bytes
-        with self.watch.command("FETCH RFC822.SIZE"):
-            sizes = {
-                uid: int(data[b"RFC822.SIZE"])
-                for uid, data in client.fetch(uids, ["RFC822.SIZE"]).items()
-                if b"RFC822.SIZE" in data
-            }
+        sizes = self._sizes(client, uids)
         small = [(uid, size) for uid, size in sorted(sizes.items()) if size <= limit]
         raws = dict(self._bodies(client, small))
         large = [uid for uid, size in sizes.items() if size > limit]

@@ -24,7 +24,7 @@ from sqlalchemy import select
 
 from maildesk.db.database import Database
 from maildesk.db.models import Blob, SpamFeedback
-from maildesk.intake.imap import FETCH_BATCH, FolderPoller, new_uids
+from maildesk.intake.imap import FETCH_BATCH, FolderPoller
 from maildesk.spam.feedback import SpamLabel, record_feedback
 
 log = logging.getLogger("maildesk.intake.imap")
@@ -79,9 +79,7 @@ class JunkPoller(FolderPoller):
 
     def poll(self, client: IMAPClient, uidvalidity: int) -> int:
         self._begin_poll(client)
-        last = self.state.load().last_uid
-        with self.watch.command("SEARCH"):
-            uids = new_uids(client.search(["UID", f"{last + 1}:*"]), last)
+        uids = self._new_uids(client)
         recorded = 0
         for start in range(0, len(uids), FETCH_BATCH):
             chunk = uids[start : start + FETCH_BATCH]
@@ -98,12 +96,9 @@ class JunkPoller(FolderPoller):
 
     def _digests(self, client: IMAPClient, uids: list[int]) -> list[str]:
         limit = self.mailbox.max_message_bytes
-        with self.watch.command("FETCH RFC822.SIZE"):
-            sizes = [
-                (uid, int(data[b"RFC822.SIZE"]))
-                for uid, data in sorted(client.fetch(uids, ["RFC822.SIZE"]).items())
-                if b"RFC822.SIZE" in data and int(data[b"RFC822.SIZE"]) <= limit
-            ]
+        sizes = [
+            (uid, size) for uid, size in sorted(self._sizes(client, uids).items()) if size <= limit
+        ]
         return [hashlib.sha256(body).hexdigest() for _uid, body in self._bodies(client, sizes)]
 
 

@@ -205,10 +205,6 @@ class _LimitedConnections(SMTP):
             self.slots.give_back(self.client)
 
 
-class _SMTP(_LimitedConnections):
-    pass
-
-
 class _LMTP(_LimitedConnections, LMTP):
     pass
 
@@ -218,7 +214,7 @@ class _LimitedFactory:
 
     handler: Any
     SMTP_kwargs: dict[str, Any]
-    protocol: type[_LimitedConnections] = _SMTP
+    protocol: type[_LimitedConnections] = _LimitedConnections
     slots: ConnectionSlots | None = None
 
     def factory(self) -> SMTP:
@@ -283,7 +279,7 @@ def build_controller(
         port = settings.port or free_port(settings.host)
         controller = _LimitedController(handler, hostname=settings.host, port=port, **kwargs)
         where = f"{settings.host}:{port}"
-    controller.protocol = _LMTP if settings.protocol == "lmtp" else _SMTP
+    controller.protocol = _LMTP if settings.protocol == "lmtp" else _LimitedConnections
     controller.slots = ConnectionSlots(
         settings.max_connections,
         settings.max_connections_per_client,
