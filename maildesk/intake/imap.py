@@ -24,6 +24,7 @@ import json
 import logging
 import os
 import random
+import socket
 import ssl
 import threading
 import time
@@ -154,6 +155,66 @@ def command_watch(mailbox: ImapMailboxSettings) -> ConnectionWatch:
     return ConnectionWatch(mailbox.command_deadline_seconds, "command_deadline_seconds")
 
 
+class _WatchedIMAP4(imaplib.IMAP4):
+    """imaplib's connection, handed to the watch as soon as its socket exists.
+
+    ``context`` set: implicit TLS, as imapclient's own TLS class does it, but
+    with the handshake begun only once the watch can cut it.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None,
+        context: ssl.SSLContext | None,
+        watch: ConnectionWatch,
+    ) -> None:
+        self._context, self._watch = context, watch
+        super().__init__(host, port, timeout)
+
+    def _create_socket(self, timeout: float | None) -> socket.socket:
+        sock: socket.socket = super()._create_socket(timeout)  # type: ignore[misc]
+        if self._context is not None:
+            sock = self._context.wrap_socket(
+                sock, server_hostname=self.host, do_handshake_on_connect=False
+            )
+        self._watch.attach(lambda: sock)
+        if isinstance(sock, ssl.SSLSocket):
+            try:
+                sock.do_handshake()
+            except BaseException:
+                sock.close()
+                raise
+        return sock
+
+
+class _WatchedClient(IMAPClient):
+    """An IMAPClient whose connection, TLS handshake and greeting are under the deadline.
+
+    imapclient opens the connection and reads the server's greeting inside its
+    constructor, before there is a client to hand to the watch, so a server
+    that trickled its greeting would hold the poller; here the connection is
+    opened by :class:`_WatchedIMAP4` instead.
+    """
+
+    def __init__(self, watch: ConnectionWatch, *args: Any, **kwargs: Any) -> None:
+        self._watch = watch
+        super().__init__(*args, **kwargs)
+
+    def _create_IMAP4(self) -> imaplib.IMAP4:
+        context = self.ssl_context if self.ssl else None
+        what = "TLS handshake and greeting" if context else "greeting"
+        with self._watch.command(what):
+            try:
+                return _WatchedIMAP4(
+                    self.host, self.port, self._timeout.connect, context, self._watch
+                )
+            except BaseException:
+                self._watch.attach(None)  # imaplib has closed the socket
+                raise
+
+
 def connect(mailbox: ImapMailboxSettings, login: Login, watch: ConnectionWatch) -> IMAPClient:
     """Open, secure and log in, attached to ``watch``; raises on any failure."""
     context = ssl.create_default_context(
@@ -162,7 +223,8 @@ def connect(mailbox: ImapMailboxSettings, login: Login, watch: ConnectionWatch) 
     if not mailbox.verify_tls:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
-    client = IMAPClient(
+    client = _WatchedClient(
+        watch,
         mailbox.host,
         port=mailbox.effective_port,
         ssl=mailbox.security is ImapSecurity.TLS,

@@ -131,3 +131,43 @@ def test_a_slow_but_steady_link_still_brings_a_large_message_in(
         rows = wait_until(lambda: stored(app), "the message stored", timeout=60)
         assert [body for _, body in rows] == [raw]
     assert "deadline exceeded" not in caplog.text  # in at the first FETCH, never cut
+
+
+@pytest.mark.parametrize("security", ["none", "tls"])
+def test_a_trickled_greeting_or_tls_handshake_is_cut_at_the_command_deadline(
+    app: App, runner: Runner, security: str
+) -> None:
+    """Connecting is under the deadline too: imapclient reads the greeting (and
+    does the TLS handshake) inside its constructor, before a watch could cut it.
+
+    Python bounds a TLS handshake as a whole by the socket timeout; the
+    greeting after it only read by read. Both are cut at the deadline here,
+    well before the socket timeout would end the handshake.
+    """
+    with (
+        dovecot_server(USER, tls=True) as dovecot,
+        SlowLink(dovecot.tls_port if security == "tls" else dovecot.port, interval=0.2) as link,
+    ):
+        dovecot.append(USER, mail(1))
+        link.trickle.set()  # from the first byte the server sends
+        mailbox = dovecot.mailbox(
+            USER,
+            port=link.port,
+            security=security,
+            ca_file=str(dovecot.ca_file),
+            timeout_seconds=10,
+            command_deadline_seconds=2,
+        )
+        started = time.monotonic()
+        intake = runner.start(app, mailbox)
+        failed = wait_until(
+            lambda: [h for h in intake.health() if h.consecutive_failures], "the cut", timeout=15
+        )
+        assert time.monotonic() - started < 8  # the greeting alone would take half a minute
+        what = "TLS handshake and greeting" if security == "tls" else "greeting"
+        assert "command deadline exceeded" in failed[0].last_error
+        assert f"{what} took longer than command_deadline_seconds=2" in failed[0].last_error
+        assert stored(app) == []
+
+        link.trickle.clear()  # a fast path again: the poller gets in by itself
+        wait_until(lambda: len(stored(app)) == 1, "the message stored", timeout=30)
