@@ -99,8 +99,8 @@ class OutboundSettings(_Section):
     relay_password_file: Path | None = None
     relay_password_env: str | None = None
     relay_timeout_seconds: float = Field(default=30, gt=0)
-    # With time for the mail's size, at most 540 in all: under the outbox's 10-minute claim.
-    relay_deadline_seconds: float = Field(default=300, gt=0, le=540)
+    # Plus a second per 16 KB of the mail (sender.RELAY_MIN_BYTES_PER_SECOND).
+    relay_deadline_seconds: float = Field(default=300, gt=0)
     from_name: str = "Support"
     drain_interval_seconds: float = Field(default=2.0, gt=0)
     retry_base_seconds: float = Field(default=30.0, gt=0)

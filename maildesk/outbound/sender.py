@@ -3,21 +3,29 @@
 A row is claimed in its own transaction before sending and marked sent right
 after, so each mail is sent once in normal operation; a crash in between can
 repeat it, and then only with the same bytes and Message-ID.
+
+A claim older than the claim timeout counts as abandoned (its node died) and
+may be taken by another node. So the claim is renewed just before each
+delivery (a row that waited in a batch behind slow deliveries and was taken
+meanwhile is left to its new holder) and kept fresh while the delivery runs,
+however long a large mail takes to a slow relay.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import mailbox
 import smtplib
 import ssl
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
-from sqlalchemy import and_, or_, select
+from sqlalchemy import and_, or_, select, update
 
 from maildesk.config import OutboundSettings
 from maildesk.connection_watch import CommandOverdue, ConnectionWatch
@@ -28,10 +36,10 @@ log = logging.getLogger("maildesk.outbound")
 
 
 # A delivery may take relay_deadline_seconds plus a second per this many bytes
-# of the mail, in all at most RELAY_DEADLINE_CAP_SECONDS: under the 10 minutes
-# after which another node may claim the row and send it too.
+# of the mail.
 RELAY_MIN_BYTES_PER_SECOND = 16 * 1024
-RELAY_DEADLINE_CAP_SECONDS = 540.0
+# While a delivery runs its claim is renewed this many times per claim timeout.
+CLAIM_RENEWALS_PER_TIMEOUT = 4
 
 
 class TemporaryFailure(Exception):
@@ -88,15 +96,12 @@ class SmtpTransport:
 
         The socket timeout bounds only the silence between two reads; the
         deadline bounds the whole delivery, so a relay that trickles its
-        replies cannot stall the outbox. It is shorter than the claim timeout
-        after which another node may take the row, so a slow delivery is
-        never sent a second time alongside.
+        replies cannot stall the outbox.
         """
-        base = self.settings.relay_deadline_seconds
-        for_size = min(len(raw) / RELAY_MIN_BYTES_PER_SECOND, RELAY_DEADLINE_CAP_SECONDS - base)
-        watch = ConnectionWatch(base, "relay_deadline_seconds")
+        for_size = len(raw) / RELAY_MIN_BYTES_PER_SECOND
+        watch = ConnectionWatch(self.settings.relay_deadline_seconds, "relay_deadline_seconds")
         try:
-            with watch.command("delivery to the relay", extra_seconds=max(0.0, for_size)):
+            with watch.command("delivery to the relay", extra_seconds=for_size):
                 self._deliver(watch, envelope_from, recipients, raw)
         except CommandOverdue as exc:
             raise TemporaryFailure(str(exc)) from exc
@@ -195,6 +200,41 @@ class OutboxSender:
                 row.claimed_by, row.claimed_at = self.node, now
             return [row.id for row in rows]
 
+    def _renew_claim(self, outbox_id: int) -> bool:
+        """Make this node's claim on a queued row fresh; False if it is no longer ours."""
+        with self.db.transaction() as session:
+            renewed = session.execute(
+                update(Outbox)
+                .where(
+                    Outbox.id == outbox_id,
+                    Outbox.state == OutboxState.QUEUED,
+                    Outbox.claimed_by == self.node,
+                )
+                .values(claimed_at=self.clock())
+            )
+            return bool(renewed.rowcount)  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def _claim_kept(self, outbox_id: int) -> Iterator[None]:
+        """Renew the claim in the background while the body runs (a long delivery)."""
+        every = self.claim_timeout.total_seconds() / CLAIM_RENEWALS_PER_TIMEOUT
+        done = threading.Event()
+
+        def keep() -> None:
+            while not done.wait(every):
+                try:
+                    self._renew_claim(outbox_id)
+                except Exception:  # the database is away: the delivery goes on regardless
+                    log.warning("outbox=%s: could not renew the claim", outbox_id, exc_info=True)
+
+        renewer = threading.Thread(target=keep, name=f"outbox-claim-{outbox_id}", daemon=True)
+        renewer.start()
+        try:
+            yield
+        finally:
+            done.set()
+            renewer.join()
+
     def _suppressed(self, recipients: list[str]) -> set[str]:
         now = self.clock()
         with self.db.transaction() as session:
@@ -215,6 +255,11 @@ class OutboxSender:
         return result
 
     def _send_one(self, outbox_id: int, result: DrainResult) -> None:
+        if not self._renew_claim(outbox_id):
+            log.info(
+                "outbox=%s: taken over by another node while it waited in this batch", outbox_id
+            )
+            return
         with self.db.transaction() as session:
             row = session.get(Outbox, outbox_id)
             assert row is not None
@@ -226,7 +271,8 @@ class OutboxSender:
         error: Exception | None = None
         if live:
             try:
-                self.transport.send(envelope_from, live, raw)
+                with self._claim_kept(outbox_id):
+                    self.transport.send(envelope_from, live, raw)
             except (TemporaryFailure, PermanentFailure) as exc:
                 error = exc
         with self.db.transaction() as session:
