@@ -207,10 +207,8 @@ class Worker:
     ) -> list[Outcome]:
         with self.db.transaction() as session:
             applier = Applier(self.settings, self.clock(), self.notices)
-            ids = [ctx.intake_id for ctx in batch]
-            intakes = {
-                row.id: row for row in session.scalars(select(Intake).where(Intake.id.in_(ids)))
-            }
+            intakes = self._still_claimed(session, batch)
+            batch = [ctx for ctx in batch if ctx.intake_id in intakes]
             if not isolated:
                 # All or nothing: prefetch the batch's lookups, write its events once.
                 window = timedelta(days=self.settings.threading.subject_window_days)
@@ -229,6 +227,30 @@ class Worker:
             finally:
                 Lookahead.detach(session)
             return outcomes
+
+    def _still_claimed(self, session: Session, batch: list[MessageContext]) -> dict[int, Intake]:
+        """The batch's intake rows this node still holds, locked for this transaction.
+
+        A claim older than ``claim_timeout_seconds`` may be taken over by
+        another node (this one looked dead: a batch of messages that are slow
+        to parse, a long pause); what it took is its to apply, not applied
+        here a second time. The rows are locked in id order, so two nodes
+        never wait on each other's rows crosswise.
+        """
+        query = (
+            select(Intake)
+            .where(Intake.id.in_([ctx.intake_id for ctx in batch]))
+            .order_by(Intake.id)
+        )
+        if not self.db.is_sqlite:
+            query = query.with_for_update()
+        held = {}
+        for row in session.scalars(query):
+            if row.state is IntakeState.PROCESSING and row.claimed_by == self.node:
+                held[row.id] = row
+            else:
+                log.info("intake=%s: taken over by another node while this one had it", row.id)
+        return held
 
     def _process_one(
         self,
@@ -303,7 +325,7 @@ class Worker:
         try:
             with self.db.transaction() as session:
                 row = session.get(Intake, intake_id)
-                if row is not None:
+                if row is not None and row.claimed_by == self.node:
                     row.state, row.claimed_by = IntakeState.PENDING, None
                     row.not_before, row.last_error = self.clock() + delay, str(exc)[:2000]
         except SQLAlchemyError:
