@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -71,19 +72,34 @@ class App:
     def notices(self) -> Notices:
         return Notices(self.settings, self.composer(), lambda: self.renderer, self.clock)
 
-    def worker(self) -> Worker:
+    @property
+    def command_node_name(self) -> str:
+        """The name a one-off command (``ingest``, ``outbox drain``, ...) claims work under.
+
+        Not the daemon's: a ``maildesk run`` on this host renews and, when it
+        starts, takes back the claims under its own name, and would take a
+        command's claims for its own (the mail sent twice, the message
+        applied twice).
+        """
+        return f"{self.node_name}/cli-{os.getpid()}"[:128]
+
+    def worker(self, node: str | None = None) -> Worker:
+        """The pipeline worker; ``node`` names its claims (default: this node, as the daemon)."""
         return Worker(
             self.db,
             self.settings,
             self.signer,
             self.clock,
-            self.node_name,
+            node or self.node_name,
             notices=self.notices(),
             router=self.router,
         )
 
-    def sender(self) -> OutboxSender:
+    def sender(self, node: str | None = None) -> OutboxSender:
+        """The outbox sender; ``node`` names its claims (default: this node, as the daemon)."""
         transport = build_transport(
             self.settings.outbound, self.settings.data_dir, resolve_relay_password(self.settings)
         )
-        return OutboxSender(self.db, transport, self.settings.outbound, self.clock, self.node_name)
+        return OutboxSender(
+            self.db, transport, self.settings.outbound, self.clock, node or self.node_name
+        )

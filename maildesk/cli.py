@@ -194,7 +194,7 @@ def ingest(
         from maildesk.spam.jobs import take_shared_model
 
         take_shared_model(app)  # score with what every node has learned
-    worker = app.worker()
+    worker = app.worker(app.command_node_name)
     if not no_process:
         worker.parse_pool.warm_up()
     from maildesk.intake.bulk import BulkStorer
@@ -261,8 +261,9 @@ def quarantine_list(ctx: click.Context, as_json: bool) -> None:
     click.echo(f"{len(items)} quarantined")
 
 
-def _quarantined(session: Any, intake_id: int) -> Intake:
-    row = session.get(Intake, intake_id)
+def _quarantined(session: Any, intake_id: int, *, lock: bool = False) -> Intake:
+    # Locked to change it: the spam expiry on another node may be deleting it.
+    row = session.get(Intake, intake_id, with_for_update=lock or None)
     if row is None or row.state != IntakeState.QUARANTINED:
         _fail(f"no quarantined message with id {intake_id}", 1)
     return row
@@ -288,14 +289,14 @@ def quarantine_show(ctx: click.Context, intake_id: int, raw: bool) -> None:
 def _requeue(ctx: click.Context, intake_id: int, *, force: bool) -> None:
     app = build_app(ctx)
     with app.db.transaction() as session:
-        row = _quarantined(session, intake_id)
+        row = _quarantined(session, intake_id, lock=True)
         was_spam = (row.quarantine_reason or "").startswith("spam:")
         row.state, row.attempts, row.not_before = IntakeState.PENDING, 0, None
         row.disposition = Disposition.QUARANTINED if force else None
         if force and was_spam:
             # Releasing mail the filter held is the strongest "this is ham" there is.
             spam_feedback(app, session, row.raw_sha256, "ham", "quarantine_release")
-    outcome = app.worker().drain()
+    outcome = app.worker(app.command_node_name).drain()
     click.echo(", ".join(f"{k} {v}" for k, v in outcome.as_dict().items() if v))
     if force and was_spam:
         learn_spam_feedback(app)
@@ -533,7 +534,8 @@ def outbox_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
 @click.pass_context
 def outbox_drain(ctx: click.Context) -> None:
     """Send what is due now (the daemon does this on its own)."""
-    result = build_app(ctx).sender().drain()
+    app = build_app(ctx)
+    result = app.sender(app.command_node_name).drain()
     click.echo(
         f"sent {result.sent}, retry later {result.retried}, "
         f"failed {result.failed}, suppressed {result.suppressed}"

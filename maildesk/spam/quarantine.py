@@ -206,14 +206,17 @@ def expire_spam(session: Session, now: datetime, retention_days: float) -> int:
     if retention_days <= 0:
         return 0
     cutoff = now - timedelta(days=retention_days)
-    old = list(
-        session.execute(
-            select(Intake.id, Intake.raw_sha256)
-            .where(_spam_held(), Intake.processed_at < cutoff)
-            .order_by(Intake.id)
-            .limit(EXPIRE_BATCH)
-        ).all()
+    # Locked (on PostgreSQL): a `quarantine release|retry` on another node waits,
+    # and finds the row gone; a row it is changing right now is left for next time.
+    query = (
+        select(Intake.id, Intake.raw_sha256)
+        .where(_spam_held(), Intake.processed_at < cutoff)
+        .order_by(Intake.id)
+        .limit(EXPIRE_BATCH)
     )
+    if session.connection().dialect.name != "sqlite":
+        query = query.with_for_update(skip_locked=True)
+    old = list(session.execute(query).all())
     if not old:
         return 0
     digests = {digest for _id, digest in old}

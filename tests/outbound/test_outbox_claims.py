@@ -3,21 +3,27 @@
 A claim older than the claim timeout counts as abandoned, so another node may
 take the row. A node that is still delivering (a large mail, a slow relay)
 keeps its claim fresh; a row that waited in its batch and was taken over
-meanwhile is left to the node that took it.
+meanwhile is left to the node that took it. ``maildesk outbox drain`` beside
+the daemon on the same host counts as another node.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email
 import threading
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner, Result
 from sqlalchemy import select
 
 from maildesk.app import App
+from maildesk.cli import main
 from maildesk.config import OutboundSettings
 from maildesk.db.models import Outbox, OutboxState
 from maildesk.intake.store import put_blob
@@ -31,26 +37,32 @@ CLAIM_TIMEOUT = timedelta(seconds=1)  # renewed every 0.25 s of real time while 
 
 @dataclass
 class HoldingRelay(RelaySink):
-    """A real relay that leaves the DATA of a mail with "slow" in its subject
-    unanswered until the test lets it go: a delivery that takes as long as
+    """A real relay that leaves the DATA of a mail whose subject is in ``held``
+    unanswered until the test takes it out: a delivery that takes as long as
     the test likes."""
 
-    holding: threading.Event = field(default_factory=threading.Event)
-    release: threading.Event = field(default_factory=threading.Event)
+    held: set[str] = field(default_factory=set)
+    arrived: list[str] = field(default_factory=list)  # subjects that reached DATA
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if b"Subject: slow" in envelope.original_content:
-            self.holding.set()
-            while not self.release.is_set():
-                await asyncio.sleep(0.05)
+        subject = str(email.message_from_bytes(envelope.original_content)["Subject"])
+        self.arrived.append(subject)
+        while subject in self.held:
+            await asyncio.sleep(0.02)
         return await super().handle_DATA(server, session, envelope)
+
+    def wait_arrived(self, subject: str) -> None:
+        deadline = time.monotonic() + 10
+        while subject not in self.arrived:
+            assert time.monotonic() < deadline, f"{subject!r} never reached the relay"
+            time.sleep(0.02)
 
 
 @pytest.fixture
 def holding_relay() -> Any:
     relay = HoldingRelay().start()
     yield relay
-    relay.release.set()
+    relay.held.clear()
     relay.stop()
 
 
@@ -101,11 +113,12 @@ def test_a_slow_delivery_keeps_its_claim_and_rows_taken_over_are_not_sent_twice(
     slow = queue(app, "slow large mail")
     waiting = [queue(app, "first waiting"), queue(app, "second waiting")]
     first, second = node(app, holding_relay, "node-a"), node(app, holding_relay, "node-b")
+    holding_relay.held.add("slow large mail")
 
     results: list[DrainResult] = []
     draining = threading.Thread(target=lambda: results.append(first.drain()))
     draining.start()  # claims all three, and is held delivering the first
-    assert holding_relay.holding.wait(10)
+    holding_relay.wait_arrived("slow large mail")
 
     # Long past the claim timeout by the database's clock, while node-a still delivers.
     clock.advance(minutes=30)
@@ -113,7 +126,7 @@ def test_a_slow_delivery_keeps_its_claim_and_rows_taken_over_are_not_sent_twice(
     taken = second.drain()
     assert taken.sent == 2  # the two that waited behind the slow one, not the slow one itself
 
-    holding_relay.release.set()
+    holding_relay.held.clear()
     draining.join(timeout=20)
     assert not draining.is_alive()
     assert [r.sent for r in results] == [1]  # the slow one; the other two were left to node-b
@@ -123,3 +136,54 @@ def test_a_slow_delivery_keeps_its_claim_and_rows_taken_over_are_not_sent_twice(
         rows = session.scalars(select(Outbox)).all()
         assert {row.state for row in rows} == {OutboxState.SENT}
         assert all(row.attempts == 1 and row.claimed_by is None for row in rows)
+
+
+def test_outbox_drain_beside_the_daemon_on_the_same_host_never_sends_a_mail_twice(
+    app: App,
+    holding_relay: HoldingRelay,
+    clock: FrozenClock,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The command claims under a name of its own: under the daemon's, the daemon
+    would take the command's claim on a mail for its own and send it too."""
+    slow, waiting = queue(app, "slow large mail"), queue(app, "waiting")
+    holding_relay.held |= {"slow large mail", "waiting"}
+    daemon = node(app, holding_relay, app.node_name)  # `maildesk run` on this host
+    results: list[DrainResult] = []
+    draining = threading.Thread(target=lambda: results.append(daemon.drain()))
+    draining.start()  # claims both; held delivering the first
+    holding_relay.wait_arrived("slow large mail")
+    clock.advance(minutes=30)
+    threading.Event().wait(0.6)  # the daemon's claim on the slow one is renewed
+
+    config = tmp_path / "maildesk.toml"  # the same installation; node_name unset: the host's
+    config.write_text(
+        f'data_dir = "{tmp_path / "cli-data"}"\n'
+        f'database_url = "{app.settings.database_url}"\n'
+        'support_addresses = ["support@example.com"]\n'
+        'installation_secret = "test-secret"\n'
+        f'[outbound]\ntransport = "smtp"\nrelay_port = {holding_relay.port}\n'
+    )
+    build = App.build.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(
+        App, "build", classmethod(lambda cls, settings: build(cls, settings, clock))
+    )
+    commands: list[Result] = []
+    command = threading.Thread(
+        target=lambda: commands.append(
+            CliRunner().invoke(main, ["--config", str(config), "outbox", "drain"])
+        )
+    )
+    command.start()  # ops run it: it takes "waiting", whose claim is 30 minutes old
+    holding_relay.wait_arrived("waiting")
+
+    holding_relay.held.discard("slow large mail")  # the daemon goes on to "waiting" now
+    draining.join(timeout=20)
+    holding_relay.held.clear()
+    command.join(timeout=20)
+    assert not draining.is_alive() and not command.is_alive()
+
+    assert "sent 1," in commands[0].output
+    assert [r.sent for r in results] == [1]
+    assert received_ids(holding_relay) == sorted([slow, waiting])  # each exactly once

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import email
+import threading
 from collections.abc import Iterator
 from email.policy import default as default_policy
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from click.testing import CliRunner, Result
+from sqlalchemy import event, func, select
+from sqlalchemy.orm import ORMExecuteState, Session
 
 from maildesk.app import App
-from maildesk.db.models import Blob, Event, Intake, Outbox
+from maildesk.cli import main
+from maildesk.db.models import Blob, Event, Intake, Outbox, Ticket
 from maildesk.outbound.sender import MaildirTransport, OutboxSender
 from maildesk.spam.jobs import expire, send_digest
-from tests.conftest import FrozenClock, make_settings
+from tests.conftest import FrozenClock, _truncate_all, make_settings
 from tests.mailfactory import deliver, make_mail
 
 EVERYTHING_IS_SPAM = {"unsure_at": 0.0, "spam_at": 0.0}
@@ -103,3 +107,60 @@ def test_spam_held_past_retention_is_deleted_with_its_bytes(
         ) == {kept.id}
         [note] = session.scalars(select(Event).where(Event.kind == "spam_expired")).all()
         assert "30 days" in note.reason
+
+
+def test_a_release_that_meets_the_expiry_is_told_it_came_too_late(
+    tmp_path: Path, pg_url: str, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ops release a false positive just as the hourly expiry (another node) deletes it.
+
+    Unlocked, the release could land between the expiry's read and its delete:
+    the command said "released", and the mail was deleted all the same. The
+    expiry locks what it reads, so the release waits for it and then says the
+    message is gone. (PostgreSQL only: SQLite has one writer at a time.)
+    """
+    _truncate_all(pg_url)
+    spam = {**EVERYTHING_IS_SPAM, "digest_to": "postmaster@example.com"}
+    spam_app = App.build(make_settings(tmp_path, pg_url, spam=spam), clock=clock)
+    deliver(spam_app, make_mail(subject="Invoice question", message_id="fp@customer.test"))
+    clock.advance(days=31)  # past the 30 days of retention
+    with spam_app.db.transaction() as session:
+        held = session.scalars(select(Intake.id)).one()
+
+    config = tmp_path / "maildesk.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "cli-data"}"\n'
+        f'database_url = "{spam_app.settings.database_url}"\n'
+        'support_addresses = ["support@example.com"]\n'
+        'installation_secret = "test-secret"\n'
+    )
+    build = App.build.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(
+        App, "build", classmethod(lambda cls, settings: build(cls, settings, clock))
+    )
+    releases: list[Result] = []
+    release = threading.Thread(
+        target=lambda: releases.append(
+            CliRunner().invoke(main, ["--config", str(config), "quarantine", "release", str(held)])
+        )
+    )
+
+    def between_read_and_delete(state: ORMExecuteState) -> None:
+        if state.is_delete and not release.is_alive() and not releases:
+            release.start()
+            release.join(timeout=2)  # done at once when nothing holds it back
+
+    event.listen(Session, "do_orm_execute", between_read_and_delete)
+    try:
+        assert expire(spam_app) == 1
+    finally:
+        event.remove(Session, "do_orm_execute", between_read_and_delete)
+    release.join(timeout=30)
+
+    [result] = releases
+    assert result.exit_code == 1
+    assert f"no quarantined message with id {held}" in result.output
+    with spam_app.db.transaction() as session:
+        assert session.get(Intake, held) is None
+        assert session.scalar(select(func.count()).select_from(Ticket)) == 0
+    spam_app.db.dispose()
