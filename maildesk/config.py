@@ -85,6 +85,13 @@ class ListenerSettings(_Section):
     require_auth: bool = False
     auth_users_file: Path | None = None  # lines "user:password"
 
+    @model_validator(mode="after")
+    def _auth_has_users(self) -> ListenerSettings:
+        if self.require_auth and self.auth_users_file is None:
+            # Without it the listener had no one to check, and let everyone in.
+            raise ValueError("auth_users_file: require_auth = true needs the file of users")
+        return self
+
 
 class OutboundSettings(_Section):
     """Where outbound mail goes: a local Maildir (default) or an SMTP relay."""

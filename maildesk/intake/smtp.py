@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import socket
 import ssl
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from email.utils import format_datetime
 from pathlib import Path
@@ -29,6 +30,23 @@ from maildesk.intake.store import Envelope, IntakeStore
 
 log = logging.getLogger("maildesk.intake.smtp")
 
+# Characters of a host name or an address; anything else in a client's HELO
+# is written as "?" in our Received line.
+_NOT_IN_HOST_NAME = re.compile(r"[^A-Za-z0-9.\-_:]")
+
+
+def helo_word(helo: str | None) -> str:
+    """What of a client's HELO goes into our Received line: its first word, as a host name.
+
+    The client chooses its HELO. Written whole, a bare CR in it started
+    header lines of the client's choosing above our trace (an
+    ``Authentication-Results`` or ``X-Spam-Flag`` that looks like our own
+    MTA's), and a bracketed address in it stood where ours is read. Postfix
+    likewise records only a cleaned HELO.
+    """
+    words = (helo or "").split()
+    return _NOT_IN_HOST_NAME.sub("?", words[0])[:255] if words else "unknown"
+
 
 def trace_header(helo: str | None, peer_ip: str, protocol: str, when: datetime) -> str:
     """Our Received line, in the usual ``from HELO ([IP])`` shape.
@@ -39,7 +57,7 @@ def trace_header(helo: str | None, peer_ip: str, protocol: str, when: datetime) 
     """
     origin = f"[{peer_ip}]" if peer_ip else "local"
     return (
-        f"Received: from {helo or 'unknown'} ({origin})\r\n"
+        f"Received: from {helo_word(helo)} ({origin})\r\n"
         f"\tby maildesk with {protocol.upper()}; {format_datetime(when)}\r\n"
     )
 
@@ -86,6 +104,9 @@ class IntakeHandler:
             )
         except StorageUnavailable as exc:
             log.error("cannot store message from %s: %s", session.peer, exc)
+            status = "451 4.3.0 Cannot store the message now, try again later"
+        except Exception:  # not stored, by our fault: never a 5xx, which would bounce it
+            log.exception("cannot store message from %s", session.peer)
             status = "451 4.3.0 Cannot store the message now, try again later"
         else:
             log.info(
@@ -175,11 +196,27 @@ class _LimitedConnections(SMTP):
 
     # RFC 5321 caps lines at 1,000 octets, but real mail (HTML from marketing
     # tools, long base64 lines) breaks that, and a 500 would bounce it for good.
-    # Like Postfix we accept long lines; the message size limit bounds memory.
+    # We accept lines up to 1 MiB (MTAs such as Postfix split longer ones
+    # before they relay them); the buffer of one line stays bounded.
     line_length_limit = LONG_LINE_LIMIT
     slots: ConnectionSlots | None = None
     holds_slot = refused = False
     client: str | None = None
+
+    def data_received(self, data: bytes) -> None:
+        # aiosmtpd restarts its idle timeout only when a command comes, so a
+        # whole DATA phase had to fit into it: a large mail on a slow but
+        # steady link was cut at every attempt. A client that sends is not idle.
+        self._reset_timeout()
+        super().data_received(data)
+
+    def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
+        # RFC 4954 s. 5: a server that offers AUTH accepts MAIL FROM's AUTH=
+        # parameter (sendmail sends it); we trust none, as if it were AUTH=<>.
+        result = super()._getparams(params)
+        if result is not None:
+            result.pop("AUTH", None)
+        return result
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         first = self._original_transport is None  # not the TLS layer after STARTTLS

@@ -35,6 +35,20 @@ class Envelope:
     rcpt_to: tuple[str, ...] = field(default=())
 
 
+def storable(text: str) -> str:
+    """``text`` as a text column of every database can hold it: valid UTF-8, no NUL.
+
+    An SMTP client's 8-bit envelope arrives as surrogate escapes, which cannot
+    be encoded, and PostgreSQL refuses NUL. Both are the sender's data, not a
+    reason to answer 4xx until the sender gives up.
+    """
+    try:
+        data = text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:  # a lone surrogate that no decoder made
+        data = text.encode("utf-8", "replace")
+    return data.decode("utf-8", "replace").replace("\0", "\ufffd")
+
+
 def put_blob(session: Session, data: bytes) -> str:
     """Store bytes content-addressed; storing the same bytes twice is a no-op."""
     digest = hashlib.sha256(data).hexdigest()
@@ -99,12 +113,12 @@ class IntakeStore:
         return {
             "received_at": self.clock(),
             "source": env.source,
-            "source_ref": env.source_ref[:2000],
-            "envelope_from": env.mail_from,
-            "envelope_to": list(env.rcpt_to),
+            "source_ref": storable(env.source_ref[:2000]),
+            "envelope_from": None if env.mail_from is None else storable(env.mail_from),
+            "envelope_to": [storable(rcpt) for rcpt in env.rcpt_to],
             "raw_sha256": digest,
             "size": len(raw),
-            "header_message_id": (extract_message_id(raw) or "")[:998] or None,
+            "header_message_id": storable(extract_message_id(raw) or "")[:998] or None,
             "state": IntakeState.PENDING,
             "attempts": 0,
         }

@@ -148,33 +148,12 @@ def test_lmtp_on_a_unix_socket_answers_per_recipient(app: App, tmp_path: Path) -
     assert row.envelope_to == ["support@example.com", "billing@example.com"]
 
 
-def test_starttls_and_auth_when_configured(app: App, tmp_path: Path) -> None:
+def test_starttls_and_auth_when_configured(
+    app: App, tmp_path: Path, tls_files: tuple[Path, Path]
+) -> None:
     import ssl
-    import subprocess
 
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "1",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(cert),
-        ],
-        check=True,
-        capture_output=True,
-    )
+    cert, key = tls_files
     users = tmp_path / "users"
     users.write_text("relay:s3cret\n")
     port = free_port()
