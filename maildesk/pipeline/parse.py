@@ -18,6 +18,7 @@ is recorded, and the whole parse runs under a :class:`Deadline`.
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.parser
 import email.utils
@@ -27,6 +28,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message
+from typing import Any
 
 from inscriptis import get_text
 from mailparser.dates import parse_mail_date
@@ -101,7 +103,7 @@ def parse_message(
         raise ParseError("empty message")
     try:
         with deadline(time_limit):
-            return _parse(data, max_header_bytes)
+            return _without_nul(_parse(data, max_header_bytes))
     except DeadlineExceeded as exc:
         raise ParseTimeout(f"parsing took longer than the {time_limit:g} s time limit") from exc
     except ParseError:
@@ -155,6 +157,31 @@ def _parse(raw: bytes, max_header_bytes: int) -> ParsedMessage:
         returned_headers=walker.returned_headers,
         defects=tuple(dict.fromkeys(defects))[:MAX_DEFECTS],
     )
+
+
+def _without_nul(value: Any) -> Any:
+    """``value`` (a parsed message, or any of its parts) with NUL in its text as U+FFFD.
+
+    A raw NUL in a header or quoted-printable ``=00`` decodes to NUL, which
+    PostgreSQL's text and JSON columns refuse: the message was quarantined
+    there, and a ticket on SQLite. Attachment bytes are left as they are.
+    What holds no NUL is returned as it is (the same object).
+    """
+    if isinstance(value, str):
+        return value.replace("\0", "\ufffd") if "\0" in value else value
+    if isinstance(value, tuple):
+        items = [_without_nul(item) for item in value]
+        return tuple(items) if any(a is not b for a, b in zip(items, value, strict=True)) else value
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        changes = {}
+        for spec in dataclasses.fields(value):
+            if spec.init:
+                old = getattr(value, spec.name)
+                new = _without_nul(old)
+                if new is not old:
+                    changes[spec.name] = new
+        return dataclasses.replace(value, **changes) if changes else value
+    return value
 
 
 def _trim_parameters(raw: bytes, defects: list[str]) -> bytes:
