@@ -29,7 +29,7 @@ from maildesk.db.models import (
     Ticket,
 )
 from maildesk.domain.message import ParsedAttachment
-from maildesk.outbound.compose import OutboundMail, Recipient, one_line
+from maildesk.outbound.compose import OutboundMail, Recipient, addressable, one_line
 from maildesk.outbound.notices import Notices
 from maildesk.people import Directory
 
@@ -66,6 +66,26 @@ def leaked_note(session: Session, ticket: Ticket, text: str) -> str | None:
     return None
 
 
+def safe_attachments(
+    session: Session, ticket: Ticket, parts: Sequence[ParsedAttachment], loop_token: str
+) -> tuple[list[ParsedAttachment], list[str]]:
+    """The agent's attachments that may go to the customer, and the names of those that may not.
+
+    An attachment that is (or contains) one of our own mails -- a notification
+    with its internal notes and signed agent references, attached by the
+    agent's client -- or that carries a note's text stays on the ticket only.
+    """
+    keep: list[ParsedAttachment] = []
+    dropped: list[str] = []
+    for part in parts:
+        text = part.content.decode("utf-8", "replace")
+        if loop_token in text or leaked_note(session, ticket, text) is not None:
+            dropped.append(part.filename)
+        else:
+            keep.append(part)
+    return keep, dropped
+
+
 def customer_recipients(
     session: Session, ticket: Ticket, notices: Notices, directory: Directory
 ) -> list[Recipient]:
@@ -97,6 +117,7 @@ def customer_recipients(
         r
         for r in people.values()
         if "@" in r.addr
+        and addressable(r.addr)
         and r.addr not in own
         and r.addr not in suppressed
         and not directory.is_agent_address(r.addr)

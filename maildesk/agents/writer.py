@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from maildesk.agents import stage as kinds
 from maildesk.agents.actions import CommandRunner, Outcome
 from maildesk.agents.commands import Command, parse_commands
-from maildesk.agents.replies import leaked_note, queue_customer_reply
+from maildesk.agents.replies import leaked_note, queue_customer_reply, safe_attachments
 from maildesk.agents.stage import AgentMail
 from maildesk.config import AgentSettings
 from maildesk.db.models import (
@@ -237,6 +237,14 @@ class _AgentTurn:
         message = self.store(kind, answer if send else (text or answer))
         sent = None
         if send:
+            attachments, dropped = safe_attachments(
+                self.session,
+                ticket,
+                self.ctx.message.attachments,
+                self.notices.composer.loop_token,
+            )
+            for name in dropped:
+                out.failed.append(f"attachment {name!r} NOT sent: it is our mail or holds a note")
             sent = queue_customer_reply(
                 self.session,
                 self.notices,
@@ -244,7 +252,7 @@ class _AgentTurn:
                 ticket,
                 agent,
                 answer,
-                self.ctx.message.attachments,
+                attachments,
             )
             if sent is None:
                 out.failed.append("reply NOT sent: the ticket has no customer address to send to")

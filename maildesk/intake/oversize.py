@@ -29,7 +29,7 @@ from maildesk.domain.autodetect import classify
 from maildesk.domain.message import TRUNCATED_HEADER
 from maildesk.domain.rawheader import raw_header_values
 from maildesk.intake.store import put_blob
-from maildesk.outbound.compose import LOOP_HEADER, one_line, split_address
+from maildesk.outbound.compose import LOOP_HEADER, addressable, one_line, split_address
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.context import HUMAN_KINDS
 from maildesk.pipeline.parse import ParseError, parse_message
@@ -106,6 +106,8 @@ def _notice(session: Session, notices: Notices, intake: Intake, now: datetime) -
     blocked = notices.blocked_reason(session, sender, PURPOSE)
     if blocked:
         return blocked
+    if not addressable(sender):
+        return f"cannot address {sender!r}"
     renderer = notices.renderer
     if not renderer.exists(PURPOSE, "customer"):
         return f"no {PURPOSE}.customer template"

@@ -13,6 +13,7 @@ import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from email.errors import HeaderParseError
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 from email.policy import SMTP
@@ -43,6 +44,15 @@ MAX_REFERENCES = 20
 def one_line(value: str) -> str:
     """Fold any line breaks and control characters out of a header value."""
     return " ".join("".join(ch if ch >= " " or ch == "\t" else " " for ch in value).split())
+
+
+def addressable(address: str) -> bool:
+    """Whether ``address`` can be written into a To header we send (ASCII, well-formed)."""
+    try:
+        HeaderAddress(addr_spec=address)
+    except (ValueError, TypeError, HeaderParseError):  # HeaderDefect is a ValueError
+        return False
+    return address.isascii()
 
 
 def split_address(address: str) -> tuple[str, str]:

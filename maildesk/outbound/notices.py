@@ -16,6 +16,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
+from maildesk.db import queries
 from maildesk.db.models import (
     Contact,
     Event,
@@ -182,11 +183,8 @@ class Notices:
         customer = ticket.requester
         if customer is None or not self.renderer.exists(purpose, "customer"):
             return
-        last = session.scalars(
-            select(Message)
-            .where(Message.ticket_id == ticket.id, Message.direction == "inbound")
-            .order_by(Message.id.desc())
-        ).first()
+        # The customer's own last mail: never an agent's reply or note (their ids are private).
+        last = queries.last_customer_message(session, ticket)
         self._queue_notice(
             session,
             ticket,

@@ -41,7 +41,7 @@ from maildesk.domain.threadindex import conversation_key
 from maildesk.intake.store import store_attachments
 from maildesk.outbound.agent_notices import notify_after_customer_mail, notify_escalation
 from maildesk.outbound.notices import Notices
-from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind
+from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind, ThreadRule
 from maildesk.pipeline.lookahead import Lookahead
 from maildesk.routing.apply_route import apply_route
 from maildesk.tickets import merge_tickets
@@ -187,7 +187,17 @@ class Applier:
             auto_kind=None if verdict.kind is AutoKind.HUMAN else str(verdict.kind),
         )
         self._remember_ids(session, ctx, ticket)
-        self._participants(session, ticket, requester, msg.cc, created)
+        # Only a mail that proves it belongs here (a new ticket, or a reply naming an id we
+        # stored or signed) adds people: a subject tag, Thread-Index or sender+subject match
+        # rests on a From anyone can forge, and must not subscribe a stranger to the answers.
+        proven = created or decision.rule in (
+            ThreadRule.REFERENCES,
+            ThreadRule.SIGNED_REFERENCE,
+            ThreadRule.BODY_MARKER,
+        )
+        if proven:
+            cc = msg.cc if self._forged_sender(ctx) is None else ()
+            self._participants(session, ticket, requester, cc, created)
         delivered = [*ctx.envelope_to, *(a.addr for a in (*msg.to, *msg.cc))]
         self._record_addresses(ticket, None, [base_address(a) for a in delivered])
         if created:

@@ -13,7 +13,8 @@ from sqlalchemy import select
 
 from maildesk.app import App
 from maildesk.db.models import Blob, Event, Intake, IntakeState, Outbox
-from maildesk.intake.oversize import EVENT, queue_notices
+from maildesk.intake.oversize import EVENT, queue_notices, run_once
+from maildesk.intake.store import Envelope
 from tests.conftest import FrozenClock, make_settings
 from tests.dovecot_harness import Dovecot, dovecot_server
 from tests.intake.test_imap import Runner, crlf, mail, wait_until
@@ -133,3 +134,38 @@ def test_no_notice_to_automated_mail_or_when_the_policy_is_none(
         assert any("policy is none" in r for r in events(quiet))
     finally:
         quiet.db.dispose()
+
+
+def test_one_hostile_sender_does_not_block_the_other_notices(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """A sender no To header can name (a non-ASCII local part) is skipped; it used
+    to roll back every pass, and nobody was told for the two days of lookback."""
+    block = {
+        "host": "127.0.0.1",
+        "user": "support",
+        "password": "x",
+        "max_message_bytes": 10_000,
+        "oversize_notice": "sender",
+    }
+    app = App.build(make_settings(tmp_path, database_url, imap=[block]), clock=clock)
+    key = app.settings.imap[0].key
+    try:
+        senders = ["J\u00f6rg <j\u00f6rg@customer.test>", "Bo <bo@customer.test>"]
+        for n, sender in enumerate(senders):
+            header = make_mail(sender=sender, message_id=f"big{n}@customer.test").split(b"\n\n")[0]
+            raw = b"X-Maildesk-Truncated: original size 99999 bytes\r\n" + header + b"\r\n\r\n"
+            intake_id = app.intake().store(raw, Envelope(source="imap", rcpt_to=()))
+            with app.db.transaction() as session:
+                row = session.get_one(Intake, intake_id)
+                row.source_ref = f"{key}/INBOX/{n + 1}"
+                row.state = IntakeState.QUARANTINED
+                row.quarantine_reason = "too large to fetch from IMAP: original size 99999 bytes"
+                row.processed_at = clock.now
+        for _ in range(3):  # the scheduler runs this every 10 seconds
+            run_once(app)
+        with app.db.transaction() as session:
+            told = [r.recipients for r in session.scalars(select(Outbox))]
+        assert told == [["bo@customer.test"]]
+    finally:
+        app.db.dispose()
