@@ -31,6 +31,7 @@ from pydantic import (
     model_validator,
 )
 
+from maildesk.domain.address import base_address
 from maildesk.sla.calendar import CalendarConfig, WeeklyHours
 from maildesk.sla.settings import SlaSettings, check_sla_references
 
@@ -589,6 +590,12 @@ class Settings(_Section):
     @property
     def own_addresses(self) -> frozenset[str]:
         return frozenset(self.support_addresses) | {a.address.lower() for a in self.address}
+
+    def is_own_address(self, address: str) -> bool:
+        """Ours, never a customer: a support address or a sub-address of one
+        (``support+…``, signed reply and rating addresses), or an internal one."""
+        plain = base_address(address)
+        return plain in self.own_addresses or plain in self.agent_mail.internal_addresses
 
     def address_defaults(self, address: str) -> AddressSettings | None:
         address = address.lower()

@@ -112,13 +112,13 @@ def customer_recipients(
             )
         )
     )
-    own = notices.settings.own_addresses
+    settings = notices.settings
     return [
         r
         for r in people.values()
         if "@" in r.addr
         and addressable(r.addr)
-        and r.addr not in own
+        and not settings.is_own_address(r.addr)
         and r.addr not in suppressed
         and not directory.is_agent_address(r.addr)
     ]

@@ -454,14 +454,17 @@ class Applier:
         created: bool,
     ) -> None:
         """Requester and customer-side Cc become participants (one statement)."""
-        own = self.settings.own_addresses
         rows = []
         if requester is not None:
             is_requester = created or ticket.requester_id == requester
             role = ParticipantRole.REQUESTER if is_requester else ParticipantRole.CC
             rows.append({"ticket_id": ticket.id, "contact_id": requester, "role": role.value})
         for address in cc:
-            if address.addr and "@" in address.addr and address.addr not in own:
+            if (
+                address.addr
+                and "@" in address.addr
+                and not self.settings.is_own_address(address.addr)
+            ):
                 contact_id = self._contact(session, address)
                 rows.append(
                     {

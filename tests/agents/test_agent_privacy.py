@@ -150,3 +150,21 @@ def test_hostile_cc_does_not_block_the_agents_answer_to_the_requester(app: App) 
     assert all(s is not IntakeState.QUARANTINED for s, _ in states), states
     # ... and Alice must get the answer.
     assert len(to(app, ALICE, "agent_reply")) == 1
+
+
+def test_our_own_sub_addresses_in_a_customer_cc_do_not_get_the_answers(app: App) -> None:
+    """A support+… address (a signed reply or rating address) is ours, not a customer
+    Cc: answers sent to it came back into our own intake."""
+    deliver(
+        app,
+        make_mail(
+            message_id="first@customer.test",
+            cc="Feedback <support+feedback@example.com>, Carol <carol@customer.test>",
+        ),
+    )
+    notice = to(app, "bob@agents.test", "new_ticket")[0]
+    raw = client_reply(notice, "Hello Alice,\n\nplease unplug the printer.\n")
+    deliver(app, raw, rcpt=(reply_address(notice),), mail_from="bob@agents.test")
+
+    [answer] = to(app, ALICE, "agent_reply")
+    assert sorted(answer.recipients) == [ALICE, "carol@customer.test"]
