@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, text
 
 from maildesk.app import App
@@ -145,3 +147,34 @@ def tls_files(tmp_path: Path) -> tuple[Path, Path]:
         capture_output=True,
     )  # fmt: skip
     return cert, key
+
+
+def command_beside(
+    app: App,
+    tmp_path: Path,
+    clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+    args: list[str],
+    extra_config: str = "",
+) -> tuple[threading.Thread, list[Result]]:
+    """A ``maildesk`` command, as ops would run it beside the daemon, in a thread
+    the test starts: the same installation (database, secret; node_name unset, so
+    the host's name), on the test's clock. The result is appended to the list."""
+    from maildesk.cli import main
+
+    config = tmp_path / "maildesk.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "cli-data"}"\n'
+        f'database_url = "{app.settings.database_url}"\n'
+        'support_addresses = ["support@example.com"]\n'
+        'installation_secret = "test-secret"\n' + extra_config
+    )
+    build = App.build.__func__  # type: ignore[attr-defined]
+    monkeypatch.setattr(
+        App, "build", classmethod(lambda cls, settings: build(cls, settings, clock))
+    )
+    results: list[Result] = []
+    command = threading.Thread(
+        target=lambda: results.append(CliRunner().invoke(main, ["--config", str(config), *args]))
+    )
+    return command, results

@@ -19,16 +19,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from click.testing import CliRunner, Result
 from sqlalchemy import select
 
 from maildesk.app import App
-from maildesk.cli import main
 from maildesk.config import OutboundSettings
 from maildesk.db.models import Outbox, OutboxState
 from maildesk.intake.store import put_blob
 from maildesk.outbound.sender import DrainResult, OutboxSender, SmtpTransport
-from tests.conftest import FrozenClock
+from tests.conftest import FrozenClock, command_beside
 from tests.daemon_harness import RelaySink
 from tests.mailfactory import make_mail
 
@@ -157,23 +155,13 @@ def test_outbox_drain_beside_the_daemon_on_the_same_host_never_sends_a_mail_twic
     clock.advance(minutes=30)
     threading.Event().wait(0.6)  # the daemon's claim on the slow one is renewed
 
-    config = tmp_path / "maildesk.toml"  # the same installation; node_name unset: the host's
-    config.write_text(
-        f'data_dir = "{tmp_path / "cli-data"}"\n'
-        f'database_url = "{app.settings.database_url}"\n'
-        'support_addresses = ["support@example.com"]\n'
-        'installation_secret = "test-secret"\n'
-        f'[outbound]\ntransport = "smtp"\nrelay_port = {holding_relay.port}\n'
-    )
-    build = App.build.__func__  # type: ignore[attr-defined]
-    monkeypatch.setattr(
-        App, "build", classmethod(lambda cls, settings: build(cls, settings, clock))
-    )
-    commands: list[Result] = []
-    command = threading.Thread(
-        target=lambda: commands.append(
-            CliRunner().invoke(main, ["--config", str(config), "outbox", "drain"])
-        )
+    command, commands = command_beside(
+        app,
+        tmp_path,
+        clock,
+        monkeypatch,
+        ["outbox", "drain"],
+        f'[outbound]\ntransport = "smtp"\nrelay_port = {holding_relay.port}\n',
     )
     command.start()  # ops run it: it takes "waiting", whose claim is 30 minutes old
     holding_relay.wait_arrived("waiting")

@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import email
-import threading
 from collections.abc import Iterator
 from email.policy import default as default_policy
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner, Result
 from sqlalchemy import event, func, select
 from sqlalchemy.orm import ORMExecuteState, Session
 
 from maildesk.app import App
-from maildesk.cli import main
 from maildesk.db.models import Blob, Event, Intake, Outbox, Ticket
 from maildesk.outbound.sender import MaildirTransport, OutboxSender
 from maildesk.spam.jobs import expire, send_digest
-from tests.conftest import FrozenClock, _truncate_all, make_settings
+from tests.conftest import FrozenClock, _truncate_all, command_beside, make_settings
 from tests.mailfactory import deliver, make_mail
 
 EVERYTHING_IS_SPAM = {"unsure_at": 0.0, "spam_at": 0.0}
@@ -127,22 +124,8 @@ def test_a_release_that_meets_the_expiry_is_told_it_came_too_late(
     with spam_app.db.transaction() as session:
         held = session.scalars(select(Intake.id)).one()
 
-    config = tmp_path / "maildesk.toml"
-    config.write_text(
-        f'data_dir = "{tmp_path / "cli-data"}"\n'
-        f'database_url = "{spam_app.settings.database_url}"\n'
-        'support_addresses = ["support@example.com"]\n'
-        'installation_secret = "test-secret"\n'
-    )
-    build = App.build.__func__  # type: ignore[attr-defined]
-    monkeypatch.setattr(
-        App, "build", classmethod(lambda cls, settings: build(cls, settings, clock))
-    )
-    releases: list[Result] = []
-    release = threading.Thread(
-        target=lambda: releases.append(
-            CliRunner().invoke(main, ["--config", str(config), "quarantine", "release", str(held)])
-        )
+    release, releases = command_beside(
+        spam_app, tmp_path, clock, monkeypatch, ["quarantine", "release", str(held)]
     )
 
     def between_read_and_delete(state: ORMExecuteState) -> None:
