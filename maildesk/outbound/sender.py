@@ -46,6 +46,14 @@ class TemporaryFailure(Exception):
     """Try again later (4xx, connection refused, timeout)."""
 
 
+class PartialDelivery(TemporaryFailure):
+    """The relay took the mail for some recipients and said 4xx for ``later``."""
+
+    def __init__(self, later: list[str], reply: str) -> None:
+        super().__init__(reply)
+        self.later = later
+
+
 class PermanentFailure(Exception):
     """Will never succeed as it is (5xx); recorded with the server's reply."""
 
@@ -140,7 +148,11 @@ class SmtpTransport:
             except (OSError, smtplib.SMTPException):
                 client.close()
         if refused:
-            log.warning("relay refused some recipients: %s", refused)
+            replies = "; ".join(f"{rcpt}: {code} {msg!r}" for rcpt, (code, msg) in refused.items())
+            log.warning("relay refused some recipients: %s", replies)
+            later = [rcpt for rcpt, (code, _msg) in refused.items() if code < 500]
+            if later:  # the others have it; these are owed it still
+                raise PartialDelivery(later, f"taken for the other recipients; {replies}")
 
 
 @dataclass
@@ -302,6 +314,8 @@ class OutboxSender:
                     "outbox=%s ticket=%s failed permanently: %s", row.id, row.ticket_id, error
                 )
             else:
+                if isinstance(error, PartialDelivery):
+                    row.recipients = error.later  # the same mail, to those still owed it
                 row.last_error = str(error)[:4000]
                 row.next_attempt_at = now + self.backoff(row.attempts)
                 result.retried += 1

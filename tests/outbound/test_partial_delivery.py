@@ -1,0 +1,82 @@
+"""A relay that takes a mail for some recipients and says "later" for others.
+
+The mail counted as sent and the others never got it. Now the row stays
+queued for just those recipients, and the same mail (same Message-ID) goes
+to them on the retry.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from maildesk.app import App
+from maildesk.config import OutboundSettings
+from maildesk.db.models import Outbox, OutboxState
+from maildesk.outbound.sender import OutboxSender, SmtpTransport
+from tests.conftest import FrozenClock
+from tests.daemon_harness import RelaySink
+from tests.outbound.test_outbox_claims import queue
+
+
+@dataclass
+class GreylistingRelay(RelaySink):
+    """Says 451 to the first RCPT for each address in ``later``, and 550 to ``never``."""
+
+    later: set[str] = field(default_factory=set)
+    never: set[str] = field(default_factory=set)
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        if address in self.never:
+            return "550 5.1.1 no such user"
+        if address in self.later:
+            self.later.discard(address)
+            return "451 4.7.1 greylisted, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+@pytest.fixture
+def greylisting_relay() -> Iterator[GreylistingRelay]:
+    relay = GreylistingRelay().start()
+    yield relay
+    relay.stop()
+
+
+def test_recipients_the_relay_defers_get_the_same_mail_on_the_retry(
+    app: App, greylisting_relay: GreylistingRelay, clock: FrozenClock
+) -> None:
+    message_id = queue(app, "answer to all")
+    with app.db.transaction() as session:
+        [row] = session.scalars(select(Outbox)).all()
+        row.recipients = ["alice@customer.test", "carol@customer.test", "gone@customer.test"]
+    greylisting_relay.later = {"carol@customer.test"}
+    greylisting_relay.never = {"gone@customer.test"}
+    settings = OutboundSettings(transport="smtp", relay_port=greylisting_relay.port)
+    sender = OutboxSender(
+        app.db, SmtpTransport(settings, password=""), settings, app.clock, "node-a"
+    )
+
+    first = sender.drain()
+    assert (first.sent, first.retried) == (0, 1)
+    with app.db.transaction() as session:
+        [row] = session.scalars(select(Outbox)).all()
+        assert row.state is OutboxState.QUEUED
+        assert row.recipients == ["carol@customer.test"]  # alice has it; gone never will
+        assert "451" in (row.last_error or "") and "550" in (row.last_error or "")
+
+    clock.advance(hours=1)
+    assert sender.drain().sent == 1
+    received = [
+        (mail.rcpt_tos, str(mail.message["Message-ID"])) for mail in greylisting_relay.received
+    ]
+    assert received == [
+        (["alice@customer.test"], f"<{message_id}>"),
+        (["carol@customer.test"], f"<{message_id}>"),
+    ]
