@@ -338,6 +338,8 @@ class AgentMailSettings(_Section):
     dkim_verify_fallback: bool = False  # verify DKIM in-process (dkimpy) when no trusted header
     internal_addresses: tuple[str, ...] = ()  # mail to these is an internal note
     reply_to_cc: bool = True  # customer-side Cc participants receive agent replies
+    # Beyond this many Cc participants on a ticket, a customer's Cc is not added.
+    max_cc_participants: int = Field(default=48, ge=0, le=1000)
     rating_scores: int = Field(default=5, ge=2, le=10)  # rating addresses 1..N in resolved mail
     confirm_hours: float = Field(default=72.0, gt=0)  # "reply to apply" requests expire
 

@@ -197,7 +197,18 @@ class Applier:
         )
         if proven:
             cc = msg.cc if self._forged_sender(ctx) is None else ()
-            self._participants(session, ticket, requester, cc, created)
+            left_out = self._participants(session, ticket, requester, cc, created)
+            if left_out:
+                cap = self.settings.agent_mail.max_cc_participants
+                self.event(
+                    session,
+                    "cc_not_added",
+                    f"{len(left_out)} Cc address(es) not added: the ticket has its "
+                    f"{cap} Cc participants (agent_mail.max_cc_participants)",
+                    intake=intake,
+                    ticket=ticket,
+                    data={"addresses": left_out[:100]},
+                )
         delivered = [*ctx.envelope_to, *(a.addr for a in (*msg.to, *msg.cc))]
         self._record_addresses(ticket, None, [base_address(a) for a in delivered])
         if created:
@@ -452,20 +463,40 @@ class Applier:
         requester: int | None,
         cc: Iterable[Address],
         created: bool,
-    ) -> None:
-        """Requester and customer-side Cc become participants (one statement)."""
+    ) -> list[str]:
+        """Requester and customer-side Cc become participants (one statement).
+
+        Cc participants get every agent answer, so a ticket has at most
+        ``agent_mail.max_cc_participants`` of them: a mail with thousands of
+        Cc must not turn each answer into a mailing to addresses a stranger
+        chose. Returns the Cc addresses left out.
+        """
         rows = []
         if requester is not None:
             is_requester = created or ticket.requester_id == requester
             role = ParticipantRole.REQUESTER if is_requester else ParticipantRole.CC
             rows.append({"ticket_id": ticket.id, "contact_id": requester, "role": role.value})
-        for address in cc:
-            if (
-                address.addr
-                and "@" in address.addr
-                and not self.settings.is_own_address(address.addr)
-            ):
-                contact_id = self._contact(session, address)
+        wanted = {
+            address.addr: address
+            for address in cc
+            if address.addr
+            and "@" in address.addr
+            and not self.settings.is_own_address(address.addr)
+        }
+        left_out: list[str] = []
+        if wanted:
+            roles = session.execute(
+                select(Contact.email, Participant.role)
+                .join(Participant, Participant.contact_id == Contact.id)
+                .where(Participant.ticket_id == ticket.id)
+            ).all()
+            present = {email for email, _role in roles}
+            ccs = sum(1 for _email, role in roles if role == ParticipantRole.CC)
+            room = self.settings.agent_mail.max_cc_participants - ccs
+            new = [addr for addr in wanted if addr not in present]
+            left_out = new[max(room, 0) :]
+            for addr in [a for a in wanted if a in present] + new[: max(room, 0)]:
+                contact_id = self._contact(session, wanted[addr])
                 rows.append(
                     {
                         "ticket_id": ticket.id,
@@ -474,6 +505,7 @@ class Applier:
                     }
                 )
         insert_ignore(session, Participant, rows, ["ticket_id", "contact_id"])
+        return left_out
 
     def insert_inbound(
         self,

@@ -17,7 +17,7 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.app import App
-from maildesk.db.models import Intake, IntakeState
+from maildesk.db.models import Event, Intake, IntakeState
 from tests.agents.agenthelp import (
     AGENT_ADDRESSES,
     agent_app,
@@ -168,3 +168,19 @@ def test_our_own_sub_addresses_in_a_customer_cc_do_not_get_the_answers(app: App)
 
     [answer] = to(app, ALICE, "agent_reply")
     assert sorted(answer.recipients) == [ALICE, "carol@customer.test"]
+
+
+def test_a_mail_with_hundreds_of_cc_does_not_make_each_answer_a_mailing(app: App) -> None:
+    """Every Cc participant gets every answer: a ticket takes at most 48 of them."""
+    crowd = ", ".join(f"victim{n}@elsewhere.test" for n in range(300))
+    deliver(app, make_mail(message_id="first@customer.test", cc=crowd))
+    notice = to(app, "bob@agents.test", "new_ticket")[0]
+    raw = client_reply(notice, "Hello Alice,\n\nplease unplug the printer.\n")
+    deliver(app, raw, rcpt=(reply_address(notice),), mail_from="bob@agents.test")
+
+    [answer] = to(app, ALICE, "agent_reply")
+    assert len(answer.recipients) == 1 + 48
+    assert answer.recipients[:3] == [ALICE, "victim0@elsewhere.test", "victim1@elsewhere.test"]
+    with app.db.transaction() as session:
+        [note] = session.scalars(select(Event).where(Event.kind == "cc_not_added")).all()
+        assert note.reason.startswith("252 Cc address(es) not added")
