@@ -22,6 +22,7 @@ from email.utils import format_datetime
 from zoneinfo import ZoneInfo
 
 from sqlalchemy import ColumnElement, and_, delete, exists, or_, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
@@ -188,8 +189,11 @@ def queue_digest(
         state=OutboxState.QUEUED,
         next_attempt_at=now,
     )
-    session.add(row)
-    session.flush()
+    try:
+        with session.begin_nested():  # another node may queue the same day's digest just now
+            session.add(row)
+    except IntegrityError:
+        return None  # it did: its digest goes, not a second one
     log.info(
         "spam digest %s: %d message(s) listed, queued to %s (outbox=%s)", day, count, to, row.id
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import threading
 from collections.abc import Iterator
 from email.policy import default as default_policy
 from pathlib import Path
@@ -15,6 +16,7 @@ from maildesk.app import App
 from maildesk.db.models import Blob, Event, Intake, Outbox, Ticket
 from maildesk.outbound.sender import MaildirTransport, OutboxSender
 from maildesk.spam.jobs import expire, send_digest
+from maildesk.spam.quarantine import queue_digest
 from tests.conftest import FrozenClock, _truncate_all, command_beside, make_settings
 from tests.mailfactory import deliver, make_mail
 
@@ -147,3 +149,40 @@ def test_a_release_that_meets_the_expiry_is_told_it_came_too_late(
         assert session.get(Intake, held) is None
         assert session.scalar(select(func.count()).select_from(Ticket)) == 0
     spam_app.db.dispose()
+
+
+def test_two_nodes_queueing_the_same_days_digest_at_once_queue_one_quietly(
+    tmp_path: Path, pg_url: str, clock: FrozenClock
+) -> None:
+    """Both find no digest queued yet; the second insert waits for the first and
+    then meets its unique Message-ID. It used to fail the job with a traceback in
+    the log; now the second node leaves it to the first. (PostgreSQL: on SQLite
+    one writer at a time cannot interleave.)"""
+    _truncate_all(pg_url)
+    spam = {**EVERYTHING_IS_SPAM, "digest_to": "postmaster@example.com", "digest_at": "07:00"}
+    node_a = App.build(make_settings(tmp_path / "a", pg_url, spam=spam), clock=clock)
+    node_b = App.build(make_settings(tmp_path / "b", pg_url, spam=spam), clock=clock)
+    try:
+        deliver(node_a, make_mail(subject="Cheap watches", sender="Spammer <x@spam.test>"))
+        clock.advance(days=1)
+        results: list[object] = []
+
+        def second_node() -> None:
+            try:
+                results.append(send_digest(node_b))
+            except Exception as exc:  # what the scheduler would log as a failed job
+                results.append(exc)
+
+        racing = threading.Thread(target=second_node)
+        with node_a.db.transaction() as session:
+            assert queue_digest(session, node_a.settings, node_a.signer, node_a.renderer, clock())
+            racing.start()  # its insert waits on ours until we commit
+            racing.join(timeout=1)
+            assert racing.is_alive()
+        racing.join(timeout=30)
+
+        assert results == [False]
+        assert len(outbox(node_a)) == 1
+    finally:
+        node_a.db.dispose()
+        node_b.db.dispose()
