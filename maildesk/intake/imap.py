@@ -460,16 +460,18 @@ class FolderPoller:
             progress = self._check_uidvalidity(uidvalidity)
             if writable and self.mailbox.post_action is ImapPostAction.MOVE:
                 with command("LIST/CREATE of move_to"):
-                    if not client.folder_exists(self.mailbox.move_to):
+                    if not _selectable(client, self.mailbox.move_to):
                         client.create_folder(self.mailbox.move_to)
             with command("CAPABILITY"):
                 use_idle = self.mailbox.idle and b"IDLE" in client.capabilities()
+            if writable:
+                self._catch_up_post_actions(client, progress)
+            # Only now is the connection known to work: a post-action that fails on
+            # every connect keeps backing off instead of retrying every second.
             if self.failures:
                 log.info("imap %s: connected again after %d failures", self.name, self.failures)
             self.failures = 0
             self.health.consecutive_failures = 0
-            if writable:
-                self._catch_up_post_actions(client, progress)
             while not self.deps.stop.is_set():
                 self.poll(client, uidvalidity)
                 if use_idle:
@@ -605,7 +607,7 @@ class FolderPoller:
         # Without a Message-ID the bytes alone identify it: only when they are
         # already stored at all (a blob) is the intake table searched for them.
         bare = {hashes[raw] for raw, _env in items if not ids[raw]}
-        here = f"{self.mailbox.key}/{self.folder}"
+        mailbox_prefix = f"{self.mailbox.key}/"
         rows: list[Any] = []
         with self.deps.db.transaction() as session:
             if wanted:
@@ -622,7 +624,11 @@ class FolderPoller:
                             Intake.header_message_id, Intake.raw_sha256, Intake.source_ref
                         ).where(Intake.source == SOURCE, Intake.raw_sha256.in_(known_blobs))
                     ).all()
-        known = {(mid or "", sha) for mid, sha, ref in rows if ref_folder(ref) == here}
+        # The whole mailbox: a message moved from one read folder to another (out
+        # of Junk, say) is the same message, seen again, not a new one.
+        known = {
+            (mid or "", sha) for mid, sha, ref in rows if ref_folder(ref).startswith(mailbox_prefix)
+        }
         fresh = []
         again = []
         for raw, env in items:
@@ -643,10 +649,32 @@ class FolderPoller:
         if action is ImapPostAction.NONE or not uids:
             return
         with self.watch.command(f"post-action {action}"):
-            self._apply_post_action(client, uids)
+            try:
+                self._apply_post_action(client, uids)
+            except imaplib.IMAP4.abort:
+                raise  # the connection failed: reconnect and catch up
+            except imaplib.IMAP4.error as exc:
+                # The server refused it (NO/BAD: no right to remove mail, quota, a
+                # target that cannot be created). The mail is stored, so leaving it
+                # where it is loses nothing; stopping the folder for it would stall
+                # every later mail.
+                error = f"post-action {action} refused: {exc}"
+                log.warning(
+                    "imap %s: %s; UIDs %d:%d left as they are", self.name, error, uids[0], uids[-1]
+                )
+                self.health.last_error = error
+                self.deps.on_health(replace(self.health))
 
     def _apply_post_action(self, client: IMAPClient, uids: list[int]) -> None:
         action = self.mailbox.post_action
+        if action is ImapPostAction.DELETE:
+            # Over max_message_bytes only the header was stored: the server holds
+            # the only copy of the rest, so it is never expunged (MAIL-RULES §1).
+            limit = self.mailbox.max_message_bytes
+            sizes = client.fetch(uids, ["RFC822.SIZE"])
+            uids = [u for u in uids if int(sizes.get(u, {}).get(b"RFC822.SIZE", 0)) <= limit]
+            if not uids:
+                return
         if action is ImapPostAction.FLAG:
             client.add_flags(uids, [SEEN], silent=True)
         elif action is ImapPostAction.MOVE:
@@ -731,6 +759,14 @@ class FolderPoller:
             self.health.last_error = error
         if changed:
             self.deps.on_health(replace(self.health))
+
+
+def _selectable(client: IMAPClient, folder: str) -> bool:
+    """``folder`` exists and can hold mail (a \\Noselect parent of a subfolder cannot)."""
+    for flags, _sep, _name in client.list_folders("", folder):
+        if not {f.lower() for f in flags} & {b"\\noselect", b"\\nonexistent"}:
+            return True
+    return False
 
 
 def _next_idle_line(client: IMAPClient, timeout: float) -> bytes | None:
