@@ -189,6 +189,11 @@ class SpamSettings(_Section):
         return tuple(v.strip().lower().lstrip("@.") for v in value)
 
 
+def _imap_folder(name: str) -> str:
+    """A folder name as IMAP compares it: INBOX in any case is INBOX (RFC 3501 5.1)."""
+    return "INBOX" if name.upper() == "INBOX" else name
+
+
 class ImapSecurity(enum.StrEnum):
     NONE = "none"
     STARTTLS = "starttls"
@@ -262,9 +267,13 @@ class ImapMailboxSettings(_Section):
     def _move_needs_target(self) -> ImapMailboxSettings:
         if self.post_action is ImapPostAction.MOVE and not self.move_to:
             raise ValueError("post_action = 'move' needs move_to")
-        if self.move_to and self.move_to in self.folders:
+        read = {_imap_folder(name) for name in self.folders}
+        if self.move_to and _imap_folder(self.move_to) in read:
             raise ValueError("move_to must not be one of the folders read")
-        if self.junk_folder and self.junk_folder in (*self.folders, self.move_to):
+        if self.junk_folder and _imap_folder(self.junk_folder) in {
+            *read,
+            _imap_folder(self.move_to),
+        }:
             raise ValueError("junk_folder must not be one of the folders read nor move_to")
         if self.auth is ImapAuth.OAUTH2 and not (self.token_endpoint and self.client_id):
             raise ValueError("auth = 'oauth2' needs token_endpoint and client_id")
@@ -651,6 +660,8 @@ def load_settings(explicit: str | None = None, data_dir: str | None = None) -> S
             reason = str(first["ctx"]["error"])  # without pydantic's "Value error, " prefix
         if not key and (named := re.fullmatch(r"([a-z_]+(?:\.[\w-]+)+): (.+)", reason, re.S)):
             key, reason = named.groups()  # a check across sections names its key first
+        elif key and (named := re.fullmatch(r"([a-z_]+): (.+)", reason, re.S)):
+            key, reason = f"{key}.{named[1]}", named[2]  # and one within a section, its own
         raise ConfigError(source, key, reason) from None
     return settings
 

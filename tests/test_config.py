@@ -74,6 +74,17 @@ def test_data_dir_override_from_environment(
             "name it in agent_mail.trusted_authserv_ids",
         ),
         ("[routing]\ndefault_group = 'nobody'\n", "routing.default_group", "unknown group"),
+        (  # INBOX is INBOX in any case: moving into the folder read would loop
+            "[[imap]]\nhost = 'h'\nuser = 'u'\npassword = 'p'\n"
+            "post_action = 'move'\nmove_to = 'inbox'\n",
+            "imap.0",
+            "move_to must not be one of the folders read",
+        ),
+        (  # no users file: nobody to check, everybody let in
+            "[[listeners]]\nrequire_auth = true\n",
+            "listeners.0.auth_users_file",
+            "require_auth = true needs the file of users",
+        ),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path: Path, toml: str, key: str, reason: str) -> None:
