@@ -648,6 +648,13 @@ class FolderPoller:
         action = self.mailbox.post_action
         if action is ImapPostAction.NONE or not uids:
             return
+        if action is ImapPostAction.DELETE:
+            # Over max_message_bytes only the header was stored: the server holds
+            # the only copy of the rest, so it is never expunged (MAIL-RULES §1).
+            sizes = self._sizes(client, uids)
+            uids = [u for u in uids if sizes.get(u, 0) <= self.mailbox.max_message_bytes]
+            if not uids:
+                return
         with self.watch.command(f"post-action {action}"):
             try:
                 self._apply_post_action(client, uids)
@@ -667,14 +674,6 @@ class FolderPoller:
 
     def _apply_post_action(self, client: IMAPClient, uids: list[int]) -> None:
         action = self.mailbox.post_action
-        if action is ImapPostAction.DELETE:
-            # Over max_message_bytes only the header was stored: the server holds
-            # the only copy of the rest, so it is never expunged (MAIL-RULES §1).
-            limit = self.mailbox.max_message_bytes
-            sizes = client.fetch(uids, ["RFC822.SIZE"])
-            uids = [u for u in uids if int(sizes.get(u, {}).get(b"RFC822.SIZE", 0)) <= limit]
-            if not uids:
-                return
         if action is ImapPostAction.FLAG:
             client.add_flags(uids, [SEEN], silent=True)
         elif action is ImapPostAction.MOVE:
