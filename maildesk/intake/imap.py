@@ -860,6 +860,7 @@ class ImapIntake:
     threads: list[threading.Thread] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     _health: dict[tuple[str, str], FolderHealth] = field(default_factory=dict)
+    _health_write_lock: threading.Lock = field(default_factory=threading.Lock)
 
     @classmethod
     def build(
@@ -949,10 +950,16 @@ class ImapIntake:
     def _record_health(self, health: FolderHealth) -> None:
         with self.lock:
             self._health[(health.mailbox, health.folder)] = health
-            snapshot = [asdict(h) for h in self._health.values()]
         if health.status in (FolderStatus.BACKOFF, FolderStatus.STANDBY):
             log.info("imap %s/%s: %s", health.mailbox, health.folder, health.status)
-        if self.health_path is not None:
+        if self.health_path is None:
+            return
+        # The snapshot is taken inside the write lock: a writer holding an older
+        # snapshot would otherwise replace the file after a newer one, and a
+        # folder that then stays in its state would show the old one for good.
+        with self._health_write_lock:
+            with self.lock:
+                snapshot = [asdict(h) for h in self._health.values()]
             self._write_health(snapshot)
 
     def _write_health(self, snapshot: list[dict[str, Any]]) -> None:

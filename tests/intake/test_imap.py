@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from datetime import timedelta
@@ -20,6 +22,7 @@ from maildesk.db.database import Database
 from maildesk.db.models import Blob, ImapFolderState, Intake, Ticket
 from maildesk.intake.imap import (
     TRUNCATED_HEADER,
+    FolderHealth,
     FolderStatus,
     ImapIntake,
     new_uids,
@@ -347,3 +350,46 @@ def test_wrong_password_is_reported_and_other_mailboxes_keep_working(
     assert broken[0].status is FolderStatus.BACKOFF
     assert "login failed" in broken[0].last_error
     assert stored(app)[0][0].startswith("sales/INBOX/")
+
+
+def test_the_health_file_ends_with_the_newest_state_when_two_folders_report_at_once(
+    app: App, tmp_path: Path
+) -> None:
+    """Two pollers report together; the one that wrote an older view must not win.
+
+    The first report's write is held until the second report has had its turn.
+    A folder that then stays in its state would otherwise show the old one in
+    the file for good (ops, and `wait_idle` in the daemon tests, read the file).
+    """
+    first_write_started, let_first_write_go = threading.Event(), threading.Event()
+
+    class HeldFirstWrite(ImapIntake):
+        def _write_health(self, snapshot: list[dict[str, Any]]) -> None:
+            if not first_write_started.is_set():
+                first_write_started.set()
+                let_first_write_go.wait(5)
+            super()._write_health(snapshot)
+
+    path = tmp_path / "imap-health.json"
+    intake = HeldFirstWrite(
+        (), {}, app.intake(), app.db, app.node_name, app.clock, health_path=path
+    )
+    for folder in ("support", "sales"):
+        intake._health[(folder, "INBOX")] = FolderHealth(folder, "INBOX")
+    first = threading.Thread(
+        target=intake._record_health,
+        args=(FolderHealth("support", "INBOX", FolderStatus.IDLE),),
+    )
+    second = threading.Thread(
+        target=intake._record_health,
+        args=(FolderHealth("sales", "INBOX", FolderStatus.IDLE),),
+    )
+    first.start()
+    assert first_write_started.wait(5)
+    second.start()
+    second.join(0.5)  # lets the second report write first, where nothing stops it
+    let_first_write_go.set()
+    first.join(5)
+    second.join(5)
+    on_disk = {(h["mailbox"], h["status"]) for h in json.loads(path.read_text())}
+    assert on_disk == {("support", "idle"), ("sales", "idle")}
