@@ -68,6 +68,7 @@ BACKOFF_BASE_SECONDS = 1.0
 BACKOFF_MAX_SECONDS = 300.0
 FETCH_BATCH = 50  # UIDs stored per transaction
 FETCH_BYTES = 8 * 1024 * 1024  # at most this much message data per FETCH command
+STORE_BYTES = 32 * 1024 * 1024  # at most this much message data held per store transaction
 # A FETCH may take command_deadline_seconds plus a second per this many bytes.
 FETCH_MIN_BYTES_PER_SECOND = 16 * 1024
 STOP_GRACE_SECONDS = 5.0  # on stop, a poller's command may finish this long before it is cut
@@ -505,22 +506,41 @@ class FolderPoller:
         stored = 0
         for start in range(0, len(uids), FETCH_BATCH):
             chunk = uids[start : start + FETCH_BATCH]
-            items = self._fetch(client, chunk, uidvalidity)
-            fresh = self._not_yet_stored(items)
-            if fresh:
-                self.deps.store.store_many(fresh)
-            self.state.record_stored(chunk[-1])
-            stored += len(fresh)
-            self.health.stored += len(fresh)
-            self.health.last_uid = chunk[-1]
-            if fresh:
-                self.deps.on_stored()
-            self._post_action(client, chunk)
-            self.state.record_acted(chunk[-1])
+            sizes = self._sizes(client, chunk)
+            for part in self._store_groups(chunk, sizes):
+                stored += self._store_part(client, part, sizes, uidvalidity)
         if stored:
             log.info("imap %s: stored %d new messages (up to UID %d)", self.name, stored, uids[-1])
         self.health.last_ok_at = self.deps.clock().isoformat()
         return stored
+
+    def _store_groups(self, chunk: list[int], sizes: dict[int, int]) -> Iterator[list[int]]:
+        """The chunk's UIDs in groups holding at most STORE_BYTES of mail (at least one).
+
+        A group's bodies are all in memory until its transaction commits: fifty
+        messages near ``max_message_bytes`` would otherwise be held at once.
+        UIDs that vanished count for nothing; over-size ones only by their header.
+        """
+        limit = self.mailbox.max_message_bytes
+        held = [(uid, size if (size := sizes.get(uid, 0)) <= limit else 0) for uid in chunk]
+        yield from size_groups(held, STORE_BYTES)
+
+    def _store_part(
+        self, client: IMAPClient, uids: list[int], sizes: dict[int, int], uidvalidity: int
+    ) -> int:
+        """Store, record and act on one group of UIDs; returns how many were new."""
+        items = self._fetch(client, uids, {u: sizes[u] for u in uids if u in sizes}, uidvalidity)
+        fresh = self._not_yet_stored(items)
+        if fresh:
+            self.deps.store.store_many(fresh)
+        self.state.record_stored(uids[-1])
+        self.health.stored += len(fresh)
+        self.health.last_uid = uids[-1]
+        if fresh:
+            self.deps.on_stored()
+        self._post_action(client, uids)
+        self.state.record_acted(uids[-1])
+        return len(fresh)
 
     def _new_uids(self, client: IMAPClient) -> list[int]:
         """The folder's UIDs above the last one recorded as stored, in order."""
@@ -543,11 +563,13 @@ class FolderPoller:
         self._renew_if_due()  # every write below checks the lease as well
 
     def _fetch(
-        self, client: IMAPClient, uids: list[int], uidvalidity: int
+        self, client: IMAPClient, uids: list[int], sizes: dict[int, int], uidvalidity: int
     ) -> list[tuple[bytes, Envelope]]:
-        """Raw bytes per UID (header plus note when too large); vanished UIDs are skipped."""
+        """Raw bytes per UID of ``sizes`` (header plus note when too large).
+
+        UIDs without a size vanished before it was asked for and are skipped.
+        """
         limit = self.mailbox.max_message_bytes
-        sizes = self._sizes(client, uids)
         small = [(uid, size) for uid, size in sorted(sizes.items()) if size <= limit]
         raws = dict(self._bodies(client, small))
         large = [uid for uid, size in sizes.items() if size > limit]

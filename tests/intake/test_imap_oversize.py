@@ -169,3 +169,45 @@ def test_one_hostile_sender_does_not_block_the_other_notices(
         assert told == [["bo@customer.test"]]
     finally:
         app.db.dispose()
+
+
+class RecordingStore:
+    """The real store, noting how many bytes of mail each transaction held."""
+
+    def __init__(self, app: App) -> None:
+        self.inner = app.intake()
+        self.held: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    def store_many(self, items: Any) -> None:
+        self.held.append(sum(len(raw) for raw, _envelope in items))
+        self.inner.store_many(items)
+
+
+def test_a_backlog_of_large_messages_is_never_held_in_memory_all_at_once(
+    app: App, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fifty messages near max_message_bytes would be gigabytes held in one transaction.
+
+    The budget is made small here (32 MiB in the daemon) so that a few
+    messages of 60 KB show it; every message still comes in, each once.
+    """
+    from maildesk.intake import imap
+
+    monkeypatch.setattr(imap, "STORE_BYTES", 150_000)
+    for n in range(8):
+        dovecot.append(USER, mail(n, body=f"big {n}\n" + BIG_BODY * 2))
+    store = RecordingStore(app)
+    runner = Runner()
+    intake = runner.start(app, dovecot.mailbox(USER, post_action="flag"), store=store)  # type: ignore[arg-type]
+    try:
+        wait_until(lambda: intake_count(app) == 8, "8 stored")
+    finally:
+        runner.stop(intake)
+    assert sum(store.held) > 8 * 60_000
+    assert max(store.held) <= 150_000, store.held
+    with app.db.transaction() as session:
+        refs = session.scalars(select(Intake.source_ref)).all()
+    assert len(set(refs)) == 8
