@@ -105,6 +105,15 @@ def ticket_by_number(session: Session, number: int) -> Ticket | None:
     return session.scalars(select(Ticket).where(Ticket.number == number)).first()
 
 
+def locked_ticket(session: Session, ticket_id: int) -> Ticket:
+    """The ticket re-read and locked until commit (SQLite's write lock is held from BEGIN).
+
+    Autoflushes first, so this transaction's own changes to it are kept.
+    """
+    stmt = select(Ticket).where(Ticket.id == ticket_id).with_for_update()
+    return session.scalars(stmt.execution_options(populate_existing=True)).one()
+
+
 def surviving_ticket(session: Session, ticket: Ticket) -> Ticket:
     """Follow merges to the ticket that holds the conversation now."""
     seen = {ticket.id}

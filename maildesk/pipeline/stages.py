@@ -204,6 +204,10 @@ def decide_thread(ctx: MessageContext, session: Session, deps: StageDeps) -> Thr
         return found
     ticket = ctx.tickets.get(found.ticket_id) or session.get(Ticket, found.ticket_id)
     assert ticket is not None
+    if ticket.status in (TicketStatus.RESOLVED, TicketStatus.PENDING):
+        # The SLA sweep closes resolved and resolves pending tickets: decide on
+        # the row as it is now, locked until this reply is applied.
+        ticket = queries.locked_ticket(session, ticket.id)
     return lifecycle(ctx, ticket, found, deps)
 
 
