@@ -282,7 +282,13 @@ class SlaSweeper:
         if ticket.status is TicketStatus.RESOLVED and cfg.resolved_close_days is not None:
             since = ticket.resolved_at or ticket.updated_at
             at = since + timedelta(days=cfg.resolved_close_days)
-            if now >= at and self._claim_auto(session, ticket, "close", 0, at, now):
+            # One close per resolution: a ticket reopened by hand after its
+            # close and resolved again is closed again.
+            resolved = [
+                f for f in history.statuses if f.new_status() == TicketStatus.RESOLVED.value
+            ]
+            instance = resolved[-1].id if resolved else 0
+            if now >= at and self._claim_auto(session, ticket, "close", instance, at, now):
                 change_status(session, ticket, TicketStatus.CLOSED, now, None, actor="auto-close")
                 return 1
             return 0

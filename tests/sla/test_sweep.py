@@ -259,3 +259,27 @@ def test_auto_close_reminds_resolves_with_a_notice_and_closes(
         )
     assert kinds == 3
     assert purposes() == ["pending_reminder", "auto_resolved"]
+
+
+def test_a_ticket_reopened_by_hand_after_auto_close_is_auto_closed_again(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """Each resolution gets its own close: the first close must not stand for the next."""
+    app = sla_app(tmp_path, database_url, clock, {"auto_close": {"resolved_close_days": 2}})
+    ticket = new_ticket(app, clock, berlin(2026, 3, 2, 9, 0))
+    clock.now = berlin(2026, 3, 2, 10, 0)
+    _status(app, ticket.id, TicketStatus.RESOLVED)
+    clock.now = berlin(2026, 3, 4, 10, 1)
+    assert sweeper(app).run().auto_closed == 1
+    # An agent reopens it (`#status open`, `maildesk tickets set-status`) and resolves it again.
+    clock.now = berlin(2026, 3, 5, 9, 0)
+    _status(app, ticket.id, TicketStatus.OPEN)
+    clock.now = berlin(2026, 3, 5, 10, 0)
+    _status(app, ticket.id, TicketStatus.RESOLVED)
+    clock.now = berlin(2026, 3, 7, 9, 59)
+    assert sweeper(app).run().auto_closed == 0
+    clock.now = berlin(2026, 3, 7, 10, 1)
+    assert sweeper(app).run().auto_closed == 1
+    with app.db.transaction() as session:
+        t = session.get(Ticket, ticket.id)
+        assert t is not None and t.status is TicketStatus.CLOSED
