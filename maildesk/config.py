@@ -19,7 +19,7 @@ import tomllib
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -127,6 +127,11 @@ class AcknowledgementSettings(_Section):
     # Authentication-Results (agent_mail.trusted_authserv_ids) say dmarc=fail:
     # the From is likely forged, and the mail would go to the forged address.
     skip_dmarc_fail: bool = True
+    # Whether the acknowledgement quotes the customer's message. "verified": only
+    # when our MTA found dmarc=pass for the From (agent_mail.trusted_authserv_ids)
+    # or an agent has answered this sender before. Anyone can write any From, and
+    # a quote would carry a stranger's text to that address from our domain.
+    quote_message: Literal["always", "verified", "never"] = "verified"
 
 
 class SpamSettings(_Section):

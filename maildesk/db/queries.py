@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import func, select
+from sqlalchemy import bindparam, func, select
 from sqlalchemy.orm import Session
 
 from maildesk.db.models import (
@@ -200,3 +200,30 @@ def last_customer_message(session: Session, ticket: Ticket) -> Message | None:
         .order_by(Message.id.desc())
         .limit(1)
     ).first()
+
+
+# Built once: this runs for every message the filter would hold or flag.
+_ANSWERED = (
+    select(Ticket.number)
+    .join(Contact, Contact.id == Ticket.requester_id)
+    .join(Message, Message.ticket_id == Ticket.id)
+    .where(
+        Contact.email == bindparam("sender_email"),
+        Message.kind == MessageKind.AGENT_REPLY,
+        Ticket.possible_spam.is_(False),
+    )
+    .limit(1)
+)
+
+
+def answered_customer(session: Session, sender: str) -> int | None:
+    """The number of a ticket of ``sender``'s that an agent answered, or None.
+
+    A known participant is one we have had a conversation with: an agent
+    replied to their ticket. Merely having written before is not enough
+    (a spammer who once got through the "unsure" band would be let in).
+    """
+    # No autoflush: the rows this reads are written with Core, never left pending,
+    # and flushing the batch's ticket changes before every lookup cost more than it.
+    with session.no_autoflush:
+        return session.scalars(_ANSWERED, {"sender_email": sender.lower()}).first()

@@ -65,3 +65,11 @@ def failed_dmarc(headers: Sequence[str], trusted_ids: Iterable[str]) -> str | No
         if method == "dmarc" and result == "fail":
             return "dmarc=fail" + (f" ({domain})" if domain else "")
     return None
+
+
+def passed_dmarc(headers: Sequence[str], trusted_ids: Iterable[str]) -> str | None:
+    """``dmarc=pass (domain)`` when our own MTA found the From's domain vouching for it."""
+    for method, result, domain in trusted_results(headers, trusted_ids):
+        if method == "dmarc" and result == "pass":
+            return "dmarc=pass" + (f" ({domain})" if domain else "")
+    return None

@@ -150,10 +150,13 @@ class Notices:
         answerable: bool,
         why: str,
         template: str | None = None,
+        *,
+        dmarc_passed: bool = False,
     ) -> None:
         """Queue the acknowledgement of a new ticket, or record why not.
 
         ``template`` (chosen by a routing rule) replaces ``ack`` when it exists.
+        ``dmarc_passed``: our own MTA found the From's domain vouching for it.
         """
         if not self.settings.acknowledgements.enabled:
             return self._event(session, ticket, "ack_skipped", "acknowledgements are disabled")
@@ -167,12 +170,23 @@ class Notices:
             ticket,
             customer,
             purpose="ack",
-            quote=message.text_body,
+            quote=message.text_body if self._may_quote(session, customer, dmarc_passed) else "",
             answers=message,
             auto_submitted="auto-replied",
             template=template if template and self.renderer.exists(template, "customer") else None,
         )
         return None
+
+    def _may_quote(self, session: Session, customer: Contact, dmarc_passed: bool) -> bool:
+        """Whether the acknowledgement may carry the message back to its From.
+
+        A forged From would otherwise make us mail a stranger's text (a lure, a
+        link) from our own domain to whatever address the stranger chose.
+        """
+        policy = self.settings.acknowledgements.quote_message
+        if policy != "verified":
+            return policy == "always"
+        return dmarc_passed or queries.answered_customer(session, customer.email) is not None
 
     def resolved(self, session: Session, ticket: Ticket) -> None:
         """Queue the resolution notice to the requester."""

@@ -33,7 +33,7 @@ from maildesk.db.models import (
 from maildesk.db.queries import KnownId, StoredMessage
 from maildesk.db.upsert import insert_ignore, insert_row, upsert_contact
 from maildesk.domain.address import base_address
-from maildesk.domain.authresults import failed_dmarc
+from maildesk.domain.authresults import failed_dmarc, passed_dmarc
 from maildesk.domain.autodetect import AutoKind, failed_recipients
 from maildesk.domain.message import Address
 from maildesk.domain.subject import normalize_subject
@@ -297,7 +297,15 @@ class Applier:
             else:
                 answerable = verdict.answerable
             template = ctx.route.result.ack_template if ctx.route is not None else None
-            self.notices.acknowledge(session, ticket, message, answerable, why, template)
+            self.notices.acknowledge(
+                session,
+                ticket,
+                message,
+                answerable,
+                why,
+                template,
+                dmarc_passed=self._sender_passed_dmarc(ctx),
+            )
         if self.notices is not None and not automated:  # issue 5: tell the agents
             notify_after_customer_mail(
                 session,
@@ -387,6 +395,11 @@ class Applier:
         if not (self.settings.acknowledgements.skip_dmarc_fail and ids and ctx.parsed):
             return None
         return failed_dmarc(ctx.parsed.header_all("Authentication-Results"), ids)
+
+    def _sender_passed_dmarc(self, ctx: MessageContext) -> bool:
+        ids = self.settings.agent_mail.trusted_authserv_ids
+        headers = ctx.parsed.header_all("Authentication-Results") if ctx.parsed else []
+        return bool(ids) and passed_dmarc(headers, ids) is not None
 
     def _suppress(
         self,

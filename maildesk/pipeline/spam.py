@@ -17,11 +17,10 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from sqlalchemy import bindparam, select
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
-from maildesk.db.models import Contact, Message, MessageKind, Ticket
+from maildesk.db.queries import answered_customer
 from maildesk.domain.address import base_address
 from maildesk.pipeline.context import MessageContext, Stop, StopKind
 from maildesk.spam.bands import Band
@@ -83,33 +82,6 @@ def spam_stage(ctx: MessageContext, _session: Session, deps: StageDeps) -> Stop 
         return None
     ctx.note("spam", summary, **facts)
     return None
-
-
-# Built once: this runs for every message the filter would hold or flag.
-_ANSWERED = (
-    select(Ticket.number)
-    .join(Contact, Contact.id == Ticket.requester_id)
-    .join(Message, Message.ticket_id == Ticket.id)
-    .where(
-        Contact.email == bindparam("sender_email"),
-        Message.kind == MessageKind.AGENT_REPLY,
-        Ticket.possible_spam.is_(False),
-    )
-    .limit(1)
-)
-
-
-def answered_customer(session: Session, sender: str) -> int | None:
-    """The number of a ticket of ``sender``'s that an agent answered, or None.
-
-    A known participant is one we have had a conversation with: an agent
-    replied to their ticket. Merely having written before is not enough
-    (a spammer who once got through the "unsure" band would be let in).
-    """
-    # No autoflush: the rows this reads are written with Core, never left pending,
-    # and flushing the batch's ticket changes before every lookup cost more than it.
-    with session.no_autoflush:
-        return session.scalars(_ANSWERED, {"sender_email": sender.lower()}).first()
 
 
 def exemption(settings: Settings, sender: str) -> str | None:

@@ -6,11 +6,21 @@ import email
 from email.message import Message as EmailMessageT
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from maildesk.app import App
 from maildesk.db import queries
-from maildesk.db.models import Blob, Event, Outbox, OutboxState, TicketStatus
+from maildesk.db.models import (
+    Blob,
+    Direction,
+    Event,
+    Message,
+    MessageKind,
+    Outbox,
+    OutboxState,
+    TicketStatus,
+)
 from maildesk.outbound.sender import MaildirTransport, OutboxSender
 from maildesk.tickets import change_status
 from tests.conftest import FrozenClock, make_settings
@@ -275,3 +285,87 @@ def test_without_a_trusted_mta_named_an_authentication_results_header_changes_no
     failing = "mx.example.com; dmarc=fail (p=reject) header.from=customer.test"
     deliver(app, make_mail(message_id="d9@x.test", headers={"Authentication-Results": failing}))
     assert len(outbox(app)) == 1
+
+
+LURE = "Your mailbox is full. Verify your account at https://mail-verify.example.top/login"
+
+
+def ack_text(ack: EmailMessageT) -> str:
+    parts = [p for p in ack.walk() if p.get_content_type() in ("text/plain", "text/html")]
+    return "\n".join(p.get_payload(decode=True).decode() for p in parts)  # type: ignore[union-attr]
+
+
+def answered_by_an_agent(app: App, ticket_number: int) -> None:
+    with app.db.transaction() as session:
+        ticket = queries.ticket_by_number(session, ticket_number)
+        assert ticket is not None
+        session.add(
+            Message(
+                ticket_id=ticket.id,
+                dedupe_key=f"agent-reply-{ticket.id}",
+                direction=Direction.OUTBOUND,
+                kind=MessageKind.AGENT_REPLY,
+                from_addr="bob@example.com",
+                created_at=app.clock(),
+            )
+        )
+
+
+def test_a_first_time_sender_is_acknowledged_without_their_text_quoted(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """Anyone can write any From: a quote would carry a stranger's text to that address.
+
+    Quoted only when our MTA found dmarc=pass for the From, or an agent has
+    answered the sender before; a pass written by the sender counts for nothing.
+    """
+    settings = make_settings(
+        tmp_path, database_url, agent_mail={"trusted_authserv_ids": ["mx.example.com"]}
+    )
+    app = App.build(settings, clock=clock)
+    cases = [
+        ("victim@people.test", None),
+        ("ann@friend.test", "relay.evil.test; dmarc=pass header.from=friend.test"),
+        ("bo@shop.test", "mx.example.com; dmarc=pass header.from=shop.test"),
+    ]
+    try:
+        for n, (sender, results) in enumerate(cases):
+            headers = {"Authentication-Results": results} if results else {}
+            raw = make_mail(sender=sender, message_id=f"q{n}@x.test", body=LURE, headers=headers)
+            deliver(app, raw)
+        acks = {row.recipients[0]: ack_text(ack) for row, ack in outbox(app)}
+        assert set(acks) == {sender for sender, _ in cases}  # every one is acknowledged
+        assert "mail-verify.example.top" not in acks["victim@people.test"]
+        assert "#1" in acks["victim@people.test"]
+        assert "mail-verify.example.top" not in acks["ann@friend.test"]
+        assert "mail-verify.example.top" in acks["bo@shop.test"]
+
+        # Once an agent has answered the first sender, their next request is quoted.
+        answered_by_an_agent(app, 1)
+        deliver(app, make_mail(sender="victim@people.test", message_id="q9@x.test", body=LURE))
+        assert "mail-verify.example.top" in ack_text(outbox(app)[-1][1])
+    finally:
+        app.db.dispose()
+
+
+@pytest.mark.parametrize(("policy", "quoted"), [("always", True), ("never", False)])
+def test_quoting_in_acknowledgements_can_be_always_or_never(
+    tmp_path: Path, database_url: str, clock: FrozenClock, policy: str, quoted: bool
+) -> None:
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        acknowledgements={"quote_message": policy},
+        agent_mail={"trusted_authserv_ids": ["mx.example.com"]},
+    )
+    app = App.build(settings, clock=clock)
+    try:
+        results = "mx.example.com; dmarc=pass header.from=shop.test"
+        raw = make_mail(
+            sender="bo@shop.test", body=LURE, headers={"Authentication-Results": results}
+        )
+        deliver(app, raw)
+        [(_, ack)] = outbox(app)
+        assert ("mail-verify.example.top" in ack_text(ack)) is quoted
+    finally:
+        app.db.dispose()
