@@ -12,6 +12,8 @@ from datetime import datetime
 # Put first on the header-only copy the IMAP poller stores of a message over
 # its size limit; the pipeline quarantines such a copy with this reason.
 TRUNCATED_HEADER = "X-Maildesk-Truncated"
+# Likewise first on the placeholder stored for a message the server failed to deliver.
+UNFETCHABLE_HEADER = "X-Maildesk-Unfetchable"
 
 
 @dataclass(frozen=True, slots=True)

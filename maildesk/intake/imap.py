@@ -53,7 +53,7 @@ from maildesk.connection_watch import CommandOverdue, ConnectionWatch
 from maildesk.db.database import Database
 from maildesk.db.models import Blob, ImapFolderState, Intake
 from maildesk.db.upsert import insert_ignore
-from maildesk.domain.message import TRUNCATED_HEADER
+from maildesk.domain.message import TRUNCATED_HEADER, UNFETCHABLE_HEADER
 from maildesk.domain.rawheader import extract_message_id
 from maildesk.intake.oauth2 import Login, OAuth2Error, PasswordLogin, oauth2_login
 from maildesk.intake.store import Envelope, IntakeStore
@@ -71,6 +71,8 @@ FETCH_BYTES = 8 * 1024 * 1024  # at most this much message data per FETCH comman
 STORE_BYTES = 32 * 1024 * 1024  # at most this much message data held per store transaction
 # A FETCH may take command_deadline_seconds plus a second per this many bytes.
 FETCH_MIN_BYTES_PER_SECOND = 16 * 1024
+# A message whose own FETCH failed this often is stored as a placeholder and passed over.
+FETCH_ATTEMPTS = 3
 STOP_GRACE_SECONDS = 5.0  # on stop, a poller's command may finish this long before it is cut
 
 Clock = Callable[[], datetime]
@@ -130,6 +132,13 @@ def truncated_copy(header: bytes, size: int, limit: int) -> bytes:
     """The stored stand-in for a message too large to fetch: its header plus a note."""
     note = f"{TRUNCATED_HEADER}: original size {size} bytes exceeds max_message_bytes={limit}"
     return note.encode("ascii") + b"\r\n" + header
+
+
+def unfetchable_copy(where: str, attempts: int, error: str) -> bytes:
+    """The stored stand-in for a message the server failed to deliver: a note alone."""
+    error = " ".join(error.split())[:500]
+    note = f"{UNFETCHABLE_HEADER}: {where} failed to FETCH {attempts} times, left on the server"
+    return f"{note}: {error}".encode("ascii", "replace") + b"\r\n\r\n"
 
 
 def new_uids(found: Iterable[int], last_uid: int) -> list[int]:
@@ -405,6 +414,9 @@ class FolderPoller:
         self.failures = 0
         self.last_renew = 0.0
         self.watch = command_watch(mailbox)
+        # UID -> (failed FETCHes of it alone, last error). The UIDs of a batch whose
+        # FETCH failed are here with 0: from then on they are fetched one at a time.
+        self.fetch_failures: dict[int, tuple[int, str]] = {}
         # Called with the hashes of messages found again that were stored before.
         self.on_seen_again: Callable[[Iterable[str]], None] | None = None
 
@@ -496,6 +508,7 @@ class FolderPoller:
                 uidvalidity,
             )
         self.state.reset(uidvalidity)
+        self.fetch_failures.clear()
         return Progress(uidvalidity, 0, 0)
 
     # -- reading ------------------------------------------------------------
@@ -540,6 +553,11 @@ class FolderPoller:
             self.deps.on_stored()
         self._post_action(client, uids)
         self.state.record_acted(uids[-1])
+        # Failures of UIDs passed are forgotten; a given-up one is kept, so no
+        # catch-up of post-actions in this process acts on it.
+        self.fetch_failures = {
+            u: f for u, f in self.fetch_failures.items() if u > uids[-1] or self._given_up(u)
+        }
         return len(fresh)
 
     def _new_uids(self, client: IMAPClient) -> list[int]:
@@ -573,21 +591,20 @@ class FolderPoller:
         small = [(uid, size) for uid, size in sorted(sizes.items()) if size <= limit]
         raws = dict(self._bodies(client, small))
         large = [uid for uid, size in sizes.items() if size > limit]
-        if large:
-            with self.watch.command("FETCH BODY.PEEK[HEADER]"):
-                headers = client.fetch(large, ["BODY.PEEK[HEADER]"])
-            for uid, data in headers.items():
-                header = data.get(b"BODY[HEADER]")
-                if header is not None:
-                    raws[uid] = truncated_copy(bytes(header), sizes[uid], limit)
-                    log.warning(
-                        "imap %s: UID %d is %d bytes, over max_message_bytes=%d: "
-                        "stored its header only, for quarantine",
-                        self.name,
-                        uid,
-                        sizes[uid],
-                        limit,
-                    )
+        for uid, data in self._guarded_fetch(client, large, "BODY.PEEK[HEADER]", {}):
+            header = data.get(b"BODY[HEADER]")
+            if header is not None:
+                raws[uid] = truncated_copy(bytes(header), sizes[uid], limit)
+                log.warning(
+                    "imap %s: UID %d is %d bytes, over max_message_bytes=%d: "
+                    "stored its header only, for quarantine",
+                    self.name,
+                    uid,
+                    sizes[uid],
+                    limit,
+                )
+        for uid in (uid for uid in sorted(sizes) if self._given_up(uid)):
+            raws[uid] = self._unfetchable(uid, uidvalidity)
         return [
             (
                 raws[uid],
@@ -605,17 +622,71 @@ class FolderPoller:
         Each FETCH gets a second more per FETCH_MIN_BYTES_PER_SECOND of what it
         reads: on a slow but steady link the largest message still comes
         through (a fixed deadline would cut it, and then again on every
-        retry), while a trickle is still cut. Vanished UIDs are skipped.
+        retry), while a trickle is still cut. Vanished UIDs, and those given
+        up on (:meth:`_fetch_failed`), are skipped.
         """
         size_of = dict(sized)
         for group in size_groups(sized, FETCH_BYTES):
-            transfer = sum(size_of[uid] for uid in group) / FETCH_MIN_BYTES_PER_SECOND
-            with self.watch.command("FETCH BODY.PEEK[]", extra_seconds=transfer):
-                fetched = client.fetch(group, ["BODY.PEEK[]"])
-            for uid, data in fetched.items():
+            for uid, data in self._guarded_fetch(client, group, "BODY.PEEK[]", size_of):
                 body = data.get(b"BODY[]")
                 if body is not None:
                     yield uid, bytes(body)
+
+    def _guarded_fetch(
+        self, client: IMAPClient, uids: list[int], item: str, size_of: dict[int, int]
+    ) -> Iterator[tuple[int, dict[bytes, Any]]]:
+        """FETCH ``item`` of the UIDs not given up on; one at a time where one failed before.
+
+        A UID in ``size_of`` gives its FETCH a second more per
+        FETCH_MIN_BYTES_PER_SECOND of its size (see :meth:`_bodies`).
+        """
+        wanted = [uid for uid in uids if not self._given_up(uid)]
+        if not wanted:
+            return
+        suspect = any(uid in self.fetch_failures for uid in wanted)
+        for part in [[uid] for uid in wanted] if suspect else [wanted]:
+            transfer = sum(size_of.get(uid, 0) for uid in part) / FETCH_MIN_BYTES_PER_SECOND
+            try:
+                with self.watch.command(f"FETCH {item}", extra_seconds=transfer):
+                    fetched = client.fetch(part, [item])
+            except imaplib.IMAP4.error as exc:
+                self._fetch_failed(part, exc)
+                raise
+            yield from fetched.items()
+
+    def _fetch_failed(self, uids: list[int], exc: imaplib.IMAP4.error) -> None:
+        """Count a FETCH the server failed; the poll fails (and is retried) as before.
+
+        Only the server's answers count: NO/BAD, and BYE or end of file
+        (Dovecot closes the connection when it cannot read a mail file). The
+        deadline (CommandOverdue), a time-out or a reset while reading (OSError)
+        is the link, not the message, and is not counted. A batch that
+        failed is fetched one UID at a time next time, so a UID whose own FETCH
+        failed FETCH_ATTEMPTS times is the culprit: it is given up on, and the
+        rest of the folder goes on.
+        """
+        for uid in uids:
+            count = self.fetch_failures.get(uid, (0, ""))[0] + (len(uids) == 1)
+            self.fetch_failures[uid] = (count, f"{type(exc).__name__}: {exc}")
+
+    def _given_up(self, uid: int) -> bool:
+        return self.fetch_failures.get(uid, (0, ""))[0] >= FETCH_ATTEMPTS
+
+    def _unfetchable(self, uid: int, uidvalidity: int) -> bytes:
+        """The placeholder stored (and quarantined) for a UID given up on."""
+        attempts, error = self.fetch_failures[uid]
+        where = f"UID {uid} of {self.name} (UIDVALIDITY {uidvalidity})"
+        log.warning(
+            "imap %s: UID %d failed to FETCH %d times (%s): stored a placeholder for "
+            "quarantine; the message is left on the server",
+            self.name,
+            uid,
+            attempts,
+            error,
+        )
+        self.health.last_error = f"{where} cannot be fetched: {error}"
+        self.deps.on_health(replace(self.health))
+        return unfetchable_copy(where, attempts, error)
 
     def _not_yet_stored(self, items: list[tuple[bytes, Envelope]]) -> list[tuple[bytes, Envelope]]:
         """Drop messages this folder already stored (same Message-ID and same bytes).
@@ -668,6 +739,9 @@ class FolderPoller:
     # -- after storing ------------------------------------------------------
     def _post_action(self, client: IMAPClient, uids: list[int]) -> None:
         action = self.mailbox.post_action
+        # Only a placeholder of a message given up on was stored: the server
+        # holds the only copy, and whoever repairs it finds it where it was.
+        uids = [u for u in uids if not self._given_up(u)]
         if action is ImapPostAction.NONE or not uids:
             return
         if action is ImapPostAction.DELETE:

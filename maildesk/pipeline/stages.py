@@ -18,7 +18,12 @@ from maildesk.config import PipelineSettings, Settings
 from maildesk.db import queries
 from maildesk.db.models import Ticket, TicketStatus
 from maildesk.domain.autodetect import AutoKind, bounced_message_ids, classify
-from maildesk.domain.message import TRUNCATED_HEADER, Address, ParsedMessage
+from maildesk.domain.message import (
+    TRUNCATED_HEADER,
+    UNFETCHABLE_HEADER,
+    Address,
+    ParsedMessage,
+)
 from maildesk.domain.rawheader import body_hash, extract_message_id, raw_header_values
 from maildesk.domain.signing import RefPurpose, SignedRef, Signer
 from maildesk.domain.subject import find_ticket_numbers, normalize_subject
@@ -51,15 +56,16 @@ def parse_stage(ctx: MessageContext, limits: PipelineSettings) -> Stop | None:
             StopKind.QUARANTINE,
             f"message of {len(ctx.raw)} bytes exceeds max_message_bytes={limits.max_message_bytes}",
         )
-    if (
-        ctx.source == "imap"
-        and ctx.raw.startswith(TRUNCATED_HEADER.encode() + b":")
-        and not ctx.forced
+    for header, why in (
+        (TRUNCATED_HEADER, "too large to fetch from IMAP"),
+        (UNFETCHABLE_HEADER, "cannot fetch from IMAP"),
     ):
-        # The IMAP poller stored only the headers of a message over its size limit;
-        # it puts this note first, so a sender cannot forge it further down.
-        note = raw_header_values(ctx.raw, TRUNCATED_HEADER)[0]
-        return Stop(StopKind.QUARANTINE, f"too large to fetch from IMAP: {note}")
+        if ctx.source == "imap" and ctx.raw.startswith(header.encode() + b":") and not ctx.forced:
+            # The IMAP poller stored only the headers of a message over its size
+            # limit, or a placeholder for one the server failed to deliver; it puts
+            # this note first, so a sender cannot forge it further down.
+            note = raw_header_values(ctx.raw, header)[0]
+            return Stop(StopKind.QUARANTINE, f"{why}: {note}")
     try:
         ctx.parsed = parse_message(ctx.raw, time_limit=limits.parse_time_limit_seconds)
     except ParseError as exc:
