@@ -479,14 +479,15 @@ class FolderPoller:
                 use_idle = self.mailbox.idle and b"IDLE" in client.capabilities()
             if writable:
                 self._catch_up_post_actions(client, progress)
-            # Only now is the connection known to work: a post-action that fails on
-            # every connect keeps backing off instead of retrying every second.
-            if self.failures:
-                log.info("imap %s: connected again after %d failures", self.name, self.failures)
-            self.failures = 0
-            self.health.consecutive_failures = 0
             while not self.deps.stop.is_set():
                 self.poll(client, uidvalidity)
+                # Only now is the connection known to work: a post-action or a
+                # store (the database is down) that fails on every connect keeps
+                # backing off instead of retrying every second.
+                if self.failures:
+                    log.info("imap %s: working again after %d failures", self.name, self.failures)
+                    self.failures = 0
+                    self.health.consecutive_failures = 0
                 if use_idle:
                     self._idle(client)
                 else:

@@ -393,3 +393,19 @@ def test_the_health_file_ends_with_the_newest_state_when_two_folders_report_at_o
     second.join(5)
     on_disk = {(h["mailbox"], h["status"]) for h in json.loads(path.read_text())}
     assert on_disk == {("support", "idle"), ("sales", "idle")}
+
+
+def test_a_poll_that_fails_on_every_connection_backs_off_longer_each_time(
+    app: App, dovecot: Dovecot, runner: Runner
+) -> None:
+    """The database is down: connecting works, storing does not. Retries must slow down."""
+    dovecot.append(USER, mail(1))
+    broken = IntakeStore(Database("postgresql+psycopg://nobody@127.0.0.1:1/none"), app.clock)
+    failing = runner.start(app, dovecot.mailbox(USER, post_action="flag"), store=broken)
+    health = wait_until(
+        lambda: [h for h in failing.health() if h.consecutive_failures >= 3],
+        "three failures in a row",
+        timeout=30,
+    )
+    assert health[0].status is FolderStatus.BACKOFF
+    assert "cannot store" in health[0].last_error
