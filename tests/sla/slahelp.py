@@ -10,8 +10,9 @@ from zoneinfo import ZoneInfo
 from sqlalchemy import select
 
 from maildesk.app import App
-from maildesk.db.models import Message, MessageKind, SlaTargetRow, Ticket
+from maildesk.db.models import Message, MessageKind, SlaTargetRow, Ticket, TicketStatus
 from maildesk.sla.sweep import SlaSweeper
+from maildesk.tickets import change_status
 from tests.conftest import FrozenClock, make_settings
 from tests.mailfactory import deliver, make_mail
 
@@ -104,3 +105,11 @@ def target_row(app: App, ticket_id: int, target: str, instance: int = 0) -> SlaT
                 SlaTargetRow.instance == instance,
             )
         ).one()
+
+
+def set_status(app: App, ticket_id: int, status: TicketStatus, *, notify: bool = False) -> None:
+    """Change the ticket's status by hand (as `maildesk tickets set-status` does)."""
+    with app.db.transaction() as session:
+        ticket = session.get_one(Ticket, ticket_id)
+        notices = app.notices() if notify else None
+        change_status(session, ticket, status, app.clock(), notices, actor="test")

@@ -13,9 +13,17 @@ from sqlalchemy import func, select
 
 from maildesk.db.models import Outbox, SlaEscalation, Ticket, TicketStatus, Watcher
 from maildesk.sla.calendar import BusinessCalendar, CalendarConfig
-from maildesk.tickets import change_status
 from tests.conftest import FrozenClock
-from tests.sla.slahelp import AGENTS, OFFICE, berlin, new_ticket, sla_app, sweeper, target_row
+from tests.sla.slahelp import (
+    AGENTS,
+    OFFICE,
+    berlin,
+    new_ticket,
+    set_status,
+    sla_app,
+    sweeper,
+    target_row,
+)
 
 CAL = BusinessCalendar(CalendarConfig.model_validate(OFFICE))
 
@@ -25,12 +33,6 @@ def _set(app, ticket_id: int, **values: object) -> None:  # type: ignore[no-unty
         ticket = session.get(Ticket, ticket_id)
         for key, value in values.items():
             setattr(ticket, key, value)
-
-
-def _status(app, ticket_id: int, status: TicketStatus) -> None:  # type: ignore[no-untyped-def]
-    with app.db.transaction() as session:
-        ticket = session.get(Ticket, ticket_id)
-        change_status(session, ticket, status, app.clock(), app.notices(), actor="test")
 
 
 def _sla_mail(app) -> list[tuple[int | None, str, list[str]]]:  # type: ignore[no-untyped-def]
@@ -65,11 +67,11 @@ def test_pending_moves_the_due_time_by_the_paused_business_time(
     clock.now = berlin(2026, 3, 9, 11, 0)
     sweeper(app).run()
     before = target_row(app, ticket.id, "resolution").due_at
-    _status(app, ticket.id, TicketStatus.PENDING)
+    set_status(app, ticket.id, TicketStatus.PENDING, notify=True)
     sweeper(app).run()
     assert target_row(app, ticket.id, "resolution").status == "paused"
     clock.now = berlin(2026, 3, 10, 11, 0)
-    _status(app, ticket.id, TicketStatus.OPEN)
+    set_status(app, ticket.id, TicketStatus.OPEN, notify=True)
     sweeper(app).run()
     after = target_row(app, ticket.id, "resolution").due_at
     paused = CAL.business_time_between(berlin(2026, 3, 9, 11), berlin(2026, 3, 10, 11))
@@ -227,7 +229,7 @@ def test_auto_close_reminds_resolves_with_a_notice_and_closes(
     app = sla_app(tmp_path, database_url, clock, sla)
     ticket = new_ticket(app, clock, berlin(2026, 3, 2, 9, 0))
     clock.now = berlin(2026, 3, 2, 10, 0)
-    _status(app, ticket.id, TicketStatus.PENDING)
+    set_status(app, ticket.id, TicketStatus.PENDING, notify=True)
 
     def purposes() -> list[str]:
         with app.db.transaction() as session:
@@ -268,14 +270,14 @@ def test_a_ticket_reopened_by_hand_after_auto_close_is_auto_closed_again(
     app = sla_app(tmp_path, database_url, clock, {"auto_close": {"resolved_close_days": 2}})
     ticket = new_ticket(app, clock, berlin(2026, 3, 2, 9, 0))
     clock.now = berlin(2026, 3, 2, 10, 0)
-    _status(app, ticket.id, TicketStatus.RESOLVED)
+    set_status(app, ticket.id, TicketStatus.RESOLVED, notify=True)
     clock.now = berlin(2026, 3, 4, 10, 1)
     assert sweeper(app).run().auto_closed == 1
     # An agent reopens it (`#status open`, `maildesk tickets set-status`) and resolves it again.
     clock.now = berlin(2026, 3, 5, 9, 0)
-    _status(app, ticket.id, TicketStatus.OPEN)
+    set_status(app, ticket.id, TicketStatus.OPEN, notify=True)
     clock.now = berlin(2026, 3, 5, 10, 0)
-    _status(app, ticket.id, TicketStatus.RESOLVED)
+    set_status(app, ticket.id, TicketStatus.RESOLVED, notify=True)
     clock.now = berlin(2026, 3, 7, 9, 59)
     assert sweeper(app).run().auto_closed == 0
     clock.now = berlin(2026, 3, 7, 10, 1)

@@ -22,10 +22,9 @@ from maildesk.app import App
 from maildesk.db.models import Event, Outbox, SlaEscalation, Ticket, TicketLink, TicketStatus
 from maildesk.pipeline import stages
 from maildesk.sla.sweep import SlaSweeper, SweepResult
-from maildesk.tickets import change_status
 from tests.conftest import FrozenClock
 from tests.mailfactory import deliver, make_mail
-from tests.sla.slahelp import berlin, new_ticket, sla_app, sweeper
+from tests.sla.slahelp import berlin, new_ticket, set_status, sla_app, sweeper
 
 
 def _sweep_inside_the_pipeline(
@@ -85,10 +84,7 @@ def test_reply_while_auto_close_runs_reopens_and_the_ticket_still_auto_closes_la
     app = sla_app(tmp_path, database_url, clock, {"auto_close": {"resolved_close_days": 2}})
     ticket = new_ticket(app, clock, berlin(2026, 3, 2, 9, 0), message_id="a1@customer.test")
     clock.now = berlin(2026, 3, 2, 10, 0)
-    with app.db.transaction() as session:
-        t = session.get(Ticket, ticket.id)
-        assert t is not None
-        change_status(session, t, TicketStatus.RESOLVED, clock(), None, actor="test")
+    set_status(app, ticket.id, TicketStatus.RESOLVED)
 
     # Two days later (inside the 14-day reopen window) the customer writes back
     # just as the sweep comes to close the ticket.
@@ -118,10 +114,7 @@ def test_reply_while_auto_close_runs_reopens_and_the_ticket_still_auto_closes_la
 
     # Resolved again, it is closed two days later like any other ticket.
     clock.now = berlin(2026, 3, 5, 10, 0)
-    with app.db.transaction() as session:
-        t = session.get(Ticket, ticket.id)
-        assert t is not None
-        change_status(session, t, TicketStatus.RESOLVED, clock(), None, actor="test")
+    set_status(app, ticket.id, TicketStatus.RESOLVED)
     clock.now = berlin(2026, 3, 7, 10, 1)
     assert sweeper(app).run().auto_closed == 1
     with app.db.transaction() as session:
@@ -135,10 +128,7 @@ def test_reply_while_auto_resolve_runs_leaves_the_ticket_open_without_a_resolved
     app = sla_app(tmp_path, database_url, clock, {"auto_close": {"pending_resolve_days": 7}})
     ticket = new_ticket(app, clock, berlin(2026, 3, 2, 9, 0), message_id="p1@customer.test")
     clock.now = berlin(2026, 3, 2, 10, 0)
-    with app.db.transaction() as session:
-        t = session.get(Ticket, ticket.id)
-        assert t is not None
-        change_status(session, t, TicketStatus.PENDING, clock(), None, actor="test")
+    set_status(app, ticket.id, TicketStatus.PENDING)
 
     clock.now = berlin(2026, 3, 2, 10, 0) + timedelta(days=7, minutes=1)
     swept = _sweep_inside_the_pipeline(app, monkeypatch, "p2@customer.test")
@@ -164,10 +154,7 @@ def test_reply_while_the_sweep_holds_the_ticket_follows_the_close(
     app = sla_app(tmp_path, database_url, clock, {"auto_close": {"resolved_close_days": 2}})
     ticket = new_ticket(app, clock, berlin(2026, 3, 2, 9, 0), message_id="b1@customer.test")
     clock.now = berlin(2026, 3, 2, 10, 0)
-    with app.db.transaction() as session:
-        t = session.get(Ticket, ticket.id)
-        assert t is not None
-        change_status(session, t, TicketStatus.RESOLVED, clock(), None, actor="test")
+    set_status(app, ticket.id, TicketStatus.RESOLVED)
     clock.now = berlin(2026, 3, 4, 10, 1)
 
     holding, decided = threading.Event(), threading.Event()
