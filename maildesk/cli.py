@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -18,7 +19,7 @@ from sqlalchemy import select
 from maildesk.app import App
 from maildesk.config import EX_CONFIG, ConfigError, load_settings
 from maildesk.db import queries
-from maildesk.db.database import SchemaOutOfDate, StorageUnavailable
+from maildesk.db.database import SchemaOutOfDate, StorageUnavailable, is_transient
 from maildesk.db.models import (
     Blob,
     Disposition,
@@ -31,6 +32,7 @@ from maildesk.db.models import (
 )
 from maildesk.intake.files import SourceError, count_messages, iter_messages, read_ahead
 from maildesk.logs import configure_logging
+from maildesk.pipeline.runner import Summary, Worker
 from maildesk.terminal import printable, printable_text
 from maildesk.views import (
     SCHEMA_VERSION,
@@ -109,6 +111,8 @@ def build_app(ctx: click.Context, *, check_schema: bool = True) -> App:
         app = App.build(settings)
     except ConfigError as exc:
         _fail(str(exc), EX_CONFIG)
+    except OSError as exc:  # the data directory cannot be created or written
+        _fail(f"data_dir: {exc}", EX_CONFIG)
     if check_schema:
         try:
             note = app.db.ensure_schema()
@@ -198,21 +202,22 @@ def ingest(
     if not no_process:
         worker.parse_pool.warm_up()
     from maildesk.intake.bulk import BulkStorer
-    from maildesk.pipeline.runner import Summary
 
     summary = Summary()
     messages = read_ahead(iter_messages(list(paths)), INGEST_BATCH)
     storer = BulkStorer(app.intake(), messages, INGEST_BATCH)
     total = count_messages(list(paths)) if show else None
+    processing = not no_process
     with _progress(total, show) as tick:
         storer.start()
         while True:
             # Read "finished" before draining, so nothing stored after it is missed.
             finished = storer.finished.is_set()
-            before = storer.stored if no_process else sum(summary.counts.values())
-            if not no_process:
-                summary.counts.update(worker.drain(batch_size=APPLY_BATCH).counts)
-            after = storer.stored if no_process else sum(summary.counts.values())
+            counting = processing
+            before = sum(summary.counts.values()) if counting else storer.stored
+            if processing:
+                processing = _drain(worker, summary)
+            after = sum(summary.counts.values()) if counting else storer.stored
             tick(after - before)
             if finished:
                 break
@@ -233,6 +238,24 @@ def ingest(
         _echo_json(result)
     else:
         click.echo(", ".join(f"{k} {v}" for k, v in result.items()))
+
+
+def _drain(worker: Worker, summary: Summary) -> bool:
+    """Process what is stored; False when the database failed and processing stops.
+
+    What is stored is ours whatever happens to its processing (the daemon or
+    the next ingest does it): the import goes on storing, and its exit code
+    says whether everything was stored, not whether it was processed. An MTA
+    pipe must not bounce a mail that is stored.
+    """
+    try:
+        summary.counts.update(worker.drain(batch_size=APPLY_BATCH).counts)
+    except Exception as exc:
+        if not is_transient(exc):  # a bug, not an outage: its traceback is needed
+            traceback.print_exc()
+        click.echo(f"maildesk: processing stopped, stored mail stays pending: {exc}", err=True)
+        return False
+    return True
 
 
 # -- quarantine -------------------------------------------------------------

@@ -6,14 +6,20 @@ an mbox in file order.
 
 from __future__ import annotations
 
-import mailbox
+import logging
 import queue
+import re
 import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
+
+log = logging.getLogger(__name__)
+
+# A header field's first line ("Name:"): what follows an mbox's "From " separator.
+_HEADER_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
 
 
 class SourceError(Exception):
@@ -118,14 +124,35 @@ def _folder_files(path: Path) -> Iterator[Path]:
     if is_maildir(path):
         for sub in ("new", "cur"):
             yield from sorted(
-                p for p in (path / sub).iterdir() if p.is_file() and not p.name.startswith(".")
+                p
+                for p in (path / sub).iterdir()
+                if p.is_file() and not p.name.startswith(".") and _inside(p, path)
             )
         return
     for entry in sorted(path.rglob("*")):
-        if entry.is_file() and not any(
-            part.startswith(".") for part in entry.relative_to(path).parts
+        if (
+            entry.is_file()
+            and not any(part.startswith(".") for part in entry.relative_to(path).parts)
+            and _inside(entry, path)
         ):
             yield entry
+
+
+def _inside(entry: Path, folder: Path) -> bool:
+    """False for a symlink in ``folder`` that leads out of it (skipped, with a warning).
+
+    A folder handed to `ingest` is read, not what its links point to: a link
+    to /etc/passwd or to another user's mail would otherwise become a ticket.
+    """
+    if not entry.is_symlink():
+        return True
+    try:
+        if entry.resolve().is_relative_to(folder.resolve()):
+            return True
+    except (OSError, RuntimeError):  # a link loop
+        pass
+    log.warning("%s: a symlink out of %s, skipped", entry, folder)
+    return False
 
 
 def _folder(path: Path) -> Iterator[FileMessage]:
@@ -138,9 +165,40 @@ def _folder(path: Path) -> Iterator[FileMessage]:
 
 
 def _mbox(path: Path) -> Iterator[FileMessage]:
-    box = mailbox.mbox(str(path), create=False)
+    """The messages of an mbox, split at its "From " lines.
+
+    A "From " line starts a message at the top of the file or when a header
+    field follows it. An unquoted "From " line in a body (mboxo) stays in the
+    body: Python's mailbox would cut the message there, drop that line and
+    store the rest of the body as a message of its own.
+    """
+    index = 0
+    lines: list[bytes] = []
     try:
-        for index, key in enumerate(box.iterkeys()):
-            yield FileMessage(box.get_bytes(key), f"{path}#{index + 1}")
-    finally:
-        box.close()
+        with path.open("rb") as handle:
+            line = handle.readline()
+            while line:
+                following = handle.readline()
+                if index == 0 or (
+                    line.startswith(b"From ") and _HEADER_FIELD.match(following) is not None
+                ):
+                    if index:
+                        yield FileMessage(_without_separator(lines), f"{path}#{index}")
+                    index, lines = index + 1, []
+                else:
+                    lines.append(line)
+                line = following
+    except OSError as exc:
+        raise SourceError(f"{path}: {exc.strerror or exc}") from exc
+    if index:
+        yield FileMessage(_without_separator(lines), f"{path}#{index}")
+
+
+def _without_separator(lines: list[bytes]) -> bytes:
+    """A message's lines without the blank line that separates it from the next.
+
+    Only a bare LF line, as Python's mailbox did: the same file stores the same bytes.
+    """
+    if lines and lines[-1] == b"\n":
+        lines = lines[:-1]
+    return b"".join(lines)
