@@ -617,6 +617,9 @@ def tickets_set_status(ctx: click.Context, number: int, status: str) -> None:
         ticket = queries.ticket_by_number(session, number)
         if ticket is None:
             _fail(f"no ticket #{number}", 1)
+        # The SLA sweep closes and resolves tickets, a customer reply reopens them:
+        # decide on the row as it is now, locked until this change is committed.
+        ticket = queries.locked_ticket(session, ticket.id)
         change_status(
             session, ticket, TicketStatus(status), app.clock(), app.notices(), actor="cli"
         )

@@ -7,6 +7,7 @@ from datetime import datetime
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from maildesk.db import queries
 from maildesk.db.models import (
     Conversation,
     Event,
@@ -60,14 +61,22 @@ def change_status(
 
 def merge_tickets(
     session: Session, source: Ticket, target: Ticket, now: datetime, *, reason: str
-) -> None:
+) -> bool:
     """Merge ``source`` into ``target``: its messages, ids and people move over.
 
     The source ticket stays as a closed stub with ``merged_into`` set, so
     anything that still names it (a ticket number in a subject) is forwarded.
+    False, and nothing done, when either was merged into another ticket already.
     """
     if source.id == target.id:
-        return
+        return False
+    # Both rows locked (in id order, against a crossing merge) and re-read: a reply
+    # being threaded onto the source holds it until its message is stored, and is
+    # moved with the others; one threaded after this waits and follows the merge.
+    for ticket in sorted((source, target), key=lambda t: t.id):
+        queries.locked_ticket(session, ticket.id)
+    if source.merged_into_id is not None or target.merged_into_id is not None:
+        return False
     if (lookahead := Lookahead.of(session)) is not None:
         lookahead.merged(source, target)
     session.flush()
@@ -115,3 +124,4 @@ def merge_tickets(
         )
     session.expire(source, ["messages"])
     session.expire(target, ["messages"])
+    return True

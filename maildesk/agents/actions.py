@@ -250,11 +250,12 @@ class CommandRunner:
             return f"no ticket #{arg}"
         if other.id == self.ticket.id:
             return "cannot merge a ticket into itself"
-        if other.merged_into_id is not None:
-            return f"#{arg} is already merged into another ticket"
-        merge_tickets(
-            self.session, other, self.ticket, self.now, reason=f"#merge by agent {self.agent.name}"
-        )
+        reason = f"#merge by agent {self.agent.name}"
+        if not merge_tickets(self.session, other, self.ticket, self.now, reason=reason):
+            # Decided on the locked rows: another node's merge may have come first.
+            merged = other if other.merged_into_id is not None else self.ticket
+            which = f"#{arg}" if merged is other else "this ticket"
+            return f"{which} is already merged into another ticket"
         return None
 
     def _do_spam(self, arg: str, out: Outcome) -> str | None:

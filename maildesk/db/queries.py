@@ -106,10 +106,14 @@ def ticket_by_number(session: Session, number: int) -> Ticket | None:
 
 
 def locked_ticket(session: Session, ticket_id: int) -> Ticket:
-    """The ticket re-read and locked until commit (SQLite's write lock is held from BEGIN).
+    """The ticket re-read and locked until commit.
 
-    Autoflushes first, so this transaction's own changes to it are kept.
+    Autoflushes first, so this transaction's own changes to it are kept. On
+    SQLite every transaction holds the database's write lock from its BEGIN
+    (IMMEDIATE), so what this session has read is current: no query at all.
     """
+    if session.connection().dialect.name == "sqlite":
+        return session.get_one(Ticket, ticket_id)
     stmt = select(Ticket).where(Ticket.id == ticket_id).with_for_update()
     return session.scalars(stmt.execution_options(populate_existing=True)).one()
 

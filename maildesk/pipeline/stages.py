@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy.orm import Session
@@ -208,12 +208,19 @@ def decide_thread(ctx: MessageContext, session: Session, deps: StageDeps) -> Thr
     found = find_conversation(ctx, session, deps)
     if found.ticket_id is None:
         return found
-    ticket = ctx.tickets.get(found.ticket_id) or session.get(Ticket, found.ticket_id)
-    assert ticket is not None
-    if ticket.status in (TicketStatus.RESOLVED, TicketStatus.PENDING):
-        # The SLA sweep closes resolved and resolves pending tickets: decide on
-        # the row as it is now, locked until this reply is applied.
-        ticket = queries.locked_ticket(session, ticket.id)
+    # The SLA sweep closes resolved and resolves pending tickets, agents and the
+    # CLI change the status and merge tickets away (on other nodes too): decide on
+    # the row as it is now, locked until this message is applied.
+    ticket = queries.locked_ticket(session, found.ticket_id)
+    seen = {ticket.id}
+    while ticket.merged_into_id is not None and ticket.merged_into_id not in seen:
+        # Merged since it was found: the survivor holds the conversation now.
+        ticket = queries.locked_ticket(session, ticket.merged_into_id)
+        seen.add(ticket.id)
+        found = replace(
+            found, ticket_id=ticket.id, evidence=f"{found.evidence}; merged into #{ticket.number}"
+        )
+    _pin(ctx, ticket)
     return lifecycle(ctx, ticket, found, deps)
 
 
