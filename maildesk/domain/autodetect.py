@@ -108,6 +108,7 @@ _WEAK_AUTO_SUBJECT_RE = re.compile(
 _NULL_PATH_RE = re.compile(r"^\s*<\s*>\s*$")
 _REPORT_TYPE_RE = re.compile(r"report-type\s*=\s*\"?([a-z0-9-]+)", re.IGNORECASE)
 _ANGLE_ID_RE = re.compile(r"<([^<>\s]+)>")
+_EMPTY_ANGLE_RE = re.compile(r"<\s*>\s*$")
 
 _AUTO_HEADERS = ("X-Autoreply", "X-Autorespond", "X-Autoreply-From", "X-Mail-Autoreply")
 _LIST_HEADERS = (
@@ -149,10 +150,11 @@ def _is_bounce_sender(addr: str | None) -> bool:
 
 
 def _from_addr(msg: ParsedMessage) -> str:
-    """The From address; for "Name <MAILER-DAEMON>" (no domain) taken from the raw header."""
+    """The From address; for "Name <MAILER-DAEMON>" (no domain) taken from the raw header,
+    and for "MAILER-DAEMON <>" (a null address, DragonFly's dma) the name."""
     if msg.from_ is not None and msg.from_.addr:
         return msg.from_.addr
-    raw = (msg.header("From") or "").strip()
+    raw = _EMPTY_ANGLE_RE.sub("", msg.header("From") or "").strip()
     angle = _ANGLE_ID_RE.findall(raw)
     return (angle[-1] if angle else raw).strip().lower()
 

@@ -109,6 +109,9 @@ class Composer:
             one_line(mail.from_name or self.settings.outbound.from_name),
             addr_spec=mail.support_address,
         )
+        unaddressable = [r.addr for r in mail.recipients if not addressable(r.addr)]
+        if unaddressable:  # the relay could not be given them (no SMTPUTF8): send nothing
+            raise ValueError(f"not an ASCII address the relay can take: {unaddressable!r}")
         msg["To"] = [HeaderAddress(one_line(r.name), addr_spec=r.addr) for r in mail.recipients]
         reply_local = self.signer.reply_local_part(
             local,

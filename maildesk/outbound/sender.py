@@ -26,11 +26,12 @@ from pathlib import Path
 from typing import Protocol
 
 from sqlalchemy import and_, or_, select, update
+from sqlalchemy.orm import Session
 
 from maildesk.config import OutboundSettings
 from maildesk.connection_watch import CommandOverdue, ConnectionWatch
 from maildesk.db.database import Database
-from maildesk.db.models import Blob, Outbox, OutboxState, Suppression
+from maildesk.db.models import Blob, Event, Outbox, OutboxState, Suppression
 
 log = logging.getLogger("maildesk.outbound")
 
@@ -56,6 +57,14 @@ class PartialDelivery(TemporaryFailure):
 
 class PermanentFailure(Exception):
     """Will never succeed as it is (5xx); recorded with the server's reply."""
+
+
+class PartlyRefused(Exception):
+    """The relay took the mail for some recipients and refused ``refused`` for good (5xx)."""
+
+    def __init__(self, refused: list[str], reply: str) -> None:
+        super().__init__(reply)
+        self.refused = refused
 
 
 class Transport(Protocol):
@@ -127,6 +136,10 @@ class SmtpTransport:
             raise TemporaryFailure(f"cannot reach relay: {exc}") from exc
         try:
             refused = client.sendmail(envelope_from, recipients, raw)
+        except UnicodeEncodeError as exc:  # a non-ASCII address, and we do not speak SMTPUTF8
+            raise PermanentFailure(
+                f"cannot give the relay {[envelope_from, *recipients]!r}: {exc}"
+            ) from exc
         except smtplib.SMTPRecipientsRefused as exc:
             codes = [code for code, _ in exc.recipients.values()]
             reply = "; ".join(
@@ -153,6 +166,7 @@ class SmtpTransport:
             later = [rcpt for rcpt, (code, _msg) in refused.items() if code < 500]
             if later:  # the others have it; these are owed it still
                 raise PartialDelivery(later, f"taken for the other recipients; {replies}")
+            raise PartlyRefused(list(refused), f"taken for the other recipients; {replies}")
 
 
 @dataclass
@@ -281,10 +295,13 @@ class OutboxSender:
         blocked = self._suppressed(recipients)
         live = [r for r in recipients if r.lower() not in blocked]
         error: Exception | None = None
+        refused: PartlyRefused | None = None
         if live:
             try:
                 with self._claim_kept(outbox_id):
                     self.transport.send(envelope_from, live, raw)
+            except PartlyRefused as exc:  # sent, but not to everyone
+                refused = exc
             except (TemporaryFailure, PermanentFailure) as exc:
                 error = exc
         with self.db.transaction() as session:
@@ -304,12 +321,18 @@ class OutboxSender:
                 )
             elif error is None:
                 row.state, row.sent_at = OutboxState.SENT, now
-                row.last_error = f"suppressed: {', '.join(blocked)}" if blocked else None
+                notes = [f"suppressed: {', '.join(blocked)}"] if blocked else []
+                if refused is not None:
+                    notes.append(str(refused))
+                    self._not_delivered(session, row, refused.refused, str(refused), now)
+                row.last_error = "; ".join(notes)[:4000] or None
                 result.sent += 1
                 log.info("outbox=%s ticket=%s sent to %s", row.id, row.ticket_id, ", ".join(live))
             elif isinstance(error, PermanentFailure) or self._too_old(row, now):
                 row.state, row.last_error = OutboxState.FAILED, str(error)[:4000]
                 result.failed += 1
+                why = "" if isinstance(error, PermanentFailure) else "gave up retrying: "
+                self._not_delivered(session, row, live, f"{why}{error}", now)
                 log.warning(
                     "outbox=%s ticket=%s failed permanently: %s", row.id, row.ticket_id, error
                 )
@@ -326,6 +349,21 @@ class OutboxSender:
                     row.next_attempt_at,
                     error,
                 )
+
+    def _not_delivered(
+        self, session: Session, row: Outbox, recipients: list[str], why: str, now: datetime
+    ) -> None:
+        """Say so on the ticket, so whoever looks at it sees the mail never reached them."""
+        session.add(
+            Event(
+                at=now,
+                kind="outbound_failed",
+                reason=f"{row.purpose} to {', '.join(recipients)} not delivered: {why}"[:4000],
+                ticket_id=row.ticket_id,
+                message_pk=row.message_pk,
+                data={"outbox": row.id, "attempts": row.attempts, "recipients": recipients},
+            )
+        )
 
     def backoff(self, attempts: int) -> timedelta:
         seconds = min(

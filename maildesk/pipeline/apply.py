@@ -409,9 +409,26 @@ class Applier:
         ticket: Ticket,
         message: Message,
     ) -> None:
-        """A hard bounce puts the failed recipient on the suppression list, with expiry."""
+        """A hard bounce puts the failed recipient on the suppression list, with expiry.
+
+        Only a recipient of the mail of ours that the bounce returns (``ctx.bounced_to``):
+        a report naming anyone else, or no mail of ours, is anyone's to write.
+        """
         until = self.now + timedelta(days=self.settings.outbound.suppression_days)
-        for address in failed_recipients(ctx.message):
+        failed = failed_recipients(ctx.message)
+        ignored = [a for a in failed if a not in ctx.bounced_to]
+        if ignored:
+            self.event(
+                session,
+                "suppression_refused",
+                f"the bounce names {', '.join(ignored[:5])} but returns no mail of ours to "
+                "them: not suppressed",
+                intake=intake,
+                ticket=ticket,
+                message=message,
+                data={"addresses": ignored[:100]},
+            )
+        for address in (a for a in failed if a in ctx.bounced_to):
             address = address[:320]
             insert_ignore(
                 session,

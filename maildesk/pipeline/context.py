@@ -88,6 +88,9 @@ class MessageContext:
     body_hash: str | None = None
     thread: ThreadDecision | None = None
     own_id_was_referenced: bool = False  # our Message-ID was known from another's References
+    # A bounce: who the mail of ours that it returns went to (from our signed VERP
+    # return path or our Message-ID in the returned headers); only they may be suppressed.
+    bounced_to: tuple[str, ...] = ()
     spam: SpamScore | None = None  # set beside parsing when the filter is on
     possible_spam: bool = False  # the spam stage's "unsure": flag the ticket, no acknowledgement
     route: Any = None  # the route stage's RouteDecision (maildesk.routing.router)
@@ -107,6 +110,7 @@ class MessageContext:
         self.body_hash = None
         self.thread = None
         self.own_id_was_referenced = False
+        self.bounced_to = ()
         self.possible_spam = False
         self.agent = None
         self.authenticated_agent = None

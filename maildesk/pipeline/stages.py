@@ -11,12 +11,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maildesk.agents.stage import agent_stage
 from maildesk.config import PipelineSettings, Settings
 from maildesk.db import queries
-from maildesk.db.models import Ticket, TicketStatus
+from maildesk.db.models import Message, Outbox, Ticket, TicketStatus
 from maildesk.domain.autodetect import AutoKind, bounced_message_ids, classify
 from maildesk.domain.message import (
     TRUNCATED_HEADER,
@@ -201,7 +202,38 @@ def arrival_time(date: datetime | None, source: str, received_at: datetime) -> d
 
 def thread_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop | None:
     ctx.thread = decide_thread(ctx, session, deps)
+    if ctx.verdict is not None and ctx.verdict.kind is AutoKind.BOUNCE:
+        ctx.bounced_to = bounced_recipients(ctx, session, deps)
     return None
+
+
+def _outbox_recipients(session: Session, row: Outbox) -> list[str]:
+    """Everyone the outbox row's mail went to (a partial delivery narrows ``recipients``)."""
+    message = session.get(Message, row.message_pk) if row.message_pk is not None else None
+    if message is None:
+        return list(row.recipients)
+    return [*message.to_addrs, *(message.cc_addrs or [])]
+
+
+def bounced_recipients(ctx: MessageContext, session: Session, deps: StageDeps) -> tuple[str, ...]:
+    """Who the mail of ours that this bounce returns went to, lower-cased.
+
+    Only our signed VERP return path or one of our Message-IDs in the returned
+    headers proves a bounce is about our mail: a delivery report anyone may
+    write, and one naming nothing of ours must not suppress anybody.
+    """
+    rows: list[Outbox] = []
+    for local in _signed_locals(ctx, deps):
+        signed = deps.signer.parse_reply_local_part(local)
+        if signed is not None and signed.purpose == RefPurpose.BOUNCE:
+            row = session.get(Outbox, int(signed.extra[0]))
+            if row is not None:
+                rows.append(row)
+    ids = list(bounced_message_ids(ctx.message))
+    if ids:
+        rows.extend(session.scalars(select(Outbox).where(Outbox.message_id.in_(ids))))
+    addresses = (a.lower() for row in rows for a in _outbox_recipients(session, row))
+    return tuple(dict.fromkeys(addresses))
 
 
 def decide_thread(ctx: MessageContext, session: Session, deps: StageDeps) -> ThreadDecision:

@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from maildesk.app import App
 from maildesk.config import OutboundSettings
-from maildesk.db.models import Outbox, OutboxState
+from maildesk.db.models import Event, Outbox, OutboxState
 from maildesk.outbound.sender import OutboxSender, SmtpTransport
 from tests.conftest import FrozenClock
 from tests.daemon_harness import RelaySink
@@ -80,3 +80,27 @@ def test_recipients_the_relay_defers_get_the_same_mail_on_the_retry(
         (["alice@customer.test"], f"<{message_id}>"),
         (["carol@customer.test"], f"<{message_id}>"),
     ]
+
+
+def test_recipients_the_relay_refuses_for_good_are_recorded_when_the_others_get_it(
+    app: App, greylisting_relay: GreylistingRelay
+) -> None:
+    """The mail went, so it counts as sent; but who never got it, and why, is on record."""
+    queue(app, "answer to all")
+    with app.db.transaction() as session:
+        [row] = session.scalars(select(Outbox)).all()
+        row.recipients = ["alice@customer.test", "gone@customer.test"]
+    greylisting_relay.never = {"gone@customer.test"}
+    settings = OutboundSettings(transport="smtp", relay_port=greylisting_relay.port)
+    sender = OutboxSender(
+        app.db, SmtpTransport(settings, password=""), settings, app.clock, "node-a"
+    )
+
+    assert sender.drain().sent == 1
+    assert [mail.rcpt_tos for mail in greylisting_relay.received] == [["alice@customer.test"]]
+    with app.db.transaction() as session:
+        [row] = session.scalars(select(Outbox)).all()
+        assert row.state is OutboxState.SENT
+        assert "gone@customer.test" in (row.last_error or "") and "550" in (row.last_error or "")
+        [event] = session.scalars(select(Event).where(Event.kind == "outbound_failed")).all()
+        assert event.data["recipients"] == ["gone@customer.test"]
