@@ -15,10 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import mailbox
+import os
 import smtplib
+import socket
 import ssl
 import threading
+import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -78,9 +81,29 @@ class MaildirTransport:
         self.path = path
 
     def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> None:
-        box = mailbox.Maildir(str(self.path), create=True)
-        header = f"Return-Path: <{envelope_from}>\nX-Maildesk-Rcpt: {', '.join(recipients)}\n"
-        box.add(header.encode() + raw)
+        """Deliver as a Maildir delivery agent does: write in tmp/, fsync, rename into new/.
+
+        The row is marked sent once this returns, so the file must survive a
+        power loss (Python's mailbox.Maildir does not fsync).
+        """
+        for sub in ("tmp", "new", "cur"):
+            (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        eol = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"  # the message's own line ends
+        trace = f"Return-Path: <{envelope_from}>", f"X-Maildesk-Rcpt: {', '.join(recipients)}"
+        data = b"".join(line.encode() + eol for line in trace) + raw
+        name = f"{time.time_ns()}.M{uuid.uuid4().hex}P{os.getpid()}.{socket.gethostname()}"
+        tmp = self.path / "tmp" / name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.rename(tmp, self.path / "new" / name)
+        directory = os.open(self.path / "new", os.O_RDONLY)
+        try:
+            os.fsync(directory)
+        finally:
+            os.close(directory)
 
 
 class SmtpTransport:

@@ -190,7 +190,15 @@ def test_resolution_notice_and_sending_to_maildir(app: App, tmp_path) -> None:  
     result = sender.drain()
     assert result.sent == 2
     assert sender.drain().sent == 0, "each mail is sent once"
-    assert len(list((tmp_path / "md" / "new").iterdir())) == 2
+    files = list((tmp_path / "md" / "new").iterdir())
+    assert len(files) == 2
+    assert not list((tmp_path / "md" / "tmp").iterdir())
+    for path in files:
+        assert path.stat().st_mode & 0o077 == 0  # customers' mail, readable by us alone
+        raw = path.read_bytes()
+        assert raw.startswith(b"Return-Path: <support+bounce-")
+        assert raw.count(b"\n") == raw.count(b"\r\n")  # one kind of line end throughout
+        assert email.message_from_bytes(raw)["X-Maildesk-Rcpt"] == "alice@customer.test"
     with app.db.transaction() as session:
         assert {r.state for r in session.scalars(select(Outbox))} == {OutboxState.SENT}
 
