@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from email.errors import HeaderParseError
 from email.headerregistry import Address as HeaderAddress
@@ -19,6 +19,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime
 
+import idna
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
@@ -46,13 +47,32 @@ def one_line(value: str) -> str:
     return " ".join("".join(ch if ch >= " " or ch == "\t" else " " for ch in value).split())
 
 
-def addressable(address: str) -> bool:
-    """Whether ``address`` can be written into a To header we send (ASCII, well-formed)."""
+def wire_address(address: str) -> str | None:
+    """``address`` as a relay without SMTPUTF8 takes it, or None when it cannot be.
+
+    A domain beyond ASCII (``kunde@bücher.example``) goes out as its IDNA
+    A-labels (``kunde@xn--bcher-kva.example``), which every mail system reads
+    as the same domain; a local part beyond ASCII has no such form.
+    """
+    local, _, domain = address.rpartition("@")
+    if not local.isascii() or not domain:
+        return None
+    if not domain.isascii():
+        try:
+            domain = idna.encode(domain, uts46=True).decode("ascii")
+        except idna.IDNAError:
+            return None
+    candidate = f"{local}@{domain}"
     try:
-        HeaderAddress(addr_spec=address)
+        HeaderAddress(addr_spec=candidate)
     except (ValueError, TypeError, HeaderParseError):  # HeaderDefect is a ValueError
-        return False
-    return address.isascii()
+        return None
+    return candidate
+
+
+def addressable(address: str) -> bool:
+    """Whether ``address`` can be written into a To header we send (see :func:`wire_address`)."""
+    return wire_address(address) is not None
 
 
 def split_address(address: str) -> tuple[str, str]:
@@ -109,10 +129,11 @@ class Composer:
             one_line(mail.from_name or self.settings.outbound.from_name),
             addr_spec=mail.support_address,
         )
-        unaddressable = [r.addr for r in mail.recipients if not addressable(r.addr)]
+        wire = [(r, wire_address(r.addr)) for r in mail.recipients]
+        unaddressable = [r.addr for r, address in wire if address is None]
         if unaddressable:  # the relay could not be given them (no SMTPUTF8): send nothing
-            raise ValueError(f"not an ASCII address the relay can take: {unaddressable!r}")
-        msg["To"] = [HeaderAddress(one_line(r.name), addr_spec=r.addr) for r in mail.recipients]
+            raise ValueError(f"not an address the relay can take: {unaddressable!r}")
+        msg["To"] = [HeaderAddress(one_line(r.name), addr_spec=a or "") for r, a in wire]
         reply_local = self.signer.reply_local_part(
             local,
             mail.reply_purpose or ("a" if mail.agent else "t"),
@@ -156,7 +177,13 @@ class Composer:
         return msg
 
     def queue(self, session: Session, mail: OutboundMail) -> Outbox:
-        """Write the outbound Message, its id for threading and the outbox row."""
+        """Write the outbound Message, its id for threading and the outbox row.
+
+        Recipients are kept as they go on the wire (IDNA domains), so the
+        envelope, the To header and a bounce's Final-Recipient all agree.
+        """
+        recipients = [Recipient(wire_address(r.addr) or r.addr, r.name) for r in mail.recipients]
+        mail = replace(mail, recipients=recipients)
         ticket = mail.ticket
         assert ticket.number is not None
         now = self.clock()

@@ -1,6 +1,7 @@
-"""A recipient our relay cannot be given as it is (non-ASCII, no SMTPUTF8) must not stall
-the outbox: smtplib raised UnicodeEncodeError out of the sender, the drain stopped at
-that row, and it and every row claimed behind it were tried again and again, never sent.
+"""Recipients beyond ASCII. A domain goes out in its IDNA form; an address with no
+ASCII form (no SMTPUTF8 here) must not stall the outbox: smtplib raised
+UnicodeEncodeError out of the sender, the drain stopped at that row, and it and every
+row claimed behind it were tried again and again, never sent.
 """
 
 from __future__ import annotations
@@ -15,13 +16,35 @@ from tests.outbound.test_bounces import drain_to
 from tests.outbound.test_outbox_claims import queue
 
 IDN = "kunde@bücher.test"
+UTF8_LOCAL = "jürgen@customer.test"
 
 
-def test_a_customer_at_an_idn_domain_does_not_stop_other_customers_mail(
+def test_a_customer_at_an_idn_domain_gets_mail_at_the_domain_s_ascii_form(
     app: App, relay: RelaySink
 ) -> None:
+    """bücher.test goes out as xn--bcher-kva.test, in the envelope and the To header."""
     raw = make_mail(message_id="idn@x.test", subject="Frage")
     deliver(app, raw.replace(b"alice@customer.test", IDN.encode()))
+    deliver(app, make_mail(message_id="q@customer.test"))
+
+    drain_to(app, relay)
+    assert sorted(mail.rcpt_tos for mail in relay.received) == [
+        ["alice@customer.test"],
+        ["kunde@xn--bcher-kva.test"],
+    ]
+    (idn,) = [m for m in relay.received if m.rcpt_tos != ["alice@customer.test"]]
+    assert "kunde@xn--bcher-kva.test" in str(idn.message["To"])
+    with app.db.transaction() as session:
+        states = {row.state for row in session.scalars(select(Outbox))}
+    assert states == {OutboxState.SENT}
+
+
+def test_a_customer_whose_address_has_no_ascii_form_does_not_stop_other_customers_mail(
+    app: App, relay: RelaySink
+) -> None:
+    """A local part beyond ASCII needs SMTPUTF8: the acknowledgement is skipped, with why."""
+    raw = make_mail(message_id="utf8@x.test", subject="Frage")
+    deliver(app, raw.replace(b"alice@customer.test", UTF8_LOCAL.encode()))
     deliver(app, make_mail(message_id="q@customer.test"))
 
     drain_to(app, relay)
@@ -29,7 +52,7 @@ def test_a_customer_at_an_idn_domain_does_not_stop_other_customers_mail(
     with app.db.transaction() as session:
         assert [row.state for row in session.scalars(select(Outbox))] == [OutboxState.SENT]
         skipped = session.scalars(select(Event.reason).where(Event.kind == "ack_skipped")).all()
-    assert any(IDN in reason for reason in skipped)
+    assert any(UTF8_LOCAL in reason for reason in skipped)
 
 
 def test_a_queued_mail_the_relay_cannot_take_fails_with_a_reason_and_the_rest_go(
