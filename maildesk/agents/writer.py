@@ -21,6 +21,7 @@ from maildesk.agents.commands import Command, parse_commands
 from maildesk.agents.replies import leaked_note, queue_customer_reply, safe_attachments
 from maildesk.agents.stage import AgentMail
 from maildesk.config import AgentSettings
+from maildesk.db import queries
 from maildesk.db.models import (
     Disposition,
     Event,
@@ -94,8 +95,11 @@ def apply_agent_mail(
 ) -> Ticket:
     mail: AgentMail = ctx.agent
     assert mail.ticket_id is not None
-    ticket = ctx.tickets.get(mail.ticket_id) or session.get(Ticket, mail.ticket_id)
-    assert ticket is not None
+    # The stage may have found the ticket by a signed address alone (a mail without
+    # In-Reply-To or a quote), which threading did not lock: decide on the row as it
+    # is now, locked until this mail is applied, as another node may be applying the
+    # same agent's other mail (a second "reply to apply") at the same moment.
+    ticket = queries.locked_ticket(session, mail.ticket_id)
     notices = applier.notices
     directory = Directory.from_settings(applier.settings)
     agent = directory.agent(mail.agent) if mail.agent else None
@@ -310,7 +314,14 @@ class _AgentTurn:
         """The agent's signed "reply to apply": the held commands run now, if still valid."""
         mail, now = self.mail, self.applier.now
         message = self.store(MessageKind.AUTO, "")
-        held = self.session.get(HeldAgentMail, mail.held_id) if mail.held_id is not None else None
+        held = (
+            # Locked (after the ticket) and re-read: its state decides whether they run.
+            self.session.get(
+                HeldAgentMail, mail.held_id, with_for_update=True, populate_existing=True
+            )
+            if mail.held_id is not None
+            else None
+        )
         expiry = timedelta(hours=self.applier.settings.agent_mail.confirm_hours)
         problem = None
         if held is None or held.ticket_id != self.ticket.id or held.agent != self.agent.name:

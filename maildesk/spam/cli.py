@@ -222,10 +222,12 @@ def mark(ctx: click.Context, label: str, message_id: str) -> None:
         if not intakes:
             raise click.ClickException(f"no stored message with Message-ID <{wanted}>")
         intake = intakes[0]
-        news = spam_feedback(app, session, intake.raw_sha256, label, "cli")
+        # The ticket is locked first, then the ledger row: the order an agent's
+        # #spam/#ham takes (its mail's ticket is locked when it is threaded).
         done = settle_ticket(
             session, intake, SpamLabel(label), app.notices(), app.clock(), actor="cli"
         )
+        news = spam_feedback(app, session, intake.raw_sha256, label, "cli")
     click.echo(f"<{wanted}> marked {label}" + ("" if news else " (already known)") + f"; {done}")
     learn_spam_feedback(app)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from maildesk.db import queries
 from maildesk.db.database import Database
 from maildesk.db.models import Blob, Event, Intake, Message, SpamFeedback, Ticket, TicketStatus
 from maildesk.outbound.notices import Notices
@@ -250,7 +251,9 @@ def settle_ticket(
     """
     from maildesk.tickets import change_status
 
-    ticket = session.get(Ticket, intake.ticket_id) if intake.ticket_id else None
+    # Another verdict (an agent's, another op's) may be settling it at the same
+    # moment: decide on the flag as it is now, locked until this one is committed.
+    ticket = queries.locked_ticket(session, intake.ticket_id) if intake.ticket_id else None
     if ticket is None:
         return "no ticket"
     if label is SpamLabel.HAM and ticket.possible_spam:

@@ -19,9 +19,16 @@ from sqlalchemy import select
 
 from maildesk.agents.actions import CommandRunner
 from maildesk.app import App
-from maildesk.db.models import Message, Outbox, Ticket, TicketStatus
+from maildesk.db.models import Event, Message, Outbox, Ticket, TicketStatus
 from maildesk.pipeline import stages
-from tests.agents.agenthelp import Sent, agent_app, client_reply, reply_address, to
+from tests.agents.agenthelp import (
+    Sent,
+    agent_app,
+    client_reply,
+    plain_mail,
+    reply_address,
+    to,
+)
 from tests.conftest import FrozenClock
 from tests.mailfactory import deliver, make_mail
 
@@ -134,3 +141,76 @@ def test_two_agent_mails_resolving_one_ticket_on_two_nodes_resolve_it_once(
     assert status is TicketStatus.RESOLVED
     # The customer is told once; the second command finds the ticket resolved already.
     assert notices == ["resolved"]
+
+
+def _held_status_resolved(app: App) -> Sent:
+    """Bob's new mail with ``#status resolved`` for a ticket: held, and his confirm request."""
+    a, _ = _new_ticket(app, "a1@customer.test", "Printer on fire")
+    raw = plain_mail(
+        "Bob Agent <bob@agents.test>",
+        "support@example.com",
+        f"[Support #{a.number}] done",
+        "#status resolved\n",
+    )
+    deliver(app, raw, mail_from=BOB)
+    [request] = to(app, BOB, "agent_confirm")
+    return request
+
+
+def _confirmed_twice(
+    nodes: tuple[App, App], monkeypatch: pytest.MonkeyPatch, first: bytes, second: bytes, rcpt: str
+) -> tuple[TicketStatus, list[str], list[str]]:
+    """``first`` on node 1, paused after its check of the held row; ``second`` on node 2."""
+    app, other_node = nodes
+    original = CommandRunner.run
+    main = threading.current_thread()
+    finish: list[Callable[[], None]] = []
+
+    def paused(self: CommandRunner, commands: Any) -> Any:
+        if threading.current_thread() is main and not finish:
+            finish.append(
+                _in_thread(lambda: deliver(other_node, second, rcpt=(rcpt,), mail_from=BOB))
+            )
+        return original(self, commands)
+
+    monkeypatch.setattr(CommandRunner, "run", paused)
+    deliver(app, first, rcpt=(rcpt,), mail_from=BOB)
+    assert finish, "the second confirmation never ran"
+    finish[0]()
+
+    with app.db.transaction() as session:
+        ticket = session.scalars(select(Ticket).order_by(Ticket.id)).first()
+        assert ticket is not None
+        status = ticket.status
+        notices = list(session.scalars(select(Outbox.purpose).where(Outbox.purpose == "resolved")))
+        kinds = Event.kind.in_(["agent_confirmed", "status"])
+        confirmed = list(session.scalars(select(Event.kind).where(kinds).order_by(Event.id)))
+    return status, notices, confirmed
+
+
+def test_two_confirmations_of_held_commands_on_two_nodes_apply_them_once(
+    nodes: tuple[App, App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Bob answers the confirm request twice (phone and desktop); two nodes take one each."""
+    request = _held_status_resolved(nodes[0])
+    first, second = client_reply(request, "ok\n"), client_reply(request, "yes, ok\n")
+    seen = _confirmed_twice(nodes, monkeypatch, first, second, reply_address(request))
+    assert seen == (TicketStatus.RESOLVED, ["resolved"], ["status", "agent_confirmed"])
+
+
+def test_two_confirmations_without_thread_headers_apply_the_held_commands_once(
+    nodes: tuple[App, App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same, from a client that sends no In-Reply-To, References or quote.
+
+    Only the signed confirm address names the ticket and the held commands, so
+    threading finds (and locks) nothing: the writer has to lock what it decides on.
+    """
+    request = _held_status_resolved(nodes[0])
+    address = reply_address(request)
+    subject = f"Re: {request.msg['Subject']}"
+    first = plain_mail("Bob Agent <bob@agents.test>", address, subject, "ok\n")
+    second = plain_mail("Bob Agent <bob@agents.test>", address, subject, "yes, ok\n")
+    seen = _confirmed_twice(nodes, monkeypatch, first, second, address)
+    # The customer is told once; the second confirmation finds the commands applied.
+    assert seen == (TicketStatus.RESOLVED, ["resolved"], ["status", "agent_confirmed"])
