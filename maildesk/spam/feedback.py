@@ -27,6 +27,7 @@ from sqlalchemy.orm import Session
 from maildesk.db import queries
 from maildesk.db.database import Database
 from maildesk.db.models import Blob, Event, Intake, Message, SpamFeedback, Ticket, TicketStatus
+from maildesk.db.upsert import insert_ignore_statement
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.parse import ParseError, parse_message
 from maildesk.shared_models import PUBLISH_ATTEMPTS, PublishConflict, publish, pull, settle
@@ -70,19 +71,25 @@ def record_feedback(
     label = SpamLabel(label)
     digest = raw_sha256 or _raw_of(session, intake_id, message_pk)
     when = now or datetime.now(UTC)
-    row = session.scalars(select(SpamFeedback).where(SpamFeedback.raw_sha256 == digest)).first()
-    if row is None:
-        session.add(
-            SpamFeedback(
-                raw_sha256=digest,
-                label=label.value,
-                source=source[:40],
-                actor=actor[:320],
-                created_at=when,
-            )
-        )
+    # Insert-if-absent, then the row locked: a verdict on the same message from
+    # another node (an agent's #spam beside the IMAP Junk folder) in the same
+    # moment waits for this one and is judged against it, instead of failing on
+    # the unique key.
+    connection = session.connection()
+    values = {
+        "raw_sha256": digest,
+        "label": label.value,
+        "source": source[:40],
+        "actor": actor[:320],
+        "created_at": when,
+    }
+    table = SpamFeedback.__table__
+    insert = insert_ignore_statement(connection.dialect.name, table, ("raw_sha256",))
+    if connection.execute(insert.returning(table.c.id), values).first() is not None:
         log.info("spam feedback: %s is %s (%s by %s)", digest[:12], label, source, actor)
         return True
+    locked = select(SpamFeedback).where(SpamFeedback.raw_sha256 == digest).with_for_update()
+    row = session.scalars(locked.execution_options(populate_existing=True)).one()
     if row.label == label.value:
         return False
     row.label, row.source, row.actor = label.value, source[:40], actor[:320]

@@ -14,11 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from maildesk.app import App
 from maildesk.cli import main
-from maildesk.db.models import Outbox, Ticket
+from maildesk.db.models import Intake, Outbox, SpamFeedback, Ticket
 from maildesk.outbound.notices import Notices
-from tests.mailfactory import make_mail
+from maildesk.spam.feedback import record_feedback
+from tests.mailfactory import deliver, make_mail
 from tests.spam.test_feedback import cli, config_file, rows
 
 
@@ -58,3 +61,40 @@ def test_two_ham_marks_at_once_release_the_ticket_and_acknowledge_it_once(
     assert not ticket.possible_spam
     # The customer gets the acknowledgement they were waiting for, once.
     assert [o.purpose for o in rows(database_url, Outbox)] == ["ack"]
+
+
+def test_two_first_verdicts_on_one_message_at_once_are_one_lesson(app: App) -> None:
+    """Two nodes record the first verdict on one held spam at once (#spam, the Junk folder).
+
+    The first records it and is not yet committed; the second must wait for it
+    and find the lesson known, not fail on the ledger's unique key.
+    """
+    deliver(app, make_mail(message_id="same@customer.test"))
+    with app.db.transaction() as session:
+        digest = session.scalars(select(Intake.raw_sha256)).one()
+    outcome: list[object] = []
+
+    def second() -> None:
+        try:
+            with app.db.transaction() as session:
+                outcome.append(
+                    record_feedback(
+                        session, label="spam", raw_sha256=digest, source="imap_junk", actor="node-b"
+                    )
+                )
+        except Exception as exc:  # the bug: a unique-key violation
+            outcome.append(exc)
+
+    thread = threading.Thread(target=second)
+    with app.db.transaction() as session:
+        assert record_feedback(
+            session, label="spam", raw_sha256=digest, source="agent", actor="bob"
+        )
+        session.flush()
+        thread.start()
+        thread.join(timeout=1.0)  # it waits on the uncommitted row (both databases)
+    thread.join(timeout=30)
+    assert outcome == [False]  # the same lesson: already known
+    with app.db.transaction() as session:
+        [row] = session.scalars(select(SpamFeedback)).all()
+    assert (row.label, row.actor) == ("spam", "bob")
