@@ -108,6 +108,17 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template
     return url
 
 
+def write_cli_config(
+    path: Path, data_dir: Path, database_url: str, extra: str = "", secret: str = "cli-test"
+) -> Path:
+    """A minimal maildesk.toml for running the CLI against the test database."""
+    path.write_text(
+        f'data_dir = "{data_dir}"\ndatabase_url = "{database_url}"\n'
+        f'support_addresses = ["support@example.com"]\ninstallation_secret = "{secret}"\n' + extra
+    )
+    return path
+
+
 def make_settings(tmp_path: Path, database_url: str, **overrides: object) -> Settings:
     values: dict[str, object] = {
         "data_dir": tmp_path / "data",

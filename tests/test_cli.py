@@ -10,18 +10,14 @@ import pytest
 from click.testing import CliRunner, Result
 
 from maildesk.cli import main
+from tests.conftest import write_cli_config
 from tests.mailfactory import make_mail, reply_to
 
 
 @pytest.fixture
 def config(tmp_path: Path, database_url: str) -> Path:
-    path = tmp_path / "maildesk.toml"
-    path.write_text(
-        f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "{database_url}"\n'
-        'support_addresses = ["support@example.com"]\ninstallation_secret = "cli-test"\n'
-        "[pipeline]\nmax_message_bytes = 100000\n"
-    )
-    return path
+    extra = "[pipeline]\nmax_message_bytes = 100000\n"
+    return write_cli_config(tmp_path / "maildesk.toml", tmp_path / "data", database_url, extra)
 
 
 def cli(config: Path, *args: str, stdin: bytes | None = None) -> Result:

@@ -15,17 +15,13 @@ from sqlalchemy.orm import Session
 from maildesk.cli import main
 from maildesk.db.models import Blob, Intake, IntakeState
 from maildesk.pipeline.runner import Worker
+from tests.conftest import write_cli_config
 from tests.mailfactory import make_mail
 
 
 @pytest.fixture
 def config(tmp_path: Path, database_url: str) -> Path:
-    path = tmp_path / "maildesk.toml"
-    path.write_text(
-        f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "{database_url}"\n'
-        'support_addresses = ["support@example.com"]\ninstallation_secret = "cli-test"\n'
-    )
-    return path
+    return write_cli_config(tmp_path / "maildesk.toml", tmp_path / "data", database_url)
 
 
 def cli(config: Path, *args: str, stdin: bytes | None = None) -> Result:

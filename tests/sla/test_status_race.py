@@ -23,17 +23,13 @@ from maildesk.cli import main
 from maildesk.db.models import Event, Outbox, Ticket, TicketStatus
 from maildesk.sla.sweep import SweepResult
 from maildesk.tickets import change_status
-from tests.conftest import FrozenClock
+from tests.conftest import FrozenClock, write_cli_config
 from tests.sla.slahelp import berlin, new_ticket, sla_app, sweeper
 
 
 def _config(tmp_path: Path, database_url: str) -> Path:
-    path = tmp_path / "cli.toml"
-    path.write_text(
-        f'data_dir = "{tmp_path / "cli-data"}"\ndatabase_url = "{database_url}"\n'
-        'support_addresses = ["support@example.com"]\ninstallation_secret = "test-secret"\n'
-    )
-    return path
+    data_dir = tmp_path / "cli-data"
+    return write_cli_config(tmp_path / "cli.toml", data_dir, database_url, secret="test-secret")
 
 
 @pytest.mark.parametrize(

@@ -13,17 +13,13 @@ from sqlalchemy.orm import Session
 from maildesk.cli import main
 from maildesk.db.models import Intake, Message, Outbox, SpamFeedback, Ticket
 from maildesk.spam.model import SpamFilter
+from tests.conftest import write_cli_config
 from tests.mailfactory import make_mail
 
 
 def config_file(tmp_path: Path, database_url: str, spam: str) -> Path:
-    path = tmp_path / "maildesk.toml"
-    path.write_text(
-        f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "{database_url}"\n'
-        'support_addresses = ["support@example.com"]\ninstallation_secret = "spam-test"\n'
-        f"[spam]\n{spam}\n"
-    )
-    return path
+    path, data_dir = tmp_path / "maildesk.toml", tmp_path / "data"
+    return write_cli_config(path, data_dir, database_url, f"[spam]\n{spam}\n", "spam-test")
 
 
 def cli(config: Path, *args: str, stdin: bytes | None = None) -> Result:
