@@ -27,6 +27,8 @@ from maildesk.intake.imap import (
 )
 from maildesk.intake.oauth2 import Login
 from maildesk.outbound.templates import TemplateRenderer, default_templates_dir
+from maildesk.routing.router import known_names, rules_dir
+from maildesk.routing.rules import RulesError, load_rules
 
 SAMPLE: dict[str, Any] = {
     "ticket": {
@@ -49,6 +51,7 @@ def run_checks(settings: Settings) -> Iterator[tuple[bool, str]]:
     yield _secret(settings)
     yield _database(settings)
     yield from _templates(settings)
+    yield _rules(settings)
     for listener in settings.listeners:
         yield _listener(listener)
     yield from _imap(settings)
@@ -104,6 +107,16 @@ def _templates(settings: Settings) -> Iterator[tuple[bool, str]]:
             yield False, f"template {event}.customer in {directory}: {exc}"
         else:
             yield True, f"template {event}.customer in {directory}: renders"
+
+
+def _rules(settings: Settings) -> tuple[bool, str]:
+    folder = rules_dir(settings)
+    known = known_names(settings, default_templates_dir(settings.templates_dir))
+    try:
+        rule_set = load_rules(folder, known)
+    except RulesError as exc:
+        return False, f"rules: {exc}"
+    return True, f"rules {folder}: {len(rule_set.rules)} rules"
 
 
 def _listener(listener: ListenerSettings) -> tuple[bool, str]:

@@ -504,6 +504,8 @@ def run_daemon(ctx: click.Context) -> None:
     from maildesk.service import Daemon
 
     app = build_app(ctx)
+    if app.router.holder.last_error is not None:  # at start there are no last good rules
+        _fail(str(app.router.holder.last_error), EX_CONFIG)
     sys.exit(Daemon(app).run())
 
 

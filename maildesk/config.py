@@ -316,6 +316,8 @@ class RoutingSettings(_Section):
     default_group: str | None = None  # group of a new ticket no rule gave one
     queue_groups: dict[str, str] = Field(default_factory=dict)  # queue -> group
     default_responsible: dict[str, str] = Field(default_factory=dict)  # queue -> agent
+    # wall-clock bound on one message's rules (a backtracking regex on a hostile subject)
+    rules_time_limit_seconds: float = Field(default=2.0, gt=0, le=60)
 
 
 class AddressSettings(_Section):

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
 from maildesk.db.models import Event, RoutingState, Ticket, TicketStatus
+from maildesk.db.upsert import insert_ignore
 from maildesk.people import Directory
 from maildesk.routing.assign import Assignment, choose
 
@@ -46,6 +47,21 @@ def open_counts(session: Session, names: list[str]) -> dict[str, int]:
         .group_by(Ticket.assignee)
     ).all()
     return {name: int(count) for name, count in rows if name}
+
+
+def lock_group(session: Session, group: str, now: datetime) -> None:
+    """Hold the group's ``routing_state`` row until commit: one assignment per group at a time.
+
+    Two nodes assigning in the same group would otherwise both read the same
+    round-robin cursor and open counts and give both tickets to one agent. On
+    PostgreSQL the row lock orders them (the second reads what the first
+    committed); SQLite's write transaction already does.
+    """
+    row = {"group_name": group, "last_agent": None, "updated_at": now}
+    insert_ignore(session, RoutingState, row, ["group_name"])
+    session.execute(
+        select(RoutingState.id).where(RoutingState.group_name == group).with_for_update()
+    )
 
 
 def last_round_robin(session: Session, group: str) -> str | None:
@@ -123,6 +139,7 @@ def assign_ticket(
         )
     else:
         ticket.group = group.name
+        lock_group(session, group.name, now)
         members = directory.members(group.name)
         previous, why = None, ""
         if reopened:

@@ -7,6 +7,7 @@ from typing import Any
 
 from maildesk.config import Settings
 from maildesk.domain.address import base_address
+from maildesk.domain.authresults import failed_dmarc
 from maildesk.domain.message import ParsedMessage
 from maildesk.people import Directory
 from maildesk.routing.match import Facts
@@ -51,13 +52,16 @@ def build_facts(
         )
     )
     sender = (msg.from_.addr if msg.from_ else "").lower()
-    org = directory.organisation_for(sender) if sender else None
+    trusted = settings.agent_mail.trusted_authserv_ids
+    forged = failed_dmarc(msg.header_all("Authentication-Results"), trusted) if trusted else None
+    org = directory.organisation_for(sender) if sender and forged is None else None
     band = getattr(getattr(spam, "band", None), "value", None) or "unknown"
     text = msg.text or ""
     return Facts(
         recipients=recipients,
         queue=queue_for(settings, recipients),
         sender=sender,
+        sender_forged=forged,
         organisation=org.name if org else None,
         tier=org.tier if org else None,
         subject=msg.subject or "",

@@ -32,6 +32,7 @@ class Facts:
     recipients: tuple[str, ...] = ()
     queue: str | None = None
     sender: str = ""
+    sender_forged: str | None = None  # our MTA found the From not the sender's own (dmarc=fail)
     organisation: str | None = None
     tier: str | None = None
     subject: str = ""
@@ -164,6 +165,8 @@ def _leaf(op: str, value: Any, f: Facts) -> str | None:
         return f"sent to {hit}" if hit else None
     if op == "queue":
         return f"queue is {f.queue}" if f.queue in value else None
+    if op in ("from", "from_domain") and f.sender_forged:
+        return None  # a forged From earns no sender's routing (VIP, direct agent)
     if op == "from":
         hit = next((p for p in value if fnmatch.fnmatchcase(f.sender, p)), None)
         return f"sender {f.sender} matches {hit}" if hit else None

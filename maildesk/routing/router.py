@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
 from maildesk.people import Directory
+from maildesk.pipeline.deadline import DeadlineExceeded, deadline
 from maildesk.routing.facts import build_facts, business_calendar
 from maildesk.routing.match import Facts, RouteResult, evaluate
 from maildesk.routing.models import Guess, ModelSlot, model_slots
@@ -50,6 +51,10 @@ def rules_dir(settings: Settings) -> Path:
     return settings.routing.rules_dir or DEFAULT_RULES_DIR
 
 
+class RulesTimeout(Exception):
+    """The rules took longer than ``routing.rules_time_limit_seconds`` on one message."""
+
+
 @dataclass
 class RouteDecision:
     """The route stage's result for one message."""
@@ -69,6 +74,7 @@ class Router:
     ) -> None:
         self.settings = settings
         self._directory = directory
+        self._templates_dir = templates_dir
         self.holder = RuleHolder(rules_dir(settings), known_names(settings, templates_dir))
         self.calendar = business_calendar(settings)
         self.models: dict[str, ModelSlot] = model_slots(settings)
@@ -83,6 +89,7 @@ class Router:
 
     def reload(self) -> RulesError | None:
         """Load the rules again; on error keep the last good set and log why."""
+        self.holder.known = known_names(self.settings, self._templates_dir)  # templates change too
         error = self.holder.reload()
         if error is not None:
             log.error("rules not reloaded, keeping the last good rules: %s", error)
@@ -101,7 +108,12 @@ class Router:
             spam=ctx.spam,
             follow_up=follow_up,
         )
-        result = evaluate(self.rules, facts)
+        limit = self.settings.routing.rules_time_limit_seconds
+        try:
+            with deadline(limit):  # a backtracking regex must not hold the worker
+                result = evaluate(self.rules, facts)
+        except DeadlineExceeded:
+            raise RulesTimeout(f"the rules took longer than the {limit:g} s time limit") from None
         decision = RouteDecision(facts, result, self.directory)
         if not follow_up and not automated:
             text = f"{facts.subject}\n{facts.body}"

@@ -18,7 +18,7 @@ from maildesk.outbound.templates import default_templates_dir
 from maildesk.people import Directory
 from maildesk.pipeline.context import MessageContext
 from maildesk.pipeline.parse import ParseError, parse_message
-from maildesk.routing.router import Router
+from maildesk.routing.router import Router, RulesTimeout
 from maildesk.routing.router import rules_dir as configured_rules_dir
 from maildesk.routing.rules import RuleSet
 from maildesk.terminal import printable
@@ -107,7 +107,11 @@ def test_command(
     except ParseError as exc:
         click.echo(f"maildesk: {message}: cannot parse: {exc.reason}", err=True)
         sys.exit(EX_DATAERR)
-    decision = router.decide(context, follow_up=follow_up, automated=False)
+    try:
+        decision = router.decide(context, follow_up=follow_up, automated=False)
+    except RulesTimeout as exc:
+        click.echo(f"maildesk: {message}: {exc}", err=True)
+        sys.exit(EX_DATAERR)
     result = decision.result
     guesses = [
         {
