@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ from maildesk.pipeline.runner import Worker
 from maildesk.routing.router import Router
 from maildesk.routing.rules import RulesError
 
+log = logging.getLogger("maildesk")
+
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
@@ -32,6 +35,7 @@ class App:
     signer: Signer
     clock: Callable[[], datetime]
     renderer: TemplateRenderer = field(init=False)
+    template_errors: list[str] = field(init=False)
     directory: Directory = field(init=False)
     router: Router = field(init=False)
 
@@ -50,10 +54,17 @@ class App:
     def reload(self) -> RulesError | None:
         """(Re)load what ops may edit while the daemon runs: templates and routing rules.
 
-        A broken rules file keeps the last good rules (the error is logged and returned).
+        A broken rules file keeps the last good rules (the error is logged and returned);
+        a template that does not compile keeps the last good templates
+        (``template_errors`` names it).
         """
         templates = default_templates_dir(self.settings.templates_dir)
-        self.renderer = TemplateRenderer(templates)
+        renderer = TemplateRenderer(templates)
+        self.template_errors = renderer.compile_all()
+        if self.template_errors:
+            log.error("templates in %s: %s", templates, "; ".join(self.template_errors))
+        if not self.template_errors or not hasattr(self, "renderer"):
+            self.renderer = renderer
         self.directory = Directory.from_settings(self.settings)
         if not hasattr(self, "router"):
             self.router = Router(self.settings, lambda: self.directory, templates)

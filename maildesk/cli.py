@@ -504,8 +504,11 @@ def run_daemon(ctx: click.Context) -> None:
     from maildesk.service import Daemon
 
     app = build_app(ctx)
-    if app.router.holder.last_error is not None:  # at start there are no last good rules
+    # At start there are no last good rules or templates to keep.
+    if app.router.holder.last_error is not None:
         _fail(str(app.router.holder.last_error), EX_CONFIG)
+    if app.template_errors:
+        _fail("templates: " + "; ".join(app.template_errors), EX_CONFIG)
     sys.exit(Daemon(app).run())
 
 

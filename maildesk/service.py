@@ -9,6 +9,7 @@ SIGHUP reloads templates.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -16,10 +17,12 @@ import socket
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Connection, text
 
 from maildesk.app import App
 from maildesk.intake.imap import ImapIntake
@@ -58,6 +61,69 @@ class SystemdNotifier:
             log.warning("sd_notify %s failed: %s", state, exc)
 
 
+_PG_LOCK = text("SELECT pg_try_advisory_lock(hashtext(:key))")
+_PG_UNLOCK = text("SELECT pg_advisory_unlock(hashtext(:key))")
+
+
+class AlreadyRunning(Exception):
+    """Another `maildesk run` holds this SQLite database, or this node name on PostgreSQL."""
+
+
+class RunLock:
+    """Held while `maildesk run` runs, so a second daemon refuses to start beside it.
+
+    Two daemons on one SQLite file would both take mail and send the outbox,
+    and two PostgreSQL nodes of one name take each other's claims for their
+    own (each releases them as "mine from before a crash" when it starts).
+    SQLite: an flock on a file beside the database. PostgreSQL: a session
+    advisory lock on the node name, on a connection kept for the purpose.
+    Both end with the process, however it ends.
+    """
+
+    def __init__(self, app: App) -> None:
+        self._file: int | None = None
+        self._conn: Connection | None = None
+        self._key = ""
+        db = app.db
+        if db.is_sqlite:
+            database = db.engine.url.database or ""
+            path = Path(f"{database}.run-lock")
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise AlreadyRunning(
+                    f"another `maildesk run` is already running on {database} ({path} is locked)"
+                ) from None
+            self._file = fd
+            return
+        conn = db.engine.connect()
+        self._key = f"maildesk run {app.node_name}"
+        taken = conn.scalar(_PG_LOCK, {"key": self._key})
+        conn.commit()  # a session lock outlives the transaction; idle, not idle in transaction
+        if not taken:
+            conn.close()
+            raise AlreadyRunning(
+                f"another `maildesk run` is already running as node {app.node_name!r} "
+                "on this database: give each node its own node_name"
+            )
+        self._conn = conn
+
+    def release(self) -> None:
+        if self._file is not None:
+            os.close(self._file)  # drops the flock
+            self._file = None
+        if self._conn is not None:
+            try:
+                self._conn.execute(_PG_UNLOCK, {"key": self._key})
+                self._conn.commit()
+                self._conn.close()
+            except Exception as exc:  # the database went away: so did the lock
+                log.warning("releasing the run lock: %s", exc)
+            self._conn = None
+
+
 @dataclass
 class Daemon:
     app: App
@@ -67,6 +133,7 @@ class Daemon:
     controllers: list[Any] = field(default_factory=list)
     scheduler: BackgroundScheduler | None = None
     imap: ImapIntake | None = None
+    run_lock: RunLock | None = None
 
     def request_stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -74,8 +141,12 @@ class Daemon:
         self.wakeup.set()
 
     def reload(self, _signum: int, _frame: FrameType | None) -> None:
-        error = self.app.reload()  # a broken rules file keeps the last good rules
-        log.info("SIGHUP: templates reloaded; rules %s", "kept (error)" if error else "reloaded")
+        error = self.app.reload()  # a broken rules file or template keeps the last good ones
+        log.info(
+            "SIGHUP: templates %s; rules %s",
+            "kept (error)" if self.app.template_errors else "reloaded",
+            "kept (error)" if error else "reloaded",
+        )
 
     def start_listeners(self) -> None:
         for listener in self.app.settings.listeners:
@@ -113,7 +184,13 @@ class Daemon:
         interval = self.app.settings.outbound.drain_interval_seconds
         scheduler = BackgroundScheduler(timezone="UTC")
         scheduler.add_job(
-            sender.drain, "interval", seconds=interval, id="outbox", max_instances=1, coalesce=True
+            sender.drain,
+            "interval",
+            kwargs={"should_stop": self.stop_requested.is_set},
+            seconds=interval,
+            id="outbox",
+            max_instances=1,
+            coalesce=True,
         )
         add_sla_jobs(scheduler, self.app)
         add_spam_learning(scheduler, self.app)
@@ -134,6 +211,12 @@ class Daemon:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         signal.signal(signal.SIGHUP, self.reload)
+        try:
+            self.run_lock = RunLock(self.app)
+        except AlreadyRunning as exc:
+            log.error("not starting: %s", exc)
+            self.app.db.dispose()
+            return os.EX_TEMPFAIL  # systemd tries again once the other one has stopped
         spam_jobs.take_shared_model(self.app)  # before the parse children load it
         pull_models(self.app.db, self.app.settings)  # category/queue models other nodes taught
         worker = self.app.worker()
@@ -171,5 +254,7 @@ class Daemon:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=True)
         spam_jobs.on_shutdown(self.app)  # learn pending feedback, save the live model
+        if self.run_lock is not None:
+            self.run_lock.release()
         self.app.db.dispose()
         log.info("maildesk stopped")

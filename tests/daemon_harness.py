@@ -22,6 +22,16 @@ from aiosmtpd.controller import Controller
 REPO = Path(__file__).resolve().parents[1]
 
 
+def maildesk_env() -> dict[str, str]:
+    """The environment for a ``python -m maildesk`` child: this checkout's package first.
+
+    The child runs in the test's directory, where an editable install of
+    another checkout (a git worktree's main one) would otherwise be imported.
+    """
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": path}
+
+
 def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -139,7 +149,7 @@ retry_max_seconds = 1
             stdout=log,
             stderr=log,
             cwd=self.workdir,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            env=maildesk_env(),
         )
         self.wait_listening()
         return self
@@ -181,6 +191,7 @@ retry_max_seconds = 1
             timeout=120,
             check=False,
             cwd=self.workdir,
+            env=maildesk_env(),
         )
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout) if "--json" in args else result.stdout

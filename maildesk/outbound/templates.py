@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from inscriptis import get_text
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
 
 import maildesk
@@ -49,9 +49,26 @@ class TemplateRenderer:
             "undefined": StrictUndefined,
             "keep_trailing_newline": True,
             "auto_reload": False,
+            "cache_size": -1,  # what compile_all loaded stays: never read from disk again
         }
         self._text_env = SandboxedEnvironment(loader=loader, autoescape=False, **options)
         self._html_env = SandboxedEnvironment(loader=loader, autoescape=True, **options)
+
+    def compile_all(self) -> list[str]:
+        """Load every template now; the ones that do not compile, one line each.
+
+        Loaded templates are kept in memory, so a file edited (or broken) on
+        disk later changes nothing until the next SIGHUP builds a new renderer.
+        """
+        errors = []
+        for name in self._text_env.list_templates(extensions=["j2"]):
+            env = self._html_env if name.endswith(".html.j2") else self._text_env
+            try:
+                env.get_template(name)
+            except TemplateError as exc:
+                line = getattr(exc, "lineno", None)
+                errors.append(f"{name}{f' line {line}' if line else ''}: {exc}")
+        return errors
 
     def _candidates(self, name: str, queue: str | None, language: str | None) -> list[str]:
         prefixes = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 from typing import Any
@@ -189,3 +190,25 @@ def test_sighup_takes_a_new_template_and_the_rule_that_names_it(
         acks = select(Outbox).where(Outbox.purpose == "ack", Outbox.ticket_id == 1)
         blob = session.get(Blob, session.scalars(acks).one().raw_sha256)
         assert blob is not None and b"The VIP desk has ticket 1" in bytes(blob.data)
+
+
+def test_run_with_a_template_that_does_not_compile_exits_78_naming_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As with rules: at start there are no last good templates to keep."""
+    from maildesk.outbound.templates import default_templates_dir
+
+    templates = tmp_path / "templates"
+    shutil.copytree(default_templates_dir(None), templates)
+    ack = templates / "ack.customer.txt.j2"
+    ack.write_text(ack.read_text() + "\n{% if %}broken\n")
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    config = _config(tmp_path, rules)
+    config.write_text(f'templates_dir = "{templates}"\n' + config.read_text())
+    started: list[bool] = []
+    monkeypatch.setattr(service.Daemon, "run", lambda self: started.append(True) or 0)
+    result = CliRunner().invoke(main, ["--config", str(config), "run"])
+    assert not started, "the daemon started with a template that cannot render"
+    assert result.exit_code == 78, result.output
+    assert "ack.customer.txt.j2 line" in result.output
