@@ -119,8 +119,26 @@ def _rules(settings: Settings) -> tuple[bool, str]:
     return True, f"rules {folder}: {len(rule_set.rules)} rules"
 
 
+def _greeting(family: int, address: Any) -> bytes:
+    """The first line a server at ``address`` sends, or b"" when none answers."""
+    try:
+        with socket.socket(family) as client:
+            client.settimeout(2.0)
+            client.connect(address)
+            return client.recv(512).split(b"\r\n", 1)[0]
+    except OSError:
+        return b""
+
+
+def _ours(greeting: bytes) -> bool:
+    """Whether the greeting is our own listener's (a daemon already running)."""
+    return greeting.startswith(b"220 ") and b"maildesk" in greeting
+
+
 def _listener(listener: ListenerSettings) -> tuple[bool, str]:
     if listener.socket is not None:
+        if listener.socket.exists() and _ours(_greeting(socket.AF_UNIX, str(listener.socket))):
+            return True, f"{listener.protocol} socket {listener.socket}: a running maildesk answers"
         parent = listener.socket.parent
         ok = (parent.exists() and os.access(parent, os.W_OK)) or not parent.exists()
         return ok, f"{listener.protocol} socket {listener.socket}: " + (
@@ -132,6 +150,9 @@ def _listener(listener: ListenerSettings) -> tuple[bool, str]:
         try:
             probe.bind((listener.host, listener.port))
         except OSError as exc:
+            if _ours(_greeting(family, (listener.host, listener.port))):
+                where = f"{listener.host}:{listener.port}"
+                return True, f"{listener.protocol} {where}: a running maildesk answers"
             return (
                 False,
                 f"{listener.protocol} {listener.host}:{listener.port}: cannot bind: {exc.strerror}",

@@ -55,6 +55,19 @@ def test_a_second_daemon_on_the_same_database_is_refused(tmp_path: Path, relay: 
         assert first.terminate() == 0
 
 
+def test_check_beside_the_running_daemon_passes_its_listeners(
+    tmp_path: Path, relay: RelaySink
+) -> None:
+    """Ops run `maildesk check` while the daemon runs: its own listeners are no failure."""
+    daemon = DaemonProcess(tmp_path, relay_port=relay.port).start()
+    try:
+        output = daemon.cli("check")  # exit 0, or it fails
+        assert f"127.0.0.1:{daemon.smtp_port}: a running maildesk answers" in output
+        assert f"socket {daemon.lmtp_socket}: a running maildesk answers" in output
+    finally:
+        assert daemon.terminate() == 0
+
+
 def _break_template(templates: Path) -> None:
     ack = templates / "ack.customer.txt.j2"
     ack.write_text(ack.read_text() + "\n{% if %}broken\n")
