@@ -73,7 +73,8 @@ def _store(
     """The inbound mail as a message of ``kind``; its raw MIME stays linked unchanged."""
     html = ctx.message.html if keep_html else None
     message = applier.insert_inbound(session, ctx, intake, ticket, kind, text, html)
-    applier._remember_ids(session, ctx, ticket)
+    # Signed for this ticket (an agent's or a rating address) or an authenticated agent.
+    applier._remember_ids(session, ctx, ticket, proven=True)
     for note in ctx.notes:
         _event(applier, session, intake, ticket, message, note.kind, note.reason, note.data)
     assert ctx.thread is not None

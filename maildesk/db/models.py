@@ -113,6 +113,11 @@ class IdOrigin(enum.StrEnum):
     INBOUND = "inbound"  # a message we stored
     OUTBOUND = "outbound"  # a message we sent
     REFERENCED = "referenced"  # named in References of a message we stored
+    # The same two for a message that joined its ticket on a From anyone can forge
+    # (subject tag, Thread-Index, sender and subject): a reply naming one threads
+    # there, but proves nothing (adds no participants). Added after 0001: stored as text.
+    UNPROVEN = "unproven"
+    UNPROVEN_REFERENCED = "unproven_referenced"
 
 
 class Blob(Base):

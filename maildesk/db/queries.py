@@ -93,7 +93,11 @@ def first_known_reference(
     ``found`` is the result of :func:`known_ids` when the caller has it already.
     """
     found = known_ids(session, ids) if found is None else found
-    for wanted in (IdOrigin.INBOUND, IdOrigin.OUTBOUND), (IdOrigin.REFERENCED,):
+    ranks = (
+        (IdOrigin.INBOUND, IdOrigin.OUTBOUND, IdOrigin.UNPROVEN),
+        (IdOrigin.REFERENCED, IdOrigin.UNPROVEN_REFERENCED),
+    )
+    for wanted in ranks:
         for mid in ids:
             row = found.get(mid)
             if row is not None and row.origin in wanted:

@@ -53,9 +53,9 @@ _PROMOTE_ID = (
     update(_KNOWN)
     .where(
         _KNOWN.c.message_id == bindparam("promoted_id"),
-        _KNOWN.c.origin == IdOrigin.REFERENCED,
+        _KNOWN.c.origin.in_([IdOrigin.REFERENCED, IdOrigin.UNPROVEN_REFERENCED]),
     )
-    .values(origin=IdOrigin.INBOUND)
+    .values(origin=bindparam("stored_origin"))
 )
 
 
@@ -186,15 +186,15 @@ class Applier:
             msg.html,
             auto_kind=None if verdict.kind is AutoKind.HUMAN else str(verdict.kind),
         )
-        self._remember_ids(session, ctx, ticket)
         # Only a mail that proves it belongs here (a new ticket, or a reply naming an id we
         # stored or signed) adds people: a subject tag, Thread-Index or sender+subject match
         # rests on a From anyone can forge, and must not subscribe a stranger to the answers.
-        proven = created or decision.rule in (
-            ThreadRule.REFERENCES,
-            ThreadRule.SIGNED_REFERENCE,
-            ThreadRule.BODY_MARKER,
+        proven = created or (
+            decision.rule
+            in (ThreadRule.REFERENCES, ThreadRule.SIGNED_REFERENCE, ThreadRule.BODY_MARKER)
+            and decision.proven_by_reference
         )
+        self._remember_ids(session, ctx, ticket, proven=proven)
         if proven:
             cc = msg.cc if self._forged_sender(ctx) is None else ()
             left_out = self._participants(session, ticket, requester, cc, created)
@@ -584,27 +584,42 @@ class Applier:
         store_attachments(session, message.id, msg.attachments)
         return message
 
-    def _remember_ids(self, session: Session, ctx: MessageContext, ticket: Ticket) -> None:
-        """Our id and every id it references now lead to this ticket (one statement)."""
+    def _remember_ids(
+        self, session: Session, ctx: MessageContext, ticket: Ticket, *, proven: bool
+    ) -> None:
+        """Our id and every id it references now lead to this ticket (one statement).
+
+        A reply naming a known id adds its sender and Cc as participants, so the
+        ids of a mail let in on a forgeable From (subject tag, Thread-Index,
+        sender and subject) are remembered as ``UNPROVEN``: replies to it still
+        thread here, but subscribe nobody.
+        """
         msg = ctx.message
+        own, referenced = (
+            (IdOrigin.INBOUND, IdOrigin.REFERENCED)
+            if proven
+            else (IdOrigin.UNPROVEN, IdOrigin.UNPROVEN_REFERENCED)
+        )
         known: list[KnownId] = []
         if msg.message_id and len(msg.message_id) <= MAX_ID:
-            known.append(KnownId(msg.message_id, ticket.id, IdOrigin.INBOUND))
+            known.append(KnownId(msg.message_id, ticket.id, own))
         for ref in dict.fromkeys([*msg.in_reply_to, *msg.references]):
             if ref and len(ref) <= MAX_ID and ref != msg.message_id:
-                known.append(KnownId(ref, ticket.id, IdOrigin.REFERENCED))
+                known.append(KnownId(ref, ticket.id, referenced))
         rows = [{**k._asdict(), "origin": k.origin.value} for k in known]
         insert_ignore(session, KnownMessageId, rows, ["message_id"])
         lookahead = Lookahead.of(session)
         if lookahead is not None:
             lookahead.remembered_ids(known)
             if ctx.own_id_was_referenced and msg.message_id:
-                lookahead.promoted(msg.message_id)
+                lookahead.promoted(msg.message_id, own)
         if ctx.own_id_was_referenced:
             # An id first seen in References becomes a stored message's id.
             # Core on the connection: no ORM rows of this table are pending, and the
             # ORM's bulk-update path cost more than the statement on this hot path.
-            session.connection().execute(_PROMOTE_ID, {"promoted_id": msg.message_id})
+            session.connection().execute(
+                _PROMOTE_ID, {"promoted_id": msg.message_id, "stored_origin": own.value}
+            )
         if msg.thread_index:
             key = conversation_key(msg.thread_index)
             if key:

@@ -62,6 +62,8 @@ class ThreadDecision:
     link_kind: str | None = None
     reopen: bool = False
     merge_candidate: int | None = None  # a ticket started by a reply that arrived early
+    # False when the References matched only ids of mail that joined on a forgeable From.
+    proven_by_reference: bool = True
 
 
 @dataclass(frozen=True)

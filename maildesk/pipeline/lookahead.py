@@ -206,11 +206,11 @@ class Lookahead:
             self._ids.setdefault(row.message_id, row)
             self._id_keys.add(row.message_id)
 
-    def promoted(self, message_id: str) -> None:
-        """An id first seen in References now belongs to a stored message."""
+    def promoted(self, message_id: str, origin: IdOrigin) -> None:
+        """An id first seen in References now belongs to a stored message (``origin``)."""
         row = self._ids.get(message_id)
-        if row is not None and row.origin is IdOrigin.REFERENCED:
-            self._ids[message_id] = row._replace(origin=IdOrigin.INBOUND)
+        if row is not None and row.origin in (IdOrigin.REFERENCED, IdOrigin.UNPROVEN_REFERENCED):
+            self._ids[message_id] = row._replace(origin=origin)
 
 
 def dedupe_candidates(ctx: MessageContext) -> list[str]:

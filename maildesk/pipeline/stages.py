@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from maildesk.agents.stage import agent_stage
 from maildesk.config import PipelineSettings, Settings
 from maildesk.db import queries
-from maildesk.db.models import Message, Outbox, Ticket, TicketStatus
+from maildesk.db.models import IdOrigin, Message, Outbox, Ticket, TicketStatus
 from maildesk.domain.autodetect import AutoKind, bounced_message_ids, classify
 from maildesk.domain.message import (
     TRUNCATED_HEADER,
@@ -271,13 +271,17 @@ def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) ->
     lookahead = Lookahead.of(session)
     prefetched = lookahead.known_ids(candidates) if lookahead is not None else None
     known = prefetched if prefetched is not None else queries.known_ids(session, candidates)
-    ctx.own_id_was_referenced = bool(own) and own in known
-    hit = queries.first_known_reference(session, candidates, known)
+    # Only an id seen in a reply's References: an id a message we stored or sent already
+    # has is a collision (dedupe kept the mails apart), never a key to its ticket.
+    mine = known.get(own) if own else None
+    referenced = (IdOrigin.REFERENCED, IdOrigin.UNPROVEN_REFERENCED)
+    waiting = mine if mine is not None and mine.origin in referenced else None
+    ctx.own_id_was_referenced = waiting is not None
+    hit = queries.first_known_reference(session, candidates if waiting else refs, known)
     if hit is not None:
         mid, row = hit
         ticket = _live(session, ctx, row.ticket_id)
         if ticket is not None:
-            waiting = known.get(own) if own else None
             return ThreadDecision(
                 ThreadRule.REFERENCES,
                 ticket.id,
@@ -287,6 +291,8 @@ def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) ->
                 merge_candidate=(
                     waiting.ticket_id if waiting and waiting.ticket_id != ticket.id else None
                 ),
+                proven_by_reference=row.origin
+                not in (IdOrigin.UNPROVEN, IdOrigin.UNPROVEN_REFERENCED),
             )
 
     bounce = bounce_conversation(ctx, session, deps)
