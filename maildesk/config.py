@@ -576,6 +576,15 @@ class Settings(_Section):
         return self
 
     @model_validator(mode="after")
+    def _calendars_open(self) -> Settings:
+        # A calendar may close for a while (holidays, exceptions), but one without
+        # weekly hours never opens: every due time on it would fail in the sweep.
+        for name, calendar in self.calendars.items():
+            if not any(calendar.hours.for_weekday(day) for day in range(7)):
+                raise ValueError(f"calendars.{name}.hours: never open (no weekday has hours)")
+        return self
+
+    @model_validator(mode="after")
     def _sla_consistent(self) -> Settings:
         check_sla_references(
             self.sla,

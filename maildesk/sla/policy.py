@@ -62,7 +62,9 @@ class TargetPolicy(_Model):
     ``calendar`` names a configured calendar; it is only used for business time.
     """
 
-    minutes: float = Field(gt=0)
+    # At most a year of minutes: a due time a typo put centuries away cost the
+    # sweep seconds per ticket and then overflowed, failing its whole batch.
+    minutes: float = Field(gt=0, le=525_600)
     basis: TimeBasis = TimeBasis.BUSINESS
     calendar: str = "default"
 
@@ -155,7 +157,9 @@ class TargetState:
     the instant the warning share is (or was) reached, None if unknown or
     never reached. ``breached`` means more business time than the target was
     used before satisfaction (a reply exactly at ``due_at``, or in the closed
-    hours right after it, is in time).
+    hours right after it, is in time). ``breach_shows_at`` is when the clock
+    first ran past the target: ``due_at`` itself, or the next running open time
+    when ``due_at`` is a closing time or the start of a pause.
     """
 
     target: Target
@@ -169,6 +173,7 @@ class TargetState:
     target_minutes: float
     breached: bool
     warned: bool
+    breach_shows_at: datetime | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,6 +198,9 @@ class SlaEvaluation:
 
 
 # -- evaluation ---------------------------------------------------------------
+
+# The smallest amount of clock past a target (datetimes count in microseconds).
+_PAST = timedelta(microseconds=1)
 
 # A stretch of running clock; ``None`` end = still running at ``now``.
 _Span = tuple[datetime, datetime | None]
@@ -329,6 +337,7 @@ def _evaluate_instance(
     )
     target_time = timedelta(minutes=spec.minutes)
     deadline = _instant_at(scale, spans, target_time)
+    shows_at = _instant_at(scale, spans, target_time + _PAST) if deadline is not None else None
     warn_at = None
     if warning_share is not None:
         warn_at = _instant_at(scale, spans, timedelta(minutes=spec.minutes * warning_share))
@@ -353,6 +362,7 @@ def _evaluate_instance(
         # after the due time is not late, and nothing breaches at night.
         breached=deadline is not None and elapsed > target_time,
         warned=warn_at is not None and horizon >= warn_at,
+        breach_shows_at=None if shows_at is None else shows_at - _PAST,
     )
 
 

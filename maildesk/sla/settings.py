@@ -111,9 +111,15 @@ class SlaSettings(_Model):
         names = [p.name for p in self.policies]
         if len(set(names)) != len(names):
             raise ValueError("sla.policies: a policy name appears twice")
-        bad = self.pause_statuses - {"new", "open", "pending"}
+        pausable = {"new", "open", "pending"}
+        bad = self.pause_statuses - pausable
         if bad:
             raise ValueError(f"sla.pause_statuses: {sorted(bad)[0]!r} cannot pause the clock")
+        for i, policy in enumerate(self.policies):
+            if bad := policy.pause_statuses - pausable:
+                raise ValueError(
+                    f"sla.policies.{i}.pause_statuses: {sorted(bad)[0]!r} cannot pause the clock"
+                )
         # A policy without its own pause_statuses takes the [sla] one.
         policies = tuple(
             p

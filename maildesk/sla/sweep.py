@@ -205,13 +205,15 @@ class SlaSweeper:
 
     def _due_levels(
         self, policy: PolicySettings, state: TargetState
-    ) -> Iterator[tuple[Level, datetime]]:
+    ) -> Iterator[tuple[Level, datetime, datetime]]:
+        """Levels to fire: with the due time, and when the sweep could first see them."""
         if state.status is TargetStatus.SATISFIED:
             return
         if state.warned and state.warn_at is not None and state.target in policy.warning.targets:
-            yield Level.WARNING, state.warn_at
+            yield Level.WARNING, state.warn_at, state.warn_at
         if state.breached and state.due_at is not None and state.target in policy.breach.targets:
-            yield Level.BREACH, state.due_at
+            # Nothing breaches while closed: a breach due at closing time shows at opening.
+            yield Level.BREACH, state.due_at, state.breach_shows_at or state.due_at
 
     def _escalate(
         self,
@@ -224,8 +226,8 @@ class SlaSweeper:
     ) -> None:
         late_after = timedelta(seconds=self.sla.late_after_seconds)
         for state in evaluation.states():
-            for level, due_at in self._due_levels(policy, state):
-                late = now - due_at > late_after
+            for level, due_at, shows_at in self._due_levels(policy, state):
+                late = now - shows_at > late_after
                 claimed = claim_ledger(
                     session,
                     {

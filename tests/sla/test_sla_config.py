@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -131,3 +132,31 @@ def test_unknown_calendar_exits_78(tmp_path: Path) -> None:
         f"{path}: sla.policies.0.first_response.calendar: unknown calendar 'office'"
         in result.stdout + result.stderr
     )
+
+
+def test_calendar_without_weekly_hours_is_a_config_error(tmp_path: Path) -> None:
+    # It would load, and every sweep would then fail on CalendarClosedError.
+    never = CALENDAR.replace('hours = { mon = "10:00-19:00", tue = "10:00-19:00" }', "hours = {}")
+    assert never != CALENDAR
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, never + PEOPLE + POLICY)
+    assert "calendars.office.hours" in str(info.value) and "never open" in str(info.value)
+
+
+def test_a_policys_own_pause_statuses_are_checked_too(tmp_path: Path) -> None:
+    # Like sla.pause_statuses: a typo would silently never pause this policy's clock.
+    typo = POLICY.replace('pause_statuses = ["pending", "open"]', 'pause_statuses = ["Pending"]')
+    assert typo != POLICY
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, CALENDAR + PEOPLE + typo)
+    message = str(info.value)
+    assert "sla.policies.0.pause_statuses" in message and "cannot pause the clock" in message
+
+
+def test_a_target_centuries_away_is_a_config_error(tmp_path: Path) -> None:
+    # A typo of a few zeros: its due time cost the sweep seconds per ticket, then overflowed.
+    far = re.sub(r"minutes = \d+", "minutes = 1000000000", POLICY, count=1)
+    assert far != POLICY
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, CALENDAR + PEOPLE + far)
+    assert "minutes" in str(info.value)
