@@ -13,17 +13,14 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.app import App
-from maildesk.db.models import Message, Ticket
+from maildesk.db.models import Ticket
 from tests.agents.agenthelp import agent_app, client_reply, reply_address, to
 from tests.conftest import FrozenClock
 from tests.mailfactory import deliver, make_mail
+from tests.pipeline.test_threading import ticket_of
 
 ALICE = "alice@customer.test"
 MALLORY = "mallory@evil.test"
-DMARC_FAIL = {
-    "Authentication-Results": "mx.example.com; dmarc=fail (p=reject) "
-    "header.from=customer.test; spf=fail smtp.mailfrom=evil.test"
-}
 
 
 @pytest.fixture
@@ -35,12 +32,10 @@ def app(tmp_path: Path, database_url: str, clock: FrozenClock) -> Iterator[App]:
     application.db.dispose()
 
 
-def ticket_of(app: App, message_id: str) -> int:
-    with app.db.transaction() as session:
-        row = session.scalars(select(Message).where(Message.header_message_id == message_id)).one()
-        ticket = session.get(Ticket, row.ticket_id)
-        assert ticket is not None and ticket.number is not None
-        return ticket.number
+DMARC_FAIL = {
+    "Authentication-Results": "mx.example.com; dmarc=fail (p=reject) "
+    "header.from=customer.test; spf=fail smtp.mailfrom=evil.test"
+}
 
 
 def bob_answers(app: App, number: int, text: str) -> None:
