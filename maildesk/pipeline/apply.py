@@ -194,9 +194,12 @@ class Applier:
             in (ThreadRule.REFERENCES, ThreadRule.SIGNED_REFERENCE, ThreadRule.BODY_MARKER)
             and decision.proven_by_reference
         )
-        self._remember_ids(session, ctx, ticket, proven=proven)
+        from_forged = self._forged_sender(ctx) is not None
+        # A new ticket whose From our MTA found forged: a reply naming its ids would
+        # otherwise subscribe whoever forged it to the answers given to that From.
+        self._remember_ids(session, ctx, ticket, proven=proven and not from_forged)
         if proven:
-            cc = msg.cc if self._forged_sender(ctx) is None else ()
+            cc = msg.cc if not from_forged else ()
             left_out = self._participants(session, ticket, requester, cc, created)
             if left_out:
                 cap = self.settings.agent_mail.max_cc_participants

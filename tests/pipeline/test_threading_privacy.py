@@ -127,3 +127,34 @@ def test_a_reused_message_id_does_not_join_another_customers_ticket(app: App) ->
     [answer] = to(app, ALICE, "agent_reply")
     assert answer.recipients == [ALICE]
     assert to(app, MALLORY, "agent_reply") == []
+
+
+def test_a_new_ticket_under_a_forged_from_gives_the_forger_no_key_to_it(app: App) -> None:
+    """Mallory asks as Alice (our MTA: dmarc=fail), then "replies" to her own forged mail.
+
+    The agents answer the ticket as Alice's: the answer must not reach Mallory.
+    """
+    deliver(
+        app,
+        make_mail(
+            sender=f"Alice Customer <{ALICE}>",
+            subject="Please send me my account details",
+            message_id="forged-new@evil.test",
+            headers=DMARC_FAIL,
+        ),
+        mail_from=MALLORY,
+    )
+    number = ticket_of(app, "forged-new@evil.test")
+    deliver(
+        app,
+        make_mail(
+            sender=f"Mallory <{MALLORY}>",
+            subject="Re: Please send me my account details",
+            body="Adding myself in copy.\n",
+            message_id="follow@evil.test",
+            in_reply_to="forged-new@evil.test",
+        ),
+        mail_from=MALLORY,
+    )
+    bob_answers(app, number, "Hello Alice,\n\nyour account number is 4711.\n")
+    assert to(app, MALLORY, "agent_reply") == []
