@@ -25,7 +25,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
-from maildesk.db.database import Database
+from maildesk.db.database import Database, is_transient
 from maildesk.db.models import SlaEscalation, SlaTargetRow, Ticket, TicketStatus
 from maildesk.outbound.notices import Notices
 from maildesk.people import Directory
@@ -164,18 +164,43 @@ class SlaSweeper:
         for history in histories:
             if history.ticket.created_at > now:  # another node's clock runs ahead
                 continue
-            selection = select_policy(self.sla, history.facts)
-            if selection is not None:
-                evaluation = evaluate(selection.policy, history.events, now, self.calendars)
-                rows += self._rows(history.ticket, selection.policy.name, evaluation, now)
-                if history.ticket.status not in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
-                    self._escalate(
-                        session, history.ticket, selection.policy, evaluation, now, result
-                    )
-            result.auto_closed += self._auto_close(session, history, now)
+            # One ticket the sweep cannot handle (a bug, a calendar closed for years)
+            # is skipped and said so; it must not stop every other ticket's SLA.
+            mine = SweepResult()
+            try:
+                with session.begin_nested():
+                    ticket_rows = self._sweep_ticket(session, history, now, mine)
+            except Exception as exc:
+                if is_transient(exc):
+                    raise
+                log.error(
+                    "sla sweep: ticket #%s skipped: %s: %s",
+                    history.ticket.number,
+                    type(exc).__name__,
+                    exc,
+                )
+                continue
+            rows += ticket_rows
+            result.fired += mine.fired
+            result.late += mine.late
+            result.auto_closed += mine.auto_closed
         if rows:
             session.execute(insert(SlaTargetRow), rows)
         return result
+
+    def _sweep_ticket(
+        self, session: Session, history: TicketHistory, now: datetime, result: SweepResult
+    ) -> list[dict[str, object]]:
+        """Escalate and auto-close one ticket; its SLA target rows."""
+        rows: list[dict[str, object]] = []
+        selection = select_policy(self.sla, history.facts)
+        if selection is not None:
+            evaluation = evaluate(selection.policy, history.events, now, self.calendars)
+            rows = self._rows(history.ticket, selection.policy.name, evaluation, now)
+            if history.ticket.status not in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
+                self._escalate(session, history.ticket, selection.policy, evaluation, now, result)
+        result.auto_closed += self._auto_close(session, history, now)
+        return rows
 
     @staticmethod
     def _rows(

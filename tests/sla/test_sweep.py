@@ -9,9 +9,17 @@ from __future__ import annotations
 from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from sqlalchemy import func, select
 
-from maildesk.db.models import Outbox, SlaEscalation, Ticket, TicketStatus, Watcher
+from maildesk.db.models import (
+    Outbox,
+    SlaEscalation,
+    SlaTargetRow,
+    Ticket,
+    TicketStatus,
+    Watcher,
+)
 from maildesk.sla.calendar import BusinessCalendar, CalendarConfig
 from tests.conftest import FrozenClock
 from tests.sla.slahelp import (
@@ -285,3 +293,28 @@ def test_a_ticket_reopened_by_hand_after_auto_close_is_auto_closed_again(
     with app.db.transaction() as session:
         t = session.get(Ticket, ticket.id)
         assert t is not None and t.status is TicketStatus.CLOSED
+
+
+def test_a_ticket_the_sweep_cannot_handle_does_not_stop_the_others(
+    tmp_path: Path, database_url: str, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One ticket fails in the sweep (made to, here); every other ticket keeps its SLA."""
+    from maildesk.sla.sweep import SlaSweeper
+
+    app = sla_app(tmp_path, database_url, clock)
+    broken = new_ticket(app, clock, berlin(2026, 3, 9, 10), message_id="b@x.test", subject="One")
+    fine = new_ticket(app, clock, berlin(2026, 3, 9, 10), message_id="f@x.test", subject="Two")
+    real_auto_close = SlaSweeper._auto_close
+
+    def failing_for_one(self: SlaSweeper, session: object, history: object, now: object) -> int:
+        if history.ticket.id == broken.id:  # type: ignore[attr-defined]
+            raise RuntimeError("cannot handle this one")
+        return real_auto_close(self, session, history, now)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(SlaSweeper, "_auto_close", failing_for_one)
+    clock.now = berlin(2026, 3, 9, 10, 30)
+    assert sweeper(app).run().tickets == 2
+    assert target_row(app, fine.id, "first_response").status == "running"
+    with app.db.transaction() as session:
+        kept = session.scalars(select(SlaTargetRow).where(SlaTargetRow.ticket_id == broken.id))
+        assert list(kept) == []
