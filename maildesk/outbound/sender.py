@@ -35,6 +35,7 @@ from maildesk.config import OutboundSettings
 from maildesk.connection_watch import CommandOverdue, ConnectionWatch
 from maildesk.db.database import Database
 from maildesk.db.models import Blob, Event, Outbox, OutboxState, Suppression
+from maildesk.outbound.suppression import no_such_mailbox, suppress
 
 log = logging.getLogger("maildesk.outbound")
 
@@ -59,15 +60,23 @@ class PartialDelivery(TemporaryFailure):
 
 
 class PermanentFailure(Exception):
-    """Will never succeed as it is (5xx); recorded with the server's reply."""
+    """Will never succeed as it is (5xx); recorded with the server's reply.
+
+    ``dead``: recipients the relay said have no such mailbox (suppressed).
+    """
+
+    def __init__(self, reply: str, dead: list[str] | None = None) -> None:
+        super().__init__(reply)
+        self.dead = dead or []
 
 
 class PartlyRefused(Exception):
     """The relay took the mail for some recipients and refused ``refused`` for good (5xx)."""
 
-    def __init__(self, refused: list[str], reply: str) -> None:
+    def __init__(self, refused: list[str], reply: str, dead: list[str] | None = None) -> None:
         super().__init__(reply)
         self.refused = refused
+        self.dead = dead or []
 
 
 class Transport(Protocol):
@@ -169,7 +178,7 @@ class SmtpTransport:
                 f"{rcpt}: {code} {msg!r}" for rcpt, (code, msg) in exc.recipients.items()
             )
             if all(code >= 500 for code in codes):
-                raise PermanentFailure(reply) from exc
+                raise PermanentFailure(reply, _dead(exc.recipients)) from exc
             raise TemporaryFailure(reply) from exc
         except smtplib.SMTPResponseException as exc:
             reply = f"{exc.smtp_code} {exc.smtp_error!r}"
@@ -189,7 +198,14 @@ class SmtpTransport:
             later = [rcpt for rcpt, (code, _msg) in refused.items() if code < 500]
             if later:  # the others have it; these are owed it still
                 raise PartialDelivery(later, f"taken for the other recipients; {replies}")
-            raise PartlyRefused(list(refused), f"taken for the other recipients; {replies}")
+            raise PartlyRefused(
+                list(refused), f"taken for the other recipients; {replies}", _dead(refused)
+            )
+
+
+def _dead(refused: dict[str, tuple[int, bytes]]) -> list[str]:
+    """The refused recipients whose reply says their mailbox does not exist."""
+    return [rcpt for rcpt, (code, reply) in refused.items() if no_such_mailbox(code, reply)]
 
 
 @dataclass
@@ -370,7 +386,8 @@ class OutboxSender:
                 notes = [f"suppressed: {', '.join(blocked)}"] if blocked else []
                 if refused is not None:
                     notes.append(str(refused))
-                    self._not_delivered(session, row, refused.refused, str(refused), now)
+                    why = str(refused)
+                    self._not_delivered(session, row, refused.refused, why, now, refused.dead)
                 row.last_error = "; ".join(notes)[:4000] or None
                 result.sent += 1
                 log.info("outbox=%s ticket=%s sent to %s", row.id, row.ticket_id, ", ".join(live))
@@ -378,7 +395,8 @@ class OutboxSender:
                 row.state, row.last_error = OutboxState.FAILED, str(error)[:4000]
                 result.failed += 1
                 why = "" if isinstance(error, PermanentFailure) else "gave up retrying: "
-                self._not_delivered(session, row, live, f"{why}{error}", now)
+                dead = error.dead if isinstance(error, PermanentFailure) else []
+                self._not_delivered(session, row, live, f"{why}{error}", now, dead)
                 log.warning(
                     "outbox=%s ticket=%s failed permanently: %s", row.id, row.ticket_id, error
                 )
@@ -397,9 +415,19 @@ class OutboxSender:
                 )
 
     def _not_delivered(
-        self, session: Session, row: Outbox, recipients: list[str], why: str, now: datetime
+        self,
+        session: Session,
+        row: Outbox,
+        recipients: list[str],
+        why: str,
+        now: datetime,
+        dead: list[str],
     ) -> None:
-        """Say so on the ticket, so whoever looks at it sees the mail never reached them."""
+        """Say so on the ticket, so whoever looks at it sees the mail never reached them.
+
+        ``dead``: recipients our relay said have no such mailbox. Our own relay's
+        answer is no one else's to forge, so they are suppressed as a bounce would.
+        """
         session.add(
             Event(
                 at=now,
@@ -410,6 +438,19 @@ class OutboxSender:
                 data={"outbox": row.id, "attempts": row.attempts, "recipients": recipients},
             )
         )
+        until = now + timedelta(days=self.settings.suppression_days)
+        for address in dead:
+            suppress(session, address, until, f"no such mailbox (outbox {row.id})", now)
+            session.add(
+                Event(
+                    at=now,
+                    kind="suppressed",
+                    reason=f"{address}: no such mailbox, says our relay: "
+                    f"not mailed again until {until:%Y-%m-%d}",
+                    ticket_id=row.ticket_id,
+                    data={"outbox": row.id},
+                )
+            )
 
     def backoff(self, attempts: int) -> timedelta:
         seconds = min(

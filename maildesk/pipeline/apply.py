@@ -25,7 +25,6 @@ from maildesk.db.models import (
     MessageKind,
     Participant,
     ParticipantRole,
-    Suppression,
     Ticket,
     TicketLink,
     TicketStatus,
@@ -41,6 +40,7 @@ from maildesk.domain.threadindex import conversation_key
 from maildesk.intake.store import store_attachments
 from maildesk.outbound.agent_notices import notify_after_customer_mail, notify_escalation
 from maildesk.outbound.notices import Notices
+from maildesk.outbound.suppression import suppress
 from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind, ThreadRule
 from maildesk.pipeline.lookahead import Lookahead
 from maildesk.routing.apply_route import apply_route
@@ -432,15 +432,8 @@ class Applier:
                 data={"addresses": ignored[:100]},
             )
         for address in (a for a in failed if a in ctx.bounced_to):
-            address = address[:320]
-            insert_ignore(
-                session,
-                Suppression,
-                {"address": address, "reason": "", "created_at": self.now, "until": until},
-                ["address"],
-            )
-            row = session.scalars(select(Suppression).where(Suppression.address == address)).one()
-            row.until, row.reason = until, f"bounced (intake {intake.id}, ticket #{ticket.number})"
+            why = f"bounced (intake {intake.id}, ticket #{ticket.number})"
+            suppress(session, address, until, why, self.now)
             self.event(
                 session,
                 "suppressed",

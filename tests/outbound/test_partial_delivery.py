@@ -16,7 +16,7 @@ from sqlalchemy import select
 
 from maildesk.app import App
 from maildesk.config import OutboundSettings
-from maildesk.db.models import Event, Outbox, OutboxState
+from maildesk.db.models import Event, Outbox, OutboxState, Suppression
 from maildesk.outbound.sender import OutboxSender, SmtpTransport
 from tests.conftest import FrozenClock
 from tests.daemon_harness import RelaySink
@@ -104,3 +104,58 @@ def test_recipients_the_relay_refuses_for_good_are_recorded_when_the_others_get_
         assert "gone@customer.test" in (row.last_error or "") and "550" in (row.last_error or "")
         [event] = session.scalars(select(Event).where(Event.kind == "outbound_failed")).all()
         assert event.data["recipients"] == ["gone@customer.test"]
+
+
+def suppressed(app: App) -> dict[str, str]:
+    with app.db.transaction() as session:
+        return {s.address: s.reason for s in session.scalars(select(Suppression))}
+
+
+def test_an_address_our_relay_says_does_not_exist_is_suppressed_and_not_mailed_again(
+    app: App, greylisting_relay: GreylistingRelay
+) -> None:
+    """550 5.1.1 from our own relay is a hard bounce no stranger could forge."""
+    queue(app, "answer to all")
+    with app.db.transaction() as session:
+        [row] = session.scalars(select(Outbox)).all()
+        row.recipients = ["alice@customer.test", "gone@customer.test"]
+    greylisting_relay.never = {"gone@customer.test"}
+    settings = OutboundSettings(transport="smtp", relay_port=greylisting_relay.port)
+    sender = OutboxSender(
+        app.db, SmtpTransport(settings, password=""), settings, app.clock, "node-a"
+    )
+    assert sender.drain().sent == 1
+    assert set(suppressed(app)) == {"gone@customer.test"}
+
+    # The next mail to both goes to alice alone.
+    queue(app, "second answer")
+    with app.db.transaction() as session:
+        row = session.scalars(select(Outbox).order_by(Outbox.id.desc())).first()
+        assert row is not None
+        row.recipients = ["alice@customer.test", "gone@customer.test"]
+    assert sender.drain().sent == 1
+    assert [m.rcpt_tos for m in greylisting_relay.received][-1] == ["alice@customer.test"]
+
+
+@dataclass
+class MisconfiguredRelay(RelaySink):
+    """Refuses every recipient for a reason that is ours, not the address's."""
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        return "554 5.7.1 relay access denied"
+
+
+def test_a_relay_refusing_us_for_its_own_reasons_suppresses_nobody(app: App) -> None:
+    relay = MisconfiguredRelay().start()
+    try:
+        queue(app, "answer")
+        settings = OutboundSettings(transport="smtp", relay_port=relay.port)
+        sender = OutboxSender(
+            app.db, SmtpTransport(settings, password=""), settings, app.clock, "node-a"
+        )
+        assert sender.drain().failed == 1
+    finally:
+        relay.stop()
+    assert suppressed(app) == {}
