@@ -582,6 +582,15 @@ class Settings(_Section):
         for name, calendar in self.calendars.items():
             if not any(calendar.hours.for_weekday(day) for day in range(7)):
                 raise ValueError(f"calendars.{name}.hours: never open (no weekday has hours)")
+        # Likewise an agent's shift: mail held for it would wait for an hour that never comes.
+        for index, agent in enumerate(self.agents):
+            if agent.hours is not None and not any(
+                agent.hours.for_weekday(day) for day in range(7)
+            ):
+                raise ValueError(
+                    f"agents.{index}.hours: {agent.name} is never on shift (no weekday has "
+                    "hours); leave hours out for always"
+                )
         return self
 
     @model_validator(mode="after")

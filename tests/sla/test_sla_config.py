@@ -160,3 +160,14 @@ def test_a_target_centuries_away_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         _load(tmp_path, CALENDAR + PEOPLE + far)
     assert "minutes" in str(info.value)
+
+
+def test_an_agent_never_on_shift_is_a_config_error(tmp_path: Path) -> None:
+    # Mail held for her "until her next shift" would wait for a shift that never comes.
+    never = PEOPLE.replace(
+        'addresses = ["alice@example.com"]', 'addresses = ["alice@example.com"]\nhours = {}'
+    )
+    assert never != PEOPLE
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, CALENDAR + never + POLICY)
+    assert "agents.0.hours: alice is never on shift" in str(info.value)
