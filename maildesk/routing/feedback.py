@@ -17,7 +17,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
-from maildesk.db.models import Direction, Message, Ticket
+from maildesk.db.models import Direction, Event, Message, Ticket
 from maildesk.people import Directory
 from maildesk.routing.assign_db import Record, assign_ticket, event_recorder
 from maildesk.routing.models import ModelSlot, model_slots
@@ -76,7 +76,9 @@ def correct_category(
     record = record or event_recorder(session, ticket, now)
     previous = ticket.category
     ticket.category = label
-    version = _learn_safely(session, ticket, label, "category", settings, slots)
+    version = None
+    if not _taught(session, ticket, "category_corrected", label):
+        version = _learn_safely(session, ticket, label, "category", settings, slots)
     data: dict[str, Any] = {"from": previous, "to": label, "actor": actor, "learned": version}
     record("category_corrected", f"{actor}: category {previous} -> {label}", data)
     return version
@@ -98,7 +100,9 @@ def move_queue(
     record = record or event_recorder(session, ticket, now)
     previous = ticket.queue
     ticket.queue = queue
-    version = _learn_safely(session, ticket, queue, "queue", settings, slots)
+    version = None
+    if not _taught(session, ticket, "queue_changed", queue):
+        version = _learn_safely(session, ticket, queue, "queue", settings, slots)
     data: dict[str, Any] = {"from": previous, "to": queue, "actor": actor, "learned": version}
     record("queue_changed", f"{actor}: queue {previous} -> {queue}", data)
     group = settings.routing.queue_groups.get(queue)
@@ -108,6 +112,20 @@ def move_queue(
             session, ticket, settings=settings, directory=directory, now=now, record=record
         )
     return version
+
+
+def _taught(session: Session, ticket: Ticket, kind: str, label: str) -> bool:
+    """Whether the model already learned this ticket's text as ``label``.
+
+    The same correction twice (two agents, a repeated ``#category``) is one
+    lesson: learning the same text again would weigh one ticket as many. A
+    different label is a correction of the correction and is learned.
+    """
+    rows = session.scalars(
+        select(Event.data).where(Event.ticket_id == ticket.id, Event.kind == kind)
+    ).all()
+    taught = [d for d in rows if isinstance(d, dict) and d.get("learned")]
+    return bool(taught) and taught[-1].get("to") == label
 
 
 def _learn_safely(

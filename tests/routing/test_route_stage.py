@@ -388,6 +388,27 @@ def test_agent_corrections_teach_the_model_and_queue_moves_reassign(
     (corrected,) = events_of(app, 1, "category_corrected")
     assert corrected.data["learned"] == version
 
+    # The same correction again (a second agent, a repeated #category) is one lesson;
+    # a different one is a correction of the correction and is learned.
+    def correct(label: str) -> str | None:
+        with app.db.transaction() as session:
+            ticket = session.scalars(select(Ticket)).one()
+            return correct_category(
+                session,
+                ticket,
+                label,
+                actor="bo",
+                settings=app.settings,
+                now=clock(),
+                slots=app.router.models,
+            )
+
+    taught = CategoryModel.load(model_path).corrections
+    assert correct("printing") is None
+    assert CategoryModel.load(model_path).corrections == taught
+    assert correct("hardware") is not None
+    assert CategoryModel.load(model_path).corrections == taught + 1
+
 
 def test_a_correction_on_one_node_reaches_every_node(
     tmp_path: Path, database_url: str, clock: FrozenClock
