@@ -37,7 +37,7 @@ from typing import Any
 
 from imapclient import DELETED, SEEN, IMAPClient
 from imapclient.exceptions import LoginError
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from maildesk.config import (
@@ -796,11 +796,35 @@ class FolderPoller:
         with self.watch.command("SEARCH"):
             found = client.search(["UID", f"{progress.acted_uid + 1}:{progress.last_uid}"])
         uids = [u for u in sorted(found) if progress.acted_uid < u <= progress.last_uid]
-        self._post_action(client, uids)
+        placeholders = self._stored_placeholders(progress.uidvalidity, uids)
+        self._post_action(client, [u for u in uids if u not in placeholders])
         self.state.record_acted(progress.last_uid)
         log.info(
             "imap %s: applied the post-action left undone to %d messages", self.name, len(uids)
         )
+
+    def _stored_placeholders(self, uidvalidity: int, uids: list[int]) -> set[int]:
+        """UIDs stored only as a placeholder (the server failed to deliver them).
+
+        What failed is counted in memory: after a crash between storing such a
+        placeholder and acting on it, only the stored bytes still say so, and
+        the server's copy must not be moved or expunged.
+        """
+        if not uids:
+            return set()
+        refs = {source_ref(self.mailbox.key, self.folder, uidvalidity, u): u for u in uids}
+        prefix = UNFETCHABLE_HEADER.encode() + b":"
+        with self.deps.db.transaction() as session:
+            found = session.scalars(
+                select(Intake.source_ref)
+                .join(Blob, Blob.sha256 == Intake.raw_sha256)
+                .where(
+                    Intake.source == SOURCE,
+                    Intake.source_ref.in_(list(refs)),
+                    func.substr(Blob.data, 1, len(prefix)) == prefix,
+                )
+            ).all()
+        return {refs[ref] for ref in found}
 
     # -- waiting ------------------------------------------------------------
     def _idle(self, client: IMAPClient) -> None:

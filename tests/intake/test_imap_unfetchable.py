@@ -18,7 +18,7 @@ from imapclient import DELETED
 from sqlalchemy import select
 
 from maildesk.app import App
-from maildesk.db.models import Intake, IntakeState
+from maildesk.db.models import ImapFolderState, Intake, IntakeState
 from maildesk.intake.imap import FolderStatus
 from tests.dovecot_harness import Dovecot, dovecot_server
 from tests.intake.test_imap import (
@@ -124,3 +124,29 @@ def test_an_over_size_message_the_server_cannot_deliver_does_not_stop_the_folder
     assert rows[f"{ref}{bad_uid}"].startswith(f"{UNFETCHABLE_HEADER}: ".encode())
     wait_until(lambda: b"\\Seen" in flags_of(dovecot)[good_uid], "the good one flagged")
     assert b"\\Seen" not in flags_of(dovecot)[bad_uid]
+
+
+def test_after_a_crash_before_its_post_action_a_placeholder_s_message_is_not_deleted(
+    app: App, dovecot: Dovecot, runner: Runner
+) -> None:
+    """What failed is counted in memory; after a restart only the stored bytes say so."""
+    bad_uid = dovecot.append(USER, mail(0, message_id="unreadable-crash@customer.test"))
+    dovecot.append(USER, mail(1))
+    mail_file(dovecot, b"unreadable-crash@customer.test").chmod(0)
+    block = dovecot.mailbox(USER, post_action="none")
+    first = runner.start(app, block)
+    wait_until(lambda: len(stored(app)) == 2, "2 stored", timeout=30)
+    runner.stop(first)
+
+    # As if the daemon died after storing and before acting: the post-action is owed.
+    with app.db.transaction() as session:
+        state = session.scalars(select(ImapFolderState)).one()
+        state.acted_uid = 0
+    second = runner.start(app, dovecot.mailbox(USER, post_action="delete"))
+    wait_until(
+        lambda: (s := folder_state(app)) is not None and s.acted_uid == s.last_uid,
+        "the owed post-action applied",
+    )
+    runner.stop(second)
+    assert list(flags_of(dovecot)) == [bad_uid]  # the good one deleted, the bad one kept
+    assert DELETED not in flags_of(dovecot)[bad_uid]
