@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from maildesk.config import AgentSettings, GroupSettings, OrganisationSettings, Settings
@@ -92,6 +92,20 @@ class Directory:
         if agent.hours is None:
             return True
         return self.shift_calendar(agent).is_open(at)
+
+    def next_on_shift(self, agent: AgentSettings, at: datetime) -> datetime:
+        """When the agent is next on shift: inside their hours and past any absence."""
+        zone = ZoneInfo(agent.timezone)
+        calendar = self.shift_calendar(agent)
+        moment = at
+        for _ in range(len(agent.absences) + 1):  # each round passes at least one absence
+            moment = calendar.next_open(moment)
+            day = moment.astimezone(zone).date()
+            ends = [a.end for a in agent.absences if a.start <= day <= a.end]
+            if not ends:
+                return moment
+            moment = datetime.combine(max(ends) + timedelta(days=1), time(), zone)
+        return calendar.next_open(moment)
 
     def shift_calendar(self, agent: AgentSettings) -> BusinessCalendar:
         """The agent's working hours as a business calendar (cached per agent)."""

@@ -103,3 +103,36 @@ def test_inconsistent_people_are_config_errors(tmp_path: Path, extra: str, reaso
         load_settings(str(path))
     assert reason in str(err.value)
     assert str(path) in str(err.value)
+
+
+def test_mail_held_for_an_absent_agent_waits_for_their_return(tmp_path: Path) -> None:
+    """Inside her hours but on leave: held until her first hour back, not sent now."""
+    extra = """
+[[agents]]
+name = "carol"
+addresses = ["carol@corp.example"]
+timezone = "Europe/Oslo"
+hours = { mon = "09:00-17:00", tue = "09:00-17:00", wed = "09:00-17:00" }
+absences = [{ start = 2026-11-23, end = 2026-11-24 }]
+
+[[agents]]
+name = "dan"
+addresses = ["dan@corp.example"]
+absences = [{ start = 2026-11-23, end = 2026-11-23 }]
+"""
+    directory = load(tmp_path, PEOPLE + extra)
+    carol, dan = directory.agent("carol"), directory.agent("dan")
+    assert carol is not None and dan is not None
+    monday = datetime(2026, 11, 23, 10, 0, tzinfo=UTC)  # 11:00 in Oslo, inside her hours
+    assert not directory.on_shift(carol, monday)
+    # Wednesday 09:00 in Oslo, the first hour after her leave.
+    assert directory.next_on_shift(carol, monday) == datetime(2026, 11, 25, 8, 0, tzinfo=UTC)
+    # No weekly hours: on shift again from the day after the absence.
+    assert directory.next_on_shift(dan, monday) == datetime(2026, 11, 24, 0, 0, tzinfo=UTC)
+    # Not absent: the next opening of the hours, as before.
+    tuesday_evening = datetime(2026, 11, 24, 18, 0, tzinfo=UTC)
+    alice = directory.agent("alice")
+    assert alice is not None
+    assert directory.next_on_shift(alice, tuesday_evening) == datetime(
+        2026, 11, 30, 8, 0, tzinfo=UTC
+    )

@@ -190,9 +190,9 @@ class AgentNotices:
         except (TemplateMissing, ValueError, TypeError, HeaderParseError) as exc:
             self._event(session, ticket, f"{event}_skipped", f"to {agent.name}: {exc}")
             return False
-        if not self.directory.on_shift(agent, self.now) and agent.hours is not None:
+        if not self.directory.on_shift(agent, self.now):
             row.next_attempt_at = max(
-                row.next_attempt_at, self.directory.shift_calendar(agent).next_open(self.now)
+                row.next_attempt_at, self.directory.next_on_shift(agent, self.now)
             )
         self._event(
             session,

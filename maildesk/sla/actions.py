@@ -224,6 +224,6 @@ class EscalationActions:
             and agent is not None
             and not self.directory.on_shift(agent, now)
         ):
-            row.next_attempt_at = self.directory.shift_calendar(agent).next_open(now)
+            row.next_attempt_at = self.directory.next_on_shift(agent, now)
             return f"mail to {person.address} held until {row.next_attempt_at:%Y-%m-%d %H:%M} UTC"
         return f"mail to {person.address}"
