@@ -128,3 +128,23 @@ def test_data_dir_that_cannot_be_created_is_a_config_error(tmp_path: Path) -> No
     assert result.exit_code == 78, result.output
     assert "data_dir" in result.output
     assert os.path.isfile(blocker)
+
+
+def test_a_maildir_message_renamed_by_a_mail_client_during_the_import_is_still_read(
+    tmp_path: Path,
+) -> None:
+    """A client marking a mail read renames it in cur/ (unique:2,S): it must not be lost."""
+    from maildesk.intake.files import iter_messages
+
+    box = tmp_path / "Maildir"
+    for sub in ("new", "cur", "tmp"):
+        (box / sub).mkdir(parents=True)
+    for n in range(3):
+        (box / "cur" / f"17000000{n}.M{n}P1.host:2,").write_bytes(make_mail(subject=f"M {n}"))
+    messages = iter_messages([str(box)])
+    first = next(messages)
+    assert b"M 0" in first.raw
+    (box / "cur" / "170000001.M1P1.host:2,").rename(box / "cur" / "170000001.M1P1.host:2,S")
+    rest = list(messages)
+    assert [b"M 1" in rest[0].raw, b"M 2" in rest[1].raw] == [True, True]
+    assert rest[0].ref.endswith(":2,S")

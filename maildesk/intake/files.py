@@ -6,6 +6,7 @@ an mbox in file order.
 
 from __future__ import annotations
 
+import glob
 import logging
 import queue
 import re
@@ -160,8 +161,28 @@ def _folder(path: Path) -> Iterator[FileMessage]:
     for entry in _folder_files(path):
         if not maildir and looks_like_mbox(entry):
             yield from _mbox(entry)
+        elif maildir and not entry.exists():
+            moved = _maildir_moved(path, entry)
+            if moved is None:
+                log.warning("%s: removed while the import ran, skipped", entry)
+            else:
+                yield FileMessage(_read(moved), str(moved))
         else:
             yield FileMessage(_read(entry), str(entry))
+
+
+def _maildir_moved(maildir: Path, entry: Path) -> Path | None:
+    """Where a mail client moved a Maildir message while we imported it.
+
+    Reading it moves it from new/ to cur/, and a flag change renames it in
+    cur/ (``unique:2,FLAGS``); its unique part before the colon stays.
+    """
+    unique = entry.name.split(":", 1)[0]
+    for sub in ("cur", "new"):
+        for candidate in (maildir / sub).glob(f"{glob.escape(unique)}*"):
+            if candidate.name.split(":", 1)[0] == unique:
+                return candidate
+    return None
 
 
 def _mbox(path: Path) -> Iterator[FileMessage]:
