@@ -37,6 +37,9 @@ from maildesk.routing.router import Router, route_stage
 
 MAX_KEY = 998
 LOOP_HEADER = "X-Maildesk-Loop"
+# The Received line a listener puts above a message it accepted within its own
+# max_message_bytes (HELO word <= 255 bytes, a peer address, a date).
+TRACE_ROOM = 512
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,8 @@ Stage = Callable[[MessageContext, Session, StageDeps], Stop | None]
 
 def parse_stage(ctx: MessageContext, limits: PipelineSettings) -> Stop | None:
     """Runs outside any transaction (or in a child process): parsing may take up to the bound."""
-    if len(ctx.raw) > limits.max_message_bytes and not ctx.forced:
+    room = TRACE_ROOM if ctx.source in ("smtp", "lmtp") else 0
+    if len(ctx.raw) > limits.max_message_bytes + room and not ctx.forced:
         return Stop(
             StopKind.QUARANTINE,
             f"message of {len(ctx.raw)} bytes exceeds max_message_bytes={limits.max_message_bytes}",

@@ -16,6 +16,7 @@ from maildesk.config import ListenerSettings
 from maildesk.db.models import Intake
 from maildesk.domain.address import base_address
 from maildesk.intake.smtp import IntakeHandler, build_controller
+from tests.conftest import FrozenClock, make_settings
 from tests.daemon_harness import free_port
 from tests.mailfactory import make_mail
 
@@ -255,3 +256,24 @@ def test_one_client_address_cannot_take_every_slot(
         controller.stop()  # type: ignore[attr-defined]
     assert [row.header_message_id for row in stored(app)] == ["o1@c.test"]
     assert "(max_connections_per_client); refusing new ones with 421" in caplog.text
+
+
+def test_a_message_the_listener_accepts_is_not_then_too_big_for_the_pipeline(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """Both limits 20,000 bytes: the Received line we prepend must not push it over."""
+    app = App.build(
+        make_settings(tmp_path, database_url, pipeline={"max_message_bytes": 20_000}), clock=clock
+    )
+    port = free_port()
+    controller = start(app, ListenerSettings(protocol="smtp", port=port, max_message_bytes=20_000))
+    try:
+        head = make_mail(message_id="edge@c.test", body="")
+        raw = head + b"y" * (19_990 - len(head.replace(b"\n", b"\r\n"))) + b"\r\n"
+        with smtplib.SMTP("127.0.0.1", port) as client:
+            client.sendmail("a@c.test", ["support@example.com"], raw)
+        summary = app.worker().drain()
+    finally:
+        controller.stop()  # type: ignore[attr-defined]
+        app.db.dispose()
+    assert (summary.counts["created"], summary.counts["quarantined"]) == (1, 0)
