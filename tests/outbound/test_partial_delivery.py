@@ -58,10 +58,7 @@ def test_recipients_the_relay_defers_get_the_same_mail_on_the_retry(
         row.recipients = ["alice@customer.test", "carol@customer.test", "gone@customer.test"]
     greylisting_relay.later = {"carol@customer.test"}
     greylisting_relay.never = {"gone@customer.test"}
-    settings = OutboundSettings(transport="smtp", relay_port=greylisting_relay.port)
-    sender = OutboxSender(
-        app.db, SmtpTransport(settings, password=""), settings, app.clock, "node-a"
-    )
+    sender = _smtp_sender(app, greylisting_relay.port)
 
     first = sender.drain()
     assert (first.sent, first.retried) == (0, 1)
@@ -82,19 +79,26 @@ def test_recipients_the_relay_defers_get_the_same_mail_on_the_retry(
     ]
 
 
-def test_recipients_the_relay_refuses_for_good_are_recorded_when_the_others_get_it(
-    app: App, greylisting_relay: GreylistingRelay
-) -> None:
-    """The mail went, so it counts as sent; but who never got it, and why, is on record."""
+def _smtp_sender(app: App, port: int) -> OutboxSender:
+    settings = OutboundSettings(transport="smtp", relay_port=port)
+    return OutboxSender(app.db, SmtpTransport(settings, password=""), settings, app.clock, "node-a")
+
+
+def _to_alice_and_a_dead_address(app: App, relay: GreylistingRelay) -> OutboxSender:
+    """One queued answer to alice and gone@, which the relay refuses with 550 5.1.1."""
     queue(app, "answer to all")
     with app.db.transaction() as session:
         [row] = session.scalars(select(Outbox)).all()
         row.recipients = ["alice@customer.test", "gone@customer.test"]
-    greylisting_relay.never = {"gone@customer.test"}
-    settings = OutboundSettings(transport="smtp", relay_port=greylisting_relay.port)
-    sender = OutboxSender(
-        app.db, SmtpTransport(settings, password=""), settings, app.clock, "node-a"
-    )
+    relay.never = {"gone@customer.test"}
+    return _smtp_sender(app, relay.port)
+
+
+def test_recipients_the_relay_refuses_for_good_are_recorded_when_the_others_get_it(
+    app: App, greylisting_relay: GreylistingRelay
+) -> None:
+    """The mail went, so it counts as sent; but who never got it, and why, is on record."""
+    sender = _to_alice_and_a_dead_address(app, greylisting_relay)
 
     assert sender.drain().sent == 1
     assert [mail.rcpt_tos for mail in greylisting_relay.received] == [["alice@customer.test"]]
@@ -115,15 +119,7 @@ def test_an_address_our_relay_says_does_not_exist_is_suppressed_and_not_mailed_a
     app: App, greylisting_relay: GreylistingRelay
 ) -> None:
     """550 5.1.1 from our own relay is a hard bounce no stranger could forge."""
-    queue(app, "answer to all")
-    with app.db.transaction() as session:
-        [row] = session.scalars(select(Outbox)).all()
-        row.recipients = ["alice@customer.test", "gone@customer.test"]
-    greylisting_relay.never = {"gone@customer.test"}
-    settings = OutboundSettings(transport="smtp", relay_port=greylisting_relay.port)
-    sender = OutboxSender(
-        app.db, SmtpTransport(settings, password=""), settings, app.clock, "node-a"
-    )
+    sender = _to_alice_and_a_dead_address(app, greylisting_relay)
     assert sender.drain().sent == 1
     assert set(suppressed(app)) == {"gone@customer.test"}
 
@@ -151,11 +147,7 @@ def test_a_relay_refusing_us_for_its_own_reasons_suppresses_nobody(app: App) -> 
     relay = MisconfiguredRelay().start()
     try:
         queue(app, "answer")
-        settings = OutboundSettings(transport="smtp", relay_port=relay.port)
-        sender = OutboxSender(
-            app.db, SmtpTransport(settings, password=""), settings, app.clock, "node-a"
-        )
-        assert sender.drain().failed == 1
+        assert _smtp_sender(app, relay.port).drain().failed == 1
     finally:
         relay.stop()
     assert suppressed(app) == {}
