@@ -55,20 +55,30 @@ class App:
         """(Re)load what ops may edit while the daemon runs: templates and routing rules.
 
         A broken rules file keeps the last good rules (the error is logged and returned);
-        a template that does not compile keeps the last good templates
-        (``template_errors`` names it).
+        on a reload, a template that does not compile keeps the last good templates
+        (``template_errors`` names it). The first load reads templates as they are
+        used, so a one-off command (an MTA's ``ingest -`` per mail) does not compile
+        them all; the daemon does at start (:meth:`compile_templates`).
         """
         templates = default_templates_dir(self.settings.templates_dir)
         renderer = TemplateRenderer(templates)
-        self.template_errors = renderer.compile_all()
-        if self.template_errors:
-            log.error("templates in %s: %s", templates, "; ".join(self.template_errors))
-        if not self.template_errors or not hasattr(self, "renderer"):
-            self.renderer = renderer
+        if hasattr(self, "renderer"):
+            self.template_errors = renderer.compile_all()
+            if self.template_errors:
+                log.error("templates in %s: %s", templates, "; ".join(self.template_errors))
+            else:
+                self.renderer = renderer
+        else:
+            self.renderer, self.template_errors = renderer, []
         self.directory = Directory.from_settings(self.settings)
         if not hasattr(self, "router"):
             self.router = Router(self.settings, lambda: self.directory, templates)
         return self.router.reload()
+
+    def compile_templates(self) -> list[str]:
+        """Compile every template now (kept in memory); the ones that do not compile."""
+        self.template_errors = self.renderer.compile_all()
+        return self.template_errors
 
     @property
     def node_name(self) -> str:

@@ -507,8 +507,8 @@ def run_daemon(ctx: click.Context) -> None:
     # At start there are no last good rules or templates to keep.
     if app.router.holder.last_error is not None:
         _fail(str(app.router.holder.last_error), EX_CONFIG)
-    if app.template_errors:
-        _fail("templates: " + "; ".join(app.template_errors), EX_CONFIG)
+    if errors := app.compile_templates():
+        _fail("templates: " + "; ".join(errors), EX_CONFIG)
     sys.exit(Daemon(app).run())
 
 

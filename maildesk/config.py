@@ -579,14 +579,15 @@ class Settings(_Section):
     def _calendars_open(self) -> Settings:
         # A calendar may close for a while (holidays, exceptions), but one without
         # weekly hours never opens: every due time on it would fail in the sweep.
+        def never_open(hours: WeeklyHours) -> bool:
+            return not any(hours.for_weekday(day) for day in range(7))
+
         for name, calendar in self.calendars.items():
-            if not any(calendar.hours.for_weekday(day) for day in range(7)):
+            if never_open(calendar.hours):
                 raise ValueError(f"calendars.{name}.hours: never open (no weekday has hours)")
         # Likewise an agent's shift: mail held for it would wait for an hour that never comes.
         for index, agent in enumerate(self.agents):
-            if agent.hours is not None and not any(
-                agent.hours.for_weekday(day) for day in range(7)
-            ):
+            if agent.hours is not None and never_open(agent.hours):
                 raise ValueError(
                     f"agents.{index}.hours: {agent.name} is never on shift (no weekday has "
                     "hours); leave hours out for always"

@@ -122,13 +122,20 @@ def locked_ticket(session: Session, ticket_id: int) -> Ticket:
     return session.scalars(stmt.execution_options(populate_existing=True)).one()
 
 
-def surviving_ticket(session: Session, ticket: Ticket) -> Ticket:
-    """Follow merges to the ticket that holds the conversation now."""
+def surviving_ticket(session: Session, ticket: Ticket, *, lock: bool = False) -> Ticket:
+    """Follow merges to the ticket that holds the conversation now.
+
+    With ``lock`` each ticket on the way is re-read locked (:func:`locked_ticket`).
+    """
     seen = {ticket.id}
     for _ in range(MAX_MERGE_HOPS):
         if ticket.merged_into_id is None:
             return ticket
-        target = session.get(Ticket, ticket.merged_into_id)
+        target = (
+            locked_ticket(session, ticket.merged_into_id)
+            if lock
+            else session.get(Ticket, ticket.merged_into_id)
+        )
         if target is None or target.id in seen:
             return ticket
         seen.add(target.id)

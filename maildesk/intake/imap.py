@@ -552,7 +552,7 @@ class FolderPoller:
         self.health.last_uid = uids[-1]
         if fresh:
             self.deps.on_stored()
-        self._post_action(client, uids)
+        self._post_action(client, uids, sizes)
         self.state.record_acted(uids[-1])
         # Failures of UIDs passed are forgotten; a given-up one is kept, so no
         # catch-up of post-actions in this process acts on it.
@@ -738,7 +738,10 @@ class FolderPoller:
         return fresh
 
     # -- after storing ------------------------------------------------------
-    def _post_action(self, client: IMAPClient, uids: list[int]) -> None:
+    def _post_action(
+        self, client: IMAPClient, uids: list[int], sizes: dict[int, int] | None = None
+    ) -> None:
+        """Flag, move or delete stored UIDs; ``sizes`` when the caller already asked for them."""
         action = self.mailbox.post_action
         # Only a placeholder of a message given up on was stored: the server
         # holds the only copy, and whoever repairs it finds it where it was.
@@ -748,7 +751,8 @@ class FolderPoller:
         if action is ImapPostAction.DELETE:
             # Over max_message_bytes only the header was stored: the server holds
             # the only copy of the rest, so it is never expunged (MAIL-RULES §1).
-            sizes = self._sizes(client, uids)
+            if sizes is None:
+                sizes = self._sizes(client, uids)
             uids = [u for u in uids if sizes.get(u, 0) <= self.mailbox.max_message_bytes]
             if not uids:
                 return

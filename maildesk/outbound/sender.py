@@ -386,8 +386,9 @@ class OutboxSender:
                 notes = [f"suppressed: {', '.join(blocked)}"] if blocked else []
                 if refused is not None:
                     notes.append(str(refused))
-                    why = str(refused)
-                    self._not_delivered(session, row, refused.refused, why, now, refused.dead)
+                    self._not_delivered(
+                        session, row, refused.refused, str(refused), now, refused.dead
+                    )
                 row.last_error = "; ".join(notes)[:4000] or None
                 result.sent += 1
                 log.info("outbox=%s ticket=%s sent to %s", row.id, row.ticket_id, ", ".join(live))

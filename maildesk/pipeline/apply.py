@@ -194,12 +194,12 @@ class Applier:
             in (ThreadRule.REFERENCES, ThreadRule.SIGNED_REFERENCE, ThreadRule.BODY_MARKER)
             and decision.proven_by_reference
         )
-        from_forged = self._forged_sender(ctx) is not None
+        forged = self._forged_sender(ctx)
         # A new ticket whose From our MTA found forged: a reply naming its ids would
         # otherwise subscribe whoever forged it to the answers given to that From.
-        self._remember_ids(session, ctx, ticket, proven=proven and not from_forged)
+        self._remember_ids(session, ctx, ticket, proven=proven and forged is None)
         if proven:
-            cc = msg.cc if not from_forged else ()
+            cc = msg.cc if forged is None else ()
             left_out = self._participants(session, ticket, requester, cc, created)
             if left_out:
                 cap = self.settings.agent_mail.max_cc_participants
@@ -293,7 +293,7 @@ class Applier:
                 why, answerable = f"written {at:%Y-%m-%d %H:%M} UTC, older than {max_age}", False
             elif ctx.possible_spam:
                 why, answerable = "possible spam: not acknowledged until released", False
-            elif (forged := self._forged_sender(ctx)) is not None:
+            elif forged is not None:
                 why, answerable = f"{forged}: the sender is likely forged (no backscatter)", False
             elif ctx.route is not None and ctx.route.result.ack_suppressed_by:
                 why, answerable = f"suppressed by rule {ctx.route.result.ack_suppressed_by}", False

@@ -247,12 +247,9 @@ def decide_thread(ctx: MessageContext, session: Session, deps: StageDeps) -> Thr
     # The SLA sweep closes resolved and resolves pending tickets, agents and the
     # CLI change the status and merge tickets away (on other nodes too): decide on
     # the row as it is now, locked until this message is applied.
-    ticket = queries.locked_ticket(session, found.ticket_id)
-    seen = {ticket.id}
-    while ticket.merged_into_id is not None and ticket.merged_into_id not in seen:
-        # Merged since it was found: the survivor holds the conversation now.
-        ticket = queries.locked_ticket(session, ticket.merged_into_id)
-        seen.add(ticket.id)
+    first = queries.locked_ticket(session, found.ticket_id)
+    ticket = queries.surviving_ticket(session, first, lock=True)
+    if ticket is not first:  # merged since it was found: the survivor holds it now
         found = replace(
             found, ticket_id=ticket.id, evidence=f"{found.evidence}; merged into #{ticket.number}"
         )

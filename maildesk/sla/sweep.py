@@ -181,9 +181,7 @@ class SlaSweeper:
                 )
                 continue
             rows += ticket_rows
-            result.fired += mine.fired
-            result.late += mine.late
-            result.auto_closed += mine.auto_closed
+            result.add(mine)  # its fired, late and auto-close counts (tickets: 0)
         if rows:
             session.execute(insert(SlaTargetRow), rows)
         return result
