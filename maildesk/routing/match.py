@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
+from maildesk.routing.fold import fold_text
 from maildesk.routing.language import detect_language
 from maildesk.routing.rules import Condition, MatchMode, Rule, RuleSet
 
@@ -54,6 +55,15 @@ class Facts:
     @property
     def sender_domain(self) -> str:
         return self.sender.rpartition("@")[2]
+
+    @cached_property
+    def keyword_subject(self) -> str:
+        return fold_text(self.subject)
+
+    @cached_property
+    def keyword_body(self) -> str:
+        """Folded once per message, however many keyword conditions read it."""
+        return fold_text(self.body[:BODY_LIMIT])
 
 
 @dataclass(frozen=True)
@@ -191,8 +201,8 @@ def _leaf(op: str, value: Any, f: Facts) -> str | None:
                 return f"header {name} matches /{pattern.pattern}/ ({m.group(0)[:60]!r})"
         return None
     if op in ("subject_keywords", "body_keywords", "keywords"):
-        texts = {"subject_keywords": [f.subject], "body_keywords": [f.body[:BODY_LIMIT]]}
-        for text in texts.get(op, [f.subject, f.body[:BODY_LIMIT]]):
+        texts = {"subject_keywords": [f.keyword_subject], "body_keywords": [f.keyword_body]}
+        for text in texts.get(op, [f.keyword_subject, f.keyword_body]):
             hit = _keyword(text, value)
             if hit:
                 where = {"subject_keywords": "subject", "body_keywords": "body"}.get(op, "text")
@@ -228,10 +238,9 @@ def _leaf(op: str, value: Any, f: Facts) -> str | None:
     raise AssertionError(f"unknown condition {op}")
 
 
-def _keyword(text: str, words: tuple[str, ...]) -> str | None:
-    lowered = text.lower()
+def _keyword(folded: str, words: tuple[str, ...]) -> str | None:
     for word in words:
-        if re.search(r"(?<!\w)" + re.escape(word) + r"(?!\w)", lowered):
+        if re.search(r"(?<!\w)" + re.escape(word) + r"(?!\w)", folded):
             return word
     return None
 

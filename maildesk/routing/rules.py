@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maildesk.routing.fold import fold_text
+
 PRIORITIES = ("low", "normal", "high", "urgent")
 SPAM_BANDS = ("ham", "unsure", "spam", "unknown")
 _NAME = re.compile(r"^[A-Za-z0-9][\w.\-]*$")
@@ -261,7 +263,7 @@ def _leaf_value(op: str, value: Any, where: _Where, key: str) -> Any:
         return (name.lower(), _regex(value["regex"], where, f"{key}.regex"))
     words = _strings(value, where, key)
     if op in ("subject_keywords", "body_keywords", "keywords"):
-        return tuple(w.lower() for w in words)
+        return tuple(fold_text(w) for w in words)
     if op == "to":
         return tuple(w.lower() for w in words)
     if op == "from":

@@ -489,3 +489,42 @@ def test_sticky_group_gives_a_customer_their_previous_agent(
     assert ticket_of(app, 2).assignee != first
     assert ticket_of(app, 3).assignee == first
     assert events_of(app, 3, "assigned")[0].data["rule"] == "sticky"
+
+
+KEYWORD_RULES = """
+[[rule]]
+name = "refunds"
+when = { subject_keywords = "Rückerstattung" }
+then = { queue = "refunds" }
+
+[[rule]]
+name = "password"
+when = { body_keywords = "reset my password" }
+then = { queue = "accounts" }
+
+[[rule]]
+name = "street"
+when = { keywords = "Hauptstraße" }
+then = { queue = "addresses" }
+"""
+
+
+def test_keywords_match_the_words_as_a_reader_sees_them(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """Accents typed decomposed, full-width letters, ß spelt SS and a phrase that
+    the sender's client wrapped all still read as the rule's words."""
+    app = build(tmp_path, database_url, clock, rules=KEYWORD_RULES)
+    mails = [
+        ("RU\u0308CKERSTATTUNG fehlt", "Hallo.\n"),  # decomposed Ü, as macOS may send
+        ("Login", "Could you please reset my\npassword?\n"),  # wrapped at 20 characters
+        ("Lieferung", "Neue Adresse: HAUPTSTRASSE 5\n"),
+        ("Ｒüｃｋｅｒｓｔａｔｔｕｎｇ", "Hallo.\n"),  # full-width letters
+        ("Rückerstattungen", "Reset my passwords\n"),  # other words: no rule
+    ]
+    for subject, body in mails:
+        deliver(app, make_mail(subject=subject, body=body))
+    queues = [ticket_of(app, number).queue for number in range(1, 6)]
+    assert queues[:4] == ["refunds", "accounts", "addresses", "refunds"]
+    assert queues[4] not in ("refunds", "accounts", "addresses")
+    assert "body contains 'reset my password'" in events_of(app, 2, "rule_matched")[0].reason
