@@ -35,6 +35,7 @@ from maildesk.people import Directory
 
 MIN_LEAK_CHARS = 24
 _WS = re.compile(r"\s+")
+_PARAGRAPH = re.compile(r"\n\s*\n")
 _SAFE_TYPE = re.compile(r"^[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*$")
 
 
@@ -48,26 +49,27 @@ def _squash(text: str) -> str:
     return _WS.sub(" ", text).strip().lower()
 
 
-def leaked_note(session: Session, ticket: Ticket, text: str) -> str | None:
-    """The first internal note (or paragraph of one) that ``text`` contains, or None."""
-    haystack = _squash(text)
-    if not haystack:
-        return None
+def note_passages(session: Session, ticket: Ticket) -> list[str]:
+    """The ticket's internal notes, whole and by paragraph, as ``leaked_note`` compares them."""
     notes = session.scalars(
         select(Message.text_body).where(
             Message.ticket_id == ticket.id, Message.kind == MessageKind.INTERNAL_NOTE
         )
     ).all()
-    for note in notes:
-        for part in [note, *re.split(r"\n\s*\n", note or "")]:
-            needle = _squash(part or "")
-            if len(needle) >= MIN_LEAK_CHARS and needle in haystack:
-                return needle[:60]
-    return None
+    passages = (
+        _squash(part or "") for note in notes for part in [note, *_PARAGRAPH.split(note or "")]
+    )
+    return [p for p in passages if len(p) >= MIN_LEAK_CHARS]
+
+
+def leaked_note(passages: Sequence[str], text: str) -> str | None:
+    """The first note passage that ``text`` contains (its start, for the log), or None."""
+    haystack = _squash(text)
+    return next((p[:60] for p in passages if haystack and p in haystack), None)
 
 
 def safe_attachments(
-    session: Session, ticket: Ticket, parts: Sequence[ParsedAttachment], loop_token: str
+    passages: Sequence[str], parts: Sequence[ParsedAttachment], loop_token: str
 ) -> tuple[list[ParsedAttachment], list[str]]:
     """The agent's attachments that may go to the customer, and the names of those that may not.
 
@@ -79,7 +81,7 @@ def safe_attachments(
     dropped: list[str] = []
     for part in parts:
         text = part.content.decode("utf-8", "replace")
-        if loop_token in text or leaked_note(session, ticket, text) is not None:
+        if loop_token in text or leaked_note(passages, text) is not None:
             dropped.append(part.filename)
         else:
             keep.append(part)

@@ -18,7 +18,12 @@ from sqlalchemy.orm import Session
 from maildesk.agents import stage as kinds
 from maildesk.agents.actions import CommandRunner, Outcome
 from maildesk.agents.commands import Command, parse_commands
-from maildesk.agents.replies import leaked_note, queue_customer_reply, safe_attachments
+from maildesk.agents.replies import (
+    leaked_note,
+    note_passages,
+    queue_customer_reply,
+    safe_attachments,
+)
 from maildesk.agents.stage import AgentMail
 from maildesk.config import AgentSettings
 from maildesk.db import queries
@@ -235,7 +240,8 @@ class _AgentTurn:
         answer = "\n\n".join([*out.inserted, text]).strip()
         is_note = out.note or mail.kind == kinds.INTERNAL
         send = bool(answer) and not is_note and not out.spam
-        if send and (leak := leaked_note(self.session, ticket, answer)) is not None:
+        notes = note_passages(self.session, ticket) if send else []
+        if send and (leak := leaked_note(notes, answer)) is not None:
             send = False
             out.failed.append(f"reply NOT sent: it contains the internal note text {leak!r}")
         kind = MessageKind.AGENT_REPLY if send else MessageKind.INTERNAL_NOTE
@@ -243,8 +249,7 @@ class _AgentTurn:
         sent = None
         if send:
             attachments, dropped = safe_attachments(
-                self.session,
-                ticket,
+                notes,
                 self.ctx.message.attachments,
                 self.notices.composer.loop_token,
             )
