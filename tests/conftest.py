@@ -139,6 +139,18 @@ def app(tmp_path: Path, database_url: str, clock: FrozenClock) -> Iterator[App]:
 
 
 @pytest.fixture
+def mta_trusting_app(tmp_path: Path, database_url: str, clock: FrozenClock) -> Iterator[App]:
+    """An app with agents that believes the Authentication-Results of mx.example.com."""
+    from tests.agents.agenthelp import agent_app  # agenthelp imports this module
+
+    application = agent_app(
+        tmp_path, database_url, clock, agent_mail={"trusted_authserv_ids": ["mx.example.com"]}
+    )
+    yield application
+    application.db.dispose()
+
+
+@pytest.fixture
 def relay() -> Iterator[RelaySink]:
     """A real SMTP server on loopback standing in for the outbound relay (daemon tests)."""
     sink = RelaySink().start()

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import email
 import email.policy
-from collections.abc import Iterator
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -20,13 +18,11 @@ from maildesk.app import App
 from maildesk.db.models import Event, Intake, IntakeState
 from tests.agents.agenthelp import (
     AGENT_ADDRESSES,
-    agent_app,
     client_reply,
     outbox,
     reply_address,
     to,
 )
-from tests.conftest import FrozenClock
 from tests.mailfactory import deliver, make_mail, reply_to
 
 ALICE = "alice@customer.test"
@@ -35,12 +31,8 @@ SECRET = "Customer owes us 5000 EUR from the last contract, do not mention it"
 
 
 @pytest.fixture
-def app(tmp_path: Path, database_url: str, clock: FrozenClock) -> Iterator[App]:
-    application = agent_app(
-        tmp_path, database_url, clock, agent_mail={"trusted_authserv_ids": ["mx.example.com"]}
-    )
-    yield application
-    application.db.dispose()
+def app(mta_trusting_app: App) -> App:
+    return mta_trusting_app
 
 
 @pytest.mark.parametrize(

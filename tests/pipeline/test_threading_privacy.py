@@ -6,16 +6,12 @@ subscribed a stranger to another customer's answers before its fix.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy import select
 
 from maildesk.app import App
 from maildesk.db.models import Ticket
-from tests.agents.agenthelp import agent_app, client_reply, reply_address, to
-from tests.conftest import FrozenClock
+from tests.agents.agenthelp import client_reply, reply_address, to
 from tests.mailfactory import deliver, make_mail
 from tests.pipeline.test_threading import ticket_of
 
@@ -24,12 +20,8 @@ MALLORY = "mallory@evil.test"
 
 
 @pytest.fixture
-def app(tmp_path: Path, database_url: str, clock: FrozenClock) -> Iterator[App]:
-    application = agent_app(
-        tmp_path, database_url, clock, agent_mail={"trusted_authserv_ids": ["mx.example.com"]}
-    )
-    yield application
-    application.db.dispose()
+def app(mta_trusting_app: App) -> App:
+    return mta_trusting_app
 
 
 DMARC_FAIL = {
