@@ -16,6 +16,7 @@ import re
 import secrets
 import socket
 import tomllib
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
@@ -637,6 +638,21 @@ class Settings(_Section):
     def address_defaults(self, address: str) -> AddressSettings | None:
         address = address.lower()
         return next((a for a in self.address if a.address.lower() == address), None)
+
+    def first_address_default(
+        self, addresses: Iterable[str], name: Literal["queue", "category"]
+    ) -> tuple[str, str] | None:
+        """The first of ``addresses`` whose ``[[address]]`` table sets ``name``, and the value.
+
+        Each default is looked up on its own: a mail to support@ (which only names
+        our sender) and billing@ (which has a queue) takes billing's queue.
+        """
+        for address in addresses:
+            defaults = self.address_defaults(address)
+            value = getattr(defaults, name) if defaults is not None else None
+            if value:
+                return address, value
+        return None
 
 
 @dataclass(frozen=True)

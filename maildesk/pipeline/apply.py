@@ -335,21 +335,28 @@ class Applier:
     def _address_defaults(
         self, session: Session, ctx: MessageContext, intake: Intake, ticket: Ticket
     ) -> None:
-        """A new ticket takes the queue and category of the address it came in on."""
-        for address in ticket.support_addresses or []:
-            defaults = self.settings.address_defaults(address)
-            if defaults is None:
-                continue
-            ticket.queue = ticket.queue or defaults.queue
-            ticket.category = ticket.category or defaults.category
+        """A new ticket takes the queue and category of the addresses it came in on.
+
+        The queue is the one its rules saw (:func:`maildesk.routing.facts.queue_for`).
+        """
+        addresses = ticket.support_addresses or []
+        found = {
+            name: self.settings.first_address_default(addresses, name)
+            for name in ("queue", "category")
+        }
+        if (queue := found["queue"]) is not None:
+            ticket.queue = ticket.queue or queue[1]
+        if (category := found["category"]) is not None:
+            ticket.category = ticket.category or category[1]
+        taken = [f"arrived at {hit[0]}: {name} {hit[1]}" for name, hit in found.items() if hit]
+        if taken:
             self.event(
                 session,
                 "address_defaults",
-                f"arrived at {address}: queue {defaults.queue}, category {defaults.category}",
+                "; ".join(taken),
                 intake=intake,
                 ticket=ticket,
             )
-            return
 
     def _merge_early_reply(
         self, session: Session, ctx: MessageContext, intake: Intake, ticket: Ticket, other_id: int

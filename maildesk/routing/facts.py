@@ -27,12 +27,9 @@ def business_calendar(settings: Settings) -> BusinessCalendar:
 
 
 def queue_for(settings: Settings, recipients: tuple[str, ...]) -> str | None:
-    """The queue of the first support address (with defaults) the mail was sent to."""
-    for address in recipients:
-        defaults = settings.address_defaults(address)
-        if defaults is not None and defaults.queue:
-            return defaults.queue
-    return None
+    """The queue of the first support address (with a queue default) the mail was sent to."""
+    found = settings.first_address_default(recipients, "queue")
+    return found[1] if found else None
 
 
 def build_facts(

@@ -71,7 +71,12 @@ then = { agent = "cy" }
 
 
 def build(
-    tmp_path: Path, database_url: str, clock: FrozenClock, rules: str = RULES, **routing: Any
+    tmp_path: Path,
+    database_url: str,
+    clock: FrozenClock,
+    rules: str = RULES,
+    addresses: tuple[dict[str, str], ...] | list[dict[str, str]] = (),
+    **routing: Any,
 ) -> App:
     folder = tmp_path / "rules"
     folder.mkdir(exist_ok=True)
@@ -90,6 +95,7 @@ def build(
         database_url,
         templates_dir=templates,
         routing={"rules_dir": folder, "default_group": "L1", **routing},
+        address=addresses,
         **PEOPLE,
     )
     return App.build(settings, clock=clock)
@@ -528,3 +534,25 @@ def test_keywords_match_the_words_as_a_reader_sees_them(
     assert queues[:4] == ["refunds", "accounts", "addresses", "refunds"]
     assert queues[4] not in ("refunds", "accounts", "addresses")
     assert "body contains 'reset my password'" in events_of(app, 2, "rule_matched")[0].reason
+
+
+def test_a_mail_to_two_support_addresses_takes_the_queue_its_rules_saw(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """support@ only names the sender shown on our mail; billing@ has a queue and a
+    category. A mail to both gets billing's queue and category, as its rules saw it."""
+    rules = (
+        '[[rule]]\nname = "billing-tag"\nwhen = { queue = "billing" }\nthen = { tags = ["b"] }\n'
+    )
+    addresses = [
+        {"address": "support@example.com", "from_name": "ACME Support"},
+        {"address": "billing@example.com", "queue": "billing", "category": "invoices"},
+    ]
+    app = build(tmp_path, database_url, clock, rules=rules, addresses=addresses)
+    deliver(
+        app,
+        make_mail(to="support@example.com", cc="billing@example.com"),
+        rcpt=("support@example.com", "billing@example.com"),
+    )
+    ticket = ticket_of(app, 1)
+    assert (ticket.queue, ticket.category, ticket.tags) == ("billing", "invoices", ["b"])
