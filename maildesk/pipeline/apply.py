@@ -293,7 +293,7 @@ class Applier:
                 why, answerable = f"written {at:%Y-%m-%d %H:%M} UTC, older than {max_age}", False
             elif ctx.possible_spam:
                 why, answerable = "possible spam: not acknowledged until released", False
-            elif forged is not None:
+            elif forged is not None and self.settings.acknowledgements.skip_dmarc_fail:
                 why, answerable = f"{forged}: the sender is likely forged (no backscatter)", False
             elif ctx.route is not None and ctx.route.result.ack_suppressed_by:
                 why, answerable = f"suppressed by rule {ctx.route.result.ack_suppressed_by}", False
@@ -400,9 +400,13 @@ class Applier:
         )
 
     def _forged_sender(self, ctx: MessageContext) -> str | None:
-        """Why our MTA's sender authentication says the From is not the sender's own."""
+        """Why our MTA's sender authentication says the From is not the sender's own.
+
+        Read whatever ``acknowledgements.skip_dmarc_fail`` says: that setting only
+        decides the acknowledgement, not who a forged mail may add to the ticket.
+        """
         ids = self.settings.agent_mail.trusted_authserv_ids
-        if not (self.settings.acknowledgements.skip_dmarc_fail and ids and ctx.parsed):
+        if not (ids and ctx.parsed):
             return None
         return failed_dmarc(ctx.parsed.header_all("Authentication-Results"), ids)
 

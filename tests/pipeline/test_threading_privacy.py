@@ -6,12 +6,15 @@ subscribed a stranger to another customer's answers before its fix.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import select
 
 from maildesk.app import App
 from maildesk.db.models import Ticket
-from tests.agents.agenthelp import client_reply, reply_address, to
+from tests.agents.agenthelp import agent_app, client_reply, reply_address, to
+from tests.conftest import FrozenClock
 from tests.mailfactory import deliver, make_mail
 from tests.pipeline.test_threading import ticket_of
 
@@ -121,11 +124,22 @@ def test_a_reused_message_id_does_not_join_another_customers_ticket(app: App) ->
     assert to(app, MALLORY, "agent_reply") == []
 
 
-def test_a_new_ticket_under_a_forged_from_gives_the_forger_no_key_to_it(app: App) -> None:
+@pytest.mark.parametrize("skip_dmarc_fail", [True, False], ids=["no-ack", "ack-anyway"])
+def test_a_new_ticket_under_a_forged_from_gives_the_forger_no_key_to_it(
+    tmp_path: Path, database_url: str, clock: FrozenClock, skip_dmarc_fail: bool
+) -> None:
     """Mallory asks as Alice (our MTA: dmarc=fail), then "replies" to her own forged mail.
 
-    The agents answer the ticket as Alice's: the answer must not reach Mallory.
+    The agents answer the ticket as Alice's: the answer must not reach Mallory,
+    also where ops chose to acknowledge DMARC failures (forwarders break DMARC).
     """
+    app = agent_app(
+        tmp_path,
+        database_url,
+        clock,
+        agent_mail={"trusted_authserv_ids": ["mx.example.com"]},
+        acknowledgements={"skip_dmarc_fail": skip_dmarc_fail},
+    )
     deliver(
         app,
         make_mail(
@@ -148,5 +162,6 @@ def test_a_new_ticket_under_a_forged_from_gives_the_forger_no_key_to_it(app: App
         ),
         mail_from=MALLORY,
     )
+    assert len(to(app, ALICE, "ack")) == (0 if skip_dmarc_fail else 1)
     bob_answers(app, number, "Hello Alice,\n\nyour account number is 4711.\n")
     assert to(app, MALLORY, "agent_reply") == []
