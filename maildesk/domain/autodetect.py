@@ -16,7 +16,6 @@ wins over list headers, so a vacation reply relayed by a list is AUTO_REPLY.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -307,44 +306,3 @@ def classify(
         precedence = [_reason("Precedence", v) for v in msg.header_all("Precedence")]
         return AutoVerdict(AutoKind.LIST, tuple(dict.fromkeys(listed + precedence)))
     return AutoVerdict(AutoKind.HUMAN)
-
-
-def _bare_address(text: str) -> str:
-    value = text.strip()
-    if value.lower().startswith("rfc822;"):
-        value = value[len("rfc822;") :]
-    elif ";" in value:
-        # Another address type ("x400;", "utf-8;"): the address follows the semicolon.
-        value = value.split(";", 1)[1]
-    return value.strip().strip("<>").strip().lower()
-
-
-def failed_recipients(msg: ParsedMessage) -> tuple[str, ...]:
-    """Lower-cased addresses the delivery report says failed, in order, once each."""
-    found: list[str] = []
-    for status in msg.delivery_status:
-        if status.action.strip().lower() != "failed":
-            continue
-        addr = _bare_address(status.final_recipient)
-        if addr and addr not in found:
-            found.append(addr)
-    return tuple(found)
-
-
-def _ids(values: Iterable[str]) -> list[str]:
-    ids: list[str] = []
-    for value in values:
-        bracketed = _ANGLE_ID_RE.findall(value)
-        ids.extend(bracketed or [t for t in value.split() if "@" in t])
-    return ids
-
-
-def bounced_message_ids(msg: ParsedMessage) -> tuple[str, ...]:
-    """Message-IDs of the returned original (its Message-ID, then In-Reply-To, References)."""
-    found: list[str] = []
-    for name in ("message-id", "in-reply-to", "references"):
-        values = [value for key, value in msg.returned_headers if key.lower() == name]
-        for mid in _ids(values):
-            if mid not in found:
-                found.append(mid)
-    return tuple(found)

@@ -47,6 +47,9 @@ class DeliveryStatus:
     action: str  # failed / delayed / delivered / relayed / expanded (lower-case)
     status: str  # e.g. "5.1.1"
     diagnostic: str = ""
+    # The address as the sender gave it, before a forward or alias rewrote it to
+    # ``final_recipient`` (RFC 3464 Original-Recipient; "" when not reported).
+    original_recipient: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -33,7 +33,8 @@ from maildesk.db.queries import KnownId, StoredMessage
 from maildesk.db.upsert import insert_ignore, insert_row, upsert_contact
 from maildesk.domain.address import base_address
 from maildesk.domain.authresults import failed_dmarc, passed_dmarc
-from maildesk.domain.autodetect import AutoKind, failed_recipients
+from maildesk.domain.autodetect import AutoKind
+from maildesk.domain.bounces import undeliverable
 from maildesk.domain.message import Address
 from maildesk.domain.subject import normalize_subject
 from maildesk.domain.threadindex import conversation_key
@@ -429,20 +430,29 @@ class Applier:
         a report naming anyone else, or no mail of ours, is anyone's to write.
         """
         until = self.now + timedelta(days=self.settings.outbound.suppression_days)
-        failed = failed_recipients(ctx.message)
-        ignored = [a for a in failed if a not in ctx.bounced_to]
-        if ignored:
+        report = undeliverable(ctx.message, ctx.bounced_to)
+        if report.strangers:
             self.event(
                 session,
                 "suppression_refused",
-                f"the bounce names {', '.join(ignored[:5])} but returns no mail of ours to "
-                "them: not suppressed",
+                f"the bounce names {', '.join(report.strangers[:5])} but returns no mail of "
+                "ours to them: not suppressed",
+                data={"addresses": list(report.strangers[:100])},
                 intake=intake,
                 ticket=ticket,
                 message=message,
-                data={"addresses": ignored[:100]},
             )
-        for address in (a for a in failed if a in ctx.bounced_to):
+        if report.failed:
+            self.event(
+                session,
+                "bounce_not_suppressed",
+                f"not delivered, but the address may be fine: {'; '.join(report.failed[:5])}",
+                data={"failures": list(report.failed[:100])},
+                intake=intake,
+                ticket=ticket,
+                message=message,
+            )
+        for address in report.dead:
             why = f"bounced (intake {intake.id}, ticket #{ticket.number})"
             suppress(session, address, until, why, self.now)
             self.event(

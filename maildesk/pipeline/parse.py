@@ -499,9 +499,8 @@ class _PartWalker:
 
     def _delivery_status(self, part: Message) -> None:
         for block in _dsn_blocks(part):
-            recipient = _dsn_field(block, "final-recipient") or _dsn_field(
-                block, "original-recipient"
-            )
+            original = _dsn_field(block, "original-recipient")
+            recipient = _dsn_field(block, "final-recipient") or original
             if not recipient:
                 continue
             status = _dsn_field(block, "status")
@@ -515,6 +514,7 @@ class _PartWalker:
                     diagnostic=diagnostic.split(";", 1)[-1].strip()
                     if ";" in diagnostic
                     else diagnostic,
+                    original_recipient=original.split(";", 1)[-1].strip().strip("<>"),
                 )
             )
 

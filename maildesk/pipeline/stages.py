@@ -18,7 +18,8 @@ from maildesk.agents.stage import agent_stage
 from maildesk.config import PipelineSettings, Settings
 from maildesk.db import queries
 from maildesk.db.models import IdOrigin, Message, Outbox, Ticket, TicketStatus
-from maildesk.domain.autodetect import AutoKind, bounced_message_ids, classify
+from maildesk.domain.autodetect import AutoKind, classify
+from maildesk.domain.bounces import bounced_message_ids
 from maildesk.domain.message import (
     TRUNCATED_HEADER,
     UNFETCHABLE_HEADER,

@@ -7,13 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from maildesk.domain.autodetect import (
-    AutoKind,
-    AutoVerdict,
-    bounced_message_ids,
-    classify,
-    failed_recipients,
-)
+from maildesk.domain.autodetect import AutoKind, AutoVerdict, classify
+from maildesk.domain.bounces import Undeliverable, bounced_message_ids, undeliverable
 from maildesk.domain.message import Address, DeliveryStatus, ParsedMessage
 
 OWN = frozenset({"support@example.com", "billing@example.com"})
@@ -344,19 +339,27 @@ def test_custom_loop_header() -> None:
     assert verdict(msg).kind is AutoKind.HUMAN
 
 
-def test_failed_recipients() -> None:
+def test_undeliverable_suppresses_only_a_dead_address_of_ours() -> None:
     msg = make(
         delivery_status=(
             DeliveryStatus("rfc822; Bob@Example.ORG", "failed", "5.1.1"),
-            DeliveryStatus("RFC822;<carol@x.test>", "Failed", "5.2.2"),
+            DeliveryStatus("RFC822;<carol@x.test>", "Failed", "5.2.2", "mailbox full"),
             DeliveryStatus("rfc822;dave@x.test", "delayed", "4.4.1"),
             DeliveryStatus("rfc822;erin@x.test", "delivered", "2.0.0"),
             DeliveryStatus("rfc822; bob@example.org", "failed", "5.1.1"),
+            DeliveryStatus("rfc822;frank@x.test", "failed", "5.0.0", "550 User unknown"),
+            DeliveryStatus("rfc822;gina@x.test", "failed", "5.7.1", "550 rejected as spam"),
+            DeliveryStatus("rfc822;mallory@x.test", "failed", "5.1.1"),
             DeliveryStatus("", "failed", "5.0.0"),
         )
     )
-    assert failed_recipients(msg) == ("bob@example.org", "carol@x.test")
-    assert failed_recipients(make()) == ()
+    ours = ["bob@example.org", "carol@x.test", "dave@x.test", "frank@x.test", "gina@x.test"]
+    assert undeliverable(msg, ours) == Undeliverable(
+        dead=("bob@example.org", "frank@x.test"),
+        failed=("carol@x.test: 5.2.2 mailbox full", "gina@x.test: 5.7.1 550 rejected as spam"),
+        strangers=("mallory@x.test",),
+    )
+    assert undeliverable(make(), ours) == Undeliverable()
 
 
 def test_bounced_message_ids() -> None:
