@@ -36,6 +36,7 @@ from maildesk.people import Directory
 MIN_LEAK_CHARS = 24
 _WS = re.compile(r"\s+")
 _PARAGRAPH = re.compile(r"\n\s*\n")
+_QUOTE_PREFIX = re.compile(r"^(?:[ \t]*>)+")
 _SAFE_TYPE = re.compile(r"^[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*$")
 
 
@@ -63,9 +64,14 @@ def note_passages(session: Session, ticket: Ticket) -> list[str]:
 
 
 def leaked_note(passages: Sequence[str], text: str) -> str | None:
-    """The first note passage that ``text`` contains (its start, for the log), or None."""
-    haystack = _squash(text)
-    return next((p[:60] for p in passages if haystack and p in haystack), None)
+    """The first note passage that ``text`` contains (its start, for the log), or None.
+
+    Also when ``text`` quotes it: ">" prefixes are looked through, as a note of
+    several lines comes back with one in front of each line.
+    """
+    unquoted = "\n".join(_QUOTE_PREFIX.sub("", line) for line in text.splitlines())
+    haystacks = [h for h in dict.fromkeys((_squash(text), _squash(unquoted))) if h]
+    return next((p[:60] for p in passages if any(p in h for h in haystacks)), None)
 
 
 def safe_attachments(

@@ -94,7 +94,20 @@ def agent_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop 
         if sender_agent is None:
             return None  # customer mail
         checked = _auth(ctx, settings, sender_agent)
+        parsed = parse_commands(msg.text)
         if internal and thread.ticket_id is not None and checked.ok:
+            if parsed.commands:
+                # A note needs no more than the From; commands do (From alone proves
+                # nothing, and the internal address may be only a Cc header): the note
+                # is kept, the commands wait for the agent's signed "reply to apply".
+                ctx.agent = AgentMail(
+                    CONFIRM_REQUEST,
+                    thread.ticket_id,
+                    sender_agent.name,
+                    "commands in a mail to the internal address: confirmation requested",
+                    commands=tuple(c.line for c in parsed.commands),
+                )
+                return None
             ctx.agent = AgentMail(
                 INTERNAL,
                 thread.ticket_id,
@@ -104,7 +117,6 @@ def agent_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop 
             )
             return None
         replying = thread.rule not in (ThreadRule.SUBJECT_TAG, ThreadRule.NEW_TICKET)
-        parsed = parse_commands(msg.text)
         ticket = _tagged_ticket(ctx, session, deps)
         if parsed.commands and ticket is not None and checked.ok and not replying:
             ctx.agent = AgentMail(

@@ -287,10 +287,12 @@ class _AgentTurn:
             self.result_mail(out, sent.recipients if sent else (), is_note)
 
     def confirm_request(self) -> None:
-        """Commands in a new mail: hold them and ask the agent to confirm by a signed reply."""
+        """Commands in a mail not signed for the agent (a new mail, or one to the internal
+        address): the text is kept as a note, the commands wait for a signed reply."""
         mail, agent = self.mail, self.agent
         parsed = parse_commands(self.ctx.message.text)
-        message = self.store(MessageKind.INTERNAL_NOTE, parsed.text.strip())
+        text = _clean_text(self.ctx, parsed.text, self.notices, self.ticket)
+        message = self.store(MessageKind.INTERNAL_NOTE, text)
         held = insert_row(
             self.session,
             HeldAgentMail,
@@ -304,8 +306,8 @@ class _AgentTurn:
         self.event(
             message,
             "agent_confirm_requested",
-            f"agent {agent.name} sent commands in a new mail: confirmation requested "
-            f"(held {held.id})",
+            f"agent {agent.name} sent commands in a mail not signed for them: "
+            f"confirmation requested (held {held.id})",
             {**_data(mail), "held": held.id, "commands": list(mail.commands)},
         )
         extra = {

@@ -12,13 +12,14 @@ from datetime import datetime, timedelta
 from email.errors import HeaderParseError
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
 from maildesk.db import queries
 from maildesk.db.models import (
     Contact,
+    Direction,
     Event,
     Message,
     MessageKind,
@@ -264,14 +265,22 @@ class Notices:
         return None
 
     def _references(self, session: Session, message: Message) -> list[str]:
+        """Ids of the conversation the customer side has seen: its mail and ours to it.
+
+        Agents' own mail (replies, notes, confirmations, their out-of-office answers,
+        all inbound but not customer mail) and mail to agents (ids "md.a.*") stay out:
+        their ids name the agents' private hosts.
+        """
         ids = session.scalars(
             select(Message.header_message_id)
             .where(
                 Message.ticket_id == message.ticket_id,
                 Message.id <= message.id,
-                Message.kind.not_in([MessageKind.AGENT_REPLY, MessageKind.INTERNAL_NOTE]),
+                or_(
+                    Message.direction == Direction.OUTBOUND,
+                    Message.kind == MessageKind.CUSTOMER,
+                ),
             )
             .order_by(Message.id)
         ).all()
-        # Mail to agents (ids "md.a.*") and agents' own mail stay out of customer mail.
         return [i for i in ids if i and not i.startswith("md.a.")]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import email
 import email.policy
 from email.message import EmailMessage
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -18,11 +19,15 @@ from maildesk.app import App
 from maildesk.db.models import Event, Intake, IntakeState
 from tests.agents.agenthelp import (
     AGENT_ADDRESSES,
+    agent_app,
     client_reply,
+    events_of_kind,
     outbox,
     reply_address,
+    ticket_number,
     to,
 )
+from tests.conftest import FrozenClock
 from tests.mailfactory import deliver, make_mail, reply_to
 
 ALICE = "alice@customer.test"
@@ -176,3 +181,148 @@ def test_a_mail_with_hundreds_of_cc_does_not_make_each_answer_a_mailing(app: App
     with app.db.transaction() as session:
         [note] = session.scalars(select(Event).where(Event.kind == "cc_not_added")).all()
         assert note.reason.startswith("252 Cc address(es) not added")
+
+
+def test_a_forged_agent_from_with_the_internal_address_in_cc_applies_no_command(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """The internal address makes a note on the agent's From alone; it must not make
+    that From a key to the commands. Mallory knows a Message-ID of the thread (her
+    own mail, or one she was copied on) and writes the internal address into a Cc
+    header only: the mail comes in to the public support address."""
+    app = agent_app(
+        tmp_path, database_url, clock, agent_mail={"internal_addresses": ["internal@example.com"]}
+    )
+    try:
+        deliver(app, make_mail(message_id="first@customer.test"))
+        forged = make_mail(
+            sender="Bob Agent <bob@agents.test>",
+            subject="Re: Printer on fire",
+            cc="internal@example.com",
+            body="#status closed\n#cc mallory@evil.test\n\nClosing, see internal.\n",
+            message_id="forged@evil.test",
+            in_reply_to="first@customer.test",
+        )
+        deliver(app, forged, mail_from=MALLORY)
+
+        ticket = ticket_number(app)
+        assert ticket.status == "new"
+        assert not events_of_kind(app, "agent_command")
+        # Bob is asked to confirm the commands by a reply signed for him; he never
+        # wrote them, so he does not, and his next answer does not go to Mallory.
+        assert len(to(app, "bob@agents.test", "agent_confirm")) == 1
+        notice = to(app, "bob@agents.test", "new_ticket")[0]
+        raw = client_reply(notice, "Hello Alice,\n\nplease unplug the printer.\n")
+        deliver(app, raw, rcpt=(reply_address(notice),), mail_from="bob@agents.test")
+        [answer] = to(app, ALICE, "agent_reply")
+        assert answer.recipients == [ALICE]
+        assert to(app, MALLORY) == []
+    finally:
+        app.db.dispose()
+
+
+def test_the_agents_own_commands_to_the_internal_address_apply_once_confirmed(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    app = agent_app(
+        tmp_path, database_url, clock, agent_mail={"internal_addresses": ["internal@example.com"]}
+    )
+    try:
+        first = make_mail(message_id="first@customer.test")
+        deliver(app, first)
+        note = reply_to(
+            first, sender="Bob Agent <bob@agents.test>", body=f"#priority high\n\n{SECRET}\n"
+        )
+        deliver(app, note, rcpt=("internal@example.com",), mail_from="bob@agents.test")
+        assert ticket_number(app).priority == "normal"
+        [request] = to(app, "bob@agents.test", "agent_confirm")
+        assert "#priority high" in request.text
+        deliver(
+            app,
+            client_reply(request, "yes\n"),
+            rcpt=(reply_address(request),),
+            mail_from="bob@agents.test",
+        )
+        assert ticket_number(app).priority == "high"
+        # The note is kept, for the agents only.
+        deliver(app, reply_to(first, body="Any news?\n", message_id="second@customer.test"))
+        assert SECRET in to(app, "bob@agents.test", "customer_reply")[-1].text
+        customer_mail = [s for s in outbox(app) if ALICE in s.recipients]
+        assert all("5000 EUR" not in s.text for s in customer_mail)
+    finally:
+        app.db.dispose()
+
+
+def test_an_agents_out_of_office_reply_leaves_no_trace_in_customer_mail(app: App) -> None:
+    """The agent's own mail (here their out-of-office answer to a notification) is
+    stored on the ticket; its Message-ID names the agent's private host and must not
+    appear in the References of what the customer gets afterwards."""
+    first = make_mail(message_id="first@customer.test")
+    deliver(app, first)
+    notice = to(app, "bob@agents.test", "new_ticket")[0]
+    away = email.message_from_bytes(
+        client_reply(
+            notice,
+            "I am out of the office until Monday.\n",
+            headers={"Auto-Submitted": "auto-replied", "X-Autoreply": "yes"},
+        ),
+        policy=email.policy.default,
+    )
+    away.replace_header("Message-ID", "<ooo.1234@mailhost.agents.test>")
+    deliver(app, away.as_bytes(), rcpt=(reply_address(notice),), mail_from="bob@agents.test")
+    assert events_of_kind(app, "agent_auto_reply")
+
+    deliver(app, reply_to(first, body="Any news?\n", message_id="second@customer.test"))
+    latest = to(app, "bob@agents.test", "customer_reply")[-1]
+    raw = client_reply(latest, "#status resolved\n\nHello Alice,\n\nit is fixed.\n")
+    deliver(app, raw, rcpt=(reply_address(latest),), mail_from="bob@agents.test")
+
+    customer_mail = [s for s in outbox(app) if ALICE in s.recipients]
+    assert {s.purpose for s in customer_mail} == {"ack", "agent_reply", "resolved"}
+    for sent in customer_mail:
+        assert b"agents.test" not in sent.raw, (sent.purpose, sent.msg["References"])
+
+
+def test_a_note_left_in_an_inline_reply_is_not_sent_to_the_customer(app: App) -> None:
+    """Bob answers inline: he deletes the notification's first lines (the marker and
+    the instructions), writes under Alice's question and signs at the bottom, below
+    the rest of the quote -- which holds the internal notes. A note of more than one
+    line comes back with a "> " in front of each line, and is still a note."""
+    note = "Customer owes us 5000 EUR from the last contract.\nDo not mention it until legal signs off.\n"
+    first = make_mail(message_id="first@customer.test")
+    deliver(app, first)
+    notice = to(app, "bob@agents.test", "new_ticket")[0]
+    address = reply_address(notice)
+    deliver(app, client_reply(notice, f"#note\n\n{note}"), rcpt=(address,), mail_from="bob@x")
+    deliver(app, reply_to(first, body="Any news?\n", message_id="second@customer.test"))
+    latest = to(app, "bob@agents.test", "customer_reply")[-1]
+    assert "legal signs off" in latest.text
+
+    lines = latest.text.splitlines()
+    start = next(i for i, line in enumerate(lines) if "wrote on ticket #1" in line)
+    question = lines.index("Any news?")
+
+    def quoted(part: list[str]) -> list[str]:
+        return ["> " + line if line else ">" for line in part]
+
+    text = "\n".join(
+        [
+            "On 02.03.26 09:00, Support wrote:",
+            *quoted(lines[start : question + 1]),
+            "",
+            "Hello Alice, a technician comes on Monday.",
+            "",
+            *quoted(lines[question + 1 :]),
+            "",
+            "Best regards",
+        ]
+    )
+    reply = email.message_from_bytes(client_reply(latest, ""), policy=email.policy.default)
+    assert isinstance(reply, EmailMessage)
+    reply.set_content(text + "\n")
+    deliver(app, reply.as_bytes(), rcpt=(address,), mail_from="bob@agents.test")
+
+    for sent in [s for s in outbox(app) if not AGENT_ADDRESSES & set(s.recipients)]:
+        assert "5000 EUR" not in sent.text, (sent.purpose, sent.text)
+    report = to(app, "bob@agents.test", "agent_result")[-1]
+    assert "reply NOT sent: it contains the internal note text" in report.text
