@@ -14,7 +14,9 @@ from dataclasses import dataclass
 from maildesk.db.models import Priority, TicketStatus
 
 MAX_COMMANDS = 20
-_LINE = re.compile(r"^#([A-Za-z][A-Za-z_-]{1,15})(?:[ \t]+(.*?))?[ \t]*$")
+# Any white space but a line end separates a command from its argument: a no-break
+# space is what some clients put there.
+_LINE = re.compile(r"^#([A-Za-z][A-Za-z_-]{1,15})(?:[^\S\n]+(.*?))?[^\S\n]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][\w.\-]{0,119}$")
 _CATEGORY = re.compile(r"^[\w][\w .&/\-]{0,119}$")
 _TEMPLATE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")

@@ -27,6 +27,13 @@ from maildesk.agents.commands import parse_commands
         ("#category Billing & Invoices\n", [("category", "Billing & Invoices", None)], ""),
         ("Hello\n#status resolved\n", [], "Hello\n#status resolved\n"),  # not at the top
         ("#1 in the queue\n", [], "#1 in the queue\n"),  # not a command name
+        # A no-break space between command and argument, as some clients type it: the
+        # line is still a command, and the note after it is not sent to the customer.
+        (
+            "#status\u00a0resolved\n#note\nsecret\n",
+            [("status", "resolved", None), ("note", "", None)],
+            "secret\n",
+        ),
     ],
 )
 def test_parse(text: str, commands: list[tuple[str, str, None]], rest: str) -> None:
