@@ -45,6 +45,7 @@ from maildesk.outbound.suppression import suppress
 from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind, ThreadRule
 from maildesk.pipeline.lookahead import Lookahead
 from maildesk.routing.apply_route import apply_route
+from maildesk.spam.quarantine import is_spam_quarantine
 from maildesk.tickets import merge_tickets
 
 MAX_ID = 998
@@ -287,10 +288,12 @@ class Applier:
             )
         if verdict.kind is AutoKind.BOUNCE:
             self._suppress(session, ctx, intake, ticket, message)
+        # Released from quarantine by ops: it waited there on us, not in an old mailbox.
+        written = self.now if ctx.forced and ctx.source != "file" else at
         if created and self.notices is not None:
             why = f"{verdict.kind}: " + "; ".join(verdict.reasons)
             max_age = timedelta(hours=self.settings.acknowledgements.max_age_hours)
-            if self.now - at > max_age:
+            if self.now - written > max_age:
                 why, answerable = f"written {at:%Y-%m-%d %H:%M} UTC, older than {max_age}", False
             elif ctx.possible_spam:
                 why, answerable = "possible spam: not acknowledged until released", False
@@ -319,7 +322,7 @@ class Applier:
                 created=created,
                 reopened=decision.reopen,
                 assignee_before=None if created else assignee_before,
-                written_at=at,
+                written_at=written,
             )
 
         ticket.updated_at = max(ticket.updated_at, at)
@@ -328,6 +331,14 @@ class Applier:
         intake.state = IntakeState.DONE
         intake.disposition = Disposition.CREATED if created else Disposition.THREADED
         intake.message_pk, intake.ticket_id = message.id, ticket.id
+        if ctx.forced and ticket.possible_spam and is_spam_quarantine(intake):
+            # Released spam is ham: the possible-spam ticket it joins (a follow-up
+            # the customer sent meanwhile) is released with it, and acknowledged.
+            from maildesk.spam.feedback import SpamLabel, settle_ticket  # imports the pipeline
+
+            settle_ticket(
+                session, intake, SpamLabel.HAM, self.notices, self.now, actor="quarantine release"
+            )
         intake.processed_at = self.now
         intake.claimed_by = None
         self.flush_events(session)

@@ -195,7 +195,13 @@ class SlaSweeper:
         if selection is not None:
             evaluation = evaluate(selection.policy, history.events, now, self.calendars)
             rows = self._rows(history.ticket, selection.policy.name, evaluation, now)
-            if history.ticket.status not in (TicketStatus.RESOLVED, TicketStatus.CLOSED):
+            # Possible spam is nobody's work until released as ham: no escalation
+            # (no mail to agents, no priority or group change) before then; what
+            # came due meanwhile fires once it is released.
+            if (
+                history.ticket.status not in (TicketStatus.RESOLVED, TicketStatus.CLOSED)
+                and not history.ticket.possible_spam
+            ):
                 self._escalate(session, history.ticket, selection.policy, evaluation, now, result)
         result.auto_closed += self._auto_close(session, history, now)
         return rows

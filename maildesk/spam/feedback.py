@@ -26,8 +26,18 @@ from sqlalchemy.orm import Session
 
 from maildesk.db import queries
 from maildesk.db.database import Database
-from maildesk.db.models import Blob, Event, Intake, Message, SpamFeedback, Ticket, TicketStatus
+from maildesk.db.models import (
+    Blob,
+    Event,
+    Intake,
+    Message,
+    Outbox,
+    SpamFeedback,
+    Ticket,
+    TicketStatus,
+)
 from maildesk.db.upsert import insert_ignore_statement
+from maildesk.outbound.agent_notices import notify_after_customer_mail
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.parse import ParseError, parse_message
 from maildesk.shared_models import PUBLISH_ATTEMPTS, PublishConflict, publish, pull, settle
@@ -268,7 +278,7 @@ def settle_ticket(
         _event(session, ticket, now, f"marked ham by {actor}: possible-spam flag cleared")
         message = session.get(Message, intake.message_pk) if intake.message_pk else None
         if notices is not None and message is not None:
-            notices.acknowledge(session, ticket, message, True, "released as ham")
+            _announce(session, ticket, message, notices, now)
         return f"ticket #{ticket.number} released"
     if label is SpamLabel.SPAM:
         ticket.possible_spam = True
@@ -276,6 +286,36 @@ def settle_ticket(
         change_status(session, ticket, TicketStatus.CLOSED, now, None, actor=actor)
         return f"ticket #{ticket.number} closed as spam"
     return f"ticket #{ticket.number} unchanged"
+
+
+def _announce(
+    session: Session, ticket: Ticket, message: Message, notices: Notices, now: datetime
+) -> None:
+    """What a new ticket gets, held back while it was possible spam: once each.
+
+    The flag is also set by a spam verdict on a ticket that was acknowledged
+    and announced when it came in; a later ham verdict must not do it again.
+    """
+    if _queued(session, ticket, "ack"):
+        _event(session, ticket, now, "already acknowledged: not acknowledged again")
+    else:
+        notices.acknowledge(session, ticket, message, True, "released as ham")
+    if not _queued(session, ticket, "new_ticket"):
+        notify_after_customer_mail(
+            session,
+            notices,
+            ticket,
+            message,
+            created=True,
+            reopened=False,
+            assignee_before=None,
+            written_at=now,
+        )
+
+
+def _queued(session: Session, ticket: Ticket, purpose: str) -> bool:
+    found = select(Outbox.id).where(Outbox.ticket_id == ticket.id, Outbox.purpose == purpose)
+    return session.scalar(found.limit(1)) is not None
 
 
 def _event(session: Session, ticket: Ticket, now: datetime, reason: str) -> None:

@@ -3,7 +3,8 @@
 * take the shared live model other nodes published, learn pending feedback,
   save and publish the model (every ``learn_interval_seconds``, and once more
   on shutdown, so nothing recorded is left unlearned);
-* the daily digest of quarantined spam (when ``digest_to`` is set);
+* the daily digest of quarantined spam (when ``digest_to`` is set), and at
+  start the one a daemon not running at ``digest_at`` missed;
 * expiry of spam held longer than ``retention_days`` (hourly).
 """
 
@@ -87,6 +88,9 @@ def add_spam_learning(scheduler: BaseScheduler, app: App) -> None:
             args=(app,),
             id="spam-digest",
             misfire_grace_time=6 * 3600,
+            # Once at start too: a daemon down at digest_at sends the digest it
+            # missed (the day's Message-ID keeps it to one digest a day).
+            next_run_time=datetime.now(UTC),
             **common,
         )
     if spam.retention_days:

@@ -21,7 +21,7 @@ from email.policy import default as default_policy
 from email.utils import format_datetime
 from zoneinfo import ZoneInfo
 
-from sqlalchemy import ColumnElement, and_, delete, exists, or_, select
+from sqlalchemy import ColumnElement, and_, delete, exists, func, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -98,9 +98,10 @@ def digest_window(settings: Settings, now: datetime) -> tuple[datetime, datetime
 def held_spam(session: Session, since: datetime, until: datetime) -> tuple[int, list[HeldSpam]]:
     """How many spam messages were quarantined in ``[since, until)``, and the first ones."""
     window = and_(_spam_held(), Intake.processed_at >= since, Intake.processed_at < until)
-    rows = list(session.scalars(select(Intake).where(window).order_by(Intake.id)))
+    count = session.scalar(select(func.count(Intake.id)).where(window)) or 0
+    rows = session.scalars(select(Intake).where(window).order_by(Intake.id).limit(DIGEST_LIMIT))
     listed = []
-    for row in rows[:DIGEST_LIMIT]:
+    for row in rows:
         blob = session.get(Blob, row.raw_sha256)
         headers = BytesHeaderParser(policy=default_policy).parsebytes(
             bytes(blob.data)[:65536] if blob else b""
@@ -116,7 +117,7 @@ def held_spam(session: Session, since: datetime, until: datetime) -> tuple[int, 
                 message_id=one_line(row.header_message_id or "")[:_FIELD_LIMIT],
             )
         )
-    return len(rows), listed
+    return count, listed
 
 
 def _field(headers: object, name: str) -> str:
