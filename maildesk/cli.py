@@ -362,6 +362,11 @@ def quarantine_retry(ctx: click.Context, intake_id: int) -> None:
 @click.pass_context
 def quarantine_release(ctx: click.Context, intake_id: int) -> None:
     """Make a ticket of it whatever held it (unparsable mail keeps its raw text)."""
+    release_quarantined(ctx, intake_id)
+
+
+def release_quarantined(ctx: click.Context, intake_id: int) -> None:
+    """Release a quarantined message to the pipeline (spam released is learned as ham)."""
     _requeue(ctx, intake_id, force=True)
 
 

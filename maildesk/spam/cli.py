@@ -208,12 +208,15 @@ def why(ctx: click.Context, message_id: str, top: int) -> None:
 def mark(ctx: click.Context, label: str, message_id: str) -> None:
     """Tell the filter what a stored message is (by its Message-ID), and learn it.
 
-    Ham releases a possible-spam ticket (and sends its acknowledgement); spam
-    closes the ticket. Each message is learned once per label.
+    Ham releases a possible-spam ticket (and sends its acknowledgement), or mail
+    held in quarantine as spam (it becomes a ticket, as `quarantine release`
+    makes it); spam closes the ticket. Each message is learned once per label.
     """
-    from maildesk.cli import build_app, learn_spam_feedback, spam_feedback
+    from maildesk.cli import build_app, learn_spam_feedback, release_quarantined, spam_feedback
     from maildesk.db import queries
+    from maildesk.db.models import IntakeState
     from maildesk.spam.feedback import SpamLabel, settle_ticket
+    from maildesk.spam.quarantine import is_spam_quarantine
 
     app = build_app(ctx)
     wanted = message_id.strip().strip("<>")
@@ -228,8 +231,15 @@ def mark(ctx: click.Context, label: str, message_id: str) -> None:
             session, intake, SpamLabel(label), app.notices(), app.clock(), actor="cli"
         )
         news = spam_feedback(app, session, intake.raw_sha256, label, "cli")
+        held = intake.state == IntakeState.QUARANTINED and is_spam_quarantine(intake)
+        release = label == SpamLabel.HAM and held
+        if release:
+            done = "released from quarantine"
     click.echo(f"<{wanted}> marked {label}" + ("" if news else " (already known)") + f"; {done}")
-    learn_spam_feedback(app)
+    if release:
+        release_quarantined(ctx, intake.id)
+    else:
+        learn_spam_feedback(app)
 
 
 @spam.command("status")

@@ -141,3 +141,20 @@ def test_mail_without_a_message_id_is_found_by_its_synthetic_id_or_intake_id(
     assert "intake 1 " in cli(config, "explain", shown).output  # the guard's record, too
     missing = CliRunner().invoke(main, ["--config", str(config), "spam", "why", "99"])
     assert missing.exit_code == 1 and "no stored message with intake id 99" in missing.output
+
+
+def test_marking_held_spam_ham_releases_it_to_a_ticket(
+    everything_is_spam: Path, database_url: str
+) -> None:
+    """`spam mark ham` on mail the filter held is the release ops meant, not only a
+    lesson: without it the mail stayed held and expired after the retention days."""
+    cli(everything_is_spam, "ingest", "-", stdin=make_mail(message_id="held@customer.test"))
+    assert rows(database_url, Ticket) == []
+    out = cli(everything_is_spam, "spam", "mark", "ham", "held@customer.test").output
+    assert "released from quarantine" in out and "created 1" in out and "learned 1" in out
+    [ticket] = rows(database_url, Ticket)
+    assert not ticket.possible_spam
+    [ack] = rows(database_url, Outbox)
+    assert ack.purpose == "ack" and ack.recipients == ["alice@customer.test"]
+    [feedback] = rows(database_url, SpamFeedback)
+    assert feedback.label == "ham"
