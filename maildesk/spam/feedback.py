@@ -276,16 +276,50 @@ def settle_ticket(
     if label is SpamLabel.HAM and ticket.possible_spam:
         ticket.possible_spam = False
         _event(session, ticket, now, f"marked ham by {actor}: possible-spam flag cleared")
+        reopened = _undo_spam_close(session, ticket, now, actor)
         message = session.get(Message, intake.message_pk) if intake.message_pk else None
         if notices is not None and message is not None:
             _announce(session, ticket, message, notices, now)
+        if reopened is not None:
+            return f"ticket #{ticket.number} released and reopened ({reopened})"
         return f"ticket #{ticket.number} released"
     if label is SpamLabel.SPAM:
         ticket.possible_spam = True
-        _event(session, ticket, now, f"marked spam by {actor}")
-        change_status(session, ticket, TicketStatus.CLOSED, now, None, actor=actor)
+        before = ticket.status
+        if change_status(session, ticket, TicketStatus.CLOSED, now, None, actor=actor):
+            _event(session, ticket, now, f"marked spam by {actor}", {SPAM_CLOSED_FROM: before})
+        else:
+            _event(session, ticket, now, f"marked spam by {actor}")
         return f"ticket #{ticket.number} closed as spam"
     return f"ticket #{ticket.number} unchanged"
+
+
+SPAM_CLOSED_FROM = "closed_from"  # spam_feedback event data: the status a spam verdict closed
+
+
+def _undo_spam_close(session: Session, ticket: Ticket, now: datetime, actor: str) -> str | None:
+    """Put back the status a spam verdict closed the ticket from, if nothing changed since.
+
+    Returns the status restored, or None (not closed by a verdict, or closed,
+    resolved or reopened by someone after it: their decision stands).
+    """
+    from maildesk.tickets import change_status
+
+    if ticket.status is not TicketStatus.CLOSED:
+        return None
+    recent = session.scalars(
+        select(Event)
+        .where(Event.ticket_id == ticket.id, Event.kind.in_(("status", "spam_feedback")))
+        .order_by(Event.id.desc())
+        .limit(50)
+    )
+    last = [e for e in recent if e.kind == "status" or SPAM_CLOSED_FROM in (e.data or {})][:2]
+    # The verdict wrote its status event, then its own: both must still be the newest.
+    if len(last) < 2 or last[0].kind != "spam_feedback" or last[1].kind != "status":
+        return None
+    before = TicketStatus(last[0].data[SPAM_CLOSED_FROM])
+    change_status(session, ticket, before, now, None, actor=f"{actor} (spam verdict undone)")
+    return str(before)
 
 
 def _announce(
@@ -318,5 +352,13 @@ def _queued(session: Session, ticket: Ticket, purpose: str) -> bool:
     return session.scalar(found.limit(1)) is not None
 
 
-def _event(session: Session, ticket: Ticket, now: datetime, reason: str) -> None:
-    session.add(Event(at=now, kind="spam_feedback", reason=reason, ticket_id=ticket.id))
+def _event(
+    session: Session,
+    ticket: Ticket,
+    now: datetime,
+    reason: str,
+    data: dict[str, str] | None = None,
+) -> None:
+    session.add(
+        Event(at=now, kind="spam_feedback", reason=reason, ticket_id=ticket.id, data=data or {})
+    )

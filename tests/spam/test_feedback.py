@@ -158,3 +158,24 @@ def test_marking_held_spam_ham_releases_it_to_a_ticket(
     assert ack.purpose == "ack" and ack.recipients == ["alice@customer.test"]
     [feedback] = rows(database_url, SpamFeedback)
     assert feedback.label == "ham"
+
+
+def test_a_spam_verdict_corrected_to_ham_reopens_the_ticket_it_closed(
+    tmp_path: Path, database_url: str
+) -> None:
+    """A ticket closed by a spam verdict given by mistake comes back as it was; one an
+    agent closed after the verdict stays closed."""
+    config = config_file(tmp_path, database_url, "enabled = true")
+    cli(config, "ingest", "-", stdin=make_mail(message_id="x@customer.test"))
+    cli(config, "tickets", "set-status", "1", "open")
+    cli(config, "spam", "mark", "spam", "x@customer.test")
+    out = cli(config, "spam", "mark", "ham", "x@customer.test").output
+    assert "reopened" in out
+    [ticket] = rows(database_url, Ticket)
+    assert (ticket.status, ticket.possible_spam, ticket.closed_at) == ("open", False, None)
+
+    cli(config, "spam", "mark", "spam", "x@customer.test")
+    cli(config, "tickets", "set-status", "1", "resolved")  # a later decision of its own
+    cli(config, "spam", "mark", "ham", "x@customer.test")
+    [ticket] = rows(database_url, Ticket)
+    assert (ticket.status, ticket.possible_spam) == ("resolved", False)
