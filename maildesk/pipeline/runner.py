@@ -8,13 +8,14 @@ message, so what the stages read is what apply writes against.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
@@ -28,12 +29,25 @@ from maildesk.pipeline.apply import Applier
 from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind
 from maildesk.pipeline.lookahead import Lookahead
 from maildesk.pipeline.parsepool import Parsed, ParsePool
-from maildesk.pipeline.stages import DB_STAGES, StageDeps, copy_of_quarantined
+from maildesk.pipeline.stages import (
+    DB_STAGES,
+    StageDeps,
+    conversation_keys,
+    copy_of_quarantined,
+)
 from maildesk.routing.router import Router
 from maildesk.spam.scoring import ScorerSpec
 
 log = logging.getLogger("maildesk.pipeline")
 FIRST_BATCH = 16
+# The first key of the two-key advisory locks on conversations ("mdth"): a space
+# apart from the run lock's one-key lock.
+CONVERSATION_LOCK_SPACE = 0x6D647468
+# In ascending order, so two batches sharing keys never wait on each other crosswise.
+_LOCK_CONVERSATIONS = text(
+    "SELECT pg_advisory_xact_lock(:space, k) FROM "
+    "(SELECT DISTINCT k FROM unnest(CAST(:keys AS integer[])) AS k ORDER BY k OFFSET 0) AS keys"
+)
 
 
 @dataclass(frozen=True)
@@ -209,6 +223,7 @@ class Worker:
             applier = Applier(self.settings, self.clock(), self.notices)
             intakes = self._still_claimed(session, batch)
             batch = [ctx for ctx in batch if ctx.intake_id in intakes]
+            self._lock_conversations(session, [c for c in batch if stops[c.intake_id] is None])
             if not isolated:
                 # All or nothing: prefetch the batch's lookups, write its events once.
                 window = timedelta(days=self.settings.threading.subject_window_days)
@@ -251,6 +266,23 @@ class Worker:
             else:
                 log.info("intake=%s: taken over by another node while this one had it", row.id)
         return held
+
+    def _lock_conversations(self, session: Session, batch: list[MessageContext]) -> None:
+        """Lock, until commit, the conversations the batch's messages may join or start.
+
+        READ COMMITTED lets two nodes each decide "new ticket" for a reply and
+        its parent (or for one mail received by both) when neither sees the
+        other's uncommitted rows: two tickets, two acknowledgements. With the
+        keys locked first, the second node waits for the first to commit and
+        then reads what it wrote. SQLite has one writer at a time already.
+        """
+        if self.db.is_sqlite or not batch:
+            return
+        keys = {_lock_key(key) for ctx in batch for key in conversation_keys(ctx)}
+        if keys:
+            session.execute(
+                _LOCK_CONVERSATIONS, {"space": CONVERSATION_LOCK_SPACE, "keys": sorted(keys)}
+            )
 
     def _process_one(
         self,
@@ -367,3 +399,9 @@ class Worker:
 
     def close(self) -> None:
         self.parse_pool.close()
+
+
+def _lock_key(key: str) -> int:
+    """A signed 32-bit advisory lock key for ``key`` (a collision only serialises more)."""
+    digest = hashlib.blake2b(key.encode("utf-8", "replace"), digest_size=4).digest()
+    return int.from_bytes(digest, "big", signed=True)

@@ -379,6 +379,32 @@ def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) ->
     return ThreadDecision(ThreadRule.NEW_TICKET, None, "no rule matched: new ticket")
 
 
+# References kept for the conversation lock: the root and the nearest ancestors,
+# which every well-formed reply in the thread shares with the mail it answers.
+LOCKED_REFERENCES = 3
+
+
+def conversation_keys(ctx: MessageContext) -> set[str]:
+    """What :func:`find_conversation` and dedupe look this message up by.
+
+    Two nodes deciding two mails of one conversation at the same moment (a
+    reply and its parent, one mail on two nodes) must decide one after the
+    other, each seeing what the other wrote: the runner locks these keys
+    (PostgreSQL advisory locks) before the stages read.
+    """
+    msg = ctx.message
+    refs = msg.references
+    if len(refs) > 2 * LOCKED_REFERENCES:
+        refs = (*refs[:LOCKED_REFERENCES], *refs[-LOCKED_REFERENCES:])
+    keys = {f"id:{mid}" for mid in (msg.message_id, *msg.in_reply_to, *refs) if mid}
+    sender, normalized = _sender(msg), normalize_subject(msg.subject)
+    if sender and normalized:
+        keys.add(f"subject:{sender}\0{normalized}")
+    if msg.thread_index and (key := conversation_key(msg.thread_index)):
+        keys.add(f"thread-index:{key}")
+    return keys
+
+
 def _open_ticket_by_sender_subject(
     session: Session, sender: str, normalized: str, since: datetime
 ) -> Ticket | None:
