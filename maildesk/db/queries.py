@@ -35,6 +35,8 @@ class StoredMessage(NamedTuple):
     id: int
     ticket_id: int
     body_hash: str | None
+    kind: MessageKind
+    from_addr: str
 
 
 class KnownId(NamedTuple):
@@ -45,7 +47,9 @@ class KnownId(NamedTuple):
     origin: IdOrigin
 
 
-_STORED_MESSAGE = select(Message.id, Message.ticket_id, Message.body_hash)
+_STORED_MESSAGE = select(
+    Message.id, Message.ticket_id, Message.body_hash, Message.kind, Message.from_addr
+)
 _KNOWN_ID = select(KnownMessageId.message_id, KnownMessageId.ticket_id, KnownMessageId.origin)
 
 
@@ -57,7 +61,7 @@ def message_by_dedupe_key(session: Session, key: str) -> StoredMessage | None:
 def messages_by_dedupe_keys(session: Session, keys: Sequence[str]) -> dict[str, StoredMessage]:
     stmt = select(Message.dedupe_key, *_STORED_MESSAGE.selected_columns)
     rows = session.execute(stmt.where(Message.dedupe_key.in_(keys)))
-    return {key: StoredMessage(pk, ticket_id, digest) for key, pk, ticket_id, digest in rows}
+    return {key: StoredMessage(*row) for key, *row in rows}
 
 
 def quarantined_copies(

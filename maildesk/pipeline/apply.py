@@ -606,7 +606,10 @@ class Applier:
         )
         if (lookahead := Lookahead.of(session)) is not None:
             lookahead.stored_message(
-                ctx.dedupe_key, StoredMessage(message.id, ticket.id, ctx.body_hash)
+                ctx.dedupe_key,
+                StoredMessage(
+                    message.id, ticket.id, ctx.body_hash, message.kind, message.from_addr
+                ),
             )
             lookahead.touched(ticket)
         store_attachments(session, message.id, msg.attachments)

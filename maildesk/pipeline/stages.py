@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from maildesk.agents.stage import agent_stage
 from maildesk.config import PipelineSettings, Settings
 from maildesk.db import queries
-from maildesk.db.models import IdOrigin, Message, Outbox, Ticket, TicketStatus
+from maildesk.db.models import IdOrigin, Message, MessageKind, Outbox, Ticket, TicketStatus
 from maildesk.domain.autodetect import AutoKind, classify
 from maildesk.domain.bounces import bounced_message_ids
 from maildesk.domain.message import (
@@ -140,6 +140,18 @@ def _stored_message(session: Session, key: str) -> queries.StoredMessage | None:
     return queries.message_by_dedupe_key(session, key)
 
 
+_AGENT_KINDS = (MessageKind.AGENT_REPLY, MessageKind.INTERNAL_NOTE)
+
+
+def _same_agent_mail(existing: queries.StoredMessage, msg: ParsedMessage) -> bool:
+    """An agent's mail again under its Message-ID, its body changed on the way (a list's
+    footer, a gateway re-encoding it): the same reply, whose commands and answer must
+    not apply twice. Agents' clients do not reuse ids; a web form's reuse (different
+    mail under one id) comes from customers and stays apart."""
+    sender = (msg.from_.addr if msg.from_ else "").lower()
+    return existing.kind in _AGENT_KINDS and bool(sender) and existing.from_addr.lower() == sender
+
+
 def dedupe_stage(ctx: MessageContext, session: Session, _deps: StageDeps) -> Stop | None:
     msg = ctx.message
     if ctx.body_hash is None:
@@ -148,6 +160,13 @@ def dedupe_stage(ctx: MessageContext, session: Session, _deps: StageDeps) -> Sto
     key = bounded_key(msg.message_id or synthetic_message_id(msg, digest))
     existing = _stored_message(session, key)
     if existing is not None and existing.body_hash != digest:
+        if _same_agent_mail(existing, msg):
+            return Stop(
+                StopKind.DUPLICATE,
+                f"Message-ID {key}: the agent's mail again, its body changed on the way",
+                duplicate_of_message=existing.id,
+                duplicate_of_ticket=existing.ticket_id,
+            )
         ctx.note(
             "message_id_collision",
             f"Message-ID {key} already belongs to a different message; kept apart",

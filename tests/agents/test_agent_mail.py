@@ -106,6 +106,20 @@ def test_agent_reply_reaches_the_customer_without_quotes_commands_or_private_add
     assert MessageKind.AGENT_REPLY in kinds
 
 
+def test_an_agents_reply_that_comes_back_with_a_footer_is_not_sent_twice(app: App) -> None:
+    """Bob's reply also reaches us through his team's list, which adds a footer: the
+    same Message-ID from the same agent is the same reply, not a second answer."""
+    notice = _open_ticket(app)
+    raw = client_reply(notice, "#priority high\n\nHello Alice,\n\nunplug the printer.\n")
+    _agent_deliver(app, raw, reply_address(notice))
+    footer = b"\n_______________\nteam-l mailing list -- unsubscribe: team-l-leave@agents.test\n"
+    _agent_deliver(app, raw.rstrip(b"\n") + footer, reply_address(notice))
+
+    assert len(to(app, ALICE, "agent_reply")) == 1
+    assert len(events_of_kind(app, "agent_command")) == 1
+    assert len(to(app, "bob@agents.test", "agent_result")) == 1
+
+
 def test_invalid_commands_are_not_applied_and_reported(app: App) -> None:
     notice = _open_ticket(app)
     raw = client_reply(
