@@ -8,12 +8,10 @@ once, while one node is killed with SIGKILL and started again.
 
 from __future__ import annotations
 
-import os
 import re
 import smtplib
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -21,11 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, func, select, text
+from sqlalchemy import create_engine, func, select
 
-from maildesk.db.database import Database
 from maildesk.db.models import Intake, IntakeState, Message, Outbox, OutboxState, Ticket
-from tests.conftest import PG_ADMIN_URL
+from tests.conftest import private_pg_database
 from tests.daemon_harness import DaemonProcess, RelaySink
 from tests.mailfactory import make_mail
 
@@ -52,24 +49,8 @@ class NodeProcess(DaemonProcess):
 @pytest.fixture
 def fresh_pg() -> Iterator[str]:
     """A PostgreSQL database of its own, migrated, dropped afterwards."""
-    name = f"maildesk_nodes_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as exc:  # pragma: no cover - depends on the machine
-        admin.dispose()
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
-    url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    db = Database(url)
-    db.upgrade()
-    db.dispose()
-    yield url
-    with admin.connect() as conn:
-        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-    admin.dispose()
+    with private_pg_database("maildesk_nodes") as url:
+        yield url
 
 
 @dataclass(frozen=True)
