@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
-from maildesk.agents.commands import parse_commands
+from maildesk.agents.commands import Parsed, parse_commands
 from maildesk.agents.trust import (
     AuthCheck,
     Verdict,
@@ -64,6 +64,17 @@ def _auth(ctx: MessageContext, all_settings: Settings, agent: AgentSettings) -> 
     return check_auth(settings, ctx.message, domain, lambda: dkim_domain(ctx.raw))
 
 
+def _confirm_request(ticket_id: int, agent: str, where: str, parsed: Parsed) -> AgentMail:
+    """Commands held until the agent confirms them by replying to a mail signed for them."""
+    return AgentMail(
+        CONFIRM_REQUEST,
+        ticket_id,
+        agent,
+        f"commands in {where}: confirmation requested",
+        commands=tuple(c.line for c in parsed.commands),
+    )
+
+
 def agent_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop | None:
     if ctx.forced or ctx.thread is None:
         return None  # released by ops: processed as the customer mail it looks like
@@ -100,12 +111,8 @@ def agent_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop 
                 # A note needs no more than the From; commands do (From alone proves
                 # nothing, and the internal address may be only a Cc header): the note
                 # is kept, the commands wait for the agent's signed "reply to apply".
-                ctx.agent = AgentMail(
-                    CONFIRM_REQUEST,
-                    thread.ticket_id,
-                    sender_agent.name,
-                    "commands in a mail to the internal address: confirmation requested",
-                    commands=tuple(c.line for c in parsed.commands),
+                ctx.agent = _confirm_request(
+                    thread.ticket_id, sender_agent.name, "a mail to the internal address", parsed
                 )
                 return None
             ctx.agent = AgentMail(
@@ -119,13 +126,7 @@ def agent_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop 
         replying = thread.rule not in (ThreadRule.SUBJECT_TAG, ThreadRule.NEW_TICKET)
         ticket = _tagged_ticket(ctx, session, deps)
         if parsed.commands and ticket is not None and checked.ok and not replying:
-            ctx.agent = AgentMail(
-                CONFIRM_REQUEST,
-                ticket.id,
-                sender_agent.name,
-                "commands in a new mail: confirmation requested",
-                commands=tuple(c.line for c in parsed.commands),
-            )
+            ctx.agent = _confirm_request(ticket.id, sender_agent.name, "a new mail", parsed)
             ctx.thread = ThreadDecision(
                 ThreadRule.SUBJECT_TAG,
                 ticket.id,
