@@ -198,7 +198,7 @@ class Daemon:
         scheduler.add_job(
             pull_models,
             "interval",
-            args=(self.app.db, self.app.settings),
+            args=(self.app.db, self.app.settings, self.app.router.models),
             seconds=SHARED_MODELS_INTERVAL_SECONDS,
             id="shared-models",
             max_instances=1,
@@ -218,7 +218,8 @@ class Daemon:
             self.app.db.dispose()
             return os.EX_TEMPFAIL  # systemd tries again once the other one has stopped
         spam_jobs.take_shared_model(self.app)  # before the parse children load it
-        pull_models(self.app.db, self.app.settings)  # category/queue models other nodes taught
+        # category/queue models other nodes taught
+        pull_models(self.app.db, self.app.settings, self.app.router.models)
         worker = self.app.worker()
         released = worker.release_own_claims() + self.app.sender().release_own_claims()
         if released:

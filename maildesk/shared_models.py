@@ -57,15 +57,19 @@ def shared_version(db: Database, name: str) -> int | None:
         return session.scalar(select(SharedModel.version).where(SharedModel.name == name))
 
 
-def pull(db: Database, live_path: Path, name: str = SPAM) -> int | None:
-    """Make this node's copy the database's model if it is not already; returns its version."""
+def pull(db: Database, live_path: Path, name: str = SPAM, *, force: bool = False) -> int | None:
+    """Make this node's copy the database's model if it is not already; returns its version.
+
+    ``force``: take the database's copy even if this node's claims to be that version
+    (the caller found the file damaged).
+    """
     with db.transaction() as session:
-        return pull_in(session, live_path, name)
+        return pull_in(session, live_path, name, force=force)
 
 
-def pull_in(session: Session, live_path: Path, name: str) -> int | None:
+def pull_in(session: Session, live_path: Path, name: str, *, force: bool = False) -> int | None:
     """:func:`pull` inside the caller's transaction."""
-    held = held_version(live_path) if live_path.exists() else None
+    held = held_version(live_path) if live_path.exists() and not force else None
     version = session.scalar(select(SharedModel.version).where(SharedModel.name == name))
     if version is None or version == held:
         return held

@@ -19,7 +19,8 @@ Design
   its label applies; the confidence of the winning label is its probability
   divided by the sum over labels (sklearn's OvR normalisation). It is
   calibrated-ish: monotone and in [0, 1], but not guaranteed to match observed
-  accuracy exactly. ``predict`` returns ``label=None`` below ``threshold``.
+  accuracy exactly. ``predict`` returns ``label=None`` below ``threshold``. A model
+  that knows a single label has nothing to choose between: confidence 0.
 * Files: one ``.npz`` written with ``allow_pickle=False`` holding float arrays and a
   UTF-8 JSON metadata blob (labels, format, feature config, counts, version).
   Saved atomically (temporary file + ``os.replace``); loading never unpickles.
@@ -51,6 +52,9 @@ FORMAT_NAME: Final = "maildesk-category-model"
 FORMAT_VERSION: Final = 1
 _NEG, _POS = 0, 1
 _BINARY_CLASSES: Final = np.array([_NEG, _POS])
+
+
+_CSV_FIELD_LIMIT: Final = 64 * 1024 * 1024
 
 
 class ModelFileError(ValueError):
@@ -236,6 +240,12 @@ class CategoryModel:
     def predict_many(self, texts: Sequence[str]) -> list[Prediction]:
         if not self._learners:
             return [Prediction(None, 0.0, None) for _ in texts]
+        if len(self._learners) < 2:
+            # One label is no choice: its share of the probabilities is 1.0 for any
+            # text at all, so it is no confidence (a first correction on a fresh
+            # installation would otherwise claim every ticket).
+            (only,) = self._learners
+            return [Prediction(None, 0.0, only) for _ in texts]
         proba = self._proba(self._vectorizer.transform(list(texts)))
         best = proba.argmax(axis=1)
         labels = self.labels
@@ -480,17 +490,26 @@ def read_labelled_csv(
     """Read (text, label) pairs from a CSV with a header row; rows without a label are skipped."""
     texts: list[str] = []
     labels: list[str] = []
-    with open(path, newline="", encoding="utf-8") as fh:
-        reader = csv.DictReader(fh)
-        columns = reader.fieldnames or []
-        for col in (text_col, label_col):
-            if col not in columns:
-                raise ValueError(f"{path}: no column {col!r} (columns: {', '.join(columns)})")
-        for row in reader:
-            label = (row[label_col] or "").strip()
-            if label:
-                texts.append(row[text_col] or "")
-                labels.append(label)
+    # A ticket's text may be longer than the csv module's default 128 KiB field limit.
+    limit = csv.field_size_limit()
+    csv.field_size_limit(max(limit, _CSV_FIELD_LIMIT))
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            reader = csv.DictReader(fh)
+            columns = reader.fieldnames or []
+            for col in (text_col, label_col):
+                if col not in columns:
+                    raise ValueError(f"{path}: no column {col!r} (columns: {', '.join(columns)})")
+            try:
+                for row in reader:
+                    label = (row[label_col] or "").strip()
+                    if label:
+                        texts.append(row[text_col] or "")
+                        labels.append(label)
+            except csv.Error as exc:
+                raise ValueError(f"{path}: line {reader.line_num}: {exc}") from exc
+    finally:
+        csv.field_size_limit(limit)
     return texts, labels
 
 

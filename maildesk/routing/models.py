@@ -51,6 +51,7 @@ class ModelSlot:
         self.path = path
         self._model: CategoryModel | None = None
         self._stamp: tuple[int, int] | None = None
+        self._unreadable = False  # the file as it is now did not load
 
     def _current_stamp(self) -> tuple[int, int] | None:
         if self.path is None:
@@ -71,10 +72,17 @@ class ModelSlot:
 
             try:
                 self._model = CategoryModel.load(self.path)  # type: ignore[arg-type]
+                self._unreadable = False
             except ModelFileError as exc:
                 log.error("%s model not loaded, keeping the previous one: %s", self.field, exc)
+                self._unreadable = True
             self._stamp = stamp
         return self._model
+
+    def unreadable(self) -> bool:
+        """Whether the file is there but does not load (damaged, truncated, foreign)."""
+        self.model()
+        return self._stamp is not None and self._unreadable
 
     def guess(self, text: str) -> Guess | None:
         model = self.model()
@@ -98,13 +106,20 @@ class ModelSlot:
         learned on and the result published in that transaction, so every node
         gets the correction (:mod:`maildesk.shared_models`).
         """
-        from maildesk.routing.categorize import CategoryModel
+        from maildesk.routing.categorize import CategoryModel, ModelFileError
 
         if self.path is None:
             raise ValueError(f"no {self.field} model configured")
         for _attempt in range(PUBLISH_ATTEMPTS):
-            based_on = pull_in(session, self.path, self.field) if session is not None else None
+            based_on = None
+            if session is not None:
+                # A damaged copy is not what the database holds: take the database's again.
+                based_on = pull_in(session, self.path, self.field, force=self.unreadable())
             model = self.model()
+            if model is None and self.unreadable():
+                # Learning on an empty model would replace everything learned (and, once
+                # published, on every node) with this one correction.
+                raise ModelFileError(f"{self.path}: the {self.field} model does not load")
             if model is None:
                 model = CategoryModel()
             model.learn(text, label)
@@ -129,12 +144,18 @@ class ModelSlot:
         raise PublishConflict(f"{self.field} model: still conflicting after {PUBLISH_ATTEMPTS}")
 
 
-def pull_models(db: Database, settings: Settings) -> None:
-    """Take the category/queue models other nodes published (at start and periodically)."""
-    for slot in model_slots(settings).values():
+def pull_models(
+    db: Database, settings: Settings, slots: dict[str, ModelSlot] | None = None
+) -> None:
+    """Take the category/queue models other nodes published (at start and periodically).
+
+    ``slots``: the route stage's, so a file is read only when it changed.
+    """
+    for slot in (slots or model_slots(settings)).values():
         if slot.path is not None:
             try:
-                pull(db, slot.path, slot.field)
+                # A copy that does not load (damaged on disk) is taken again.
+                pull(db, slot.path, slot.field, force=slot.unreadable())
             except Exception:
                 log.exception("%s model: could not take the shared model", slot.field)
 
