@@ -17,7 +17,7 @@ import logging
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import Table, select, update
+from sqlalchemy import Table, event, select, update
 from sqlalchemy.orm import Session
 
 from maildesk.atomic import write_atomic
@@ -122,3 +122,13 @@ def publish(
 def settle(live_path: Path, version: int) -> None:
     """This node's copy is ``version`` (after a committed :func:`publish`)."""
     _hold(live_path, version)
+
+
+def settle_on_commit(session: Session, live_path: Path, version: int) -> None:
+    """:func:`settle` once ``session``'s transaction commits; never if it rolls back.
+
+    For a :func:`publish` inside a caller's transaction: recorded before its
+    commit, a rollback would leave this node believing it holds a version the
+    database never got, and another node's version of that number unseen.
+    """
+    event.listen(session, "after_commit", lambda _session: settle(live_path, version), once=True)

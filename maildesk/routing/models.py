@@ -25,7 +25,7 @@ from maildesk.shared_models import (
     publish,
     pull,
     pull_in,
-    settle,
+    settle_on_commit,
 )
 
 if TYPE_CHECKING:
@@ -139,7 +139,7 @@ class ModelSlot:
             except PublishConflict as exc:
                 log.info("%s; learning the correction again on the newer model", exc)
                 continue
-            settle(self.path, version)
+            settle_on_commit(session, self.path, version)
             return model.version
         raise PublishConflict(f"{self.field} model: still conflicting after {PUBLISH_ATTEMPTS}")
 

@@ -14,7 +14,7 @@ from maildesk.app import App
 from maildesk.cli import main
 from maildesk.config import load_settings
 from maildesk.routing.categorize import CategoryModel
-from maildesk.routing.models import CATEGORY_MODEL_NAME, pull_models
+from maildesk.routing.models import CATEGORY_MODEL_NAME, ModelSlot, pull_models
 from maildesk.shared_models import held_version, pull, shared_version
 from tests.agents.agenthelp import client_reply, events_of_kind, reply_address, ticket_number, to
 from tests.conftest import FrozenClock, make_settings, write_cli_config
@@ -188,3 +188,25 @@ def test_train_takes_a_ticket_longer_than_the_csv_modules_field_limit(tmp_path: 
     result = CliRunner().invoke(main, [*args, "--label-col", "Category", "--out", str(out)])
     assert result.exit_code == 0, result.output
     assert set(CategoryModel.load(out).labels) == set(HISTORY)
+
+
+def test_a_correction_whose_transaction_rolls_back_leaves_the_node_taking_the_next_model(
+    app: App, tmp_path: Path
+) -> None:
+    """Node A learns a correction, then its transaction fails (a later step of the same
+    mail); node B publishes its own. A must take B's model, not believe it already
+    holds that version number."""
+    node_a = ModelSlot("category", tmp_path / "a" / CATEGORY_MODEL_NAME)
+    node_b = ModelSlot("category", tmp_path / "b" / CATEGORY_MODEL_NAME)
+    for slot in (node_a, node_b):
+        assert slot.path is not None
+        slot.path.parent.mkdir()
+    with pytest.raises(RuntimeError), app.db.transaction() as session:
+        node_a.learn("the printer has a paper jam", "printing", session=session, node="a")
+        raise RuntimeError("a later step of this mail failed")
+    with app.db.transaction() as session:
+        node_b.learn("the vpn drops every hour", "network", session=session, node="b")
+
+    assert node_a.path is not None
+    pull(app.db, node_a.path, "category")
+    assert CategoryModel.load(node_a.path).labels == ("network",)
