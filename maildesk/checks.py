@@ -26,9 +26,11 @@ from maildesk.intake.imap import (
     resolve_logins,
 )
 from maildesk.intake.oauth2 import Login
+from maildesk.intake.smtp import check_listener_files
 from maildesk.outbound.templates import TemplateRenderer, default_templates_dir
 from maildesk.routing.router import known_names, rules_dir
 from maildesk.routing.rules import RulesError, load_rules
+from maildesk.sla.settings import named_templates
 
 SAMPLE: dict[str, Any] = {
     "ticket": {
@@ -44,6 +46,31 @@ SAMPLE: dict[str, Any] = {
     "reopen_days": 14,
     "rating": [{"score": 5, "address": "support+rate-1-5-sig@example.com"}],
 }
+
+
+def check_startup(settings: Settings) -> None:
+    """What `maildesk run` reads as it starts beyond the config values; ConfigError if bad.
+
+    Secrets from files or the environment, listeners' certificates and users
+    files, templates the SLA jobs name. Checked before anything starts, so a
+    problem is exit 78 naming the key, not a traceback (and a systemd restart
+    loop) or a daemon that fails at its first scheduled job.
+    """
+    resolve_relay_password(settings)
+    if settings.imap:
+        resolve_logins(settings, utc_now)
+    for index, listener in enumerate(settings.listeners):
+        check_listener_files(settings.source, index, listener)
+    if settings.sla.enabled:
+        directory = default_templates_dir(settings.templates_dir)
+        renderer = TemplateRenderer(directory)
+        for key, name, audience in named_templates(settings.sla):
+            if not renderer.exists(name, audience):
+                raise ConfigError(
+                    settings.source,
+                    key,
+                    f"no template {name}.{audience}.txt.j2 or .html.j2 in {directory}",
+                )
 
 
 def run_checks(settings: Settings) -> Iterator[tuple[bool, str]]:

@@ -506,9 +506,14 @@ def export(ctx: click.Context, output: Path | None) -> None:
 @click.pass_context
 def run_daemon(ctx: click.Context) -> None:
     """Run the daemon in the foreground: listeners, worker, outbox sender."""
+    from maildesk.checks import check_startup
     from maildesk.service import Daemon
 
     app = build_app(ctx)
+    try:
+        check_startup(app.settings)
+    except ConfigError as exc:
+        _fail(str(exc), EX_CONFIG)
     # At start there are no last good rules or templates to keep.
     if app.router.holder.last_error is not None:
         _fail(str(app.router.holder.last_error), EX_CONFIG)
@@ -521,10 +526,11 @@ def run_daemon(ctx: click.Context) -> None:
 @click.pass_context
 def check(ctx: click.Context) -> None:
     """Validate the config and try every configured connection, one line per check."""
-    from maildesk.checks import run_checks
+    from maildesk.checks import check_startup, run_checks
 
     try:
         settings = load_settings(ctx.obj["config"], ctx.obj["data_dir"])
+        check_startup(settings)
     except ConfigError as exc:
         click.echo(f"FAIL config: {exc}")
         sys.exit(EX_CONFIG)
@@ -568,7 +574,11 @@ def outbox_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
 def outbox_drain(ctx: click.Context) -> None:
     """Send what is due now (the daemon does this on its own)."""
     app = build_app(ctx)
-    result = app.sender(app.command_node_name).drain()
+    try:
+        sender = app.sender(app.command_node_name)
+    except ConfigError as exc:  # the relay password file or variable
+        _fail(str(exc), EX_CONFIG)
+    result = sender.drain()
     click.echo(
         f"sent {result.sent}, retry later {result.retried}, "
         f"failed {result.failed}, suppressed {result.suppressed}"

@@ -31,6 +31,8 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError
 
 from maildesk.domain.address import base_address
 from maildesk.sla.calendar import CalendarConfig, WeeklyHours
@@ -92,6 +94,12 @@ class ListenerSettings(_Section):
         if self.require_auth and self.auth_users_file is None:
             # Without it the listener had no one to check, and let everyone in.
             raise ValueError("auth_users_file: require_auth = true needs the file of users")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            # One without the other used to start the listener without STARTTLS, silently.
+            missing = "tls_key" if self.tls_key is None else "tls_cert"
+            raise ValueError(f"{missing}: STARTTLS needs both tls_cert and tls_key")
+        if self.tls_cert is not None and self.protocol != "smtp":
+            raise ValueError("tls_cert: STARTTLS is offered by smtp listeners only")
         return self
 
 
@@ -476,26 +484,38 @@ def _check_people(
     groups: tuple[GroupSettings, ...],
     organisations: tuple[OrganisationSettings, ...],
 ) -> None:
-    """Names unique, every reference resolves, no address or domain claimed twice."""
-    agent_names = _unique("agents", [a.name for a in agents])
-    group_names = _unique("groups", [g.name for g in groups])
-    if clash := agent_names & group_names:
-        raise ValueError(f"{sorted(clash)[0]!r} names both an agent and a group")
-    _unique("agent addresses", [addr for a in agents for addr in a.addresses])
-    _unique("organisation domains", [d for o in organisations for d in o.domains])
-    for agent in agents:
+    """Names unique, every reference resolves, no address or domain claimed twice.
+
+    Each error starts with the dotted key of the table that holds the problem.
+    """
+    agent_names = _unique("agents", "name", [[a.name] for a in agents])
+    group_names = _unique("groups", "name", [[g.name] for g in groups])
+    for index, group in enumerate(groups):
+        if group.name in agent_names:
+            raise ValueError(f"groups.{index}.name: {group.name!r} names both an agent and a group")
+    _unique("agents", "addresses", [a.addresses for a in agents], "agent address")
+    _unique("organisations", "domains", [o.domains for o in organisations], "organisation domain")
+    for index, agent in enumerate(agents):
         for group_name in agent.groups:
             if group_name not in group_names:
-                raise ValueError(f"agent {agent.name!r} is in unknown group {group_name!r}")
-    for group in groups:
+                raise ValueError(
+                    f"agents.{index}.groups: agent {agent.name!r} is in unknown group "
+                    f"{group_name!r}"
+                )
+    for index, group in enumerate(groups):
+        key = f"groups.{index}"
         if group.lead is not None and group.lead not in agent_names:
-            raise ValueError(f"group {group.name!r} has unknown lead {group.lead!r}")
+            raise ValueError(f"{key}.lead: group {group.name!r} has unknown lead {group.lead!r}")
         fallback = group.default_responsible
         if fallback is not None and fallback not in agent_names:
-            raise ValueError(f"group {group.name!r} has unknown default_responsible {fallback!r}")
+            raise ValueError(
+                f"{key}.default_responsible: group {group.name!r} has unknown "
+                f"default_responsible {fallback!r}"
+            )
         if group.escalates_to is not None and group.escalates_to not in group_names:
             raise ValueError(
-                f"group {group.name!r} escalates to unknown group {group.escalates_to!r}"
+                f"{key}.escalates_to: group {group.name!r} escalates to unknown group "
+                f"{group.escalates_to!r}"
             )
 
 
@@ -517,12 +537,15 @@ def _check_routing(settings: Settings) -> None:
         raise ValueError(f"routing.business_calendar: unknown calendar {calendar!r}")
 
 
-def _unique(what: str, names: list[str]) -> set[str]:
+def _unique(table: str, field: str, values: Iterable[Iterable[str]], what: str = "") -> set[str]:
+    """The values of ``field`` across the ``[[table]]`` entries; ValueError on a repeat."""
     seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise ValueError(f"{what}: {name!r} appears twice")
-        seen.add(name)
+    for index, names in enumerate(values):
+        for name in names:
+            if name in seen:
+                label = f"{what} {name!r}" if what else repr(name)
+                raise ValueError(f"{table}.{index}.{field}: {label} appears twice")
+            seen.add(name)
     return seen
 
 
@@ -602,9 +625,51 @@ class Settings(_Section):
             self.calendars,
             (g.name for g in self.groups),
             (a.name for a in self.agents),
-            {o.name: o.sla_policy for o in self.organisations},
+            [(o.name, o.sla_policy) for o in self.organisations],
         )
         return self
+
+    @model_validator(mode="after")
+    def _no_mail_loops(self) -> Settings:
+        # Mail to one of our own addresses comes back in as our own mail: stored, never read.
+        own = self.own_addresses | set(self.agent_mail.internal_addresses)
+        for index, agent in enumerate(self.agents):
+            for address in agent.addresses:
+                if base_address(address) in own:
+                    raise ValueError(
+                        f"agents.{index}.addresses: {address!r} is one of our own support or "
+                        "internal addresses; notifications sent there would come back as mail"
+                    )
+        digest_to = self.spam.digest_to
+        if digest_to and base_address(digest_to) in own:
+            raise ValueError(
+                f"spam.digest_to: {digest_to!r} is one of our own support or internal "
+                "addresses; the digest would come back as mail instead of reaching a person"
+            )
+        return self
+
+    @field_validator("database_url")
+    @classmethod
+    def _database_url(cls, value: str) -> str:
+        """A URL SQLAlchemy can open with an installed driver (checked without connecting)."""
+        if not value:
+            return value
+        example = "e.g. postgresql+psycopg://user@host/db or sqlite:////path/db.sqlite3"
+        try:
+            url = make_url(value)
+        except ArgumentError:
+            raise ValueError(f"not a database URL ({example})") from None
+        try:
+            dialect = url.get_dialect()
+        except NoSuchModuleError:
+            raise ValueError(f"unknown database kind {url.drivername!r} ({example})") from None
+        try:
+            dialect.import_dbapi()
+        except ImportError as exc:
+            raise ValueError(
+                f"no driver for {url.drivername!r} is installed ({exc}; {example})"
+            ) from None
+        return value
 
     @field_validator("support_addresses")
     @classmethod
@@ -705,7 +770,20 @@ def load_settings(explicit: str | None = None, data_dir: str | None = None) -> S
         elif key and (named := re.fullmatch(r"([a-z_]+): (.+)", reason, re.S)):
             key, reason = f"{key}.{named[1]}", named[2]  # and one within a section, its own
         raise ConfigError(source, key, reason) from None
+    _check_directories(settings)
     return settings
+
+
+def _check_directories(settings: Settings) -> None:
+    """Folders named in the config exist: a missing one would run without templates or rules."""
+    named = {
+        "templates_dir": settings.templates_dir,
+        "routing.rules_dir": settings.routing.rules_dir,
+    }
+    for key, path in named.items():
+        if path is not None and not path.is_dir():
+            reason = "no such directory" if not path.exists() else "not a directory"
+            raise ConfigError(settings.source, key, f"{reason}: {path}")
 
 
 def resolve_secret(

@@ -23,7 +23,7 @@ from aiosmtpd.controller import Controller, UnixSocketController
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-from maildesk.config import ListenerSettings
+from maildesk.config import ConfigError, ListenerSettings
 from maildesk.db.database import StorageUnavailable
 from maildesk.domain.address import base_address
 from maildesk.intake.store import Envelope, IntakeStore
@@ -268,12 +268,59 @@ class _LimitedSocketController(_LimitedFactory, UnixSocketController):
     pass
 
 
-def _authenticator(users_file: Path) -> Callable[..., AuthResult]:
+def _read_users(users_file: Path) -> dict[str, str]:
+    """The ``user:password`` lines of an auth users file (``#`` starts a comment line)."""
     users: dict[str, str] = {}
     for line in users_file.read_text(encoding="utf-8").splitlines():
         if ":" in line and not line.startswith("#"):
             user, password = line.split(":", 1)
             users[user.strip()] = password.strip()
+    return users
+
+
+def _tls_context(settings: ListenerSettings) -> ssl.SSLContext:
+    assert settings.tls_cert is not None and settings.tls_key is not None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    return context
+
+
+def check_listener_files(source: str, index: int, settings: ListenerSettings) -> None:
+    """The certificate, key and users file a listener reads as it starts; ConfigError if not.
+
+    Found only then, they would stop `maildesk run` with a traceback after the
+    config was accepted (and systemd would restart it again and again).
+    """
+    key = f"listeners.{index}"
+    if settings.tls_cert is not None and settings.tls_key is not None:
+        try:
+            _tls_context(settings)
+        except (OSError, ssl.SSLError) as exc:
+            reason = exc.strerror or str(exc)
+            raise ConfigError(
+                source,
+                f"{key}.tls_cert",
+                f"cannot load {settings.tls_cert} with {settings.tls_key}: {reason}",
+            ) from None
+    if settings.require_auth and settings.auth_users_file is not None:
+        path = settings.auth_users_file
+        try:
+            users = _read_users(path)
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = (exc.strerror if isinstance(exc, OSError) else None) or str(exc)
+            raise ConfigError(
+                source, f"{key}.auth_users_file", f"cannot read {path}: {reason}"
+            ) from None
+        if not users:
+            raise ConfigError(
+                source,
+                f"{key}.auth_users_file",
+                f"{path} has no 'user:password' line: nobody could deliver mail",
+            )
+
+
+def _authenticator(users_file: Path) -> Callable[..., AuthResult]:
+    users = _read_users(users_file)
 
     def check(
         server: SMTP, session: Any, envelope: Any, mechanism: str, auth_data: Any
@@ -297,9 +344,7 @@ def build_controller(
         "ident": "maildesk",
     }
     if settings.tls_cert and settings.tls_key and settings.protocol == "smtp":
-        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
-        context.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
-        kwargs["tls_context"] = context
+        kwargs["tls_context"] = _tls_context(settings)
         kwargs["require_starttls"] = settings.require_auth
     if settings.require_auth and settings.auth_users_file:
         kwargs["authenticator"] = _authenticator(settings.auth_users_file)

@@ -8,7 +8,7 @@ names the dotted key.
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -134,12 +134,32 @@ class SlaSettings(_Model):
         return next((p for p in self.policies if p.name == name), None)
 
 
+def named_templates(sla: SlaSettings) -> list[tuple[str, str, str]]:
+    """(dotted key, template name, audience) of each template the SLA jobs will render.
+
+    Only templates named explicitly, and auto-close ones only for a step that is on:
+    a missing one is found by the sweep, which then sends nothing (a notice
+    skipped, a ticket resolved without telling the customer).
+    """
+    found = []
+    for i, policy in enumerate(sla.policies):
+        for level in Level:
+            if template := policy.escalation(level).template:
+                found.append((f"sla.policies.{i}.{level}.template", template, "agent"))
+    auto = sla.auto_close
+    if auto.pending_reminder_days is not None:
+        found.append(("sla.auto_close.reminder_template", auto.reminder_template, "customer"))
+    if auto.pending_resolve_days is not None:
+        found.append(("sla.auto_close.resolve_template", auto.resolve_template, "customer"))
+    return found
+
+
 def check_sla_references(
     sla: SlaSettings,
     calendars: Iterable[str],
     groups: Iterable[str],
     agents: Iterable[str],
-    organisation_policies: Mapping[str, str | None],
+    organisation_policies: Iterable[tuple[str, str | None]],
 ) -> None:
     """Raise ValueError naming the dotted key of the first unknown reference."""
     known_cal, known_groups, known_agents = set(calendars), set(groups), set(agents)
@@ -169,6 +189,8 @@ def check_sla_references(
     for i, rule in enumerate(sla.rules):
         if rule.policy not in policies:
             raise ValueError(f"sla.rules.{i}.policy: unknown policy {rule.policy!r}")
-    for org, name in organisation_policies.items():
+    for i, (org, name) in enumerate(organisation_policies):  # in [[organisations]] order
         if name is not None and name not in policies:
-            raise ValueError(f"organisations: {org!r} has unknown sla_policy {name!r}")
+            raise ValueError(
+                f"organisations.{i}.sla_policy: {org!r} has unknown sla_policy {name!r}"
+            )

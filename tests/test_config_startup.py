@@ -1,0 +1,228 @@
+"""Bad config found before anything starts: exit 78 naming file, key and reason, no traceback.
+
+Each case here used to pass the config check and then fail later: with a
+traceback (and exit 1, which systemd restarts in a loop), at the first mail,
+at the first SLA sweep, or never visibly at all.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from maildesk.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+AGENT = '[[agents]]\nname = "alice"\naddresses = ["alice@example.com"]\n'
+
+
+def _config(tmp_path: Path, extra: str) -> Path:
+    path = tmp_path / "maildesk.toml"
+    path.write_text(
+        f'data_dir = "{tmp_path / "data"}"\ninstallation_secret = "startup-test"\n'
+        'support_addresses = ["support@example.com"]\n' + extra,
+        encoding="utf-8",
+    )
+    return path
+
+
+def _cli(path: Path, *args: str) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["--config", str(path), *args])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exc_info
+    return result.exit_code, result.output
+
+
+def _run_daemon(path: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """`maildesk run` as systemd starts it; a daemon that starts anyway times out the test."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.pop("NOTIFY_SOCKET", None)
+    return subprocess.run(
+        [sys.executable, "-m", "maildesk", "--config", str(path), "run"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=cwd,
+        env=env,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "reason"),
+    [
+        (
+            '[[groups]]\nname = "L1"\nescalates_to = "L2"\n',
+            "groups.0.escalates_to",
+            "escalates to unknown group 'L2'",
+        ),
+        (
+            '[[groups]]\nname = "L1"\n' + AGENT + 'groups = ["L1", "L9"]\n',
+            "agents.0.groups",
+            "unknown group 'L9'",
+        ),
+        ('[[groups]]\nname = "L1"\nlead = "bob"\n' + AGENT, "groups.0.lead", "unknown lead 'bob'"),
+        (
+            '[[groups]]\nname = "L1"\ndefault_responsible = "bob"\n' + AGENT,
+            "groups.0.default_responsible",
+            "unknown default_responsible 'bob'",
+        ),
+        (
+            AGENT + '[[agents]]\nname = "bob"\naddresses = ["ALICE@example.com"]\n',
+            "agents.1.addresses",
+            "'alice@example.com' appears twice",
+        ),
+        (
+            '[[organisations]]\nname = "ACME"\ndomains = ["acme.example"]\n'
+            '[[organisations]]\nname = "Initech"\ndomains = ["initech.example"]\n'
+            'sla_policy = "gold"\n',
+            "organisations.1.sla_policy",
+            "unknown sla_policy 'gold'",
+        ),
+    ],
+)
+def test_cross_references_in_lists_of_tables_name_the_key(
+    tmp_path: Path, extra: str, key: str, reason: str
+) -> None:
+    path = _config(tmp_path, extra)
+    code, output = _cli(path, "check")
+    assert code == 78, output
+    assert f"{path}: {key}: " in output and reason in output
+
+
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        # Notifications for alice would go to the support address and come back as our mail.
+        ('[[agents]]\nname = "alice"\naddresses = ["support@example.com"]\n', "agents.0.addresses"),
+        (
+            '[[address]]\naddress = "billing@example.com"\n'
+            '[[agents]]\nname = "alice"\naddresses = ["Billing@example.com"]\n',
+            "agents.0.addresses",
+        ),
+        # The daily spam digest mailed to ourselves: filed as our own mail, read by nobody.
+        ('[spam]\ndigest_to = "support+spam@example.com"\n', "spam.digest_to"),
+    ],
+)
+def test_mail_to_our_own_addresses_is_a_config_error(tmp_path: Path, extra: str, key: str) -> None:
+    path = _config(tmp_path, extra)
+    code, output = _cli(path, "tickets", "list")
+    assert code == 78, output
+    assert f"{path}: {key}: " in output and "our own support or internal addresses" in output
+
+
+@pytest.mark.parametrize(
+    ("url", "reason"),
+    [
+        ("postgres://maildesk@db.example/maildesk", "unknown database kind 'postgres'"),
+        ("mysql://maildesk@db.example/maildesk", "no driver for 'mysql' is installed"),
+        ("not a url", "not a database URL"),
+    ],
+)
+def test_unusable_database_url_is_a_config_error_not_a_traceback(
+    tmp_path: Path, url: str, reason: str
+) -> None:
+    path = _config(tmp_path, f'database_url = "{url}"\n')
+    code, output = _cli(path, "tickets", "list")
+    assert code == 78, output
+    assert f"{path}: database_url: " in output and reason in output
+    assert "maildesk@" not in output, "the URL (and any password in it) is not echoed"
+
+
+@pytest.mark.parametrize(
+    ("extra", "key", "reason"),
+    [
+        (
+            '[outbound]\ntransport = "smtp"\nrelay_user = "u"\nrelay_password_file = "{missing}"\n',
+            "outbound.relay_password_file",
+            "cannot read",
+        ),
+        (
+            '[[imap]]\nhost = "127.0.0.1"\nport = 1\nuser = "u"\npassword_file = "{missing}"\n',
+            "imap.0.password_file",
+            "cannot read",
+        ),
+        ('[[imap]]\nhost = "127.0.0.1"\nport = 1\nuser = "u"\n', "imap.0.password", "no password"),
+        (
+            '[[listeners]]\nport = 0\ntls_cert = "{missing}"\ntls_key = "{missing}"\n',
+            "listeners.0.tls_cert",
+            "cannot load",
+        ),
+        (
+            '[[listeners]]\nport = 0\ntls_cert = "{garbage}"\ntls_key = "{garbage}"\n',
+            "listeners.0.tls_cert",
+            "cannot load",
+        ),
+        (  # without the key the listener ran without STARTTLS, silently
+            '[[listeners]]\nport = 0\ntls_cert = "{garbage}"\n',
+            "listeners.0.tls_key",
+            "needs both tls_cert and tls_key",
+        ),
+        (
+            '[[listeners]]\nport = 0\nrequire_auth = true\nauth_users_file = "{missing}"\n',
+            "listeners.0.auth_users_file",
+            "cannot read",
+        ),
+        (  # nobody in it: every sender refused
+            '[[listeners]]\nport = 0\nrequire_auth = true\nauth_users_file = "{garbage}"\n',
+            "listeners.0.auth_users_file",
+            "no 'user:password' line",
+        ),
+        (
+            '[[listeners]]\nport = 0\n[[sla.policies]]\nname = "s"\n'
+            'first_response = { minutes = 60, basis = "calendar" }\n'
+            '[sla.policies.breach]\ntemplate = "sla_braech"\n',
+            "sla.policies.0.breach.template",
+            "no template sla_braech.agent",
+        ),
+        (  # tickets would be resolved without the notice, silently
+            "[[listeners]]\nport = 0\n[sla.auto_close]\npending_resolve_days = 14\n"
+            'resolve_template = "auto_resolve"\n',
+            "sla.auto_close.resolve_template",
+            "no template auto_resolve.customer",
+        ),
+        (  # every acknowledgement would fail at the first mail
+            'templates_dir = "{missing}"\n[[listeners]]\nport = 0\n',
+            "templates_dir",
+            "no such directory",
+        ),
+        (  # a typo'd folder ran with no rules at all
+            '[[listeners]]\nport = 0\n[routing]\nrules_dir = "{missing}"\n',
+            "routing.rules_dir",
+            "no such directory",
+        ),
+    ],
+)
+def test_run_refuses_to_start_on_what_it_would_fail_at_later(
+    tmp_path: Path, extra: str, key: str, reason: str
+) -> None:
+    garbage = tmp_path / "garbage"
+    garbage.write_text("# neither a certificate nor a list of users\n")
+    extra = extra.replace("{missing}", str(tmp_path / "missing"))
+    extra = extra.replace("{garbage}", str(garbage))
+    if "[[listeners]]" not in extra:
+        extra += "[[listeners]]\nport = 0\n"
+    path = _config(tmp_path, extra)
+    result = _run_daemon(path, tmp_path)
+    assert result.returncode == 78, result.stderr
+    assert f"{path}: {key}: " in result.stderr and reason in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+    code, output = _cli(path, "check")  # `check` says the same, with the same exit code
+    assert code == 78, output
+    assert f"FAIL config: {path}: {key}: " in output
+
+
+def test_outbox_drain_with_an_unreadable_relay_password_exits_78(tmp_path: Path) -> None:
+    missing = tmp_path / "relay-password"
+    path = _config(
+        tmp_path,
+        f'[outbound]\ntransport = "smtp"\nrelay_user = "u"\nrelay_password_file = "{missing}"\n',
+    )
+    code, output = _cli(path, "outbox", "drain")
+    assert code == 78, output
+    assert f"{path}: outbound.relay_password_file: cannot read {missing}" in output
