@@ -98,6 +98,7 @@ _PREFIX = (
 _TAG = r"\[[^\[\]]*\]"
 # Every leading prefix and tag in one pass (linear even for "Re: Re: Re: ..." by the thousand).
 _LEADING_RE = re.compile(r"(?:\s*(?:" + _PREFIX + "|" + _TAG + "))+", re.IGNORECASE)
+_PREFIX_RE = re.compile(_PREFIX, re.IGNORECASE)
 # Trailing "(fwd)" as old Pine/Unix mailers append it; matched on the collapsed tail only.
 _TRAILING_FWD_RE = re.compile(r"\(\s?fwd\s?\)$", re.IGNORECASE)
 _TAIL = 16
@@ -136,6 +137,23 @@ def normalize_subject(subject: str) -> str:
         if stripped == text:
             return text
         text = stripped
+
+
+def one_reply_prefix(subject: str) -> str:
+    """``subject`` with a leading run of two or more reply/forward prefixes cut to its first.
+
+    Bracketed tags inside that run go with it: "Re: Re: [Support #7] AW: Invoice"
+    becomes "Re: Invoice". A subject with one prefix at most is left as it is.
+    """
+    match = _LEADING_RE.match(subject)
+    if match is None:
+        return subject
+    prefixes = _PREFIX_RE.findall(subject, 0, match.end())
+    if len(prefixes) < 2:
+        return subject
+    rest = subject[match.end() :].strip()
+    first = " ".join(prefixes[0].split())
+    return f"{first} {rest}" if rest else first
 
 
 def format_ticket_tag(tag: str, number: int) -> str:

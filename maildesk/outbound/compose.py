@@ -16,7 +16,7 @@ from datetime import datetime
 from email.errors import HeaderParseError
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
-from email.policy import SMTP
+from email.policy import SMTP, Policy
 from email.utils import format_datetime
 
 import idna
@@ -34,17 +34,53 @@ from maildesk.db.models import (
     Ticket,
 )
 from maildesk.domain.signing import Signer
-from maildesk.domain.subject import add_ticket_tag
+from maildesk.domain.subject import add_ticket_tag, one_reply_prefix
 from maildesk.intake.store import put_blob
 from maildesk.outbound.templates import Rendered
 
 LOOP_HEADER = "X-Maildesk-Loop"
 MAX_REFERENCES = 20
+# The longest line RFC 5322 allows, without its CR LF.
+MAX_LINE_OCTETS = 998
 
 
 def one_line(value: str) -> str:
     """Fold any line breaks and control characters out of a header value."""
     return " ".join("".join(ch if ch >= " " or ch == "\t" else " " for ch in value).split())
+
+
+class MessageIdsHeader(str):
+    """In-Reply-To or References as we write them: ``<id>`` tokens, folded only between ids.
+
+    The email package folds any header token too long for a 78-character line
+    into RFC 2047 encoded-words, so an Outlook-length Message-ID went out as
+    ``=?utf-8?q?=3CDB9PR...?=``: no mail client matches that to the customer's
+    mail, and our answer fell out of their conversation. An id is never split
+    or encoded; one that cannot be written as it is (not printable ASCII, or
+    longer than a line may be) is left out.
+    """
+
+    name: str
+
+    def __new__(cls, name: str, ids: Sequence[str]) -> MessageIdsHeader:
+        room = MAX_LINE_OCTETS - len(name) - 4  # "Name: <" ... ">"
+        usable = [i for i in ids if _writable_id(i) and len(i) <= room]
+        header = super().__new__(cls, " ".join(f"<{i}>" for i in usable))
+        header.name = name
+        return header
+
+    def fold(self, *, policy: Policy) -> str:
+        limit = policy.max_line_length or MAX_LINE_OCTETS
+        lines = [f"{self.name}:"]
+        for token in self.split():
+            if len(lines[-1]) + 1 + len(token) > limit and lines[-1] != f"{self.name}:":
+                lines.append("")
+            lines[-1] += " " + token
+        return policy.linesep.join(lines) + policy.linesep
+
+
+def _writable_id(message_id: str) -> bool:
+    return bool(message_id) and all("!" <= ch <= "~" and ch not in "<>" for ch in message_id)
 
 
 def wire_address(address: str) -> str | None:
@@ -145,14 +181,18 @@ class Composer:
             one_line(mail.from_name or self.settings.outbound.from_name),
             addr_spec=f"{reply_local}@{domain}",
         )
-        msg["Subject"] = add_ticket_tag(one_line(mail.rendered.subject), tag, ticket.number)
+        # "Re: " before a subject that was itself a reply must not make "Re: Re: ...".
+        subject = one_reply_prefix(one_line(mail.rendered.subject))
+        msg["Subject"] = add_ticket_tag(subject, tag, ticket.number)
         msg["Date"] = format_datetime(self.clock())
         msg["Message-ID"] = f"<{message_id}>"
-        if mail.in_reply_to:
-            msg["In-Reply-To"] = f"<{one_line(mail.in_reply_to)}>"
+        in_reply_to = MessageIdsHeader("In-Reply-To", [mail.in_reply_to or ""])
+        if in_reply_to:
+            msg["In-Reply-To"] = in_reply_to
         refs = [r for r in dict.fromkeys([*mail.references, mail.in_reply_to or ""]) if r]
-        if refs:
-            msg["References"] = " ".join(f"<{one_line(r)}>" for r in refs[-MAX_REFERENCES:])
+        references = MessageIdsHeader("References", refs[-MAX_REFERENCES:])
+        if references:
+            msg["References"] = references
         msg["Auto-Submitted"] = mail.auto_submitted
         msg["X-Auto-Response-Suppress"] = "All"
         msg[LOOP_HEADER] = self.loop_token

@@ -3,7 +3,8 @@
 Sandboxed and strict: a template cannot reach Python internals, and a
 misspelt variable is an error rather than an empty string. A template sets
 its subject with ``{% set subject = "..." %}``. Lookup order for overrides:
-``<queue>/<language>/``, ``<queue>/``, ``<language>/``, then the top folder.
+``<queue>/<language>/``, ``<queue>/``, ``<language>/``, then the top folder;
+the text and HTML parts both come from the first folder that has either.
 """
 
 from __future__ import annotations
@@ -81,15 +82,28 @@ class TemplateRenderer:
         prefixes.append("")
         return [p + name for p in prefixes]
 
-    def _find(
-        self, env: SandboxedEnvironment, name: str, queue: str | None, language: str | None
-    ) -> Any:
-        for candidate in self._candidates(name, queue, language):
-            try:
-                return env.get_template(candidate)
-            except TemplateNotFound:
-                continue
-        return None
+    def _find(self, base: str, queue: str | None, language: str | None) -> tuple[Any, Any]:
+        """The text and HTML template of the most specific folder that has either.
+
+        Both parts come from one folder: a translated or queue-specific text
+        template must not go out beside the top folder's HTML, which is the
+        part most mail clients show.
+        """
+        for candidate in self._candidates(base, queue, language):
+            found = [
+                self._load(self._text_env, f"{candidate}.txt.j2"),
+                self._load(self._html_env, f"{candidate}.html.j2"),
+            ]
+            if any(t is not None for t in found):
+                return found[0], found[1]
+        return None, None
+
+    @staticmethod
+    def _load(env: SandboxedEnvironment, name: str) -> Any:
+        try:
+            return env.get_template(name)
+        except TemplateNotFound:
+            return None
 
     def exists(self, event: str, audience: str) -> bool:
         base = f"{event}.{audience}"
@@ -105,8 +119,7 @@ class TemplateRenderer:
         language: str | None = None,
     ) -> Rendered:
         base = f"{event}.{audience}"
-        text_tpl = self._find(self._text_env, f"{base}.txt.j2", queue, language)
-        html_tpl = self._find(self._html_env, f"{base}.html.j2", queue, language)
+        text_tpl, html_tpl = self._find(base, queue, language)
         if text_tpl is None and html_tpl is None:
             raise TemplateMissing(
                 f"no template {base}.txt.j2 or {base}.html.j2 in {self.directory}"
