@@ -39,6 +39,9 @@ from maildesk.intake.store import put_blob
 from maildesk.outbound.templates import Rendered
 
 LOOP_HEADER = "X-Maildesk-Loop"
+# How our mail is written: CR LF, and bodies in 7 bits (quoted-printable or base64)
+# because the sender does not ask the relay for 8BITMIME (RFC 6152).
+WIRE_POLICY = SMTP.clone(cte_type="7bit")
 MAX_REFERENCES = 20
 # The longest line RFC 5322 allows, without its CR LF.
 MAX_LINE_OCTETS = 998
@@ -160,7 +163,7 @@ class Composer:
         assert ticket.number is not None
         tag = self.settings.threading.ticket_tag
         local, domain = split_address(mail.support_address)
-        msg = EmailMessage(policy=SMTP)
+        msg = EmailMessage(policy=WIRE_POLICY)
         msg["From"] = HeaderAddress(
             one_line(mail.from_name or self.settings.outbound.from_name),
             addr_spec=mail.support_address,

@@ -16,7 +16,6 @@ from datetime import UTC, datetime, time, timedelta
 from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 from email.parser import BytesHeaderParser
-from email.policy import SMTP
 from email.policy import default as default_policy
 from email.utils import format_datetime
 from zoneinfo import ZoneInfo
@@ -40,7 +39,7 @@ from maildesk.db.models import (
 )
 from maildesk.domain.signing import Signer
 from maildesk.intake.store import put_blob
-from maildesk.outbound.compose import LOOP_HEADER, one_line, split_address
+from maildesk.outbound.compose import LOOP_HEADER, WIRE_POLICY, one_line, split_address
 from maildesk.outbound.templates import TemplateRenderer
 
 log = logging.getLogger("maildesk.spam")
@@ -166,7 +165,7 @@ def queue_digest(
             "support": {"name": settings.outbound.from_name, "address": support},
         },
     )
-    mime = EmailMessage(policy=SMTP)
+    mime = EmailMessage(policy=WIRE_POLICY)
     mime["From"] = HeaderAddress(one_line(settings.outbound.from_name), addr_spec=support)
     mime["To"] = to
     mime["Subject"] = one_line(rendered.subject) or f"Spam quarantine digest {day}"

@@ -169,3 +169,15 @@ def test_an_agents_answer_to_a_ticket_opened_by_a_reply_has_one_re(
         assert " ".join(str(answer["Subject"]).split()) == answer_subject
     finally:
         app.db.dispose()
+
+
+def test_mail_with_non_ascii_text_goes_to_the_relay_in_seven_bits(
+    app: App, relay: RelaySink
+) -> None:
+    """We do not ask the relay for 8BITMIME (BODY=8BITMIME), so an 8-bit body breaks
+    RFC 6152 and a strict relay refuses it: the text travels quoted-printable."""
+    deliver(app, make_mail(sender="Jürgen Müller <juergen@customer.test>", subject="Grüße"))
+    drain_to(app, relay)
+    [ack] = relay.received
+    assert all(byte < 0x80 for byte in ack.raw), "8-bit bytes sent without 8BITMIME"
+    assert "Jürgen Müller" in parts(ack.message)["text/plain"]
