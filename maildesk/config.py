@@ -517,6 +517,23 @@ def _check_people(
                 f"{key}.escalates_to: group {group.name!r} escalates to unknown group "
                 f"{group.escalates_to!r}"
             )
+    _check_escalation_chains(groups)
+
+
+def _check_escalation_chains(groups: tuple[GroupSettings, ...]) -> None:
+    """Escalation goes up: a chain that comes back to a group it left is a typo."""
+    up = {g.name: g.escalates_to for g in groups}
+    for index, group in enumerate(groups):
+        chain = [group.name]
+        while (nxt := up.get(chain[-1])) is not None:
+            chain.append(nxt)
+            if nxt == group.name:
+                raise ValueError(
+                    f"groups.{index}.escalates_to: escalation from {group.name!r} comes "
+                    f"back to it ({' -> '.join(chain)})"
+                )
+            if chain.count(nxt) > 1:
+                break  # a loop further up: reported for a group on it
 
 
 def _check_routing(settings: Settings) -> None:

@@ -67,6 +67,17 @@ def _run_daemon(path: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
         ),
         ('[[groups]]\nname = "L1"\nlead = "bob"\n' + AGENT, "groups.0.lead", "unknown lead 'bob'"),
         (
+            '[[groups]]\nname = "L1"\nescalates_to = "L2"\n'
+            '[[groups]]\nname = "L2"\nescalates_to = "L1"\n',
+            "groups.0.escalates_to",
+            "escalation from 'L1' comes back to it (L1 -> L2 -> L1)",
+        ),
+        (
+            '[[groups]]\nname = "L1"\nescalates_to = "L1"\n',
+            "groups.0.escalates_to",
+            "escalation from 'L1' comes back to it (L1 -> L1)",
+        ),
+        (
             '[[groups]]\nname = "L1"\ndefault_responsible = "bob"\n' + AGENT,
             "groups.0.default_responsible",
             "unknown default_responsible 'bob'",
