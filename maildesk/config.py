@@ -11,6 +11,7 @@ Secrets may be given inline, as ``<name>_file`` (a path) or ``<name>_env``
 from __future__ import annotations
 
 import enum
+import ipaddress
 import os
 import re
 import secrets
@@ -100,7 +101,22 @@ class ListenerSettings(_Section):
             raise ValueError(f"{missing}: STARTTLS needs both tls_cert and tls_key")
         if self.tls_cert is not None and self.protocol != "smtp":
             raise ValueError("tls_cert: STARTTLS is offered by smtp listeners only")
+        if self.require_auth and self.tls_cert is None and not self._loopback_only():
+            raise ValueError(
+                f"tls_cert: require_auth on {self.host} without STARTTLS would take "
+                "passwords in clear over the network (set tls_cert and tls_key, or listen "
+                "on 127.0.0.1 or a socket)"
+            )
         return self
+
+    def _loopback_only(self) -> bool:
+        """Only this machine can connect (a unix socket, or a loopback address)."""
+        if self.socket is not None or self.host == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:
+            return False  # a host name: it may resolve to anything
 
 
 class OutboundSettings(_Section):

@@ -237,3 +237,26 @@ def test_outbox_drain_with_an_unreadable_relay_password_exits_78(tmp_path: Path)
     code, output = _cli(path, "outbox", "drain")
     assert code == 78, output
     assert f"{path}: outbound.relay_password_file: cannot read {missing}" in output
+
+
+@pytest.mark.parametrize(
+    ("host", "refused"), [("0.0.0.0", True), ("192.0.2.10", True), ("127.0.0.1", False)]
+)
+def test_passwords_in_clear_over_the_network_are_a_config_error(
+    tmp_path: Path, host: str, refused: bool
+) -> None:
+    """require_auth without STARTTLS on a listener others can reach would take the
+    senders' passwords in clear (AUTH PLAIN/LOGIN); on loopback nobody can listen in."""
+    users = tmp_path / "users"
+    users.write_text("relay:secret\n", encoding="utf-8")
+    extra = (
+        f'[[listeners]]\nhost = "{host}"\nport = 0\nrequire_auth = true\n'
+        f'auth_users_file = "{users}"\n'
+    )
+    path = _config(tmp_path, extra)
+    code, output = _cli(path, "tickets", "list")
+    if refused:
+        assert code == 78, output
+        assert f"{path}: listeners.0.tls_cert: " in output and "in clear" in output
+    else:
+        assert code == 0, output
