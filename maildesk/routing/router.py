@@ -44,6 +44,8 @@ def known_names(settings: Settings, templates_dir: Path | None = None) -> KnownN
         groups=frozenset(g.name for g in settings.groups),
         sla_policies=frozenset(p.name for p in settings.sla.policies),
         templates=templates,
+        organisations=frozenset(o.name for o in settings.organisations),
+        tiers=frozenset(o.tier for o in settings.organisations if o.tier),
     )
 
 

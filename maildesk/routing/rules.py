@@ -105,6 +105,8 @@ class KnownNames:
     groups: frozenset[str] = frozenset()
     sla_policies: frozenset[str] = frozenset()
     templates: frozenset[str] = frozenset()
+    organisations: frozenset[str] = frozenset()
+    tiers: frozenset[str] = frozenset()
 
 
 LEAF_KEYS = frozenset(
@@ -138,6 +140,7 @@ _ACTION_KEYS = frozenset(Actions.__dataclass_fields__)
 class _Where:
     file: str
     rule: str = ""
+    known: KnownNames = field(default_factory=KnownNames)
 
     def error(self, key: str, reason: str) -> RulesError:
         return RulesError(self.file, self.rule, key, reason)
@@ -191,7 +194,7 @@ def parse_rules(text: str, file: str, known: KnownNames | None = None) -> RuleFi
     rules = []
     names: set[str] = set()
     for index, table in enumerate(tables, 1):
-        where = _Where(file, f"#{index}")
+        where = _Where(file, f"#{index}", known)
         if not isinstance(table, dict):
             raise where.error("rule", "must be a table")
         rule = _rule(table, where, known)
@@ -282,6 +285,12 @@ def _leaf_value(op: str, value: Any, where: _Where, key: str) -> Any:
         return words
     if op == "attachment_type":
         return tuple(w.lower() for w in words)
+    if op in ("organisation", "tier"):
+        allowed = where.known.organisations if op == "organisation" else where.known.tiers
+        for word in words:
+            if allowed and word not in allowed:
+                known = ", ".join(sorted(allowed))
+                raise where.error(key, f"unknown {op} {word!r} (known: {known})")
     return words  # queue, organisation, tier: exact names
 
 

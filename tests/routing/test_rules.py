@@ -117,12 +117,22 @@ def mail(
             "when.all[0].has_attachment",
             "must be true or false",
         ),
+        # A typo here made a VIP rule that never matched, silently.
+        (
+            '[[rule]]\nname = "k"\nwhen = { any = [{ organisation = "ACME Inc" }] }\n',
+            "k",
+            "when.any[0].organisation",
+            "unknown organisation 'ACME Inc' (known: ACME)",
+        ),
+        ('[[rule]]\nname = "l"\nwhen = { tier = "Gold" }\n', "l", "when.tier", "unknown tier"),
     ],
 )
 def test_broken_rule_is_rejected_naming_file_rule_and_key(
     text: str, rule: str, key: str, reason: str
 ) -> None:
-    known = KnownNames(agents=frozenset({"alice"}))
+    known = KnownNames(
+        agents=frozenset({"alice"}), organisations=frozenset({"ACME"}), tiers=frozenset({"gold"})
+    )
     with pytest.raises(RulesError) as error:
         parse_rules(text, "rules/10-x.toml", known)
     assert (error.value.file, error.value.rule, error.value.key) == ("rules/10-x.toml", rule, key)
