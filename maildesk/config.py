@@ -660,6 +660,16 @@ class Settings(_Section):
             (a.name for a in self.agents),
             [(o.name, o.sla_policy) for o in self.organisations],
         )
+        names = {o.name for o in self.organisations}
+        tiers = {o.tier for o in self.organisations if o.tier}
+        for i, rule in enumerate(self.sla.rules):
+            # A typo would select no ticket at all, silently (as in the routing rules).
+            for field, value, known in (
+                ("organisation", rule.organisation, names),
+                ("tier", rule.tier, tiers),
+            ):
+                if value is not None and names and value not in known:
+                    raise ValueError(f"sla.rules.{i}.{field}: unknown {field} {value!r}")
         return self
 
     @model_validator(mode="after")

@@ -94,6 +94,13 @@ def _run_daemon(path: Path, cwd: Path) -> subprocess.CompletedProcess[str]:
             "organisations.1.sla_policy",
             "unknown sla_policy 'gold'",
         ),
+        (
+            '[[organisations]]\nname = "ACME"\ndomains = ["acme.example"]\ntier = "gold"\n'
+            '[[sla.policies]]\nname = "vip"\nfirst_response = { minutes = 60, basis = "calendar" }\n'
+            '[[sla.rules]]\npolicy = "vip"\ntier = "Gold"\n',
+            "sla.rules.0.tier",
+            "unknown tier 'Gold'",
+        ),
     ],
 )
 def test_cross_references_in_lists_of_tables_name_the_key(
