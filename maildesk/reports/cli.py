@@ -11,6 +11,8 @@ from maildesk.reports.data import collect
 from maildesk.reports.render import Format, Kind, render
 from maildesk.sla.sweep import build_calendars
 
+EX_CANTCREAT = 73  # sysexits: the output file cannot be created
+
 
 def _day_start(value: date) -> datetime:
     return datetime.combine(value, time(0), tzinfo=UTC)
@@ -59,7 +61,11 @@ def report(
     app = build_app(ctx)
     now = as_of.replace(tzinfo=UTC) if as_of else app.clock()
     last = end.date() if end else now.date()
-    first = start.date() if start else last - timedelta(days=29)
+    try:
+        first = start.date() if start else last - timedelta(days=29)
+        after_last = _day_start(last + timedelta(days=1))
+    except OverflowError:
+        raise click.BadParameter("the period runs outside the calendar (years 1-9999)") from None
     if first > last:
         raise click.BadParameter("--from is after --to")
     with app.db.transaction() as session:
@@ -69,11 +75,15 @@ def report(
             app.directory,
             build_calendars(app.settings),
             _day_start(first),
-            _day_start(last + timedelta(days=1)),
+            after_last,
             now,
         )
     text = render(data, Kind(kind), Format(fmt))
     if output is not None:
-        output.write_text(text, encoding="utf-8")
+        try:
+            output.write_text(text, encoding="utf-8")
+        except OSError as exc:
+            click.echo(f"maildesk: cannot write {output}: {exc.strerror or exc}", err=True)
+            ctx.exit(EX_CANTCREAT)
     else:
         click.echo(text, nl=False)

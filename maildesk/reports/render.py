@@ -6,12 +6,17 @@ import csv
 import enum
 import io
 import json
+import unicodedata
 from collections.abc import Sequence
+from datetime import timedelta
 from html import escape
 from typing import Any
 
 from maildesk.reports.data import ReportData
 from maildesk.reports.svg import bar_chart
+from maildesk.terminal import printable
+
+CELL_COLUMNS = 60  # a terminal table cell (a subject from mail) is cut at this many columns
 
 
 class Kind(enum.StrEnum):
@@ -55,28 +60,63 @@ def as_json(data: ReportData, kind: Kind) -> dict[str, Any]:
     }
 
 
-def _fmt(value: Any) -> str:
+def _fmt(value: Any, key: str = "") -> str:
     if value is None:
         return "-"
+    if key.endswith("_rate") and isinstance(value, int | float):
+        return f"{value * 100:.1f}%"  # 1 breach in 25 is 4.0%, not a rounded "0.0"
     if isinstance(value, float):
         return f"{value:.1f}" if not value.is_integer() else f"{value:.0f}"
     return str(value)
 
 
+def _period(data: ReportData) -> tuple[str, str]:
+    """First and last day of the period, inclusive (``data.end`` is the exclusive end)."""
+    return data.start.date().isoformat(), (data.end - timedelta(microseconds=1)).date().isoformat()
+
+
+def _columns(text: str) -> int:
+    """Terminal columns ``text`` takes: wide (CJK) characters two, combining marks none."""
+    return sum(
+        0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
+        for c in text
+    )
+
+
+def _cell(text: str) -> str:
+    """One line, control characters shown escaped, cut at :data:`CELL_COLUMNS` columns."""
+    text = printable(text)
+    if _columns(text) <= CELL_COLUMNS:
+        return text
+    out, used = [], 0
+    for char in text:
+        used += _columns(char)
+        if used > CELL_COLUMNS - 1:
+            break
+        out.append(char)
+    return "".join(out) + "…"
+
+
+def _pad(text: str, width: int) -> str:
+    return text + " " * (width - _columns(text))
+
+
 def table(items: Sequence[dict[str, Any]], title: str = "") -> str:
+    title = printable(title)
     if not items:
         return f"{title}\n(none)\n" if title else "(none)\n"
-    headers = list(items[0])
-    cells = [[_fmt(item.get(h)) for h in headers] for item in items]
-    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    headers = [_cell(h) for h in items[0]]
+    cells = [[_cell(_fmt(item.get(h), h)) for h in items[0]] for item in items]
+    widths = [max(_columns(h), *(_columns(r[i]) for r in cells)) for i, h in enumerate(headers)]
     lines = [title] if title else []
-    lines.append("  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)))
-    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in cells]
+    lines.append("  ".join(_pad(h, w) for h, w in zip(headers, widths, strict=True)))
+    lines += ["  ".join(_pad(c, w) for c, w in zip(r, widths, strict=True)) for r in cells]
     return "\n".join(lines) + "\n"
 
 
 def as_table(data: ReportData, kind: Kind) -> str:
-    head = f"{kind} report {data.start:%Y-%m-%d} .. {data.end:%Y-%m-%d}\n\n"
+    first, last = _period(data)
+    head = f"{kind} report {first} .. {last}\n\n"
     if kind is not Kind.SLA:
         return head + table(rows(data, kind))
     sla = data.sla
@@ -119,7 +159,7 @@ def _html_table(items: Sequence[dict[str, Any]], row_class: str = "") -> str:
     head = "".join(f"<th>{escape(h)}</th>" for h in headers)
     body = "".join(
         f'<tr class="{row_class}">'
-        + "".join(f"<td>{escape(_fmt(i.get(h)))}</td>" for h in headers)
+        + "".join(f"<td>{escape(_fmt(i.get(h), h))}</td>" for h in headers)
         + "</tr>"
         for i in items
     )
@@ -159,7 +199,8 @@ def as_html(data: ReportData, kind: Kind) -> str:
         )
     ]
     ratings = data.volume["ratings"]
-    title = f"maildesk {kind} report {data.start:%Y-%m-%d} – {data.end:%Y-%m-%d}"
+    first, last = _period(data)
+    title = f"maildesk {kind} report {first} – {last}"
     return (
         "<!DOCTYPE html>\n"
         '<html lang="en"><head><meta charset="utf-8">'

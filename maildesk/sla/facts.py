@@ -30,6 +30,9 @@ from maildesk.sla.policy import (
 from maildesk.sla.select import TicketFacts
 
 _STATUS_KINDS = ("status", "reopened")
+# Tickets per query: a bound parameter each, and PostgreSQL takes at most 65535
+# in one statement (a year's report reads more tickets than that).
+CHUNK = 1000
 _ENDED = (TicketStatus.RESOLVED.value, TicketStatus.CLOSED.value)
 
 
@@ -94,7 +97,16 @@ class TicketHistory:
 def load_histories(
     session: Session, tickets: Sequence[Ticket], directory: Directory
 ) -> list[TicketHistory]:
-    """Timelines and selection facts of ``tickets`` in three queries."""
+    """Timelines and selection facts of ``tickets``, in three queries per :data:`CHUNK`."""
+    histories = []
+    for offset in range(0, len(tickets), CHUNK):
+        histories += _load_chunk(session, tickets[offset : offset + CHUNK], directory)
+    return histories
+
+
+def _load_chunk(
+    session: Session, tickets: Sequence[Ticket], directory: Directory
+) -> list[TicketHistory]:
     ids = [t.id for t in tickets]
     if not ids:
         return []
