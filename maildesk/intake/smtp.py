@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from email.utils import format_datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.controller import Controller, UnixSocketController
 from aiosmtpd.lmtp import LMTP
@@ -62,6 +62,12 @@ def trace_header(helo: str | None, peer_ip: str, protocol: str, when: datetime) 
     )
 
 
+# Recipients one transaction may have (RFC 5321 s. 4.5.3.1.8: at least 100). Only
+# our own addresses are accepted, so a real mail has a few; without a limit a
+# client could grow one envelope, and the daemon's memory, without end.
+MAX_RECIPIENTS = 100
+
+
 class IntakeHandler:
     """aiosmtpd handler: RCPT checks the address, DATA stores and answers."""
 
@@ -85,6 +91,9 @@ class IntakeHandler:
         if base_address(address) not in self.support:
             log.info("rejected RCPT %s from %s: not a support address", address, session.peer)
             return f"550 5.1.1 <{address}>: not a support address here"
+        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+            # 452, not 552: the sender delivers the rest in another transaction.
+            return "452 4.5.3 Too many recipients, send the rest in another transaction"
         envelope.rcpt_tos.append(address)
         return "250 2.1.5 OK"
 
@@ -243,7 +252,18 @@ class _LimitedConnections(SMTP):
 
 
 class _LMTP(_LimitedConnections, LMTP):
-    pass
+    # aiosmtpd's own refusals at the end of DATA (too big, a line too long) are
+    # one line; LMTP owes one reply per accepted recipient (RFC 2033 s. 4.2), so
+    # an MTA with two recipients waited for the second until its timeout.
+    _DATA_REFUSALS = ("552 Error: Too much mail data", "500 Line too long")
+
+    async def push(self, status: AnyStr) -> None:
+        text = status if isinstance(status, str) else status.decode("utf-8", "replace")
+        recipients = self.envelope.rcpt_tos if self.envelope is not None else []
+        if recipients and text.startswith(self._DATA_REFUSALS):
+            await super().push("\r\n".join(text for _ in recipients))
+        else:
+            await super().push(status)
 
 
 class _LimitedFactory:
