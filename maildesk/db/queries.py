@@ -22,11 +22,14 @@ from maildesk.db.models import (
     MessageKind,
     Participant,
     Ticket,
+    TicketLink,
     TicketStatus,
 )
 
 OPEN_STATUSES = (TicketStatus.NEW, TicketStatus.OPEN, TicketStatus.PENDING)
 MAX_MERGE_HOPS = 20
+# The link from a ticket opened by a reply to an ended ticket, to that ticket.
+FOLLOW_UP_OF = "follow_up_of"
 
 
 class StoredMessage(NamedTuple):
@@ -145,6 +148,16 @@ def surviving_ticket(session: Session, ticket: Ticket, *, lock: bool = False) ->
         seen.add(target.id)
         ticket = target
     return ticket
+
+
+def newest_follow_up(session: Session, ticket_id: int) -> int | None:
+    """The id of the newest ticket opened as a follow-up of ticket ``ticket_id``, or None."""
+    return session.scalars(
+        select(TicketLink.ticket_id)
+        .where(TicketLink.other_ticket_id == ticket_id, TicketLink.kind == FOLLOW_UP_OF)
+        .order_by(TicketLink.id.desc())
+        .limit(1)
+    ).first()
 
 
 def is_participant(session: Session, ticket: Ticket, address: str) -> bool:

@@ -75,9 +75,22 @@ class Notices:
                 "address": self.support_address_for(ticket),
             },
             "quote": quote[:QUOTE_LIMIT],
-            "reopen_days": int(self.settings.threading.reopen_window_days),
+            "reopen_days": self.reopen_days(),
             "rating": self.rating_addresses(ticket),
         }
+
+    def reopen_days(self) -> int:
+        """How many days a reply still reopens a resolved ticket, as our mails promise it.
+
+        The reopen window, unless the SLA sweep closes resolved tickets sooner
+        (``sla.auto_close.resolved_close_days``): a reply to a closed ticket
+        opens a new one, so promising the whole window would be untrue.
+        """
+        days = self.settings.threading.reopen_window_days
+        close = self.settings.sla.auto_close.resolved_close_days
+        if self.settings.sla.enabled and close is not None:
+            days = min(days, close)
+        return int(days)
 
     def rating_addresses(self, ticket: Ticket) -> list[dict[str, Any]]:
         """Signed ``support+rate-<ticket>-<score>-<sig>@`` addresses, best score first."""

@@ -41,6 +41,7 @@ LOOP_HEADER = "X-Maildesk-Loop"
 # The Received line a listener puts above a message it accepted within its own
 # max_message_bytes (HELO word <= 255 bytes, a peer address, a date).
 TRACE_ROOM = 512
+NEW_LINKED = ": new ticket, linked"
 
 
 @dataclass(frozen=True)
@@ -274,7 +275,36 @@ def decide_thread(ctx: MessageContext, session: Session, deps: StageDeps) -> Thr
             found, ticket_id=ticket.id, evidence=f"{found.evidence}; merged into #{ticket.number}"
         )
     _pin(ctx, ticket)
-    return lifecycle(ctx, ticket, found, deps)
+    decision = lifecycle(ctx, ticket, found, deps)
+    # The customer answers the ended ticket's mails again (they are still in the
+    # inbox): the follow-up opened by the first such answer holds the conversation
+    # now, as a merged ticket's survivor does; not one new ticket per answer.
+    seen = {ticket.id}
+    for _ in range(queries.MAX_MERGE_HOPS):
+        if decision.link_kind != queries.FOLLOW_UP_OF or decision.link_to is None:
+            break
+        follow_up = _follow_up(session, ctx, decision.link_to)
+        if follow_up is None or follow_up.id in seen:
+            break
+        seen.add(follow_up.id)
+        ended = decision.evidence.removesuffix(NEW_LINKED)
+        found = replace(
+            found,
+            ticket_id=follow_up.id,
+            evidence=f"{ended}: its follow-up #{follow_up.number} goes on",
+            merge_candidate=None,  # as for the new ticket it stands for
+        )
+        decision = lifecycle(ctx, follow_up, found, deps)
+    return decision
+
+
+def _follow_up(session: Session, ctx: MessageContext, ticket_id: int) -> Ticket | None:
+    """The newest follow-up of an ended ticket, as it is now, locked until applied."""
+    newest = queries.newest_follow_up(session, ticket_id)
+    if newest is None:
+        return None
+    first = queries.locked_ticket(session, newest)
+    return _pin(ctx, queries.surviving_ticket(session, first, lock=True))
 
 
 def _sender(msg: ParsedMessage) -> str:
@@ -502,9 +532,9 @@ def lifecycle(
     return ThreadDecision(
         found.rule,
         None,
-        found.evidence + f"; ticket #{ticket.number} is {why}: new ticket, linked",
+        found.evidence + f"; ticket #{ticket.number} is {why}{NEW_LINKED}",
         link_to=ticket.id,
-        link_kind="follow_up_of",
+        link_kind=queries.FOLLOW_UP_OF,
     )
 
 
