@@ -114,8 +114,14 @@ class Notices:
             Event(at=self.clock(), kind=kind, reason=reason, ticket_id=ticket.id, data=data)
         )
 
-    def blocked_reason(self, session: Session, address: str, purpose: str) -> str | None:
-        """Why we must not send ``purpose`` mail to ``address`` now, or None."""
+    def blocked_reason(
+        self, session: Session, address: str, purpose: str, *, rate_limited: bool = True
+    ) -> str | None:
+        """Why we must not send ``purpose`` mail to ``address`` now, or None.
+
+        ``rate_limited``: the per-sender limits, for mail that answers incoming mail
+        (the only kind a mail loop can drive); not for what an agent or the clock sends.
+        """
         address = address.lower()
         if not address or "@" not in address:
             return "no usable sender address"
@@ -134,6 +140,8 @@ class Notices:
         )
         if suppressed is not None:
             return f"{address} is suppressed: {suppressed}"
+        if not rate_limited:
+            return None
         limits = self.settings.acknowledgements
         for window, limit, label in (
             (timedelta(hours=1), limits.per_sender_per_hour, "hour"),
@@ -221,6 +229,7 @@ class Notices:
             quote="",
             answers=last,
             auto_submitted="auto-generated",
+            rate_limited=False,  # an agent's or the clock's doing, never a mail's
         )
 
     def _queue_notice(
@@ -234,12 +243,13 @@ class Notices:
         answers: Message | None,
         auto_submitted: str,
         template: str | None = None,
+        rate_limited: bool = True,
     ) -> None:
         """Render ``purpose``.customer (or ``template``) and queue it, or record why not."""
         if ticket.possible_spam:  # the spam filter was unsure: no mail until released as ham
             reason = "possible spam: no automatic mail until released"
             return self._event(session, ticket, f"{purpose}_skipped", reason)
-        blocked = self.blocked_reason(session, customer.email, purpose)
+        blocked = self.blocked_reason(session, customer.email, purpose, rate_limited=rate_limited)
         if blocked:
             return self._event(session, ticket, f"{purpose}_skipped", blocked)
         support = self.support_address_for(ticket)

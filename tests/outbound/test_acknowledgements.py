@@ -130,6 +130,24 @@ def test_acknowledgements_are_rate_limited_per_sender(app: App, clock: FrozenClo
     assert len(outbox(app)) == 6
 
 
+def test_notices_an_agent_or_the_clock_sends_are_not_rate_limited(app: App) -> None:
+    """The rate limit stops mail loops, which only mail answering mail can start: an
+    agent resolving a customer's eight tickets, or the sweep's reminders due at once
+    after a restart, must reach the customer every time."""
+    for n in range(8):
+        deliver(app, make_mail(message_id=f"many{n}@customer.test", subject=f"question {n}"))
+    with app.db.transaction() as session:
+        for number in range(1, 9):
+            ticket = queries.ticket_by_number(session, number)
+            assert ticket is not None
+            change_status(
+                session, ticket, TicketStatus.RESOLVED, app.clock(), app.notices(), actor="test"
+            )
+    purposes = [row.purpose for row, _ in outbox(app)]
+    assert purposes.count("ack") == 5  # answers to incoming mail stay limited
+    assert purposes.count("resolved") == 8
+
+
 def test_header_injection_in_subject_and_name_cannot_add_headers(app: App) -> None:
     raw = make_mail(message_id="inj@customer.test", subject="hi").replace(
         b"Subject: hi", b"Subject: =?utf-8?q?hi=0D=0ABcc=3A_victim=40evil=2Etest?="
