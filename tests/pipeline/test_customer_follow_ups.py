@@ -15,10 +15,11 @@ from sqlalchemy import select
 
 from maildesk.app import App
 from maildesk.db import queries
-from maildesk.db.models import Blob, Message, Outbox, Ticket, TicketLink, TicketStatus
+from maildesk.db.models import Blob, Outbox, Ticket, TicketLink, TicketStatus
 from maildesk.tickets import change_status
 from tests.conftest import FrozenClock
 from tests.mailfactory import deliver, make_mail
+from tests.pipeline.test_threading import ticket_of
 
 ALICE = "alice@customer.test"
 
@@ -53,16 +54,6 @@ def _answer(mail: email.message.EmailMessage, message_id: str, body: str) -> byt
     )
 
 
-def _ticket_of(app: App, message_id: str) -> int:
-    with app.db.transaction() as session:
-        ticket_id = session.scalars(
-            select(Message.ticket_id).where(Message.header_message_id == message_id)
-        ).one()
-        number = session.get_one(Ticket, ticket_id).number
-        assert number is not None
-        return number
-
-
 def _tickets(app: App) -> list[tuple[int | None, TicketStatus]]:
     with app.db.transaction() as session:
         return [(t.number, t.status) for t in session.scalars(select(Ticket).order_by(Ticket.id))]
@@ -82,8 +73,8 @@ def test_answering_the_old_resolution_mail_twice_after_close_opens_one_follow_up
     # The screenshot, sent by answering the same mail in the inbox once more.
     deliver(app, _answer(resolved, "again2@customer.test", "Here is a screenshot.\n"))
 
-    assert _ticket_of(app, "again1@customer.test") == 2
-    assert _ticket_of(app, "again2@customer.test") == 2, "one problem, one new ticket"
+    assert ticket_of(app, "again1@customer.test") == 2
+    assert ticket_of(app, "again2@customer.test") == 2, "one problem, one new ticket"
     assert _tickets(app) == [(1, TicketStatus.CLOSED), (2, TicketStatus.NEW)]
     acks = _mail_to(app, ALICE, "ack")
     assert [str(a["Subject"]).split("]")[0] for a in acks] == ["[Support #1", "[Support #2"]
@@ -107,7 +98,7 @@ def test_a_reply_to_the_old_thread_reopens_the_resolved_follow_up(
     clock.advance(days=2)  # inside the follow-up's reopen window
     deliver(app, _answer(resolved, "again2@customer.test", "Sorry, still burning.\n"))
 
-    assert _ticket_of(app, "again2@customer.test") == 2
+    assert ticket_of(app, "again2@customer.test") == 2
     assert _tickets(app) == [(1, TicketStatus.CLOSED), (2, TicketStatus.OPEN)]
     assert len(_mail_to(app, ALICE, "ack")) == 2  # the first ticket's and the follow-up's
 
@@ -116,8 +107,8 @@ def test_a_reply_to_the_old_thread_reopens_the_resolved_follow_up(
     clock.advance(days=1)
     deliver(app, _answer(resolved, "again3@customer.test", "Burning a third time.\n"))
     deliver(app, _answer(resolved, "again4@customer.test", "And the photo.\n"))
-    assert _ticket_of(app, "again3@customer.test") == 3
-    assert _ticket_of(app, "again4@customer.test") == 3
+    assert ticket_of(app, "again3@customer.test") == 3
+    assert ticket_of(app, "again4@customer.test") == 3
     with app.db.transaction() as session:
         links = sorted(
             (k.ticket_id, k.other_ticket_id, k.kind) for k in session.scalars(select(TicketLink))
