@@ -212,8 +212,9 @@ class _AgentTurn:
         return runner.run(commands)
 
     def tell_agent(self, template: str, extra: dict[str, Any], **reply: Any) -> None:
+        """Answer the agent's own mail: now, not held for their shift (they are at it)."""
         AgentNotices(self.notices, self.directory).send(
-            self.session, self.ticket, self.agent, template, extra=extra, **reply
+            self.session, self.ticket, self.agent, template, extra=extra, hold=False, **reply
         )
 
     def result_mail(self, out: Outcome, sent: Sequence[str], note: bool) -> None:

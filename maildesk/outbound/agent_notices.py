@@ -9,7 +9,7 @@ answer. Internal notes appear only here, in mail to agents.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Collection, Sequence
 from datetime import datetime, timedelta
 from email.errors import HeaderParseError
 from typing import Any
@@ -72,6 +72,11 @@ class AgentNotices:
 
     # -- what ----------------------------------------------------------------
 
+    def _reachable(self, name: str | None) -> bool:
+        """An agent of the config who is not away: someone a notice can reach now or soon."""
+        agent = self.directory.agent(name) if name else None
+        return agent is not None and not self.directory.is_absent(agent, self.now)
+
     def after_customer_mail(
         self,
         session: Session,
@@ -81,23 +86,28 @@ class AgentNotices:
         created: bool,
         reopened: bool,
         assignee_before: str | None,
+        told: Collection[str] = (),
     ) -> None:
-        """New ticket -> assignee (else the group); reply -> assignee and watchers."""
+        """Tell the assignee (else the group) and the watchers, each agent once.
+
+        The group stands in for an assignee nobody can reach: one who left the
+        config or is away. ``told``: agents already mailed about this customer
+        mail (an escalation notice to the new group), who get nothing more.
+        """
         if not self.directory.agents or ticket.possible_spam:
             return
-        names: list[str | None]
-        if created:
-            names = [ticket.assignee] if ticket.assignee else [*self._group_members(ticket)]
-            for agent in self._agents(names, "new_ticket"):
-                self.send(session, ticket, agent, "new_ticket", message)
-            return
-        if ticket.assignee != assignee_before:
-            self.assigned(session, ticket, assignee_before, "maildesk (routing)", message)
-        names = [ticket.assignee, *self._watchers(session, ticket)]
-        if not any(names):
-            names = [*self._group_members(ticket)]
-        for agent in self._agents(names, "customer_reply"):
-            self.send(session, ticket, agent, "customer_reply", message, {"reopened": reopened})
+        skip = set(told)
+        if not created and ticket.assignee != assignee_before:
+            skip |= self.assigned(
+                session, ticket, assignee_before, "maildesk (routing)", message, skip=skip
+            )
+        owner = [ticket.assignee] if self._reachable(ticket.assignee) else None
+        names = [*(owner or self._group_members(ticket)), *self._watchers(session, ticket)]
+        event = "new_ticket" if created else "customer_reply"
+        extra = None if created else {"reopened": reopened}
+        for agent in self._agents(names, event):
+            if agent.name not in skip:
+                self.send(session, ticket, agent, event, message, extra)
 
     def assigned(
         self,
@@ -106,19 +116,32 @@ class AgentNotices:
         before: str | None,
         by: str,
         message: Message | None = None,
-    ) -> None:
-        """Tell the new assignee (and the previous one) about an assignment change."""
+        *,
+        skip: Collection[str] = (),
+    ) -> set[str]:
+        """Tell the new assignee (and the previous one) about an assignment change.
+
+        Returns the names of the agents mailed; those in ``skip`` are not.
+        """
+        told: set[str] = set()
         for name, to_you in ((ticket.assignee, True), (before, False)):
             for agent in self._agents([name], "assignment"):
+                if agent.name in skip or agent.name in told:
+                    continue
                 extra = {"assignment": {"to_you": to_you, "agent": ticket.assignee, "by": by}}
-                self.send(session, ticket, agent, "assigned", message, extra)
+                if self.send(session, ticket, agent, "assigned", message, extra):
+                    told.add(agent.name)
+        return told
 
-    def escalated(self, session: Session, ticket: Ticket, group: str, why: str) -> None:
-        """Tell every present member of the group a ticket was escalated to."""
+    def escalated(self, session: Session, ticket: Ticket, group: str, why: str) -> set[str]:
+        """Tell every present member of the group a ticket was escalated to; returns whom."""
         members = [a.name for a in self.directory.members(group)]
         extra = {"escalation": {"group": group, "why": why}}
-        for agent in self._agents(members, "new_ticket"):
-            self.send(session, ticket, agent, "escalated", None, extra)
+        return {
+            agent.name
+            for agent in self._agents(members, "new_ticket")
+            if self.send(session, ticket, agent, "escalated", None, extra)
+        }
 
     # -- how -----------------------------------------------------------------
 
@@ -167,8 +190,13 @@ class AgentNotices:
         *,
         reply_purpose: str = "",
         reply_extra: tuple[str, ...] = (),
+        hold: bool = True,
     ) -> bool:
-        """Render ``<event>.agent`` for ``agent`` and queue it; False (with an event) if not."""
+        """Render ``<event>.agent`` for ``agent`` and queue it; False (with an event) if not.
+
+        ``hold``: an agent off shift gets it when their shift starts. Not for an
+        answer to the agent's own mail: they are at it now, off shift or not.
+        """
         notices = self.notices
         try:
             variables = {**self.variables(session, ticket, agent, message), **(extra or {})}
@@ -190,7 +218,7 @@ class AgentNotices:
         except (TemplateMissing, ValueError, TypeError, HeaderParseError) as exc:
             self._event(session, ticket, f"{event}_skipped", f"to {agent.name}: {exc}")
             return False
-        if not self.directory.on_shift(agent, self.now):
+        if hold and not self.directory.on_shift(agent, self.now):
             row.next_attempt_at = max(
                 row.next_attempt_at, self.directory.next_on_shift(agent, self.now)
             )
@@ -218,6 +246,7 @@ def notify_after_customer_mail(
     reopened: bool,
     assignee_before: str | None,
     written_at: datetime,
+    told: Collection[str] = (),
 ) -> None:
     """The pipeline's hook: notify agents of a customer's mail (not of old imported mail)."""
     settings = notices.settings
@@ -233,18 +262,27 @@ def notify_after_customer_mail(
         created=created,
         reopened=reopened,
         assignee_before=assignee_before,
+        told=told,
     )
 
 
-def notify_escalation(notices: Notices) -> Callable[[Session, Ticket, str, str], None]:
+class EscalationNotifier:
     """The ``notify`` for :func:`maildesk.routing.escalate.escalate`: mail the new group.
 
-    Cheap to make (the pipeline passes one for every routed message); the
-    directory is built only when a ticket is really escalated.
+    Cheap to make (the pipeline makes one for every routed reply); the
+    directory is built only when a ticket is really escalated. ``told`` keeps
+    whom it mailed, so the notice about the same customer mail skips them.
     """
 
-    def notify(session: Session, ticket: Ticket, group: str, why: str) -> None:
-        directory = Directory.from_settings(notices.settings)
-        AgentNotices(notices, directory).escalated(session, ticket, group, why)
+    def __init__(self, notices: Notices) -> None:
+        self.notices = notices
+        self.told: set[str] = set()
 
-    return notify
+    def __call__(self, session: Session, ticket: Ticket, group: str, why: str) -> None:
+        directory = Directory.from_settings(self.notices.settings)
+        self.told |= AgentNotices(self.notices, directory).escalated(session, ticket, group, why)
+
+
+def notify_escalation(notices: Notices) -> EscalationNotifier:
+    """A fresh :class:`EscalationNotifier` (one per routed mail)."""
+    return EscalationNotifier(notices)

@@ -270,6 +270,9 @@ class Applier:
                 ticket=ticket,
             )
 
+        # A new ticket's group hears of an escalation by the new-ticket notice below;
+        # a reply's escalation notice is the one notice its new group gets about it.
+        escalation = None if created or self.notices is None else notify_escalation(self.notices)
         if ctx.route is not None:  # issue 7: rules, learned fields, assignment
             apply_route(
                 session,
@@ -283,8 +286,7 @@ class Applier:
                 created=created,
                 reopened=decision.reopen,
                 automated=automated,
-                # A new ticket's group hears of it by the new-ticket notice below.
-                notify=None if created or self.notices is None else notify_escalation(self.notices),
+                notify=escalation,
             )
         if verdict.kind is AutoKind.BOUNCE:
             self._suppress(session, ctx, intake, ticket, message)
@@ -323,6 +325,7 @@ class Applier:
                 reopened=decision.reopen,
                 assignee_before=None if created else assignee_before,
                 written_at=written,
+                told=escalation.told if escalation is not None else (),
             )
 
         ticket.updated_at = max(ticket.updated_at, at)

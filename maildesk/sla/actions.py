@@ -215,6 +215,8 @@ class EscalationActions:
             support_address=self.notices.support_address_for(esc.ticket),
             auto_submitted="auto-generated",
             from_name=self.notices.from_name_for(esc.ticket),
+            # "Reply to this mail": signed for the agent, so the reply counts as theirs.
+            agent=person.agent.name if person.agent is not None else "",
         )
         row = self.notices.composer.queue(session, mail)
         now = self.clock()
