@@ -410,7 +410,8 @@ class RetiredSecretSettings(_Section):
 
 
 class AbsenceSettings(_Section):
-    """A period an agent is away (inclusive dates): never assigned, notifications held."""
+    """A period an agent is away (inclusive dates): never assigned, and not notified
+    (their tickets' notices go to the group; they do not get them on return)."""
 
     start: date
     end: date
