@@ -110,12 +110,19 @@ def _database(settings: Settings) -> tuple[bool, str]:
     try:
         db = Database(url)
         current, head = db.current_revision(), db.head_revision()
+        known = db.known_revisions()
         empty = db.is_empty()
         db.dispose()
     except Exception as exc:
         return False, f"database {shown}: {exc}"
     if empty:
         return True, f"database {shown}: reachable and empty; the first start creates schema {head}"
+    if current is not None and current not in known:
+        return (
+            False,
+            f"database {shown}: schema {current} is newer than this maildesk ({head}): "
+            "run the maildesk that upgraded it",
+        )
     if current != head:
         return (
             False,

@@ -19,7 +19,12 @@ from sqlalchemy import select
 from maildesk.app import App
 from maildesk.config import EX_CONFIG, ConfigError, load_settings
 from maildesk.db import queries
-from maildesk.db.database import SchemaOutOfDate, StorageUnavailable, is_transient
+from maildesk.db.database import (
+    SchemaOutOfDate,
+    SchemaTooNew,
+    StorageUnavailable,
+    is_transient,
+)
 from maildesk.db.models import (
     Blob,
     Disposition,
@@ -145,6 +150,8 @@ def db_upgrade(ctx: click.Context) -> None:
         app.db.upgrade()
     except StorageUnavailable as exc:
         _fail(str(exc), EX_TEMPFAIL)
+    except SchemaTooNew as exc:
+        _fail(str(exc), EX_CONFIG)
     click.echo(f"schema {before or 'empty'} -> {app.db.current_revision()}")
 
 
@@ -153,8 +160,14 @@ def db_upgrade(ctx: click.Context) -> None:
 def db_status(ctx: click.Context) -> None:
     """Show the schema revision of the database and the one this maildesk needs."""
     app = build_app(ctx, check_schema=False)
-    current, head = app.db.current_revision(), app.db.head_revision()
-    verdict = "ok" if current == head else "run `maildesk db upgrade`"
+    try:
+        current, head = app.db.current_revision(), app.db.head_revision()
+    except StorageUnavailable as exc:
+        _fail(str(exc), EX_TEMPFAIL)
+    if current is not None and current not in app.db.known_revisions():
+        verdict = "newer than this maildesk: run the maildesk that upgraded it"
+    else:
+        verdict = "ok" if current == head else "run `maildesk db upgrade`"
     click.echo(f"database: {current or 'empty'}; needed: {head}; {verdict}")
     if current != head:
         sys.exit(1)

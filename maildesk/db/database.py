@@ -22,6 +22,10 @@ class SchemaOutOfDate(Exception):
     """The database schema is older (or newer) than this maildesk expects."""
 
 
+class SchemaTooNew(SchemaOutOfDate):
+    """The database was upgraded by a newer maildesk: this one must not touch it."""
+
+
 class StorageUnavailable(Exception):
     """The database cannot be reached or is locked: a temporary failure, retry later."""
 
@@ -86,15 +90,33 @@ class Database:
     def head_revision(self) -> str | None:
         return ScriptDirectory.from_config(self.alembic_config()).get_current_head()
 
+    def known_revisions(self) -> set[str]:
+        """Every revision this maildesk's migrations know."""
+        script = ScriptDirectory.from_config(self.alembic_config())
+        return {rev.revision for rev in script.walk_revisions()}
+
     def current_revision(self) -> str | None:
-        with self.engine.connect() as conn:
-            return MigrationContext.configure(conn).get_current_revision()
+        try:
+            with self.engine.connect() as conn:
+                return MigrationContext.configure(conn).get_current_revision()
+        except OperationalError as exc:
+            raise StorageUnavailable(f"database unavailable: {exc.orig}") from exc
+
+    def _refuse_newer(self, current: str | None) -> None:
+        if current is not None and current not in self.known_revisions():
+            raise SchemaTooNew(
+                f"database schema is at {current}, newer than this maildesk (which knows up "
+                f"to {self.head_revision()}): a newer maildesk upgraded it; run that version "
+                "(this one cannot use or downgrade it)"
+            )
 
     def is_empty(self) -> bool:
         with self.engine.connect() as conn:
             return not inspect(conn).get_table_names()
 
     def upgrade(self) -> None:
+        """Migrate to head (one transaction; on PostgreSQL one node at a time)."""
+        self._refuse_newer(self.current_revision())  # StorageUnavailable when it is down
         command.upgrade(self.alembic_config(), "head")
 
     def ensure_schema(self, *, initialise_empty: bool = True) -> str | None:
@@ -109,6 +131,7 @@ class Database:
             current, head = self.current_revision(), self.head_revision()
         except OperationalError as exc:
             raise StorageUnavailable(f"database unavailable: {exc.orig}") from exc
+        self._refuse_newer(current)
         if current != head:
             raise SchemaOutOfDate(
                 f"database schema is at {current or 'no revision'}, this maildesk needs {head}: "

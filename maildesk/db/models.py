@@ -137,7 +137,7 @@ class Intake(Base):
     source_ref: Mapped[str] = mapped_column(Text, default="")
     envelope_from: Mapped[str | None] = mapped_column(Text)
     envelope_to: Mapped[list[str]] = mapped_column(default=list)
-    raw_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"))
+    raw_sha256: Mapped[str] = mapped_column(ForeignKey("blobs.sha256"), index=True)
     size: Mapped[int] = mapped_column(BigInteger)
     header_message_id: Mapped[str | None] = mapped_column(String(998), index=True)
     state: Mapped[IntakeState] = mapped_column(_enum(IntakeState), default=IntakeState.PENDING)
@@ -149,7 +149,7 @@ class Intake(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     quarantine_reason: Mapped[str | None] = mapped_column(Text)
     processed_at: Mapped[datetime | None]
-    message_pk: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
+    message_pk: Mapped[int | None] = mapped_column(ForeignKey("messages.id"), index=True)
     ticket_id: Mapped[int | None] = mapped_column(ForeignKey("tickets.id"))
 
     __table_args__ = (Index("ix_intake_state_id", "state", "id"),)
@@ -311,7 +311,7 @@ class TicketLink(Base):
     __tablename__ = "ticket_links"
     id: Mapped[int] = mapped_column(primary_key=True)
     ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
-    other_ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"))
+    other_ticket_id: Mapped[int] = mapped_column(ForeignKey("tickets.id"), index=True)
     kind: Mapped[str] = mapped_column(String(24))  # follow_up_of, quoted_by_stranger, merged
     created_at: Mapped[datetime]
 
