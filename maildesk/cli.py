@@ -594,7 +594,7 @@ def outbox_drain(ctx: click.Context) -> None:
     result = sender.drain()
     click.echo(
         f"sent {result.sent}, retry later {result.retried}, "
-        f"failed {result.failed}, suppressed {result.suppressed}"
+        f"failed {result.failed}, suppressed {result.suppressed}, dropped {result.dropped}"
     )
 
 

@@ -335,6 +335,7 @@ class OutboxState(enum.StrEnum):
     SENT = "sent"
     FAILED = "failed"  # permanent failure, with the server's reply
     SUPPRESSED = "suppressed"  # recipient on the suppression list
+    DROPPED = "dropped"  # an agent notice held for their shift that the ticket overtook
 
 
 class Outbox(Base):

@@ -14,8 +14,8 @@ from datetime import datetime, timedelta
 from email.errors import HeaderParseError
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, aliased
 
 from maildesk.config import AgentSettings
 from maildesk.db import queries
@@ -24,7 +24,9 @@ from maildesk.db.models import (
     Event,
     Message,
     MessageKind,
+    Outbox,
     Ticket,
+    TicketStatus,
     Watcher,
 )
 from maildesk.domain.quotes import REPLY_MARKER_TEMPLATE
@@ -35,6 +37,14 @@ from maildesk.people import Directory
 
 TEXT_LIMIT = 8000
 NOTES_SHOWN = 5
+# Notices about where a ticket stands: one held for the agent's shift is not sent
+# once an agent answered the customer or the ticket was resolved, closed or
+# merged meanwhile (a command's result or a held-mail warning always is).
+# Notices about work to do, which a colleague's answer or a resolution overtakes. Not
+# "assigned": the ticket is still the agent's, whoever answered meanwhile.
+OVERTAKEN_KINDS = frozenset(
+    {"new_ticket", "customer_reply", "escalated", "sla_warning", "sla_breach"}
+)
 
 
 def marker_line(notices: Notices, ticket: Ticket) -> str:
@@ -286,3 +296,54 @@ class EscalationNotifier:
 def notify_escalation(notices: Notices) -> EscalationNotifier:
     """A fresh :class:`EscalationNotifier` (one per routed mail)."""
     return EscalationNotifier(notices)
+
+
+def overtaken(session: Session, row: Outbox) -> str | None:
+    """Why a notice held for an agent's shift is not worth sending now, or None.
+
+    Held: due later than it was queued, and not tried yet. Overtaken: since it
+    was queued an agent answered the customer, or the ticket was resolved,
+    closed or merged away. One query, and only for a held notice.
+    """
+    if (
+        row.purpose not in OVERTAKEN_KINDS
+        or row.ticket_id is None
+        or row.attempts
+        or row.next_attempt_at <= row.created_at
+    ):
+        return None
+    after = (
+        Message.id > row.message_pk
+        if row.message_pk is not None
+        else Message.created_at > row.created_at
+    )
+    answered_by = (
+        select(func.coalesce(func.nullif(Message.from_name, ""), Message.from_addr))
+        .where(Message.ticket_id == row.ticket_id, Message.kind == MessageKind.AGENT_REPLY, after)
+        .order_by(Message.id)
+        .limit(1)
+        .scalar_subquery()
+    )
+    target = aliased(Ticket)
+    found = session.execute(
+        select(Ticket.status, Ticket.resolved_at, Ticket.closed_at, target.number, answered_by)
+        .outerjoin(target, target.id == Ticket.merged_into_id)
+        .where(Ticket.id == row.ticket_id)
+    ).one_or_none()
+    if found is None:
+        return None
+    status, resolved_at, closed_at, merged_into, by = found
+    since = [f"{by} answered"] if by else []
+    if merged_into is not None:
+        since.append(f"it was merged into #{merged_into}")
+    elif status is TicketStatus.RESOLVED and resolved_at and resolved_at > row.created_at:
+        since.append("it was resolved")
+    elif status is TicketStatus.CLOSED and closed_at and closed_at > row.created_at:
+        since.append("it was closed")
+    if not since:
+        return None
+    to = ", ".join(row.recipients)
+    return (
+        f"{row.purpose} notice held for {to} until {row.next_attempt_at:%Y-%m-%d %H:%M} UTC; "
+        f"meanwhile {' and '.join(since)}: not sent"
+    )

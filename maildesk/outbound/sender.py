@@ -35,6 +35,7 @@ from maildesk.config import OutboundSettings
 from maildesk.connection_watch import CommandOverdue, ConnectionWatch
 from maildesk.db.database import Database
 from maildesk.db.models import Blob, Event, Outbox, OutboxState, Suppression
+from maildesk.outbound.agent_notices import overtaken
 from maildesk.outbound.suppression import no_such_mailbox, suppress
 
 log = logging.getLogger("maildesk.outbound")
@@ -214,6 +215,7 @@ class DrainResult:
     retried: int = 0
     failed: int = 0
     suppressed: int = 0
+    dropped: int = 0  # agent notices held for a shift that the ticket overtook
 
 
 class OutboxSender:
@@ -351,6 +353,10 @@ class OutboxSender:
         with self.db.transaction() as session:
             row = session.get(Outbox, outbox_id)
             assert row is not None
+            if (why := overtaken(session, row)) is not None:
+                self._drop(session, row, why)
+                result.dropped += 1
+                return
             blob = session.get(Blob, row.raw_sha256)
             raw = bytes(blob.data) if blob else b""
             envelope_from, recipients = row.envelope_from, list(row.recipients)
@@ -414,6 +420,22 @@ class OutboxSender:
                     row.next_attempt_at,
                     error,
                 )
+
+    def _drop(self, session: Session, row: Outbox, why: str) -> None:
+        """Not sent, for good, and said on the ticket (a notice the ticket overtook)."""
+        row.state, row.last_error = OutboxState.DROPPED, why[:4000]
+        row.claimed_by = row.claimed_at = None
+        session.add(
+            Event(
+                at=self.clock(),
+                kind="notice_dropped",
+                reason=why[:4000],
+                ticket_id=row.ticket_id,
+                message_pk=row.message_pk,
+                data={"outbox": row.id, "purpose": row.purpose, "recipients": row.recipients},
+            )
+        )
+        log.info("outbox=%s ticket=%s dropped: %s", row.id, row.ticket_id, why)
 
     def _not_delivered(
         self,
