@@ -26,7 +26,8 @@ from maildesk.agents.trust import (
 from maildesk.config import AgentSettings, Settings
 from maildesk.db import queries
 from maildesk.db.models import Ticket
-from maildesk.domain.signing import RefPurpose
+from maildesk.domain.quotes import own_words
+from maildesk.domain.signing import RefPurpose, claimed_reply_local_part
 from maildesk.domain.subject import find_ticket_numbers
 from maildesk.people import Directory
 from maildesk.pipeline.context import MessageContext, Stop, StopKind, ThreadDecision, ThreadRule
@@ -53,6 +54,11 @@ class AgentMail:
     score: int | None = None
     held_id: int | None = None
     commands: tuple[str, ...] = field(default=())
+    # Ratings: the customer's own words (no quote, signature or boilerplate), whether the
+    # address's signature verified, and whether the score is in the low half of the scale.
+    text: str = ""
+    verified: bool = True
+    low: bool = False
 
 
 def _auth(ctx: MessageContext, all_settings: Settings, agent: AgentSettings) -> AuthCheck:
@@ -172,23 +178,63 @@ def _hold(ctx: MessageContext, ticket_id: int | None, agent: str | None, reason:
 
 
 def _rating(ctx: MessageContext, session: Session, deps: StageDeps, recipients: list[str]) -> None:
+    """A mail to a rating address: the rating, and any words the customer added.
+
+    A rating address whose signature does not verify (mistyped, or signed with a
+    secret retired since) still counts as one when the ticket it names exists and
+    the sender is a participant of it (the trust of a subject tag, rule 4): kept on
+    that ticket as an unverified rating, not a new ticket. Otherwise the mail is
+    what it looks like, a customer's mail to support.
+    """
+    top = deps.settings.agent_mail.rating_scores
+    sender = ctx.message.from_.addr if ctx.message.from_ else ""
+    unverified: tuple[str, Ticket, int] | None = None
     for local in signed_locals(recipients, deps.settings.support_addresses):
-        signed = deps.signer.parse_reply_local_part(local)
-        if signed is None or signed.purpose != RefPurpose.RATE:
+        claimed = claimed_reply_local_part(local)
+        if claimed is None or claimed[0].purpose != RefPurpose.RATE:
             continue
-        score = int(signed.extra[0])
-        ticket = _by_number(session, ctx, signed.ticket)
-        if ticket is None or not 1 <= score <= deps.settings.agent_mail.rating_scores:
+        ref = claimed[0]
+        score = int(ref.extra[0]) if ref.extra[0].isdigit() and len(ref.extra[0]) < 3 else 0
+        if not 1 <= score <= top:
             continue
-        ctx.agent = AgentMail(
-            RATING, ticket.id, None, f"rating {score} for #{ticket.number}", score=score
-        )
+        ticket = _by_number(session, ctx, ref.ticket)
+        if ticket is None:
+            continue
+        if deps.signer.parse_reply_local_part(local) is None:
+            if unverified is None and sender and queries.is_participant(session, ticket, sender):
+                unverified = (local, ticket, score)
+            continue
+        _rated(ctx, ticket, score, top, True)
         ctx.thread = ThreadDecision(
             ThreadRule.SIGNED_REFERENCE,
             ticket.id,
             f"addressed to our signed rating address {local}@ for ticket #{ticket.number}",
         )
         return
+    if unverified is not None:
+        local, ticket, score = unverified
+        _rated(ctx, ticket, score, top, False)
+        ctx.thread = ThreadDecision(
+            ThreadRule.SUBJECT_TAG,
+            ticket.id,
+            f"addressed to rating address {local}@ whose signature does not verify; it names "
+            f"ticket #{ticket.number} and {sender} is a participant of it",
+        )
+
+
+def _rated(ctx: MessageContext, ticket: Ticket, score: int, top: int, verified: bool) -> None:
+    words = own_words(ctx.message.text, ctx.message.html)
+    how = "" if verified else " (unverified)"
+    ctx.agent = AgentMail(
+        RATING,
+        ticket.id,
+        None,
+        f"rating {score}{how} for #{ticket.number}" + (" with text" if words else ""),
+        score=score,
+        text=words,
+        verified=verified,
+        low=2 * score <= top,
+    )
 
 
 def _tagged_ticket(ctx: MessageContext, session: Session, deps: StageDeps) -> Ticket | None:

@@ -42,7 +42,7 @@ from maildesk.db.models import (
 from maildesk.db.upsert import insert_row
 from maildesk.domain.quotes import strip_reply
 from maildesk.domain.signing import RefPurpose
-from maildesk.outbound.agent_notices import AgentNotices, marker_line
+from maildesk.outbound.agent_notices import AgentNotices, marker_line, notify_after_customer_mail
 from maildesk.outbound.notices import Notices
 from maildesk.people import Directory
 from maildesk.pipeline.context import MessageContext
@@ -74,12 +74,14 @@ def _store(
     text: str,
     *,
     keep_html: bool = False,
+    proven: bool = True,
 ) -> Message:
     """The inbound mail as a message of ``kind``; its raw MIME stays linked unchanged."""
     html = ctx.message.html if keep_html else None
     message = applier.insert_inbound(session, ctx, intake, ticket, kind, text, html)
-    # Signed for this ticket (an agent's or a rating address) or an authenticated agent.
-    applier._remember_ids(session, ctx, ticket, proven=True)
+    # Signed for this ticket (an agent's or a rating address) or an authenticated agent;
+    # not an unverified rating, which joined on its From.
+    applier._remember_ids(session, ctx, ticket, proven=proven)
     for note in ctx.notes:
         _event(applier, session, intake, ticket, message, note.kind, note.reason, note.data)
     assert ctx.thread is not None
@@ -112,27 +114,7 @@ def apply_agent_mail(
     data = {"agent": mail.agent, "checks": list(mail.checks)}
 
     if mail.kind == kinds.RATING:
-        message = _store(applier, session, ctx, intake, ticket, MessageKind.AUTO, ctx.message.text)
-        sender = ctx.message.from_.addr if ctx.message.from_ else ""
-        session.add(
-            Rating(
-                ticket_id=ticket.id,
-                score=mail.score or 0,
-                contact=sender[:320],
-                message_pk=message.id,
-                created_at=applier.now,
-            )
-        )
-        _event(
-            applier,
-            session,
-            intake,
-            ticket,
-            message,
-            "rated",
-            f"{sender or 'someone'} rated ticket #{ticket.number}: {mail.score}",
-            {"score": mail.score, "contact": sender},
-        )
+        _rating(applier, session, ctx, intake, ticket, mail)
     elif mail.kind == kinds.AUTO:
         message = _store(applier, session, ctx, intake, ticket, MessageKind.AUTO, ctx.message.text)
         _event(
@@ -167,6 +149,78 @@ def apply_agent_mail(
     intake.processed_at, intake.claimed_by = applier.now, None
     applier.flush_events(session)
     return ticket
+
+
+def _rating(
+    applier: Applier,
+    session: Session,
+    ctx: MessageContext,
+    intake: Intake,
+    ticket: Ticket,
+    mail: AgentMail,
+) -> None:
+    """A rating: recorded (an event only when the address did not verify), and any words
+    the customer added told to the assignee (else the group) as a customer reply.
+
+    A low score with words reopens a resolved ticket within the reopen window, as a
+    reply would ("still broken"); a high one never does.
+    """
+    said = bool(mail.text) and (ctx.verdict is None or ctx.verdict.answerable)
+    kind = MessageKind.CUSTOMER if said else MessageKind.AUTO
+    message = _store(
+        applier, session, ctx, intake, ticket, kind, ctx.message.text, proven=mail.verified
+    )
+    sender = ctx.message.from_.addr if ctx.message.from_ else ""
+    data = {"score": mail.score, "contact": sender, "text": said}
+    if mail.verified:
+        session.add(
+            Rating(
+                ticket_id=ticket.id,
+                score=mail.score or 0,
+                contact=sender[:320],
+                message_pk=message.id,
+                created_at=applier.now,
+            )
+        )
+        reason = f"{sender or 'someone'} rated ticket #{ticket.number}: {mail.score}"
+        _event(applier, session, intake, ticket, message, "rated", reason, data)
+    else:
+        reason = (
+            f"{sender} rated ticket #{ticket.number}: {mail.score}, to a rating address whose "
+            "signature does not verify (mistyped or expired): kept here, not counted"
+        )
+        _event(applier, session, intake, ticket, message, "rating_unverified", reason, data)
+    if not said:
+        return
+    ticket.last_inbound_at = ctx.arrival
+    window = timedelta(days=applier.settings.threading.reopen_window_days)
+    resolved_at = ticket.resolved_at or ticket.updated_at
+    reopen = (
+        mail.low and ticket.status == TicketStatus.RESOLVED and ctx.arrival - resolved_at <= window
+    )
+    if reopen:
+        ticket.status, ticket.resolved_at = TicketStatus.OPEN, None
+        why = (
+            f"customer rated {mail.score} of {applier.settings.agent_mail.rating_scores} with text"
+        )
+        _event(applier, session, intake, ticket, message, "reopened", why, data)
+    if applier.notices is not None:
+        rated = {
+            "score": mail.score,
+            "of": applier.settings.agent_mail.rating_scores,
+            "verified": mail.verified,
+        }
+        notify_after_customer_mail(
+            session,
+            applier.notices,
+            ticket,
+            message,
+            created=False,
+            reopened=reopen,
+            assignee_before=ticket.assignee,
+            written_at=ctx.arrival,
+            extra={"rated": rated, "text": mail.text},
+        )
 
 
 def _clean_text(ctx: MessageContext, text: str, notices: Notices, ticket: Ticket) -> str:

@@ -157,6 +157,23 @@ def strip_reply(text: str, html: str | None = None, *, marker: str | None = None
         return ReplyText(body, "none", False)
 
 
+def own_words(text: str, html: str | None = None) -> str:
+    """What the sender wrote themselves: ``strip_reply``'s new text, or "" when that is
+    only a client's boilerplate ("Sent from my iPhone", a lone signature) or no words.
+
+    For mail whose body is optional, such as a mail to a rating address.
+    """
+    kept = strip_reply(text, html).text
+    lines = [line for line in kept.splitlines() if line.strip() and not _is_quoted(line)]
+    for i, line in enumerate(lines):
+        if _SIGNATURE.match(line):  # a signature with nothing above it
+            lines = lines[:i]
+            break
+    if all(_MOBILE_SIGNATURE.match(line) or not _alnum(line) for line in lines):
+        return ""
+    return kept
+
+
 def _strip(text: str, html: str | None, marker: str | None) -> ReplyText:
     body = text.replace("\r\n", "\n").replace("\r", "\n")
     html = html if isinstance(html, str) and html.strip() else None

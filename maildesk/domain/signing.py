@@ -208,23 +208,36 @@ class Signer:
         self, local: str, *, agent: str = "", delimiter: str = "+"
     ) -> SignedRef | None:
         """The verified reference in a local-part made by ``reply_local_part``, or None."""
-        _base, sep, tail = local.strip().rpartition(delimiter)
-        if not sep or not tail.isascii():
+        claimed = claimed_reply_local_part(local, delimiter=delimiter)
+        if claimed is None:
             return None
-        parts = tail.lower().split("-")
-        if len(parts) < 3:
+        ref, sig = claimed
+        if not self.verify(sig, "local", ref.purpose, str(ref.ticket), *ref.extra, agent):
             return None
-        purpose, ticket_text, *fields, sig = parts
-        ticket = _parse_ticket(ticket_text)
-        if ticket is None or not _WORD_RE.fullmatch(purpose):
-            return None
-        if len(fields) != _EXTRA_COUNT.get(purpose, 0):
-            return None
-        if any(not _EXTRA_RE.fullmatch(e) for e in fields):
-            return None
-        if not self.verify(sig, "local", purpose, ticket_text, *fields, agent):
-            return None
-        return SignedRef(purpose, ticket, tuple(fields))
+        return ref
+
+
+def claimed_reply_local_part(local: str, *, delimiter: str = "+") -> tuple[SignedRef, str] | None:
+    """What a local-part shaped like ``reply_local_part``'s claims, and its signature.
+
+    NOT verified: for telling a mistyped or expired address (a rating address
+    whose signature no secret verifies) from one that is not ours at all.
+    """
+    _base, sep, tail = local.strip().rpartition(delimiter)
+    if not sep or not tail.isascii():
+        return None
+    parts = tail.lower().split("-")
+    if len(parts) < 3:
+        return None
+    purpose, ticket_text, *fields, sig = parts
+    ticket = _parse_ticket(ticket_text)
+    if ticket is None or not _WORD_RE.fullmatch(purpose):
+        return None
+    if len(fields) != _EXTRA_COUNT.get(purpose, 0):
+        return None
+    if any(not _EXTRA_RE.fullmatch(e) for e in fields):
+        return None
+    return SignedRef(purpose, ticket, tuple(fields)), sig
 
 
 def _check_ticket(ticket: int) -> None:

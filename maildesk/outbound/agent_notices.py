@@ -97,12 +97,14 @@ class AgentNotices:
         reopened: bool,
         assignee_before: str | None,
         told: Collection[str] = (),
+        extra: dict[str, Any] | None = None,
     ) -> None:
         """Tell the assignee (else the group) and the watchers, each agent once.
 
         The group stands in for an assignee nobody can reach: one who left the
         config or is away. ``told``: agents already mailed about this customer
         mail (an escalation notice to the new group), who get nothing more.
+        ``extra``: more for a reply's notice (a rating's score, the text to show).
         """
         if not self.directory.agents or ticket.possible_spam:
             return
@@ -114,10 +116,10 @@ class AgentNotices:
         owner = [ticket.assignee] if self._reachable(ticket.assignee) else None
         names = [*(owner or self._group_members(ticket)), *self._watchers(session, ticket)]
         event = "new_ticket" if created else "customer_reply"
-        extra = None if created else {"reopened": reopened}
+        more = None if created else {"reopened": reopened, **(extra or {})}
         for agent in self._agents(names, event):
             if agent.name not in skip:
-                self.send(session, ticket, agent, event, message, extra)
+                self.send(session, ticket, agent, event, message, more)
 
     def assigned(
         self,
@@ -257,6 +259,7 @@ def notify_after_customer_mail(
     assignee_before: str | None,
     written_at: datetime,
     told: Collection[str] = (),
+    extra: dict[str, Any] | None = None,
 ) -> None:
     """The pipeline's hook: notify agents of a customer's mail (not of old imported mail)."""
     settings = notices.settings
@@ -273,6 +276,7 @@ def notify_after_customer_mail(
         reopened=reopened,
         assignee_before=assignee_before,
         told=told,
+        extra=extra,
     )
 
 
