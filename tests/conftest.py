@@ -69,8 +69,9 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @contextlib.contextmanager
-def private_pg_database(prefix: str) -> Iterator[str]:
-    """A PostgreSQL database of its own on the local server, migrated, dropped afterwards.
+def private_pg_database(prefix: str, *, migrate: bool = True) -> Iterator[str]:
+    """A PostgreSQL database of its own on the local server, dropped afterwards; migrated
+    to the current schema unless ``migrate`` is False (then it has no schema at all).
 
     Skips the test where no server answers, except in CI, where that is a failure.
     """
@@ -85,9 +86,10 @@ def private_pg_database(prefix: str) -> Iterator[str]:
             raise
         pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {exc}")
     url = PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    db = Database(url)
-    db.upgrade()
-    db.dispose()
+    if migrate:
+        db = Database(url)
+        db.upgrade()
+        db.dispose()
     try:
         yield url
     finally:

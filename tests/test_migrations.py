@@ -11,7 +11,6 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -29,30 +28,14 @@ from maildesk.cli import main
 from maildesk.db import queries
 from maildesk.db.database import Database
 from maildesk.db.models import Base, IntakeState, Ticket
-from tests.conftest import PG_ADMIN_URL, REPO, private_pg_database, write_cli_config
+from tests.conftest import REPO, private_pg_database, write_cli_config
 
 AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
-@contextlib.contextmanager
-def empty_pg_database() -> Iterator[str]:
+def empty_pg_database() -> contextlib.AbstractContextManager[str]:
     """A PostgreSQL database of its own with no schema at all, dropped afterwards."""
-    name = f"maildesk_empty_{uuid.uuid4().hex[:10]}"
-    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
-    try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except Exception as err:  # pragma: no cover - depends on the machine
-        admin.dispose()
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(f"PostgreSQL not reachable at {PG_ADMIN_URL}: {err}")
-    try:
-        yield PG_ADMIN_URL.rsplit("/", 1)[0] + f"/{name}"
-    finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+    return private_pg_database("maildesk_empty", migrate=False)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
