@@ -46,6 +46,7 @@ from maildesk.outbound.agent_notices import AgentNotices, marker_line, notify_af
 from maildesk.outbound.notices import Notices
 from maildesk.people import Directory
 from maildesk.pipeline.context import MessageContext
+from maildesk.pipeline.stages import reopenable
 
 if TYPE_CHECKING:
     from maildesk.pipeline.apply import Applier
@@ -193,11 +194,7 @@ def _rating(
     if not said:
         return
     ticket.last_inbound_at = ctx.arrival
-    window = timedelta(days=applier.settings.threading.reopen_window_days)
-    resolved_at = ticket.resolved_at or ticket.updated_at
-    reopen = (
-        mail.low and ticket.status == TicketStatus.RESOLVED and ctx.arrival - resolved_at <= window
-    )
+    reopen = mail.low and reopenable(ticket, ctx.arrival, applier.settings)
     if reopen:
         ticket.status, ticket.resolved_at = TicketStatus.OPEN, None
         why = (

@@ -297,11 +297,6 @@ class EscalationNotifier:
         self.told |= AgentNotices(self.notices, directory).escalated(session, ticket, group, why)
 
 
-def notify_escalation(notices: Notices) -> EscalationNotifier:
-    """A fresh :class:`EscalationNotifier` (one per routed mail)."""
-    return EscalationNotifier(notices)
-
-
 def overtaken(session: Session, row: Outbox) -> str | None:
     """Why a notice held for an agent's shift is not worth sending now, or None.
 

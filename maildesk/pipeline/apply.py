@@ -39,7 +39,7 @@ from maildesk.domain.message import Address
 from maildesk.domain.subject import normalize_subject
 from maildesk.domain.threadindex import conversation_key
 from maildesk.intake.store import store_attachments
-from maildesk.outbound.agent_notices import notify_after_customer_mail, notify_escalation
+from maildesk.outbound.agent_notices import EscalationNotifier, notify_after_customer_mail
 from maildesk.outbound.notices import Notices
 from maildesk.outbound.suppression import suppress
 from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind, ThreadRule
@@ -272,7 +272,7 @@ class Applier:
 
         # A new ticket's group hears of an escalation by the new-ticket notice below;
         # a reply's escalation notice is the one notice its new group gets about it.
-        escalation = None if created or self.notices is None else notify_escalation(self.notices)
+        escalation = None if created or self.notices is None else EscalationNotifier(self.notices)
         if ctx.route is not None:  # issue 7: rules, learned fields, assignment
             apply_route(
                 session,

@@ -515,6 +515,13 @@ def bounce_conversation(
     return None
 
 
+def reopenable(ticket: Ticket, at: datetime, settings: Settings) -> bool:
+    """Whether a customer's mail at ``at`` reopens ``ticket``: resolved, within the window."""
+    window = timedelta(days=settings.threading.reopen_window_days)
+    resolved_at = ticket.resolved_at or ticket.updated_at
+    return ticket.status == TicketStatus.RESOLVED and at - resolved_at <= window
+
+
 def lifecycle(
     ctx: MessageContext, ticket: Ticket, found: ThreadDecision, deps: StageDeps
 ) -> ThreadDecision:
@@ -522,9 +529,7 @@ def lifecycle(
     automated = ctx.verdict is not None and not ctx.verdict.answerable
     if ticket.status not in (TicketStatus.RESOLVED, TicketStatus.CLOSED) or automated:
         return found
-    window = timedelta(days=deps.settings.threading.reopen_window_days)
-    resolved_at = ticket.resolved_at or ticket.updated_at
-    if ticket.status == TicketStatus.RESOLVED and ctx.arrival - resolved_at <= window:
+    if reopenable(ticket, ctx.arrival, deps.settings):
         return ThreadDecision(
             found.rule, ticket.id, found.evidence + "; reopens the resolved ticket", reopen=True
         )

@@ -4,7 +4,7 @@ Called by the ``escalate`` rule action and by the agents' ``#escalate [group]``
 command. The ticket leaves its assignee, joins the new group, is assigned
 within it by the group's strategy, and the move is an ``escalated`` event. The
 caller passes ``notify`` to tell the new group (the pipeline and the agents'
-command runner pass :func:`maildesk.outbound.agent_notices.notify_escalation`).
+command runner pass :class:`maildesk.outbound.agent_notices.EscalationNotifier`).
 """
 
 from __future__ import annotations
