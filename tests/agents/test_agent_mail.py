@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -27,13 +26,6 @@ from tests.conftest import FrozenClock
 from tests.mailfactory import deliver, make_mail, reply_to
 
 ALICE = "alice@customer.test"
-
-
-@pytest.fixture
-def app(tmp_path: Path, database_url: str, clock: FrozenClock) -> Iterator[App]:
-    application = agent_app(tmp_path, database_url, clock)
-    yield application
-    application.db.dispose()
 
 
 def _agent_deliver(app: App, raw: bytes, rcpt: str) -> None:

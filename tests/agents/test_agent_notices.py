@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,13 +30,6 @@ BOB = "bob@agents.test"
 CAROL = "carol@agents.test"
 DAN = "dan@agents.test"
 FIRST = "first@customer.test"
-
-
-@pytest.fixture
-def app(tmp_path: Path, database_url: str, clock: FrozenClock) -> Iterator[App]:
-    application = agent_app(tmp_path, database_url, clock)
-    yield application
-    application.db.dispose()
 
 
 def _app_with(

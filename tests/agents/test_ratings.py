@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 from sqlalchemy import func, select
 
@@ -12,7 +9,6 @@ from maildesk.app import App
 from maildesk.db.models import Rating, Ticket
 from tests.agents.agenthelp import (
     Sent,
-    agent_app,
     client_reply,
     events_of_kind,
     outbox,
@@ -21,18 +17,10 @@ from tests.agents.agenthelp import (
     ticket_number,
     to,
 )
-from tests.conftest import FrozenClock
 from tests.mailfactory import deliver, make_mail
 
 ALICE = "alice@customer.test"
 BOB = "bob@agents.test"
-
-
-@pytest.fixture
-def app(tmp_path: Path, database_url: str, clock: FrozenClock) -> Iterator[App]:
-    application = agent_app(tmp_path, database_url, clock)
-    yield application
-    application.db.dispose()
 
 
 def _resolved(app: App) -> Sent:
