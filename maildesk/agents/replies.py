@@ -29,7 +29,14 @@ from maildesk.db.models import (
     Ticket,
 )
 from maildesk.domain.message import ParsedAttachment
-from maildesk.outbound.compose import OutboundMail, Recipient, addressable, one_line
+from maildesk.domain.rawheader import decode_text
+from maildesk.outbound.compose import (
+    OutboundAttachment,
+    OutboundMail,
+    Recipient,
+    addressable,
+    one_line,
+)
 from maildesk.outbound.notices import Notices
 from maildesk.people import Directory
 
@@ -86,7 +93,7 @@ def safe_attachments(
     keep: list[ParsedAttachment] = []
     dropped: list[str] = []
     for part in parts:
-        text = part.content.decode("utf-8", "replace")
+        text, _exact = decode_text(part.content, part.charset)
         if loop_token in text or leaked_note(passages, text) is not None:
             dropped.append(part.filename)
         else:
@@ -132,9 +139,7 @@ def customer_recipients(
     ]
 
 
-def carried_attachments(
-    parts: Sequence[ParsedAttachment],
-) -> list[tuple[str, str, bytes, str | None]]:
+def carried_attachments(parts: Sequence[ParsedAttachment]) -> list[OutboundAttachment]:
     """The agent's attachments as the composer takes them; names are display text only."""
     out = []
     for part in parts:
@@ -142,7 +147,9 @@ def carried_attachments(
         ctype = part.content_type.lower()
         if not _SAFE_TYPE.match(ctype) or ctype.split("/")[0] in ("message", "multipart"):
             ctype = "application/octet-stream"
-        out.append((name, ctype, part.content, part.content_id if part.inline else None))
+        charset = part.charset if ctype.startswith("text/") else None
+        cid = part.content_id if part.inline else None
+        out.append(OutboundAttachment(name, ctype, part.content, cid, charset))
     return out
 
 

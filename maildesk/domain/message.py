@@ -37,6 +37,7 @@ class ParsedAttachment:
     content: bytes
     content_id: str | None = None
     inline: bool = False
+    charset: str | None = None  # of a text part, as its sender labelled it
 
 
 @dataclass(frozen=True, slots=True)

@@ -18,6 +18,7 @@ from email.headerregistry import Address as HeaderAddress
 from email.message import EmailMessage
 from email.policy import SMTP, Policy
 from email.utils import format_datetime
+from typing import NamedTuple
 
 import idna
 from sqlalchemy.orm import Session
@@ -125,6 +126,16 @@ class Recipient:
     name: str = ""
 
 
+class OutboundAttachment(NamedTuple):
+    """A file that goes out as it came in: its name is display text only."""
+
+    filename: str
+    content_type: str
+    data: bytes
+    content_id: str | None = None  # set for an inline part the HTML refers to
+    charset: str | None = None  # of a text file, so the reader's client decodes it right
+
+
 @dataclass(frozen=True)
 class OutboundMail:
     """One mail to queue: what to say, to whom, in answer to what."""
@@ -140,11 +151,11 @@ class OutboundMail:
     auto_submitted: str = "auto-replied"
     from_name: str = ""  # display name; empty: outbound.from_name
     # Issue 5: a mail to one agent gets a Reply-To and Message-ID signed for that
-    # agent (``agent``); attachments are (filename, content type, bytes, content id).
+    # agent (``agent``).
     agent: str = ""
     reply_purpose: str = ""  # default: "a" for an agent, else "t"
     reply_extra: tuple[str, ...] = ()
-    attachments: Sequence[tuple[str, str, bytes, str | None]] = ()
+    attachments: Sequence[OutboundAttachment] = ()
 
 
 class Composer:
@@ -208,14 +219,15 @@ class Composer:
                 html.replace("</body>", footer + "</body>") if "</body>" in html else html + footer
             )
             msg.add_alternative(html, subtype="html")
-        for filename, content_type, data, content_id in mail.attachments:
-            maintype, _, subtype = content_type.partition("/")
+        for part in mail.attachments:
+            maintype, _, subtype = part.content_type.partition("/")
             msg.add_attachment(
-                data,
+                part.data,
                 maintype=maintype or "application",
                 subtype=subtype or "octet-stream",
-                filename=one_line(filename) or None,
-                cid=f"<{one_line(content_id)}>" if content_id else None,
+                filename=one_line(part.filename) or None,
+                cid=f"<{one_line(part.content_id)}>" if part.content_id else None,
+                params={"charset": part.charset} if part.charset else None,
             )
         return msg
 

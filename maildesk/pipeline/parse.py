@@ -222,6 +222,16 @@ def _trim_parameters(raw: bytes, defects: list[str]) -> bytes:
     return b"".join(pieces)
 
 
+# A charset label as it may be passed on in our own mail's header parameter.
+_CHARSET_LABEL = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:+-]{0,39}$")
+
+
+def _text_charset(part: Message, ctype: str) -> str | None:
+    """The charset a text attachment's sender labelled it with, if it is a plain label."""
+    charset = _safe_charset(part) if ctype.startswith("text/") else None
+    return charset if charset and _CHARSET_LABEL.match(charset) else None
+
+
 def _safe_charset(part: Message) -> str | None:
     try:
         return part.get_content_charset()
@@ -472,6 +482,7 @@ class _PartWalker:
                 content=content,
                 content_id=cid or None,
                 inline=inline,
+                charset=_text_charset(part, ctype),
             )
         )
 

@@ -144,8 +144,10 @@ def client_reply(
         msg.add_alternative(html, subtype="html")
     if attachment is not None:
         name, ctype, data = attachment
+        ctype, _, charset = ctype.partition("; charset=")
         maintype, subtype = ctype.split("/")
-        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name)
+        params = {"charset": charset} if charset else None
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, filename=name, params=params)
     return msg.as_bytes()
 
 

@@ -343,6 +343,19 @@ def test_a_hostile_attachment_name_reaches_the_customer_as_harmless_text(app: Ap
         assert stored and all(len(a.sha256) == 64 for a in stored)
 
 
+def test_an_attached_text_file_reaches_the_customer_in_its_own_charset(app: App) -> None:
+    notice = _open_ticket(app)
+    text = "Grüße aus Köln: Maß 5 €\n"
+    attachment = ("notes.txt", "text/plain; charset=windows-1252", text.encode("cp1252"))
+    raw = client_reply(notice, "Our notes are attached.\n", attachment=attachment)
+    _agent_deliver(app, raw, reply_address(notice))
+    [answer] = to(app, ALICE, "agent_reply")
+    [part] = list(answer.msg.iter_attachments())
+    # Without its charset the customer's client reads the bytes as ASCII: "Gr??e".
+    assert part.get_content_charset() == "windows-1252"
+    assert part.get_content() == text
+
+
 def test_a_customer_reply_to_a_resolved_ticket_reopens_it_and_tells_the_assignee(
     app: App,
 ) -> None:

@@ -326,3 +326,32 @@ def test_a_note_left_in_an_inline_reply_is_not_sent_to_the_customer(app: App) ->
         assert "5000 EUR" not in sent.text, (sent.purpose, sent.text)
     report = to(app, "bob@agents.test", "agent_result")[-1]
     assert "reply NOT sent: it contains the internal note text" in report.text
+
+
+def test_a_note_saved_to_a_text_file_in_another_charset_is_not_sent_to_the_customer(
+    app: App,
+) -> None:
+    """Notepad on Windows saves in windows-1252: the note's "–" is not UTF-8 there."""
+    note = "Kunde zahlt nie pünktlich – keinen Rabatt anbieten"
+    first = make_mail(message_id="first@customer.test")
+    deliver(app, first)
+    notice = to(app, "bob@agents.test", "new_ticket")[0]
+    address = reply_address(notice)
+    deliver(
+        app,
+        client_reply(notice, f"#note\n\n{note}\n"),
+        rcpt=(address,),
+        mail_from="bob@agents.test",
+    )
+    attachment = ("notiz.txt", "text/plain; charset=windows-1252", note.encode("cp1252"))
+    deliver(
+        app,
+        client_reply(notice, "Details attached.\n", attachment=attachment),
+        rcpt=(address,),
+        mail_from="bob@agents.test",
+    )
+    [answer] = to(app, ALICE, "agent_reply")
+    assert "Details attached." in answer.text
+    assert list(answer.msg.iter_attachments()) == []
+    result = to(app, "bob@agents.test", "agent_result")[-1]
+    assert "attachment 'notiz.txt' NOT sent" in result.text
