@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import socket
+import stat
 import tomllib
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -830,6 +831,23 @@ def _check_directories(settings: Settings) -> None:
             raise ConfigError(settings.source, key, f"{reason}: {path}")
 
 
+def refuse_world_readable(source: str, key: str, path: Path) -> None:
+    """ConfigError if every user of the machine may read or write ``path``.
+
+    A password or private key in such a file is no secret, whatever maildesk
+    does with it, so ops hear of it at start, as ssh refuses such a key.
+    Group access is allowed: ``root:maildesk`` mode 0640 is the usual way to
+    hand the daemon's user a file it may read.
+    """
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return  # reading it says what is wrong
+    if mode & (stat.S_IROTH | stat.S_IWOTH):
+        reason = f"{path} is open to every user (mode {stat.S_IMODE(mode):04o}): chmod o-rwx {path}"
+        raise ConfigError(source, key, reason)
+
+
 def resolve_secret(
     source: str, key: str, inline: str, file: Path | None, env: str | None
 ) -> str | None:
@@ -837,6 +855,7 @@ def resolve_secret(
     if inline:
         return inline
     if file is not None:
+        refuse_world_readable(source, f"{key}_file", file)
         try:
             value = file.read_text(encoding="utf-8").strip()
         except OSError as exc:

@@ -121,6 +121,7 @@ def test_bad_config_exits_78_with_file_and_key(tmp_path: Path) -> None:
 def test_secret_from_file_env_or_generated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     secret_file = tmp_path / "secret"
     secret_file.write_text("from-a-file\n")
+    secret_file.chmod(0o600)
     settings = Settings(data_dir=tmp_path, installation_secret_file=secret_file)
     assert resolve_installation_secret(settings) == b"from-a-file"
 

@@ -154,6 +154,16 @@ def test_unusable_database_url_is_a_config_error_not_a_traceback(
 @pytest.mark.parametrize(
     ("extra", "key", "reason"),
     [
+        (  # a password every user of the machine may read is no secret
+            '[outbound]\ntransport = "smtp"\nrelay_user = "u"\nrelay_password_file = "{shared}"\n',
+            "outbound.relay_password_file",
+            "is open to every user (mode 0644): chmod o-rwx",
+        ),
+        (
+            '[[listeners]]\nport = 0\nrequire_auth = true\nauth_users_file = "{shared}"\n',
+            "listeners.0.auth_users_file",
+            "is open to every user (mode 0644)",
+        ),
         (
             '[outbound]\ntransport = "smtp"\nrelay_user = "u"\nrelay_password_file = "{missing}"\n',
             "outbound.relay_password_file",
@@ -220,8 +230,12 @@ def test_run_refuses_to_start_on_what_it_would_fail_at_later(
 ) -> None:
     garbage = tmp_path / "garbage"
     garbage.write_text("# neither a certificate nor a list of users\n")
+    garbage.chmod(0o600)
+    shared = tmp_path / "shared-secret"
+    shared.write_text("relay:secret\n")
+    shared.chmod(0o644)
     extra = extra.replace("{missing}", str(tmp_path / "missing"))
-    extra = extra.replace("{garbage}", str(garbage))
+    extra = extra.replace("{garbage}", str(garbage)).replace("{shared}", str(shared))
     if "[[listeners]]" not in extra:
         extra += "[[listeners]]\nport = 0\n"
     path = _config(tmp_path, extra)
@@ -256,6 +270,7 @@ def test_passwords_in_clear_over_the_network_are_a_config_error(
     senders' passwords in clear (AUTH PLAIN/LOGIN); on loopback nobody can listen in."""
     users = tmp_path / "users"
     users.write_text("relay:secret\n", encoding="utf-8")
+    users.chmod(0o600)
     extra = (
         f'[[listeners]]\nhost = "{host}"\nport = 0\nrequire_auth = true\n'
         f'auth_users_file = "{users}"\n'

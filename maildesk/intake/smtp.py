@@ -23,7 +23,7 @@ from aiosmtpd.controller import Controller, UnixSocketController
 from aiosmtpd.lmtp import LMTP
 from aiosmtpd.smtp import SMTP, AuthResult, LoginPassword
 
-from maildesk.config import ConfigError, ListenerSettings
+from maildesk.config import ConfigError, ListenerSettings, refuse_world_readable
 from maildesk.db.database import StorageUnavailable
 from maildesk.domain.address import base_address
 from maildesk.intake.store import Envelope, IntakeStore
@@ -313,6 +313,7 @@ def check_listener_files(source: str, index: int, settings: ListenerSettings) ->
     """
     key = f"listeners.{index}"
     if settings.tls_cert is not None and settings.tls_key is not None:
+        refuse_world_readable(source, f"{key}.tls_key", settings.tls_key)
         try:
             _tls_context(settings)
         except (OSError, ssl.SSLError) as exc:
@@ -324,6 +325,7 @@ def check_listener_files(source: str, index: int, settings: ListenerSettings) ->
             ) from None
     if settings.require_auth and settings.auth_users_file is not None:
         path = settings.auth_users_file
+        refuse_world_readable(source, f"{key}.auth_users_file", path)
         try:
             users = _read_users(path)
         except (OSError, UnicodeDecodeError) as exc:

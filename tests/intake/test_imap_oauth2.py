@@ -176,5 +176,6 @@ def test_a_revoked_grant_is_reported_and_the_password_mailbox_goes_on(
 def test_client_secret_from_a_file(tmp_path: Path, oauth: OAuthServer, clock: FrozenClock) -> None:
     secret = tmp_path / "client-secret"
     secret.write_text(oauth.client_secret + "\n")
+    secret.chmod(0o640)
     block = oauth_block(oauth, oauth.grant(USER), client_secret="", client_secret_file=str(secret))
     assert tokens_of(settings_with(tmp_path, block), clock).tokens.access_token()
