@@ -736,8 +736,14 @@ class Settings(_Section):
         return f"sqlite:///{(self.data_dir / 'maildesk.sqlite3').as_posix()}"
 
     @property
+    def receiving_addresses(self) -> tuple[str, ...]:
+        """The addresses we take mail for, in config order: support first, then [[address]]."""
+        listed = [*self.support_addresses, *(a.address.lower() for a in self.address)]
+        return tuple(dict.fromkeys(listed))
+
+    @property
     def own_addresses(self) -> frozenset[str]:
-        return frozenset(self.support_addresses) | {a.address.lower() for a in self.address}
+        return frozenset(self.receiving_addresses)
 
     def is_own_address(self, address: str) -> bool:
         """Ours, never a customer: a support address or a sub-address of one

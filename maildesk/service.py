@@ -152,7 +152,7 @@ class Daemon:
         for listener in self.app.settings.listeners:
             handler = IntakeHandler(
                 self.app.intake(),
-                self.app.settings.own_addresses,
+                self.app.settings.receiving_addresses,
                 listener.protocol,
                 on_stored=self.wakeup.set,
                 clock=self.app.clock,

@@ -68,19 +68,34 @@ def trace_header(helo: str | None, peer_ip: str, protocol: str, when: datetime) 
 MAX_RECIPIENTS = 100
 
 
+def postmaster_aliases(addresses: Sequence[str]) -> dict[str, str]:
+    """Where mail to ``postmaster`` goes: each domain's first address; "" (no domain) the first.
+
+    RFC 5321 s. 4.5.1: an SMTP server must accept mail for "postmaster" (in
+    any case, and without a domain). Here it reaches support like any mail to
+    that address, as an MTA's ``postmaster: root`` alias would deliver it.
+    """
+    aliases: dict[str, str] = {}
+    for address in addresses:
+        aliases.setdefault("", address.lower())
+        aliases.setdefault(address.rpartition("@")[2].lower(), address.lower())
+    return aliases
+
+
 class IntakeHandler:
     """aiosmtpd handler: RCPT checks the address, DATA stores and answers."""
 
     def __init__(
         self,
         store: IntakeStore,
-        support_addresses: frozenset[str],
+        support_addresses: Sequence[str],
         protocol: str,
         on_stored: Callable[[], None],
         clock: Callable[[], datetime],
     ) -> None:
         self.store = store
-        self.support = support_addresses
+        self.support = frozenset(a.lower() for a in support_addresses)
+        self.postmaster = postmaster_aliases(support_addresses)
         self.protocol = protocol
         self.on_stored = on_stored
         self.clock = clock
@@ -88,7 +103,10 @@ class IntakeHandler:
     async def handle_RCPT(
         self, server: SMTP, session: Any, envelope: Any, address: str, rcpt_options: list[str]
     ) -> str:
-        if base_address(address) not in self.support:
+        local, _, domain = address.rpartition("@") if "@" in address else (address, "", "")
+        if local.lower() == "postmaster" and domain.lower() in self.postmaster:
+            address = self.postmaster[domain.lower()]
+        elif base_address(address) not in self.support:
             log.info("rejected RCPT %s from %s: not a support address", address, session.peer)
             return f"550 5.1.1 <{address}>: not a support address here"
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:

@@ -23,7 +23,7 @@ from tests.mailfactory import make_mail
 
 def start(app: App, settings: ListenerSettings) -> object:
     handler = IntakeHandler(
-        app.intake(), app.settings.own_addresses, settings.protocol, lambda: None, app.clock
+        app.intake(), app.settings.receiving_addresses, settings.protocol, lambda: None, app.clock
     )
     controller = build_controller(settings, handler)
     controller.start()
@@ -62,6 +62,28 @@ def test_sub_addresses_of_support_are_accepted_others_refused(app: App, smtp: in
         )
     assert list(refused) == ["stranger@example.com"] and refused["stranger@example.com"][0] == 550
     assert stored(app)[0].envelope_to == ["support+t-1-xyz@example.com"]
+
+
+def test_postmaster_is_accepted_and_reaches_support(app: App, smtp: int) -> None:
+    """RFC 5321 s. 4.5.1: every SMTP server takes mail for "postmaster", in any case and
+    also without a domain; here it becomes mail to the support address of its domain."""
+    with smtplib.SMTP("127.0.0.1", smtp) as client:
+        client.ehlo()
+        for n, rcpt in enumerate(
+            ["Postmaster@Example.com", "POSTMASTER", "postmaster@stranger.test"]
+        ):
+            client.mail("reporter@isp.test")
+            code, reply = client.rcpt(rcpt)
+            if rcpt.endswith("stranger.test"):
+                assert code == 550, reply
+                client.rset()
+                continue
+            assert code == 250, (rcpt, reply)
+            code, reply = client.data(make_mail(message_id=f"pm{n}@isp.test"))
+            assert code == 250, reply
+    rows = stored(app)
+    assert [r.header_message_id for r in rows] == ["pm0@isp.test", "pm1@isp.test"]
+    assert all(r.envelope_to == ["support@example.com"] for r in rows)
 
 
 def test_lines_longer_than_rfc_5321_allows_are_still_accepted(app: App, smtp: int) -> None:

@@ -86,7 +86,7 @@ def crlf(raw: bytes) -> bytes:
 
 def start(app: App, settings: ListenerSettings, **session_options: object) -> object:
     handler = IntakeHandler(
-        app.intake(), app.settings.own_addresses, settings.protocol, lambda: None, app.clock
+        app.intake(), app.settings.receiving_addresses, settings.protocol, lambda: None, app.clock
     )
     controller = build_controller(settings, handler)
     controller.SMTP_kwargs.update(session_options)
