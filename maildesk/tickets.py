@@ -51,7 +51,14 @@ def change_status(
             kind="status",
             reason=f"{before} -> {status} by {actor}",
             ticket_id=ticket.id,
-            data={"from": str(before), "to": str(status), "actor": actor},
+            # The assignee of the time: reports credit a resolution nobody
+            # in particular made (the clock, the CLI) to them.
+            data={
+                "from": str(before),
+                "to": str(status),
+                "actor": actor,
+                "assignee": ticket.assignee,
+            },
         )
     )
     if status is TicketStatus.RESOLVED and notices is not None:

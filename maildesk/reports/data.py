@@ -20,7 +20,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
-from maildesk.db.models import Message, MessageKind, Rating, Ticket, TicketStatus
+from maildesk.db.models import Event, Message, MessageKind, Rating, Ticket, TicketStatus
 from maildesk.people import Directory
 from maildesk.sla.calendar import BusinessCalendar
 from maildesk.sla.facts import TicketHistory, load_histories
@@ -175,13 +175,7 @@ def agent_figures(
         name = agent.name if agent else sender
         replies[name] += 1
         replied_tickets[name].add(ticket_id)
-    resolved: Counter[str] = Counter(
-        name
-        for name in session.scalars(
-            select(Ticket.assignee).where(Ticket.resolved_at >= start, Ticket.resolved_at < end)
-        )
-        if name
-    )
+    resolved = resolutions(session, directory, start, end)
     names = sorted(set(directory.agents) | set(load) | set(replies) | set(resolved))
     return [
         {
@@ -193,6 +187,35 @@ def agent_figures(
         }
         for name in names
     ]
+
+
+def resolutions(
+    session: Session, directory: Directory, start: datetime, end: datetime
+) -> Counter[str]:
+    """Tickets each agent resolved in ``[start, end)``, counted once per agent.
+
+    From the status events, not ``tickets.resolved_at``: a ticket resolved,
+    reopened and resolved again by a colleague counts in both weeks, for
+    whoever resolved it each time. An agent's command credits that agent;
+    any other resolution (the clock, the CLI) the assignee of the time,
+    which events before it was recorded lack: for those, today's assignee.
+    """
+    rows = session.execute(
+        select(Event.ticket_id, Event.data, Ticket.assignee)
+        .join(Ticket, Ticket.id == Event.ticket_id)
+        .where(Event.kind == "status", Event.at >= start, Event.at < end)
+    )
+    credited: set[tuple[str, int]] = set()
+    for ticket_id, data, assignee_now in rows:
+        if not isinstance(data, dict) or data.get("to") != TicketStatus.RESOLVED:
+            continue
+        actor = str(data.get("actor") or "")
+        agent = actor.removeprefix("agent:") if actor.startswith("agent:") else ""
+        if agent not in directory.agents:
+            agent = str(data.get("assignee", assignee_now) or "")
+        if agent:
+            credited.add((agent, ticket_id))
+    return Counter(agent for agent, _ticket in credited)
 
 
 def collect(

@@ -13,7 +13,8 @@ from sqlalchemy import JSON, Integer, String, insert, literal, select
 
 from maildesk.cli import main
 from maildesk.db.database import Database
-from maildesk.db.models import Ticket, UTCDateTime
+from maildesk.db.models import Ticket, TicketStatus, UTCDateTime
+from maildesk.tickets import change_status
 from tests.conftest import FrozenClock, write_cli_config
 from tests.sla.slahelp import agent_reply, berlin, new_ticket, sla_app
 from tests.sla.test_report import SLA, _config
@@ -149,3 +150,39 @@ def test_a_year_with_more_tickets_than_one_statement_takes_parameters(
     )  # fmt: skip
     assert result.exit_code == 0, (result.output[-500:], result.exception)
     assert json.loads(result.output)["volume"]["tickets"] == count
+
+
+def test_resolutions_count_for_who_resolved_them_in_the_week_they_happened(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """A ticket resolved, reopened by the customer and resolved again by a colleague
+    a week later counts in each week, for whoever resolved it then."""
+    app = sla_app(tmp_path, database_url, clock, SLA)
+    first = new_ticket(app, clock, berlin(2026, 3, 2, 10, 0), subject="Printer")
+    left_open = new_ticket(app, clock, berlin(2026, 3, 3, 10, 0), subject="VPN")
+    steps = [
+        (first.id, berlin(2026, 3, 3, 12, 0), "bob", TicketStatus.RESOLVED, "agent:bob"),
+        (first.id, berlin(2026, 3, 10, 9, 0), "carol", TicketStatus.OPEN, "customer"),
+        (first.id, berlin(2026, 3, 11, 12, 0), "carol", TicketStatus.RESOLVED, "agent:carol"),
+        (left_open.id, berlin(2026, 3, 4, 12, 0), "bob", TicketStatus.RESOLVED, "agent:bob"),
+        (left_open.id, berlin(2026, 3, 5, 9, 0), "bob", TicketStatus.OPEN, "customer"),
+        # The clock resolves a pending ticket: it counts for its assignee of the time.
+        (left_open.id, berlin(2026, 3, 12, 9, 0), "dave", TicketStatus.RESOLVED, "auto-close"),
+        (left_open.id, berlin(2026, 3, 13, 9, 0), "carol", TicketStatus.OPEN, "customer"),
+    ]
+    for ticket_id, at, assignee, status, actor in steps:
+        clock.now = at
+        with app.db.transaction() as session:
+            ticket = session.get(Ticket, ticket_id)
+            assert ticket is not None
+            ticket.assignee = assignee
+            change_status(session, ticket, status, at, None, actor=actor)
+    config = _config(tmp_path, database_url)
+
+    def resolved(start: str, end: str) -> dict[str, int]:
+        period = ["--from", start, "--to", end, "--now", "2026-03-20T12:00:00"]
+        out = json.loads(_report(config, "agents", *period, "--format", "json"))["agents"]
+        return {a["agent"]: a["resolved"] for a in out if a["resolved"]}
+
+    assert resolved("2026-03-02", "2026-03-08") == {"bob": 2}
+    assert resolved("2026-03-09", "2026-03-15") == {"carol": 1, "dave": 1}
