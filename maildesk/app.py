@@ -13,6 +13,7 @@ from maildesk.db.database import Database
 from maildesk.domain.signing import Signer
 from maildesk.intake.store import IntakeStore
 from maildesk.outbound.compose import Composer
+from maildesk.outbound.dkim_sign import DkimSigner
 from maildesk.outbound.notices import Notices
 from maildesk.outbound.sender import OutboxSender, build_transport
 from maildesk.outbound.templates import TemplateRenderer, default_templates_dir
@@ -117,10 +118,18 @@ class App:
         )
 
     def sender(self, node: str | None = None) -> OutboxSender:
-        """The outbox sender; ``node`` names its claims (default: this node, as the daemon)."""
+        """The outbox sender; ``node`` names its claims (default: this node, as the daemon).
+
+        ConfigError when the relay password or a DKIM key cannot be used.
+        """
         transport = build_transport(
             self.settings.outbound, self.settings.data_dir, resolve_relay_password(self.settings)
         )
         return OutboxSender(
-            self.db, transport, self.settings.outbound, self.clock, node or self.node_name
+            self.db,
+            transport,
+            self.settings.outbound,
+            self.clock,
+            node or self.node_name,
+            dkim=DkimSigner.from_settings(self.settings),
         )

@@ -27,6 +27,7 @@ from maildesk.intake.imap import (
 )
 from maildesk.intake.oauth2 import Login
 from maildesk.intake.smtp import check_listener_files
+from maildesk.outbound.dkim_sign import load_keys
 from maildesk.outbound.templates import TemplateRenderer, default_templates_dir
 from maildesk.routing.router import known_names, rules_dir
 from maildesk.routing.rules import RulesError, load_rules
@@ -51,12 +52,13 @@ SAMPLE: dict[str, Any] = {
 def check_startup(settings: Settings) -> None:
     """What `maildesk run` reads as it starts beyond the config values; ConfigError if bad.
 
-    Secrets from files or the environment, listeners' certificates and users
-    files, templates the SLA jobs name. Checked before anything starts, so a
+    Secrets from files or the environment, DKIM keys, listeners' certificates
+    and users files, templates the SLA jobs name. Checked before anything starts, so a
     problem is exit 78 naming the key, not a traceback (and a systemd restart
     loop) or a daemon that fails at its first scheduled job.
     """
     resolve_relay_password(settings)
+    load_keys(settings)
     if settings.imap:
         resolve_logins(settings, utc_now)
     for index, listener in enumerate(settings.listeners):

@@ -598,6 +598,47 @@ def outbox_drain(ctx: click.Context) -> None:
     )
 
 
+@main.group("dkim")
+def dkim_group() -> None:
+    """DKIM signing of outbound mail ([[outbound.dkim]] keys)."""
+
+
+@dkim_group.command("record")
+@click.option("--domain", default=None, help="Only the keys of this signing domain.")
+@click.option("--selector", default=None, help="Only the key with this selector.")
+@click.option("--json", "as_json", is_flag=True, help="Name and value, for a DNS provider's API.")
+@click.pass_context
+def dkim_record(
+    ctx: click.Context, domain: str | None, selector: str | None, as_json: bool
+) -> None:
+    """Print the DNS TXT record to publish for each configured DKIM key.
+
+    Publish it (and let it propagate) before the key signs mail: until then
+    receivers find no key, and DMARC fails as if the mail were unsigned.
+    """
+    from maildesk.outbound.dkim_sign import load_keys
+
+    try:
+        settings = load_settings(ctx.obj["config"], ctx.obj["data_dir"])
+        keys = load_keys(settings)
+    except ConfigError as exc:
+        _fail(str(exc), EX_CONFIG)
+    wanted = [
+        key
+        for key in keys
+        if (domain is None or key.domain == domain.lower().rstrip("."))
+        and (selector is None or key.selector == selector)
+    ]
+    if not wanted:
+        _fail("no [[outbound.dkim]] key configured" + (" matches" if keys else ""), 1)
+    if as_json:
+        _echo_json([{"name": key.dns_name, "value": key.txt_value} for key in wanted])
+        return
+    for key in wanted:
+        click.echo(f"; {key.domain} selector {key.selector} ({key.algorithm})")
+        click.echo(key.zone_line())
+
+
 @main.group()
 def templates() -> None:
     """Outbound mail templates."""

@@ -120,6 +120,59 @@ class ListenerSettings(_Section):
             return False  # a host name: it may resolve to anything
 
 
+# Signed by default (RFC 6376 5.4): the headers a reader sees and threads by.
+DKIM_HEADERS = (
+    "From",
+    "To",
+    "Cc",
+    "Subject",
+    "Date",
+    "Message-ID",
+    "In-Reply-To",
+    "References",
+    "Reply-To",
+    "MIME-Version",
+    "Content-Type",
+)
+# Headers dkimpy refuses to sign (RFC 6376 5.4.1: changed in transit) and signatures.
+_DKIM_UNSIGNABLE = frozenset({"return-path", "received", "comments", "keywords", "dkim-signature"})
+_HOST_NAME = r"^([a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z0-9-]{2,63}$"
+
+
+class DkimKeySettings(_Section):
+    """One DKIM key ([[outbound.dkim]]): signs mail whose From is at ``domain`` or below it."""
+
+    # d=: a support address's domain or a parent of it; IDNs as A-labels (xn--).
+    domain: str = Field(max_length=253, pattern=_HOST_NAME)
+    selector: str = Field(pattern=r"^[A-Za-z0-9]([A-Za-z0-9-]*[A-Za-z0-9])?(\.[A-Za-z0-9-]+)*$")
+    private_key_file: Path
+    algorithm: Literal["rsa", "ed25519"] = "rsa"
+    headers: tuple[str, ...] = DKIM_HEADERS
+    # Signed once more than they occur, so a second one cannot be added (RFC 6376 8.15).
+    oversign: tuple[str, ...] = ("From",)
+
+    @field_validator("domain", mode="before")
+    @classmethod
+    def _lower_domain(cls, value: object) -> object:
+        return value.strip().lower().rstrip(".") if isinstance(value, str) else value
+
+    @field_validator("headers", "oversign")
+    @classmethod
+    def _header_names(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for name in value:
+            if not re.fullmatch(r"[A-Za-z0-9-]+", name):
+                raise ValueError(f"{name!r} is not a header name")
+            if name.lower() in _DKIM_UNSIGNABLE:
+                raise ValueError(f"{name} must not be signed (RFC 6376 5.4.1)")
+        return value
+
+    @model_validator(mode="after")
+    def _signs_from(self) -> DkimKeySettings:
+        if "from" not in {name.lower() for name in self.headers}:
+            raise ValueError("headers: From must be signed (RFC 6376 5.4)")
+        return self
+
+
 class OutboundSettings(_Section):
     """Where outbound mail goes: a local Maildir (default) or an SMTP relay."""
 
@@ -141,6 +194,8 @@ class OutboundSettings(_Section):
     retry_max_seconds: float = Field(default=3600.0, gt=0)
     give_up_after_hours: float = Field(default=120.0, gt=0)
     suppression_days: float = Field(default=30.0, gt=0)
+    # DKIM keys ([[outbound.dkim]]), one per signing domain and algorithm; none: unsigned.
+    dkim: tuple[DkimKeySettings, ...] = ()
 
 
 class AcknowledgementSettings(_Section):
@@ -672,6 +727,22 @@ class Settings(_Section):
             ):
                 if value is not None and names and value not in known:
                     raise ValueError(f"sla.rules.{i}.{field}: unknown {field} {value!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _dkim_keys_consistent(self) -> Settings:
+        keys = self.outbound.dkim
+        _unique(
+            "outbound.dkim", "selector", [[f"{k.selector}._domainkey.{k.domain}"] for k in keys]
+        )
+        # A key for a domain none of our addresses send from signs nothing: a typo.
+        ours = {address.rpartition("@")[2] for address in self.own_addresses}
+        for index, key in enumerate(self.outbound.dkim):
+            if not any(d == key.domain or d.endswith("." + key.domain) for d in ours):
+                raise ValueError(
+                    f"outbound.dkim.{index}.domain: no support address is at {key.domain!r} "
+                    f"or below it (ours: {', '.join(sorted(ours))}); it would sign nothing"
+                )
         return self
 
     @model_validator(mode="after")

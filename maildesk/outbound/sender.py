@@ -36,6 +36,7 @@ from maildesk.connection_watch import CommandOverdue, ConnectionWatch
 from maildesk.db.database import Database
 from maildesk.db.models import Blob, Event, Outbox, OutboxState, Suppression
 from maildesk.outbound.agent_notices import overtaken
+from maildesk.outbound.dkim_sign import DkimSigner
 from maildesk.outbound.suppression import no_such_mailbox, suppress
 
 log = logging.getLogger("maildesk.outbound")
@@ -227,6 +228,7 @@ class OutboxSender:
         clock: Callable[[], datetime],
         node: str,
         claim_timeout: timedelta = timedelta(minutes=10),
+        dkim: DkimSigner | None = None,
     ) -> None:
         self.db = db
         self.transport = transport
@@ -234,6 +236,7 @@ class OutboxSender:
         self.clock = clock
         self.node = node
         self.claim_timeout = claim_timeout
+        self.dkim = dkim  # signs each attempt's bytes; the stored blob stays unsigned
 
     def release_own_claims(self) -> int:
         """At start: mail this node was sending when it died is sent again (same Message-ID)."""
@@ -360,14 +363,16 @@ class OutboxSender:
             blob = session.get(Blob, row.raw_sha256)
             raw = bytes(blob.data) if blob else b""
             envelope_from, recipients = row.envelope_from, list(row.recipients)
+            context = f"outbox={row.id} ticket={row.ticket_id}"
         blocked = self._suppressed(recipients)
         live = [r for r in recipients if r.lower() not in blocked]
         error: Exception | None = None
         refused: PartlyRefused | None = None
         if live:
+            wire = self.dkim.sign(raw, context) if self.dkim is not None else raw
             try:
                 with self._claim_kept(outbox_id):
-                    self.transport.send(envelope_from, live, raw)
+                    self.transport.send(envelope_from, live, wire)
             except PartlyRefused as exc:  # sent, but not to everyone
                 refused = exc
             except (TemporaryFailure, PermanentFailure) as exc:
