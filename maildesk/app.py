@@ -13,6 +13,7 @@ from maildesk.db.database import Database
 from maildesk.domain.signing import Signer
 from maildesk.intake.store import IntakeStore
 from maildesk.outbound.compose import Composer
+from maildesk.outbound.delivery_failed import DeliveryFailedNotifier
 from maildesk.outbound.dkim_sign import DkimSigner
 from maildesk.outbound.notices import Notices
 from maildesk.outbound.sender import OutboxSender, build_transport
@@ -132,4 +133,5 @@ class App:
             self.clock,
             node or self.node_name,
             dkim=DkimSigner.from_settings(self.settings),
+            undelivered=DeliveryFailedNotifier(self.notices()),
         )

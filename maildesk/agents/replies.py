@@ -191,6 +191,7 @@ def queue_customer_reply(
         auto_submitted="no",
         from_name=notices.from_name_for(ticket),
         attachments=carried_attachments(attachments),
+        author=agent.name,
     )
     row = notices.composer.queue(session, mail)
     return Sent(tuple(r.addr for r in recipients), row.id)

@@ -276,7 +276,7 @@ class _AgentTurn:
         """What the commands imply once the answer is queued: resolution mail, assignment mail."""
         session, ticket = self.session, self.ticket
         if out.resolved and ticket.status is TicketStatus.RESOLVED:
-            self.notices.resolved(session, ticket)
+            self.notices.resolved(session, ticket, author=self.agent.name)
         agent_notices = AgentNotices(self.notices, self.directory)
         if out.escalated is not None:  # the new group hears of it, the assignee among them
             agent_notices.escalated(session, ticket, *out.escalated)

@@ -360,11 +360,32 @@ class Outbox(Base):
     claimed_at: Mapped[datetime | None]
     last_error: Mapped[str | None] = mapped_column(Text)
     sent_at: Mapped[datetime | None]
+    # Mail to the customer side that an agent caused (their answer, the resolution
+    # mail of their "#status resolved"): the agent told if it is not delivered.
+    # "" for an agent not known by name (an answer queued before 0009); None: nobody's.
+    author: Mapped[str | None] = mapped_column(String(120))
 
     __table_args__ = (
         Index("ix_outbox_state_next", "state", "next_attempt_at"),
         Index("ix_outbox_rate", "recipient_key", "purpose", "created_at"),
     )
+
+
+class DeliveryFailureNotice(Base):
+    """An outbox row whose author was told it was not delivered: one notice per mail.
+
+    Written before the notice is queued; the unique ``outbox_id`` makes a second
+    failure signal for the same mail (our relay's refusal, then a bounce; two
+    bounces; two nodes at once) a no-op.
+    """
+
+    __tablename__ = "delivery_failure_notices"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    outbox_id: Mapped[int] = mapped_column(
+        BigInteger().with_variant(Integer, "sqlite"), ForeignKey("outbox.id"), unique=True
+    )
+    agents: Mapped[list[str]] = mapped_column(default=list)  # who was told
+    created_at: Mapped[datetime]
 
 
 class Suppression(Base):

@@ -20,6 +20,7 @@ from maildesk.db.models import (
     KnownMessageId,
     Message,
     MessageKind,
+    Outbox,
     Participant,
     Ticket,
     TicketLink,
@@ -30,6 +31,14 @@ OPEN_STATUSES = (TicketStatus.NEW, TicketStatus.OPEN, TicketStatus.PENDING)
 MAX_MERGE_HOPS = 20
 # The link from a ticket opened by a reply to an ended ticket, to that ticket.
 FOLLOW_UP_OF = "follow_up_of"
+
+
+def outbox_recipients(session: Session, row: Outbox) -> list[str]:
+    """Everyone the outbox row's mail went to (a partial delivery narrows ``recipients``)."""
+    message = session.get(Message, row.message_pk) if row.message_pk is not None else None
+    if message is None:
+        return list(row.recipients)
+    return [*message.to_addrs, *(message.cc_addrs or [])]
 
 
 class StoredMessage(NamedTuple):

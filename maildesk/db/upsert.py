@@ -34,6 +34,19 @@ def insert_ignore(
     )
 
 
+def inserted_once(session: Session, model: Any, values: dict[str, Any], key: list[str]) -> bool:
+    """Insert one row unless a row with the same ``key`` exists; whether this inserted it.
+
+    The one winner of concurrent inserts (other nodes wait for its commit, then
+    insert nothing). Told by RETURNING: psycopg reports no row count for it.
+    """
+    connection = session.connection()
+    table = model.__table__
+    statement = insert_ignore_statement(connection.dialect.name, table, tuple(key))
+    pk = next(iter(table.primary_key.columns))
+    return connection.execute(statement.returning(pk), values).first() is not None
+
+
 @cache
 def _contact_upsert(dialect: str, table: Table) -> Any:
     insert = pg_insert if dialect == "postgresql" else sqlite_insert

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from maildesk.domain.message import DeliveryStatus, ParsedMessage
 
 _ANGLE_ID_RE = re.compile(r"<([^<>\s]+)>")
+# How much of what a report says about one recipient is kept.
+SAID_CHARS = 200
 
 
 def _bare_address(text: str) -> str:
@@ -92,15 +94,19 @@ _NOT_YET_RE = re.compile(
 )
 
 
-def _report_text(text: str) -> str:
-    """The bounce's own words: its text up to the quoted copy of the returned message,
-    without lines that list the returned message's people."""
+def _own_words(text: str) -> str:
+    """A text bounce's own words: its text up to the quoted copy of the returned message."""
     cut = len(text)
     for pattern in (_RETURNED_COPY_RE, _RETURNED_HEADER_RE):
         found = pattern.search(text)
         if found is not None:
             cut = min(cut, found.start())
-    return _PEOPLE_LINE_RE.sub("", text[:cut]).lower()
+    return text[:cut]
+
+
+def _report_text(text: str) -> str:
+    """The bounce's own words, without lines that list the returned message's people."""
+    return _PEOPLE_LINE_RE.sub("", _own_words(text)).lower()
 
 
 def _mentions(text: str, address: str) -> list[int]:
@@ -159,6 +165,15 @@ class Undeliverable:
     dead: tuple[str, ...] = ()  # ours, and the report says the address does not exist
     failed: tuple[str, ...] = ()  # ours, failed for another reason ("addr: 5.2.2 ...")
     strangers: tuple[str, ...] = ()  # named as failed, but no recipient of our mail
+    # What the report says of the dead and failed ("addr: 5.1.1 smtp; 550 ..."), or
+    # a text bounce's own words: for the people told (maildesk.outbound.delivery_failed).
+    # Words to show, not part of the verdict: left out of comparisons.
+    said: tuple[str, ...] = field(default=(), compare=False)
+
+    @property
+    def undelivered(self) -> tuple[str, ...]:
+        """Every recipient of ours the report says did not get the mail, dead or not."""
+        return (*self.dead, *(f.split(":", 1)[0] for f in self.failed))
 
 
 def undeliverable(msg: ParsedMessage, mailed: Iterable[str]) -> Undeliverable:
@@ -170,10 +185,13 @@ def undeliverable(msg: ParsedMessage, mailed: Iterable[str]) -> Undeliverable:
     """
     ours = {a.lower() for a in mailed}
     if not msg.delivery_status:
-        return Undeliverable(dead=text_dead_recipients(msg, ours))
+        dead_ones = text_dead_recipients(msg, ours)
+        words = " ".join(_own_words(msg.text).split())[:SAID_CHARS]
+        return Undeliverable(dead=dead_ones, said=(words,) if dead_ones and words else ())
     dead: list[str] = []
     failed: list[str] = []
     strangers: list[str] = []
+    said: list[str] = []
     for status in msg.delivery_status:
         if status.action.strip().lower() != "failed":
             continue
@@ -183,15 +201,19 @@ def undeliverable(msg: ParsedMessage, mailed: Iterable[str]) -> Undeliverable:
         )
         if hit is None:
             strangers.append(final)
-        elif _dead_address_reported(status):
+            continue
+        line = f"{hit}: {status.status} {status.diagnostic}".strip()[:SAID_CHARS]
+        said.append(line)
+        if _dead_address_reported(status):
             dead.append(hit)
         else:
-            failed.append(f"{hit}: {status.status} {status.diagnostic}".strip()[:200])
+            failed.append(line)
     unique = dict.fromkeys
     return Undeliverable(
         dead=tuple(unique(dead)),
         failed=tuple(f for f in unique(failed) if f.split(":", 1)[0] not in dead),
         strangers=tuple(a for a in unique(strangers) if a and a not in dead),
+        said=tuple(unique(said)),
     )
 
 

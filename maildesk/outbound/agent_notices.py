@@ -66,11 +66,12 @@ class AgentNotices:
     def _watchers(self, session: Session, ticket: Ticket) -> list[str]:
         return list(session.scalars(select(Watcher.agent).where(Watcher.ticket_id == ticket.id)))
 
-    def _agents(self, names: Sequence[str | None], pref: str) -> list[AgentSettings]:
+    def _agents(self, names: Sequence[str | None], pref: str | None) -> list[AgentSettings]:
+        """The present agents of ``names``, each once, who want ``pref`` notices (None: any)."""
         out: dict[str, AgentSettings] = {}
         for name in names:
             agent = self.directory.agent(name) if name else None
-            if agent is None or not getattr(agent.notify, pref):
+            if agent is None or (pref is not None and not getattr(agent.notify, pref)):
                 continue
             if self.directory.is_absent(agent, self.now):
                 continue
@@ -79,6 +80,15 @@ class AgentNotices:
 
     def _group_members(self, ticket: Ticket) -> list[str]:
         return [a.name for a in self.directory.members(ticket.group)] if ticket.group else []
+
+    def _first_or_group(self, ticket: Ticket, *names: str | None) -> list[str]:
+        """The first of ``names`` a notice can reach, else the ticket's group.
+
+        The group stands in for people nobody can reach: one who left the
+        config or is away.
+        """
+        reachable = next((name for name in names if self._reachable(name)), None)
+        return [reachable] if reachable else self._group_members(ticket)
 
     # -- what ----------------------------------------------------------------
 
@@ -101,9 +111,8 @@ class AgentNotices:
     ) -> None:
         """Tell the assignee (else the group) and the watchers, each agent once.
 
-        The group stands in for an assignee nobody can reach: one who left the
-        config or is away. ``told``: agents already mailed about this customer
-        mail (an escalation notice to the new group), who get nothing more.
+        ``told``: agents already mailed about this customer mail (an escalation
+        notice to the new group), who get nothing more.
         ``extra``: more for a reply's notice (a rating's score, the text to show).
         """
         if not self.directory.agents or ticket.possible_spam:
@@ -113,8 +122,7 @@ class AgentNotices:
             skip |= self.assigned(
                 session, ticket, assignee_before, "maildesk (routing)", message, skip=skip
             )
-        owner = [ticket.assignee] if self._reachable(ticket.assignee) else None
-        names = [*(owner or self._group_members(ticket)), *self._watchers(session, ticket)]
+        names = [*self._first_or_group(ticket, ticket.assignee), *self._watchers(session, ticket)]
         event = "new_ticket" if created else "customer_reply"
         more = None if created else {"reopened": reopened, **(extra or {})}
         for agent in self._agents(names, event):
@@ -144,6 +152,23 @@ class AgentNotices:
                 if self.send(session, ticket, agent, "assigned", message, extra):
                     told.add(agent.name)
         return told
+
+    def delivery_failed(
+        self, session: Session, ticket: Ticket, author: str, failure: dict[str, Any]
+    ) -> list[str]:
+        """Tell the author of a mail that was not delivered (else the assignee, else the
+        group, whatever their preferences); returns whom.
+
+        Held for a shift like any notice about work to do, never dropped for it:
+        ``delivery_failed`` is none of :data:`OVERTAKEN_KINDS`.
+        """
+        names = self._first_or_group(ticket, author, ticket.assignee)
+        extra = {"failure": {**failure, "to_author": len(names) == 1 and names[0] == author}}
+        return [
+            agent.name
+            for agent in self._agents(names, None)
+            if self.send(session, ticket, agent, "delivery_failed", None, extra)
+        ]
 
     def escalated(self, session: Session, ticket: Ticket, group: str, why: str) -> set[str]:
         """Tell every present member of the group a ticket was escalated to; returns whom."""

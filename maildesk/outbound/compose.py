@@ -156,6 +156,9 @@ class OutboundMail:
     reply_purpose: str = ""  # default: "a" for an agent, else "t"
     reply_extra: tuple[str, ...] = ()
     attachments: Sequence[OutboundAttachment] = ()
+    # The agent whose answer or command a mail to the customer side is: told if
+    # it is not delivered (maildesk.outbound.delivery_failed). None: nobody's.
+    author: str | None = None
 
 
 class Composer:
@@ -287,6 +290,7 @@ class Composer:
             raw_sha256=digest,
             state=OutboxState.QUEUED,
             next_attempt_at=now,
+            author=mail.author,
         )
         session.add(row)
         session.flush()

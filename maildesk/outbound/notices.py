@@ -210,12 +210,17 @@ class Notices:
             return policy == "always"
         return dmarc_passed or queries.answered_customer(session, customer.email) is not None
 
-    def resolved(self, session: Session, ticket: Ticket) -> None:
-        """Queue the resolution notice to the requester."""
-        self.customer_notice(session, ticket, "resolved")
+    def resolved(self, session: Session, ticket: Ticket, *, author: str | None = None) -> None:
+        """Queue the resolution notice to the requester (``author``: the agent who resolved)."""
+        self.customer_notice(session, ticket, "resolved", author=author)
 
-    def customer_notice(self, session: Session, ticket: Ticket, purpose: str) -> None:
-        """Queue the ``<purpose>.customer`` template to the requester (no-op without it)."""
+    def customer_notice(
+        self, session: Session, ticket: Ticket, purpose: str, *, author: str | None = None
+    ) -> None:
+        """Queue the ``<purpose>.customer`` template to the requester (no-op without it).
+
+        ``author``: the agent whose doing it is, told if it is not delivered.
+        """
         customer = ticket.requester
         if customer is None or not self.renderer.exists(purpose, "customer"):
             return
@@ -230,6 +235,7 @@ class Notices:
             answers=last,
             auto_submitted="auto-generated",
             rate_limited=False,  # an agent's or the clock's doing, never a mail's
+            author=author,
         )
 
     def _queue_notice(
@@ -244,6 +250,7 @@ class Notices:
         auto_submitted: str,
         template: str | None = None,
         rate_limited: bool = True,
+        author: str | None = None,
     ) -> None:
         """Render ``purpose``.customer (or ``template``) and queue it, or record why not."""
         if ticket.possible_spam:  # the spam filter was unsure: no mail until released as ham
@@ -271,6 +278,7 @@ class Notices:
             references=self._references(session, answers) if answers else (),
             auto_submitted=auto_submitted,
             from_name=self.from_name_for(ticket),
+            author=author,
         )
         try:
             row = self.composer.queue(session, mail)

@@ -36,6 +36,7 @@ from maildesk.connection_watch import CommandOverdue, ConnectionWatch
 from maildesk.db.database import Database
 from maildesk.db.models import Blob, Event, Outbox, OutboxState, Suppression
 from maildesk.outbound.agent_notices import overtaken
+from maildesk.outbound.delivery_failed import Undelivered
 from maildesk.outbound.dkim_sign import DkimSigner
 from maildesk.outbound.suppression import no_such_mailbox, suppress
 
@@ -219,6 +220,11 @@ class DrainResult:
     dropped: int = 0  # agent notices held for a shift that the ticket overtook
 
 
+# Told, in the sender's transaction, of a mail our relay refused or we gave up on
+# (maildesk.outbound.delivery_failed.DeliveryFailedNotifier).
+UndeliveredHook = Callable[[Session, Outbox, Undelivered], None]
+
+
 class OutboxSender:
     def __init__(
         self,
@@ -228,7 +234,9 @@ class OutboxSender:
         clock: Callable[[], datetime],
         node: str,
         claim_timeout: timedelta = timedelta(minutes=10),
+        *,
         dkim: DkimSigner | None = None,
+        undelivered: UndeliveredHook | None = None,
     ) -> None:
         self.db = db
         self.transport = transport
@@ -237,6 +245,7 @@ class OutboxSender:
         self.node = node
         self.claim_timeout = claim_timeout
         self.dkim = dkim  # signs each attempt's bytes; the stored blob stays unsigned
+        self.undelivered = undelivered
 
     def release_own_claims(self) -> int:
         """At start: mail this node was sending when it died is sent again (same Message-ID)."""
@@ -451,7 +460,7 @@ class OutboxSender:
         now: datetime,
         dead: list[str],
     ) -> None:
-        """Say so on the ticket, so whoever looks at it sees the mail never reached them.
+        """Say so on the ticket, and tell the agent whose mail it was (``undelivered``).
 
         ``dead``: recipients our relay said have no such mailbox. Our own relay's
         answer is no one else's to forge, so they are suppressed as a bounce would.
@@ -479,6 +488,8 @@ class OutboxSender:
                     data={"outbox": row.id},
                 )
             )
+        if self.undelivered is not None:
+            self.undelivered(session, row, Undelivered(tuple(recipients), why, "relay"))
 
     def backoff(self, attempts: int) -> timedelta:
         seconds = min(

@@ -40,6 +40,7 @@ from maildesk.domain.subject import normalize_subject
 from maildesk.domain.threadindex import conversation_key
 from maildesk.intake.store import store_attachments
 from maildesk.outbound.agent_notices import EscalationNotifier, notify_after_customer_mail
+from maildesk.outbound.delivery_failed import DeliveryFailedNotifier
 from maildesk.outbound.notices import Notices
 from maildesk.outbound.suppression import suppress
 from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind, ThreadRule
@@ -438,7 +439,8 @@ class Applier:
         ticket: Ticket,
         message: Message,
     ) -> None:
-        """A hard bounce puts the failed recipient on the suppression list, with expiry.
+        """A hard bounce puts the failed recipient on the suppression list, with expiry,
+        and the agent whose mail it returns is told (once per mail).
 
         Only a recipient of the mail of ours that the bounce returns (``ctx.bounced_to``):
         a report naming anyone else, or no mail of ours, is anyone's to write.
@@ -477,6 +479,8 @@ class Applier:
                 ticket=ticket,
                 message=message,
             )
+        if self.notices is not None:  # after suppressing: the notice says until when
+            DeliveryFailedNotifier(self.notices).bounced(session, ctx.bounced_outbox, report)
 
     def _new_ticket(
         self,

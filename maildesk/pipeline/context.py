@@ -93,6 +93,7 @@ class MessageContext:
     # A bounce: who the mail of ours that it returns went to (from our signed VERP
     # return path or our Message-ID in the returned headers); only they may be suppressed.
     bounced_to: tuple[str, ...] = ()
+    bounced_outbox: tuple[int, ...] = ()  # the outbox ids of that mail
     spam: SpamScore | None = None  # set beside parsing when the filter is on
     possible_spam: bool = False  # the spam stage's "unsure": flag the ticket, no acknowledgement
     route: Any = None  # the route stage's RouteDecision (maildesk.routing.router)
@@ -113,6 +114,7 @@ class MessageContext:
         self.thread = None
         self.own_id_was_referenced = False
         self.bounced_to = ()
+        self.bounced_outbox = ()
         self.possible_spam = False
         self.agent = None
         self.authenticated_agent = None

@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 from maildesk.agents.stage import agent_stage
 from maildesk.config import PipelineSettings, Settings
 from maildesk.db import queries
-from maildesk.db.models import IdOrigin, Message, MessageKind, Outbox, Ticket, TicketStatus
+from maildesk.db.models import IdOrigin, MessageKind, Outbox, Ticket, TicketStatus
 from maildesk.domain.autodetect import AutoKind, classify
 from maildesk.domain.bounces import bounced_message_ids
 from maildesk.domain.message import (
@@ -228,20 +228,15 @@ def arrival_time(date: datetime | None, source: str, received_at: datetime) -> d
 def thread_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop | None:
     ctx.thread = decide_thread(ctx, session, deps)
     if ctx.verdict is not None and ctx.verdict.kind is AutoKind.BOUNCE:
-        ctx.bounced_to = bounced_recipients(ctx, session, deps)
+        rows = bounced_mail(ctx, session, deps)
+        ctx.bounced_outbox = tuple(dict.fromkeys(row.id for row in rows))
+        addresses = (a.lower() for row in rows for a in queries.outbox_recipients(session, row))
+        ctx.bounced_to = tuple(dict.fromkeys(addresses))
     return None
 
 
-def _outbox_recipients(session: Session, row: Outbox) -> list[str]:
-    """Everyone the outbox row's mail went to (a partial delivery narrows ``recipients``)."""
-    message = session.get(Message, row.message_pk) if row.message_pk is not None else None
-    if message is None:
-        return list(row.recipients)
-    return [*message.to_addrs, *(message.cc_addrs or [])]
-
-
-def bounced_recipients(ctx: MessageContext, session: Session, deps: StageDeps) -> tuple[str, ...]:
-    """Who the mail of ours that this bounce returns went to, lower-cased.
+def bounced_mail(ctx: MessageContext, session: Session, deps: StageDeps) -> list[Outbox]:
+    """The outbox rows of the mail of ours that this bounce returns.
 
     Only our signed VERP return path or one of our Message-IDs in the returned
     headers proves a bounce is about our mail: a delivery report anyone may
@@ -257,8 +252,7 @@ def bounced_recipients(ctx: MessageContext, session: Session, deps: StageDeps) -
     ids = list(bounced_message_ids(ctx.message))
     if ids:
         rows.extend(session.scalars(select(Outbox).where(Outbox.message_id.in_(ids))))
-    addresses = (a.lower() for row in rows for a in _outbox_recipients(session, row))
-    return tuple(dict.fromkeys(addresses))
+    return rows
 
 
 def decide_thread(ctx: MessageContext, session: Session, deps: StageDeps) -> ThreadDecision:

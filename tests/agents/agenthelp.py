@@ -37,14 +37,12 @@ AGENT_ADDRESSES = {"bob@agents.test", "carol@agents.test"}
 def agent_app(tmp_path: Path, database_url: str, clock: FrozenClock, **overrides: Any) -> App:
     rules = tmp_path / "rules"
     rules.mkdir(exist_ok=True)
-    settings = make_settings(
-        tmp_path,
-        database_url,
-        agents=AGENTS,
-        groups=GROUPS,
-        routing={"default_group": "L1", "rules_dir": str(rules)},
-        **overrides,
-    )
+    defaults: dict[str, Any] = {
+        "agents": AGENTS,
+        "groups": GROUPS,
+        "routing": {"default_group": "L1", "rules_dir": str(rules)},
+    }
+    settings = make_settings(tmp_path, database_url, **{**defaults, **overrides})
     return App.build(settings, clock=clock)
 
 

@@ -362,6 +362,24 @@ def test_undeliverable_suppresses_only_a_dead_address_of_ours() -> None:
     assert undeliverable(make(), ours) == Undeliverable()
 
 
+def test_undeliverable_says_what_failed_for_the_agent_told() -> None:
+    """Dead or not, every failed recipient of ours is named with its status and words."""
+    msg = make(
+        delivery_status=(
+            DeliveryStatus("rfc822;frank@x.test", "failed", "5.0.0", "550 User unknown"),
+            DeliveryStatus("rfc822;gina@x.test", "failed", "5.7.1", "550 rejected as spam"),
+            DeliveryStatus("rfc822;dave@x.test", "delayed", "4.4.1"),
+            DeliveryStatus("rfc822;mallory@x.test", "failed", "5.1.1"),
+        )
+    )
+    report = undeliverable(msg, ["frank@x.test", "gina@x.test", "dave@x.test"])
+    assert report.undelivered == ("frank@x.test", "gina@x.test")
+    assert report.said == (
+        "frank@x.test: 5.0.0 550 User unknown",
+        "gina@x.test: 5.7.1 550 rejected as spam",
+    )
+
+
 def test_bounced_message_ids() -> None:
     msg = make(
         returned_headers=(
