@@ -86,6 +86,15 @@ class ListenerSettings(_Section):
     max_message_bytes: int = Field(default=50 * 1024 * 1024, gt=0)
     max_connections: int = Field(default=100, ge=1)  # beyond: 421, the sender retries
     max_connections_per_client: int = Field(default=50, ge=1)  # per IP address; likewise
+    # Postfix's smtpd_junk_command_limit and smtpd_hard_error_limit: NOOP, RSET,
+    # VRFY, EXPN, HELP, HELO/EHLO/LHLO (junk) and error replies a session may
+    # have before it gets 421 and is closed; a stored mail starts both counts again.
+    max_junk_commands: int = Field(default=100, ge=1)
+    max_errors: int = Field(default=20, ge=1)
+    # Longest silence from a client; stress_timeout_seconds instead while more
+    # than 3/4 of max_connections are taken (Postfix's ${stress?10}{300}), if shorter.
+    timeout_seconds: float = Field(default=300, gt=0)
+    stress_timeout_seconds: float = Field(default=10, gt=0)
     tls_cert: Path | None = None  # enables STARTTLS (SMTP only)
     tls_key: Path | None = None
     require_auth: bool = False

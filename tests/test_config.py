@@ -80,6 +80,14 @@ def test_data_dir_override_from_environment(
             "imap.0",
             "move_to must not be one of the folders read",
         ),
+        ("[[listeners]]\nmax_junk_commands = 0\n", "listeners.0.max_junk_commands", "greater"),
+        ("[[listeners]]\nmax_errors = 'many'\n", "listeners.0.max_errors", "integer"),
+        ("[[listeners]]\ntimeout_seconds = 0\n", "listeners.0.timeout_seconds", "greater"),
+        (
+            "[[listeners]]\nstress_timeout_seconds = -1\n",
+            "listeners.0.stress_timeout_seconds",
+            "greater",
+        ),
         (  # no users file: nobody to check, everybody let in
             "[[listeners]]\nrequire_auth = true\n",
             "listeners.0.auth_users_file",

@@ -8,12 +8,14 @@ processing happens later in the pipeline worker.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import re
 import socket
 import ssl
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from datetime import datetime
 from email.utils import format_datetime
 from pathlib import Path
@@ -148,6 +150,12 @@ class IntakeHandler:
 
 
 LONG_LINE_LIMIT = 1024 * 1024  # see _LimitedConnections
+STRESS_SHARE = 0.75  # more of a listener's slots taken than this: stress (see ConnectionSlots)
+# What a session may repeat without end making no progress (Postfix's list,
+# with EXPN, HELP and LMTP's LHLO): see _LimitedConnections.
+JUNK_COMMANDS = frozenset({"NOOP", "RSET", "VRFY", "EXPN", "HELP", "HELO", "EHLO", "LHLO"})
+# Replies with a 4xx code that are no fault of the client: not errors to count.
+NOT_CLIENT_ERRORS = ("452 4.5.3", "451 4.3.0")
 
 
 class ConnectionSlots:
@@ -160,28 +168,45 @@ class ConnectionSlots:
     ``421`` and is closed; a sending MTA retries later, so nothing is lost.
     Connections on a unix socket have no client address and count only in
     all. Used from the listener's event loop thread only.
+
+    More than 3/4 of the slots taken is *stress* (Postfix: all smtpd processes
+    busy): sessions then wait for a silent client only the listener's short
+    stress timeout, so idle holders make room for senders. Entering stress
+    re-arms every session's timer, the idle ones already open included;
+    leaving it does not, so the sessions idle through it are shed all the
+    same (the next byte from a client arms the timeout that applies then).
     """
 
     def __init__(self, limit: int, per_client: int, name: str) -> None:
         self.limit, self.per_client, self.name = limit, per_client, name
-        self.open = 0
+        self.sessions: set[_LimitedConnections] = set()
         self.by_client: Counter[str] = Counter()
         # Refused since the listener (or that client) was last below its limit.
         self.refused: Counter[str | None] = Counter()
 
-    def take(self, client: str | None) -> bytes | None:
+    @property
+    def open(self) -> int:
+        return len(self.sessions)
+
+    @property
+    def stressed(self) -> bool:
+        return self.open > self.limit * STRESS_SHARE
+
+    def take(self, session: _LimitedConnections, client: str | None) -> bytes | None:
         """Count a new connection in, or return the 421 reply that refuses it."""
         if self.open >= self.limit:
             return self._refuse(client, per_client=False)
         if client and self.by_client[client] >= self.per_client:
             return self._refuse(client, per_client=True)
-        self.open += 1
+        with self._watch_stress():
+            self.sessions.add(session)
         if client:
             self.by_client[client] += 1
         return None
 
-    def give_back(self, client: str | None) -> None:
-        self.open -= 1
+    def give_back(self, session: _LimitedConnections, client: str | None) -> None:
+        with self._watch_stress():
+            self.sessions.discard(session)
         if client:
             self.by_client[client] -= 1
             if not self.by_client[client]:
@@ -189,6 +214,25 @@ class ConnectionSlots:
         self._below_again(None, "max_connections")
         if client:
             self._below_again(client, "max_connections_per_client")
+
+    @contextlib.contextmanager
+    def _watch_stress(self) -> Iterator[None]:
+        """Log entering and leaving stress; on entering, re-arm the sessions' idle timers."""
+        before = self.stressed
+        yield
+        if self.stressed == before:
+            return
+        if not self.stressed:
+            log.info("%s: %d connections open, stress over", self.name, self.open)
+            return
+        log.warning(
+            "%s: %d of %d connections open; silent clients now get the stress timeout",
+            self.name,
+            self.open,
+            self.limit,
+        )
+        for session in self.sessions:
+            session.arm_timeout()
 
     def _below_again(self, key: str | None, limit: str) -> None:
         if self.refused[key]:
@@ -219,7 +263,18 @@ class ConnectionSlots:
 
 
 class _LimitedConnections(SMTP):
-    """An SMTP/LMTP session that first takes one of the listener's slots."""
+    """An SMTP/LMTP session that first takes one of the listener's slots, and
+    gives it back when the client wastes it.
+
+    As Postfix's smtpd does: a client is closed with 421 when it sends more
+    than ``max_junk_commands`` junk commands, or gets ``max_errors`` error
+    replies (refused RCPTs of an address prober, unknown commands, failed
+    AUTH); a stored mail forgives both counts (Postfix resets them after a
+    delivery). A client silent for ``timeout_seconds`` is closed, and for only
+    ``stress_timeout_seconds`` while the listener is under stress
+    (``ConnectionSlots``); every byte received counts as activity, so a
+    sender of a large mail on a slow but steady link is never cut.
+    """
 
     # RFC 5321 caps lines at 1,000 octets, but real mail (HTML from marketing
     # tools, long base64 lines) breaks that, and a 500 would bounce it for good.
@@ -227,8 +282,84 @@ class _LimitedConnections(SMTP):
     # before they relay them); the buffer of one line stays bounded.
     line_length_limit = LONG_LINE_LIMIT
     slots: ConnectionSlots | None = None
+    settings = ListenerSettings()
     holds_slot = refused = False
     client: str | None = None
+    junk = errors = 0
+    command: str | None = None  # the one being served
+    active_at: float  # the loop's time of the client's last byte
+    in_hook = False  # our handler is at work: the client waits for us, not idle
+
+    def __init__(self, handler: Any, **kwargs: Any) -> None:
+        super().__init__(handler, **kwargs)
+        self.active_at = self.loop.time()
+        # One wrapper round every command aiosmtpd dispatches: aiosmtpd has no
+        # hook that sees them all (functools.wraps keeps the syntax HELP shows).
+        self._smtp_methods = {
+            name: functools.wraps(method)(functools.partial(self._serve, name, method))
+            for name, method in self._smtp_methods.items()
+        }
+
+    async def _serve(
+        self, command: str, method: Callable[[str | None], Awaitable[None]], arg: str | None
+    ) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return  # pipelined after our 421: nothing more is served
+        self.command = command
+        if command in JUNK_COMMANDS:
+            if self.junk >= self.settings.max_junk_commands:
+                await self._close_with("421 4.7.0 Too many commands without mail, closing")
+                return
+            self.junk += 1
+        await method(arg)
+
+    async def push(self, status: AnyStr) -> None:
+        await super().push(status)
+        text = status if isinstance(status, str) else status.decode("utf-8", "replace")
+        if self.command == "DATA" and text.startswith("250"):
+            self.junk = self.errors = 0  # a stored mail: the client makes progress
+        elif text[:1] in ("4", "5") and not text.startswith(NOT_CLIENT_ERRORS):
+            self.errors += 1
+            if self.errors >= self.settings.max_errors:
+                await self._close_with("421 4.7.0 Too many errors, closing")
+
+    async def _close_with(self, reply: str) -> None:
+        assert self.session is not None and self.transport is not None
+        log.info("closing the session of %s: %s", self.session.peer, reply)
+        await SMTP.push(self, reply)  # not counted, and one line even in LMTP
+        self.transport.close()
+
+    async def _call_handler_hook(self, command: str, *args: Any) -> Any:
+        self.in_hook = True
+        try:
+            return await super()._call_handler_hook(command, *args)
+        finally:
+            self.in_hook = False
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        # aiosmtpd calls this on each command (and we on every byte received);
+        # its duration is only for the PROXY handshake, which we do not enable.
+        self.active_at = self.loop.time()
+        self.arm_timeout()
+
+    def arm_timeout(self) -> None:
+        """(Re)start the idle timer: the timeout that applies now, from the last byte."""
+        stressed = self.slots is not None and self.slots.stressed
+        timeout = self._timeout_duration
+        if stressed:
+            timeout = min(timeout, self.settings.stress_timeout_seconds)
+        if self._timeout_handle is not None:
+            self._timeout_handle.cancel()
+        delay = max(self.active_at + timeout - self.loop.time(), 0.0)
+        self._timeout_handle = self.loop.call_later(delay, self._timeout_cb)
+
+    def _timeout_cb(self) -> None:
+        if self.in_hook:  # storing the mail takes long: that is our time, not the client's
+            self._reset_timeout()
+            return
+        assert isinstance(self.transport, asyncio.WriteTransport)
+        self.transport.write(b"421 4.4.2 Timeout exceeded, closing\r\n")
+        super()._timeout_cb()
 
     def data_received(self, data: bytes) -> None:
         # aiosmtpd restarts its idle timeout only when a command comes, so a
@@ -250,7 +381,7 @@ class _LimitedConnections(SMTP):
         if first and self.slots is not None:
             peer = transport.get_extra_info("peername")
             self.client = peer[0] if isinstance(peer, tuple) and peer else None
-            refusal = self.slots.take(self.client)
+            refusal = self.slots.take(self, self.client)
             if refusal is not None:
                 self.refused = True
                 assert isinstance(transport, asyncio.WriteTransport)
@@ -266,7 +397,7 @@ class _LimitedConnections(SMTP):
         super().connection_lost(error)
         if self.holds_slot and self.slots is not None:
             self.holds_slot = False
-            self.slots.give_back(self.client)
+            self.slots.give_back(self, self.client)
 
 
 class _LMTP(_LimitedConnections, LMTP):
@@ -291,10 +422,11 @@ class _LimitedFactory:
     SMTP_kwargs: dict[str, Any]
     protocol: type[_LimitedConnections] = _LimitedConnections
     slots: ConnectionSlots | None = None
+    settings = ListenerSettings()
 
     def factory(self) -> SMTP:
         session = self.protocol(self.handler, **self.SMTP_kwargs)
-        session.slots = self.slots
+        session.slots, session.settings = self.slots, self.settings
         return session
 
 
@@ -382,6 +514,7 @@ def build_controller(
         "data_size_limit": settings.max_message_bytes,
         "enable_SMTPUTF8": True,
         "ident": "maildesk",
+        "timeout": settings.timeout_seconds,
     }
     if settings.tls_cert and settings.tls_key and settings.protocol == "smtp":
         kwargs["tls_context"] = _tls_context(settings)
@@ -402,6 +535,7 @@ def build_controller(
         controller = _LimitedController(handler, hostname=settings.host, port=port, **kwargs)
         where = f"{settings.host}:{port}"
     controller.protocol = _LMTP if settings.protocol == "lmtp" else _LimitedConnections
+    controller.settings = settings
     controller.slots = ConnectionSlots(
         settings.max_connections,
         settings.max_connections_per_client,

@@ -179,7 +179,7 @@ def test_a_steady_sender_is_not_cut_by_the_idle_timeout_however_long_data_takes(
     (a 50 MB mail below ~170 KB/s with the 300 s default) was cut at every attempt.
     The timeout is 2 s here; the client never pauses more than 0.3 s."""
     port = free_port()
-    controller = start(app, ListenerSettings(port=port), timeout=2)
+    controller = start(app, ListenerSettings(port=port, timeout_seconds=2))
     try:
         client = RawClient(port)
         client.command("EHLO slow.example")
