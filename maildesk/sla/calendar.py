@@ -71,8 +71,15 @@ def _parse_interval(text: str) -> OpeningInterval:
     if sh > 23 or sm > 59 or em > 59 or eh > 24 or (eh == 24 and em != 0):
         raise ValueError(f"{text!r} has an impossible time of day")
     start, end = sh * 60 + sm, eh * 60 + em
-    if end <= start:
-        raise ValueError(f"interval {text!r} ends before (or when) it starts")
+    if end < start:
+        # A night shift: hours belong to one local day, so it is two intervals on two
+        # days (a holiday on the second day then closes its morning part, as it should).
+        raise ValueError(
+            f"interval {text!r} ends before it starts; a night shift across midnight is "
+            f"'{_fmt_minute(start)}-24:00' on this day and '00:00-{_fmt_minute(end)}' on the next"
+        )
+    if end == start:
+        raise ValueError(f"interval {text!r} ends when it starts")
     return OpeningInterval(start, end)
 
 

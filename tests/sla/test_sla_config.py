@@ -171,3 +171,17 @@ def test_an_agent_never_on_shift_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as info:
         _load(tmp_path, CALENDAR + never + POLICY)
     assert "agents.0.hours: alice is never on shift" in str(info.value)
+
+
+def test_a_night_shift_across_midnight_is_a_config_error_that_says_how_to_write_it(
+    tmp_path: Path,
+) -> None:
+    # Hours are per local day; a 22:00-06:00 shift is two intervals on two days, which
+    # also lets a holiday on the second day close its morning part.
+    night = CALENDAR.replace('mon = "10:00-19:00"', 'mon = "22:00-06:00"')
+    assert night != CALENDAR
+    with pytest.raises(ConfigError) as info:
+        _load(tmp_path, night + PEOPLE + POLICY)
+    message = str(info.value)
+    assert "calendars.office.hours.mon" in message and "22:00-06:00" in message
+    assert "'22:00-24:00'" in message and "'00:00-06:00'" in message

@@ -1,0 +1,177 @@
+"""The calendar's window arithmetic against a slow, obviously correct oracle.
+
+The oracle walks UTC minute by minute. It needs only the documented meaning
+of wall-clock business hours: a window ``s-e`` of local day ``D`` is open
+from the first instant the local clock has reached ``(D, s)`` to the first
+instant it has reached ``(D, e)``. So a minute is open exactly when the
+*highest* local wall time shown so far (the clock's running maximum: after
+the clocks go back it stays put until the repeated hour is over) lies in
+an opening interval of its own date. That gives, with no special cases, a
+window start in a DST gap snapping to the jump, a boundary in a repeated
+hour taking its first occurrence, and a day skipped altogether (Samoa,
+30 December 2011) having no hours.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import holidays
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from maildesk.sla.calendar import BusinessCalendar, CalendarConfig
+
+DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+MINUTE = timedelta(minutes=1)
+
+# (zone, a UTC instant near one of its clock changes)
+ZONE_SWITCHES = [
+    ("Europe/Berlin", datetime(2024, 3, 31, 1, tzinfo=UTC)),  # 02:00 -> 03:00
+    ("Europe/Berlin", datetime(2024, 10, 27, 1, tzinfo=UTC)),  # 03:00 -> 02:00
+    ("America/New_York", datetime(2024, 3, 10, 7, tzinfo=UTC)),
+    ("America/New_York", datetime(2024, 11, 3, 6, tzinfo=UTC)),
+    ("Australia/Lord_Howe", datetime(2024, 4, 6, 15, tzinfo=UTC)),  # half-hour DST
+    ("Asia/Kathmandu", datetime(2024, 6, 1, tzinfo=UTC)),  # +05:45, no DST
+    ("America/Sao_Paulo", datetime(2018, 11, 4, 3, tzinfo=UTC)),  # midnight -> 01:00
+    ("America/Havana", datetime(2024, 11, 3, 5, tzinfo=UTC)),  # 01:00 -> 00:00
+    ("Pacific/Apia", datetime(2011, 12, 30, 10, tzinfo=UTC)),  # 30 Dec 2011 never happened
+    ("Europe/Dublin", datetime(2024, 3, 31, 1, tzinfo=UTC)),  # negative DST in tzdata
+    ("Pacific/Kiritimati", datetime(2024, 12, 31, 10, tzinfo=UTC)),  # +14: a day ahead of UTC
+]
+
+
+@st.composite
+def day_hours(draw: st.DrawFn) -> list[str] | str:
+    """'closed', '24h' or up to three sorted, disjoint intervals on a 15-minute grid."""
+    kind = draw(st.sampled_from(["closed", "24h", "list", "list", "list"]))
+    if kind != "list":
+        return kind
+    marks = sorted(draw(st.sets(st.integers(0, 96), min_size=2, max_size=6)))
+    if len(marks) % 2:
+        marks = marks[:-1]
+    text = []
+    for start, end in zip(marks[::2], marks[1::2], strict=True):
+        s, e = start * 15, end * 15
+        text.append(f"{s // 60:02d}:{s % 60:02d}-{e // 60:02d}:{e % 60:02d}")
+    return text
+
+
+def _parse(value: list[str] | str) -> list[tuple[int, int]]:
+    if value == "closed":
+        return []
+    if value == "24h":
+        return [(0, 1440)]
+    out = []
+    for item in value:
+        a, b = item.split("-")
+        out.append((int(a[:2]) * 60 + int(a[3:]), int(b[:2]) * 60 + int(b[3:])))
+    return out
+
+
+class Oracle:
+    """Open minutes by the running maximum of the local wall clock."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.zone = ZoneInfo(config["timezone"])
+        self.weekly = [_parse(config["hours"].get(d, "closed")) for d in DAYS]
+        hol = config.get("holidays", {})
+        self.dates = {date.fromisoformat(d) for d in hol.get("dates", ())}
+        self.public = (
+            holidays.country_holidays(hol["country"], subdiv=hol.get("subdivision"))
+            if "country" in hol
+            else None
+        )
+        self.exceptions = [
+            (
+                date.fromisoformat(e["start"]),
+                date.fromisoformat(e.get("end", e["start"])),
+                _parse(e.get("hours", "closed")),
+            )
+            for e in config.get("exceptions", ())
+        ]
+
+    def intervals(self, day: date) -> list[tuple[int, int]]:
+        for start, end, hours in self.exceptions:
+            if start <= day <= end:
+                return hours
+        if day in self.dates or (self.public is not None and day in self.public):
+            return []
+        return self.weekly[day.weekday()]
+
+    def open_minutes(self, a: datetime, b: datetime) -> list[bool]:
+        """For each minute from ``a`` (whole UTC minute) to ``b``: open or not."""
+        t = a - timedelta(hours=3)  # long enough before to know the running maximum
+        high = datetime.min
+        out = []
+        while t < b:
+            wall = t.astimezone(self.zone).replace(tzinfo=None)
+            high = max(high, wall)
+            if t >= a:
+                minute = high.hour * 60 + high.minute
+                out.append(any(s <= minute < e for s, e in self.intervals(high.date())))
+            t += MINUTE
+        return out
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[dict[str, Any], datetime, int]:
+    zone, switch = draw(st.sampled_from(ZONE_SWITCHES))
+    hours = {d: draw(day_hours()) for d in DAYS}
+    config: dict[str, Any] = {"timezone": zone, "hours": hours}
+    local_day = switch.astimezone(ZoneInfo(zone)).date()
+    if draw(st.booleans()):
+        config["holidays"] = {
+            "dates": [str(local_day + timedelta(days=draw(st.integers(-2, 2))))],
+        }
+        if zone == "Europe/Berlin":
+            config["holidays"] |= {"country": "DE", "subdivision": "BY"}
+        elif zone == "America/New_York":
+            config["holidays"] |= {"country": "US", "subdivision": "NY"}
+    if draw(st.booleans()):
+        config["exceptions"] = [
+            {
+                "start": str(local_day + timedelta(days=draw(st.integers(-1, 1)))),
+                "kind": "changed_hours",
+                "hours": draw(day_hours().filter(lambda h: h not in ("closed", []))),
+            }
+        ]
+    start = switch + timedelta(minutes=draw(st.integers(-36 * 60, 12 * 60)))
+    return config, start, draw(st.integers(1, 48 * 60))
+
+
+ORACLE_SETTINGS = settings(max_examples=60, deadline=None)
+
+
+@ORACLE_SETTINGS
+@given(scenarios())
+def test_business_minutes_between_matches_a_minute_walk(
+    scenario: tuple[dict[str, Any], datetime, int],
+) -> None:
+    config, start, length = scenario
+    calendar = BusinessCalendar(CalendarConfig.model_validate(config))
+    end = start + length * MINUTE
+    expected = sum(Oracle(config).open_minutes(start, end))
+    assert calendar.business_minutes_between(start, end) == expected
+
+
+@ORACLE_SETTINGS
+@given(scenarios(), st.integers(1, 900))
+def test_add_business_minutes_matches_a_minute_walk(
+    scenario: tuple[dict[str, Any], datetime, int], amount: int
+) -> None:
+    config, start, length = scenario
+    calendar = BusinessCalendar(CalendarConfig.model_validate(config))
+    walk = Oracle(config).open_minutes(start, start + length * MINUTE)
+    if sum(walk) < amount:
+        return  # not within the walked stretch; other examples cover it
+    seen = 0
+    for index, is_open in enumerate(walk):
+        seen += is_open
+        if seen == amount:
+            expected = start + (index + 1) * MINUTE
+            break
+    assert calendar.add_business_minutes(start, amount) == expected
+    assert calendar.is_open(expected - MINUTE)
