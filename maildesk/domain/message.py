@@ -80,6 +80,8 @@ class ParsedMessage:
     delivery_status: tuple[DeliveryStatus, ...] = ()
     returned_headers: tuple[tuple[str, str], ...] = ()  # headers of the bounced original
     defects: tuple[str, ...] = field(default=())  # parser complaints, for the record
+    # What the parse left out of this form (over a limit); the raw mail still has it.
+    cuts: tuple[str, ...] = field(default=())
     # Header values by lower-case name: the guard asks for dozens of headers per message.
     _by_name: dict[str, list[str]] = field(init=False, repr=False, compare=False)
 

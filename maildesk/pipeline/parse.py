@@ -13,13 +13,18 @@ Message-IDs and references are read from the raw header
 (:mod:`maildesk.domain.rawheader`). Hostile input is bounded twice: header
 fields with thousands of parameters (which make the standard library's
 parameter parser quadratic) are trimmed in a copy before parsing and a defect
-is recorded, and the whole parse runs under a :class:`Deadline`.
+is recorded, and the whole parse runs under a :class:`Deadline`. The structure
+is bounded as well: nesting (:data:`MAX_PARSE_DEPTH`, else a ParseError naming
+it) and the attachments extracted (:data:`MAX_ATTACHMENTS`); what a limit leaves
+out is listed in ``ParsedMessage.cuts`` and noted as a ``parse`` event.
 """
 
 from __future__ import annotations
 
+import binascii
 import dataclasses
 import email
+import email.feedparser
 import email.parser
 import email.utils
 import enum
@@ -28,6 +33,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.message import Message
+from email.policy import compat32
 from typing import Any
 
 from inscriptis import get_text
@@ -48,6 +54,16 @@ from maildesk.pipeline.deadline import DeadlineExceeded, deadline
 
 MAX_PARAMETERS = 64  # per Content-Type / Content-Disposition field
 MAX_DEPTH = 40  # MIME nesting we descend into
+# MIME nesting (multipart and message/* levels) the parser builds at all: deeper
+# mail is quarantined with this limit as the reason. The standard library's
+# parser recurses once per level (it failed with RecursionError near 450, how
+# near depending on the caller's stack) and checked every line against every
+# enclosing boundary: 400 levels of 100,000 lines (a 330 KB mail) took 3.3 s.
+MAX_PARSE_DEPTH = 150
+# Attachments extracted from one mail. Each becomes a row and a blob in apply's
+# transaction: 100,000 one-byte parts (a 5 MB mail) held the write lock for 11 s
+# on SQLite and 29 s on PostgreSQL. The rest stay in the raw mail (a defect says so).
+MAX_ATTACHMENTS = 1_000
 MAX_DEFECTS = 50
 # HTML handed to inscriptis, in characters: lxml's tree costs ~50 bytes of
 # memory per byte of markup (a 20 MB body of tags took 1.1 GB), and the
@@ -72,6 +88,63 @@ class ParseError(Exception):
 
 class ParseTimeout(ParseError):
     """Parsing took longer than the time limit."""
+
+
+class _TooDeep(Exception):
+    """The MIME structure nests deeper than :data:`MAX_PARSE_DEPTH`."""
+
+
+# Not in typeshed: the feed parser's line buffer, whose readline we make cheaper.
+_BufferedSubFile: Any = getattr(email.feedparser, "BufferedSubFile")  # noqa: B009
+
+
+class _SubFile(_BufferedSubFile):
+    """The parser's line buffer, checking a line against the boundaries only if it can match.
+
+    Every matcher the standard library pushes (a multipart boundary, ``--...``, or
+    the blank line between delivery-status blocks) needs a line starting with
+    ``-``, CR or LF; any other line is body text at once, whatever the nesting.
+    """
+
+    def readline(self) -> str | object:
+        if self._lines and self._lines[0][:1] not in _EOF_STARTS:
+            line: str = self._lines.popleft()
+            return line
+        result: str | object = super().readline()
+        return result
+
+
+_EOF_STARTS = frozenset({"-", "\r", "\n", ""})
+
+
+class _BoundedParser(email.feedparser.FeedParser):
+    """The standard library's feed parser (compat32), refusing nesting beyond a limit."""
+
+    def __init__(self) -> None:
+        super().__init__(policy=compat32)
+        self._input = _SubFile()
+
+    def _new_message(self) -> None:
+        # The stack holds the message being parsed and each one enclosing it.
+        if len(self._msgstack) >= MAX_PARSE_DEPTH:  # type: ignore[attr-defined]
+            raise _TooDeep
+        super()._new_message()  # type: ignore[misc]
+
+
+_FEED_CHARS = 1 << 16
+
+
+def _stdlib_parse(data: bytes) -> Message:
+    """``email.message_from_bytes(data)``, in bounded depth and memory.
+
+    ``message_from_bytes`` reads the text through an ``io.StringIO``, which holds
+    four bytes per character: a 10 MB mail cost 40 MB there alone.
+    """
+    text = data.decode("ascii", "surrogateescape")
+    parser = _BoundedParser()
+    for start in range(0, len(text), _FEED_CHARS):
+        parser.feed(text[start : start + _FEED_CHARS])
+    return parser.close()
 
 
 class MediaType(enum.StrEnum):
@@ -112,8 +185,10 @@ def parse_message(
         raise ParseTimeout(f"parsing took longer than the {time_limit:g} s time limit") from exc
     except ParseError:
         raise
-    except RecursionError as exc:
-        raise ParseError("MIME structure nested too deeply to parse") from exc
+    except (RecursionError, _TooDeep) as exc:
+        raise ParseError(
+            f"MIME structure nested deeper than {MAX_PARSE_DEPTH} levels (MAX_PARSE_DEPTH)"
+        ) from exc
     except Exception as exc:
         raise ParseError(f"parser failed: {type(exc).__name__}: {exc}"[:300]) from exc
 
@@ -126,17 +201,23 @@ def _parse(raw: bytes, max_header_bytes: int) -> ParsedMessage:
         )
     defects: list[str] = []
     to_parse = _trim_parameters(raw, defects)
-    msg = email.message_from_bytes(to_parse)
+    msg = _stdlib_parse(to_parse)
     hint = _safe_charset(msg)
     raw_index = raw_header_index(header_block)
     headers = tuple((name, decode_header_text(str(value), hint)) for name, value in msg.raw_items())
     walker = _PartWalker(hint=hint)
     walker.walk(msg, depth=0, in_report=False)
     defects.extend(walker.defects)
+    cuts = list(walker.cuts)
+    if walker.skipped_attachments:
+        cuts.append(
+            f"{walker.skipped_attachments} attachments over the limit of {MAX_ATTACHMENTS} "
+            "(MAX_ATTACHMENTS) not extracted; they are in the raw mail"
+        )
     text = "\n\n".join(walker.plain) if walker.plain else ""
     html = "\n\n".join(walker.html) if walker.html else None
     if not text.strip():
-        text = _html_to_text(html, defects) if html else "\n\n".join(walker.other_text)
+        text = _html_to_text(html, defects, cuts) if html else "\n\n".join(walker.other_text)
     address_values = _address_values(msg, hint)
     date, date_defect = _parse_date(msg, hint)
     if date_defect:
@@ -159,7 +240,8 @@ def _parse(raw: bytes, max_header_bytes: int) -> ParsedMessage:
         thread_index=next(iter(raw_index.get("thread-index", [])), None),
         delivery_status=tuple(walker.delivery_status),
         returned_headers=walker.returned_headers,
-        defects=tuple(dict.fromkeys(defects))[:MAX_DEFECTS],
+        defects=tuple(dict.fromkeys([*cuts, *defects]))[:MAX_DEFECTS],
+        cuts=tuple(dict.fromkeys(cuts)),
     )
 
 
@@ -319,9 +401,9 @@ def _parse_date(msg: Message, hint: str | None) -> tuple[datetime | None, str | 
     return parsed.astimezone(UTC), None
 
 
-def _html_to_text(html: str, defects: list[str]) -> str:
+def _html_to_text(html: str, defects: list[str], cuts: list[str]) -> str:
     if len(html) > MAX_HTML_TO_TEXT:
-        defects.append(
+        cuts.append(
             f"html body of {len(html)} characters; text taken from its first {MAX_HTML_TO_TEXT}"
         )
         html = html[:MAX_HTML_TO_TEXT]
@@ -353,7 +435,9 @@ def _message_bytes(part: Message) -> bytes:
 
 def _payload_bytes(part: Message) -> bytes:
     """Decoded payload of a leaf part; the serialised blocks of a delivery-status part."""
-    data = part.get_payload(decode=True)
+    data: Any = _base64_payload(part)
+    if data is None:
+        data = part.get_payload(decode=True)
     if isinstance(data, bytes):
         return data
     payload = part.get_payload()
@@ -364,6 +448,25 @@ def _payload_bytes(part: Message) -> bytes:
             if isinstance(block, Message)
         )
     return b""
+
+
+def _base64_payload(part: Message) -> bytes | None:
+    """A base64 leaf's bytes in one pass, or None to leave it to the standard library.
+
+    ``get_payload(decode=True)`` splits the text into lines and joins them again
+    first: three copies of a big attachment where one does. With whole quads
+    the standard library's result is this one (strict, else lenient, decoding).
+    """
+    payload = part._payload  # type: ignore[attr-defined]
+    cte = str(part.get("content-transfer-encoding", "")).lower()  # as get_payload reads it
+    if cte != "base64" or not isinstance(payload, str) or part.is_multipart():
+        return None
+    if (len(payload) - payload.count("\n") - payload.count("\r")) % 4:
+        return None  # the standard library pads, or keeps the text: its result, not ours
+    try:
+        return binascii.a2b_base64(payload.encode("ascii", "surrogateescape"))
+    except (binascii.Error, ValueError, UnicodeError):
+        return None  # bad padding and the like: the standard library's repairs
 
 
 def _header_pairs(msg: Message, hint: str | None) -> tuple[tuple[str, str], ...]:
@@ -402,10 +505,12 @@ class _PartWalker:
     delivery_status: list[DeliveryStatus] = field(default_factory=list)
     returned_headers: tuple[tuple[str, str], ...] = ()
     defects: list[str] = field(default_factory=list)
+    cuts: list[str] = field(default_factory=list)
+    skipped_attachments: int = 0
 
     def walk(self, part: Message, *, depth: int, in_report: bool) -> None:
         if depth > MAX_DEPTH:
-            self.defects.append(f"MIME nesting deeper than {MAX_DEPTH}; inner parts skipped")
+            self.cuts.append(f"MIME nesting deeper than {MAX_DEPTH}; inner parts skipped")
             return
         self.defects.extend(type(defect).__name__ for defect in part.defects)
         ctype = part.get_content_type()
@@ -469,7 +574,16 @@ class _PartWalker:
             )
         return _line_ends(text)
 
+    def _room(self) -> bool:
+        """Whether another attachment may be extracted (else it is counted as skipped)."""
+        if len(self.attachments) < MAX_ATTACHMENTS:
+            return True
+        self.skipped_attachments += 1
+        return False
+
     def _attachment(self, part: Message, ctype: str, filename: str) -> None:
+        if not self._room():
+            return
         content = _payload_bytes(part)
         cid_raw = part.get("content-id")
         cid = str(cid_raw).strip().strip("<>").strip() if cid_raw is not None else ""
@@ -488,6 +602,8 @@ class _PartWalker:
 
     def _nested_message(self, part: Message, ctype: str, in_report: bool) -> None:
         """A forwarded or returned message: kept whole as an attachment, text not merged."""
+        if not self._room():
+            return
         is_message = ctype in _MESSAGE_TYPES
         filename = self._filename(part) or (
             "forwarded.eml" if is_message else f"{part.get_content_subtype()}.txt"

@@ -80,6 +80,8 @@ def parse_stage(ctx: MessageContext, limits: PipelineSettings) -> Stop | None:
             return Stop(StopKind.QUARANTINE, f"cannot parse: {exc.reason}")
         ctx.parsed = fallback_message(ctx.raw)
         ctx.note("parse", f"released by ops although it cannot be parsed: {exc.reason}")
+    for cut in ctx.parsed.cuts:
+        ctx.note("parse", f"not all of the mail was read: {cut}")
     ctx.arrived_at = arrival_time(ctx.parsed.date, ctx.source, ctx.received_at)
     return None
 
