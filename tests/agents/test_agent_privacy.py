@@ -19,6 +19,7 @@ from maildesk.app import App
 from maildesk.db.models import Event, Intake, IntakeState
 from tests.agents.agenthelp import (
     AGENT_ADDRESSES,
+    Sent,
     agent_app,
     client_reply,
     events_of_kind,
@@ -93,17 +94,23 @@ def test_resolution_mail_carries_no_agent_message_id(app: App, body: str) -> Non
     assert resolved[0].msg["In-Reply-To"] == "<first@customer.test>"
 
 
-def test_note_in_an_attached_original_is_not_sent_to_the_customer(app: App) -> None:
+def _ticket_with_a_note(app: App, note: str) -> tuple[bytes, Sent, str]:
+    """Alice's first mail, bob's new-ticket notice and its reply address; bob wrote ``note``."""
     first = make_mail(message_id="first@customer.test")
     deliver(app, first)
     notice = to(app, "bob@agents.test", "new_ticket")[0]
     address = reply_address(notice)
     deliver(
         app,
-        client_reply(notice, f"#note\n\n{SECRET}\n"),
+        client_reply(notice, f"#note\n\n{note}\n"),
         rcpt=(address,),
         mail_from="bob@agents.test",
     )
+    return first, notice, address
+
+
+def test_note_in_an_attached_original_is_not_sent_to_the_customer(app: App) -> None:
+    first, _notice, address = _ticket_with_a_note(app, SECRET)
     deliver(app, reply_to(first, body="Any news?\n", message_id="second@customer.test"))
     latest = to(app, "bob@agents.test", "customer_reply")[-1]
     assert SECRET in latest.text
@@ -333,16 +340,7 @@ def test_a_note_saved_to_a_text_file_in_another_charset_is_not_sent_to_the_custo
 ) -> None:
     """Notepad on Windows saves in windows-1252: the note's "–" is not UTF-8 there."""
     note = "Kunde zahlt nie pünktlich – keinen Rabatt anbieten"
-    first = make_mail(message_id="first@customer.test")
-    deliver(app, first)
-    notice = to(app, "bob@agents.test", "new_ticket")[0]
-    address = reply_address(notice)
-    deliver(
-        app,
-        client_reply(notice, f"#note\n\n{note}\n"),
-        rcpt=(address,),
-        mail_from="bob@agents.test",
-    )
+    _first, notice, address = _ticket_with_a_note(app, note)
     attachment = ("notiz.txt", "text/plain; charset=windows-1252", note.encode("cp1252"))
     deliver(
         app,
