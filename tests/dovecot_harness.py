@@ -140,6 +140,7 @@ class Dovecot:
     tls: bool = False  # STARTTLS on ``port`` and implicit TLS on ``tls_port``
     tls_port: int = 0
     introspection_url: str = ""  # accept XOAUTH2/OAUTHBEARER tokens this RFC 7662 endpoint knows
+    extra_config: str = ""  # appended to the config as it is (no {} formatting)
     proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -176,7 +177,7 @@ class Dovecot:
             mechanisms=mechanisms,
             extra=extra,
         )
-        self.config.write_text(config, encoding="utf-8")
+        self.config.write_text(config + self.extra_config, encoding="utf-8")
 
     def start(self, timeout: float = 20) -> Dovecot:
         self.proc = subprocess.Popen(

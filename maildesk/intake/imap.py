@@ -55,7 +55,13 @@ from maildesk.db.models import Blob, ImapFolderState, Intake
 from maildesk.db.upsert import insert_ignore
 from maildesk.domain.message import TRUNCATED_HEADER, UNFETCHABLE_HEADER
 from maildesk.domain.rawheader import extract_message_id
-from maildesk.intake.oauth2 import Login, OAuth2Error, PasswordLogin, oauth2_login
+from maildesk.intake.oauth2 import (
+    Login,
+    OAuth2Error,
+    OAuth2Login,
+    PasswordLogin,
+    oauth2_login,
+)
 from maildesk.intake.store import Envelope, IntakeStore
 
 log = logging.getLogger("maildesk.intake.imap")
@@ -73,6 +79,11 @@ STORE_BYTES = 32 * 1024 * 1024  # at most this much message data held per store 
 FETCH_MIN_BYTES_PER_SECOND = 16 * 1024
 # A message whose own FETCH failed this often is stored as a placeholder and passed over.
 FETCH_ATTEMPTS = 3
+# After the server refused a mailbox's credentials, its next login waits this
+# long, doubling up to LOGIN_RETRY_MAX_SECONDS: providers lock an account after a
+# handful of failed logins (Microsoft 365 smart lockout: 10 by default).
+LOGIN_RETRY_SECONDS = 60.0
+LOGIN_RETRY_MAX_SECONDS = 1800.0
 STOP_GRACE_SECONDS = 5.0  # on stop, a poller's command may finish this long before it is cut
 
 Clock = Callable[[], datetime]
@@ -86,6 +97,60 @@ class FolderStatus(enum.StrEnum):
     WAITING = "waiting"  # polling mode, between two polls
     BACKOFF = "backoff"  # failed; reconnecting after a delay
     STOPPED = "stopped"
+
+
+class LoginHeld(Exception):
+    """The mailbox's credentials were refused lately; no login is tried before its retry."""
+
+
+class LoginGate:
+    """One mailbox's logins, shared by the pollers of all its folders.
+
+    A refused login (wrong password, revoked token) does not mend itself: each
+    folder poller trying on its own every 1, 2, 4 ... seconds made a dozen
+    failed logins a minute with a few folders, enough to lock the account at a
+    real provider. Logins of a mailbox are tried one at a time; once one is
+    refused, none is tried before the retry time, which doubles from
+    :data:`LOGIN_RETRY_SECONDS`. ``free_retries`` refusals are retried at once
+    (an OAuth2 access token the server refused is replaced by a fresh one).
+    """
+
+    def __init__(self, free_retries: int = 0) -> None:
+        self.free_retries = free_retries
+        self.lock = threading.Lock()
+        self.refusals = 0
+        self.retry_at = 0.0  # time.monotonic()
+        self.error = ""
+
+    def wait_seconds(self) -> float:
+        return max(0.0, self.retry_at - time.monotonic())
+
+    def attempt(self, log_in: Callable[[], None]) -> None:
+        """``log_in()`` unless a refusal holds the mailbox back (then LoginHeld)."""
+        with self.lock:
+            if self.wait_seconds() > 0:
+                raise LoginHeld(self.error)
+            try:
+                log_in()
+            except LoginError as exc:
+                self.refusals += 1
+                self.retry_at = time.monotonic() + login_retry_delay(
+                    self.refusals - self.free_retries
+                )
+                self.error = f"{failure_kind(exc)}: {type(exc).__name__}: {exc}"
+                raise
+            self.refusals, self.retry_at, self.error = 0, 0.0, ""
+
+
+def login_retry_delay(refusals: int) -> float:
+    """How long a mailbox waits after its ``refusals``-th refused login in a row."""
+    if refusals <= 0:
+        return 0.0
+    return min(LOGIN_RETRY_MAX_SECONDS, LOGIN_RETRY_SECONDS * 2 ** (refusals - 1))
+
+
+class FolderUnavailable(Exception):
+    """The server refused to SELECT the folder (it does not exist, or not by that name)."""
 
 
 class LeaseLost(Exception):
@@ -225,8 +290,13 @@ class _WatchedClient(IMAPClient):
                 raise
 
 
-def connect(mailbox: ImapMailboxSettings, login: Login, watch: ConnectionWatch) -> IMAPClient:
-    """Open, secure and log in, attached to ``watch``; raises on any failure."""
+def connect(
+    mailbox: ImapMailboxSettings,
+    login: Login,
+    watch: ConnectionWatch,
+    gate: LoginGate | None = None,
+) -> IMAPClient:
+    """Open, secure and log in (through ``gate``), attached to ``watch``; raises on any failure."""
     context = ssl.create_default_context(
         cafile=str(mailbox.ca_file) if mailbox.ca_file is not None else None
     )
@@ -247,7 +317,10 @@ def connect(mailbox: ImapMailboxSettings, login: Login, watch: ConnectionWatch) 
             if mailbox.security is ImapSecurity.STARTTLS:
                 client.starttls(context)
             try:
-                login.login(client)
+                if gate is None:
+                    login.login(client)
+                else:
+                    gate.attempt(lambda: login.login(client))
             except LoginError:
                 login.refused()
                 raise
@@ -269,6 +342,8 @@ def failure_kind(exc: BaseException) -> str:
         return "TLS failed"
     if isinstance(exc, CommandOverdue):
         return "command deadline exceeded"
+    if isinstance(exc, FolderUnavailable):
+        return "folder cannot be selected"
     return "connection failed"
 
 
@@ -419,12 +494,20 @@ class FolderPoller:
         self.fetch_failures: dict[int, tuple[int, str]] = {}
         # Called with the hashes of messages found again that were stored before.
         self.on_seen_again: Callable[[Iterable[str]], None] | None = None
+        self.uidvalidity = 0  # of the folder as selected by the current session
+        self.move_target_problem = ""  # why move_to could not be created, if it could not
+        self.gate = LoginGate()  # ImapIntake shares one between the folders of a mailbox
 
     # -- the loop -----------------------------------------------------------
     def run(self) -> None:
         stop = self.deps.stop
         while not stop.is_set():
             try:
+                held = self.gate.wait_seconds()
+                if held > 0:  # the mailbox's login was refused: no folder tries before its time
+                    self._report(FolderStatus.BACKOFF, self.gate.error)
+                    stop.wait(held)
+                    continue
                 if not self.state.acquire():
                     self._report(FolderStatus.STANDBY)
                     stop.wait(self.mailbox.lease_seconds / 3)
@@ -433,6 +516,8 @@ class FolderPoller:
             except LeaseLost as exc:
                 log.warning("imap %s: %s; standing by", self.name, exc)
                 self._report(FolderStatus.STANDBY, str(exc))
+            except LoginHeld:  # another folder's login was refused meanwhile
+                self._report(FolderStatus.BACKOFF, self.gate.error)
             except Exception as exc:
                 self._failed(exc)
         try:
@@ -446,8 +531,10 @@ class FolderPoller:
             log.info("imap %s: stopped during a command (%s)", self.name, exc)
             return
         self.failures += 1
-        delay = backoff_delay(self.failures)
+        delay = max(backoff_delay(self.failures), self.gate.wait_seconds())
         what = failure_kind(exc)
+        if isinstance(exc, LoginError):
+            what += " (credentials refused; the folders of this mailbox wait for one retry)"
         error = f"{type(exc).__name__}: {exc}"
         log.warning(
             "imap %s: %s (%s); reconnecting in %.1fs (failure %d)",
@@ -463,18 +550,24 @@ class FolderPoller:
 
     def session(self) -> None:
         """One connection: select, reconcile, then IDLE (or wait) and poll until stopped."""
-        client = connect(self.mailbox, self.login, self.watch)
+        client = connect(self.mailbox, self.login, self.watch, self.gate)
         command = self.watch.command
         try:
             writable = self.writable and self.mailbox.post_action is not ImapPostAction.NONE
             with command("SELECT"):
-                info = client.select_folder(self.folder, readonly=not writable)
+                try:
+                    info = client.select_folder(self.folder, readonly=not writable)
+                except imaplib.IMAP4.abort:
+                    raise
+                except imaplib.IMAP4.error as exc:
+                    hint = _separator_hint(client, self.folder)
+                    raise FolderUnavailable(f"{self.folder!r}: {exc}{hint}") from exc
             uidvalidity = int(info[b"UIDVALIDITY"])
             progress = self._check_uidvalidity(uidvalidity)
+            self.uidvalidity = uidvalidity
             if writable and self.mailbox.post_action is ImapPostAction.MOVE:
                 with command("LIST/CREATE of move_to"):
-                    if not _selectable(client, self.mailbox.move_to):
-                        client.create_folder(self.mailbox.move_to)
+                    self._ensure_move_target(client)
             with command("CAPABILITY"):
                 use_idle = self.mailbox.idle and b"IDLE" in client.capabilities()
             if writable:
@@ -494,6 +587,30 @@ class FolderPoller:
                     self._wait(self.mailbox.poll_interval_seconds)
         finally:
             disconnect(client, self.watch)
+
+    def _ensure_move_target(self, client: IMAPClient) -> None:
+        """Create ``move_to`` if it cannot hold mail yet.
+
+        A CREATE the server refuses (a name it does not allow, no right to
+        create) is said in the log and the health file, and the folder is read
+        all the same: each move is then refused and the mail left where it is,
+        stored. Failing the connection for it kept every mail out.
+        """
+        target = self.mailbox.move_to
+        self.move_target_problem = ""
+        if _selectable(client, target):
+            return
+        try:
+            client.create_folder(target)
+        except imaplib.IMAP4.abort:
+            raise
+        except imaplib.IMAP4.error as exc:
+            hint = _separator_hint(client, target)
+            error = f"move_to {target!r} does not exist and cannot be created ({exc}){hint}"
+            log.warning("imap %s: %s; mail is stored and left in %s", self.name, error, self.folder)
+            self.move_target_problem = error
+            self.health.last_error = error
+            self.deps.on_health(replace(self.health))
 
     def _check_uidvalidity(self, uidvalidity: int) -> Progress:
         progress = self.state.load()
@@ -767,6 +884,8 @@ class FolderPoller:
                 # where it is loses nothing; stopping the folder for it would stall
                 # every later mail.
                 error = f"post-action {action} refused: {exc}"
+                if action is ImapPostAction.MOVE and self.move_target_problem:
+                    error += f" ({self.move_target_problem})"
                 log.warning(
                     "imap %s: %s; UIDs %d:%d left as they are", self.name, error, uids[0], uids[-1]
                 )
@@ -787,11 +906,54 @@ class FolderPoller:
             self._expunge(client, uids)
 
     def _expunge(self, client: IMAPClient, uids: list[int]) -> None:
+        """Flag ``uids`` \\Deleted and expunge them, and never anything else.
+
+        With UIDPLUS, UID EXPUNGE names them. Without it there is only EXPUNGE,
+        which removes every message flagged \\Deleted: also one another client
+        (an agent's mail program) marked deleted and may still undo, or one that
+        came in during this poll and was never stored. So EXPUNGE is sent only
+        when every message flagged \\Deleted is ours (a UID just flagged, or
+        one stored whole before); otherwise ours stay flagged for the next
+        expunge, by us or by the other client. The SEARCH and the EXPUNGE are
+        two commands: a flag set in between is not seen, which is as much as a
+        server without UIDPLUS allows.
+        """
         client.add_flags(uids, [DELETED], silent=True)
         if client.has_capability("UIDPLUS"):
             client.uid_expunge(uids)
-        else:
-            client.expunge()
+            return
+        others = set(client.search(["DELETED"])) - set(uids)
+        others -= self._stored_whole(sorted(others))
+        if others:
+            listed = ", ".join(map(str, sorted(others)[:10]))
+            note = (
+                f"the server has no UIDPLUS, and {len(others)} message(s) flagged \\Deleted "
+                f"that maildesk has not stored whole (UIDs {listed}) would be expunged with "
+                "ours; ours are left flagged \\Deleted until they can be"
+            )
+            log.warning("imap %s: %s", self.name, note)
+            self.health.last_error = note
+            self.deps.on_health(replace(self.health))
+            return
+        client.expunge()
+
+    def _stored_whole(self, uids: list[int]) -> set[int]:
+        """Those of ``uids`` (of this folder and UIDVALIDITY) stored in full, not as a note."""
+        if not uids:
+            return set()
+        refs = {source_ref(self.mailbox.key, self.folder, self.uidvalidity, u): u for u in uids}
+        notes = [f"{name}:".encode() for name in (UNFETCHABLE_HEADER, TRUNCATED_HEADER)]
+        found: set[int] = set()
+        with self.deps.db.transaction() as session:
+            rows = session.execute(
+                select(Intake.source_ref, func.substr(Blob.data, 1, 64))
+                .join(Blob, Blob.sha256 == Intake.raw_sha256)
+                .where(Intake.source == SOURCE, Intake.source_ref.in_(list(refs)))
+            ).all()
+        for ref, head in rows:
+            if not any(bytes(head).startswith(note) for note in notes):
+                found.add(refs[ref])
+        return found
 
     def _catch_up_post_actions(self, client: IMAPClient, progress: Progress) -> None:
         """Apply post-actions a crash left undone (stored, recorded, not yet acted on)."""
@@ -891,6 +1053,24 @@ def _selectable(client: IMAPClient, folder: str) -> bool:
         if not {f.lower() for f in flags} & {b"\\noselect", b"\\nonexistent"}:
             return True
     return False
+
+
+def _separator_hint(client: IMAPClient, folder: str) -> str:
+    """For a folder name written with '/' on a server that separates levels otherwise."""
+    if "/" not in folder:
+        return ""
+    separator = ""
+    with contextlib.suppress(imaplib.IMAP4.error):
+        for _flags, found, _name in client.list_folders("", ""):
+            if found:
+                separator = found.decode() if isinstance(found, bytes) else str(found)
+                break
+    if not separator or separator == "/":
+        return ""
+    return (
+        f"; this server separates folder levels with {separator!r}, not '/': "
+        f"{folder.replace('/', separator)!r}?"
+    )
 
 
 def _next_idle_line(client: IMAPClient, timeout: float) -> bytes | None:
@@ -1023,10 +1203,13 @@ class ImapIntake:
         from maildesk.intake.junk import JunkPoller, seen_again_hook  # it builds on this module
 
         for mailbox in self.mailboxes:
+            login = self.logins[mailbox.key]
+            gate = LoginGate(free_retries=1 if isinstance(login, OAuth2Login) else 0)
             junk = (mailbox.junk_folder,) if mailbox.junk_folder else ()
             for folder in (*mailbox.folders, *junk):
                 kind = JunkPoller if folder in junk else FolderPoller
-                poller = kind(mailbox, folder, self.logins[mailbox.key], deps)
+                poller = kind(mailbox, folder, login, deps)
+                poller.gate = gate
                 if junk and kind is FolderPoller:
                     poller.on_seen_again = seen_again_hook(self.db, poller.name, self.clock)
                 self.pollers.append(poller)
