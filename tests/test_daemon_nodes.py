@@ -159,7 +159,10 @@ def test_two_nodes_on_one_postgresql_with_a_kill_9_thread_and_acknowledge_once(
         # One mail to each node first: both are working (parse child up) when the load starts.
         for c in range(CONVERSATIONS, CONVERSATIONS + WARM_UP):
             send(next(m for m in conversation(c) if m.message_id.startswith("p")))
-        wait(lambda: all(processed(node) for node in nodes))
+        # Either node may take either mail from the shared table: wait for both to be
+        # processed and both nodes to run, not for each node to process one.
+        wait(lambda: sum(processed(node) for node in nodes) >= WARM_UP)
+        wait(lambda: all("maildesk running" in node.log() for node in nodes))
         with ThreadPoolExecutor(CLIENTS) as pool:
             futures = [pool.submit(one_conversation, c) for c in range(CONVERSATIONS)]
             try:

@@ -39,6 +39,21 @@ def is_transient(exc: BaseException) -> bool:
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
 
 
+# SQLSTATEs of a transaction PostgreSQL failed because of another one: a deadlock
+# (40P01), a serialization failure (40001), a lock not available (55P03).
+LOCK_CONFLICTS = frozenset({"40P01", "40001", "55P03"})
+
+
+def is_lock_conflict(exc: BaseException) -> bool:
+    """True when another transaction made this one fail (a deadlock PostgreSQL broke).
+
+    Nobody's fault and over once either side commits: the work, rolled back
+    whole, is done again at once, and never counts as the message's failure.
+    """
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    return getattr(orig, "sqlstate", None) in LOCK_CONFLICTS
+
+
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor = dbapi_conn.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")

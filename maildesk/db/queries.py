@@ -131,10 +131,16 @@ def locked_ticket(session: Session, ticket_id: int) -> Ticket:
     Autoflushes first, so this transaction's own changes to it are kept. On
     SQLite every transaction holds the database's write lock from its BEGIN
     (IMMEDIATE), so what this session has read is current: no query at all.
+
+    On PostgreSQL the lock is ``FOR NO KEY UPDATE``: it orders every writer that
+    locks the ticket, but not the foreign-key checks of rows that only name it
+    (an event, an outbox row the sender or another node writes). With ``FOR
+    UPDATE`` those wait for this transaction while it may wait for them (the
+    bounce suppressing the address the sender just suppressed): a deadlock.
     """
     if session.connection().dialect.name == "sqlite":
         return session.get_one(Ticket, ticket_id)
-    stmt = select(Ticket).where(Ticket.id == ticket_id).with_for_update()
+    stmt = select(Ticket).where(Ticket.id == ticket_id).with_for_update(key_share=True)
     return session.scalars(stmt.execution_options(populate_existing=True)).one()
 
 

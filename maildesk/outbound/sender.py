@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.config import OutboundSettings
 from maildesk.connection_watch import CommandOverdue, ConnectionWatch
-from maildesk.db.database import Database
+from maildesk.db.database import Database, is_lock_conflict
 from maildesk.db.models import Blob, Event, Outbox, OutboxState, Suppression
 from maildesk.outbound.agent_notices import overtaken
 from maildesk.outbound.delivery_failed import Undelivered
@@ -48,6 +48,8 @@ log = logging.getLogger("maildesk.outbound")
 RELAY_MIN_BYTES_PER_SECOND = 16 * 1024
 # While a delivery runs its claim is renewed this many times per claim timeout.
 CLAIM_RENEWALS_PER_TIMEOUT = 4
+# How often the record of a delivery is tried when other nodes' transactions cross it.
+RECORD_ATTEMPTS = 4
 
 
 class TemporaryFailure(Exception):
@@ -386,6 +388,50 @@ class OutboxSender:
                 refused = exc
             except (TemporaryFailure, PermanentFailure) as exc:
                 error = exc
+        self._record(outbox_id, live, blocked, error, refused, result)
+
+    def _record(
+        self,
+        outbox_id: int,
+        live: list[str],
+        blocked: set[str],
+        error: Exception | None,
+        refused: PartlyRefused | None,
+        result: DrainResult,
+    ) -> None:
+        """Record what the delivery did, in one transaction; again after a lock conflict.
+
+        The mail is out (or refused) already: were this transaction lost to a
+        deadlock with another node's (a bounce for the same address, a merge), the
+        row would stay claimed and be delivered a second time once its claim
+        expired. Rolled back whole, it is recomputed from the same facts.
+        """
+        for attempt in range(1, RECORD_ATTEMPTS + 1):
+            counted = DrainResult()
+            try:
+                self._record_once(outbox_id, live, blocked, error, refused, counted)
+            except Exception as exc:
+                if not is_lock_conflict(exc) or attempt == RECORD_ATTEMPTS:
+                    raise
+                log.info(
+                    "outbox=%s: recording the delivery lost a lock conflict, again: %s",
+                    outbox_id,
+                    str(exc).splitlines()[0],
+                )
+                continue
+            for name in ("sent", "retried", "failed", "suppressed"):
+                setattr(result, name, getattr(result, name) + getattr(counted, name))
+            return
+
+    def _record_once(
+        self,
+        outbox_id: int,
+        live: list[str],
+        blocked: set[str],
+        error: Exception | None,
+        refused: PartlyRefused | None,
+        result: DrainResult,
+    ) -> None:
         with self.db.transaction() as session:
             row = session.get(Outbox, outbox_id)
             assert row is not None
@@ -476,7 +522,8 @@ class OutboxSender:
             )
         )
         until = now + timedelta(days=self.settings.suppression_days)
-        for address in dead:
+        # In one order on every path (the bounce's too), against crossing row locks.
+        for address in sorted(dict.fromkeys(dead), key=str.lower):
             suppress(session, address, until, f"no such mailbox (outbox {row.id})", now)
             session.add(
                 Event(

@@ -468,7 +468,8 @@ class Applier:
                 ticket=ticket,
                 message=message,
             )
-        for address in report.dead:
+        # In one order on every path (the sender's too), against crossing row locks.
+        for address in sorted(dict.fromkeys(report.dead), key=str.lower):
             why = f"bounced (intake {intake.id}, ticket #{ticket.number})"
             suppress(session, address, until, why, self.now)
             self.event(

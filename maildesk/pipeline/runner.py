@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from maildesk.config import Settings
-from maildesk.db.database import Database, is_transient
+from maildesk.db.database import Database, is_lock_conflict, is_transient
 from maildesk.db.models import Blob, Disposition, Intake, IntakeState
 from maildesk.domain.signing import Signer
 from maildesk.outbound.notices import Notices
@@ -40,6 +40,9 @@ from maildesk.spam.scoring import ScorerSpec
 
 log = logging.getLogger("maildesk.pipeline")
 FIRST_BATCH = 16
+# A batch that loses a lock conflict (PostgreSQL broke a deadlock by failing it) is
+# applied again at once this many times before it is put back for later.
+LOCK_CONFLICT_RETRIES = 3
 # The first key of the two-key advisory locks on conversations ("mdth"): a space
 # apart from the run lock's one-key lock.
 CONVERSATION_LOCK_SPACE = 0x6D647468
@@ -198,11 +201,14 @@ class Worker:
         the batch is rolled back and applied again with a savepoint per
         message, so the bad one rolls back alone and is quarantined. A
         temporary failure (database locked or down) puts the whole batch back.
+        A lock conflict with another node (a deadlock PostgreSQL broke by
+        failing this side) is applied again at once: the other side has its
+        locks now, and this batch waits for them instead of crossing them.
         """
         batch = [ctx for ctx, _stop in parsed]
         stops = {ctx.intake_id: stop for ctx, stop in parsed}
         try:
-            return self._apply_batch(batch, stops, isolated=False)
+            return self._apply_retrying(batch, stops, isolated=False)
         except Exception as exc:
             if is_transient(exc):
                 return [self._postpone(ctx.intake_id, exc) for ctx in batch]
@@ -210,11 +216,32 @@ class Worker:
         for ctx in batch:
             ctx.reset_decisions()
         try:
-            return self._apply_batch(batch, stops, isolated=True)
+            return self._apply_retrying(batch, stops, isolated=True)
         except Exception as exc:
             if not is_transient(exc):
                 raise
             return [self._postpone(ctx.intake_id, exc) for ctx in batch]
+
+    def _apply_retrying(
+        self, batch: list[MessageContext], stops: dict[int, Stop | None], *, isolated: bool
+    ) -> list[Outcome]:
+        """:meth:`_apply_batch`, again at once after a lock conflict (up to a few times)."""
+        for attempt in range(1, LOCK_CONFLICT_RETRIES + 2):
+            try:
+                return self._apply_batch(batch, stops, isolated=isolated)
+            except Exception as exc:
+                if not is_lock_conflict(exc) or attempt > LOCK_CONFLICT_RETRIES:
+                    raise
+                log.info(
+                    "batch of %d (intake %s...) lost a lock conflict with another node, "
+                    "applying it again: %s",
+                    len(batch),
+                    batch[0].intake_id if batch else "-",
+                    str(exc).splitlines()[0],
+                )
+                for ctx in batch:
+                    ctx.reset_decisions()
+        raise AssertionError("unreachable")
 
     def _apply_batch(
         self, batch: list[MessageContext], stops: dict[int, Stop | None], *, isolated: bool
@@ -351,6 +378,12 @@ class Worker:
         )
 
     def _postpone(self, intake_id: int, exc: BaseException) -> Outcome:
+        """Put the message back for later; a lock conflict does not count as an attempt.
+
+        ``max_attempts`` is there for mail that keeps failing the worker; other
+        nodes' transactions crossing this one's are nobody's fault (MAIL-RULES §1:
+        a temporary failure is retried, never quarantined).
+        """
         reason = f"temporary failure, will retry: {exc}"
         log.warning("intake=%s %s", intake_id, reason)
         delay = timedelta(seconds=self.settings.pipeline.retry_delay_seconds)
@@ -360,6 +393,8 @@ class Worker:
                 if row is not None and row.claimed_by == self.node:
                     row.state, row.claimed_by = IntakeState.PENDING, None
                     row.not_before, row.last_error = self.clock() + delay, str(exc)[:2000]
+                    if is_lock_conflict(exc):
+                        row.attempts = max(row.attempts - 1, 0)
         except SQLAlchemyError:
             pass  # the claim times out (or the node restarts) and it is picked up again
         return Outcome(intake_id, None, reason=reason)

@@ -149,7 +149,8 @@ class SlaSweeper:
             )
             .order_by(Ticket.id)
             .limit(self.batch_size)
-            .with_for_update(skip_locked=True)
+            # NO KEY: rows naming these tickets (events, outbox) need not wait for the sweep.
+            .with_for_update(skip_locked=True, key_share=True)
         )
         return list(session.scalars(stmt))
 

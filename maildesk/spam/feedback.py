@@ -24,8 +24,9 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
+from maildesk.atomic import write_atomic
 from maildesk.db import queries
-from maildesk.db.database import Database
+from maildesk.db.database import Database, is_lock_conflict
 from maildesk.db.models import (
     Blob,
     Event,
@@ -155,6 +156,9 @@ def learn_pending(
             if not lessons:
                 return 0
             based_on = pull(db, spec.live_path)
+            # What this node held before learning: put back if the lessons are not
+            # published (they stay pending, and must not be in the copy twice then).
+            before = spec.live_path.read_bytes() if spec.live_path.exists() else None
             model, note = spec.load()
             (log.warning if "falling back" in note and spec.live_path.exists() else log.info)(
                 "%s", note
@@ -179,6 +183,12 @@ def learn_pending(
             except PublishConflict as exc:
                 log.info("spam model: %s; learning again on the newer model", exc)
                 continue
+            except Exception as exc:
+                _put_back(spec.live_path, before)
+                if not is_lock_conflict(exc):
+                    raise
+                log.info("spam model: publishing lost a lock conflict; learning again: %s", exc)
+                continue
             settle(spec.live_path, version)
         log.info(
             "spam model: learned %d message(s); saved %s (version %d, shared version %d)",
@@ -192,6 +202,14 @@ def learn_pending(
         "spam model: still conflicting after %d attempts; lessons stay pending", PUBLISH_ATTEMPTS
     )
     return 0
+
+
+def _put_back(live_path: Path, before: bytes | None) -> None:
+    """This node's copy as it was before lessons that were not published."""
+    if before is None:
+        live_path.unlink(missing_ok=True)
+    else:
+        write_atomic(live_path, before)
 
 
 def _mark_learned(session: Session, lessons: list[_Lesson], now: datetime) -> None:
