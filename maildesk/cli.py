@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -52,6 +53,8 @@ EX_TEMPFAIL = 75
 EX_NOINPUT = 66
 INGEST_BATCH = 1000
 APPLY_BATCH = 200  # messages per pipeline transaction in a bulk import
+# `ingest -`'s own time limit: well under Postfix's command_time_limit (1000 s).
+STDIN_TIME_LIMIT = 300.0
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -185,12 +188,54 @@ def _progress(total: int | None, enabled: bool) -> Iterator[Callable[[int], None
         yield bar.update
 
 
+class _Deadline:
+    """``ingest``'s own time limit, below the MTA's (Postfix: command_time_limit, 1000 s).
+
+    Postfix kills a pipe command that outlives its limit and *bounces* the mail.
+    A database that hangs instead of failing (a table locked by a migration, a
+    server that accepts and never answers) would hold `ingest -` until then.
+    At the limit the command exits on its own: 0 when the mail is stored (its
+    processing is left to the daemon or the next ingest), 75 otherwise, so the
+    MTA tries again later.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.stored: Callable[[], bool] = lambda: False
+        self._timer = threading.Timer(seconds, self._expire, args=(seconds,))
+        self._timer.daemon = True
+        if seconds > 0:
+            self._timer.start()
+
+    def _expire(self, seconds: float) -> None:
+        if self.stored():
+            message = f"time limit of {seconds:g}s reached: stored, processing left pending"
+            code = 0
+        else:
+            message = f"time limit of {seconds:g}s reached before the mail was stored: try later"
+            code = EX_TEMPFAIL
+        try:
+            sys.stderr.write(f"maildesk: {message}\n")
+            sys.stderr.flush()
+        finally:
+            os._exit(code)  # a thread blocked in the database driver cannot be interrupted
+
+    def cancel(self) -> None:
+        self._timer.cancel()
+
+
 @main.command()
 @click.argument("paths", nargs=-1, required=True)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
 @click.option("--no-process", is_flag=True, help="Only store; leave processing to the daemon.")
 @click.option(
     "--progress/--no-progress", default=None, help="Progress bar (default: on a terminal)."
+)
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=0),
+    default=None,
+    help=f"Exit by then: 0 if stored, 75 if not (default: {STDIN_TIME_LIMIT:g} s when "
+    "reading stdin, under an MTA's own limit; none for files; 0: none).",
 )
 @click.pass_context
 def ingest(
@@ -199,12 +244,17 @@ def ingest(
     as_json: bool,
     no_process: bool,
     progress: bool | None,
+    time_limit: float | None,
 ) -> None:
     """Store and process mail from .eml files, Maildir folders, mbox files, or - (stdin).
 
     Exit 0 when every message is stored, 75 when storage is unavailable (an
-    MTA pipe then retries), 66 when a path cannot be read.
+    MTA pipe then retries), 66 when a path cannot be read (or stdin is empty):
+    the other paths are still stored, and the summary names the unreadable ones.
     """
+    if time_limit is None:
+        time_limit = STDIN_TIME_LIMIT if "-" in paths else 0
+    deadline = _Deadline(time_limit)
     app = build_app(ctx)
     show = progress if progress is not None else sys.stderr.isatty()
     if not no_process:
@@ -213,12 +263,16 @@ def ingest(
         take_shared_model(app)  # score with what every node has learned
     worker = app.worker(app.command_node_name)
     if not no_process:
-        worker.parse_pool.warm_up()
+        _release_claims_of_dead_commands(app, worker)
+        if any(path != "-" for path in paths):  # one mail is parsed in-process
+            worker.parse_pool.warm_up()
     from maildesk.intake.bulk import BulkStorer
 
     summary = Summary()
-    messages = read_ahead(iter_messages(list(paths)), INGEST_BATCH)
+    unreadable: list[str] = []
+    messages = read_ahead(iter_messages(list(paths), unreadable=unreadable), INGEST_BATCH)
     storer = BulkStorer(app.intake(), messages, INGEST_BATCH)
+    deadline.stored = lambda: storer.finished.is_set() and storer.error is None
     total = count_messages(list(paths)) if show else None
     processing = not no_process
     with _progress(total, show) as tick:
@@ -237,6 +291,7 @@ def ingest(
             if after == before:
                 storer.wait_for_work(0.5)
     worker.close()
+    deadline.cancel()
     stored = storer.stored
     if isinstance(storer.error, StorageUnavailable):
         _fail(f"{storer.error} ({stored} stored before the failure)", EX_TEMPFAIL)
@@ -244,13 +299,46 @@ def ingest(
         _fail(f"{storer.error} ({stored} stored before it)", EX_NOINPUT)
     if storer.error is not None:
         raise storer.error
-    result = {"stored": stored, **summary.as_dict()}
+    result: dict[str, Any] = {"stored": stored, **summary.as_dict()}
     if no_process:
         result["pending"] = stored
+    if unreadable:
+        result["unreadable"] = len(unreadable)
     if as_json:
         _echo_json(result)
     else:
         click.echo(", ".join(f"{k} {v}" for k, v in result.items()))
+    if unreadable:
+        for why in unreadable:
+            click.echo(f"maildesk: not read: {printable_text(why)}", err=True)
+        _fail(f"{len(unreadable)} path(s) could not be read; the rest is stored", EX_NOINPUT)
+
+
+def _release_claims_of_dead_commands(app: App, worker: Worker) -> None:
+    """Messages an `ingest` on this host held when it was killed go back to the queue now.
+
+    A command's claims are named ``<node>/cli-<pid>``; nothing else would take
+    them back before the claim timeout (10 minutes), so the same import run
+    again after a SIGKILL would leave them waiting.
+    """
+    try:
+        released = worker.release_claims_of_dead_commands(f"{app.node_name}/cli-", _pid_alive)
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        return  # the store says what is wrong with the database
+    if released:
+        click.echo(f"maildesk: took back {released} message(s) a killed ingest held", err=True)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def _drain(worker: Worker, summary: Summary) -> bool:

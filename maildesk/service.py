@@ -28,6 +28,7 @@ from maildesk.app import App
 from maildesk.intake.imap import ImapIntake
 from maildesk.intake.oversize import add_oversize_notices
 from maildesk.intake.smtp import IntakeHandler, build_controller
+from maildesk.outbound.sender import OutboxSender
 from maildesk.routing.models import pull_models
 from maildesk.sla.jobs import add_sla_jobs
 from maildesk.spam import jobs as spam_jobs
@@ -37,6 +38,10 @@ log = logging.getLogger("maildesk.service")
 
 # Messages per worker transaction in the daemon: short write locks, low accept latency.
 DAEMON_BATCH = 8
+# On stop, a delivery to the relay may finish this long before it is cut (and sent
+# again after the restart, with the same Message-ID): a slow relay must not hold
+# the stop past systemd's TimeoutStopSec (60 s in our unit), which kills.
+STOP_GRACE_SECONDS = 10.0
 SHARED_MODELS_INTERVAL_SECONDS = 60.0  # how soon a node takes models another node taught
 
 
@@ -132,6 +137,7 @@ class Daemon:
     wakeup: threading.Event = field(default_factory=threading.Event)
     controllers: list[Any] = field(default_factory=list)
     scheduler: BackgroundScheduler | None = None
+    sender: OutboxSender | None = None
     imap: ImapIntake | None = None
     run_lock: RunLock | None = None
 
@@ -180,7 +186,7 @@ class Daemon:
         self.imap.start()
 
     def start_scheduler(self) -> None:
-        sender = self.app.sender()
+        sender = self.sender = self.app.sender()
         interval = self.app.settings.outbound.drain_interval_seconds
         scheduler = BackgroundScheduler(timezone="UTC")
         scheduler.add_job(
@@ -243,6 +249,11 @@ class Daemon:
             self.shutdown()
         return 0
 
+    def _cut_deliveries(self) -> None:
+        if self.sender is not None:
+            log.info("stopping: cutting the delivery still running at the relay")
+            self.sender.cut_deliveries()
+
     def shutdown(self) -> None:
         self.notifier.notify("STOPPING=1")
         if self.imap is not None:
@@ -253,7 +264,11 @@ class Daemon:
             except Exception as exc:  # a listener that failed to start
                 log.warning("stopping listener: %s", exc)
         if self.scheduler is not None:
+            cutter = threading.Timer(STOP_GRACE_SECONDS, self._cut_deliveries)
+            cutter.daemon = True
+            cutter.start()
             self.scheduler.shutdown(wait=True)
+            cutter.cancel()
         spam_jobs.on_shutdown(self.app)  # learn pending feedback, save the live model
         if self.run_lock is not None:
             self.run_lock.release()

@@ -21,6 +21,10 @@ log = logging.getLogger(__name__)
 
 # A header field's first line ("Name:"): what follows an mbox's "From " separator.
 _HEADER_FIELD = re.compile(rb"[!-9;-~]+[ \t]*:")
+# A body line an mbox writer quoted: "From " became ">From ", ">From " became ">>From "
+# (mboxrd; mboxo writers quote only the first). Unquoted, the stored bytes are the mail's
+# own, so the same mail read over IMAP or a pipe is a duplicate, not a second message.
+_QUOTED_FROM = re.compile(rb">+From ")
 
 
 class SourceError(Exception):
@@ -46,21 +50,44 @@ def looks_like_mbox(path: Path) -> bool:
     return head == b"From "
 
 
-def iter_messages(paths: list[str], stdin: BinaryIO | None = None) -> Iterator[FileMessage]:
+def iter_messages(
+    paths: list[str], stdin: BinaryIO | None = None, unreadable: list[str] | None = None
+) -> Iterator[FileMessage]:
+    """Every message of ``paths``, in order.
+
+    With ``unreadable`` (a list), a path or file that cannot be read is named
+    there and skipped, and the rest is read: one bad file in a Maildir must not
+    keep the others out. Without it, the first SourceError is raised.
+    """
     for name in paths:
-        if name == "-":
-            stream = stdin if stdin is not None else sys.stdin.buffer
-            yield FileMessage(stream.read(), "-")
-            continue
-        path = Path(name)
-        if not path.exists():
-            raise SourceError(f"{name}: no such file or directory")
-        if path.is_dir():
-            yield from _folder(path)
-        elif looks_like_mbox(path):
-            yield from _mbox(path)
-        else:
-            yield FileMessage(_read(path), str(path))
+        try:
+            yield from _messages_of(name, stdin, unreadable)
+        except SourceError as exc:
+            if unreadable is None:
+                raise
+            log.info("%s: skipped", exc)
+            unreadable.append(str(exc))
+
+
+def _messages_of(
+    name: str, stdin: BinaryIO | None, unreadable: list[str] | None
+) -> Iterator[FileMessage]:
+    if name == "-":
+        stream = stdin if stdin is not None else sys.stdin.buffer
+        raw = stream.read()
+        if not raw:  # nothing came: no message to store (and nothing to quarantine)
+            raise SourceError("-: no message on stdin (empty input)")
+        yield FileMessage(raw, "-")
+        return
+    path = Path(name)
+    if not path.exists():
+        raise SourceError(f"{name}: no such file or directory")
+    if path.is_dir():
+        yield from _folder(path, unreadable)
+    elif looks_like_mbox(path):
+        yield from _mbox(path)
+    else:
+        yield FileMessage(_read(path), str(path))
 
 
 def read_ahead(messages: Iterator[FileMessage], limit: int) -> Iterator[FileMessage]:
@@ -106,7 +133,10 @@ def count_messages(paths: list[str]) -> int | None:
         if name == "-" or not path.exists():
             return None
         if path.is_dir():
-            total += sum(1 for _ in _folder_files(path))
+            try:
+                total += sum(1 for _ in _folder_files(path))
+            except OSError:  # said when it is read
+                return None
         elif looks_like_mbox(path):
             return None
         else:
@@ -156,19 +186,42 @@ def _inside(entry: Path, folder: Path) -> bool:
     return False
 
 
-def _folder(path: Path) -> Iterator[FileMessage]:
+def _folder(path: Path, unreadable: list[str] | None = None) -> Iterator[FileMessage]:
     maildir = is_maildir(path)
-    for entry in _folder_files(path):
-        if not maildir and looks_like_mbox(entry):
-            yield from _mbox(entry)
-        elif maildir and not entry.exists():
-            moved = _maildir_moved(path, entry)
-            if moved is None:
-                log.warning("%s: removed while the import ran, skipped", entry)
-            else:
-                yield FileMessage(_read(moved), str(moved))
+    for entry in _listed(path):
+        try:
+            yield from _folder_entry(path, entry, maildir)
+        except SourceError as exc:
+            if unreadable is None:
+                raise
+            log.info("%s: skipped", exc)
+            unreadable.append(str(exc))
+
+
+def _listed(path: Path) -> Iterator[Path]:
+    """The folder's files; a folder that cannot be listed is a SourceError, not a crash."""
+    files = _folder_files(path)
+    while True:
+        try:
+            entry = next(files, None)
+        except OSError as exc:
+            raise SourceError(f"{exc.filename or path}: {exc.strerror or exc}") from exc
+        if entry is None:
+            return
+        yield entry
+
+
+def _folder_entry(path: Path, entry: Path, maildir: bool) -> Iterator[FileMessage]:
+    if not maildir and looks_like_mbox(entry):
+        yield from _mbox(entry)
+    elif maildir and not entry.exists():
+        moved = _maildir_moved(path, entry)
+        if moved is None:
+            log.warning("%s: removed while the import ran, skipped", entry)
         else:
-            yield FileMessage(_read(entry), str(entry))
+            yield FileMessage(_read(moved), str(moved))
+    else:
+        yield FileMessage(_read(entry), str(entry))
 
 
 def _maildir_moved(maildir: Path, entry: Path) -> Path | None:
@@ -191,7 +244,8 @@ def _mbox(path: Path) -> Iterator[FileMessage]:
     A "From " line starts a message at the top of the file or when a header
     field follows it. An unquoted "From " line in a body (mboxo) stays in the
     body: Python's mailbox would cut the message there, drop that line and
-    store the rest of the body as a message of its own.
+    store the rest of the body as a message of its own. Quoted ">From " lines
+    lose one ">" (mboxrd; for mboxo it is exact unless the mail itself had ">From ").
     """
     index = 0
     lines: list[bytes] = []
@@ -207,7 +261,7 @@ def _mbox(path: Path) -> Iterator[FileMessage]:
                         yield FileMessage(_without_separator(lines), f"{path}#{index}")
                     index, lines = index + 1, []
                 else:
-                    lines.append(line)
+                    lines.append(line[1:] if _QUOTED_FROM.match(line) else line)
                 line = following
     except OSError as exc:
         raise SourceError(f"{path}: {exc.strerror or exc}") from exc

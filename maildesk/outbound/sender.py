@@ -127,6 +127,19 @@ class SmtpTransport:
         self.settings = settings
         self.password = password
         self.ssl_context = ssl_context or ssl.create_default_context()
+        self._lock = threading.Lock()
+        self._watches: set[ConnectionWatch] = set()
+
+    def cut(self) -> None:
+        """Cut the deliveries in progress (on stop): each fails as a temporary failure.
+
+        The mail stays queued and is sent again, with the same bytes and
+        Message-ID, however far the relay had got with it.
+        """
+        with self._lock:
+            watches = list(self._watches)
+        for watch in watches:
+            watch.cut()
 
     def _connect(self, watch: ConnectionWatch) -> smtplib.SMTP:
         s = self.settings
@@ -154,11 +167,16 @@ class SmtpTransport:
         """
         for_size = len(raw) / RELAY_MIN_BYTES_PER_SECOND
         watch = ConnectionWatch(self.settings.relay_deadline_seconds, "relay_deadline_seconds")
+        with self._lock:
+            self._watches.add(watch)
         try:
             with watch.command("delivery to the relay", extra_seconds=for_size):
                 self._deliver(watch, envelope_from, recipients, raw)
         except CommandOverdue as exc:
             raise TemporaryFailure(str(exc)) from exc
+        finally:
+            with self._lock:
+                self._watches.discard(watch)
 
     def _deliver(
         self, watch: ConnectionWatch, envelope_from: str, recipients: list[str], raw: bytes
@@ -248,6 +266,12 @@ class OutboxSender:
         self.claim_timeout = claim_timeout
         self.dkim = dkim  # signs each attempt's bytes; the stored blob stays unsigned
         self.undelivered = undelivered
+
+    def cut_deliveries(self) -> None:
+        """Cut a delivery still running (on stop, after a grace): it is retried later."""
+        cut = getattr(self.transport, "cut", None)
+        if cut is not None:
+            cut()
 
     def release_own_claims(self) -> int:
         """At start: mail this node was sending when it died is sent again (same Message-ID)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -67,6 +68,28 @@ def _parse_in_child(
         _ChildResult(ctx.parsed, ctx.arrived_at, ctx.spam, ctx.notes, stop)
         for ctx, stop in parse_batch(batch, limits, spam)
     ]
+
+
+def _die_with_parent(parent: int) -> None:
+    """In a child: be killed when the process that started it dies, however it dies.
+
+    A killed `ingest` (SIGTERM, its own time limit) or daemon would otherwise
+    leave its parse children behind for good, each holding the model in memory
+    and the parent's stdout and stderr open (an MTA reading them waits on).
+    Linux sends the signal when the *thread* that started the child ends: the
+    pool is started by the thread that submits to it (the worker's, or the
+    command's main thread), which lives as long as the pool; a pool broken
+    otherwise is noticed and the batch parsed in-process.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG (Linux)
+    except (OSError, AttributeError):  # not Linux: the parent's exit hooks still end them
+        return
+    if os.getppid() != parent:  # it died before the line above
+        os._exit(0)
 
 
 def _warm_child(spam: ScorerSpec | None) -> None:
@@ -130,7 +153,12 @@ class ParsePool:
         if self._executor is None:
             # spawn, not fork: the daemon has threads (listeners, scheduler).
             context = multiprocessing.get_context("spawn")
-            self._executor = ProcessPoolExecutor(max_workers=PARSE_CHILDREN, mp_context=context)
+            self._executor = ProcessPoolExecutor(
+                max_workers=PARSE_CHILDREN,
+                mp_context=context,
+                initializer=_die_with_parent,
+                initargs=(os.getpid(),),
+            )
         return self._executor
 
     def close(self) -> None:

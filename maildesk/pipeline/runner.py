@@ -185,6 +185,30 @@ class Worker:
                 row.state, row.claimed_by, row.claimed_at = IntakeState.PENDING, None, None
             return len(rows)
 
+    def release_claims_of_dead_commands(self, prefix: str, alive: Callable[[int], bool]) -> int:
+        """Claims of one-off commands (``<prefix><pid>``) whose process is gone go back now.
+
+        A killed `ingest` leaves its batch claimed, under a name no one takes back
+        before ``claim_timeout_seconds``; ``alive`` says whether a pid still runs here.
+        """
+        with self.db.transaction() as session:
+            rows = session.scalars(
+                select(Intake).where(
+                    Intake.state == IntakeState.PROCESSING,
+                    Intake.claimed_by.startswith(prefix, autoescape=True),
+                )
+            ).all()
+            released = 0
+            for row in rows:
+                name = row.claimed_by or ""
+                pid = name[len(prefix) :]
+                # A name cut at the column's 128 characters may have lost digits.
+                if len(name) >= 128 or not pid.isdigit() or alive(int(pid)):
+                    continue
+                row.state, row.claimed_by, row.claimed_at = IntakeState.PENDING, None, None
+                released += 1
+            return released
+
     def _quarantine(self, session: Session, row: Intake, reason: str) -> None:
         row.state, row.disposition = IntakeState.QUARANTINED, Disposition.QUARANTINED
         row.quarantine_reason, row.processed_at, row.claimed_by = reason, self.clock(), None
