@@ -11,10 +11,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
-from maildesk.db.models import Priority, Ticket, Watcher
+from maildesk.db.models import Event, Priority, Ticket, Watcher
 from maildesk.db.upsert import insert_ignore
 from maildesk.routing.assign_db import Record, assign_ticket
 from maildesk.routing.escalate import EscalationError, Notify, escalate
@@ -43,7 +44,16 @@ def apply_route(
     if created:
         _apply_guesses(ticket, decision, settings, record)
     result = decision.result
-    if result.escalate:
+    if result.escalate and not created and _escalated_by(session, ticket, result.escalate_by):
+        # A follow-up rule sees every reply: ``escalate = true`` once more would send
+        # the ticket a tier further each time, away from the agent working on it.
+        record(
+            "escalate_skipped",
+            f"rule {result.escalate_by} escalated this ticket before: not again",
+            {"rule": result.escalate_by},
+        )
+    elif result.escalate:
+        _escalations(session).add((ticket.id, result.escalate_by))
         to = result.escalate if isinstance(result.escalate, str) else None
         try:
             escalate(
@@ -80,6 +90,22 @@ def apply_route(
             record=record,
             reopened=reopened,
         )
+
+
+def _escalations(session: Session) -> set[tuple[int, str | None]]:
+    """(ticket, rule) escalations of this transaction, whose events may still be buffered."""
+    found: set[tuple[int, str | None]] = session.info.setdefault("rule_escalations", set())
+    return found
+
+
+def _escalated_by(session: Session, ticket: Ticket, rule: str | None) -> bool:
+    """Whether ``rule`` escalated ``ticket`` before (in this transaction or earlier)."""
+    if (ticket.id, rule) in _escalations(session):
+        return True
+    actors = session.scalars(
+        select(Event.data).where(Event.ticket_id == ticket.id, Event.kind == "escalated")
+    ).all()
+    return any(isinstance(d, dict) and d.get("actor") == f"rule:{rule}" for d in actors)
 
 
 def _apply_rules(

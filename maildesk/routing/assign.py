@@ -78,20 +78,25 @@ def choose(
     category: str | None = None,
     previous: str | None = None,
     previous_why: str = "",
+    previous_agent: AgentSettings | None = None,
     default_responsible: str | None = None,
 ) -> Assignment:
     """The agent for one ticket of ``group``, with the reason.
 
     ``previous`` is an agent the ticket should go back to if available: the
     last assignee of a reopened ticket, or (sticky groups) the agent of the
-    customer's last ticket.
+    customer's last ticket. ``previous_agent`` is that agent when they are not
+    a member of ``group`` (a ticket given to them by hand): available on the
+    same terms (on shift, under their cap), but never in the rotation.
     """
     ok, why_not = eligible(members, group, open_counts, on_shift)
     counts = {a.name: open_counts.get(a.name, 0) for a in ok}
     prefix = ""
     if previous is not None:
         rule = "reopen" if previous_why == "reopened" else "sticky"
-        if any(a.name == previous for a in ok):
+        outside = [previous_agent] if previous_agent is not None else []
+        back = [*ok, *eligible(outside, group, open_counts, on_shift)[0]]
+        if any(a.name == previous for a in back):
             return Assignment(previous, f"{previous_why}: back to {previous}", rule)
         prefix = f"{previous_why}: {previous} not available; "
         why_not.insert(0, f"{previous_why}: {previous} not available")

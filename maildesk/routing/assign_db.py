@@ -4,6 +4,9 @@ Every assignment (or the reason there is none) is an ``assigned`` event with
 the rule and reason in its data. The round-robin cursor per group lives in
 ``routing_state``; the open counts are counted, not cached, so they include
 tickets assigned earlier in the same transaction (the session autoflushes).
+Open means new, open or pending; a merged ticket, one the spam filter was
+unsure of (held from the agents until released) and the ticket being
+assigned itself (a reopened one still names its assignee) do not count.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
@@ -23,6 +26,9 @@ from maildesk.routing.assign import Assignment, choose
 
 OPEN_STATUSES = (TicketStatus.NEW, TicketStatus.OPEN, TicketStatus.PENDING)
 Record = Callable[[str, str, dict[str, Any]], None]
+# Two-key advisory lock ("mdas", 0) held by the transaction that assigns (PostgreSQL).
+ASSIGNMENT_LOCK_SPACE = 0x6D646173
+_LOCK_ASSIGNMENT = text("SELECT pg_advisory_xact_lock(:space, 0)")
 
 
 def event_recorder(session: Session, ticket: Ticket, now: datetime) -> Record:
@@ -34,34 +40,47 @@ def event_recorder(session: Session, ticket: Ticket, now: datetime) -> Record:
     return record
 
 
-def open_counts(session: Session, names: list[str]) -> dict[str, int]:
+def open_counts(
+    session: Session, names: list[str], *, besides: int | None = None
+) -> dict[str, int]:
+    """Open tickets per agent of ``names``, not counting the ticket ``besides``."""
     if not names:
         return {}
-    rows = session.execute(
+    query = (
         select(Ticket.assignee, func.count(Ticket.id))
         .where(
             Ticket.assignee.in_(names),
             Ticket.status.in_(OPEN_STATUSES),
             Ticket.merged_into_id.is_(None),
+            Ticket.possible_spam.is_(False),
         )
         .group_by(Ticket.assignee)
-    ).all()
+    )
+    if besides is not None:
+        query = query.where(Ticket.id != besides)
+    rows = session.execute(query).all()
     return {name: int(count) for name, count in rows if name}
 
 
 def lock_group(session: Session, group: str, now: datetime) -> None:
-    """Hold the group's ``routing_state`` row until commit: one assignment per group at a time.
+    """Take turns with every other assignment until commit; make sure the group's cursor row exists.
 
     Two nodes assigning in the same group would otherwise both read the same
-    round-robin cursor and open counts and give both tickets to one agent. On
-    PostgreSQL the row lock orders them (the second reads what the first
-    committed); SQLite's write transaction already does.
+    round-robin cursor and open counts and give both tickets to one agent.
+    The cap is per agent, and an agent may work in several groups, so a lock
+    per group is not enough: two nodes assigning in L1 and L2 at once would
+    both count an agent of both below the cap. On PostgreSQL one transaction
+    at a time assigns (an advisory lock, taken before the cursor row is
+    written, so the two never wait on each other crosswise; one lock for all
+    groups also keeps a batch assigning in L1 then L2 from deadlocking with
+    one doing L2 then L1); the second reads what the first committed.
+    SQLite's write transaction already does.
     """
+    bind = session.get_bind()
+    if bind.dialect.name == "postgresql":
+        session.execute(_LOCK_ASSIGNMENT, {"space": ASSIGNMENT_LOCK_SPACE})
     row = {"group_name": group, "last_agent": None, "updated_at": now}
     insert_ignore(session, RoutingState, row, ["group_name"])
-    session.execute(
-        select(RoutingState.id).where(RoutingState.group_name == group).with_for_update()
-    )
 
 
 def last_round_robin(session: Session, group: str) -> str | None:
@@ -89,16 +108,21 @@ def last_assignee(session: Session, ticket: Ticket) -> str | None:
     return next((str(d["agent"]) for d in events if d and d.get("agent")), None)
 
 
-def previous_agent_of_requester(session: Session, ticket: Ticket) -> str | None:
-    """The assignee of the requester's most recent other ticket (for sticky groups)."""
-    if ticket.requester_id is None:
+def previous_agent_of_requester(session: Session, ticket: Ticket, members: list[str]) -> str | None:
+    """The assignee of the requester's most recent other ticket with one of ``members``.
+
+    For sticky groups: the customer's agent in this group. Their latest ticket
+    may have gone to another group (a rule, an escalation); its agent does not
+    work here and must not hide the one who does.
+    """
+    if ticket.requester_id is None or not members:
         return None
     return session.scalar(
         select(Ticket.assignee)
         .where(
             Ticket.requester_id == ticket.requester_id,
             Ticket.id != ticket.id,
-            Ticket.assignee.is_not(None),
+            Ticket.assignee.in_(members),
         )
         .order_by(Ticket.id.desc())
         .limit(1)
@@ -141,20 +165,27 @@ def assign_ticket(
         ticket.group = group.name
         lock_group(session, group.name, now)
         members = directory.members(group.name)
-        previous, why = None, ""
+        names = [m.name for m in members]
+        previous, why, outsider = None, "", None
         if reopened:
             previous, why = last_assignee(session, ticket), "reopened"
+            if previous is not None and previous == ticket.assignee and previous not in names:
+                # Still with someone of another group (``#assign`` by hand): back to them.
+                # Not one it was escalated away from (its assignee was cleared then).
+                outsider = directory.agent(previous)
         elif group.sticky:
-            previous, why = previous_agent_of_requester(session, ticket), "sticky customer"
+            previous, why = previous_agent_of_requester(session, ticket, names), "sticky customer"
+        counted = [*names, outsider.name] if outsider is not None else names
         result = choose(
             group,
             members,
-            open_counts=open_counts(session, [m.name for m in members]),
+            open_counts=open_counts(session, counted, besides=ticket.id),
             on_shift=lambda agent: directory.on_shift(agent, now),
             last_assigned=last_round_robin(session, group.name),
             category=ticket.category,
             previous=previous,
             previous_why=why,
+            previous_agent=outsider,
             default_responsible=group.default_responsible
             or settings.routing.default_responsible.get(ticket.queue or ""),
         )
