@@ -103,6 +103,9 @@ def _secret(settings: Settings) -> tuple[bool, str]:
         resolve_installation_secret(settings)
     except ConfigError as exc:
         return False, f"installation secret: {exc}"
+    except OSError as exc:  # none configured, and the data directory takes no new one
+        where = exc.filename or settings.data_dir
+        return False, f"installation secret: cannot generate one in {where}: {exc.strerror or exc}"
     return True, "installation secret: available"
 
 

@@ -120,7 +120,9 @@ def build_app(ctx: click.Context, *, check_schema: bool = True) -> App:
     except ConfigError as exc:
         _fail(str(exc), EX_CONFIG)
     except OSError as exc:  # the data directory cannot be created or written
-        _fail(f"data_dir: {exc}", EX_CONFIG)
+        where = exc.filename or settings.data_dir
+        reason = f"{where}: {exc.strerror or exc}"
+        _fail(f"{settings.source}: data_dir: cannot create or write {reason}", EX_CONFIG)
     if check_schema:
         try:
             note = app.db.ensure_schema()
@@ -527,7 +529,8 @@ def tickets_show(ctx: click.Context, number: int, as_json: bool) -> None:
     click.echo(printable(f"Ticket #{data['number']}: {data['subject']}"))
     click.echo(
         printable(
-            f"  status {data['status']}, priority {data['priority']}, requester {data['requester']}"
+            f"  status {data['status']}, priority {data['priority']}, "
+            f"requester {data['requester'] or '-'}"
         )
     )
     for link in data["links"]:
@@ -744,6 +747,7 @@ def templates_preview(ctx: click.Context, name: str, number: int, audience: str)
 
     app = build_app(ctx)
     notices = app.notices()
+    name = name.removesuffix(f".{audience}")  # as `check` names it: ack.customer
     with app.db.transaction() as session:
         ticket = queries.ticket_by_number(session, number)
         if ticket is None or ticket.requester is None:
@@ -760,6 +764,7 @@ def templates_preview(ctx: click.Context, name: str, number: int, audience: str)
             recipients=[Recipient(ticket.requester.email, ticket.requester.name)],
             rendered=rendered,
             support_address=notices.support_address_for(ticket),
+            from_name=notices.from_name_for(ticket),  # the address's from_name, as sent
         )
         mime = app.composer().build(mail, "preview@maildesk.invalid")
         session.rollback()
@@ -789,9 +794,19 @@ def tickets_set_status(ctx: click.Context, number: int, status: str) -> None:
 
 
 @main.command("systemd-unit")
-def systemd_unit() -> None:
-    """Print a hardened systemd unit (Type=notify) for this installation."""
+@click.pass_context
+def systemd_unit(ctx: click.Context) -> None:
+    """Print a hardened systemd unit (Type=notify) for this installation.
+
+    The unit reads the config this command was given (--config, $MAILDESK_CONFIG,
+    ./maildesk.toml), by its absolute path; without one, /etc/maildesk/maildesk.toml.
+    Its data directory is --data-dir / $MAILDESK_DATA_DIR, else the config's own
+    data_dir where that is absolute (made writable under ProtectSystem=strict),
+    else systemd's StateDirectory /var/lib/maildesk.
+    """
     from importlib.resources import files
+
+    from maildesk.config import locate_config
 
     template = files("maildesk").joinpath("data/maildesk.service").read_text(encoding="utf-8")
     argv0 = sys.argv[0] if sys.argv else ""
@@ -799,4 +814,33 @@ def systemd_unit() -> None:
         command = f"{sys.executable} -m maildesk"
     else:
         command = str(Path(argv0).resolve())
-    click.echo(template.replace("{exec}", command), nl=False)
+    located = locate_config(ctx.obj["config"]).path
+    config = located.resolve() if located is not None else Path("/etc/maildesk/maildesk.toml")
+    state_dir = Path("/var/lib/maildesk")
+    notes = ""
+    override = ctx.obj["data_dir"] or os.environ.get("MAILDESK_DATA_DIR")
+    if override:
+        data_dir = Path(override).resolve()
+    else:
+        data_dir = state_dir
+        if located is not None:
+            try:
+                data_dir = load_settings(ctx.obj["config"]).data_dir
+            except ConfigError as exc:
+                _fail(str(exc), EX_CONFIG)
+            if not data_dir.is_absolute():
+                notes = (
+                    f"# data_dir {data_dir} in {config} is relative (to the working directory);\n"
+                    f"# the daemon keeps its data in {state_dir}: give maildesk commands\n"
+                    f'# --data-dir {state_dir} too, or set data_dir = "{state_dir}" there.\n'
+                )
+                data_dir = state_dir
+    read_write = "" if data_dir == state_dir else f"ReadWritePaths={data_dir}\n"
+    unit = (
+        template.replace("{exec}", command)
+        .replace("{config}", str(config))
+        .replace("{data_dir}", str(data_dir))
+        .replace("{read_write}", read_write)
+        .replace("{notes}", notes)
+    )
+    click.echo(unit, nl=False)

@@ -914,7 +914,10 @@ def _check_directories(settings: Settings) -> None:
     for key, path in named.items():
         if path is not None and not path.is_dir():
             reason = "no such directory" if not path.exists() else "not a directory"
-            raise ConfigError(settings.source, key, f"{reason}: {path}")
+            reason = f"{reason}: {path}"
+            if not path.is_absolute():  # under systemd that is /, not where ops ran `check`
+                reason += f" (relative to the working directory {Path.cwd()})"
+            raise ConfigError(settings.source, key, reason)
 
 
 def refuse_world_readable(source: str, key: str, path: Path) -> None:

@@ -9,6 +9,7 @@ SIGHUP reloads templates.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import logging
 import os
@@ -25,6 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Connection, text
 
 from maildesk.app import App
+from maildesk.config import ListenerSettings
 from maildesk.intake.imap import ImapIntake
 from maildesk.intake.oversize import add_oversize_notices
 from maildesk.intake.smtp import IntakeHandler, build_controller
@@ -43,6 +45,42 @@ DAEMON_BATCH = 8
 # the stop past systemd's TimeoutStopSec (60 s in our unit), which kills.
 STOP_GRACE_SECONDS = 10.0
 SHARED_MODELS_INTERVAL_SECONDS = 60.0  # how soon a node takes models another node taught
+
+
+class CannotListen(Exception):
+    """A configured listener cannot bind: said with the file, the key and what to do.
+
+    An address in use (another program, or a maildesk still stopping) is
+    temporary: exit 75, systemd tries again. Anything else (a privileged port,
+    an address this machine does not have, a socket folder it may not write)
+    is the configuration's to fix: exit 78, not retried in a loop.
+    """
+
+    def __init__(self, source: str, index: int, listener: ListenerSettings, exc: OSError) -> None:
+        where = listener.socket or f"{listener.host}:{listener.port}"
+        reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
+        if exc.errno == errno.EADDRINUSE:
+            hint = (
+                "another program holds it (`ss -ltnp` names it): stop it or change the port"
+                if listener.socket is None
+                else "another program holds it"
+            )
+            self.exit_code = os.EX_TEMPFAIL
+        elif exc.errno == errno.EACCES and listener.socket is None:
+            hint = "a port below 1024 needs CAP_NET_BIND_SERVICE (see `maildesk systemd-unit`)"
+            self.exit_code = os.EX_CONFIG
+        elif exc.errno == errno.EADDRNOTAVAIL:
+            hint = "this machine has no such address"
+            self.exit_code = os.EX_CONFIG
+        else:
+            hint = ""
+            self.exit_code = os.EX_CONFIG
+        field = "socket" if listener.socket else "port"
+        if exc.errno == errno.EADDRNOTAVAIL:
+            field = "host"
+        key = f"listeners.{index}.{field}"
+        message = f"{source}: {key}: cannot listen on {where}: {reason}"
+        super().__init__(f"{message}; {hint}" if hint else message)
 
 
 class SystemdNotifier:
@@ -155,7 +193,7 @@ class Daemon:
         )
 
     def start_listeners(self) -> None:
-        for listener in self.app.settings.listeners:
+        for index, listener in enumerate(self.app.settings.listeners):
             handler = IntakeHandler(
                 self.app.intake(),
                 self.app.settings.receiving_addresses,
@@ -163,8 +201,11 @@ class Daemon:
                 on_stored=self.wakeup.set,
                 clock=self.app.clock,
             )
-            controller = build_controller(listener, handler)
-            controller.start()
+            try:
+                controller = build_controller(listener, handler)
+                controller.start()
+            except OSError as exc:
+                raise CannotListen(self.app.settings.source, index, listener, exc) from exc
             self.controllers.append(controller)
             where = (
                 listener.socket or f"{listener.host}:{getattr(controller, 'port', listener.port)}"
@@ -231,7 +272,11 @@ class Daemon:
         if released:
             log.warning("took back %d claims this node held when it last stopped", released)
         try:
-            self.start_listeners()
+            try:
+                self.start_listeners()
+            except CannotListen as exc:
+                log.error("not starting: %s", exc)
+                return exc.exit_code
             self.start_imap()
             self.start_scheduler()
             self.notifier.notify("READY=1\nSTATUS=accepting mail")

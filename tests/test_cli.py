@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import mailbox
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from pathlib import Path
 
 import pytest
@@ -197,3 +199,55 @@ def test_control_characters_in_mail_are_shown_escaped_not_sent_to_the_terminal(
         assert "\x1b" not in output and "\x07" not in output
         assert "Invoice\\x1b[2J\\x1b[31mURGENT\\x07" in output
     assert "Pay now\\x1b]0;pwned\\x07\n\tindented line" in shown  # lines and tabs kept
+
+
+def test_an_unusable_data_dir_is_a_line_of_check_and_exit_78_naming_file_and_key(
+    tmp_path: Path,
+) -> None:
+    """No installation secret configured and a data_dir that cannot be made: no traceback."""
+    (tmp_path / "a-file").write_text("")
+    path = tmp_path / "maildesk.toml"
+    path.write_text(f'data_dir = "{tmp_path / "a-file" / "data"}"\n')
+    checked = CliRunner().invoke(main, ["--config", str(path), "check"])
+    assert checked.exception is None or isinstance(checked.exception, SystemExit), checked.output
+    assert checked.exit_code == 1
+    assert "FAIL installation secret: cannot generate one in " in checked.output
+    listed = CliRunner().invoke(main, ["--config", str(path), "tickets", "list"])
+    assert listed.exit_code == 78
+    assert f"{path}: data_dir: cannot create or write {tmp_path / 'a-file'}" in listed.output
+    assert "[Errno" not in listed.output
+
+
+def test_templates_preview_is_the_mail_as_sent_from_the_address_it_came_to(
+    tmp_path: Path, database_url: str
+) -> None:
+    """[[address]] from_name signs the real mail; the preview must show the same From."""
+    extra = (
+        '[[address]]\naddress = "billing@example.com"\nqueue = "billing"\n'
+        'from_name = "Example Billing"\n'
+    )
+    config = write_cli_config(tmp_path / "maildesk.toml", tmp_path / "data", database_url, extra)
+    eml = tmp_path / "m.eml"
+    now = format_datetime(datetime.now(UTC))  # a fresh mail is acknowledged
+    eml.write_bytes(make_mail(message_id="pv@c.test", to="billing@example.com", date=now))
+    assert cli(config, "ingest", str(eml)).exit_code == 0
+    assert cli(config, "outbox", "drain").exit_code == 0
+    sent = (tmp_path / "data" / "outbox-maildir" / "new").iterdir()
+    assert "From: Example Billing <billing@example.com>" in next(sent).read_text()
+    preview = cli(config, "templates", "preview", "ack", "--ticket", "1")
+    assert preview.exit_code == 0, preview.output
+    assert "From: Example Billing <billing@example.com>" in preview.output
+    # Named as `maildesk check` lists it ("template ack.customer") works too.
+    named = cli(config, "templates", "preview", "ack.customer", "--ticket", "1")
+    assert named.exit_code == 0, named.output
+    assert "From: Example Billing <billing@example.com>" in named.output
+
+
+def test_tickets_show_of_a_mail_without_a_sender_says_dash_as_the_list_does(
+    config: Path, tmp_path: Path
+) -> None:
+    headerless = tmp_path / "notes.txt"  # a file ingested by mistake: no From at all
+    headerless.write_bytes(b"Subject: x\n\njust some notes\n")
+    assert cli(config, "ingest", str(headerless)).exit_code == 0
+    shown = cli(config, "tickets", "show", "1")
+    assert "requester -" in shown.output and "None" not in shown.output

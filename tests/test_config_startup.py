@@ -282,3 +282,14 @@ def test_passwords_in_clear_over_the_network_are_a_config_error(
         assert f"{path}: listeners.0.tls_cert: " in output and "in clear" in output
     else:
         assert code == 0, output
+
+
+def test_a_missing_relative_folder_says_what_it_is_relative_to(tmp_path: Path) -> None:
+    """rules_dir = "rules" passes `check` in /opt/maildesk and fails under systemd (cwd /)."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    path = _config(tmp_path, '[[listeners]]\nport = 0\n[routing]\nrules_dir = "rules"\n')
+    result = _run_daemon(path, elsewhere)
+    assert result.returncode == 78, result.stderr
+    said = f"{path}: routing.rules_dir: no such directory: rules (relative to the working "
+    assert said + f"directory {elsewhere})" in result.stderr, result.stderr

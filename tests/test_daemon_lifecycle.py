@@ -8,6 +8,7 @@ import os
 import shutil
 import signal
 import smtplib
+import socket
 import subprocess
 import sys
 import time
@@ -53,6 +54,47 @@ def test_a_second_daemon_on_the_same_database_is_refused(tmp_path: Path, relay: 
         if proc.poll() is None:
             proc.kill()
         assert first.terminate() == 0
+
+
+@pytest.mark.parametrize(
+    ("host", "code", "said"),
+    [
+        # Held by another program (or a maildesk still stopping): temporary, systemd retries.
+        (
+            "127.0.0.1",
+            75,
+            "listeners.0.port: cannot listen on 127.0.0.1:{port}: address already in use",
+        ),
+        # An address this machine does not have: the config's to fix, not retried.
+        ("192.0.2.1", 78, "listeners.0.host: cannot listen on 192.0.2.1:{port}: cannot assign"),
+    ],
+)
+def test_a_listener_that_cannot_bind_is_one_clear_line_and_the_documented_code(
+    tmp_path: Path, host: str, code: int, said: str
+) -> None:
+    """No traceback and exit 1 (which systemd restarts in a loop): file, key, reason, code."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        config = tmp_path / "maildesk.toml"
+        config.write_text(
+            f'data_dir = "{tmp_path / "data"}"\ninstallation_secret = "s"\n'
+            f'[[listeners]]\nhost = "{host}"\nport = {port}\n',
+            encoding="utf-8",
+        )
+        proc = subprocess.run(
+            [sys.executable, "-m", "maildesk", "--config", str(config), "run"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+            env=maildesk_env(),
+            check=False,
+        )
+    assert proc.returncode == code, proc.stderr
+    assert f"{config}: " + said.format(port=port) in proc.stderr
+    assert "Traceback" not in proc.stderr
 
 
 def test_check_beside_the_running_daemon_passes_its_listeners(

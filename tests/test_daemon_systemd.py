@@ -64,3 +64,32 @@ def test_systemd_unit_is_hardened_and_prevents_restart_on_bad_config() -> None:
     ):
         assert line in unit
     assert f"ExecStart={sys.executable} -m maildesk" in unit
+
+
+def test_systemd_unit_runs_the_config_it_was_given_on_its_data_dir(tmp_path: Path) -> None:
+    """`maildesk --config X systemd-unit`: the unit reads X and the data X names, not /etc's."""
+    data = tmp_path / "srv-data"
+    config = tmp_path / "site.toml"
+    config.write_text(f'data_dir = "{data}"\n', encoding="utf-8")
+    relative = tmp_path / "relative.toml"
+    relative.write_text('data_dir = "./var"\n', encoding="utf-8")
+
+    def unit(*args: str) -> str:
+        return subprocess.run(
+            [sys.executable, "-m", "maildesk", *args, "systemd-unit"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        ).stdout
+
+    given = unit("--config", "site.toml")
+    assert f"--config {config} --data-dir {data} run" in given
+    assert f"ReadWritePaths={data}" in given  # writable under ProtectSystem=strict
+    # A relative data_dir would be / under systemd: the state directory, and said so.
+    rel = unit("--config", str(relative))
+    assert f"--config {relative} --data-dir /var/lib/maildesk run" in rel
+    assert "is relative" in rel and "--data-dir /var/lib/maildesk too" in rel
+    default = unit()
+    assert "--config /etc/maildesk/maildesk.toml --data-dir /var/lib/maildesk run" in default
