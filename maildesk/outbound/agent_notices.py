@@ -29,6 +29,7 @@ from maildesk.db.models import (
     TicketStatus,
     Watcher,
 )
+from maildesk.domain.author import shown_sender
 from maildesk.domain.quotes import REPLY_MARKER_TEMPLATE
 from maildesk.outbound.compose import OutboundMail, Recipient
 from maildesk.outbound.notices import Notices
@@ -124,7 +125,7 @@ class AgentNotices:
             )
         names = [*self._first_or_group(ticket, ticket.assignee), *self._watchers(session, ticket)]
         event = "new_ticket" if created else "customer_reply"
-        more = None if created else {"reopened": reopened, **(extra or {})}
+        more = dict(extra or {}) if created else {"reopened": reopened, **(extra or {})}
         for agent in self._agents(names, event):
             if agent.name not in skip:
                 self.send(session, ticket, agent, event, message, more)
@@ -208,8 +209,16 @@ class AgentNotices:
         )
         if message is None:
             message = queries.last_customer_message(session, ticket)
+        # Who wrote this mail, which need not be the requester (a Cc participant, the
+        # customer's second address): agents act on what a mail asks, so they are told
+        # the address it came from, and a name that looks like an address is not shown.
+        requester = shown_sender(customer.name, customer.email)
+        sender = shown_sender(message.from_name, message.from_addr) if message else requester
         return {
             **base,
+            "requester": requester,
+            "sender": sender,
+            "reply_to": [],
             "marker": marker_line(self.notices, ticket),
             "recipient": {"name": agent.display_name or agent.name, "agent": agent.name},
             "text": (message.text_body if message is not None else "")[:TEXT_LIMIT],

@@ -32,10 +32,11 @@ from maildesk.db.models import (
 from maildesk.db.queries import KnownId, StoredMessage
 from maildesk.db.upsert import insert_ignore, insert_row, upsert_contact
 from maildesk.domain.address import base_address
+from maildesk.domain.author import customer_address, list_author, shown_sender
 from maildesk.domain.authresults import failed_dmarc, passed_dmarc
 from maildesk.domain.autodetect import AutoKind
 from maildesk.domain.bounces import undeliverable
-from maildesk.domain.message import Address
+from maildesk.domain.message import Address, ParsedMessage
 from maildesk.domain.subject import normalize_subject
 from maildesk.domain.threadindex import conversation_key
 from maildesk.intake.store import store_attachments
@@ -167,7 +168,16 @@ class Applier:
         verdict = ctx.verdict
         assert decision is not None and verdict is not None and ctx.dedupe_key is not None
         automated = verdict.kind not in HUMAN_KINDS
-        requester = self._contact(session, msg.from_) if msg.from_ and msg.from_.addr else None
+        author = customer_address(msg)
+        requester = self._contact(session, author) if author and author.addr else None
+        if author is not None and msg.from_ is not None and author.addr != msg.from_.addr:
+            ctx.note(
+                "customer",
+                f"list mail: From {msg.from_.addr} is the list's own address; "
+                f"the customer is {author.addr} (X-Original-From / Reply-To)",
+                list_address=msg.from_.addr,
+                customer=author.addr,
+            )
         at = ctx.arrival
 
         if decision.ticket_id is None:
@@ -327,6 +337,7 @@ class Applier:
                 assignee_before=None if created else assignee_before,
                 written_at=written,
                 told=escalation.told if escalation is not None else (),
+                extra=self._reply_to_shown(msg, author),
             )
 
         ticket.updated_at = max(ticket.updated_at, at)
@@ -347,6 +358,18 @@ class Applier:
         intake.claimed_by = None
         self.flush_events(session)
         return ticket
+
+    def _reply_to_shown(self, msg: ParsedMessage, author: Address | None) -> dict[str, Any]:
+        """A Reply-To the agents are shown: answers never go to it by itself (README,
+        "Who the customer is"), but an agent who trusts it can ``#cc`` it."""
+        shown = [
+            shown_sender(a.name, a.addr)
+            for a in msg.reply_to
+            if a.addr
+            and (author is None or a.addr != author.addr)
+            and not self.settings.is_own_address(a.addr)
+        ]
+        return {"reply_to": shown[:5]} if shown else {}
 
     def _address_defaults(
         self, session: Session, ctx: MessageContext, intake: Intake, ticket: Ticket
@@ -396,6 +419,8 @@ class Applier:
             return
         msg = ctx.message
         ours = {a.addr for a in (*msg.to, *msg.cc)} | ({msg.from_.addr} if msg.from_ else set())
+        if (author := list_author(msg)) is not None:
+            ours.add(author.addr)
         theirs: set[str] = set()
         for frm, to, cc in session.execute(
             select(Message.from_addr, Message.to_addrs, Message.cc_addrs).where(

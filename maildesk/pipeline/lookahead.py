@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 from maildesk.db import queries
 from maildesk.db.models import Contact, IdOrigin, Ticket
 from maildesk.db.queries import KnownId, StoredMessage
+from maildesk.domain.author import customer_address
 from maildesk.domain.rawheader import body_hash
 from maildesk.domain.subject import normalize_subject
 from maildesk.pipeline.context import MessageContext
@@ -63,8 +64,9 @@ class Lookahead:
             keys.extend(dedupe_candidates(ctx))
             ids.extend(referenced_ids(ctx))
             msg = ctx.parsed
-            if msg.from_ and msg.from_.addr:
-                senders.add(msg.from_.addr.lower())
+            author = customer_address(msg)
+            if author and author.addr:
+                senders.add(author.addr.lower())
                 subjects.add(normalize_subject(msg.subject))
                 start = ctx.arrived_at - subject_window
                 if lookahead._window_start is None or start < lookahead._window_start:

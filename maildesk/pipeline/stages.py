@@ -18,6 +18,7 @@ from maildesk.agents.stage import agent_stage
 from maildesk.config import PipelineSettings, Settings
 from maildesk.db import queries
 from maildesk.db.models import IdOrigin, MessageKind, Outbox, Ticket, TicketStatus
+from maildesk.domain.author import customer_address
 from maildesk.domain.autodetect import AutoKind, classify
 from maildesk.domain.bounces import bounced_message_ids
 from maildesk.domain.message import (
@@ -304,7 +305,9 @@ def _follow_up(session: Session, ctx: MessageContext, ticket_id: int) -> Ticket 
 
 
 def _sender(msg: ParsedMessage) -> str:
-    return msg.from_.addr if msg.from_ else ""
+    """The customer the mail is from (a list's rewritten From is not the customer)."""
+    author = customer_address(msg)
+    return author.addr if author else ""
 
 
 def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) -> ThreadDecision:

@@ -1,0 +1,81 @@
+"""Who wrote a customer's mail: the address a ticket belongs to and answers go to.
+
+The From, with one exception: a mailing list that rewrites From to its own
+address for DMARC (Mailman's ``dmarc_moderation_action = munge_from``,
+Google Groups: ``"Alice via Users" <users@lists.example>``) puts the author in
+``X-Original-From`` or ``Reply-To``. Taking the From there would make the list
+the requester: every member's mail with the same subject would join one
+ticket, and an agent's answer would go to the whole list.
+
+Reply-To is otherwise never who the customer is (anyone can write one under a
+forged From, and the agent's answer may hold account data): see the README,
+"Who the customer is".
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+
+from maildesk.domain.message import Address, ParsedMessage
+
+_MAILTO = re.compile(r"<\s*mailto:([^>?\s]+)", re.IGNORECASE)
+_LIST_ID = re.compile(r"<\s*([^<>\s]+)\s*>\s*$")
+
+
+def _list_addresses(msg: ParsedMessage) -> set[str]:
+    """The list's own posting address(es) and the address its List-Id names."""
+    found: set[str] = set()
+    for value in msg.header_all("List-Post"):
+        found.update(m.group(1).strip().lower() for m in _MAILTO.finditer(value))
+    for value in msg.header_all("List-Id")[:1]:
+        match = _LIST_ID.search(value.strip())
+        list_id = (match.group(1) if match else value.strip()).lower()
+        # RFC 2919: list-label.list-id-namespace, Mailman's users.lists.example
+        # for users@lists.example.
+        label, _, namespace = list_id.partition(".")
+        if label and namespace:
+            found.add(f"{label}@{namespace}")
+    return found
+
+
+def _first_address(values: list[str]) -> Address | None:
+    for name, addr in email.utils.getaddresses(values):
+        addr = addr.strip().lower()
+        if "@" in addr:
+            return Address(addr=addr, name=name.strip())
+    return None
+
+
+def list_author(msg: ParsedMessage) -> Address | None:
+    """The author of a list mail whose From the list rewrote to its own address, or None."""
+    sender = msg.from_
+    if sender is None or not sender.addr:
+        return None
+    lists = _list_addresses(msg)
+    if sender.addr.lower() not in lists:
+        return None
+    original = _first_address(msg.header_all("X-Original-From")[:1])
+    if original is not None and original.addr not in lists:
+        return original
+    others = [a for a in msg.reply_to if a.addr and a.addr.lower() not in lists]
+    if len(others) == 1:
+        return others[0]
+    return None
+
+
+def customer_address(msg: ParsedMessage) -> Address | None:
+    """The customer a mail is from: its From, or the author of a list-rewritten From."""
+    return list_author(msg) or msg.from_
+
+
+def shown_sender(name: str, addr: str) -> str:
+    """``Name <addr>`` as agents are shown it: the address always, a name only where it
+    cannot pass for another address (``"support@bank.example" <evil@x>`` is shown
+    ``<evil@x>``)."""
+    name = " ".join(name.replace("<", " ").replace(">", " ").split()).strip('"')
+    if not addr:
+        return name or "(no address)"
+    if not name or "@" in name or name.lower() == addr.lower():
+        return f"<{addr}>"
+    return f"{name} <{addr}>"
