@@ -121,12 +121,17 @@ class ListenerSettings(_Section):
 
     def _loopback_only(self) -> bool:
         """Only this machine can connect (a unix socket, or a loopback address)."""
-        if self.socket is not None or self.host == "localhost":
-            return True
-        try:
-            return ipaddress.ip_address(self.host).is_loopback
-        except ValueError:
-            return False  # a host name: it may resolve to anything
+        return self.socket is not None or is_loopback_host(self.host)
+
+
+def is_loopback_host(host: str) -> bool:
+    """``localhost`` or a loopback address: traffic to it never leaves this machine."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
 
 
 # Signed by default (RFC 6376 5.4): the headers a reader sees and threads by.
@@ -205,6 +210,23 @@ class OutboundSettings(_Section):
     suppression_days: float = Field(default=30.0, gt=0)
     # DKIM keys ([[outbound.dkim]]), one per signing domain and algorithm; none: unsigned.
     dkim: tuple[DkimKeySettings, ...] = ()
+
+    @model_validator(mode="after")
+    def _no_password_in_clear(self) -> OutboundSettings:
+        # As for a listener's require_auth: a login to a relay elsewhere, without
+        # TLS, sends the relay password over the network as readable text.
+        if (
+            self.transport == "smtp"
+            and self.relay_user
+            and self.relay_security == "none"
+            and not is_loopback_host(self.relay_host)
+        ):
+            raise ValueError(
+                f"relay_security: logging in to {self.relay_host} as {self.relay_user!r} "
+                "without TLS would send the relay password in clear over the network "
+                '(set relay_security = "starttls" or "tls")'
+            )
+        return self
 
 
 class AcknowledgementSettings(_Section):

@@ -293,3 +293,31 @@ def test_a_missing_relative_folder_says_what_it_is_relative_to(tmp_path: Path) -
     assert result.returncode == 78, result.stderr
     said = f"{path}: routing.rules_dir: no such directory: rules (relative to the working "
     assert said + f"directory {elsewhere})" in result.stderr, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("host", "security", "refused"),
+    [
+        ("smtp.example.net", "none", True),
+        ("192.0.2.25", "none", True),
+        ("smtp.example.net", "starttls", False),
+        ("127.0.0.1", "none", False),
+    ],
+)
+def test_a_relay_login_in_clear_over_the_network_is_a_config_error(
+    tmp_path: Path, host: str, security: str, refused: bool
+) -> None:
+    """relay_user without TLS to a relay on another machine would send the relay
+    password in clear (AUTH PLAIN is base64, not encryption)."""
+    extra = (
+        f'[outbound]\ntransport = "smtp"\nrelay_host = "{host}"\n'
+        f'relay_security = "{security}"\nrelay_user = "maildesk"\nrelay_password = "s3cret"\n'
+    )
+    path = _config(tmp_path, extra)
+    code, output = _cli(path, "tickets", "list")
+    if refused:
+        assert code == 78, output
+        assert f"{path}: outbound.relay_security: " in output and "in clear" in output
+        assert "s3cret" not in output
+    else:
+        assert code == 0, output
