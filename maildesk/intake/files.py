@@ -60,13 +60,20 @@ def iter_messages(
     keep the others out. Without it, the first SourceError is raised.
     """
     for name in paths:
-        try:
-            yield from _messages_of(name, stdin, unreadable)
-        except SourceError as exc:
-            if unreadable is None:
-                raise
-            log.info("%s: skipped", exc)
-            unreadable.append(str(exc))
+        yield from _skipping_unreadable(_messages_of(name, stdin, unreadable), unreadable)
+
+
+def _skipping_unreadable(
+    messages: Iterator[FileMessage], unreadable: list[str] | None
+) -> Iterator[FileMessage]:
+    """``messages``; a SourceError is named in ``unreadable`` and ends them (else raised)."""
+    try:
+        yield from messages
+    except SourceError as exc:
+        if unreadable is None:
+            raise
+        log.info("%s: skipped", exc)
+        unreadable.append(str(exc))
 
 
 def _messages_of(
@@ -189,13 +196,7 @@ def _inside(entry: Path, folder: Path) -> bool:
 def _folder(path: Path, unreadable: list[str] | None = None) -> Iterator[FileMessage]:
     maildir = is_maildir(path)
     for entry in _listed(path):
-        try:
-            yield from _folder_entry(path, entry, maildir)
-        except SourceError as exc:
-            if unreadable is None:
-                raise
-            log.info("%s: skipped", exc)
-            unreadable.append(str(exc))
+        yield from _skipping_unreadable(_folder_entry(path, entry, maildir), unreadable)
 
 
 def _listed(path: Path) -> Iterator[Path]:

@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from sqlalchemy import and_, or_, select, update
 from sqlalchemy.orm import Session
@@ -231,6 +231,15 @@ def _dead(refused: dict[str, tuple[int, bytes]]) -> list[str]:
     return [rcpt for rcpt, (code, reply) in refused.items() if no_such_mailbox(code, reply)]
 
 
+class Attempt(NamedTuple):
+    """What one delivery attempt did, recorded (again, after a lock conflict) from these."""
+
+    live: list[str]  # the recipients it went to: those not suppressed
+    blocked: set[str]  # the suppressed ones
+    error: Exception | None
+    refused: PartlyRefused | None  # taken for some recipients, refused for others
+
+
 @dataclass
 class DrainResult:
     sent: int = 0
@@ -412,17 +421,9 @@ class OutboxSender:
                 refused = exc
             except (TemporaryFailure, PermanentFailure) as exc:
                 error = exc
-        self._record(outbox_id, live, blocked, error, refused, result)
+        self._record(outbox_id, Attempt(live, blocked, error, refused), result)
 
-    def _record(
-        self,
-        outbox_id: int,
-        live: list[str],
-        blocked: set[str],
-        error: Exception | None,
-        refused: PartlyRefused | None,
-        result: DrainResult,
-    ) -> None:
+    def _record(self, outbox_id: int, attempt: Attempt, result: DrainResult) -> None:
         """Record what the delivery did, in one transaction; again after a lock conflict.
 
         The mail is out (or refused) already: were this transaction lost to a
@@ -430,12 +431,12 @@ class OutboxSender:
         row would stay claimed and be delivered a second time once its claim
         expired. Rolled back whole, it is recomputed from the same facts.
         """
-        for attempt in range(1, RECORD_ATTEMPTS + 1):
+        for tries in range(1, RECORD_ATTEMPTS + 1):
             counted = DrainResult()
             try:
-                self._record_once(outbox_id, live, blocked, error, refused, counted)
+                self._record_once(outbox_id, attempt, counted)
             except Exception as exc:
-                if not is_lock_conflict(exc) or attempt == RECORD_ATTEMPTS:
+                if not is_lock_conflict(exc) or tries == RECORD_ATTEMPTS:
                     raise
                 log.info(
                     "outbox=%s: recording the delivery lost a lock conflict, again: %s",
@@ -447,15 +448,8 @@ class OutboxSender:
                 setattr(result, name, getattr(result, name) + getattr(counted, name))
             return
 
-    def _record_once(
-        self,
-        outbox_id: int,
-        live: list[str],
-        blocked: set[str],
-        error: Exception | None,
-        refused: PartlyRefused | None,
-        result: DrainResult,
-    ) -> None:
+    def _record_once(self, outbox_id: int, attempt: Attempt, result: DrainResult) -> None:
+        live, blocked, error, refused = attempt
         with self.db.transaction() as session:
             row = session.get(Outbox, outbox_id)
             assert row is not None

@@ -265,15 +265,8 @@ def test_two_nodes_assigning_in_two_groups_do_not_overfill_a_shared_agent(
         b.db.dispose()
 
 
-def test_an_escalation_rule_on_follow_ups_escalates_a_ticket_once(
-    tmp_path: Path, database_url: str, clock: FrozenClock
-) -> None:
-    """Each reply of the customer's that says "outage" again must not climb one tier more.
-
-    The first one takes the ticket to L2, where cy has it; the next ones leave it
-    with cy rather than send it on to L3 (assigned by hand: nobody) and so take
-    it from the agent working on it.
-    """
+def _outage_desk(tmp_path: Path, database_url: str, clock: FrozenClock) -> App:
+    """Tiers L1 (ann) -> L2 (cy) -> L3 (dee, by hand); a follow-up rule escalates "outage"."""
     rules = """
 [[rule]]
 name = "outage-follow-up"
@@ -281,7 +274,7 @@ follow_ups = true
 when = { subject_regex = '\\boutage\\b' }
 then = { escalate = true }
 """
-    app = desk(
+    return desk(
         tmp_path,
         database_url,
         clock,
@@ -297,6 +290,18 @@ then = { escalate = true }
             {"name": "dee", "groups": ["L3"]},
         ],
     )
+
+
+def test_an_escalation_rule_on_follow_ups_escalates_a_ticket_once(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """Each reply of the customer's that says "outage" again must not climb one tier more.
+
+    The first one takes the ticket to L2, where cy has it; the next ones leave it
+    with cy rather than send it on to L3 (assigned by hand: nobody) and so take
+    it from the agent working on it.
+    """
+    app = _outage_desk(tmp_path, database_url, clock)
     first = mail_from(app, "x", "printer", message_id="p1@customer.test")
     assert ticket_of(app, 1).assignee == "ann"
     parent = first
@@ -315,25 +320,7 @@ def test_two_outage_replies_in_one_batch_escalate_once(
 ) -> None:
     """The worker applies a batch in one transaction: the first escalation's event is not
     yet written when the second reply is decided."""
-    rules = """
-[[rule]]
-name = "outage-follow-up"
-follow_ups = true
-when = { subject_regex = '\\boutage\\b' }
-then = { escalate = true }
-"""
-    app = desk(
-        tmp_path,
-        database_url,
-        clock,
-        rules=rules,
-        groups=[
-            {"name": "L1", "escalates_to": "L2"},
-            {"name": "L2", "escalates_to": "L3"},
-            {"name": "L3", "strategy": "none"},
-        ],
-        agents=[{"name": "ann", "groups": ["L1"]}, {"name": "cy", "groups": ["L2"]}],
-    )
+    app = _outage_desk(tmp_path, database_url, clock)
     first = mail_from(app, "x", "printer", message_id="p1@customer.test")
     one = reply_to(first, subject="Re: printer - outage", body="All down.\n")
     two = reply_to(one, subject="Re: printer - outage", body="Still all down.\n")
