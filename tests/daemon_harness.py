@@ -52,13 +52,17 @@ class Received:
 
 @dataclass
 class RelaySink:
-    """A relay that records what it is given; can be told to answer 4xx or 5xx."""
+    """A relay that records what it is given; can be told to answer 4xx or 5xx.
+
+    It offers SMTPUTF8 (RFC 6531) unless ``smtputf8`` is False.
+    """
 
     port: int = field(default_factory=free_port)
     received: list[Received] = field(default_factory=list)
     reply: str = "250 OK"
     lock: threading.Lock = field(default_factory=threading.Lock)
     controller: Controller | None = None
+    smtputf8: bool = True
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.reply.startswith("250"):
@@ -69,7 +73,9 @@ class RelaySink:
         return self.reply
 
     def start(self) -> RelaySink:
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller = Controller(
+            self, hostname="127.0.0.1", port=self.port, enable_SMTPUTF8=self.smtputf8
+        )
         self.controller.start()
         return self
 

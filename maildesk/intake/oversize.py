@@ -29,7 +29,14 @@ from maildesk.domain.autodetect import classify
 from maildesk.domain.message import TRUNCATED_HEADER
 from maildesk.domain.rawheader import raw_header_values
 from maildesk.intake.store import put_blob
-from maildesk.outbound.compose import LOOP_HEADER, addressable, one_line, split_address
+from maildesk.outbound.compose import (
+    LOOP_HEADER,
+    header_address,
+    needs_smtputf8,
+    one_line,
+    split_address,
+    wire_address,
+)
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.context import HUMAN_KINDS
 from maildesk.pipeline.parse import ParseError, parse_message
@@ -106,7 +113,8 @@ def _notice(session: Session, notices: Notices, intake: Intake, now: datetime) -
     blocked = notices.blocked_reason(session, sender, PURPOSE)
     if blocked:
         return blocked
-    if not addressable(sender):
+    to = wire_address(sender)
+    if to is None:
         return f"cannot address {sender!r}"
     renderer = notices.renderer
     if not renderer.exists(PURPOSE, "customer"):
@@ -129,9 +137,10 @@ def _notice(session: Session, notices: Notices, intake: Intake, now: datetime) -
             "support": {"name": settings.outbound.from_name, "address": support},
         },
     )
-    mime = EmailMessage(policy=SMTP)
+    # A local part beyond ASCII: header fields in UTF-8, sent with SMTPUTF8 (RFC 6531/6532).
+    mime = EmailMessage(policy=SMTP.clone(utf8=True) if needs_smtputf8(to) else SMTP)
     mime["From"] = HeaderAddress(one_line(settings.outbound.from_name), addr_spec=support)
-    mime["To"] = HeaderAddress(addr_spec=sender)
+    mime["To"] = header_address("", to)
     mime["Subject"] = one_line(rendered.subject) or "Your message was too large"
     mime["Date"] = format_datetime(now)
     mime["Message-ID"] = f"<{message_id}>"
@@ -150,8 +159,8 @@ def _notice(session: Session, notices: Notices, intake: Intake, now: datetime) -
             purpose=PURPOSE,
             message_id=message_id,
             envelope_from=support,
-            recipients=[sender],
-            recipient_key=sender.lower()[:320],
+            recipients=[to],
+            recipient_key=to.lower()[:320],
             raw_sha256=put_blob(session, mime.as_bytes()),
             state=OutboxState.QUEUED,
             next_attempt_at=now,

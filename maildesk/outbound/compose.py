@@ -10,6 +10,7 @@ subjects) are folded to one line, so they cannot add headers.
 from __future__ import annotations
 
 import secrets
+import unicodedata
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
@@ -40,9 +41,13 @@ from maildesk.intake.store import put_blob
 from maildesk.outbound.templates import Rendered
 
 LOOP_HEADER = "X-Maildesk-Loop"
-# How our mail is written: CR LF, and bodies in 7 bits (quoted-printable or base64)
-# because the sender does not ask the relay for 8BITMIME (RFC 6152).
+# How our mail is written: CR LF, and bodies in 7 bits (quoted-printable or base64),
+# so that any relay takes it as it is, with or without 8BITMIME (RFC 6152).
 WIRE_POLICY = SMTP.clone(cte_type="7bit")
+# Mail to or from an address with a local part beyond ASCII (RFC 6531/6532): its
+# header fields in UTF-8 as they are (an encoded-word may not stand in an address),
+# bodies still in 7 bits. Only sent with SMTPUTF8 (maildesk.outbound.sender).
+WIRE_UTF8_POLICY = WIRE_POLICY.clone(utf8=True)
 MAX_REFERENCES = 20
 # The longest line RFC 5322 allows, without its CR LF.
 MAX_LINE_OCTETS = 998
@@ -88,31 +93,58 @@ def _writable_id(message_id: str) -> bool:
 
 
 def wire_address(address: str) -> str | None:
-    """``address`` as a relay without SMTPUTF8 takes it, or None when it cannot be.
+    """``address`` as it goes on the wire, or None when it is no address we can write.
 
     A domain beyond ASCII (``kunde@bücher.example``) goes out as its IDNA
     A-labels (``kunde@xn--bcher-kva.example``), which every mail system reads
-    as the same domain; a local part beyond ASCII has no such form.
+    as the same domain, so such mail needs nothing of the relay. A local part
+    beyond ASCII (``jörg@example.de``) has no ASCII form: it is kept as it is
+    (RFC 6531), and the mail goes out with SMTPUTF8 (see :func:`needs_smtputf8`).
     """
     local, _, domain = address.rpartition("@")
-    if not local.isascii() or not domain:
+    if not local or not domain:
         return None
     if not domain.isascii():
         try:
             domain = idna.encode(domain, uts46=True).decode("ascii")
         except idna.IDNAError:
             return None
-    candidate = f"{local}@{domain}"
+    if not local.isascii() and not _utf8_local_part(local):
+        return None
+    # The syntax is RFC 5321's with any UTF-8 character as a letter (RFC 6531 s. 3.3):
+    # checked on a stand-in with an ASCII letter for each of them.
+    stand_in = "".join(ch if ch.isascii() else "x" for ch in local)
     try:
-        HeaderAddress(addr_spec=candidate)
+        HeaderAddress(addr_spec=f"{stand_in}@{domain}")
     except (ValueError, TypeError, HeaderParseError):  # HeaderDefect is a ValueError
         return None
-    return candidate
+    return f"{local}@{domain}"
+
+
+def _utf8_local_part(local: str) -> bool:
+    """No controls, unpaired surrogates, private or unassigned code points, or spaces."""
+    return all(
+        ch.isascii() or unicodedata.category(ch) not in {"Cc", "Cs", "Co", "Cn", "Zs", "Zl", "Zp"}
+        for ch in local
+    )
+
+
+def needs_smtputf8(address: str) -> bool:
+    """Whether mail to or from ``address`` (as :func:`wire_address` gives it) needs SMTPUTF8."""
+    return not address.isascii()
 
 
 def addressable(address: str) -> bool:
     """Whether ``address`` can be written into a To header we send (see :func:`wire_address`)."""
     return wire_address(address) is not None
+
+
+def header_address(name: str, address: str) -> HeaderAddress:
+    """An address for a header we write, its local part beyond ASCII as it is (RFC 6532)."""
+    if address.isascii():
+        return HeaderAddress(name, addr_spec=address)
+    local, _, domain = address.rpartition("@")
+    return HeaderAddress(name, username=local, domain=domain)
 
 
 def split_address(address: str) -> tuple[str, str]:
@@ -177,16 +209,17 @@ class Composer:
         assert ticket.number is not None
         tag = self.settings.threading.ticket_tag
         local, domain = split_address(mail.support_address)
-        msg = EmailMessage(policy=WIRE_POLICY)
+        wire = [(r, wire_address(r.addr)) for r in mail.recipients]
+        unaddressable = [r.addr for r, address in wire if address is None]
+        if unaddressable:  # not an address at all: send nothing
+            raise ValueError(f"not an address we can write: {unaddressable!r}")
+        utf8 = any(needs_smtputf8(a or "") for _r, a in wire)
+        msg = EmailMessage(policy=WIRE_UTF8_POLICY if utf8 else WIRE_POLICY)
         msg["From"] = HeaderAddress(
             one_line(mail.from_name or self.settings.outbound.from_name),
             addr_spec=mail.support_address,
         )
-        wire = [(r, wire_address(r.addr)) for r in mail.recipients]
-        unaddressable = [r.addr for r, address in wire if address is None]
-        if unaddressable:  # the relay could not be given them (no SMTPUTF8): send nothing
-            raise ValueError(f"not an address the relay can take: {unaddressable!r}")
-        msg["To"] = [HeaderAddress(one_line(r.name), addr_spec=a or "") for r, a in wire]
+        msg["To"] = [header_address(one_line(r.name), a or "") for r, a in wire]
         reply_local = self.signer.reply_local_part(
             local,
             mail.reply_purpose or ("a" if mail.agent else "t"),
@@ -238,7 +271,9 @@ class Composer:
         """Write the outbound Message, its id for threading and the outbox row.
 
         Recipients are kept as they go on the wire (IDNA domains), so the
-        envelope, the To header and a bounce's Final-Recipient all agree.
+        envelope, the To header and a bounce's Final-Recipient all agree. The
+        stored bytes are what goes on the wire: 7-bit, or for a recipient with a
+        local part beyond ASCII, header fields in UTF-8 (sent with SMTPUTF8).
         """
         recipients = [Recipient(wire_address(r.addr) or r.addr, r.name) for r in mail.recipients]
         mail = replace(mail, recipients=recipients)

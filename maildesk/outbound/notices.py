@@ -28,7 +28,7 @@ from maildesk.db.models import (
     Ticket,
 )
 from maildesk.domain.signing import RefPurpose
-from maildesk.outbound.compose import Composer, OutboundMail, Recipient
+from maildesk.outbound.compose import Composer, OutboundMail, Recipient, wire_address
 from maildesk.outbound.templates import TemplateRenderer
 
 QUOTE_LIMIT = 4000
@@ -132,11 +132,14 @@ class Notices:
             ("noreply", "no-reply", "donotreply")
         ):
             return f"{address} does not take replies"
+        # Our outbox and the bounces know the address as it went on the wire (an IDN
+        # domain in A-labels); a contact may be known by its U-labels.
+        wire = (wire_address(address) or address).lower()
         now = self.clock()
         suppressed = session.scalar(
-            select(Suppression.reason).where(
-                Suppression.address == address, Suppression.until > now
-            )
+            select(Suppression.reason)
+            .where(Suppression.address.in_({address, wire}), Suppression.until > now)
+            .limit(1)
         )
         if suppressed is not None:
             return f"{address} is suppressed: {suppressed}"
@@ -147,7 +150,7 @@ class Notices:
             (timedelta(hours=1), limits.per_sender_per_hour, "hour"),
             (timedelta(days=1), limits.per_sender_per_day, "day"),
         ):
-            sent = self._recent(session, address, purpose, now - window)
+            sent = self._recent(session, wire, purpose, now - window)
             if sent >= limit:
                 return f"rate limit: {sent} {purpose} mails to {address} in the last {label}"
         return None

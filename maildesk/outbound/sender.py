@@ -189,9 +189,15 @@ class SmtpTransport:
             ) from exc
         except (OSError, smtplib.SMTPException) as exc:
             raise TemporaryFailure(f"cannot reach relay: {exc}") from exc
+        needs = smtputf8_needed_for(envelope_from, recipients, raw)
         try:
-            refused = client.sendmail(envelope_from, recipients, raw)
-        except UnicodeEncodeError as exc:  # a non-ASCII address, and we do not speak SMTPUTF8
+            options: list[str] = []
+            if needs is not None:
+                if not client.has_extn("smtputf8"):
+                    raise PermanentFailure(f"the relay does not offer SMTPUTF8, needed for {needs}")
+                options = ["SMTPUTF8", "BODY=8BITMIME"]  # RFC 6531 s. 3.4
+            refused = client.sendmail(envelope_from, recipients, raw, mail_options=options)
+        except UnicodeEncodeError as exc:  # not for smtputf8_needed_for; no relay takes it
             raise PermanentFailure(
                 f"cannot give the relay {[envelope_from, *recipients]!r}: {exc}"
             ) from exc
@@ -224,6 +230,19 @@ class SmtpTransport:
             raise PartlyRefused(
                 list(refused), f"taken for the other recipients; {replies}", _dead(refused)
             )
+
+
+def smtputf8_needed_for(envelope_from: str, recipients: list[str], raw: bytes) -> str | None:
+    """What needs SMTPUTF8 in this mail (RFC 6531): an address beyond ASCII in the
+    envelope, else header fields in UTF-8 (RFC 6532); None when it is plain 7-bit mail.
+    """
+    for address in (envelope_from, *recipients):
+        if not address.isascii():
+            return address
+    ends = [at for at in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if at >= 0]
+    if not raw[: min(ends, default=len(raw))].isascii():
+        return "its header fields in UTF-8"
+    return None
 
 
 def _dead(refused: dict[str, tuple[int, bytes]]) -> list[str]:

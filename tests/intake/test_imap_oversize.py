@@ -171,6 +171,38 @@ def test_one_hostile_sender_does_not_block_the_other_notices(
         app.db.dispose()
 
 
+def test_a_sender_with_a_utf8_address_is_told_in_utf8_and_at_the_wire_domain(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """RFC 6531/6532: jörg gets the notice, his address in UTF-8 in the To header (sent
+    with SMTPUTF8), an IDN domain in A-labels, as every other customer mail does."""
+    block = {"host": "127.0.0.1", "user": "support", "password": "x", "max_message_bytes": 10_000,
+             "oversize_notice": "sender"}  # fmt: skip
+    app = App.build(make_settings(tmp_path, database_url, imap=[block]), clock=clock)
+    key = app.settings.imap[0].key
+    try:
+        header = (
+            "X-Maildesk-Truncated: original size 99999 bytes\r\nFrom: Jörg <jörg@bücher.test>\r\n"
+            "To: support@example.com\r\nSubject: Big\r\nMessage-ID: <big@customer.test>\r\n\r\n"
+        )
+        intake_id = app.intake().store(header.encode(), Envelope(source="imap", rcpt_to=()))
+        with app.db.transaction() as session:
+            row = session.get_one(Intake, intake_id)
+            row.source_ref = f"{key}/INBOX/1"
+            row.state = IntakeState.QUARANTINED
+            row.quarantine_reason = "too large to fetch from IMAP: original size 99999 bytes"
+            row.processed_at = clock.now
+        run_once(app)
+        with app.db.transaction() as session:
+            [(recipients, data)] = session.execute(
+                select(Outbox.recipients, Blob.data).join(Blob, Blob.sha256 == Outbox.raw_sha256)
+            ).all()
+        assert recipients == ["jörg@xn--bcher-kva.test"]
+        assert "To: jörg@xn--bcher-kva.test\r\n".encode() in bytes(data)
+    finally:
+        app.db.dispose()
+
+
 class RecordingStore:
     """The real store, noting how many bytes of mail each transaction held."""
 

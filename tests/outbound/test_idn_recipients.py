@@ -1,11 +1,15 @@
-"""Recipients beyond ASCII. A domain goes out in its IDNA form; an address with no
-ASCII form (no SMTPUTF8 here) must not stall the outbox: smtplib raised
+"""Recipients beyond ASCII, at a relay that does not offer SMTPUTF8. A domain goes
+out in its IDNA form and needs nothing of the relay; an address with no ASCII form
+(a local part beyond ASCII, see test_eai) must not stall the outbox: smtplib raised
 UnicodeEncodeError out of the sender, the drain stopped at that row, and it and every
 row claimed behind it were tried again and again, never sent.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import pytest
 from sqlalchemy import select
 
 from maildesk.app import App
@@ -17,6 +21,14 @@ from tests.outbound.test_outbox_claims import queue
 
 IDN = "kunde@bücher.test"
 UTF8_LOCAL = "jürgen@customer.test"
+
+
+@pytest.fixture
+def relay() -> Iterator[RelaySink]:
+    """A relay as before RFC 6531: no SMTPUTF8."""
+    sink = RelaySink(smtputf8=False).start()
+    yield sink
+    sink.stop()
 
 
 def test_a_customer_at_an_idn_domain_gets_mail_at_the_domain_s_ascii_form(
@@ -42,7 +54,7 @@ def test_a_customer_at_an_idn_domain_gets_mail_at_the_domain_s_ascii_form(
 def test_a_customer_whose_address_has_no_ascii_form_does_not_stop_other_customers_mail(
     app: App, relay: RelaySink
 ) -> None:
-    """A local part beyond ASCII needs SMTPUTF8: the acknowledgement is skipped, with why."""
+    """A local part beyond ASCII needs SMTPUTF8: without it the acknowledgement fails, with why."""
     raw = make_mail(message_id="utf8@x.test", subject="Frage")
     deliver(app, raw.replace(b"alice@customer.test", UTF8_LOCAL.encode()))
     deliver(app, make_mail(message_id="q@customer.test"))
@@ -50,9 +62,11 @@ def test_a_customer_whose_address_has_no_ascii_form_does_not_stop_other_customer
     drain_to(app, relay)
     assert [mail.rcpt_tos for mail in relay.received] == [["alice@customer.test"]]
     with app.db.transaction() as session:
-        assert [row.state for row in session.scalars(select(Outbox))] == [OutboxState.SENT]
-        skipped = session.scalars(select(Event.reason).where(Event.kind == "ack_skipped")).all()
-    assert any(UTF8_LOCAL in reason for reason in skipped)
+        rows = session.scalars(select(Outbox).order_by(Outbox.id)).all()
+        assert [row.state for row in rows] == [OutboxState.FAILED, OutboxState.SENT]
+        assert rows[0].last_error == f"the relay does not offer SMTPUTF8, needed for {UTF8_LOCAL}"
+        failed = session.scalars(select(Event.reason).where(Event.kind == "outbound_failed")).all()
+    assert any(UTF8_LOCAL in reason for reason in failed)
 
 
 def test_a_queued_mail_the_relay_cannot_take_fails_with_a_reason_and_the_rest_go(
