@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 import click
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import selectinload
 
 from maildesk.app import App
 from maildesk.config import EX_CONFIG, ConfigError, load_settings
@@ -361,6 +362,31 @@ def _drain(worker: Worker, summary: Summary) -> bool:
     return True
 
 
+LIST_LIMIT = 100  # rows `tickets|quarantine|outbox list` print unless --limit says otherwise
+
+
+def _limit_option(what: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    return click.option(
+        "--limit",
+        type=click.IntRange(min=0),
+        default=LIST_LIMIT,
+        show_default=True,
+        help=f"Show the newest N {what} (0: all of them).",
+    )
+
+
+def _newest(session: Any, stmt: Any, key: Any, limit: int) -> tuple[list[Any], bool]:
+    """The newest ``limit`` rows of ``stmt`` by ``key``, oldest first; and whether more exist."""
+    if limit == 0:
+        return list(session.scalars(stmt.order_by(key))), False
+    rows = list(session.scalars(stmt.order_by(key.desc()).limit(limit + 1)))
+    return rows[:limit][::-1], len(rows) > limit
+
+
+def _echo_cut(shown: int, what: str) -> None:
+    click.echo(f"maildesk: the newest {shown} {what} shown; --limit N or 0 for more", err=True)
+
+
 # -- quarantine -------------------------------------------------------------
 @main.group()
 def quarantine() -> None:
@@ -369,22 +395,25 @@ def quarantine() -> None:
 
 @quarantine.command("list")
 @click.option("--json", "as_json", is_flag=True)
+@_limit_option("quarantined messages")
 @click.pass_context
-def quarantine_list(ctx: click.Context, as_json: bool) -> None:
+def quarantine_list(ctx: click.Context, as_json: bool, limit: int) -> None:
     app = build_app(ctx)
     with app.db.transaction() as session:
-        rows = session.scalars(
-            select(Intake).where(Intake.state == IntakeState.QUARANTINED).order_by(Intake.id)
-        ).all()
+        held = Intake.state == IntakeState.QUARANTINED
+        rows, cut = _newest(session, select(Intake).where(held), Intake.id, limit)
         items = [intake_json(r) for r in rows]
+        total = session.scalar(select(func.count()).where(held)) if cut else len(items)
     if as_json:
         _echo_json(items)
-        return
-    for item in items:
-        mid = item["message_id"] or "-"
-        line = f"{item['id']:>8}  {item['received_at'][:19]}  {mid}  {item['reason']}"
-        click.echo(printable(line))
-    click.echo(f"{len(items)} quarantined")
+    else:
+        for item in items:
+            mid = item["message_id"] or "-"
+            line = f"{item['id']:>8}  {item['received_at'][:19]}  {mid}  {item['reason']}"
+            click.echo(printable(line))
+        click.echo(f"{total} quarantined")
+    if cut:
+        _echo_cut(len(items), "quarantined messages")
 
 
 def _quarantined(session: Any, intake_id: int, *, lock: bool = False) -> Intake:
@@ -483,33 +512,44 @@ def tickets() -> None:
 @click.option("--status", type=click.Choice([s.value for s in TicketStatus]), default=None)
 @click.option("--json", "as_json", is_flag=True)
 @click.option("--overdue", is_flag=True, help="Only tickets past an SLA due time.")
+@_limit_option("tickets")
 @click.pass_context
-def tickets_list(ctx: click.Context, status: str | None, as_json: bool, overdue: bool) -> None:
+def tickets_list(
+    ctx: click.Context, status: str | None, as_json: bool, overdue: bool, limit: int
+) -> None:
+    from maildesk.sla.overdue import is_overdue
     from maildesk.sla.overdue import overdue as late_tickets
 
     app = build_app(ctx)
     now = app.clock()
     with app.db.transaction() as session:
-        stmt = select(Ticket).where(Ticket.merged_into_id.is_(None)).order_by(Ticket.number)
+        stmt = (
+            select(Ticket)
+            .where(Ticket.merged_into_id.is_(None))
+            .options(selectinload(Ticket.requester))
+        )
         if status:
             stmt = stmt.where(Ticket.status == TicketStatus(status))
-        late = late_tickets(session, now)
         if overdue:
-            stmt = stmt.where(Ticket.id.in_(late))
-        items = [(ticket_summary_json(t), late.get(t.id)) for t in session.scalars(stmt)]
+            stmt = stmt.where(is_overdue(now))
+        shown, cut = _newest(session, stmt, Ticket.number, limit)
+        late = late_tickets(session, now, [t.id for t in shown])
+        items = [(ticket_summary_json(t), late.get(t.id)) for t in shown]
     if as_json:
         if overdue:
             for item, why in items:
                 item["overdue"] = why.as_json() if why else None
         _echo_json([item for item, _ in items])
-        return
-    for t, why in items:
-        who = t["requester"] or "-"
-        line = f"#{t['number']:<7} {t['status']:<9} {t['priority']:<7} {who:<32} "
-        line = printable(line + t["subject"][:60])
-        if why is not None:
-            line = click.style(f"{line}  LATE: {why.describe(now)}", fg="red", bold=True)
-        click.echo(line)
+    else:
+        for t, why in items:
+            who = t["requester"] or "-"
+            line = f"#{t['number']:<7} {t['status']:<9} {t['priority']:<7} {who:<32} "
+            line = printable(line + t["subject"][:60])
+            if why is not None:
+                line = click.style(f"{line}  LATE: {why.describe(now)}", fg="red", bold=True)
+            click.echo(line)
+    if cut:
+        _echo_cut(len(items), "tickets")
 
 
 @tickets.command("show")
@@ -654,23 +694,27 @@ def outbox() -> None:
 @outbox.command("list")
 @click.option("--state", type=click.Choice([s.value for s in OutboxState]), default=None)
 @click.option("--json", "as_json", is_flag=True)
+@_limit_option("outbox rows")
 @click.pass_context
-def outbox_list(ctx: click.Context, state: str | None, as_json: bool) -> None:
+def outbox_list(ctx: click.Context, state: str | None, as_json: bool, limit: int) -> None:
     app = build_app(ctx)
     with app.db.transaction() as session:
-        stmt = select(Outbox).order_by(Outbox.id)
+        stmt = select(Outbox)
         if state:
             stmt = stmt.where(Outbox.state == OutboxState(state))
-        items = [outbox_json(row) for row in session.scalars(stmt)]
+        rows, cut = _newest(session, stmt, Outbox.id, limit)
+        items = [outbox_json(row) for row in rows]
     if as_json:
         _echo_json(items)
-        return
-    for item in items:
-        to = ",".join(item["recipients"])
-        error = item["last_error"] or ""
-        line = f"{item['id']:>6} {item['state']:<10} {item['purpose']:<9} {to:<30} {error}"
-        click.echo(printable(line))
-    click.echo(f"{len(items)} outbox rows")
+    else:
+        for item in items:
+            to = ",".join(item["recipients"])
+            error = item["last_error"] or ""
+            line = f"{item['id']:>6} {item['state']:<10} {item['purpose']:<9} {to:<30} {error}"
+            click.echo(printable(line))
+        click.echo(f"{len(items)} outbox rows" + (" (the newest)" if cut else ""))
+    if cut:
+        _echo_cut(len(items), "outbox rows")
 
 
 @outbox.command("drain")

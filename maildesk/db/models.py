@@ -23,9 +23,14 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
+
+# The SLA target rows still counting (status running or paused): see ix_sla_targets_live_due.
+SLA_LIVE_STATUSES = ("running", "paused")
+SLA_LIVE_PREDICATE = "status IN ('running', 'paused')"
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -487,7 +492,19 @@ class SlaTargetRow(Base):
     elapsed_minutes: Mapped[float] = mapped_column(default=0.0)
     target_minutes: Mapped[float] = mapped_column(default=0.0)
     computed_at: Mapped[datetime]
-    __table_args__ = (UniqueConstraint("ticket_id", "target", "instance", name="uq_sla_target"),)
+    __table_args__ = (
+        UniqueConstraint("ticket_id", "target", "instance", name="uq_sla_target"),
+        # Only targets still running or paused: the few of the open tickets, not the
+        # satisfied ones of every ticket ever. The sweep's candidates and `tickets
+        # list` (LATE, --overdue) read these; only the sweep writes this table.
+        Index(
+            "ix_sla_targets_live_due",
+            "due_at",
+            "ticket_id",
+            postgresql_where=text(SLA_LIVE_PREDICATE),
+            sqlite_where=text(SLA_LIVE_PREDICATE),
+        ),
+    )
 
 
 class SlaEscalation(Base):

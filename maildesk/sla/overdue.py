@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Session
 
-from maildesk.db.models import SlaTargetRow
-
-_LIVE = ("running", "paused")
+from maildesk.db.models import SLA_LIVE_STATUSES, SlaTargetRow, Ticket
 
 
 @dataclass(frozen=True, slots=True)
@@ -28,15 +27,31 @@ class Late:
         return f"{what} late since {self.due_at:%Y-%m-%d %H:%M} UTC ({hours}h{minutes:02d})"
 
 
-def overdue(session: Session, now: datetime) -> dict[int, Late]:
-    """Ticket id -> its earliest missed, still unmet target."""
-    rows = session.execute(
+def _late_at(now: datetime) -> ColumnElement[bool]:
+    # Spelled as ix_sla_targets_live_due's predicate, so the planner uses it.
+    return SlaTargetRow.status.in_(SLA_LIVE_STATUSES) & (SlaTargetRow.due_at <= now)
+
+
+def is_overdue(now: datetime) -> ColumnElement[bool]:
+    """A condition on tickets: one of its targets is past due and still unmet."""
+    return exists().where(SlaTargetRow.ticket_id == Ticket.id, _late_at(now))
+
+
+def overdue(
+    session: Session, now: datetime, ticket_ids: Collection[int] | None = None
+) -> dict[int, Late]:
+    """Ticket id -> its earliest missed, still unmet target (of ``ticket_ids`` when given)."""
+    stmt = (
         select(SlaTargetRow.ticket_id, SlaTargetRow.target, SlaTargetRow.due_at)
-        .where(SlaTargetRow.status.in_(_LIVE), SlaTargetRow.due_at <= now)
+        .where(_late_at(now))
         .order_by(SlaTargetRow.due_at)
     )
+    if ticket_ids is not None:
+        if not ticket_ids:
+            return {}
+        stmt = stmt.where(SlaTargetRow.ticket_id.in_(list(ticket_ids)))
     found: dict[int, Late] = {}
-    for ticket_id, target, due_at in rows:
+    for ticket_id, target, due_at in session.execute(stmt):
         if due_at is not None:
             found.setdefault(ticket_id, Late(target, due_at))
     return found
