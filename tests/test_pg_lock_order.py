@@ -128,9 +128,14 @@ def _two_tickets(app: App) -> None:
             ),
             sender,
         )
+    _process(app, created=2)
+
+
+def _process(app: App, *, created: int) -> None:
+    """Apply what is stored, on a node of its own; ``created`` tickets come of it."""
     node = worker(app, "setup")
     try:
-        assert node.drain().as_dict()["created"] == 2
+        assert node.drain().as_dict()["created"] == created
     finally:
         node.close()
 
@@ -260,11 +265,7 @@ def test_the_sender_recording_a_dead_mailbox_while_a_bounce_for_it_is_applied(
     bounce's suppression waits for the sender's, and the two would deadlock (a
     sender that fails there leaves the row claimed, to be sent again)."""
     store(pg_app, make_mail(message_id="first@c"), "alice@customer.test")
-    node = worker(pg_app, "setup")
-    try:
-        assert node.drain().as_dict()["created"] == 1
-    finally:
-        node.close()
+    _process(pg_app, created=1)
     with pg_app.db.transaction() as session:
         ticket_id = session.scalars(select(Ticket.id)).one()
     sender = pg_app.sender("node-2")
@@ -305,11 +306,7 @@ def test_the_sender_losing_a_deadlock_after_delivery_records_it_and_does_not_sen
     then wants the outbox row; it waits longer before it looks for deadlocks, so
     PostgreSQL picks the sender to fail, every run."""
     store(pg_app, make_mail(message_id="first@c"), "alice@customer.test")
-    node = worker(pg_app, "setup")
-    try:
-        assert node.drain().as_dict()["created"] == 1
-    finally:
-        node.close()
+    _process(pg_app, created=1)
     with pg_app.db.transaction() as session:
         now = clock()
         suppress(session, "zed@customer.test", now, "bounced long ago (test)", now)
