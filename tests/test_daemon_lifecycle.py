@@ -195,15 +195,16 @@ def small_disk(tmp_path: Path) -> Any:
 
 
 def _fill(path: Path) -> None:
-    with path.open("wb") as filler:
-        try:
-            while True:
-                filler.write(b"\0" * 65536)
-                filler.flush()
-        except OSError:
-            pass
+    """Write ``path`` until the file system is full (unbuffered: nothing is left to flush)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
         with contextlib.suppress(OSError):
-            os.fsync(filler.fileno())
+            while True:
+                os.write(fd, b"\0" * 65536)
+        with contextlib.suppress(OSError):
+            os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def test_a_full_disk_answers_4xx_and_recovers(

@@ -41,7 +41,7 @@ def wait_processed(
     deadline = time.monotonic() + timeout
     tickets: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
-        tickets = daemon.cli("tickets", "list", "--json")
+        tickets = daemon.cli("tickets", "list", "--json", "--limit", "0")
         if len(tickets) >= expected:
             return tickets
         time.sleep(1)
