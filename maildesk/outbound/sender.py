@@ -36,6 +36,7 @@ from maildesk.connection_watch import CommandOverdue, ConnectionWatch
 from maildesk.db.database import Database, is_lock_conflict
 from maildesk.db.models import Blob, Event, Outbox, OutboxState, Suppression
 from maildesk.outbound.agent_notices import overtaken
+from maildesk.outbound.compose import needs_smtputf8
 from maildesk.outbound.delivery_failed import Undelivered
 from maildesk.outbound.dkim_sign import DkimSigner
 from maildesk.outbound.suppression import no_such_mailbox, suppress
@@ -237,7 +238,7 @@ def smtputf8_needed_for(envelope_from: str, recipients: list[str], raw: bytes) -
     envelope, else header fields in UTF-8 (RFC 6532); None when it is plain 7-bit mail.
     """
     for address in (envelope_from, *recipients):
-        if not address.isascii():
+        if needs_smtputf8(address):
             return address
     ends = [at for at in (raw.find(b"\r\n\r\n"), raw.find(b"\n\n")) if at >= 0]
     if not raw[: min(ends, default=len(raw))].isascii():
