@@ -430,6 +430,8 @@ class RoutingSettings(_Section):
     default_responsible: dict[str, str] = Field(default_factory=dict)  # queue -> agent
     # wall-clock bound on one message's rules (a backtracking regex on a hostile subject)
     rules_time_limit_seconds: float = Field(default=2.0, gt=0, le=60)
+    # how often tickets nobody could take are offered again to the agents eligible now
+    waiting_interval_seconds: float = Field(default=60.0, gt=0, le=86400)
 
 
 class AddressSettings(_Section):

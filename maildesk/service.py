@@ -32,6 +32,7 @@ from maildesk.intake.oversize import add_oversize_notices
 from maildesk.intake.smtp import IntakeHandler, build_controller
 from maildesk.outbound.sender import OutboxSender
 from maildesk.routing.models import pull_models
+from maildesk.routing.waiting import add_waiting_assignment
 from maildesk.sla.jobs import add_sla_jobs
 from maildesk.spam import jobs as spam_jobs
 from maildesk.spam.jobs import add_spam_learning
@@ -242,6 +243,7 @@ class Daemon:
         add_sla_jobs(scheduler, self.app)
         add_spam_learning(scheduler, self.app)
         add_oversize_notices(scheduler, self.app)
+        add_waiting_assignment(scheduler, self.app)
         scheduler.add_job(
             pull_models,
             "interval",

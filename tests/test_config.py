@@ -74,6 +74,11 @@ def test_data_dir_override_from_environment(
             "name it in agent_mail.trusted_authserv_ids",
         ),
         ("[routing]\ndefault_group = 'nobody'\n", "routing.default_group", "unknown group"),
+        (
+            "[routing]\nwaiting_interval_seconds = 0\n",
+            "routing.waiting_interval_seconds",
+            "greater than",
+        ),
         (  # INBOX is INBOX in any case: moving into the folder read would loop
             "[[imap]]\nhost = 'h'\nuser = 'u'\npassword = 'p'\n"
             "post_action = 'move'\nmove_to = 'inbox'\n",

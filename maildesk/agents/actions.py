@@ -38,6 +38,7 @@ from maildesk.db.models import (
 from maildesk.db.upsert import insert_ignore, upsert_contact
 from maildesk.outbound.notices import Notices
 from maildesk.people import Directory
+from maildesk.routing.assign_db import assign_ticket
 from maildesk.routing.escalate import EscalationError, escalate
 from maildesk.routing.feedback import correct_category, move_queue
 from maildesk.tickets import change_status, merge_tickets
@@ -120,7 +121,17 @@ class CommandRunner:
             self.ticket.assignee = name
             return None
         if self.directory.group(name) is not None:
+            # The group's strategy picks an agent now if one is eligible, as for a new
+            # ticket; else the ticket waits for one (maildesk.routing.waiting).
             self.ticket.group, self.ticket.assignee = name, None
+            assign_ticket(
+                self.session,
+                self.ticket,
+                settings=self.notices.settings,
+                directory=self.directory,
+                now=self.now,
+                record=self._record,
+            )
             return None
         return f"no agent or group named {arg!r}"
 

@@ -9,7 +9,8 @@ Eligible means: on shift now (weekly hours in their time zone, not absent) and
 below their open-ticket cap (the agent's ``max_open_tickets``, else the group's
 ``max_open``; none means no cap). When nobody is eligible the default
 responsible (the group's, else the queue's) gets the ticket, whatever their
-shift or load, so no ticket is left without an owner.
+shift or load; without one the ticket waits until someone is eligible
+(:mod:`maildesk.routing.waiting`).
 """
 
 from __future__ import annotations

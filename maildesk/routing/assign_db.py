@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from maildesk.config import Settings
+from maildesk.config import GroupSettings, Settings
 from maildesk.db.models import Event, RoutingState, Ticket, TicketStatus
 from maildesk.db.upsert import insert_ignore
 from maildesk.people import Directory
@@ -139,6 +139,9 @@ def group_for(settings: Settings, ticket: Ticket) -> str | None:
     return routing.default_group
 
 
+ROTATION_RULES = ("round_robin", "least_open", "skill")
+
+
 def assign_ticket(
     session: Session,
     ticket: Ticket,
@@ -164,37 +167,64 @@ def assign_ticket(
     else:
         ticket.group = group.name
         lock_group(session, group.name, now)
-        members = directory.members(group.name)
-        names = [m.name for m in members]
-        previous, why, outsider = None, "", None
-        if reopened:
-            previous, why = last_assignee(session, ticket), "reopened"
-            if previous is not None and previous == ticket.assignee and previous not in names:
-                # Still with someone of another group (``#assign`` by hand): back to them.
-                # Not one it was escalated away from (its assignee was cleared then).
-                outsider = directory.agent(previous)
-        elif group.sticky:
-            previous, why = previous_agent_of_requester(session, ticket, names), "sticky customer"
-        counted = [*names, outsider.name] if outsider is not None else names
-        result = choose(
+        result = choose_in_group(
+            session,
+            ticket,
             group,
-            members,
-            open_counts=open_counts(session, counted, besides=ticket.id),
-            on_shift=lambda agent: directory.on_shift(agent, now),
-            last_assigned=last_round_robin(session, group.name),
-            category=ticket.category,
-            previous=previous,
-            previous_why=why,
-            previous_agent=outsider,
-            default_responsible=group.default_responsible
-            or settings.routing.default_responsible.get(ticket.queue or ""),
+            settings=settings,
+            directory=directory,
+            now=now,
+            reopened=reopened,
         )
-        if result.agent is not None and result.rule in ("round_robin", "least_open", "skill"):
-            remember_round_robin(session, group.name, result.agent, now)
     ticket.assignee = result.agent
     record(
         "assigned",
         result.reason if result.agent is None else f"assigned to {result.agent}: {result.reason}",
         {"agent": result.agent, "group": ticket.group, "rule": result.rule},
     )
+    return result
+
+
+def choose_in_group(
+    session: Session,
+    ticket: Ticket,
+    group: GroupSettings,
+    *,
+    settings: Settings,
+    directory: Directory,
+    now: datetime,
+    reopened: bool = False,
+) -> Assignment:
+    """The agent of ``group`` for ``ticket`` now; the caller holds :func:`lock_group`.
+
+    Moves the group's round-robin cursor when the rotation chose; leaves the
+    ticket itself to the caller.
+    """
+    members = directory.members(group.name)
+    names = [m.name for m in members]
+    previous, why, outsider = None, "", None
+    if reopened:
+        previous, why = last_assignee(session, ticket), "reopened"
+        if previous is not None and previous == ticket.assignee and previous not in names:
+            # Still with someone of another group (``#assign`` by hand): back to them.
+            # Not one it was escalated away from (its assignee was cleared then).
+            outsider = directory.agent(previous)
+    elif group.sticky:
+        previous, why = previous_agent_of_requester(session, ticket, names), "sticky customer"
+    counted = [*names, outsider.name] if outsider is not None else names
+    result = choose(
+        group,
+        members,
+        open_counts=open_counts(session, counted, besides=ticket.id),
+        on_shift=lambda agent: directory.on_shift(agent, now),
+        last_assigned=last_round_robin(session, group.name),
+        category=ticket.category,
+        previous=previous,
+        previous_why=why,
+        previous_agent=outsider,
+        default_responsible=group.default_responsible
+        or settings.routing.default_responsible.get(ticket.queue or ""),
+    )
+    if result.agent is not None and result.rule in ROTATION_RULES:
+        remember_round_robin(session, group.name, result.agent, now)
     return result

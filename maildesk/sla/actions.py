@@ -17,10 +17,12 @@ from sqlalchemy.orm import Session
 from maildesk.config import AgentSettings, Settings
 from maildesk.db.models import Event, Priority, Ticket, Watcher
 from maildesk.db.upsert import insert_ignore
+from maildesk.outbound.agent_notices import AgentNotices
 from maildesk.outbound.compose import OutboundMail, Recipient
 from maildesk.outbound.notices import Notices
 from maildesk.outbound.templates import TemplateMissing
 from maildesk.people import Directory
+from maildesk.routing.assign_db import assign_ticket, event_recorder
 from maildesk.sla.policy import TargetState
 from maildesk.sla.settings import ESCALATES_TO, EscalationSettings, Level, NotifyWhom
 
@@ -85,8 +87,7 @@ class EscalationActions:
                 current = self.directory.group(ticket.group) if ticket.group else None
                 group = current.escalates_to if current and current.escalates_to else ""
             if group and group != ticket.group:
-                done.append(f"reassigned {ticket.group or '-'} -> {group}")
-                ticket.group, ticket.assignee = group, None
+                done.append(self._reassign(session, ticket, group, esc.policy, spec.notify, people))
         for agent in spec.add_watchers:
             insert_ignore(
                 session,
@@ -126,6 +127,41 @@ class EscalationActions:
             )
         )
         return done
+
+    def _reassign(
+        self,
+        session: Session,
+        ticket: Ticket,
+        group: str,
+        policy: str,
+        notify: tuple[NotifyWhom, ...],
+        people: dict[str, _Person],
+    ) -> str:
+        """Move ``ticket`` to ``group`` and assign it there by the group's strategy.
+
+        With nobody eligible it waits there (:mod:`maildesk.routing.waiting`).
+        The new assignee is told unless the breach notice reaches them anyway.
+        """
+        done = f"reassigned {ticket.group or '-'} -> {group}"
+        ticket.group, ticket.assignee = group, None
+        now = self.clock()
+        result = assign_ticket(
+            session,
+            ticket,
+            settings=self.settings,
+            directory=self.directory,
+            now=now,
+            record=event_recorder(session, ticket, now),
+        )
+        if result is None or result.agent is None:
+            return done + " (nobody eligible there: waiting)"
+        agent = self.directory.agent(result.agent)
+        reached = {*people, *self._recipients(session, ticket, notify)}
+        if agent is None or agent.addresses[0] not in reached:
+            AgentNotices(self.notices, self.directory).assigned(
+                session, ticket, None, f"sla:{policy}"
+            )
+        return done + f" (assigned to {result.agent})"
 
     def _people(self, session: Session, ticket: Ticket, whom: NotifyWhom) -> list[_Person]:
         d = self.directory

@@ -10,6 +10,7 @@ from sqlalchemy import select
 
 from maildesk.app import App
 from maildesk.db.models import Watcher
+from maildesk.routing.waiting import WaitingAssigner
 from tests.agents.agenthelp import (
     client_reply,
     events_of_kind,
@@ -115,3 +116,52 @@ def test_cc_a_colleague_makes_them_a_watcher_not_a_customer_recipient(app: App) 
     # As a watcher carol now hears the customer's replies.
     deliver(app, reply_to(make_mail(message_id="first@customer.test"), body="Thanks!\n"))
     assert len(to(app, "carol@agents.test", "customer_reply")) == 1
+
+
+def test_assign_to_a_group_lets_its_strategy_choose_an_agent_now(app: App) -> None:
+    """``#assign L2``: the ticket does not sit unassigned in L2; least_open gives it to carol."""
+    report = _bob_replies(app, "#assign L2\n")
+    assert "applied: #assign L2" in report
+    ticket = ticket_number(app)
+    assert (ticket.group, ticket.assignee) == ("L2", "carol")
+    last = events_of_kind(app, "assigned")[-1]
+    assert last.reason == "assigned to carol: fewest open tickets in L2 (0 open)"
+    [notice] = to(app, "carol@agents.test", "assigned")
+    assert "Ticket #1 is now assigned to you (by agent bob)" in notice.text
+    assert len(to(app, "bob@agents.test", "assigned")) == 1  # bob hears it left him
+
+
+def test_assign_to_a_group_with_nobody_on_shift_waits_for_the_first_one(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """carol works Saturdays only: ``#assign L2`` on Monday waits; she gets it on Saturday."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    agents = [
+        AGENTS[0],
+        {**AGENTS[1], "hours": {"sat": "10:00-18:00"}},
+        {**AGENTS[2], "groups": ["L1"]},
+    ]
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        agents=agents,
+        groups=GROUPS,
+        routing={"default_group": "L1", "rules_dir": str(rules)},
+    )
+    app = App.build(settings, clock=clock)
+    try:
+        assert "applied: #assign L2" in _bob_replies(app, "#assign L2\n")
+        ticket = ticket_number(app)
+        assert (ticket.group, ticket.assignee) == ("L2", None)
+        assert events_of_kind(app, "assigned")[-1].reason == (
+            "nobody eligible in L2 (carol off shift); no default responsible: left unassigned"
+        )
+        assert WaitingAssigner.for_app(app).run() == []
+        clock.advance(days=5, hours=1, minutes=5)  # Saturday 10:05
+        [done] = WaitingAssigner.for_app(app).run()
+        assert (done.number, done.agent) == (1, "carol")
+        assert ticket_number(app).assignee == "carol"
+        assert len(to(app, "carol@agents.test", "assigned")) == 1
+    finally:
+        app.db.dispose()

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import func, select
 
 from maildesk.db.models import (
+    Event,
     Outbox,
     SlaEscalation,
     SlaTargetRow,
@@ -20,6 +21,7 @@ from maildesk.db.models import (
     TicketStatus,
     Watcher,
 )
+from maildesk.routing.waiting import WaitingAssigner
 from maildesk.sla.calendar import BusinessCalendar, CalendarConfig
 from tests.conftest import FrozenClock
 from tests.sla.slahelp import (
@@ -186,16 +188,67 @@ def test_breach_actions_raise_reassign_watch_and_notify_the_lead(
     with app.db.transaction() as session:
         t = session.get(Ticket, ticket.id)
         assert t is not None
-        assert (str(t.priority), t.group, t.assignee) == ("high", "l2", None)
+        # Assigned within the new group by its strategy, as an escalation is.
+        assert (str(t.priority), t.group, t.assignee) == ("high", "l2", "dave")
         watchers = session.scalars(select(Watcher.agent).where(Watcher.ticket_id == t.id)).all()
+        assigned = session.scalars(
+            select(Event.reason).where(Event.ticket_id == t.id, Event.kind == "assigned")
+        ).all()
     assert watchers == ["carol"]
-    # The assignee and lead when it breached, and the lead of the group it went to.
+    assert assigned[-1].startswith("assigned to dave")
+    # The assignee and lead when it breached, and the lead (and new assignee) of the
+    # group it went to: dave gets the breach notice, not a second "assigned" one.
     assert sorted(r[0] for _, _, r in _sla_mail(app)) == [
         "bob@example.com",
         "carol@example.com",
         "dave@example.com",
     ]
+    assert _purposes_to(app, "dave@example.com") == ["sla_breach"]
     assert sweeper(app).run().fired == 0
+
+
+def test_a_breach_reassignment_to_a_group_nobody_can_take_waits_there(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """dave (l2) is off shift: the ticket waits in l2, and the waiting job gives it to him."""
+    agents = [dict(a) for a in AGENTS]
+    agents[2] = {**agents[2], "timezone": "Europe/Berlin", "hours": {"tue": "09:00-17:00"}}
+    sla = {
+        "default_policy": "standard",
+        "policies": [
+            {
+                "name": "standard",
+                "warning_share": None,
+                "first_response": {"minutes": 60, "calendar": "office"},
+                "breach": {"reassign_to_group": "l2"},
+            }
+        ],
+    }
+    app = sla_app(tmp_path, database_url, clock, sla, agents)
+    ticket = new_ticket(app, clock, berlin(2026, 3, 9, 10, 0))
+    _set(app, ticket.id, assignee="bob", group="l1")
+    clock.now = berlin(2026, 3, 9, 11, 1)
+    assert sweeper(app).run().fired == 1
+    with app.db.transaction() as session:
+        t = session.get(Ticket, ticket.id)
+        assert t is not None
+        assert (t.group, t.assignee) == ("l2", None)
+    assert _purposes_to(app, "dave@example.com") == []
+    clock.now = berlin(2026, 3, 10, 9, 0)
+    assert [a.agent for a in WaitingAssigner.for_app(app).run()] == ["dave"]
+    assert _purposes_to(app, "dave@example.com") == ["assigned"]
+
+
+def _purposes_to(app, address: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return [p for _, p, r in _all_mail(app) if address in r]
+
+
+def _all_mail(app) -> list[tuple[int | None, str, list[str]]]:  # type: ignore[no-untyped-def]
+    with app.db.transaction() as session:
+        rows = session.execute(
+            select(Outbox.ticket_id, Outbox.purpose, Outbox.recipients).order_by(Outbox.id)
+        ).all()
+    return [(t, p, list(r)) for t, p, r in rows]
 
 
 def test_notifications_wait_for_the_recipients_working_hours(
