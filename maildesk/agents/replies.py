@@ -36,6 +36,7 @@ from maildesk.outbound.compose import (
     Recipient,
     addressable,
     one_line,
+    wire_address,
 )
 from maildesk.outbound.notices import Notices
 from maildesk.people import Directory
@@ -120,10 +121,13 @@ def customer_recipients(
     for email, name, _role in rows:
         people.setdefault(email, Recipient(email, name))
     now = notices.clock()
+    # Bounces suppress the address as it went on the wire (an IDN domain in A-labels);
+    # a contact may be known by its U-labels.
+    wire = {addr: (wire_address(addr) or addr).lower() for addr in people}
     suppressed = set(
         session.scalars(
             select(Suppression.address).where(
-                Suppression.address.in_(list(people)), Suppression.until > now
+                Suppression.address.in_({*people, *wire.values()}), Suppression.until > now
             )
         )
     )
@@ -134,7 +138,7 @@ def customer_recipients(
         if "@" in r.addr
         and addressable(r.addr)
         and not settings.is_own_address(r.addr)
-        and r.addr not in suppressed
+        and not {r.addr, wire[r.addr]} & suppressed
         and not directory.is_agent_address(r.addr)
     ]
 

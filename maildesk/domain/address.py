@@ -1,9 +1,85 @@
-"""Address helpers shared by intake and the pipeline."""
+"""Address helpers shared by intake, the pipeline and the outbox."""
 
 from __future__ import annotations
+
+import re
+import unicodedata
+
+import idna
 
 
 def base_address(address: str) -> str:
     """``Support+t-12-abc@Example.com`` -> ``support@example.com``: the address without its tag."""
     local, _, domain = address.strip().strip("<>").rpartition("@")
     return f"{local.split('+', 1)[0]}@{domain}".lower()
+
+
+def ascii_domain(domain: str) -> str | None:
+    """``domain`` in IDNA A-labels (``bücher.example`` -> ``xn--bcher-kva.example``),
+    an ASCII domain as it is; None when it is no domain IDNA can write."""
+    if domain.isascii():
+        return domain
+    try:
+        return idna.encode(domain, uts46=True).decode("ascii")
+    except (idna.IDNAError, UnicodeError):  # UnicodeError: a label over 63 octets
+        return None
+
+
+def address_key(address: str) -> str:
+    """The form two addresses are compared in: lower case, NFC, the domain in A-labels.
+
+    A bounce may name ``jörg@bücher.example`` where we mailed the A-labels
+    (``jörg@xn--bcher-kva.example``) and the other way round: one mailbox. A
+    local part beyond ASCII (RFC 6531) has no other form and is only normalised.
+    """
+    local, at, domain = unicodedata.normalize("NFC", address.strip()).rpartition("@")
+    if not at:
+        return domain.lower()
+    return f"{local.lower()}@{(ascii_domain(domain) or domain).lower()}"
+
+
+# RFC 6533 s. 3: EmbeddedUnicodeChar, "\x{" HEXPOINT "}" (taken in any case, as Postfix does).
+_EMBEDDED_CHAR = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
+# RFC 3461 s. 4: xtext's hexchar, "+" and two upper-case hex digits.
+_XTEXT_RUN = re.compile(r"(?:\+[0-9A-F]{2})+")
+
+
+def _embedded_char(match: re.Match[str]) -> str:
+    point = int(match.group(1), 16)
+    if point > 0x10FFFF or 0xD800 <= point <= 0xDFFF or unicodedata.category(chr(point)) == "Cc":
+        return match.group(0)  # no character, or a control no address holds: kept as written
+    return chr(point)
+
+
+def _xtext_char(match: re.Match[str]) -> str:
+    """A run of ``+HH``, decoded where it is what xtext must encode (``+``, ``=``, space,
+    the octets of UTF-8 text); else kept: ``+AB`` may be a tag, and no address holds
+    a control character."""
+    try:
+        text = bytes.fromhex(match.group(0).replace("+", "")).decode("utf-8")
+    except UnicodeDecodeError:
+        return match.group(0)
+    if all(ch in "+= " or (not ch.isascii() and unicodedata.category(ch) != "Cc") for ch in text):
+        return text
+    return match.group(0)
+
+
+def dsn_address(value: str) -> str:
+    """The address of a delivery-status field value (``type; address``), decoded.
+
+    ``utf-8`` (RFC 6533 s. 3): UTF-8 as it is and ``\\x{HEX}`` escapes (the
+    utf-8-addr-xtext and utf-8-addr-unitext forms); ``rfc822``: xtext's ``+HH``
+    (RFC 3461 s. 4: an Original-Recipient repeats the ORCPT, which is xtext).
+    Other types are left as written, and so is whatever is malformed: a bad
+    report is still stored and read as far as it goes.
+    """
+    kind, semicolon, rest = value.partition(";")
+    if not semicolon:
+        kind, rest = "", kind
+    kind = kind.strip().lower()
+    address = rest.strip()
+    if kind == "utf-8":
+        address = _EMBEDDED_CHAR.sub(_embedded_char, address)
+    elif kind == "rfc822":
+        address = _XTEXT_RUN.sub(_xtext_char, address)
+    return address.strip().strip("<>").strip()

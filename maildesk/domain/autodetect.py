@@ -205,7 +205,8 @@ def _bounce_reasons(
 ) -> list[str]:
     reasons: list[str] = []
     report = _report_type(msg)
-    if report in ("delivery-status", "feedback-report"):
+    # RFC 6533 names the reports for internationalised addresses "global-...".
+    if report in ("delivery-status", "global-delivery-status", "feedback-report"):
         reasons.append(f"Content-Type: multipart/report; report-type={report}")
     if msg.delivery_status:
         reasons.append(f"delivery-status part with {len(msg.delivery_status)} recipient(s)")
@@ -256,8 +257,9 @@ def _auto_reply_reasons(
         elif token in ("bulk", "junk") and not has_list_headers:
             weak.append(_reason("Precedence", value))
     strong.extend(null_sender)
-    if _report_type(msg) == "disposition-notification":
-        strong.append("Content-Type: multipart/report; report-type=disposition-notification")
+    mdn = _report_type(msg)
+    if mdn in ("disposition-notification", "global-disposition-notification"):
+        strong.append(f"Content-Type: multipart/report; report-type={mdn}")
     weak.extend(
         _reason("X-Auto-Response-Suppress", v)
         for v in msg.header_all("X-Auto-Response-Suppress")[:1]

@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+from maildesk.domain.address import address_key
 from maildesk.domain.message import DeliveryStatus, ParsedMessage
 
 _ANGLE_ID_RE = re.compile(r"<([^<>\s]+)>")
@@ -123,7 +124,14 @@ def text_dead_recipients(msg: ParsedMessage, mailed: Iterable[str]) -> tuple[str
     follow each one, up to the next of ``mailed``, say the address is dead: a
     full mailbox, a policy refusal or a delay leaves the address alone.
     """
-    if msg.delivery_status or _NOT_YET_RE.search(msg.subject):
+    if msg.delivery_status:
+        return ()
+    return _words_dead(msg, mailed)
+
+
+def _words_dead(msg: ParsedMessage, mailed: Iterable[str]) -> tuple[str, ...]:
+    """:func:`text_dead_recipients`, whatever parts the bounce has."""
+    if _NOT_YET_RE.search(msg.subject):
         return ()
     report = _report_text(msg.text)
     wanted = [a.lower() for a in dict.fromkeys(mailed) if a]
@@ -180,14 +188,16 @@ def undeliverable(msg: ParsedMessage, mailed: Iterable[str]) -> Undeliverable:
     """Read a bounce against ``mailed``, the recipients of the mail of ours it returns.
 
     A delivery-status part names the address we mailed as its Original-Recipient
-    when a forward or alias rewrote the Final-Recipient; a text bounce counts only
-    for what :func:`text_dead_recipients` finds.
+    when a forward or alias rewrote the Final-Recipient, and may write its domain
+    in U-labels where we mailed the A-labels (or the other way round): an address
+    counts as ours in either form, and is reported as we mailed it. A text
+    bounce counts only for what :func:`text_dead_recipients` finds; so does a
+    report whose failed recipients are none of ours (an address it garbled, or an
+    alias target without an Original-Recipient) for what its own words say.
     """
-    ours = {a.lower() for a in mailed}
+    ours = {address_key(a): a.lower() for a in mailed}
     if not msg.delivery_status:
-        dead_ones = text_dead_recipients(msg, ours)
-        words = " ".join(_own_words(msg.text).split())[:SAID_CHARS]
-        return Undeliverable(dead=dead_ones, said=(words,) if dead_ones and words else ())
+        return _by_words(msg, ours.values())
     dead: list[str] = []
     failed: list[str] = []
     strangers: list[str] = []
@@ -196,9 +206,8 @@ def undeliverable(msg: ParsedMessage, mailed: Iterable[str]) -> Undeliverable:
         if status.action.strip().lower() != "failed":
             continue
         final = _bare_address(status.final_recipient)
-        hit = next(
-            (a for a in (final, _bare_address(status.original_recipient)) if a and a in ours), None
-        )
+        named = (final, _bare_address(status.original_recipient))
+        hit = next((ours[address_key(a)] for a in named if a and address_key(a) in ours), None)
         if hit is None:
             strangers.append(final)
             continue
@@ -209,12 +218,23 @@ def undeliverable(msg: ParsedMessage, mailed: Iterable[str]) -> Undeliverable:
         else:
             failed.append(line)
     unique = dict.fromkeys
+    if strangers and not dead and not failed:
+        return replace(
+            _by_words(msg, ours.values()), strangers=tuple(a for a in unique(strangers) if a)
+        )
     return Undeliverable(
         dead=tuple(unique(dead)),
         failed=tuple(f for f in unique(failed) if f.split(":", 1)[0] not in dead),
         strangers=tuple(a for a in unique(strangers) if a and a not in dead),
         said=tuple(unique(said)),
     )
+
+
+def _by_words(msg: ParsedMessage, mailed: Iterable[str]) -> Undeliverable:
+    """What the bounce's own words say of ``mailed``: only who is dead, and those words."""
+    dead = _words_dead(msg, mailed)
+    words = " ".join(_own_words(msg.text).split())[:SAID_CHARS]
+    return Undeliverable(dead=dead, said=(words,) if dead and words else ())
 
 
 _QUOTED_ID_RE = re.compile(r"^message-id[ \t]*:[ \t]*(?:\n[ \t]+)?(<[^<>\s]+>)", re.I | re.M)

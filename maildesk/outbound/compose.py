@@ -21,7 +21,6 @@ from email.policy import SMTP, Policy
 from email.utils import format_datetime
 from typing import NamedTuple
 
-import idna
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
@@ -35,6 +34,7 @@ from maildesk.db.models import (
     OutboxState,
     Ticket,
 )
+from maildesk.domain.address import ascii_domain
 from maildesk.domain.signing import Signer
 from maildesk.domain.subject import add_ticket_tag, one_reply_prefix
 from maildesk.intake.store import put_blob
@@ -104,21 +104,19 @@ def wire_address(address: str) -> str | None:
     local, _, domain = address.rpartition("@")
     if not local or not domain:
         return None
-    if not domain.isascii():
-        try:
-            domain = idna.encode(domain, uts46=True).decode("ascii")
-        except idna.IDNAError:
-            return None
+    wire_domain = ascii_domain(domain)
+    if wire_domain is None:
+        return None
     if not local.isascii() and not _utf8_local_part(local):
         return None
     # The syntax is RFC 5321's with any UTF-8 character as a letter (RFC 6531 s. 3.3):
     # checked on a stand-in with an ASCII letter for each of them.
     stand_in = "".join(ch if ch.isascii() else "x" for ch in local)
     try:
-        HeaderAddress(addr_spec=f"{stand_in}@{domain}")
+        HeaderAddress(addr_spec=f"{stand_in}@{wire_domain}")
     except (ValueError, TypeError, HeaderParseError):  # HeaderDefect is a ValueError
         return None
-    return f"{local}@{domain}"
+    return f"{local}@{wire_domain}"
 
 
 def _utf8_local_part(local: str) -> bool:

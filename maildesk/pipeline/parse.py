@@ -40,6 +40,7 @@ from inscriptis import get_text
 from mailparser.dates import parse_mail_date
 from mailparser.utils import get_addresses
 
+from maildesk.domain.address import dsn_address
 from maildesk.domain.message import Address, DeliveryStatus, ParsedAttachment, ParsedMessage
 from maildesk.domain.rawheader import (
     decode_header_text,
@@ -154,14 +155,21 @@ class MediaType(enum.StrEnum):
     TEXT_HTML = "text/html"
     REPORT = "multipart/report"
     DELIVERY_STATUS = "message/delivery-status"
+    GLOBAL_DELIVERY_STATUS = "message/global-delivery-status"  # RFC 6533: fields in UTF-8
     RFC822_HEADERS = "text/rfc822-headers"
     TNEF = "application/ms-tnef"
     RFC822 = "message/rfc822"
     GLOBAL = "message/global"
+    GLOBAL_HEADERS = "message/global-headers"  # RFC 6533: a returned header in UTF-8
     MESSAGE_HEADERS = "message/rfc822-headers"  # not registered, but MTAs send it
 
 
 _MESSAGE_TYPES = frozenset({MediaType.RFC822, MediaType.GLOBAL})
+_REPORT_TYPES = frozenset({MediaType.DELIVERY_STATUS, MediaType.GLOBAL_DELIVERY_STATUS})
+_HEADERS_TYPES = frozenset({MediaType.MESSAGE_HEADERS, MediaType.GLOBAL_HEADERS})
+# Transfer encodings the standard library does not undo in a message/* part it parsed
+# as a nested message (RFC 6532 s. 3.5 allows them for message/global and its kin).
+_ENCODINGS = frozenset({"base64", "quoted-printable"})
 
 
 class Disposition(enum.StrEnum):
@@ -433,8 +441,29 @@ def _message_bytes(part: Message) -> bytes:
             return b""
 
 
+def _message_content(part: Message) -> bytes:
+    """The content of a message/* part, transfer-decoded.
+
+    The standard library parses a message/* part (but delivery-status) as a nested
+    message and leaves a base64 or quoted-printable body as it came: its nested
+    "message" is then the encoded text, which is decoded here.
+    """
+    data = _message_bytes(part)
+    cte = str(part.get("content-transfer-encoding", "")).strip().lower()
+    if cte not in _ENCODINGS:
+        return data
+    holder = Message()
+    holder["Content-Transfer-Encoding"] = cte
+    holder.set_payload(data.strip().decode("ascii", "surrogateescape"))
+    decoded = holder.get_payload(decode=True)
+    return decoded if isinstance(decoded, bytes) else data
+
+
 def _payload_bytes(part: Message) -> bytes:
-    """Decoded payload of a leaf part; the serialised blocks of a delivery-status part."""
+    """Decoded payload of a leaf part; the serialised blocks of a delivery-status part,
+    the transfer-decoded content of a global one."""
+    if part.get_content_type() == MediaType.GLOBAL_DELIVERY_STATUS:
+        return _message_content(part)
     data: Any = _base64_payload(part)
     if data is None:
         data = part.get_payload(decode=True)
@@ -481,16 +510,29 @@ def _dsn_field(block: Message, name: str) -> str:
     return " ".join(text.split())
 
 
-def _dsn_blocks(part: Message) -> list[Message]:
-    """The field blocks of a delivery-status part, however it was encoded."""
+def _dsn_blocks(part: Message, defects: list[str]) -> list[Message]:
+    """The field blocks of a delivery-status part, however it was encoded.
+
+    A global one (RFC 6533) is in UTF-8; its blocks are read from its content, which
+    the standard library parsed as one nested message.
+    """
     payload = part.get_payload()
+    if part.get_content_type() == MediaType.GLOBAL_DELIVERY_STATUS:
+        text, exact = decode_text(_message_content(part), "utf-8")
+        if not exact:
+            defects.append(f"{MediaType.GLOBAL_DELIVERY_STATUS} part: not UTF-8")
+        return _field_blocks(text)
     if isinstance(payload, list) and not part.get("content-transfer-encoding", "").strip():
         return [block for block in payload if isinstance(block, Message)]
     data = part.get_payload(decode=True)
     if not isinstance(data, bytes):
         return [block for block in payload if isinstance(block, Message)]
-    text = _line_ends(decode_text(data, None)[0])
-    return [email.message_from_string(chunk) for chunk in re.split(r"\n\s*\n", text) if chunk]
+    return _field_blocks(decode_text(data, None)[0])
+
+
+def _field_blocks(text: str) -> list[Message]:
+    chunks = re.split(r"\n\s*\n", _line_ends(text))
+    return [email.message_from_string(chunk) for chunk in chunks if chunk.strip()]
 
 
 @dataclass
@@ -514,9 +556,9 @@ class _PartWalker:
             return
         self.defects.extend(type(defect).__name__ for defect in part.defects)
         ctype = part.get_content_type()
-        if ctype == MediaType.DELIVERY_STATUS:
+        if ctype in _REPORT_TYPES:
             self._delivery_status(part)
-            self._attachment(part, ctype, "delivery-status.txt")
+            self._attachment(part, ctype, f"{part.get_content_subtype()}.txt")
         elif part.get_content_maintype() == "message":
             self._nested_message(part, ctype, in_report)
         elif part.get_content_maintype() == "multipart" and not part.is_multipart():
@@ -609,8 +651,10 @@ class _PartWalker:
             "forwarded.eml" if is_message else f"{part.get_content_subtype()}.txt"
         )
         inner = part.get_payload(0) if part.is_multipart() else None
-        returned = in_report and (is_message or ctype == MediaType.MESSAGE_HEADERS)
+        returned = in_report and (is_message or ctype in _HEADERS_TYPES)
         if returned and not self.returned_headers and isinstance(inner, Message):
+            if str(part.get("content-transfer-encoding", "")).strip().lower() in _ENCODINGS:
+                inner = email.parser.BytesHeaderParser().parsebytes(_message_content(part))
             self.returned_headers = _header_pairs(inner, self.hint)
         cid_raw = part.get("content-id")
         cid = str(cid_raw).strip().strip("<>").strip() if cid_raw is not None else ""
@@ -625,7 +669,7 @@ class _PartWalker:
         )
 
     def _delivery_status(self, part: Message) -> None:
-        for block in _dsn_blocks(part):
+        for block in _dsn_blocks(part, self.defects):
             original = _dsn_field(block, "original-recipient")
             recipient = _dsn_field(block, "final-recipient") or original
             if not recipient:
@@ -635,13 +679,13 @@ class _PartWalker:
             diagnostic = _dsn_field(block, "diagnostic-code")
             self.delivery_status.append(
                 DeliveryStatus(
-                    final_recipient=recipient.split(";", 1)[-1].strip().strip("<>"),
+                    final_recipient=dsn_address(recipient),
                     action=_dsn_field(block, "action").lower(),
                     status=code.group(0) if code else status,
                     diagnostic=diagnostic.split(";", 1)[-1].strip()
                     if ";" in diagnostic
                     else diagnostic,
-                    original_recipient=original.split(";", 1)[-1].strip().strip("<>"),
+                    original_recipient=dsn_address(original) if original else "",
                 )
             )
 

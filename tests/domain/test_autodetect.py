@@ -49,6 +49,8 @@ def verdict(msg: ParsedMessage, envelope: str | None = "alice@customer.test") ->
 
 DSN = "multipart/report; report-type=delivery-status; boundary=x"
 MDN = "multipart/report; report-type=disposition-notification; boundary=x"
+GLOBAL_DSN = "multipart/report; report-type=global-delivery-status; boundary=x"
+GLOBAL_MDN = "multipart/report; report-type=global-disposition-notification; boundary=x"
 FAILED = DeliveryStatus("rfc822; bob@example.org", "failed", "5.1.1")
 
 # (case, message, envelope sender, expected kind, a reason that must be given)
@@ -81,6 +83,14 @@ CASES: list[tuple[str, ParsedMessage, str | None, AutoKind, str | None]] = [
         "Content-Type: multipart/report; report-type=delivery-status",
     ),
     ("parsed DSN part", make(delivery_status=(FAILED,)), "", AutoKind.BOUNCE, None),
+    (
+        # RFC 6533, read from IMAP (no envelope), its report part unreadable: still a bounce.
+        "global delivery-status report",
+        make(("Content-Type", GLOBAL_DSN), content_type="multipart/report"),
+        None,
+        AutoKind.BOUNCE,
+        "Content-Type: multipart/report; report-type=global-delivery-status",
+    ),
     (
         "MAILER-DAEMON",
         make(subject="Returned mail: see transcript", sender="MAILER-DAEMON@mx.example.org"),
@@ -199,6 +209,13 @@ CASES += [
         None,
         AutoKind.AUTO_REPLY,
         "Content-Type: multipart/report; report-type=disposition-notification",
+    ),
+    (
+        "read receipt for an internationalised address (RFC 6533)",
+        make(("Content-Type", GLOBAL_MDN), content_type="multipart/report"),
+        None,
+        AutoKind.AUTO_REPLY,
+        "Content-Type: multipart/report; report-type=global-disposition-notification",
     ),
 ]
 # Subjects that alone say it is automatic.

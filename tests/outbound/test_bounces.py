@@ -223,6 +223,40 @@ def test_a_bounce_names_the_address_we_mailed_as_its_original_recipient(app: App
         assert [e.reason for e in refused] == []
 
 
+def test_an_original_recipient_in_xtext_names_the_address_we_mailed(app: App) -> None:
+    """Exim and sendmail repeat the ORCPT as it came, in xtext (RFC 3461 s. 4): a "+"
+    in the address we mailed is "+2B" there."""
+    ack = ack_of(app, "alice+tickets@old.test")
+    report = dsn(ack.envelope_from, ["alice@new.test"]).replace(
+        b"Final-Recipient: rfc822; alice@new.test\r\n",
+        b"Original-Recipient: rfc822;alice+2Btickets@old.test\r\n"
+        b"Final-Recipient: rfc822; alice@new.test\r\n",
+    )
+    deliver(app, report, rcpt=(ack.envelope_from,), mail_from="")
+
+    assert suppressed(app) == {"alice+tickets@old.test"}
+    with app.db.transaction() as session:
+        refused = session.scalars(select(Event).where(Event.kind == "suppression_refused")).all()
+        assert [e.reason for e in refused] == []
+
+
+def test_a_report_naming_only_an_alias_target_is_read_by_its_own_words(app: App) -> None:
+    """Postfix writes an Original-Recipient only when it has one: its fields then name
+    the alias target alone, and its words the address we mailed."""
+    ack = ack_of(app, "alice@old.test")
+    report = dsn(ack.envelope_from, ["alice@new.test"]).replace(
+        b"Your message could not be delivered.",
+        b"<alice@new.test> (expanded from <alice@old.test>): host mx.new.test said: 550\r\n"
+        b"    5.1.1 <alice@new.test>: Recipient address rejected: User unknown",
+    )
+    deliver(app, report, rcpt=(ack.envelope_from,), mail_from="")
+
+    assert suppressed(app) == {"alice@old.test"}
+    with app.db.transaction() as session:
+        [refused] = session.scalars(select(Event).where(Event.kind == "suppression_refused"))
+        assert "alice@new.test" in refused.reason
+
+
 @pytest.mark.parametrize(
     ("status", "diagnostic"),
     [("5.2.2", "552 5.2.2 mailbox full"), ("5.7.1", "550 5.7.1 message rejected as spam")],

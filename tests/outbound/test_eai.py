@@ -98,15 +98,13 @@ def eai_mail(sender: str, subject: str, body: str, message_id: str) -> bytes:
     return msg.as_bytes()
 
 
-def by_smtp(app: App, raw: bytes, mail_from: str) -> None:
+def by_smtp(app: App, raw: bytes, mail_from: str, rcpt: str = "support@example.com") -> None:
     """Hand ``raw`` to our real SMTP listener with SMTPUTF8, then run the worker."""
     port = free_port()
     controller: Any = start(app, ListenerSettings(protocol="smtp", port=port))
     try:
         with smtplib.SMTP("127.0.0.1", port) as client:
-            client.sendmail(
-                mail_from, ["support@example.com"], raw, mail_options=["SMTPUTF8", "BODY=8BITMIME"]
-            )
+            client.sendmail(mail_from, [rcpt], raw, mail_options=["SMTPUTF8", "BODY=8BITMIME"])
     finally:
         controller.stop()
     app.worker().drain()

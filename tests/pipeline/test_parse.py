@@ -8,6 +8,7 @@ import email
 import signal
 import threading
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 import pytest
@@ -18,6 +19,7 @@ from maildesk.domain.message import ParsedMessage
 from maildesk.pipeline import parse as parse_module
 from maildesk.pipeline.deadline import DeadlineExceeded, deadline
 from maildesk.pipeline.parse import ParseError, ParseTimeout, parse_message
+from tests.eai_dsn import JOERG, exim_dsn, m365_dsn, postfix_dsn, returned_mail
 
 
 def mail(*header_lines: str, body: str = "Hello.\n", eol: str = "\n") -> bytes:
@@ -388,6 +390,118 @@ def test_dsn_returned_message_gives_returned_headers() -> None:
     message = parse_message(raw)
     assert ("Message-ID", "<orig@desk>") in message.returned_headers
     assert "original body" not in message.text
+
+
+# --- delivery reports for internationalised addresses (RFC 6533) ------------------
+
+OUR_ANSWER = returned_mail("md.r.1.abc@example.com")
+
+
+@pytest.mark.parametrize(
+    ("report", "status"), [(postfix_dsn, "5.1.1"), (exim_dsn, "5.0.0"), (m365_dsn, "5.1.10")]
+)
+def test_a_global_delivery_status_part_is_read_like_an_ascii_one(
+    report: Callable[[str, bytes], bytes], status: str
+) -> None:
+    """``message/global-delivery-status`` (8bit, plain, base64), ``utf-8`` addresses raw
+    or ``\\x{...}``-escaped, the original as ``message/global`` or ``message/global-headers``:
+    the failed recipient and the returned Message-ID, as from an ASCII report."""
+    message = parse_message(report("support+b-1@example.com", OUR_ANSWER))
+    [failed] = message.delivery_status
+    assert (failed.final_recipient, failed.original_recipient) == (JOERG, JOERG)
+    assert (failed.action, failed.status) == ("failed", status)
+    assert "jörg@example.de" in failed.diagnostic
+    assert ("Message-ID", "<md.r.1.abc@example.com>") in message.returned_headers
+    assert ("To", "Jörg Müller <jörg@example.de>") in message.returned_headers
+    [part] = [a for a in message.attachments if a.content_type.endswith("delivery-status")]
+    assert b"Final-Recipient: " in part.content  # kept decoded (Microsoft's is base64)
+
+
+def test_a_global_delivery_status_part_in_quoted_printable_is_decoded() -> None:
+    fields = "Reporting-MTA: dns; mx.example.de\n\nFinal-Recipient: utf-8; j=C3=B6rg@example.de\n"
+    raw = multipart(
+        "Content-Type: text/plain\n\nbounced",
+        "Content-Type: message/global-delivery-status\n"
+        f"Content-Transfer-Encoding: quoted-printable\n\n{fields}Action: failed\nStatus: 5.1.1\n",
+        subtype="report",
+    )
+    [failed] = parse_message(raw).delivery_status
+    assert (failed.final_recipient, failed.status) == (JOERG, "5.1.1")
+
+
+def test_a_returned_message_global_in_base64_gives_its_headers() -> None:
+    """RFC 6532 lets message/global travel in base64: its headers are read decoded."""
+    raw = multipart(
+        "Content-Type: text/plain\n\nbounced",
+        "Content-Type: message/global-delivery-status\n\n"
+        "Reporting-MTA: dns; mx\n\nFinal-Recipient: utf-8; j\\x{F6}rg@example.de\n"
+        "Action: failed\nStatus: 5.1.1\n",
+        b64_part("message/global", "", OUR_ANSWER),
+        subtype="report",
+    )
+    message = parse_message(raw)
+    assert message.delivery_status[0].final_recipient == JOERG
+    assert ("Message-ID", "<md.r.1.abc@example.com>") in message.returned_headers
+
+
+@pytest.mark.parametrize(
+    ("fields", "recipient"),
+    [
+        # Latin-1 where UTF-8 belongs: read as Latin-1
+        (b"Final-Recipient: utf-8; j\xf6rg@example.de\nAction: failed\n", "jörg@example.de"),
+        # a truncated UTF-8 sequence and a stray continuation byte: read byte for byte
+        (b"Final-Recipient: utf-8; j\xc3rg\x80@example.de\nAction: failed\n", "jÃrg€@example.de"),
+        # bad escapes: kept as written
+        (
+            b"Final-Recipient: utf-8; j\\x{D800}rg@ex\\x{.de\nAction: failed\n",
+            "j\\x{D800}rg@ex\\x{.de",
+        ),
+        # no fields at all, only garbage
+        (b"\xff\xfe\x00garbage\n\n\n: : :\n", None),
+    ],
+)
+def test_a_malformed_global_report_never_raises_and_is_kept(
+    fields: bytes, recipient: str | None
+) -> None:
+    raw = (
+        b"From: MAILER-DAEMON@mx.example.de\nSubject: Undelivered Mail\nContent-Type: "
+        b'multipart/report; report-type=delivery-status; boundary="XYZ"\n\n'
+        b"--XYZ\nContent-Type: text/plain\n\nbounced\n"
+        b"--XYZ\nContent-Type: message/global-delivery-status\n\n"
+        b"Reporting-MTA: dns; mx.example.de\n\n" + fields + b"\n--XYZ--\n"
+    )
+    message = parse_message(raw)
+    assert [d.final_recipient for d in message.delivery_status] == (
+        [recipient] if recipient else []
+    )
+    [part] = [a for a in message.attachments if a.content_type == "message/global-delivery-status"]
+    assert part.content.startswith(b"Reporting-MTA: dns; mx.example.de\n")
+    not_utf8 = "message/global-delivery-status part: not UTF-8"
+    assert (not_utf8 in message.defects) == (not fields.isascii())
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    content=st.binary(max_size=400),
+    cte=st.sampled_from(["", "8bit", "7bit", "base64", "quoted-printable", "x-unknown"]),
+    ctype=st.sampled_from(["message/global-delivery-status", "message/global-headers"]),
+)
+def test_any_global_report_part_parses_and_is_kept(content: bytes, cte: str, ctype: str) -> None:
+    """Whatever an RFC 6533 part holds, the report parses (no quarantine) and keeps it."""
+    encoding = f"Content-Transfer-Encoding: {cte}\n".encode() if cte else b""
+    raw = (
+        b'From: MAILER-DAEMON@mx.example.de\nContent-Type: multipart/report; boundary="XYZ"\n\n'
+        b"--XYZ\nContent-Type: text/plain\n\nbounced\n"
+        b"--XYZ\nContent-Type: "
+        + ctype.encode()
+        + b"\n"
+        + encoding
+        + b"\n"
+        + content.replace(b"--XYZ", b"")
+        + b"\n--XYZ--\n"
+    )
+    message = parse_message(raw)
+    assert [a.content_type for a in message.attachments] == [ctype]
 
 
 # --- hostile and empty input -----------------------------------------------------
