@@ -731,6 +731,8 @@ def outbox_drain(ctx: click.Context) -> None:
         f"sent {result.sent}, retry later {result.retried}, "
         f"failed {result.failed}, suppressed {result.suppressed}, dropped {result.dropped}"
     )
+    if sender.outage.down:  # what is not sent yet is sent by a later drain
+        _fail("database unavailable: drain stopped; the rest stays queued", EX_TEMPFAIL)
 
 
 @main.group("dkim")

@@ -27,6 +27,8 @@ from sqlalchemy import Connection, text
 
 from maildesk.app import App
 from maildesk.config import ListenerSettings
+from maildesk.db.database import is_transient, is_unavailable
+from maildesk.db.outage import Outage
 from maildesk.intake.imap import ImapIntake
 from maildesk.intake.oversize import add_oversize_notices
 from maildesk.intake.smtp import IntakeHandler, build_controller
@@ -285,12 +287,33 @@ class Daemon:
             log.info("maildesk running (node %s)", self.app.node_name)
             watchdog_every = self.notifier.watchdog_usec / 2e6 if self.notifier.watchdog_usec else 0
             last_ping = 0.0
+            outage = Outage(
+                logging.getLogger("maildesk.pipeline"),
+                "pipeline",
+                base=self.app.settings.pipeline.retry_delay_seconds,
+            )
             while not self.stop_requested.is_set():
-                self.wakeup.clear()
-                worker.drain(should_stop=self.stop_requested.is_set, batch_size=DAEMON_BATCH)
+                # Also while the database is away: the daemon is alive, waiting for it.
                 if watchdog_every and time.monotonic() - last_ping >= watchdog_every:
                     self.notifier.notify("WATCHDOG=1")
                     last_ping = time.monotonic()
+                if not outage.ready():  # new mail does not cut the backoff short
+                    self.stop_requested.wait(0.5)
+                    continue
+                self.wakeup.clear()
+                try:
+                    worker.drain(should_stop=self.stop_requested.is_set, batch_size=DAEMON_BATCH)
+                except Exception as exc:
+                    if is_unavailable(exc):
+                        # Stored mail stays stored, the listeners go on taking mail:
+                        # it is all processed once the database is back.
+                        outage.failed(exc)
+                        continue
+                    if not is_transient(exc):  # a bug, not an outage
+                        raise
+                    log.warning("pipeline: temporary database failure, again soon: %s", exc)
+                else:
+                    outage.succeeded()
                 self.wakeup.wait(timeout=1.0)
         finally:
             self.shutdown()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,6 +12,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
+from psycopg import OperationalError as PgOperationalError
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
@@ -31,12 +33,49 @@ class StorageUnavailable(Exception):
 
 
 def is_transient(exc: BaseException) -> bool:
-    """True for database errors that are not the message's fault (down, locked, busy)."""
-    if isinstance(exc, StorageUnavailable):
-        return True
-    if isinstance(exc, OperationalError):
+    """True for database errors worth trying again later (down, locked, busy, timed out).
+
+    Wider than :func:`is_unavailable`: an ``OperationalError`` such as a statement
+    timeout may well be this message's doing, so it is retried, but counted.
+    """
+    if is_unavailable(exc) or isinstance(exc, OperationalError):
         return True
     return isinstance(exc, DBAPIError) and bool(exc.connection_invalidated)
+
+
+# SQLSTATE classes of a PostgreSQL server that cannot do any work now, whatever was
+# asked: connection exception (08), insufficient resources (53), operator intervention
+# (57: shut down, terminated, starting up), system error (58). Not 57014, a statement
+# cancelled or timed out, which the statement itself may have earned.
+_PG_UNAVAILABLE_CLASSES = frozenset({"08", "53", "57", "58"})
+_PG_NOT_UNAVAILABLE = frozenset({"57014"})
+# SQLite result codes of a database that is locked by another process or that the
+# file system fails: BUSY, LOCKED, NOMEM, IOERR, FULL, CANTOPEN, PROTOCOL.
+_SQLITE_UNAVAILABLE = frozenset({5, 6, 7, 10, 13, 14, 15})
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """True when the database cannot be used at all now: down, restarted, unreachable,
+    its connection killed, or (SQLite) locked by another process or failing on disk.
+
+    Nobody's fault, and never the message's: the work is retried later and does
+    not count as one of the message's attempts (MAIL-RULES §1).
+    """
+    if isinstance(exc, StorageUnavailable):
+        return True
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    orig = exc.orig if isinstance(exc, DBAPIError) else exc
+    if isinstance(orig, PgOperationalError):
+        state = orig.sqlstate
+        # No SQLSTATE: the connection failed before the server answered anything.
+        return state is None or (
+            state[:2] in _PG_UNAVAILABLE_CLASSES and state not in _PG_NOT_UNAVAILABLE
+        )
+    if isinstance(orig, sqlite3.OperationalError):
+        code = getattr(orig, "sqlite_errorcode", None)
+        return code is not None and code & 0xFF in _SQLITE_UNAVAILABLE
+    return False
 
 
 # SQLSTATEs of a transaction PostgreSQL failed because of another one: a deadlock

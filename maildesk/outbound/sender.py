@@ -33,8 +33,9 @@ from sqlalchemy.orm import Session
 
 from maildesk.config import OutboundSettings
 from maildesk.connection_watch import CommandOverdue, ConnectionWatch
-from maildesk.db.database import Database, is_lock_conflict
+from maildesk.db.database import Database, is_lock_conflict, is_transient, is_unavailable
 from maildesk.db.models import Blob, Event, Outbox, OutboxState, Suppression
+from maildesk.db.outage import Outage
 from maildesk.outbound.agent_notices import overtaken
 from maildesk.outbound.compose import needs_smtputf8
 from maildesk.outbound.delivery_failed import Undelivered
@@ -295,6 +296,11 @@ class OutboxSender:
         self.claim_timeout = claim_timeout
         self.dkim = dkim  # signs each attempt's bytes; the stored blob stays unsigned
         self.undelivered = undelivered
+        self.outage = Outage(log, "outbox sender")
+        # What a database outage kept from being written: deliveries made (recorded
+        # before anything else, so the mail is not sent again) and claims not sent.
+        self._unrecorded: dict[int, Attempt] = {}
+        self._unsent: set[int] = set()
 
     def cut_deliveries(self) -> None:
         """Cut a delivery still running (on stop, after a grace): it is retried later."""
@@ -391,13 +397,41 @@ class OutboxSender:
         one delivery, not for a whole batch at a slow relay.
         """
         result = DrainResult()
-        claimed = self._claim(limit)
+        if not self.outage.ready():  # the database is away: wait out the backoff
+            return result
+        try:
+            self._catch_up(result)
+            claimed = self._claim(limit)
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            self.outage.failed(exc)
+            return result
+        self.outage.succeeded()
         for n, outbox_id in enumerate(claimed):
-            if should_stop():
-                self._release(claimed[n:])
+            try:
+                if should_stop():
+                    self._release(claimed[n:])
+                    break
+                self._send_one(outbox_id, result)
+            except Exception as exc:
+                if is_transient(exc):  # given back (or recorded) at the next drain
+                    self._unsent.update(i for i in claimed[n:] if i not in self._unrecorded)
+                if not is_unavailable(exc):
+                    raise
+                self.outage.failed(exc)
                 break
-            self._send_one(outbox_id, result)
         return result
+
+    def _catch_up(self, result: DrainResult) -> None:
+        """Write what an outage kept from being written; raises while it lasts."""
+        for outbox_id, attempt in list(self._unrecorded.items()):
+            self._record(outbox_id, attempt, result)
+            del self._unrecorded[outbox_id]
+            log.info("outbox=%s: delivery recorded after the database came back", outbox_id)
+        if self._unsent:
+            self._release(sorted(self._unsent))
+            self._unsent.clear()
 
     def _release(self, outbox_ids: list[int]) -> None:
         with self.db.transaction() as session:
@@ -441,7 +475,15 @@ class OutboxSender:
                 refused = exc
             except (TemporaryFailure, PermanentFailure) as exc:
                 error = exc
-        self._record(outbox_id, Attempt(live, blocked, error, refused), result)
+        attempt = Attempt(live, blocked, error, refused)
+        try:
+            self._record(outbox_id, attempt, result)
+        except Exception as exc:
+            if is_transient(exc):
+                # Sent but not recorded: the claim stays this node's, recorded at the
+                # next drain before any claim, so the mail is not sent a second time.
+                self._unrecorded[outbox_id] = attempt
+            raise
 
     def _record(self, outbox_id: int, attempt: Attempt, result: DrainResult) -> None:
         """Record what the delivery did, in one transaction; again after a lock conflict.

@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from maildesk.config import Settings
-from maildesk.db.database import Database, is_lock_conflict, is_transient
+from maildesk.db.database import Database, is_lock_conflict, is_transient, is_unavailable
 from maildesk.db.models import Blob, Disposition, Intake, IntakeState
 from maildesk.domain.signing import Signer
 from maildesk.outbound.notices import Notices
@@ -101,6 +101,9 @@ class Worker:
         self.node = node_name
         self.deps = StageDeps(settings, signer, clock, router)
         self.parse_pool = ParsePool(settings.pipeline, ScorerSpec.from_settings(settings))
+        # Claims a temporary failure could not put back (the database was away
+        # then, too): put back before anything else is claimed.
+        self._unreleased: dict[int, BaseException] = {}
 
     # -- claiming ---------------------------------------------------------
     def claim(self, limit: int = 64) -> list[MessageContext]:
@@ -402,26 +405,48 @@ class Worker:
         )
 
     def _postpone(self, intake_id: int, exc: BaseException) -> Outcome:
-        """Put the message back for later; a lock conflict does not count as an attempt.
+        """Put the message back for later.
 
-        ``max_attempts`` is there for mail that keeps failing the worker; other
-        nodes' transactions crossing this one's are nobody's fault (MAIL-RULES §1:
-        a temporary failure is retried, never quarantined).
+        ``max_attempts`` is there for mail that keeps failing the worker. A lock
+        conflict with other nodes' transactions, or the database being away
+        (down, restarted, connections killed, SQLite locked by another process),
+        is nobody's fault and does not count as an attempt (MAIL-RULES §1: a
+        temporary failure is retried, never quarantined). If the database is
+        still away, the claim is put back by this worker once it is there again.
         """
         reason = f"temporary failure, will retry: {exc}"
-        log.warning("intake=%s %s", intake_id, reason)
-        delay = timedelta(seconds=self.settings.pipeline.retry_delay_seconds)
+        if is_unavailable(exc):  # the outage itself is said once, by the loop (Outage)
+            log.info("intake=%s put back, database unavailable", intake_id)
+        else:
+            log.warning("intake=%s %s", intake_id, reason)
+        if self._unreleased:  # a put-back failed just now: the database is away still
+            self._unreleased[intake_id] = exc
+            return Outcome(intake_id, None, reason=reason)
         try:
-            with self.db.transaction() as session:
-                row = session.get(Intake, intake_id)
-                if row is not None and row.claimed_by == self.node:
-                    row.state, row.claimed_by = IntakeState.PENDING, None
-                    row.not_before, row.last_error = self.clock() + delay, str(exc)[:2000]
-                    if is_lock_conflict(exc):
-                        row.attempts = max(row.attempts - 1, 0)
+            self._put_back(intake_id, exc)
         except SQLAlchemyError:
-            pass  # the claim times out (or the node restarts) and it is picked up again
+            self._unreleased[intake_id] = exc
         return Outcome(intake_id, None, reason=reason)
+
+    def _put_back(
+        self, intake_id: int, exc: BaseException, *, delay: timedelta | None = None
+    ) -> None:
+        if delay is None:
+            delay = timedelta(seconds=self.settings.pipeline.retry_delay_seconds)
+        with self.db.transaction() as session:
+            row = session.get(Intake, intake_id)
+            if row is not None and row.claimed_by == self.node:
+                row.state, row.claimed_by = IntakeState.PENDING, None
+                row.not_before, row.last_error = self.clock() + delay, str(exc)[:2000]
+                if is_lock_conflict(exc) or is_unavailable(exc):
+                    row.attempts = max(row.attempts - 1, 0)
+
+    def put_back_unreleased(self) -> None:
+        """Put back the claims a temporary failure left with this node; raises while the
+        database is still away."""
+        for intake_id, exc in list(self._unreleased.items()):
+            self._put_back(intake_id, exc, delay=timedelta(0))  # waited out with the outage
+            del self._unreleased[intake_id]
 
     def _fail(self, session: Session, intake: Intake, reason: str) -> Outcome:
         with session.begin_nested():
@@ -441,19 +466,30 @@ class Worker:
         SQLite write lock is never held long while listeners wait to store.
         """
         summary = Summary()
+        self.put_back_unreleased()
         # A small first batch: nothing is applied until it is parsed, so the
         # pipeline fills sooner (the parser works one batch ahead of apply).
         batch = self.claim(min(batch_size, FIRST_BATCH))
         parsed = self.parse_pool.submit(batch)
+        failure: Exception | None = None
         while batch:
             # Claim and start parsing the next batch before applying this one.
-            upcoming = [] if should_stop() else self.claim(batch_size)
+            upcoming: list[MessageContext] = []
+            if failure is None and not should_stop():
+                try:
+                    upcoming = self.claim(batch_size)
+                except Exception as exc:
+                    if not is_transient(exc):
+                        raise
+                    failure = exc  # the batch in hand is applied (or put back) first
             upcoming_parsed = self.parse_pool.submit(upcoming)
             for outcome in self.apply_parsed(parsed()):
                 summary.add(outcome)
                 if on_outcome is not None:
                     on_outcome(outcome)
             batch, parsed = upcoming, upcoming_parsed
+        if failure is not None:
+            raise failure
         return summary
 
     def close(self) -> None:

@@ -25,8 +25,9 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from maildesk.config import Settings
-from maildesk.db.database import Database, is_transient
+from maildesk.db.database import Database, is_transient, is_unavailable
 from maildesk.db.models import SlaEscalation, SlaTargetRow, Ticket, TicketStatus
+from maildesk.db.outage import Outage
 from maildesk.outbound.notices import Notices
 from maildesk.people import Directory
 from maildesk.sla.actions import Escalation, EscalationActions
@@ -105,6 +106,7 @@ class SlaSweeper:
         self.calendars: Mapping[str, BusinessCalendar] = build_calendars(settings)
         self.actions = EscalationActions(settings, notices, directory, clock)
         self._first_run = True  # the catch-up sweep on start always says what it did
+        self.outage = Outage(log, "sla sweep")
 
     @classmethod
     def for_app(cls, app: App) -> SlaSweeper:
@@ -113,10 +115,26 @@ class SlaSweeper:
         )
 
     def run(self) -> SweepResult:
-        """One pass over every ticket that is not closed (and closed ones not yet final)."""
+        """One pass over every ticket that is not closed (and closed ones not yet final).
+
+        While the database is away the pass is skipped (said once, retried with
+        backoff); a batch it cut off is rolled back whole, ledger rows with it,
+        so the next pass fires what it had fired, once.
+        """
+        if not self.sla.enabled or not self.outage.ready():
+            return SweepResult()
+        try:
+            total = self._run()
+        except Exception as exc:
+            if not is_unavailable(exc):
+                raise
+            self.outage.failed(exc)
+            return SweepResult()
+        self.outage.succeeded()
+        return total
+
+    def _run(self) -> SweepResult:
         total = SweepResult()
-        if not self.sla.enabled:
-            return total
         after = 0
         while True:
             with self.db.transaction() as session:
