@@ -583,3 +583,39 @@ def test_the_wait_grows_while_the_database_stays_away_and_it_is_said_once(
     assert len(warnings) == 2, warnings
     assert "database unavailable" in warnings[0] and "connection refused" in warnings[0]
     assert "database available again after 243.5s" in warnings[1]
+
+
+def test_a_message_whose_statement_times_out_does_not_spend_its_neighbours_attempts(
+    pg: tuple[App, PgOutage], clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A statement timeout is temporary but may be the message's doing: counted for it
+    alone. Its batch is applied one by one, so the good mail beside it goes through at
+    once, and after ``max_attempts`` only the slow one is quarantined."""
+    app, outage = pg
+    with outage.admin.connect() as conn:
+        conn.execute(text(f'ALTER DATABASE "{outage.name}" SET statement_timeout = 300'))
+    app.db.engine.dispose()  # new connections take the timeout
+
+    def slow(ctx: MessageContext, session: Session, _deps: StageDeps) -> Stop | None:
+        if ctx.parsed is not None and ctx.parsed.subject.startswith("slow"):
+            session.execute(text("SELECT pg_sleep(1)"))
+        return None
+
+    monkeypatch.setattr(runner, "DB_STAGES", [("slow", slow), *runner.DB_STAGES])
+    store(app, 1)
+    store(app, 2, subject="slow report")
+    store(app, 3)
+    worker = app.worker("node-a")
+    try:
+        first = worker.drain()
+        assert first.as_dict()["created"] == 2, first.as_dict()
+        for _ in range(MAX_ATTEMPTS):
+            next_round(clock, app)
+            worker.drain()
+    finally:
+        worker.close()
+    one, slow_one, three = intakes(app)
+    assert (one.disposition, three.disposition) == (Disposition.CREATED,) * 2
+    assert one.attempts == three.attempts == 1
+    assert slow_one.disposition is Disposition.QUARANTINED
+    assert "statement timeout" in (slow_one.quarantine_reason or "")

@@ -104,6 +104,9 @@ class Worker:
         # Claims a temporary failure could not put back (the database was away
         # then, too): put back before anything else is claimed.
         self._unreleased: dict[int, BaseException] = {}
+        # Messages of a batch applied one by one that met a temporary failure of
+        # their own (a statement timeout): put back, counted, once the rest commits.
+        self._deferred: dict[int, BaseException] = {}
 
     # -- claiming ---------------------------------------------------------
     def claim(self, limit: int = 64) -> list[MessageContext]:
@@ -237,17 +240,28 @@ class Worker:
         try:
             return self._apply_retrying(batch, stops, isolated=False)
         except Exception as exc:
-            if is_transient(exc):
+            if (
+                is_unavailable(exc)
+                or is_lock_conflict(exc)
+                or (is_transient(exc) and len(batch) == 1)
+            ):
                 return [self._postpone(ctx.intake_id, exc) for ctx in batch]
+            # Also a temporary failure such as a statement timeout: one message may
+            # have earned it, and must not spend its neighbours' attempts.
             log.info("batch of %d rolled back (%s); applying one by one", len(batch), exc)
         for ctx in batch:
             ctx.reset_decisions()
         try:
-            return self._apply_retrying(batch, stops, isolated=True)
+            outcomes = self._apply_retrying(batch, stops, isolated=True)
         except Exception as exc:
             if not is_transient(exc):
                 raise
             return [self._postpone(ctx.intake_id, exc) for ctx in batch]
+        deferred, self._deferred = self._deferred, {}
+        return [
+            self._postpone(o.intake_id, deferred[o.intake_id]) if o.intake_id in deferred else o
+            for o in outcomes
+        ]
 
     def _apply_retrying(
         self, batch: list[MessageContext], stops: dict[int, Stop | None], *, isolated: bool
@@ -273,6 +287,7 @@ class Worker:
     def _apply_batch(
         self, batch: list[MessageContext], stops: dict[int, Stop | None], *, isolated: bool
     ) -> list[Outcome]:
+        self._deferred = {}  # what an earlier try of this batch deferred was rolled back
         with self.db.transaction() as session:
             applier = Applier(self.settings, self.clock(), self.notices)
             intakes = self._still_claimed(session, batch)
@@ -358,9 +373,13 @@ class Worker:
                 if attempt == 2:
                     return self._fail(session, intake, "conflicting concurrent writes twice")
             except Exception as exc:
-                if is_transient(exc):
-                    raise
+                if is_unavailable(exc) or is_lock_conflict(exc):
+                    raise  # the whole batch waits (or is applied again)
                 applier.discard_events()
+                if is_transient(exc):  # e.g. its statement timed out: later, counted
+                    ctx.reset_decisions()
+                    self._deferred[ctx.intake_id] = exc
+                    return Outcome(ctx.intake_id, None, reason=f"temporary failure: {exc}")
                 log.exception("intake=%s failed", ctx.intake_id)
                 return self._fail(
                     session, intake, f"processing failed: {type(exc).__name__}: {exc}"
