@@ -180,7 +180,8 @@ def assign_ticket(
     record(
         "assigned",
         result.reason if result.agent is None else f"assigned to {result.agent}: {result.reason}",
-        {"agent": result.agent, "group": ticket.group, "rule": result.rule},
+        {"agent": result.agent, "group": ticket.group, "rule": result.rule}
+        | ({"reopened": True} if reopened else {}),
     )
     return result
 

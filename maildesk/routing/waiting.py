@@ -29,7 +29,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.base import BaseScheduler
 from sqlalchemy import Select, func, select
@@ -65,7 +65,7 @@ def waiting_groups(directory: Directory) -> list[GroupSettings]:
     return [g for g in directory.groups.values() if g.strategy != Strategy.NONE]
 
 
-def _waiting_query(group: str, limit: int) -> Select[Ticket, datetime]:
+def _waiting_query(group: str, limit: int) -> Select[Ticket, datetime, Any]:
     last_assigned = (
         select(func.max(Event.id))
         .where(Event.ticket_id == Ticket.id, Event.kind == "assigned")
@@ -73,7 +73,7 @@ def _waiting_query(group: str, limit: int) -> Select[Ticket, datetime]:
         .scalar_subquery()
     )
     return (
-        select(Ticket, Event.at)
+        select(Ticket, Event.at, Event.data)
         .join(Event, Event.id == last_assigned)
         .where(
             Ticket.group == group,
@@ -128,10 +128,18 @@ def assign_waiting_in_group(
     told = AgentNotices(notices, directory)
     done: list[Assigned] = []
     names = [m.name for m in directory.members(group.name)]
-    for ticket, since in rows:
+    for ticket, since, data in rows:
         since = since if since.tzinfo else since.replace(tzinfo=UTC)
+        # A reopened ticket that found its last assignee away goes back to them if
+        # they are the one available now, as it would have when it reopened.
         result: Assignment = choose_in_group(
-            session, ticket, group, settings=settings, directory=directory, now=now
+            session,
+            ticket,
+            group,
+            settings=settings,
+            directory=directory,
+            now=now,
+            reopened=bool(data and data.get("reopened")),
         )
         if result.agent is None:
             break  # nobody eligible: no later ticket of this group finds anyone either

@@ -23,8 +23,12 @@ from maildesk.routing.waiting import WaitingAssigner
 from maildesk.service import Daemon
 from maildesk.tickets import change_status
 from tests.conftest import FrozenClock
-from tests.mailfactory import deliver, make_mail
-from tests.routing.test_assignment_review import desk, pg_private  # noqa: F401 (a fixture)
+from tests.mailfactory import deliver, make_mail, reply_to
+from tests.routing.test_assignment_review import (  # noqa: F401 (pg_private: a fixture)
+    desk,
+    pg_private,
+    resolve,
+)
 from tests.routing.test_route_stage import events_of, ticket_of
 
 OFFICE = {d: "09:00-17:00" for d in ("mon", "tue", "wed", "thu", "fri")}
@@ -147,10 +151,26 @@ def test_the_cap_holds_across_the_batch_and_the_rotation_is_fair(
     )
 
 
-def resolve(app: App, number: int, clock: FrozenClock) -> None:
-    with app.db.transaction() as session:
-        ticket = session.scalars(select(Ticket).where(Ticket.number == number)).one()
-        change_status(session, ticket, TicketStatus.RESOLVED, clock(), None, actor="agent:x")
+def test_a_reopened_ticket_that_waited_goes_back_to_its_agent(
+    tmp_path: Path, database_url: str, night: FrozenClock
+) -> None:
+    """ann had the ticket; the customer reopens it at night (nobody on shift): in the
+    morning it goes back to ann, as it would have at once had she been on shift,
+    not to ben, whose turn it is in the rotation."""
+    app = desk(tmp_path, database_url, night, **TEAM)
+    first = make_mail(sender="c1@customer.test", subject="printer 1")
+    deliver(app, first, mail_from="c1@customer.test")
+    night.now = night.now.replace(hour=9, minute=5)
+    assert run_job(app) == [(1, "ann")]
+    resolve(app, 1, night)
+    night.advance(hours=22)  # Tuesday 07:05: both off shift
+    deliver(app, reply_to(first, sender="c1@customer.test", body="still jams"), mail_from="c1@x")
+    ticket = ticket_of(app, 1)
+    assert (ticket.status, ticket.assignee) == (TicketStatus.OPEN, None)
+    assert "reopened: ann not available" in events_of(app, 1, "assigned")[-1].reason
+    night.advance(hours=2)  # 09:05: ann and ben on shift; the rotation would pick ben
+    assert run_job(app) == [(1, "ann")]
+    assert "reopened: back to ann" in events_of(app, 1, "assigned")[-1].reason
 
 
 def test_tickets_that_are_not_waiting_for_an_agent_are_left_alone(
