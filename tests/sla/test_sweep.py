@@ -45,14 +45,20 @@ def _set(app, ticket_id: int, **values: object) -> None:  # type: ignore[no-unty
             setattr(ticket, key, value)
 
 
-def _sla_mail(app) -> list[tuple[int | None, str, list[str]]]:  # type: ignore[no-untyped-def]
+def _all_mail(app) -> list[tuple[int | None, str, list[str]]]:  # type: ignore[no-untyped-def]
     with app.db.transaction() as session:
         rows = session.execute(
-            select(Outbox.ticket_id, Outbox.purpose, Outbox.recipients)
-            .where(Outbox.purpose.like("sla_%"))
-            .order_by(Outbox.id)
+            select(Outbox.ticket_id, Outbox.purpose, Outbox.recipients).order_by(Outbox.id)
         ).all()
     return [(t, p, list(r)) for t, p, r in rows]
+
+
+def _sla_mail(app) -> list[tuple[int | None, str, list[str]]]:  # type: ignore[no-untyped-def]
+    return [row for row in _all_mail(app) if row[1].startswith("sla_")]
+
+
+def _purposes_to(app, address: str) -> list[str]:  # type: ignore[no-untyped-def]
+    return [p for _, p, r in _all_mail(app) if address in r]
 
 
 def test_friday_evening_ticket_is_due_monday(
@@ -237,18 +243,6 @@ def test_a_breach_reassignment_to_a_group_nobody_can_take_waits_there(
     clock.now = berlin(2026, 3, 10, 9, 0)
     assert [a.agent for a in WaitingAssigner.for_app(app).run()] == ["dave"]
     assert _purposes_to(app, "dave@example.com") == ["assigned"]
-
-
-def _purposes_to(app, address: str) -> list[str]:  # type: ignore[no-untyped-def]
-    return [p for _, p, r in _all_mail(app) if address in r]
-
-
-def _all_mail(app) -> list[tuple[int | None, str, list[str]]]:  # type: ignore[no-untyped-def]
-    with app.db.transaction() as session:
-        rows = session.execute(
-            select(Outbox.ticket_id, Outbox.purpose, Outbox.recipients).order_by(Outbox.id)
-        ).all()
-    return [(t, p, list(r)) for t, p, r in rows]
 
 
 def test_notifications_wait_for_the_recipients_working_hours(
