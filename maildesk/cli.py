@@ -74,6 +74,7 @@ class LazyGroup(click.Group):
         "categorize": "maildesk.routing.categorize_cli:categorize",
         "report": "maildesk.reports.cli:report",
         "rules": "maildesk.routing.rules_cli:rules",
+        "privacy": "maildesk.privacy.cli:privacy",
     }
 
     def list_commands(self, ctx: click.Context) -> list[str]:

@@ -343,6 +343,14 @@ class OAuth2Mechanism(enum.StrEnum):
     OAUTHBEARER = "oauthbearer"  # RFC 7628
 
 
+class RetentionSettings(_Section):
+    """How long tickets are kept once done with (``maildesk privacy purge`` does it daily)."""
+
+    # Tickets closed (or resolved and left so) longer ago than this are deleted
+    # with all their mail. 0: keep forever.
+    closed_ticket_days: float = Field(default=0, ge=0)
+
+
 class ImapMailboxSettings(_Section):
     """One IMAP mailbox maildesk reads; each folder gets its own poller."""
 
@@ -691,6 +699,7 @@ class Settings(_Section):
     outbound: OutboundSettings = OutboundSettings()
     acknowledgements: AcknowledgementSettings = AcknowledgementSettings()
     spam: SpamSettings = SpamSettings()
+    retention: RetentionSettings = RetentionSettings()
     imap: tuple[ImapMailboxSettings, ...] = ()
     address: tuple[AddressSettings, ...] = ()  # per-address defaults ([[address]] tables)
     agents: tuple[AgentSettings, ...] = ()  # [[agents]] tables

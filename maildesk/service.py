@@ -33,6 +33,7 @@ from maildesk.intake.imap import ImapIntake
 from maildesk.intake.oversize import add_oversize_notices
 from maildesk.intake.smtp import IntakeHandler, build_controller
 from maildesk.outbound.sender import OutboxSender
+from maildesk.privacy.jobs import add_retention
 from maildesk.routing.models import pull_models
 from maildesk.routing.waiting import add_waiting_assignment
 from maildesk.sla.jobs import add_sla_jobs
@@ -246,6 +247,7 @@ class Daemon:
         add_spam_learning(scheduler, self.app)
         add_oversize_notices(scheduler, self.app)
         add_waiting_assignment(scheduler, self.app)
+        add_retention(scheduler, self.app)
         scheduler.add_job(
             pull_models,
             "interval",

@@ -202,6 +202,10 @@ class Ticket(Base):
         back_populates="ticket", order_by="Message.id", foreign_keys="Message.ticket_id"
     )
 
+    # The number is the id, and our mails carry it signed: a deleted ticket's
+    # number must never be given again (SQLite reuses the highest rowid otherwise).
+    __table_args__ = ({"sqlite_autoincrement": True},)
+
 
 class Participant(Base):
     __tablename__ = "participants"

@@ -453,7 +453,9 @@ class OutboxSender:
             return
         with self.db.transaction() as session:
             row = session.get(Outbox, outbox_id)
-            assert row is not None
+            if row is None:  # erased (`maildesk privacy`) since the claim was renewed
+                log.info("outbox=%s: erased before it was sent", outbox_id)
+                return
             if (why := overtaken(session, row)) is not None:
                 self._drop(session, row, why)
                 result.dropped += 1
@@ -514,7 +516,9 @@ class OutboxSender:
         live, blocked, error, refused = attempt
         with self.db.transaction() as session:
             row = session.get(Outbox, outbox_id)
-            assert row is not None
+            if row is None:  # erased (`maildesk privacy`) while it was being delivered
+                log.info("outbox=%s: erased while it was delivered; nothing to record", outbox_id)
+                return
             row.attempts += 1
             row.claimed_by = row.claimed_at = None
             now = self.clock()

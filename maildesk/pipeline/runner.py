@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, or_, select, text, update
-from sqlalchemy.exc import IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, NoResultFound, SQLAlchemyError
 from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
@@ -365,8 +365,9 @@ class Worker:
             try:
                 with session.begin_nested():
                     return self._decide_and_apply(session, applier, ctx, intake, parse_stop)
-            except IntegrityError:
-                # Another node stored the same message or id at the same moment:
+            except (IntegrityError, NoResultFound):
+                # Another node stored the same message or id at the same moment, or
+                # erased the ticket it threads to (``privacy forget``, retention):
                 # decide again against what it wrote.
                 applier.discard_events()
                 ctx.reset_decisions()

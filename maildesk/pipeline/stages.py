@@ -250,12 +250,20 @@ def bounced_mail(ctx: MessageContext, session: Session, deps: StageDeps) -> list
         signed = deps.signer.parse_reply_local_part(local)
         if signed is not None and signed.purpose == RefPurpose.BOUNCE:
             row = session.get(Outbox, int(signed.extra[0]))
-            if row is not None:
+            # The row must still be that ticket's: an id freed by an erasure may be
+            # another customer's mail now (SQLite gives the highest free id again).
+            if row is not None and _ticket_number(session, row.ticket_id) == signed.ticket:
                 rows.append(row)
     ids = list(bounced_message_ids(ctx.message))
     if ids:
         rows.extend(session.scalars(select(Outbox).where(Outbox.message_id.in_(ids))))
     return rows
+
+
+def _ticket_number(session: Session, ticket_id: int | None) -> int | None:
+    if ticket_id is None:
+        return None
+    return session.scalar(select(Ticket.number).where(Ticket.id == ticket_id))
 
 
 def decide_thread(ctx: MessageContext, session: Session, deps: StageDeps) -> ThreadDecision:

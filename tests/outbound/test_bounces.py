@@ -25,6 +25,7 @@ from maildesk.db.models import (
     Outbox,
     OutboxState,
     Suppression,
+    Ticket,
 )
 from maildesk.outbound.sender import OutboxSender, SmtpTransport
 from tests.daemon_harness import RelaySink
@@ -280,3 +281,24 @@ def test_a_report_of_a_full_mailbox_or_a_refusal_does_not_cut_the_customer_off(
         [event] = session.scalars(select(Event).where(Event.kind == "bounce_not_suppressed"))
         assert event.ticket_id == ack.ticket_id
         assert f"alice@customer.test: {status} {diagnostic}" in event.reason
+
+
+def test_a_bounce_naming_a_row_of_another_ticket_does_not_suppress_its_recipient(
+    app: App,
+) -> None:
+    """Our VERP address names the outbox row and its ticket, signed. An erasure
+    (``maildesk privacy forget``) frees a row's id, and SQLite gives the highest free
+    id to the next row: a late bounce of the erased mail then names another
+    customer's mail by id, but still alice's ticket. It must not cut bob off."""
+    deliver(app, make_mail(message_id="q@customer.test"))
+    deliver(app, make_mail(message_id="b@other.test", sender="bob@other.test", subject="Hi"))
+    with app.db.transaction() as session:
+        alice_ack, bob_ack = session.scalars(select(Outbox).order_by(Outbox.id)).all()
+        alice_ticket = session.get(Ticket, alice_ack.ticket_id)
+        assert alice_ticket is not None and alice_ack.envelope_from is not None
+        number, bob_row = alice_ticket.number, bob_ack.id
+    domain = alice_ack.envelope_from.rpartition("@")[2]
+    verp = app.signer.reply_local_part("support", "bounce", number, extra=(str(bob_row),))
+    late = f"{verp}@{domain}"
+    deliver(app, dsn(late, ["bob@other.test"]), rcpt=(late,), mail_from="")
+    assert suppressed(app) == set()

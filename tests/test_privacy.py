@@ -1,0 +1,677 @@
+"""Erasure on request and retention: `maildesk privacy forget|purge` and the daily job.
+
+A customer's history is made through the real pipeline (their mail, an
+agent's internal note and answer, a merge, their rating, a bounce of our mail,
+their unparsable mail in quarantine), then erased through the real CLI. The
+proof is a scan of every text, JSON and bytes column of every table for the
+address and for a word only their mail contained.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import smtplib
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.utils import format_datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import LargeBinary, func, select
+
+from maildesk.app import App
+from maildesk.config import OutboundSettings
+from maildesk.db.database import Database
+from maildesk.db.models import (
+    Base,
+    Blob,
+    Event,
+    Intake,
+    IntakeState,
+    Message,
+    Outbox,
+    OutboxState,
+    Rating,
+    Suppression,
+    Ticket,
+    TicketStatus,
+)
+from maildesk.intake.store import Envelope
+from maildesk.outbound.sender import OutboxSender, SmtpTransport
+from maildesk.privacy.erase import ERASED_EVENT, address_hash, erase_ticket, lock_tickets, purge
+from maildesk.privacy.jobs import apply_retention
+from maildesk.tickets import change_status
+from tests.agents.agenthelp import agent_app, client_reply, reply_address, to
+from tests.conftest import FrozenClock, private_pg_database, write_cli_config
+from tests.daemon_harness import DaemonProcess, RelaySink, maildesk_env
+from tests.mailfactory import deliver, make_mail, reply_to
+from tests.outbound.test_bounces import dsn
+from tests.pipeline.test_hostile_mail import nested_multipart
+
+ALICE = "alice@customer.test"  # asks to be forgotten
+DAVE = "dave@other.test"  # another customer
+BOB = "bob@agents.test"  # the agent
+SECRET_WORD = "quetzalcoatl7"  # in Alice's mails only
+DAVE_WORD = "brontosaurus9"  # in Dave's mail only
+SHARED = b"%PDF-1.4 the printer manual both customers attached\n" * 20
+
+
+@pytest.fixture
+def app(tmp_path: Path, database_url: str, clock: FrozenClock) -> Iterator[App]:
+    application = agent_app(tmp_path, database_url, clock)
+    yield application
+    application.db.dispose()
+
+
+def cli(app: App, tmp_path: Path, *args: str) -> Result:
+    config = write_cli_config(
+        tmp_path / "cli.toml",
+        tmp_path / "cli-data",
+        app.settings.effective_database_url,
+        secret="test-secret",
+    )
+    return CliRunner().invoke(main_command(), ["--config", str(config), *args])
+
+
+def main_command() -> Any:
+    from maildesk.cli import main
+
+    return main
+
+
+def with_manual(sender: str, subject: str, body: str, message_id: str) -> bytes:
+    msg = EmailMessage()
+    msg["From"], msg["To"], msg["Subject"] = sender, "support@example.com", subject
+    msg["Message-ID"] = f"<{message_id}>"
+    msg["Date"] = format_datetime(__import__("datetime").datetime(2026, 3, 2, 8, 0).astimezone())
+    msg.set_content(body)
+    msg.add_attachment(SHARED, maintype="application", subtype="pdf", filename="manual.pdf")
+    return msg.as_bytes()
+
+
+def alice_history(app: App, *, bounce: bool = True) -> None:
+    """Everything a customer leaves behind, made the way it happens."""
+    deliver(
+        app,
+        with_manual(
+            f"Alice Customer <{ALICE}>",
+            "Printer on fire",
+            f"My printer is on fire. Codeword {SECRET_WORD}.\n",
+            "a1@customer.test",
+        ),
+    )
+    deliver(
+        app,
+        with_manual(
+            f"Dave Other <{DAVE}>",
+            "Scanner jammed",
+            f"The scanner is jammed, {DAVE_WORD}.\n",
+            "d1@other.test",
+        ),
+        mail_from=DAVE,
+    )
+    # Alice opens a second ticket about the same thing; bob merges it into the first.
+    deliver(
+        app,
+        make_mail(
+            message_id="a2@customer.test",
+            subject="Still burning",
+            body=f"Still burning, {SECRET_WORD} again.\n",
+        ),
+    )
+    notice = to(app, BOB, "new_ticket")[0]
+    assert notice.text.count(SECRET_WORD)
+
+    def agent(body: str) -> None:
+        deliver(
+            app,
+            client_reply(notice, body),
+            rcpt=(reply_address(notice),),
+            mail_from=BOB,
+        )
+
+    agent(f"#note\nAlice said {SECRET_WORD} on the phone; VIP.\n")
+    agent("#merge 3\n\nSame fire.\n")
+    agent("#status resolved\n\nUnplug it, Alice.\n")
+    resolved = to(app, ALICE, "resolved")[0]
+    rating = next(
+        line.split(": ", 1)[1].strip()
+        for line in resolved.text.splitlines()
+        if line.strip().startswith("5:")
+    )
+    deliver(
+        app,
+        make_mail(
+            to=rating,
+            subject="Re: " + str(resolved.msg["Subject"]),
+            in_reply_to=str(resolved.msg["Message-ID"]).strip("<>"),
+            body=f"Great help, {SECRET_WORD}!\n",
+        ),
+        rcpt=(rating,),
+    )
+    # Our acknowledgement to her bounced: her address goes on the suppression list.
+    with app.db.transaction() as session:
+        ack = session.scalars(
+            select(Outbox).where(Outbox.purpose == "ack", Outbox.recipient_key == ALICE)
+        ).first()
+        assert ack is not None
+        verp = ack.envelope_from
+    if bounce:
+        deliver(app, dsn(verp, [ALICE]), rcpt=(verp,), mail_from="")
+    # Mail of hers nothing could parse waits in quarantine.
+    broken = nested_multipart(1000, f"{SECRET_WORD}\r\n".encode()).replace(
+        b"From: Eve <eve@hostile.test>", f"From: Alice <{ALICE}>".encode()
+    )
+    deliver(app, broken)
+    with app.db.transaction() as session:
+        assert session.scalar(select(func.count()).select_from(Rating)) == 1
+        assert session.scalar(select(func.count()).select_from(Suppression)) == int(bounce)
+        assert session.scalar(
+            select(func.count()).select_from(Intake).where(Intake.state == IntakeState.QUARANTINED)
+        )
+        queued = session.scalars(
+            select(Outbox).where(Outbox.state == OutboxState.QUEUED, Outbox.recipient_key == ALICE)
+        ).all()
+        assert queued  # her answer is still waiting to be sent
+
+
+def rows_containing(app: App | Database, *needles: str) -> list[str]:
+    """Every table.column (with the row's key) whose value contains one of ``needles``."""
+    db = app.db if isinstance(app, App) else app
+    wanted = [n.lower() for n in needles]
+    found = []
+    with db.transaction() as session:
+        for table in Base.metadata.sorted_tables:
+            for row in session.execute(select(table)).mappings():
+                for column in table.columns:
+                    value = row[column.name]
+                    if value is None or isinstance(value, (int, float, bool)):
+                        continue
+                    if isinstance(column.type, LargeBinary) or isinstance(value, bytes):
+                        text = bytes(value).decode("latin-1").lower()
+                    elif isinstance(value, str):
+                        text = value.lower()
+                    else:
+                        text = json.dumps(value, default=str).lower()
+                    for needle in wanted:
+                        if needle in text:
+                            key = next(iter(row.values()))
+                            found.append(f"{table.name}.{column.name}[{key}]: {needle}")
+    return found
+
+
+def counts(app: App) -> dict[str, int]:
+    with app.db.transaction() as session:
+        return {
+            table.name: session.scalar(select(func.count()).select_from(table)) or 0
+            for table in Base.metadata.sorted_tables
+        }
+
+
+def test_forget_leaves_nothing_of_the_customer_and_everything_of_others(
+    app: App, tmp_path: Path
+) -> None:
+    alice_history(app)
+    assert rows_containing(app, ALICE, SECRET_WORD)  # the scan sees her before
+    messages_before = counts(app)["messages"]
+
+    result = cli(app, tmp_path, "privacy", "forget", ALICE, "--yes", "--by", "dpo")
+
+    assert result.exit_code == 0, result.output
+    assert rows_containing(app, ALICE, SECRET_WORD) == []
+    # Dave's ticket, his mail and the attachment both of them sent are whole.
+    assert rows_containing(app, DAVE, DAVE_WORD)
+    with app.db.transaction() as session:
+        [ticket] = session.scalars(select(Ticket)).all()
+        assert ticket.requester is not None and ticket.requester.email == DAVE
+        [message] = [m for m in ticket.messages if m.from_addr == DAVE]
+        assert DAVE_WORD in message.text_body
+        [attachment] = message.attachments
+        blob = session.get(Blob, attachment.sha256)
+        assert blob is not None and bytes(blob.data) == SHARED
+        raw = session.get(Blob, message.raw_sha256)
+        assert raw is not None and DAVE_WORD.encode() in bytes(raw.data)
+        # One audit line, with a salted hash and not the address.
+        [audit] = session.scalars(select(Event).where(Event.kind == ERASED_EVENT)).all()
+        assert audit.data["address_hash"] == address_hash(ALICE, audit.data["salt"])
+        assert audit.data["by"] == "dpo"
+        erased = messages_before - len(ticket.messages)
+        assert (audit.data["tickets"], audit.data["messages"]) == (2, erased)
+        assert ALICE not in audit.reason
+    exported = cli(app, tmp_path, "export")
+    assert exported.exit_code == 0
+    assert ALICE not in exported.output and SECRET_WORD not in exported.output
+    assert DAVE in exported.output
+    # A later request for the same address is recognised, and finds nothing left.
+    again = cli(app, tmp_path, "privacy", "forget", ALICE.upper(), "--dry-run")
+    assert "tickets 0, messages 0" in again.output
+    assert "erased before on" in again.output
+
+
+def test_nothing_queued_to_the_customer_is_sent_after_forget(
+    app: App, tmp_path: Path, relay: RelaySink
+) -> None:
+    alice_history(app)
+    assert cli(app, tmp_path, "privacy", "forget", ALICE, "--yes").exit_code == 0
+
+    settings = OutboundSettings(transport="smtp", relay_port=relay.port)
+    OutboxSender(app.db, SmtpTransport(settings, password=""), settings, app.clock, "n1").drain()
+
+    recipients = {r for mail in relay.received for r in mail.rcpt_tos}
+    assert ALICE not in recipients
+    assert DAVE in recipients  # the sender itself works
+    assert all(SECRET_WORD.encode() not in mail.raw for mail in relay.received)
+
+
+class ErasingOnSend:
+    """The relay, and an erasure of Alice that lands while her mail is being delivered."""
+
+    def __init__(self, inner: SmtpTransport, erase: Any) -> None:
+        self.inner, self.erase, self.erased = inner, erase, False
+
+    def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> None:
+        if ALICE in recipients and not self.erased:
+            self.erased = True
+            self.erase()
+        self.inner.send(envelope_from, recipients, raw)
+
+
+def test_an_erasure_during_a_delivery_does_not_stop_the_sender(
+    app: App, tmp_path: Path, relay: RelaySink
+) -> None:
+    """The row of the mail in flight is gone when the sender records the delivery."""
+    alice_history(app, bounce=False)
+    settings = OutboundSettings(transport="smtp", relay_port=relay.port)
+    transport = ErasingOnSend(
+        SmtpTransport(settings, password=""),
+        lambda: cli(app, tmp_path, "privacy", "forget", ALICE, "--yes"),
+    )
+    sender = OutboxSender(app.db, transport, settings, app.clock, "n1")
+
+    result = sender.drain(limit=100)
+
+    assert transport.erased
+    # The one in flight went out; nothing else of hers, and the rest of the batch did.
+    assert sum(ALICE in mail.rcpt_tos for mail in relay.received) == 1
+    assert any(DAVE in mail.rcpt_tos for mail in relay.received)
+    assert result.sent == len(relay.received) - 1
+    assert rows_containing(app, ALICE, SECRET_WORD) == []
+
+
+def test_a_reply_threaded_while_its_ticket_is_erased_opens_a_new_ticket(app: App) -> None:
+    """The worker waits for the erasure's lock, then finds the ticket gone: the reply is
+    a new ticket, not quarantined and not a message on a ticket half deleted."""
+    first = make_mail(message_id="r1@customer.test", body=f"First, {SECRET_WORD}.\n")
+    deliver(app, first)
+    app.intake().store(
+        reply_to(first, message_id="r2@customer.test", body="Any news?\n"),
+        Envelope(source="smtp", mail_from=ALICE, rcpt_to=("support@example.com",)),
+    )
+    outcome: list[Any] = []
+    worker = threading.Thread(target=lambda: outcome.append(app.worker().drain()))
+    with app.db.transaction() as session:
+        ticket_id = session.scalars(select(Ticket.id)).one()
+        lock_tickets(session, [ticket_id])
+        session.execute(select(Ticket.number).where(Ticket.id == ticket_id).with_for_update())
+        worker.start()
+        time.sleep(1.5)  # the worker found the ticket by the reply's In-Reply-To, and waits
+        assert worker.is_alive()
+        assert erase_ticket(session, ticket_id) is not None
+    worker.join(60)
+
+    assert outcome and outcome[0].as_dict().get("quarantined", 0) == 0, outcome
+    with app.db.transaction() as session:
+        [ticket] = session.scalars(select(Ticket)).all()
+        assert ticket.id != ticket_id
+        assert [m.text_body for m in ticket.messages if m.direction == "inbound"] == ["Any news?\n"]
+    assert rows_containing(app, SECRET_WORD) == []
+
+
+def test_a_late_reply_to_an_erased_ticket_never_lands_on_a_strangers_ticket(
+    app: App, tmp_path: Path
+) -> None:
+    """Our mails carry the ticket number, signed; the number of an erased ticket is
+    never given to a new one (SQLite reused the highest deleted id before 0011)."""
+    deliver(app, make_mail(message_id="late1@customer.test", body=f"{SECRET_WORD}\n"))
+    ack = to(app, ALICE, "ack")[0]
+    assert cli(app, tmp_path, "privacy", "forget", ALICE, "--yes").exit_code == 0
+    deliver(
+        app,
+        make_mail(sender=f"Dave <{DAVE}>", message_id="late2@other.test", subject="Mine"),
+        mail_from=DAVE,
+    )
+    # Alice answers the acknowledgement still in her inbox.
+    deliver(
+        app,
+        make_mail(
+            message_id="late3@customer.test",
+            subject="Re: " + str(ack.msg["Subject"]),
+            in_reply_to=str(ack.msg["Message-ID"]).strip("<>"),
+            body="One more thing.\n",
+        ),
+    )
+
+    with app.db.transaction() as session:
+        for ticket in session.scalars(select(Ticket)):
+            senders = {m.from_addr for m in ticket.messages if m.direction == "inbound"}
+            assert len(senders) == 1, (ticket.number, senders)
+        numbers = set(session.scalars(select(Ticket.number)))
+    assert 1 not in numbers
+
+
+def test_forget_without_yes_changes_nothing(app: App, tmp_path: Path) -> None:
+    alice_history(app)
+    before = counts(app)
+
+    dry = cli(app, tmp_path, "privacy", "forget", ALICE, "--dry-run")
+    plain = cli(app, tmp_path, "privacy", "forget", ALICE)  # no terminal, no --yes
+
+    assert dry.exit_code == 0 and plain.exit_code == 0
+    assert "tickets 2," in dry.output and "outbox" in dry.output
+    assert "nothing erased" in plain.output
+    assert counts(app) == before
+
+
+def test_a_cc_participant_is_taken_off_a_ticket_someone_else_asked(
+    app: App, tmp_path: Path, relay: RelaySink
+) -> None:
+    """Dave's ticket stays his; what Alice wrote on it, and her part in it, go."""
+    first = make_mail(
+        sender=f"Dave Other <{DAVE}>",
+        message_id="d1@other.test",
+        subject="Shared printer",
+        body=f"Our printer, {DAVE_WORD}.\n",
+        cc=ALICE,
+    )
+    deliver(app, first, mail_from=DAVE)
+    deliver(
+        app,
+        reply_to(first, message_id="a1@customer.test", body=f"Me too, {SECRET_WORD}.\n"),
+    )
+    assert rows_containing(app, SECRET_WORD)
+    # Bob answers both; the relay refuses the answer for good (an event names them).
+    notice = to(app, BOB, "new_ticket")[0]
+    deliver(app, client_reply(notice, "Restart it."), rcpt=(reply_address(notice),), mail_from=BOB)
+    relay.reply = "554 5.7.1 refused"
+    settings = OutboundSettings(transport="smtp", relay_port=relay.port)
+    OutboxSender(app.db, SmtpTransport(settings, password=""), settings, app.clock, "n1").drain()
+    assert any(ALICE in row for row in rows_containing(app, ALICE) if row.startswith("events"))
+
+    assert cli(app, tmp_path, "privacy", "forget", ALICE, "--yes").exit_code == 0
+
+    assert rows_containing(app, SECRET_WORD) == []
+    # The address is left only in the Cc header of Dave's own mail: his record.
+    left = rows_containing(app, ALICE)
+    with app.db.transaction() as session:
+        [ticket] = session.scalars(select(Ticket)).all()
+        assert {m.from_addr for m in ticket.messages} == {DAVE, BOB, "support@example.com"}
+        [message] = [m for m in ticket.messages if m.from_addr == DAVE]
+        assert message.cc_addrs == []
+        assert {p.contact.email for p in _participants(session, ticket.id)} == {DAVE}
+        dave_raw = message.raw_sha256
+    assert left == [f"blobs.data[{dave_raw}]: {ALICE}"]
+
+
+def test_her_ticket_merged_into_someone_elses_leaves_his_ticket_standing(
+    app: App, tmp_path: Path
+) -> None:
+    deliver(
+        app,
+        make_mail(sender=f"Dave <{DAVE}>", message_id="m1@other.test", body=f"{DAVE_WORD}\n"),
+        mail_from=DAVE,
+    )
+    deliver(app, make_mail(message_id="m2@customer.test", body=f"Same, {SECRET_WORD}.\n"))
+    notice = to(app, BOB, "new_ticket")[0]  # Dave's ticket #1
+    deliver(app, client_reply(notice, "#merge 2\n"), rcpt=(reply_address(notice),), mail_from=BOB)
+    with app.db.transaction() as session:
+        assert session.scalars(select(Ticket.merged_into_id).where(Ticket.number == 2)).one()
+
+    assert cli(app, tmp_path, "privacy", "forget", ALICE, "--yes").exit_code == 0
+
+    assert rows_containing(app, SECRET_WORD) == []
+    with app.db.transaction() as session:
+        [ticket] = session.scalars(select(Ticket)).all()
+        assert ticket.number == 1 and ticket.requester is not None
+        assert ticket.requester.email == DAVE
+        assert any(DAVE_WORD in m.text_body for m in ticket.messages)
+
+
+def _participants(session: Any, ticket_id: int) -> list[Any]:
+    from maildesk.db.models import Participant
+
+    return list(session.scalars(select(Participant).where(Participant.ticket_id == ticket_id)))
+
+
+def _close(app: App, number: int, status: TicketStatus) -> None:
+    with app.db.transaction() as session:
+        ticket = session.scalars(select(Ticket).where(Ticket.number == number)).one()
+        change_status(session, ticket, status, app.clock(), None, actor="test")
+
+
+def test_retention_deletes_only_tickets_closed_longer_ago(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    app = agent_app(tmp_path, database_url, clock, retention={"closed_ticket_days": 30})
+    try:
+        for n, word in enumerate(["oldclosed", "oldresolved", "recent", "open", "merged"]):
+            deliver(
+                app,
+                with_manual(f"C{n} <c{n}@customers.test>", word, f"{word}\n", f"{word}@x.test"),
+                mail_from=f"c{n}@customers.test",
+            )
+        with app.db.transaction() as session:
+            target, source = (
+                session.scalars(select(Ticket).where(Ticket.number == n)).one() for n in (1, 5)
+            )
+            from maildesk.tickets import merge_tickets
+
+            assert merge_tickets(session, source, target, clock(), reason="test")
+        _close(app, 1, TicketStatus.CLOSED)
+        _close(app, 2, TicketStatus.RESOLVED)
+        clock.advance(days=20)
+        _close(app, 3, TicketStatus.CLOSED)
+        clock.advance(days=11)  # #1 and #2 done 31 days ago, #3 11 days ago
+
+        dry = cli(app, tmp_path, "privacy", "purge", "--older-than", "100000", "--dry-run")
+        assert "would delete 0 tickets" in dry.output
+        assert apply_retention(app) == 3  # #1 with #5 merged into it, and #2
+
+        with app.db.transaction() as session:
+            left = sorted(session.scalars(select(Ticket.number)))
+            assert left == [3, 4]
+            words = " ".join(session.scalars(select(Message.text_body)))
+            assert "oldclosed" not in words and "merged" not in words
+            assert "recent" in words and "open" in words
+            # The manual all of them attached is still there for #3 and #4.
+            assert session.scalar(select(func.count()).select_from(Blob).where(Blob.size > 0))
+            [audit] = session.scalars(select(Event).where(Event.kind == "retention_purged"))
+            assert audit.data["tickets"] == 3
+        assert (
+            rows_containing(app, "c0@customers.test", "c1@customers.test", "c4@customers.test")
+            == []
+        )
+        assert apply_retention(app) == 0
+    finally:
+        app.db.dispose()
+
+
+def test_purge_from_the_command_line_keeps_open_tickets(app: App, tmp_path: Path) -> None:
+    deliver(app, make_mail(message_id="x1@customer.test", subject="one"))
+    deliver(app, make_mail(message_id="x2@customer.test", subject="two"))
+    _close(app, 1, TicketStatus.CLOSED)  # closed on the test clock, months before now
+
+    dry = cli(app, tmp_path, "privacy", "purge", "--older-than", "30", "--dry-run")
+    assert "would delete 1 tickets" in dry.output
+    assert counts(app)["tickets"] == 2
+    done = cli(app, tmp_path, "privacy", "purge", "--older-than", "30")
+
+    assert done.exit_code == 0, done.output
+    with app.db.transaction() as session:
+        assert list(session.scalars(select(Ticket.number))) == [2]
+
+
+def test_retention_days_are_validated_like_the_rest_of_the_config(tmp_path: Path) -> None:
+    config = write_cli_config(
+        tmp_path / "bad.toml",
+        tmp_path / "data",
+        f"sqlite:///{tmp_path}/x.sqlite3",
+        extra="[retention]\nclosed_ticket_days = -1\n",
+    )
+    result = CliRunner().invoke(main_command(), ["--config", str(config), "db", "status"])
+    assert result.exit_code == 78
+    assert "bad.toml" in result.output and "retention.closed_ticket_days" in result.output
+
+
+@dataclass
+class Node(DaemonProcess):
+    database_url: str = ""
+
+    def write_config(self) -> None:
+        super().write_config()
+        top = f'database_url = "{self.database_url}"\n'
+        self.config_path.write_text(top + self.config_path.read_text(encoding="utf-8"))
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def daemon_db(
+    request: pytest.FixtureRequest, tmp_path: Path, sqlite_template: Path
+) -> Iterator[str]:
+    if request.param == "sqlite":
+        path = tmp_path / "daemon.sqlite3"
+        shutil.copy(sqlite_template, path)
+        yield f"sqlite:///{path}"
+        return
+    with private_pg_database("maildesk_privacy") as url:
+        yield url
+
+
+@pytest.mark.slow
+def test_forget_while_the_daemon_takes_mail_from_both_customers(
+    tmp_path: Path, relay: RelaySink, daemon_db: str
+) -> None:
+    """Erasures beside a running daemon: no crash, no deadlock, no ticket left half there."""
+    node = Node(tmp_path, relay_port=relay.port, database_url=daemon_db).start()
+    db = Database(daemon_db)
+    try:
+        mails = []
+        for n in range(30):
+            alice = n % 2 == 0
+            sender = f"Alice <{ALICE}>" if alice else f"Dave <{DAVE}>"
+            word = SECRET_WORD if alice else DAVE_WORD
+            mails.append(
+                (
+                    ALICE if alice else DAVE,
+                    make_mail(
+                        sender=sender,
+                        message_id=f"race{n}@x.test",
+                        subject=f"Case {n // 4}",  # a few replies thread onto one ticket
+                        body=f"Mail {n}, {word}.\n",
+                    ),
+                )
+            )
+        erasures: list[subprocess.CompletedProcess[str]] = []
+
+        def erase() -> None:
+            erasures.append(
+                subprocess.run(
+                    [sys.executable, "-m", "maildesk", "--config", str(node.config_path),
+                     "privacy", "forget", ALICE, "--yes"],
+                    capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                    env=maildesk_env(), check=False,
+                )
+            )  # fmt: skip
+
+        with smtplib.SMTP("127.0.0.1", node.smtp_port) as client:
+            for n, (envelope, raw) in enumerate(mails):
+                client.sendmail(envelope, ["support@example.com"], raw)
+                if n % 10 == 9:
+                    threading.Thread(target=erase).start()
+                    time.sleep(0.3)
+
+        def settled() -> bool:
+            with db.transaction() as session:
+                busy = session.scalar(
+                    select(func.count())
+                    .select_from(Intake)
+                    .where(Intake.state.in_([IntakeState.PENDING, IntakeState.PROCESSING]))
+                )
+                queued = session.scalar(
+                    select(func.count())
+                    .select_from(Outbox)
+                    .where(Outbox.state == OutboxState.QUEUED)
+                )
+            return busy == 0 and queued == 0 and len(erasures) == 3
+
+        deadline = time.monotonic() + 90
+        while not settled():
+            assert time.monotonic() < deadline, node.log()[-3000:]
+            time.sleep(0.3)
+        erase()  # what she sent meanwhile opened new tickets: the last request takes them
+
+        assert [e.returncode for e in erasures] == [0, 0, 0, 0], [e.stderr for e in erasures]
+        assert node.proc is not None and node.proc.poll() is None, node.log()[-3000:]
+        assert "Traceback" not in node.log(), node.log()[-3000:]
+        assert rows_containing(db, ALICE, SECRET_WORD) == []
+        with db.transaction() as session:
+            dave = session.scalars(
+                select(Message.text_body).where(func.lower(Message.from_addr) == DAVE)
+            ).all()
+            assert len(dave) == 15  # every one of his mails, on his tickets
+            # Every ticket left is whole: it has the customer mail it was opened by.
+            for ticket in session.scalars(select(Ticket)):
+                assert any(m.direction == "inbound" for m in ticket.messages)
+        assert node.terminate() == 0
+    finally:
+        db.dispose()
+        if node.proc is not None and node.proc.poll() is None:
+            node.kill()
+
+
+def test_retention_is_a_daily_job_only_when_configured(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from maildesk.privacy.jobs import add_retention
+
+    for days, expected in ((0, None), (30, 86400.0)):
+        app = agent_app(tmp_path, database_url, clock, retention={"closed_ticket_days": days})
+        scheduler = BackgroundScheduler(timezone="UTC")
+        add_retention(scheduler, app)
+        job = scheduler.get_job("retention")
+        seconds = job.trigger.interval.total_seconds() if job is not None else None
+        assert seconds == expected
+        app.db.dispose()
+
+
+def test_two_nodes_purging_at_once_delete_each_ticket_once(app: App) -> None:
+    for n in range(8):
+        deliver(app, make_mail(message_id=f"p{n}@customer.test", subject=f"case {n}"))
+        _close(app, n + 1, TicketStatus.CLOSED)
+    app.clock.advance(days=40)  # type: ignore[attr-defined]
+    results: list[Any] = []
+    errors: list[BaseException] = []
+
+    def node(name: str) -> None:
+        try:
+            results.append(purge(app.db, 30, now=app.clock, actor=name))
+        except BaseException as exc:
+            errors.append(exc)
+
+    nodes = [threading.Thread(target=node, args=(f"n{i}",)) for i in range(2)]
+    for thread in nodes:
+        thread.start()
+    for thread in nodes:
+        thread.join(60)
+
+    assert errors == []
+    assert sum(r.tickets for r in results) == 8
+    assert counts(app)["tickets"] == 0
