@@ -46,8 +46,10 @@ from maildesk.db.models import (
 )
 from maildesk.intake.store import Envelope
 from maildesk.outbound.sender import OutboxSender, SmtpTransport
-from maildesk.privacy.erase import ERASED_EVENT, address_hash, erase_ticket, lock_tickets, purge
+from maildesk.privacy.erase import erase_ticket, lock_tickets
+from maildesk.privacy.forget import ERASED_EVENT, address_hash
 from maildesk.privacy.jobs import apply_retention
+from maildesk.privacy.retention import purge
 from maildesk.tickets import change_status
 from tests.agents.agenthelp import agent_app, client_reply, reply_address, to
 from tests.conftest import FrozenClock, private_pg_database, write_cli_config

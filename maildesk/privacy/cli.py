@@ -8,8 +8,9 @@ import sys
 import click
 
 from maildesk.cli import _echo_json, _fail, build_app
-from maildesk.privacy.erase import dry_purge, forget, normalise, plan_forget, previous_erasures
-from maildesk.privacy.erase import purge as purge_tickets
+from maildesk.privacy.forget import forget, normalise, plan_forget, previous_erasures
+from maildesk.privacy.retention import dry_purge
+from maildesk.privacy.retention import purge as purge_tickets
 
 
 def _actor(given: str | None) -> str:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 from apscheduler.schedulers.base import BaseScheduler
 
-from maildesk.privacy.erase import purge
+from maildesk.privacy.retention import purge
 
 if TYPE_CHECKING:
     from maildesk.app import App
