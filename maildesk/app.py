@@ -12,6 +12,7 @@ from maildesk.config import Settings, resolve_installation_secret, resolve_relay
 from maildesk.db.database import Database
 from maildesk.domain.signing import Signer
 from maildesk.intake.store import IntakeStore
+from maildesk.metrics import Metrics
 from maildesk.outbound.compose import Composer
 from maildesk.outbound.delivery_failed import DeliveryFailedNotifier
 from maildesk.outbound.dkim_sign import DkimSigner
@@ -36,6 +37,8 @@ class App:
     db: Database
     signer: Signer
     clock: Callable[[], datetime]
+    # This process's counters; scraped only from `maildesk run` ([metrics] listen).
+    metrics: Metrics = field(default_factory=Metrics)
     renderer: TemplateRenderer = field(init=False)
     template_errors: list[str] = field(init=False)
     directory: Directory = field(init=False)
@@ -87,7 +90,7 @@ class App:
         return self.settings.effective_node_name
 
     def intake(self) -> IntakeStore:
-        return IntakeStore(self.db, self.clock)
+        return IntakeStore(self.db, self.clock, self.metrics)
 
     def composer(self) -> Composer:
         return Composer(self.settings, self.signer, self.clock)
@@ -116,6 +119,7 @@ class App:
             node or self.node_name,
             notices=self.notices(),
             router=self.router,
+            metrics=self.metrics,
         )
 
     def sender(self, node: str | None = None) -> OutboxSender:
@@ -134,4 +138,5 @@ class App:
             node or self.node_name,
             dkim=DkimSigner.from_settings(self.settings),
             undelivered=DeliveryFailedNotifier(self.notices()),
+            metrics=self.metrics,
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import smtplib
 import socket
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -83,6 +84,8 @@ def run_checks(settings: Settings) -> Iterator[tuple[bool, str]]:
     yield _rules(settings)
     for listener in settings.listeners:
         yield _listener(listener)
+    if settings.metrics.address is not None:
+        yield _metrics(*settings.metrics.address)
     yield from _imap(settings)
     yield _outbound(settings)
 
@@ -197,6 +200,25 @@ def _listener(listener: ListenerSettings) -> tuple[bool, str]:
                 f"{listener.protocol} {listener.host}:{listener.port}: cannot bind: {exc.strerror}",
             )
     return True, f"{listener.protocol} {listener.host}:{listener.port}: free to bind"
+
+
+def _metrics(host: str, port: int) -> tuple[bool, str]:
+    """The [metrics] address: free to bind, or a running maildesk's endpoint answers there."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    with socket.socket(family) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            try:
+                with urllib.request.urlopen(f"http://{where}/metrics", timeout=5) as response:
+                    if b"maildesk_up" in response.read():
+                        return True, f"metrics {where}: a running maildesk answers"
+            except (OSError, ValueError):
+                pass
+            return False, f"metrics {where}: cannot bind: {exc.strerror}"
+    return True, f"metrics {where}: free to bind"
 
 
 def _imap(settings: Settings) -> Iterator[tuple[bool, str]]:

@@ -27,6 +27,7 @@ from maildesk.db.database import (
     StorageUnavailable,
     is_transient,
 )
+from maildesk.db.figures import Figures, figures_from, reader_engine
 from maildesk.db.models import (
     Blob,
     Disposition,
@@ -40,6 +41,7 @@ from maildesk.db.models import (
 from maildesk.intake.files import SourceError, count_messages, iter_messages, read_ahead
 from maildesk.logs import configure_logging
 from maildesk.pipeline.runner import Summary, Worker
+from maildesk.status import Thresholds, problems, read_imap_health, status_json
 from maildesk.terminal import printable, printable_text
 from maildesk.views import (
     SCHEMA_VERSION,
@@ -734,6 +736,76 @@ def outbox_drain(ctx: click.Context) -> None:
     )
     if sender.outage.down:  # what is not sent yet is sent by a later drain
         _fail("database unavailable: drain stopped; the rest stays queued", EX_TEMPFAIL)
+
+
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True)
+@click.option(
+    "--pending-minutes",
+    type=click.FloatRange(min=0),
+    default=Thresholds.pending_minutes,
+    show_default=True,
+    help="Mail stored and not processed for longer is a problem.",
+)
+@click.option(
+    "--outbox-minutes",
+    type=click.FloatRange(min=0),
+    default=Thresholds.outbox_minutes,
+    show_default=True,
+    help="Outbound mail due and not sent for longer is a problem.",
+)
+@click.pass_context
+def status(
+    ctx: click.Context, as_json: bool, pending_minutes: float, outbox_minutes: float
+) -> None:
+    """What is waiting, held or failing; exit 1 when something needs looking at."""
+    app = build_app(ctx)
+    engine = reader_engine(app.settings.effective_database_url)
+    try:
+        figures = figures_from(engine, app.clock())
+    except Exception as exc:
+        if not is_transient(exc):
+            raise
+        _fail(f"database unavailable: {exc}", EX_TEMPFAIL)
+    finally:
+        engine.dispose()
+    imap = read_imap_health(app.settings.data_dir)
+    found = problems(figures, imap, Thresholds(pending_minutes, outbox_minutes))
+    if as_json:
+        _echo_json(status_json(figures, imap, found))
+    else:
+        _echo_status(figures, imap)
+        for problem in found:
+            click.echo(printable(f"PROBLEM {problem}"))
+        click.echo("ok" if not found else f"{len(found)} problem(s)")
+    sys.exit(1 if found else 0)
+
+
+def _echo_status(figures: Figures, imap: list[dict[str, Any]]) -> None:
+    def age(seconds: float | None) -> str:
+        return "" if seconds is None else f" (oldest {seconds / 60:.0f} min)"
+
+    held = ", ".join(f"{n} {k}" for k, n in figures.quarantine.items() if n) or "none"
+    opened = figures.open_by_status()
+    lines = [
+        f"intake      {figures.intake_pending} pending, {figures.intake_processing} processing"
+        + age(figures.intake_oldest_pending_age_seconds),
+        f"quarantine  {figures.quarantined} ({held})",
+        f"outbox      {figures.outbox_queued} queued, {figures.outbox_deferred} deferred, "
+        f"{figures.outbox_failed} failed ({figures.outbox_failed_last_day} in 24 h)"
+        + age(figures.outbox_oldest_due_age_seconds).replace("oldest", "due for"),
+        "tickets     "
+        + ", ".join(f"{n} {s}" for s, n in opened.items())
+        + f"; {figures.tickets_past_sla_due} past an SLA due time",
+        f"suppressed  {figures.suppressed_addresses} address(es)",
+    ]
+    lines += [
+        f"imap        {f.get('mailbox')}/{f.get('folder')}: {f.get('status')}"
+        + (f", {f.get('consecutive_failures')} failures" if f.get("consecutive_failures") else "")
+        for f in imap
+    ]
+    for line in lines:
+        click.echo(printable(line))
 
 
 @main.group("dkim")

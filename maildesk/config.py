@@ -579,6 +579,60 @@ class OrganisationSettings(_Section):
         return tuple(d.lower().lstrip(".") for d in value)
 
 
+class MetricsSettings(_Section):
+    """The Prometheus endpoint of `maildesk run` ([metrics]); off unless ``listen`` is set.
+
+    Plain HTTP, no authentication: the figures name nobody, but show volumes,
+    so an address other ops' machines can reach needs ``allow_remote = true``.
+    """
+
+    listen: str = ""  # "127.0.0.1:9477", "[::1]:9477"; empty: no endpoint
+    allow_remote: bool = False
+
+    @field_validator("listen")
+    @classmethod
+    def _host_and_port(cls, value: str) -> str:
+        if value:
+            parse_listen_address(value)
+        return value
+
+    @model_validator(mode="after")
+    def _loopback_unless_allowed(self) -> MetricsSettings:
+        if self.listen and not self.allow_remote:
+            host, _port = parse_listen_address(self.listen)
+            if not is_loopback_host(host):
+                raise ValueError(
+                    f"listen: {host} is reachable from other machines and the endpoint is "
+                    "plain HTTP without a password; listen on 127.0.0.1 (scrape through a "
+                    "proxy or an SSH tunnel) or set allow_remote = true"
+                )
+        return self
+
+    @property
+    def address(self) -> tuple[str, int] | None:
+        return parse_listen_address(self.listen) if self.listen else None
+
+
+def parse_listen_address(value: str) -> tuple[str, int]:
+    """``host:port`` (``[v6]:port``) with an IP address or ``localhost``; ValueError if not."""
+    host, sep, port_text = value.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        sep = ""  # an IPv6 address without brackets: where does the port start?
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError(f"{value!r} is not host:port (e.g. 127.0.0.1:9477 or [::1]:9477)")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError(f"port {port} of {value!r} is not between 1 and 65535")
+    if host != "localhost":
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} of {value!r} is not an IP address (or localhost)") from None
+    return host, port
+
+
 def _plain_address(addr: str) -> str:
     if "@" not in addr or any(c in addr for c in " \r\n<>,"):
         raise ValueError(f"not a plain address: {addr!r}")
@@ -709,6 +763,7 @@ class Settings(_Section):
     sla: SlaSettings = SlaSettings()
     routing: RoutingSettings = RoutingSettings()
     agent_mail: AgentMailSettings = AgentMailSettings()
+    metrics: MetricsSettings = MetricsSettings()
     source: str = "<defaults>"
 
     @model_validator(mode="after")

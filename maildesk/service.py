@@ -1,8 +1,9 @@
 """`maildesk run`: build the daemon, start in order, stop in reverse.
 
 Start: config (done by the CLI) -> database check -> intake listeners ->
-pipeline worker (this, the main thread, so the parse deadline can use
-SIGALRM) -> outbox sender and periodic jobs (APScheduler) -> READY=1.
+metrics endpoint -> pipeline worker (this, the main thread, so the parse
+deadline can use SIGALRM) -> outbox sender and periodic jobs (APScheduler)
+-> READY=1.
 SIGTERM/SIGINT stop accepting, finish the message in hand, and exit 0.
 SIGHUP reloads templates.
 """
@@ -22,16 +23,19 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from apscheduler.events import EVENT_JOB_EXECUTED, JobExecutionEvent
 from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import Connection, text
 
 from maildesk.app import App
 from maildesk.config import ListenerSettings
 from maildesk.db.database import is_transient, is_unavailable
+from maildesk.db.figures import reader_engine
 from maildesk.db.outage import Outage
 from maildesk.intake.imap import ImapIntake
 from maildesk.intake.oversize import add_oversize_notices
 from maildesk.intake.smtp import IntakeHandler, build_controller
+from maildesk.metrics import DaemonCollector, MetricsServer
 from maildesk.outbound.sender import OutboxSender
 from maildesk.privacy.jobs import add_retention
 from maildesk.routing.models import pull_models
@@ -60,17 +64,16 @@ class CannotListen(Exception):
     is the configuration's to fix: exit 78, not retried in a loop.
     """
 
-    def __init__(self, source: str, index: int, listener: ListenerSettings, exc: OSError) -> None:
-        where = listener.socket or f"{listener.host}:{listener.port}"
+    def __init__(self, source: str, key: str, where: str, exc: OSError, *, tcp: bool) -> None:
         reason = os.strerror(exc.errno).lower() if exc.errno else str(exc)
         if exc.errno == errno.EADDRINUSE:
             hint = (
                 "another program holds it (`ss -ltnp` names it): stop it or change the port"
-                if listener.socket is None
+                if tcp
                 else "another program holds it"
             )
             self.exit_code = os.EX_TEMPFAIL
-        elif exc.errno == errno.EACCES and listener.socket is None:
+        elif exc.errno == errno.EACCES and tcp:
             hint = "a port below 1024 needs CAP_NET_BIND_SERVICE (see `maildesk systemd-unit`)"
             self.exit_code = os.EX_CONFIG
         elif exc.errno == errno.EADDRNOTAVAIL:
@@ -79,12 +82,19 @@ class CannotListen(Exception):
         else:
             hint = ""
             self.exit_code = os.EX_CONFIG
+        message = f"{source}: {key}: cannot listen on {where}: {reason}"
+        super().__init__(f"{message}; {hint}" if hint else message)
+
+    @classmethod
+    def listener(
+        cls, source: str, index: int, listener: ListenerSettings, exc: OSError
+    ) -> CannotListen:
+        where = str(listener.socket or f"{listener.host}:{listener.port}")
         field = "socket" if listener.socket else "port"
         if exc.errno == errno.EADDRNOTAVAIL:
             field = "host"
         key = f"listeners.{index}.{field}"
-        message = f"{source}: {key}: cannot listen on {where}: {reason}"
-        super().__init__(f"{message}; {hint}" if hint else message)
+        return cls(source, key, where, exc, tcp=listener.socket is None)
 
 
 class SystemdNotifier:
@@ -182,6 +192,10 @@ class Daemon:
     sender: OutboxSender | None = None
     imap: ImapIntake | None = None
     run_lock: RunLock | None = None
+    metrics_server: MetricsServer | None = None
+    # Per scheduler job: its Outage, if it has one; a run while the database is
+    # away returns normally, but is no success.
+    job_outages: dict[str, Outage] = field(default_factory=dict)
 
     def request_stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -209,7 +223,7 @@ class Daemon:
                 controller = build_controller(listener, handler)
                 controller.start()
             except OSError as exc:
-                raise CannotListen(self.app.settings.source, index, listener, exc) from exc
+                raise CannotListen.listener(self.app.settings.source, index, listener, exc) from exc
             self.controllers.append(controller)
             where = (
                 listener.socket or f"{listener.host}:{getattr(controller, 'port', listener.port)}"
@@ -230,8 +244,37 @@ class Daemon:
         )
         self.imap.start()
 
+    def start_metrics(self) -> None:
+        """The Prometheus endpoint ([metrics] listen); nothing when it is not configured."""
+        settings = self.app.settings
+        address = settings.metrics.address
+        if address is None:
+            return
+        host, port = address
+        collector = DaemonCollector(
+            reader_engine(settings.effective_database_url),
+            self.app.clock,
+            self.app.node_name,
+            imap_health=lambda: self.imap.health() if self.imap is not None else [],
+        )
+        server = MetricsServer(self.app.metrics, collector)
+        try:
+            server.start(host, port)
+        except OSError as exc:
+            collector.close()
+            where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            raise CannotListen(settings.source, "metrics.listen", where, exc, tcp=True) from exc
+        self.metrics_server = server
+        log.info("metrics: http://%s/metrics", settings.metrics.listen)
+
+    def _job_ran(self, event: JobExecutionEvent) -> None:
+        outage = self.job_outages.get(event.job_id)
+        if event.exception is None and (outage is None or not outage.down):
+            self.app.metrics.job_succeeded(event.job_id, time.time())
+
     def start_scheduler(self) -> None:
         sender = self.sender = self.app.sender()
+        self.job_outages["outbox"] = sender.outage
         interval = self.app.settings.outbound.drain_interval_seconds
         scheduler = BackgroundScheduler(timezone="UTC")
         scheduler.add_job(
@@ -243,7 +286,8 @@ class Daemon:
             max_instances=1,
             coalesce=True,
         )
-        add_sla_jobs(scheduler, self.app)
+        if (sweeper := add_sla_jobs(scheduler, self.app)) is not None:
+            self.job_outages["sla"] = sweeper.outage
         add_spam_learning(scheduler, self.app)
         add_oversize_notices(scheduler, self.app)
         add_waiting_assignment(scheduler, self.app)
@@ -257,6 +301,7 @@ class Daemon:
             max_instances=1,
             coalesce=True,
         )
+        scheduler.add_listener(self._job_ran, EVENT_JOB_EXECUTED)
         scheduler.start()
         self.scheduler = scheduler
 
@@ -280,6 +325,7 @@ class Daemon:
         try:
             try:
                 self.start_listeners()
+                self.start_metrics()
             except CannotListen as exc:
                 log.error("not starting: %s", exc)
                 return exc.exit_code
@@ -342,6 +388,8 @@ class Daemon:
             self.scheduler.shutdown(wait=True)
             cutter.cancel()
         spam_jobs.on_shutdown(self.app)  # learn pending feedback, save the live model
+        if self.metrics_server is not None:
+            self.metrics_server.stop()
         if self.run_lock is not None:
             self.run_lock.release()
         self.app.db.dispose()

@@ -236,6 +236,7 @@ def run_all(url: str, args: argparse.Namespace, *, fill_first: bool) -> None:
         ("report", "agents"),
         ("report", "sla"),
         ("explain", "i770@mail.example.org"),
+        ("status",),
     ):
         measure(url, " ".join(argv), command(*argv), args.explain)
 
@@ -273,6 +274,7 @@ def daemon_jobs(app: Any, now: datetime) -> dict[str, Callable[[], Any]]:
     from sqlalchemy.orm import Session
 
     from maildesk import shared_models
+    from maildesk.db.figures import figures_from, reader_engine
     from maildesk.db.models import Blob, Intake
     from maildesk.intake import oversize
     from maildesk.sla.sweep import SlaSweeper
@@ -287,6 +289,7 @@ def daemon_jobs(app: Any, now: datetime) -> dict[str, Callable[[], Any]]:
         return run
 
     sweeper = SlaSweeper.for_app(app)
+    reader = reader_engine(app.settings.effective_database_url)  # the scrape's own engine
     since, until, _day = digest_window(app.settings, now)
     refs = [f"support/INBOX/1/{uid}" for uid in range(1, 101)]
     catch_up = (
@@ -305,6 +308,7 @@ def daemon_jobs(app: Any, now: datetime) -> dict[str, Callable[[], Any]]:
         ),
         "job: oversize notices": rolled_back(lambda s: oversize.pending(s, now)),
         "job: imap catch-up": rolled_back(lambda s: s.execute(catch_up).all()),
+        "scrape: metrics figures": lambda: figures_from(reader, now),
     }
 
 

@@ -260,7 +260,10 @@ class _AgentTurn:
             checks=checks,
             intake_id=self.intake.id,
         )
-        return runner.run(commands)
+        out = runner.run(commands)
+        self.ctx.commands_applied += len(out.applied)
+        self.ctx.commands_failed += len(out.failed)
+        return out
 
     def tell_agent(self, template: str, extra: dict[str, Any], **reply: Any) -> None:
         """Answer the agent's own mail: now, not held for their shift (they are at it)."""

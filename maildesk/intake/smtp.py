@@ -110,6 +110,7 @@ class IntakeHandler:
             address = self.postmaster[domain.lower()]
         elif base_address(address) not in self.support:
             log.info("rejected RCPT %s from %s: not a support address", address, session.peer)
+            self._count("refused_5xx")
             return f"550 5.1.1 <{address}>: not a support address here"
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             # 452, not 552: the sender delivers the rest in another transaction.
@@ -134,9 +135,11 @@ class IntakeHandler:
         except StorageUnavailable as exc:
             log.error("cannot store message from %s: %s", session.peer, exc)
             status = "451 4.3.0 Cannot store the message now, try again later"
+            self._count("refused_4xx")
         except Exception:  # not stored, by our fault: never a 5xx, which would bounce it
             log.exception("cannot store message from %s", session.peer)
             status = "451 4.3.0 Cannot store the message now, try again later"
+            self._count("refused_4xx")
         else:
             log.info(
                 "intake=%s stored from %s for %s", intake_id, session.peer, ",".join(item.rcpt_to)
@@ -147,6 +150,11 @@ class IntakeHandler:
             # LMTP answers once per accepted recipient (RFC 2033).
             return "\r\n".join(status for _ in envelope.rcpt_tos)
         return status
+
+    def _count(self, outcome: str) -> None:
+        """A refusal, in the metrics (a stored mail is counted by the store)."""
+        if self.store.metrics is not None:
+            self.store.metrics.mail_received(self.protocol, outcome)
 
 
 LONG_LINE_LIMIT = 1024 * 1024  # see _LimitedConnections

@@ -21,6 +21,7 @@ from maildesk.db.models import Attachment, Blob, Intake, IntakeState
 from maildesk.db.upsert import insert_ignore
 from maildesk.domain.message import ParsedAttachment
 from maildesk.domain.rawheader import extract_message_id
+from maildesk.metrics import Metrics
 
 Clock = Callable[[], datetime]
 
@@ -73,9 +74,10 @@ def store_attachments(session: Session, message_pk: int, parts: Sequence[ParsedA
 
 
 class IntakeStore:
-    def __init__(self, db: Database, clock: Clock) -> None:
+    def __init__(self, db: Database, clock: Clock, metrics: Metrics | None = None) -> None:
         self.db = db
         self.clock = clock
+        self.metrics = metrics
 
     def store(self, raw: bytes, envelope: Envelope) -> int:
         """Durably store one message; returns its intake id. Raises StorageUnavailable."""
@@ -84,9 +86,12 @@ class IntakeStore:
             with self.db.transaction() as session:
                 put_blob(session, raw)
                 stmt = insert(Intake).returning(Intake.id)
-                return int(session.scalars(stmt, [self._row(digest, raw, envelope)]).one())
+                intake_id = int(session.scalars(stmt, [self._row(digest, raw, envelope)]).one())
         except SQLAlchemyError as exc:
             raise StorageUnavailable(f"cannot store message: {exc}") from exc
+        if self.metrics is not None:
+            self.metrics.mail_received(envelope.source, "stored")
+        return intake_id
 
     def store_many(self, items: Sequence[tuple[bytes, Envelope]]) -> None:
         """Store several messages in one transaction (one fsync for a bulk import).
@@ -108,6 +113,10 @@ class IntakeStore:
                 session.execute(insert(Intake), rows)
         except SQLAlchemyError as exc:
             raise StorageUnavailable(f"cannot store message: {exc}") from exc
+        if self.metrics is not None:
+            for source in {env.source for _raw, env in items}:
+                stored = sum(1 for _raw, env in items if env.source == source)
+                self.metrics.mail_received(source, "stored", stored)
 
     def _row(self, digest: str, raw: bytes, env: Envelope) -> dict[str, object]:
         return {

@@ -23,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import NamedTuple, Protocol
@@ -36,6 +36,7 @@ from maildesk.connection_watch import CommandOverdue, ConnectionWatch
 from maildesk.db.database import Database, is_lock_conflict, is_transient, is_unavailable
 from maildesk.db.models import Blob, Event, Outbox, OutboxState, Suppression
 from maildesk.db.outage import Outage
+from maildesk.metrics import Metrics
 from maildesk.outbound.agent_notices import overtaken
 from maildesk.outbound.compose import needs_smtputf8
 from maildesk.outbound.delivery_failed import Undelivered
@@ -268,6 +269,8 @@ class DrainResult:
     failed: int = 0
     suppressed: int = 0
     dropped: int = 0  # agent notices held for a shift that the ticket overtook
+    # Seconds from queued to sent, of each mail sent (for the metrics).
+    delivery_seconds: list[float] = field(default_factory=list)
 
 
 # Told, in the sender's transaction, of a mail our relay refused or we gave up on
@@ -287,6 +290,7 @@ class OutboxSender:
         *,
         dkim: DkimSigner | None = None,
         undelivered: UndeliveredHook | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
         self.transport = transport
@@ -296,6 +300,7 @@ class OutboxSender:
         self.claim_timeout = claim_timeout
         self.dkim = dkim  # signs each attempt's bytes; the stored blob stays unsigned
         self.undelivered = undelivered
+        self.metrics = metrics
         self.outage = Outage(log, "outbox sender")
         # What a database outage kept from being written: deliveries made (recorded
         # before anything else, so the mail is not sent again) and claims not sent.
@@ -413,7 +418,10 @@ class OutboxSender:
                 if should_stop():
                     self._release(claimed[n:])
                     break
+                dropped = result.dropped
                 self._send_one(outbox_id, result)
+                if result.dropped > dropped and self.metrics is not None:
+                    self.metrics.delivered("dropped")  # committed by now
             except Exception as exc:
                 if is_transient(exc):  # given back (or recorded) at the next drain
                     self._unsent.update(i for i in claimed[n:] if i not in self._unrecorded)
@@ -510,7 +518,22 @@ class OutboxSender:
                 continue
             for name in ("sent", "retried", "failed", "suppressed"):
                 setattr(result, name, getattr(result, name) + getattr(counted, name))
+            self._count(counted)
             return
+
+    def _count(self, done: DrainResult) -> None:
+        """One recorded attempt in the metrics (after its commit)."""
+        if self.metrics is None:
+            return
+        for seconds in done.delivery_seconds:
+            self.metrics.delivered("sent", seconds)
+        for result, count in (
+            ("deferred", done.retried),
+            ("failed", done.failed),
+            ("suppressed", done.suppressed),
+        ):
+            for _ in range(count):
+                self.metrics.delivered(result)
 
     def _record_once(self, outbox_id: int, attempt: Attempt, result: DrainResult) -> None:
         live, blocked, error, refused = attempt
@@ -541,6 +564,7 @@ class OutboxSender:
                     )
                 row.last_error = "; ".join(notes)[:4000] or None
                 result.sent += 1
+                result.delivery_seconds.append((now - row.created_at).total_seconds())
                 log.info("outbox=%s ticket=%s sent to %s", row.id, row.ticket_id, ", ".join(live))
             elif isinstance(error, PermanentFailure) or self._too_old(row, now):
                 row.state, row.last_error = OutboxState.FAILED, str(error)[:4000]

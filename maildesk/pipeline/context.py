@@ -96,6 +96,9 @@ class MessageContext:
     bounced_outbox: tuple[int, ...] = ()  # the outbox ids of that mail
     spam: SpamScore | None = None  # set beside parsing when the filter is on
     possible_spam: bool = False  # the spam stage's "unsure": flag the ticket, no acknowledgement
+    # Agent commands in the mail: applied, not applied (for the metrics, once committed).
+    commands_applied: int = 0
+    commands_failed: int = 0
     route: Any = None  # the route stage's RouteDecision (maildesk.routing.router)
     agent: Any = None  # the agent stage's AgentMail (maildesk.agents.stage), issue 5
     # An agent's new mail whose sender authentication passed (DKIM/DMARC/SPF from
@@ -116,6 +119,7 @@ class MessageContext:
         self.bounced_to = ()
         self.bounced_outbox = ()
         self.possible_spam = False
+        self.commands_applied = self.commands_failed = 0
         self.agent = None
         self.authenticated_agent = None
         self.tickets.clear()

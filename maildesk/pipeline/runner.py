@@ -23,7 +23,9 @@ from sqlalchemy.orm.attributes import set_committed_value
 from maildesk.config import Settings
 from maildesk.db.database import Database, is_lock_conflict, is_transient, is_unavailable
 from maildesk.db.models import Blob, Disposition, Intake, IntakeState
+from maildesk.domain.autodetect import AutoKind
 from maildesk.domain.signing import Signer
+from maildesk.metrics import Metrics
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.apply import Applier
 from maildesk.pipeline.context import HUMAN_KINDS, MessageContext, Stop, StopKind
@@ -36,6 +38,7 @@ from maildesk.pipeline.stages import (
     copy_of_quarantined,
 )
 from maildesk.routing.router import Router
+from maildesk.spam.quarantine import SPAM_REASON_PREFIX
 from maildesk.spam.scoring import ScorerSpec
 
 log = logging.getLogger("maildesk.pipeline")
@@ -60,6 +63,21 @@ class Outcome:
     ticket_number: int | None = None
     automated: bool = False
     reason: str = ""
+    # For the metrics: what else the pipeline found (possible_spam, auto_reply, ...),
+    # when the mail was stored, and agent commands applied / not applied.
+    flags: tuple[str, ...] = ()
+    received_at: datetime | None = None
+    commands: tuple[int, int] = (0, 0)
+
+    @property
+    def metric_disposition(self) -> str:
+        if self.disposition is None:
+            return "postponed"
+        if self.disposition is Disposition.QUARANTINED and self.reason.startswith(
+            SPAM_REASON_PREFIX
+        ):
+            return "spam"
+        return str(self.disposition)
 
 
 @dataclass
@@ -93,9 +111,11 @@ class Worker:
         node_name: str,
         notices: Notices | None = None,
         router: Router | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.db = db
         self.notices = notices
+        self.metrics = metrics
         self.settings = settings
         self.clock = clock
         self.node = node_name
@@ -410,7 +430,14 @@ class Worker:
                 else Disposition.QUARANTINED
             )
             log.info("intake=%s %s: %s", ctx.intake_id, stopped, stop.reason)
-            return Outcome(ctx.intake_id, stopped, automated=automated, reason=stop.reason)
+            return Outcome(
+                ctx.intake_id,
+                stopped,
+                automated=automated,
+                reason=stop.reason,
+                flags=_flags(ctx),
+                received_at=intake.received_at,
+            )
         ticket = applier.apply(session, ctx, intake)
         assert ctx.thread is not None
         log.info(
@@ -421,7 +448,14 @@ class Worker:
             ctx.thread.evidence,
         )
         return Outcome(
-            ctx.intake_id, intake.disposition, ticket.number, automated, ctx.thread.evidence
+            ctx.intake_id,
+            intake.disposition,
+            ticket.number,
+            automated,
+            ctx.thread.evidence,
+            flags=_flags(ctx),
+            received_at=intake.received_at,
+            commands=(ctx.commands_applied, ctx.commands_failed),
         )
 
     def _postpone(self, intake_id: int, exc: BaseException) -> Outcome:
@@ -471,7 +505,9 @@ class Worker:
     def _fail(self, session: Session, intake: Intake, reason: str) -> Outcome:
         with session.begin_nested():
             self._quarantine(session, intake, reason)
-        return Outcome(intake.id, Disposition.QUARANTINED, reason=reason)
+        return Outcome(
+            intake.id, Disposition.QUARANTINED, reason=reason, received_at=intake.received_at
+        )
 
     def drain(
         self,
@@ -505,6 +541,7 @@ class Worker:
             upcoming_parsed = self.parse_pool.submit(upcoming)
             for outcome in self.apply_parsed(parsed()):
                 summary.add(outcome)
+                self._count(outcome)
                 if on_outcome is not None:
                     on_outcome(outcome)
             batch, parsed = upcoming, upcoming_parsed
@@ -512,8 +549,25 @@ class Worker:
             raise failure
         return summary
 
+    def _count(self, outcome: Outcome) -> None:
+        """The outcome in the metrics: after its commit, so a rolled-back try counts never."""
+        if self.metrics is None:
+            return
+        latency = None
+        if outcome.disposition is not None and outcome.received_at is not None:
+            latency = (self.clock() - outcome.received_at).total_seconds()
+        self.metrics.message_finished(outcome.metric_disposition, outcome.flags, latency)
+        self.metrics.commands(*outcome.commands)
+
     def close(self) -> None:
         self.parse_pool.close()
+
+
+def _flags(ctx: MessageContext) -> tuple[str, ...]:
+    flags = ["possible_spam"] if ctx.possible_spam else []
+    if ctx.verdict is not None and ctx.verdict.kind is not AutoKind.HUMAN:
+        flags.append(str(ctx.verdict.kind))
+    return tuple(flags)
 
 
 def _lock_key(key: str) -> int:

@@ -47,10 +47,12 @@ def learn_now(app: App) -> int:
         return 0
     try:
         pull(app.db, spec.live_path)  # what other nodes learned
-        return learn_pending(app.db, spec, app.clock, app.node_name)
+        learned = learn_pending(app.db, spec, app.clock, app.node_name)
     except Exception:
         log.exception("spam feedback not learned this time (it stays pending)")
         return 0
+    app.metrics.learned(learned)
+    return learned
 
 
 def send_digest(app: App) -> bool:
