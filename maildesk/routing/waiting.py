@@ -173,6 +173,10 @@ def assign_waiting_in_group(
     return done
 
 
+class WaitingNotAssigned(RuntimeError):
+    """Some group's waiting tickets could not be assigned in this run (logged above)."""
+
+
 class WaitingAssigner:
     """The scheduler job: one transaction per group."""
 
@@ -197,6 +201,7 @@ class WaitingAssigner:
     def run(self) -> list[Assigned]:
         directory = self._directory()
         done: list[Assigned] = []
+        failed: list[str] = []
         for group in waiting_groups(directory):
             try:
                 with self.db.transaction() as session:
@@ -210,6 +215,9 @@ class WaitingAssigner:
                     )
             except Exception:  # one group's failure must not keep the others waiting
                 log.exception("waiting tickets of group %s not assigned this time", group.name)
+                failed.append(group.name)
+        if failed:  # the run did not succeed: the scheduler (and the metrics) see it
+            raise WaitingNotAssigned(f"waiting tickets of {', '.join(failed)} not assigned")
         return done
 
 
