@@ -272,5 +272,6 @@ def answered_customer(session: Session, sender: str) -> int | None:
     """
     # No autoflush: the rows this reads are written with Core, never left pending,
     # and flushing the batch's ticket changes before every lookup cost more than it.
-    with session.no_autoflush:
-        return session.scalars(_ANSWERED, {"sender_email": sender.lower()}).first()
+    # Core on the connection: the ORM's execution path cost as much as the query.
+    number = session.connection().execute(_ANSWERED, {"sender_email": sender.lower()}).scalar()
+    return None if number is None else int(number)

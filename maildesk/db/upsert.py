@@ -8,7 +8,8 @@ from typing import Any, TypeVar
 from sqlalchemy import Table, case, insert
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.orm import Session, make_transient_to_detached
+from sqlalchemy.orm import Session, configure_mappers, make_transient_to_detached
+from sqlalchemy.orm.attributes import instance_dict, manager_of_class
 
 
 @cache
@@ -81,7 +82,12 @@ def insert_row(session: Session, model: type[Row], **values: Any) -> Row:
     (pk_column,) = table.primary_key.columns
     statement = _insert_returning_pk(table, pk_column.key)
     full[pk_column.key] = session.connection().execute(statement, full).scalar_one()
-    row = model(**full)
+    # The values go straight into the new object's state, as a load puts them, not
+    # through the constructor's instrumented setters: those record a change per
+    # column that make_transient_to_detached then discards (no model listens to them).
+    configure_mappers()  # as the constructor would (a no-op once they are)
+    row: Row = manager_of_class(model).new_instance()
+    instance_dict(row).update(full)
     make_transient_to_detached(row)
     session.add(row)
     return row

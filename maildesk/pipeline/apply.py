@@ -61,6 +61,12 @@ _PROMOTE_ID = (
     )
     .values(origin=bindparam("stored_origin"))
 )
+# The contacts already on a ticket, and their roles.
+_ROLES = (
+    select(Contact.email, Participant.role)
+    .join(Participant, Participant.contact_id == Contact.id)
+    .where(Participant.ticket_id == bindparam("ticket_id"))
+)
 
 
 class Applier:
@@ -576,11 +582,10 @@ class Applier:
         }
         left_out: list[str] = []
         if wanted:
-            roles = session.execute(
-                select(Contact.email, Participant.role)
-                .join(Participant, Participant.contact_id == Contact.id)
-                .where(Participant.ticket_id == ticket.id)
-            ).all()
+            # Core on the connection, as participants and contacts are only ever written
+            # (insert_ignore, upsert_contact): through the session, each such query
+            # flushed the batch's pending changes first, a third of apply's time.
+            roles = session.connection().execute(_ROLES, {"ticket_id": ticket.id}).all()
             present = {email for email, _role in roles}
             ccs = sum(1 for _email, role in roles if role == ParticipantRole.CC)
             room = self.settings.agent_mail.max_cc_participants - ccs

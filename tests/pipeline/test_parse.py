@@ -82,6 +82,47 @@ def test_addresses_are_lower_cased_and_garbage_is_tolerated() -> None:
     assert [a.addr for a in message.reply_to] == ["reply@example.org"]
 
 
+def test_the_same_address_fields_in_many_mails_parse_alike_each_time() -> None:
+    """Parsed address fields are remembered; every mail still gets its own, complete result."""
+    shared = ("To: Help Desk <Help@Example.ORG>, b@y.io", "Cc: =?utf-8?q?Jos=C3=A9?= <jose@x.io>")
+    first = parse_message(mail("From: Ann <ann@a.io>", *shared))
+    second = parse_message(mail("From: Bob <bob@b.io>", *shared, "Reply-To: ann@a.io"))
+    again = parse_message(mail("From: Ann <ann@a.io>", *shared))
+    assert first == again
+    assert [(a.addr, a.name) for a in second.to] == [
+        ("help@example.org", "Help Desk"),
+        ("b@y.io", ""),
+    ]
+    assert [(a.addr, a.name) for a in second.cc] == [("jose@x.io", "José")]
+    assert second.from_ is not None and second.from_.addr == "bob@b.io"
+    assert [a.addr for a in second.reply_to] == ["ann@a.io"]
+    # A field too long to be remembered is parsed all the same.
+    many = ", ".join(f"user{i}@example.org" for i in range(400))
+    assert len(many) > parse_module.MAX_CACHED_ADDRESS_FIELD
+    long_to = parse_message(mail("From: a@b.c", f"To: {many}"))
+    assert [a.addr for a in long_to.to] == [f"user{i}@example.org" for i in range(400)]
+
+
+def test_nul_anywhere_in_the_text_becomes_a_replacement_character() -> None:
+    raw = (
+        b"From: Al\x00ice <alice@customer.test>\nTo: =?utf-8?q?B=00b?= <bob@x.io>\n"
+        b"Subject: Printer\x00 on fire\nX-Note: a\x00b\n"
+        b"Content-Type: text/plain; charset=utf-8\n"
+        b"Content-Transfer-Encoding: quoted-printable\n\nThe display shows =00.\n"
+    )
+    message = parse_message(raw)
+    assert message.subject == "Printer\ufffd on fire"
+    assert message.header("x-note") == "a\ufffdb"
+    assert ("Subject", "Printer\ufffd on fire") in message.headers
+    assert message.header("from") == "Al\ufffdice <alice@customer.test>"
+    # Control characters are dropped from display names, NUL among them.
+    assert message.from_ is not None and message.from_.name == "Alice"
+    assert [a.name for a in message.to] == ["Bb"]
+    assert "shows \ufffd." in message.text
+    clean = parse_message(mail("From: a@b.c", "Subject: fine"))
+    assert all("\0" not in value for _name, value in clean.headers)
+
+
 def test_unusable_from_keeps_the_text() -> None:
     message = parse_message(mail("From: ))((", "Subject: s"))
     assert message.from_ is None or message.from_.addr == ""
