@@ -54,16 +54,21 @@ class MetricsDaemon(DaemonProcess):
             for s in family.samples
         }
 
-    def status(self, *args: str) -> tuple[int, Any]:
-        result = subprocess.run(
-            [sys.executable, "-m", "maildesk", "--config", str(self.config_path), "status", *args],
+    def cli(self, *args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[str]:
+        """``maildesk --config <this config> ARGS...`` as ops run it."""
+        return subprocess.run(
+            [sys.executable, "-m", "maildesk", "--config", str(self.config_path), *args],
             capture_output=True,
-            text=True,
+            text=stdin is None,
+            input=stdin,
             timeout=120,
             check=False,
             cwd=self.workdir,
             env=maildesk_env(),
         )
+
+    def status(self, *args: str) -> tuple[int, Any]:
+        result = self.cli("status", *args)
         out = json.loads(result.stdout) if "--json" in args else result.stdout
         return result.returncode, out
 
@@ -187,15 +192,7 @@ def test_counters_and_gauges_follow_mail_through_the_daemon(
         "oldest_pending_age_seconds": None,
     }
     assert figures["outbox"]["failed"] == 0
-    checked = subprocess.run(
-        [sys.executable, "-m", "maildesk", "--config", str(daemon.config_path), "check"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=daemon.workdir,
-        env=maildesk_env(),
-    )
+    checked = daemon.cli("check")
     assert f"ok   metrics 127.0.0.1:{daemon.metrics_port}: a running maildesk answers" in (
         checked.stdout
     )
@@ -217,15 +214,8 @@ def test_status_is_healthy_on_a_quiet_installation_and_names_what_waits(tmp_path
     }
 
     # Mail stored an hour ago and never processed (no daemon runs): something to look at.
-    subprocess.run(
-        [sys.executable, "-m", "maildesk", "--config", str(daemon.config_path), "ingest",
-         "--no-process", "-"],
-        input=make_mail(message_id="waiting@customer.test"),
-        check=True,
-        capture_output=True,
-        cwd=tmp_path,
-        env=maildesk_env(),
-    )  # fmt: skip
+    stored = daemon.cli("ingest", "--no-process", "-", stdin=make_mail(message_id="w@c.test"))
+    assert stored.returncode == 0, stored.stderr
     engine = create_engine(f"sqlite:///{tmp_path / 'data' / 'maildesk.sqlite3'}")
     with engine.begin() as conn:
         an_hour_ago = (datetime.now(UTC) - timedelta(hours=1)).replace(tzinfo=None)
@@ -256,15 +246,7 @@ def test_a_bad_metrics_address_is_refused_naming_the_key(
     daemon.write_config()
     config = daemon.config_path.read_text().replace("127.0.0.1:1", listen)
     daemon.config_path.write_text(config)
-    result = subprocess.run(
-        [sys.executable, "-m", "maildesk", "--config", str(daemon.config_path), "run"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=tmp_path,
-        env=maildesk_env(),
-    )
+    result = daemon.cli("run")
     assert result.returncode == 78, result.stderr
     assert "metrics.listen" in result.stderr and reason in result.stderr
 
@@ -276,24 +258,8 @@ def test_a_metrics_port_in_use_stops_the_start_for_a_retry(tmp_path: Path) -> No
         port = taken.getsockname()[1]
         daemon = MetricsDaemon(tmp_path, relay_port=free_port(), metrics_port=port)
         daemon.write_config()
-        result = subprocess.run(
-            [sys.executable, "-m", "maildesk", "--config", str(daemon.config_path), "run"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            cwd=tmp_path,
-            env=maildesk_env(),
-        )
-        checked = subprocess.run(
-            [sys.executable, "-m", "maildesk", "--config", str(daemon.config_path), "check"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            cwd=tmp_path,
-            env=maildesk_env(),
-        )
+        result = daemon.cli("run")
+        checked = daemon.cli("check")
     assert result.returncode == 75, result.stderr
     assert f"metrics.listen: cannot listen on 127.0.0.1:{port}" in result.stderr
     # `maildesk check` says so beforehand (and knows a running maildesk's endpoint).
