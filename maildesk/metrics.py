@@ -137,16 +137,17 @@ class Metrics:
     def message_finished(
         self, disposition: str, flags: Iterable[str], latency_seconds: float | None
     ) -> None:
-        self.dispositions.labels(disposition).inc()
-        for flag in flags:
-            self.flags.labels(flag).inc()
+        # The histogram first: a scrape that sees the count sees its time too.
         if latency_seconds is not None:
             self.pipeline_latency.observe(max(0.0, latency_seconds))
+        for flag in flags:
+            self.flags.labels(flag).inc()
+        self.dispositions.labels(disposition).inc()
 
     def delivered(self, result: str, seconds: float | None = None) -> None:
-        self.deliveries.labels(result).inc()
-        if seconds is not None:
+        if seconds is not None:  # first, as above
             self.delivery_time.observe(max(0.0, seconds))
+        self.deliveries.labels(result).inc()
 
     def commands(self, applied: int, failed: int) -> None:
         if applied:
