@@ -44,6 +44,20 @@ class MetricsDaemon(DaemonProcess):
         text_ = self.config_path.read_text(encoding="utf-8")
         self.config_path.write_text(top + text_ + metrics, encoding="utf-8")
 
+    def wait_listening(self, timeout: float = 30) -> None:
+        """The metrics endpoint opens just after the mail listeners: wait for it too."""
+        super().wait_listening(timeout)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.metrics_port), timeout=1):
+                    return
+            except OSError:
+                if time.monotonic() > deadline:
+                    log = self.log()[-3000:]
+                    raise AssertionError(f"no metrics endpoint in {timeout}s: {log}") from None
+                time.sleep(0.1)
+
     def scrape(self) -> Samples:
         url = f"http://127.0.0.1:{self.metrics_port}/metrics"
         with urllib.request.urlopen(url, timeout=10) as response:
@@ -102,7 +116,8 @@ def database(request: pytest.FixtureRequest) -> Iterator[str]:
 def daemon(tmp_path: Path, relay: RelaySink, database: str) -> Iterator[MetricsDaemon]:
     proc = MetricsDaemon(
         tmp_path, relay_port=relay.port, metrics_port=free_port(), database_url=database
-    ).start()
+    )
+    proc.start()
     yield proc
     if proc.proc is not None and proc.proc.poll() is None:
         proc.kill()
