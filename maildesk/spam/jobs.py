@@ -40,17 +40,25 @@ def take_shared_model(app: App) -> None:
         log.exception("spam model: could not take the shared model; scoring with the local copy")
 
 
+class SpamNotLearned(RuntimeError):
+    """Pending feedback could not be learned this time (logged); it stays pending."""
+
+
 def learn_now(app: App) -> int:
-    """Learn what feedback is pending; errors are logged, never raised into the scheduler."""
+    """Learn what feedback is pending.
+
+    A failure is logged and raised as :class:`SpamNotLearned`, so the scheduler
+    (and with it the job's last success in the metrics) sees the run failed.
+    """
     spec = ScorerSpec.from_settings(app.settings)
     if spec is None:
         return 0
     try:
         pull(app.db, spec.live_path)  # what other nodes learned
         learned = learn_pending(app.db, spec, app.clock, app.node_name)
-    except Exception:
+    except Exception as exc:
         log.exception("spam feedback not learned this time (it stays pending)")
-        return 0
+        raise SpamNotLearned(str(exc)) from exc
     app.metrics.learned(learned)
     return learned
 
@@ -110,6 +118,9 @@ def add_spam_learning(scheduler: BaseScheduler, app: App) -> None:
 def on_shutdown(app: App) -> None:
     """Learn what is still pending, so a restart loses nothing that was said."""
     if app.settings.spam.enabled:
-        learned = learn_now(app)
+        try:
+            learned = learn_now(app)
+        except SpamNotLearned:
+            return  # logged; the next start learns it
         if learned:
             log.info("spam model saved on shutdown (%d message(s) learned)", learned)

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from maildesk.app import App
 from maildesk.db.models import Event, Intake, Message, SpamFeedback, Ticket
 from maildesk.spam.feedback import FeedbackError, SpamLabel, record_feedback
-from maildesk.spam.jobs import learn_now
+from maildesk.spam.jobs import SpamNotLearned, learn_now, on_shutdown
 from maildesk.spam.model import SpamFilter
 from maildesk.spam.scoring import SEED_MODEL
 from tests.conftest import FrozenClock, make_settings
@@ -98,3 +98,25 @@ def test_spam_score_band_and_model_version_are_recorded(
             assert session.scalars(select(Message)).all() == []
     finally:
         app.db.dispose()
+
+
+def test_a_failed_learning_run_is_a_failure_the_scheduler_sees_and_loses_nothing(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    deliver(app, make_mail(message_id="f@customer.test"))
+    live = app.settings.data_dir / "spam-model.npz"
+    live.mkdir()  # the model cannot be written there: a full or broken disk
+    with app.db.transaction() as session:
+        intake = session.scalars(select(Intake)).one()
+        record_feedback(session, intake_id=intake.id, label="spam", source="cli", actor="ops")
+    # Raised, so the job's last success (metrics, `maildesk status`) does not move.
+    with pytest.raises(SpamNotLearned):
+        learn_now(app)
+    with caplog.at_level(logging.ERROR, logger="maildesk.spam"):
+        on_shutdown(app)  # the daemon still stops, saying what it could not learn
+    assert any("stays pending" in r.getMessage() for r in caplog.records)
+    with app.db.transaction() as session:
+        assert session.scalars(select(SpamFeedback.learned_at)).one() is None
+    live.rmdir()
+    assert learn_now(app) == 1
+    assert live_model(app).trained_spam == SEED.trained_spam + 1
