@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -91,6 +92,39 @@ def is_lock_conflict(exc: BaseException) -> bool:
     """
     orig = exc.orig if isinstance(exc, DBAPIError) else exc
     return getattr(orig, "sqlstate", None) in LOCK_CONFLICTS
+
+
+T = TypeVar("T")
+
+
+def retry_on_lock_conflict(
+    work: Callable[[], T],
+    *,
+    attempts: int,
+    what: str,
+    also: tuple[type[Exception], ...] = (),
+    before_again: Callable[[], None] | None = None,
+) -> T:
+    """``work()``, done again at once when it loses a lock conflict (or raises one of ``also``).
+
+    ``work`` must run its own transaction, so a lost one was rolled back whole;
+    ``before_again`` forgets what the lost try decided. The last try's error is raised.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            return work()
+        except Exception as exc:
+            if attempt == attempts or not (is_lock_conflict(exc) or isinstance(exc, also)):
+                raise
+            logging.getLogger("maildesk.db").info(
+                "%s lost a conflict with another writer, again (%d): %s",
+                what,
+                attempt,
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
+            if before_again is not None:
+                before_again()
+    raise AssertionError("unreachable")
 
 
 def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:

@@ -33,7 +33,12 @@ from sqlalchemy.orm import Session
 
 from maildesk.config import OutboundSettings
 from maildesk.connection_watch import CommandOverdue, ConnectionWatch
-from maildesk.db.database import Database, is_lock_conflict, is_transient, is_unavailable
+from maildesk.db.database import (
+    Database,
+    is_transient,
+    is_unavailable,
+    retry_on_lock_conflict,
+)
 from maildesk.db.models import Blob, Event, Outbox, OutboxState, Suppression
 from maildesk.db.outage import Outage
 from maildesk.metrics import Metrics
@@ -503,23 +508,17 @@ class OutboxSender:
         row would stay claimed and be delivered a second time once its claim
         expired. Rolled back whole, it is recomputed from the same facts.
         """
-        for tries in range(1, RECORD_ATTEMPTS + 1):
+
+        def once() -> DrainResult:
             counted = DrainResult()
-            try:
-                self._record_once(outbox_id, attempt, counted)
-            except Exception as exc:
-                if not is_lock_conflict(exc) or tries == RECORD_ATTEMPTS:
-                    raise
-                log.info(
-                    "outbox=%s: recording the delivery lost a lock conflict, again: %s",
-                    outbox_id,
-                    str(exc).splitlines()[0],
-                )
-                continue
-            for name in ("sent", "retried", "failed", "suppressed"):
-                setattr(result, name, getattr(result, name) + getattr(counted, name))
-            self._count(counted)
-            return
+            self._record_once(outbox_id, attempt, counted)
+            return counted
+
+        what = f"outbox={outbox_id}: recording the delivery"
+        counted = retry_on_lock_conflict(once, attempts=RECORD_ATTEMPTS, what=what)
+        for name in ("sent", "retried", "failed", "suppressed"):
+            setattr(result, name, getattr(result, name) + getattr(counted, name))
+        self._count(counted)
 
     def _count(self, done: DrainResult) -> None:
         """One recorded attempt in the metrics (after its commit)."""

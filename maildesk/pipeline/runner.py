@@ -21,7 +21,13 @@ from sqlalchemy.orm import Session
 from sqlalchemy.orm.attributes import set_committed_value
 
 from maildesk.config import Settings
-from maildesk.db.database import Database, is_lock_conflict, is_transient, is_unavailable
+from maildesk.db.database import (
+    Database,
+    is_lock_conflict,
+    is_transient,
+    is_unavailable,
+    retry_on_lock_conflict,
+)
 from maildesk.db.models import Blob, Disposition, Intake, IntakeState
 from maildesk.domain.autodetect import AutoKind
 from maildesk.domain.signing import Signer
@@ -287,22 +293,18 @@ class Worker:
         self, batch: list[MessageContext], stops: dict[int, Stop | None], *, isolated: bool
     ) -> list[Outcome]:
         """:meth:`_apply_batch`, again at once after a lock conflict (up to a few times)."""
-        for attempt in range(1, LOCK_CONFLICT_RETRIES + 2):
-            try:
-                return self._apply_batch(batch, stops, isolated=isolated)
-            except Exception as exc:
-                if not is_lock_conflict(exc) or attempt > LOCK_CONFLICT_RETRIES:
-                    raise
-                log.info(
-                    "batch of %d (intake %s...) lost a lock conflict with another node, "
-                    "applying it again: %s",
-                    len(batch),
-                    batch[0].intake_id if batch else "-",
-                    str(exc).splitlines()[0],
-                )
-                for ctx in batch:
-                    ctx.reset_decisions()
-        raise AssertionError("unreachable")
+
+        def forget_decisions() -> None:
+            for ctx in batch:
+                ctx.reset_decisions()
+
+        first = batch[0].intake_id if batch else "-"
+        return retry_on_lock_conflict(
+            lambda: self._apply_batch(batch, stops, isolated=isolated),
+            attempts=LOCK_CONFLICT_RETRIES + 1,
+            what=f"batch of {len(batch)} (intake {first}...)",
+            before_again=forget_decisions,
+        )
 
     def _apply_batch(
         self, batch: list[MessageContext], stops: dict[int, Stop | None], *, isolated: bool

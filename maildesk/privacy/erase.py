@@ -21,7 +21,7 @@ from sqlalchemy import delete, exists, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from maildesk.db.database import Database, is_lock_conflict
+from maildesk.db.database import Database, retry_on_lock_conflict
 from maildesk.db.models import (
     Attachment,
     Blob,
@@ -90,21 +90,18 @@ class Counts:
 
 
 def in_retried_transaction(db: Database, work: Callable[[Session], T]) -> T:
-    """Run ``work`` in a transaction of its own; again after losing to another writer."""
-    for attempt in range(1, ATTEMPTS + 1):
-        try:
-            with db.transaction() as session:
-                return work(session)
-        except IntegrityError:
-            # A row naming what we delete was committed between our reads and the
-            # delete (a new event on the ticket): read again, with it.
-            if attempt == ATTEMPTS:
-                raise
-        except Exception as exc:
-            if not is_lock_conflict(exc) or attempt == ATTEMPTS:
-                raise
-        log.info("erasure lost a conflict with another writer; again (%d)", attempt)
-    raise AssertionError("unreachable")
+    """Run ``work`` in a transaction of its own; again after losing to another writer.
+
+    An ``IntegrityError`` is such a loss too: a row naming what we delete was
+    committed between our reads and the delete (a new event on the ticket), so
+    the next try reads it and deletes it with the rest.
+    """
+
+    def once() -> T:
+        with db.transaction() as session:
+            return work(session)
+
+    return retry_on_lock_conflict(once, attempts=ATTEMPTS, what="erasure", also=(IntegrityError,))
 
 
 # -- one ticket ---------------------------------------------------------------
