@@ -38,6 +38,20 @@ def address_key(address: str) -> str:
     return f"{local.lower()}@{(ascii_domain(domain) or domain).lower()}"
 
 
+def written_forms(address: str) -> tuple[str, ...]:
+    """The ways a text may write ``address``, lower case: its domain in A-labels and,
+    for an internationalised domain, in U-labels (``anna@bücher.example``) too."""
+    key = address_key(address)
+    local, at, domain = key.rpartition("@")
+    if not at or "xn--" not in domain:
+        return (key,)
+    try:
+        unicode = idna.decode(domain)
+    except (idna.IDNAError, UnicodeError):
+        return (key,)
+    return (key, f"{local}@{unicode}")
+
+
 # RFC 6533 s. 3: EmbeddedUnicodeChar, "\x{" HEXPOINT "}" (taken in any case, as Postfix does).
 _EMBEDDED_CHAR = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
 # RFC 3461 s. 4: xtext's hexchar, "+" and two upper-case hex digits.

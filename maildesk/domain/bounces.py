@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from maildesk.domain.address import address_key
+from maildesk.domain.address import address_key, written_forms
 from maildesk.domain.message import DeliveryStatus, ParsedMessage
 
 _ANGLE_ID_RE = re.compile(r"<([^<>\s]+)>")
@@ -135,12 +135,18 @@ def _words_dead(msg: ParsedMessage, mailed: Iterable[str]) -> tuple[str, ...]:
         return ()
     report = _report_text(msg.text)
     wanted = [a.lower() for a in dict.fromkeys(mailed) if a]
-    where = {address: _mentions(report, address) for address in wanted}
+    # Where the report names each address, in any of its spellings (an IDN domain
+    # in U-labels where we mailed its A-labels, or the other way round).
+    where = {
+        address: sorted(pos for form in written_forms(address) for pos in _mentions(report, form))
+        for address in wanted
+    }
     starts = sorted(pos for positions in where.values() for pos in positions)
     dead: list[str] = []
     for address in wanted:
+        own = set(where[address])
         for pos in where[address]:
-            later = [s for s in starts if s > pos and not report.startswith(address, s)]
+            later = [s for s in starts if s > pos and s not in own]
             said = report[pos : later[0] if later else len(report)]
             if _DEAD_ADDRESS_RE.search(said) and not _NOT_YET_RE.search(said):
                 dead.append(address)

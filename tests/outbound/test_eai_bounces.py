@@ -24,6 +24,7 @@ from maildesk.app import App
 from maildesk.db.models import Event, Message, Outbox, OutboxState, Suppression
 from tests.conftest import FrozenClock
 from tests.eai_dsn import JOERG, exim_dsn, m365_dsn, postfix_dsn
+from tests.outbound.test_bounces import text_bounce
 from tests.outbound.test_eai import (
     ANNA_IDN,
     ANNA_WIRE,
@@ -167,12 +168,8 @@ def test_a_full_mailbox_in_a_global_report_suppresses_nobody_but_tells_the_agent
     assert "The address is not suppressed" in notice
 
 
-def test_an_idn_customer_bounced_under_her_u_label_domain_is_suppressed_by_her_wire_address(
-    app: App, relay: Utf8Relay
-) -> None:
-    """We mail anna at her domain's A-labels (anna@xn--bcher-kva.example); Exchange
-    reports her as anna@bücher.example. One address: suppressed as we mailed it, Bob
-    told, and his next answer not queued to her."""
+def anna_answered(app: App, relay: Utf8Relay) -> tuple[Outbox, bytes]:
+    """Anna writes from anna@bücher.example; Bob's answer goes to her domain's A-labels."""
     anna = eai_mail(f"Anna <{ANNA_IDN}>", "Frage", "Eine Frage.\n", "a1@x.test")
     by_smtp(app, anna, ANNA_WIRE)
     app.sender().drain()
@@ -183,8 +180,17 @@ def test_an_idn_customer_bounced_under_her_u_label_domain_is_suppressed_by_her_w
         session.expunge(answer)
     assert answer.recipients == [ANNA_WIRE]
     _ack, sent = relay.to(ANNA_WIRE)
+    return answer, sent.raw
 
-    report = m365_dsn(answer.envelope_from, sent.raw, recipient=ANNA_IDN)
+
+def test_an_idn_customer_bounced_under_her_u_label_domain_is_suppressed_by_her_wire_address(
+    app: App, relay: Utf8Relay
+) -> None:
+    """We mail anna at her domain's A-labels (anna@xn--bcher-kva.example); Exchange
+    reports her as anna@bücher.example. One address: suppressed as we mailed it, Bob
+    told, and his next answer not queued to her."""
+    answer, sent = anna_answered(app, relay)
+    report = m365_dsn(answer.envelope_from, sent, recipient=ANNA_IDN)
     bounce_by_smtp(app, report, answer.envelope_from)
 
     assert suppressed(app) == {ANNA_WIRE}
@@ -218,3 +224,19 @@ def test_a_malformed_global_report_is_stored_on_the_ticket_and_read_by_its_words
     app.sender().drain()
     [notice] = notices_to_bob(relay)
     assert f"NOT delivered to: {JOERG}" in notice
+
+
+def test_a_text_bounce_naming_her_u_label_domain_suppresses_her_wire_address(
+    app: App, relay: Utf8Relay
+) -> None:
+    """A bounce with no delivery-status part (an old Exchange's text NDR) writes
+    anna@bücher.example, where we mailed anna@xn--bcher-kva.example: its words are
+    read for her all the same, so she is suppressed and Bob is told."""
+    answer, _sent = anna_answered(app, relay)
+    returned = f"Message-ID: <{answer.message_id}>\r\nTo: {ANNA_IDN}\r\n"
+    bounce_by_smtp(app, text_bounce(ANNA_IDN, returned, people=ANNA_IDN), answer.envelope_from)
+
+    assert suppressed(app) == {ANNA_WIRE}
+    app.sender().drain()
+    [told] = notices_to_bob(relay)
+    assert f"NOT delivered to: {ANNA_WIRE}" in told and f"{ANNA_WIRE} is suppressed" in told
