@@ -19,6 +19,7 @@ from maildesk.outbound.dkim_sign import DkimSigner
 from maildesk.outbound.notices import Notices
 from maildesk.outbound.sender import OutboxSender, build_transport
 from maildesk.outbound.templates import TemplateRenderer, default_templates_dir
+from maildesk.outbound.unrecorded import journal_path
 from maildesk.people import Directory
 from maildesk.pipeline.runner import Worker
 from maildesk.routing.router import Router
@@ -139,4 +140,5 @@ class App:
             dkim=DkimSigner.from_settings(self.settings),
             undelivered=DeliveryFailedNotifier(self.notices()),
             metrics=self.metrics,
+            journal=journal_path(self.settings.data_dir, node or self.node_name),
         )

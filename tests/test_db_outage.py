@@ -17,6 +17,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,7 @@ from maildesk.db.models import (
 from maildesk.db.outage import Outage
 from maildesk.intake.store import Envelope, put_blob
 from maildesk.outbound.sender import OutboxSender, SmtpTransport
+from maildesk.outbound.unrecorded import journal_path
 from maildesk.pipeline import runner
 from maildesk.pipeline.context import MessageContext, Stop
 from maildesk.pipeline.runner import Worker
@@ -282,11 +284,7 @@ def outbox_state(app: App) -> OutboxState:
         return session.scalars(select(Outbox.state)).one()
 
 
-def test_a_mail_sent_while_the_database_went_away_is_recorded_not_sent_twice(
-    pg: tuple[App, PgOutage], clock: FrozenClock, relay: RelaySink, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    app, outage = pg
-    now = clock()
+def queue_one(app: App, now: datetime) -> None:
     raw = make_mail(sender="support@example.com", to="a@customer.test", message_id="o1@example.com")
     with app.db.transaction() as session:
         session.add(
@@ -301,8 +299,20 @@ def test_a_mail_sent_while_the_database_went_away_is_recorded_not_sent_twice(
                 next_attempt_at=now,
             )
         )
+
+
+def relay_sender(app: App, clock: FrozenClock, relay: RelaySink) -> OutboxSender:
+    """node-a's sender, as the daemon builds it: its journal in the data directory."""
     settings = OutboundSettings(transport="smtp", relay_port=relay.port)
-    sender = OutboxSender(app.db, SmtpTransport(settings, password=""), settings, clock, "node-a")
+    transport = SmtpTransport(settings, password="")
+    journal = journal_path(app.settings.data_dir, "node-a")
+    return OutboxSender(app.db, transport, settings, clock, "node-a", journal=journal)
+
+
+def deliver_into_outage(
+    sender: OutboxSender, outage: PgOutage, monkeypatch: pytest.MonkeyPatch
+) -> list[Exception]:
+    """One drain whose delivery reaches the relay just before the database goes away."""
     send_mail = sender.transport.send
 
     def send_then_outage(*args: Any) -> None:
@@ -316,6 +326,20 @@ def test_a_mail_sent_while_the_database_went_away_is_recorded_not_sent_twice(
     except Exception as exc:
         raised.append(exc)
     monkeypatch.setattr(sender.transport, "send", send_mail)
+    return raised
+
+
+def test_a_mail_sent_while_the_database_went_away_is_recorded_not_sent_twice(
+    pg: tuple[App, PgOutage],
+    clock: FrozenClock,
+    relay: RelaySink,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    app, outage = pg
+    queue_one(app, clock())
+    sender = relay_sender(app, clock, relay)
+    raised = deliver_into_outage(sender, outage, monkeypatch)
     outage.refuse(False)
     clock.advance(minutes=30)  # long past the claim timeout
     end = time.monotonic() + 10  # the sender's backoff: a second or two
@@ -328,6 +352,58 @@ def test_a_mail_sent_while_the_database_went_away_is_recorded_not_sent_twice(
         assert (row.state, row.claimed_by, row.attempts) == (OutboxState.SENT, None, 1)
     # An outage is no error to raise: the scheduler would log a traceback every interval.
     assert not raised, raised
+
+
+@pytest.mark.parametrize(
+    ("reply", "recorded"),
+    [("250 OK", OutboxState.SENT), ("554 5.7.1 rejected by policy", OutboxState.FAILED)],
+)
+def test_a_delivery_unrecorded_when_the_daemon_stopped_is_recorded_at_its_restart(
+    pg: tuple[App, PgOutage],
+    clock: FrozenClock,
+    relay: RelaySink,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    reply: str,
+    recorded: OutboxState,
+) -> None:
+    """The daemon stops (or dies) while the database is away, holding the record of a
+    delivery the relay answered. Restarted with the database back, it writes that
+    record (from its journal) before it gives back its claims: the mail is not sent
+    a second time, and a refusal is recorded with the relay's words."""
+    app, outage = pg
+    queue_one(app, clock())
+    relay.reply = reply
+    deliver_into_outage(relay_sender(app, clock, relay), outage, monkeypatch)
+    outage.refuse(False)
+    clock.advance(minutes=30)
+    relay.reply = "250 OK"
+
+    restarted = relay_sender(app, clock, relay)  # a new process: nothing in memory
+    assert restarted.release_own_claims() == 0
+    with app.db.transaction() as session:
+        row = session.scalars(select(Outbox)).one()
+        assert (row.state, row.claimed_by, row.attempts) == (recorded, None, 1)
+        assert reply.startswith("250") or "rejected by policy" in (row.last_error or "")
+    restarted.drain()
+    assert len(relay.received) == (1 if reply.startswith("250") else 0), "sent a second time"
+    assert not journal_path(app.settings.data_dir, "node-a").exists()
+
+
+def test_an_unreadable_journal_is_moved_aside_and_the_sender_starts(
+    sqlite_app: App, clock: FrozenClock, relay: RelaySink, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = sqlite_app
+    journal = journal_path(app.settings.data_dir, "node-a")
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_bytes(b'{"format": 1, "deliveries": {"7": {"live": ')  # cut by a full disk
+    with caplog.at_level(logging.ERROR, logger="maildesk.outbound"):
+        sender = relay_sender(app, clock, relay)
+    assert sender.release_own_claims() == 0
+    assert not journal.exists() and journal.with_name(journal.name + ".unreadable").exists()
+    assert any(
+        "cannot read the deliveries not yet recorded" in r.getMessage() for r in caplog.records
+    )
 
 
 # -- SQLite: the write lock held by another process --------------------------------------

@@ -42,11 +42,13 @@ from maildesk.db.database import (
 from maildesk.db.models import Blob, Event, Outbox, OutboxState, Suppression
 from maildesk.db.outage import Outage
 from maildesk.metrics import Metrics
+from maildesk.outbound import unrecorded
 from maildesk.outbound.agent_notices import overtaken
 from maildesk.outbound.compose import needs_smtputf8
 from maildesk.outbound.delivery_failed import Undelivered
 from maildesk.outbound.dkim_sign import DkimSigner
 from maildesk.outbound.suppression import no_such_mailbox, suppress
+from maildesk.outbound.unrecorded import Delivery, Failure
 
 log = logging.getLogger("maildesk.outbound")
 
@@ -266,6 +268,36 @@ class Attempt(NamedTuple):
     error: Exception | None
     refused: PartlyRefused | None  # taken for some recipients, refused for others
 
+    def journal_form(self) -> Delivery:
+        """As :mod:`maildesk.outbound.unrecorded` keeps it on disk."""
+        error: Failure | None = None
+        if isinstance(self.error, PartialDelivery):
+            error = Failure("partial", str(self.error), self.error.later, [])
+        elif isinstance(self.error, PermanentFailure):
+            error = Failure("permanent", str(self.error), [], self.error.dead)
+        elif self.error is not None:
+            error = Failure("temporary", str(self.error), [], [])
+        refused = None
+        if self.refused is not None:
+            r = self.refused
+            refused = Failure("refused", str(r), r.refused, r.dead)
+        return Delivery(self.live, sorted(self.blocked), error, refused)
+
+    @classmethod
+    def from_journal(cls, delivery: Delivery) -> Attempt:
+        error: Exception | None = None
+        if (failure := delivery.error) is not None:
+            if failure.kind == "partial":
+                error = PartialDelivery(failure.recipients, failure.reply)
+            elif failure.kind == "permanent":
+                error = PermanentFailure(failure.reply, failure.dead)
+            else:
+                error = TemporaryFailure(failure.reply)
+        refused = None
+        if (r := delivery.refused) is not None:
+            refused = PartlyRefused(r.recipients, r.reply, r.dead)
+        return cls(delivery.live, set(delivery.blocked), error, refused)
+
 
 @dataclass
 class DrainResult:
@@ -296,6 +328,7 @@ class OutboxSender:
         dkim: DkimSigner | None = None,
         undelivered: UndeliveredHook | None = None,
         metrics: Metrics | None = None,
+        journal: Path | None = None,
     ) -> None:
         self.db = db
         self.transport = transport
@@ -308,8 +341,11 @@ class OutboxSender:
         self.metrics = metrics
         self.outage = Outage(log, "outbox sender")
         # What a database outage kept from being written: deliveries made (recorded
-        # before anything else, so the mail is not sent again) and claims not sent.
-        self._unrecorded: dict[int, Attempt] = {}
+        # before anything else, so the mail is not sent again; kept in ``journal``
+        # too, for a restart) and claims not sent.
+        self.journal = journal
+        kept = unrecorded.load(journal) if journal is not None else {}
+        self._unrecorded = {i: Attempt.from_journal(d) for i, d in kept.items()}
         self._unsent: set[int] = set()
 
     def cut_deliveries(self) -> None:
@@ -319,7 +355,12 @@ class OutboxSender:
             cut()
 
     def release_own_claims(self) -> int:
-        """At start: mail this node was sending when it died is sent again (same Message-ID)."""
+        """At start: mail this node was sending when it died is sent again (same Message-ID).
+
+        First the deliveries the relay took but the database could not record
+        before the stop are recorded (from the journal): those are not sent again.
+        """
+        self._record_unrecorded(DrainResult())
         with self.db.transaction() as session:
             rows = session.scalars(
                 select(Outbox).where(
@@ -438,13 +479,23 @@ class OutboxSender:
 
     def _catch_up(self, result: DrainResult) -> None:
         """Write what an outage kept from being written; raises while it lasts."""
-        for outbox_id, attempt in list(self._unrecorded.items()):
-            self._record(outbox_id, attempt, result)
-            del self._unrecorded[outbox_id]
-            log.info("outbox=%s: delivery recorded after the database came back", outbox_id)
+        self._record_unrecorded(result)
         if self._unsent:
             self._release(sorted(self._unsent))
             self._unsent.clear()
+
+    def _record_unrecorded(self, result: DrainResult) -> None:
+        for outbox_id, attempt in list(self._unrecorded.items()):
+            self._record(outbox_id, attempt, result)
+            del self._unrecorded[outbox_id]
+            self._keep_unrecorded()
+            log.info("outbox=%s: delivery recorded after the database came back", outbox_id)
+
+    def _keep_unrecorded(self) -> None:
+        """The journal says what ``_unrecorded`` says (nothing written when it is off)."""
+        if self.journal is not None:
+            forms = {i: a.journal_form() for i, a in self._unrecorded.items()}
+            unrecorded.save(self.journal, forms)
 
     def _release(self, outbox_ids: list[int]) -> None:
         with self.db.transaction() as session:
@@ -498,6 +549,7 @@ class OutboxSender:
                 # Sent but not recorded: the claim stays this node's, recorded at the
                 # next drain before any claim, so the mail is not sent a second time.
                 self._unrecorded[outbox_id] = attempt
+                self._keep_unrecorded()
             raise
 
     def _record(self, outbox_id: int, attempt: Attempt, result: DrainResult) -> None:
