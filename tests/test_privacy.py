@@ -9,6 +9,9 @@ address and for a word only their mail contained.
 
 from __future__ import annotations
 
+import email
+import email.policy
+import hashlib
 import json
 import shutil
 import smtplib
@@ -45,11 +48,12 @@ from maildesk.db.models import (
     TicketStatus,
 )
 from maildesk.intake.store import Envelope
-from maildesk.outbound.sender import OutboxSender, SmtpTransport
+from maildesk.outbound.sender import MaildirTransport, OutboxSender, SmtpTransport
 from maildesk.privacy.erase import erase_ticket, lock_tickets
 from maildesk.privacy.forget import ERASED_EVENT, address_hash
 from maildesk.privacy.jobs import apply_retention
 from maildesk.privacy.retention import purge
+from maildesk.spam.jobs import send_digest
 from maildesk.tickets import change_status
 from tests.agents.agenthelp import agent_app, client_reply, reply_address, to
 from tests.conftest import FrozenClock, private_pg_database, write_cli_config
@@ -677,3 +681,145 @@ def test_two_nodes_purging_at_once_delete_each_ticket_once(app: App) -> None:
     assert errors == []
     assert sum(r.tickets for r in results) == 8
     assert counts(app)["tickets"] == 0
+
+
+# -- the daily spam digest ---------------------------------------------------------
+SPAMMER = "x@spam.test"
+
+
+def _digest_texts(app: App) -> dict[str, str]:
+    """The text of each stored spam digest, by its outbox state."""
+    with app.db.transaction() as session:
+        rows = session.execute(
+            select(Outbox.state, Blob.data)
+            .join(Blob, Blob.sha256 == Outbox.raw_sha256)
+            .where(Outbox.purpose == "spam_digest")
+        ).all()
+    texts = {}
+    for state, data in rows:
+        parsed = email.message_from_bytes(bytes(data), policy=email.policy.default)
+        assert isinstance(parsed, EmailMessage)
+        texts[str(state)] = parsed.get_content()
+    return texts
+
+
+def test_forget_takes_her_out_of_the_spam_digests_and_leaves_the_other_senders(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """A digest lists many senders: her entries go from the one sent (our copy) and the
+    one still queued (what goes out); everyone else's stay, and the day keeps its digest."""
+    spam = {"unsure_at": 0.0, "spam_at": 0.0, "digest_to": "postmaster@example.com"}
+    app = agent_app(tmp_path, database_url, clock, spam={**spam, "digest_at": "07:00"})
+    sent_dir = tmp_path / "sent"
+
+    def drain() -> None:
+        transport = MaildirTransport(sent_dir)
+        OutboxSender(app.db, transport, app.settings.outbound, clock, "n1").drain()
+
+    try:
+        for day, (hers, theirs) in enumerate([("Cheap", "Glück watches"), ("More", "Pills")]):
+            deliver(app, make_mail(subject=f"{hers} {SECRET_WORD}", message_id=f"s{day}@c.test"))
+            deliver(
+                app,
+                make_mail(sender=f"Spammer <{SPAMMER}>", subject=theirs, message_id=f"x{day}@s.t"),
+                mail_from=SPAMMER,
+            )
+            clock.advance(days=1)
+            assert send_digest(app)
+            if day == 0:
+                drain()  # the first day's digest went out; the second's waits
+        before = _digest_texts(app)
+        assert set(before) == {"sent", "queued"}
+        assert all(ALICE in text and SECRET_WORD in text for text in before.values())
+
+        result = cli(app, tmp_path, "privacy", "forget", ALICE, "--yes")
+
+        assert result.exit_code == 0, result.output
+        assert rows_containing(app, ALICE, SECRET_WORD) == []
+        after = _digest_texts(app)
+        assert "Glück watches" in after["sent"] and "Pills" in after["queued"]
+        assert all(SPAMMER in text for text in after.values())
+        assert not send_digest(app)  # the day's digest is still recorded: no second one
+        drain()
+        sent = [p.read_bytes() for p in sent_dir.rglob("*") if p.is_file()]
+        [second] = [raw for raw in sent if b"Pills" in raw]  # went out without her
+        assert len(sent) == 2 and SPAMMER.encode() in second
+        assert ALICE.encode() not in second and SECRET_WORD.encode() not in second
+    finally:
+        app.db.dispose()
+
+
+# -- one address, two spellings of its domain ----------------------------------------
+ANNA_U = "Anna@Bücher.example"
+ANNA_A = "anna@xn--bcher-kva.example"
+ANNA_WORD = "zeppelin42"
+
+
+def _raw_from(sender: str, subject: str, message_id: str, body: str) -> bytes:
+    """A mail as its client wrote it, an internationalised domain in UTF-8 if so written."""
+    return (
+        f"From: Anna <{sender}>\r\nTo: support@example.com\r\nSubject: {subject}\r\n"
+        f"Message-ID: <{message_id}>\r\nDate: Mon, 2 Mar 2026 08:00:00 +0000\r\n"
+        f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        f"Content-Transfer-Encoding: 8bit\r\n\r\n{body}"
+    ).encode()
+
+
+@pytest.mark.parametrize(
+    ("written", "requested"),
+    [(ANNA_A, ANNA_U), (ANNA_U, ANNA_A)],
+    ids=["mail-in-a-labels", "mail-in-u-labels"],
+)
+def test_forget_finds_her_under_either_spelling_of_her_domain(
+    app: App, tmp_path: Path, written: str, requested: str
+) -> None:
+    """`Anna@Bücher.example` and `anna@xn--bcher-kva.example` are one mailbox: a request
+    in one spelling erases what came in the other, and is recognised in the other."""
+    deliver(
+        app,
+        _raw_from(written, "Order lost", "n1@buecher.test", f"Order {ANNA_WORD} lost.\n"),
+        mail_from=written,
+    )
+    # Her unparsable mail in quarantine, relayed: only its bytes name her.
+    broken = nested_multipart(1000, f"{ANNA_WORD}\r\n".encode()).replace(
+        b"From: Eve <eve@hostile.test>", f"From: Anna <{written}>".encode()
+    )
+    deliver(app, broken, mail_from="bounces@relay.test")
+    spellings = (ANNA_U.lower(), ANNA_A)
+    assert rows_containing(app, ANNA_WORD)
+
+    result = cli(app, tmp_path, "privacy", "forget", requested, "--yes")
+
+    assert result.exit_code == 0, result.output
+    assert "tickets 1" in result.output
+    assert rows_containing(app, *spellings, ANNA_WORD) == []
+    with app.db.transaction() as session:
+        [audit] = session.scalars(select(Event).where(Event.kind == ERASED_EVENT)).all()
+        salt = audit.data["salt"]
+        assert audit.data["address_hash"] == address_hash(written, salt)
+        assert address_hash(ANNA_U, salt) == address_hash(ANNA_A, salt)
+    again = cli(app, tmp_path, "privacy", "forget", written, "--dry-run")
+    assert "tickets 0, messages 0" in again.output
+    assert "erased before on" in again.output
+
+
+def test_an_erasure_recorded_under_the_old_key_is_still_recognised(
+    app: App, tmp_path: Path
+) -> None:
+    """Audit events written before the key took A-labels hashed the address as asked,
+    lower-cased (``anna@bücher.example``): a request in either spelling still finds them."""
+    salt = "0123456789abcdef"
+    old_hash = hashlib.sha256(f"{salt}:{ANNA_U.lower()}".encode()).hexdigest()
+    with app.db.transaction() as session:
+        session.add(
+            Event(
+                at=app.clock(),
+                kind=ERASED_EVENT,
+                reason="erased",
+                data={"address_hash": old_hash, "salt": salt},
+            )
+        )
+    for spelling in (ANNA_U, ANNA_A):
+        again = cli(app, tmp_path, "privacy", "forget", spelling, "--dry-run")
+        assert "erased before on" in again.output, spelling
+    assert "erased before on" not in cli(app, tmp_path, "privacy", "forget", ALICE).output

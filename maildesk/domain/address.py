@@ -38,18 +38,18 @@ def address_key(address: str) -> str:
     return f"{local.lower()}@{(ascii_domain(domain) or domain).lower()}"
 
 
-def written_forms(address: str) -> tuple[str, ...]:
-    """The ways a text may write ``address``, lower case: its domain in A-labels and,
-    for an internationalised domain, in U-labels (``anna@bücher.example``) too."""
+def address_spellings(address: str) -> tuple[str, ...]:
+    """The ways one mailbox is written in mail: its :func:`address_key` first, then, for
+    an internationalised domain, the same in U-labels (``jörg@bücher.example``)."""
     key = address_key(address)
     local, at, domain = key.rpartition("@")
     if not at or "xn--" not in domain:
         return (key,)
     try:
         unicode = idna.decode(domain)
-    except (idna.IDNAError, UnicodeError):
+    except (idna.IDNAError, UnicodeError):  # an A-label that is none: only as written
         return (key,)
-    return (key, f"{local}@{unicode}")
+    return (key,) if unicode == domain else (key, f"{local}@{unicode}")
 
 
 # RFC 6533 s. 3: EmbeddedUnicodeChar, "\x{" HEXPOINT "}" (taken in any case, as Postfix does).

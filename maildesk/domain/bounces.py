@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 
-from maildesk.domain.address import address_key, written_forms
+from maildesk.domain.address import address_key, address_spellings
 from maildesk.domain.message import DeliveryStatus, ParsedMessage
 
 _ANGLE_ID_RE = re.compile(r"<([^<>\s]+)>")
@@ -138,7 +138,7 @@ def _words_dead(msg: ParsedMessage, mailed: Iterable[str]) -> tuple[str, ...]:
     # Where the report names each address, in any of its spellings (an IDN domain
     # in U-labels where we mailed its A-labels, or the other way round).
     where = {
-        address: sorted(pos for form in written_forms(address) for pos in _mentions(report, form))
+        address: sorted(p for form in address_spellings(address) for p in _mentions(report, form))
         for address in wanted
     }
     starts = sorted(pos for positions in where.values() for pos in positions)

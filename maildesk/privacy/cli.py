@@ -8,7 +8,8 @@ import sys
 import click
 
 from maildesk.cli import _echo_json, _fail, build_app
-from maildesk.privacy.forget import forget, normalise, plan_forget, previous_erasures
+from maildesk.privacy.forget import forget, plan_forget, previous_erasures
+from maildesk.privacy.match import mailbox_key
 from maildesk.privacy.retention import dry_purge
 from maildesk.privacy.retention import purge as purge_tickets
 
@@ -51,7 +52,7 @@ def forget_command(
     Counts first; erases with --yes (or after confirming on a terminal). An
     audit event keeps a salted hash of the address, never the address.
     """
-    address = normalise(address)
+    address = mailbox_key(address)
     if "@" not in address:
         _fail(f"not an address: {address!r}", 2)
     app = build_app(ctx)

@@ -63,6 +63,7 @@ class Counts:
     messages: int = 0
     intake: int = 0
     outbox: int = 0
+    digests: int = 0  # spam digests rewritten without the erased person's entries
     ratings: int = 0
     suppressions: int = 0
     contacts: int = 0
@@ -70,8 +71,9 @@ class Counts:
     numbers: list[int] = field(default_factory=list)
 
     def add(self, other: Counts) -> None:
-        for name in ("tickets", "messages", "intake", "outbox", "ratings", "suppressions"):
+        for name in ("tickets", "messages", "intake", "outbox", "digests", "ratings"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
+        self.suppressions += other.suppressions
         self.contacts += other.contacts
         self.blobs += other.blobs
         self.numbers.extend(other.numbers)
@@ -82,6 +84,7 @@ class Counts:
             "messages": self.messages,
             "intake": self.intake,
             "outbox": self.outbox,
+            "digests": self.digests,
             "ratings": self.ratings,
             "suppressions": self.suppressions,
             "contacts": self.contacts,

@@ -13,9 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
-from typing import Any
 
-from sqlalchemy import Text, cast, func, or_, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from maildesk.db.database import Database
@@ -48,28 +47,36 @@ from maildesk.privacy.erase import (
     lock_tickets,
     ticket_family,
 )
+from maildesk.privacy.match import Person, mailbox_key
+from maildesk.spam.digest_erasure import redact_digests
 
 log = logging.getLogger("maildesk.privacy")
 ERASED_EVENT = "privacy_erased"
 ERASED = "(erased)"  # what an erased address is replaced with in another's audit trail
 
 
-def normalise(address: str) -> str:
-    return address.strip().removeprefix("<").removesuffix(">").strip().lower()
+def _salted(salt: str, text: str) -> str:
+    return hashlib.sha256(f"{salt}:{text}".encode()).hexdigest()
 
 
 def address_hash(address: str, salt: str) -> str:
-    return hashlib.sha256(f"{salt}:{normalise(address)}".encode()).hexdigest()
+    """The same for every spelling of one mailbox (:func:`mailbox_key`)."""
+    return _salted(salt, mailbox_key(address))
 
 
 def previous_erasures(session: Session, address: str) -> list[Event]:
-    """The audit records of earlier erasures of ``address`` (compared by salted hash)."""
+    """The audit records of earlier erasures of ``address`` (compared by salted hash).
+
+    Records written before the key was the A-label form hashed the address in
+    lower case as asked: an internationalised domain's U-label spelling matches them.
+    """
+    person = Person.of(address)
     rows = session.scalars(select(Event).where(Event.kind == ERASED_EVENT).order_by(Event.id))
     return [
         row
         for row in rows
-        if row.data.get("salt")
-        and row.data.get("address_hash") == address_hash(address, str(row.data["salt"]))
+        if (salt := str(row.data.get("salt") or ""))
+        and row.data.get("address_hash") in {_salted(salt, s) for s in person.spellings}
     ]
 
 
@@ -77,13 +84,14 @@ def previous_erasures(session: Session, address: str) -> list[Event]:
 class Plan:
     """What ``forget`` finds about one address."""
 
-    address: str
-    contact_id: int | None = None
+    person: Person
+    contact_ids: list[int] = field(default_factory=list)  # one per spelling stored
     tickets: list[int] = field(default_factory=list)  # requested by them: deleted whole
     cc_tickets: list[int] = field(default_factory=list)  # they were only a participant
     cc_messages: list[int] = field(default_factory=list)  # what they wrote on those
     intake: list[int] = field(default_factory=list)  # their mail on no ticket (quarantine)
     outbox: list[int] = field(default_factory=list)  # mail to them not on their tickets
+    digests: int = 0  # spam digests listing their quarantined mail
     ratings: int = 0
     suppressions: int = 0
     ticket_messages: int = 0
@@ -96,33 +104,46 @@ class Plan:
             "participations": len(self.cc_tickets),
             "intake": len(self.intake),
             "outbox": len(self.outbox),
+            "digests": self.digests,
             "ratings": self.ratings,
             "suppressions": self.suppressions,
         }
 
 
-def _mentions(column: Any, address: str) -> Any:
-    """A pre-filter on a JSON list column (the exact test is done in Python)."""
-    return cast(column, Text).contains(address, autoescape=True)
+def _their_loose_intake(session: Session, person: Person) -> list[int]:
+    """Their mail that is on no ticket: quarantined, released, or a copy recorded as such.
 
-
-def _their_loose_intake(session: Session, address: str) -> list[int]:
-    """Their mail that is on no ticket: quarantined, released, or a copy recorded as such."""
-    needle = address.encode()
-    found = []
-    rows = session.execute(
-        select(Intake.id, Intake.envelope_from, Intake.raw_sha256).where(
-            Intake.ticket_id.is_(None), Intake.message_pk.is_(None), Intake.state.in_(SETTLED)
+    Theirs by envelope sender or by an address in the raw bytes. SQL finds the
+    candidates (the envelope's local part; the bytes searched in the database),
+    so only those rows and blobs come to Python for the exact test.
+    """
+    loose = (Intake.ticket_id.is_(None), Intake.message_pk.is_(None), Intake.state.in_(SETTLED))
+    by_envelope = session.execute(
+        select(Intake.id, Intake.envelope_from).where(
+            *loose, person.local_part_in(Intake.envelope_from)
         )
     )
-    for intake_id, envelope_from, digest in rows:
-        if normalise(envelope_from or "") == address:
-            found.append(intake_id)
-            continue
-        data = session.scalar(select(Blob.data).where(Blob.sha256 == digest))
-        if data is not None and needle in bytes(data).lower():
-            found.append(intake_id)
-    return found
+    found = {intake_id for intake_id, sender in by_envelope if person.owns(sender)}
+    dialect = session.connection().dialect.name
+    by_bytes = [
+        (intake_id, digest)
+        for intake_id, digest in session.execute(
+            select(Intake.id, Intake.raw_sha256)
+            .join(Blob, Blob.sha256 == Intake.raw_sha256)
+            .where(*loose, person.in_bytes(Blob.data, dialect))
+        )
+        if intake_id not in found
+    ]
+    digests = sorted({digest for _id, digest in by_bytes})
+    naming = {
+        digest
+        for digest, data in session.execute(
+            select(Blob.sha256, Blob.data).where(Blob.sha256.in_(digests))
+        )
+        if person.bytes_name(bytes(data))
+    }
+    found |= {intake_id for intake_id, digest in by_bytes if digest in naming}
+    return sorted(found)
 
 
 def _root(session: Session, ticket_id: int) -> int:
@@ -137,26 +158,21 @@ def _root(session: Session, ticket_id: int) -> int:
 
 
 def plan_forget(session: Session, address: str, *, whole_cc_tickets: bool = False) -> Plan:
-    address = normalise(address)
-    plan = Plan(address)
-    plan.contact_id = session.scalar(select(Contact.id).where(func.lower(Contact.email) == address))
-    requested: set[int] = set()
-    shared: set[int] = set()
-    if plan.contact_id is not None:
-        # The requester column, not the participant role: a merge copies the
-        # requester of the merged ticket onto the survivor as a participant.
-        requested = set(
-            session.scalars(select(Ticket.id).where(Ticket.requester_id == plan.contact_id))
-        )
-        shared = set(
-            session.scalars(
-                select(Participant.ticket_id).where(Participant.contact_id == plan.contact_id)
-            )
-        )
-    # Tickets they wrote on without being a participant (a stranger's reply).
-    shared |= set(
-        session.scalars(select(Message.ticket_id).where(func.lower(Message.from_addr) == address))
+    person = Person.of(address)
+    plan = Plan(person)
+    plan.contact_ids = sorted(session.scalars(select(Contact.id).where(person.is_(Contact.email))))
+    # The requester column, not the participant role: a merge copies the
+    # requester of the merged ticket onto the survivor as a participant.
+    requested = set(
+        session.scalars(select(Ticket.id).where(Ticket.requester_id.in_(plan.contact_ids)))
     )
+    shared = set(
+        session.scalars(
+            select(Participant.ticket_id).where(Participant.contact_id.in_(plan.contact_ids))
+        )
+    )
+    # Tickets they wrote on without being a participant (a stranger's reply).
+    shared |= set(session.scalars(select(Message.ticket_id).where(person.is_(Message.from_addr))))
     if whole_cc_tickets:
         requested |= shared
     # A ticket of theirs merged into another of theirs goes with that one (and
@@ -175,38 +191,37 @@ def plan_forget(session: Session, address: str, *, whole_cc_tickets: bool = Fals
     )
     plan.cc_tickets = sorted(shared - erased)
     if plan.cc_tickets:
-        plan.cc_messages = _theirs_on(session, plan.cc_tickets, address)
-    plan.intake = _their_loose_intake(session, address)
+        plan.cc_messages = _theirs_on(session, plan.cc_tickets, person)
+    plan.intake = _their_loose_intake(session, person)
     candidates = session.execute(
         select(Outbox.id, Outbox.recipients, Outbox.ticket_id).where(
-            or_(Outbox.recipient_key == address, _mentions(Outbox.recipients, address))
+            or_(person.is_(Outbox.recipient_key), person.in_json(Outbox.recipients))
         )
     )
     plan.outbox = [
         row.id
         for row in candidates
-        if row.ticket_id not in erased and address in {normalise(r) for r in row.recipients}
+        if row.ticket_id not in erased and any(person.owns(r) for r in row.recipients)
     ]
+    plan.digests, _ = redact_digests(session, plan.intake, person.spellings, write=False)
     plan.ratings = (
         session.scalar(
             select(func.count())
             .select_from(Rating)
-            .where(func.lower(Rating.contact) == address, Rating.ticket_id.not_in(erased))
+            .where(person.is_(Rating.contact), Rating.ticket_id.not_in(erased))
         )
         or 0
     )
     plan.suppressions = (
         session.scalar(
-            select(func.count())
-            .select_from(Suppression)
-            .where(func.lower(Suppression.address) == address)
+            select(func.count()).select_from(Suppression).where(person.is_(Suppression.address))
         )
         or 0
     )
     return plan
 
 
-def _theirs_on(session: Session, ticket_ids: list[int], address: str) -> list[int]:
+def _theirs_on(session: Session, ticket_ids: list[int], person: Person) -> list[int]:
     """On someone else's tickets: what they wrote, and our notices that quote or name them.
 
     A notice to the agents carries the customer's text under "<address> wrote";
@@ -216,19 +231,21 @@ def _theirs_on(session: Session, ticket_ids: list[int], address: str) -> list[in
     stmt = select(Message.id).where(
         Message.ticket_id.in_(ticket_ids),
         or_(
-            func.lower(Message.from_addr) == address,
-            generated & func.lower(Message.text_body).contains(address, autoescape=True),
-            generated & _mentions(Message.to_addrs, address),
+            person.is_(Message.from_addr),
+            generated & person.in_text(Message.text_body),
+            generated & person.in_json(Message.to_addrs),
         ),
     )
     return sorted(session.scalars(stmt))
 
 
-def _scrub(text: str, address: str) -> str:
-    return re.sub(re.escape(address), ERASED, text, flags=re.IGNORECASE)
+def _scrub(text: str, person: Person) -> str:
+    for spelling in person.spellings:
+        text = re.sub(re.escape(spelling), ERASED, text, flags=re.IGNORECASE)
+    return text
 
 
-def _leave_ticket(session: Session, ticket_id: int, address: str, contact_id: int | None) -> int:
+def _leave_ticket(session: Session, ticket_id: int, person: Person, contact_ids: list[int]) -> int:
     """Take them off a ticket someone else asked: their messages, bytes and participation.
 
     The requester's own mails that name them (a Cc header) stay: they are the
@@ -236,37 +253,33 @@ def _leave_ticket(session: Session, ticket_id: int, address: str, contact_id: in
     """
     if not lock_tickets(session, [ticket_id]):
         return 0
-    mine = _theirs_on(session, [ticket_id], address)
+    mine = _theirs_on(session, [ticket_id], person)
     digests, _intake, _outbox = _delete_messages(session, mine)
-    if contact_id is not None:
-        _delete(
-            session,
-            Participant,
-            (Participant.ticket_id == ticket_id) & (Participant.contact_id == contact_id),
-        )
+    _delete(
+        session,
+        Participant,
+        (Participant.ticket_id == ticket_id) & Participant.contact_id.in_(contact_ids),
+    )
     named = session.scalars(
         select(Message).where(
             Message.ticket_id == ticket_id,
-            or_(_mentions(Message.to_addrs, address), _mentions(Message.cc_addrs, address)),
+            or_(person.in_json(Message.to_addrs), person.in_json(Message.cc_addrs)),
         )
     )
     for message in named:
-        message.to_addrs = [a for a in message.to_addrs if normalise(a) != address]
-        message.cc_addrs = [a for a in message.cc_addrs if normalise(a) != address]
+        message.to_addrs = [a for a in message.to_addrs if not person.owns(a)]
+        message.cc_addrs = [a for a in message.cc_addrs if not person.owns(a)]
     # The ticket's audit trail keeps what happened, not to whom (a failed
     # delivery's recipients, a decision's evidence).
     noted = session.scalars(
         select(Event).where(
             Event.ticket_id == ticket_id,
-            or_(
-                func.lower(Event.reason).contains(address, autoescape=True),
-                func.lower(cast(Event.data, Text)).contains(address, autoescape=True),
-            ),
+            or_(person.in_text(Event.reason), person.in_json(Event.data)),
         )
     )
     for event in noted:
-        event.reason = _scrub(event.reason, address)
-        event.data = json.loads(_scrub(json.dumps(event.data), address))
+        event.reason = _scrub(event.reason, person)
+        event.data = json.loads(_scrub(json.dumps(event.data, ensure_ascii=False), person))
     _delete(session, SpamFeedback, SpamFeedback.raw_sha256.in_(sorted(digests)))
     delete_unreferenced_blobs(session, digests)
     session.flush()
@@ -277,7 +290,7 @@ def _leave_ticket(session: Session, ticket_id: int, address: str, contact_id: in
 def _forget_loose(session: Session, plan: Plan) -> Counts:
     """Their rows on no ticket of theirs: quarantine, outbox, ratings, suppression, contact."""
     counts = Counts()
-    address = plan.address
+    person = plan.person
     intake = list(
         session.execute(
             select(Intake.id, Intake.raw_sha256).where(
@@ -286,6 +299,9 @@ def _forget_loose(session: Session, plan: Plan) -> Counts:
         )
     )
     digests = {row.raw_sha256 for row in intake}
+    # Spam digests listing them: what is current now, not what the plan saw.
+    counts.digests, replaced = redact_digests(session, plan.intake, person.spellings)
+    digests |= replaced
     _delete_intake_rows(session, [row.id for row in intake])
     counts.intake = len(intake)
     outbox = list(
@@ -296,12 +312,12 @@ def _forget_loose(session: Session, plan: Plan) -> Counts:
         ids = [row.id for row in outbox]
         _delete(session, DeliveryFailureNotice, DeliveryFailureNotice.outbox_id.in_(ids))
         counts.outbox = _delete(session, Outbox, Outbox.id.in_(ids))
-    counts.ratings = _delete(session, Rating, func.lower(Rating.contact) == address)
-    counts.suppressions = _delete(session, Suppression, func.lower(Suppression.address) == address)
+    counts.ratings = _delete(session, Rating, person.is_(Rating.contact))
+    counts.suppressions = _delete(session, Suppression, person.is_(Suppression.address))
     _delete(session, SpamFeedback, SpamFeedback.raw_sha256.in_(sorted(digests)))
-    if plan.contact_id is not None:
-        _delete(session, Participant, Participant.contact_id == plan.contact_id)
-        counts.contacts = delete_unreferenced_contacts(session, [plan.contact_id])
+    if plan.contact_ids:
+        _delete(session, Participant, Participant.contact_id.in_(plan.contact_ids))
+        counts.contacts = delete_unreferenced_contacts(session, plan.contact_ids)
     counts.blobs = delete_unreferenced_blobs(session, digests)
     return counts
 
@@ -319,9 +335,9 @@ def forget(
     Ends with an audit event that holds a salted hash of the address, never the
     address: a later request can be confirmed (:func:`previous_erasures`).
     """
-    address = normalise(address)
     with db.transaction() as session:
         plan = plan_forget(session, address, whole_cc_tickets=whole_cc_tickets)
+    key = plan.person.key
     total = Counts()
     for ticket_id in plan.tickets:
         done = in_retried_transaction(db, partial(erase_ticket, ticket_id=ticket_id))
@@ -330,7 +346,7 @@ def forget(
             log.info("erasure: ticket(s) %s deleted", done.numbers)
     for ticket_id in plan.cc_tickets:
         leave = partial(
-            _leave_ticket, ticket_id=ticket_id, address=address, contact_id=plan.contact_id
+            _leave_ticket, ticket_id=ticket_id, person=plan.person, contact_ids=plan.contact_ids
         )
         total.messages += in_retried_transaction(db, leave)
     numbers, total.numbers = total.numbers, []
@@ -343,11 +359,11 @@ def forget(
                 at=now(),
                 kind=ERASED_EVENT,
                 reason=(
-                    f"erased data of {address_hash(address, salt)[:16]} by {actor}: "
+                    f"erased data of {address_hash(key, salt)[:16]} by {actor}: "
                     f"{total.tickets} tickets, {total.messages} messages"
                 ),
                 data={
-                    "address_hash": address_hash(address, salt),
+                    "address_hash": address_hash(key, salt),
                     "salt": salt,
                     "by": actor,
                     "tickets": total.tickets,

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from maildesk.domain.address import address_key, dsn_address
+from maildesk.domain.address import address_key, address_spellings, dsn_address
 
 # (field value as the report writes it, the address it names)
 DSN_ADDRESSES = [
@@ -85,10 +85,27 @@ def test_address_key_of_a_domain_idna_cannot_write_is_its_lower_case() -> None:
     assert address_key("A@" + "ü" * 70 + ".de") == "a@" + "ü" * 70 + ".de"
 
 
+@pytest.mark.parametrize(
+    ("address", "spellings"),
+    [
+        ("Anna@Bücher.example", ("anna@xn--bcher-kva.example", "anna@bücher.example")),
+        ("anna@XN--BCHER-KVA.example", ("anna@xn--bcher-kva.example", "anna@bücher.example")),
+        ("Alice@Customer.test", ("alice@customer.test",)),
+        ("jörg@example.de", ("jörg@example.de",)),  # a local part has one form
+        ("x@xn--zz.example", ("x@xn--zz.example",)),  # no A-label: only as written
+    ],
+)
+def test_address_spellings_are_the_forms_one_mailbox_is_written_in(
+    address: str, spellings: tuple[str, ...]
+) -> None:
+    assert address_spellings(address) == spellings
+
+
 @given(st.text())
 def test_dsn_address_and_address_key_never_raise(value: str) -> None:
     decoded = dsn_address(value)
     assert isinstance(address_key(decoded), str)
+    assert address_spellings(decoded)[0] == address_key(decoded)
     assert isinstance(dsn_address("utf-8; " + value), str)
     assert isinstance(dsn_address("rfc822; " + value), str)
 

@@ -1,0 +1,91 @@
+"""How an erasure finds one person's address in stored rows, however it was written.
+
+One mailbox has more than one spelling: case, and an internationalised domain
+in U-labels (``anna@bücher.example``) or A-labels (``anna@xn--bcher-kva.example``).
+Rows keep what the mail said, so the SQL filters here look for every spelling,
+and the exact test in Python compares :func:`mailbox_key` (one rule for both:
+:func:`maildesk.domain.address.address_key`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import LargeBinary, Text, cast, false, func, or_, true
+
+from maildesk.domain.address import address_key, address_spellings
+
+
+def mailbox_key(address: str) -> str:
+    """What a requested or a stored address is compared as (angle brackets off)."""
+    return address_key(address.strip().removeprefix("<").removesuffix(">"))
+
+
+@dataclass(frozen=True)
+class Person:
+    """One address to erase: its key and the spellings stored rows may hold."""
+
+    key: str
+    spellings: tuple[str, ...]
+
+    @classmethod
+    def of(cls, address: str) -> Person:
+        key = mailbox_key(address)
+        return cls(key, address_spellings(key))
+
+    def owns(self, stored: str | None) -> bool:
+        """The exact test: ``stored`` is this mailbox, however it is written."""
+        return bool(stored) and mailbox_key(stored or "") == self.key
+
+    # -- SQL filters (lower() folds ASCII only, as Python's bytes.lower() does) --------
+    def is_(self, column: Any) -> Any:
+        """A text column that holds just the address (as intake stores it: lower case)."""
+        return func.lower(column).in_(self.spellings)
+
+    def in_text(self, column: Any) -> Any:
+        return or_(*(func.lower(column).contains(s, autoescape=True) for s in self.spellings))
+
+    def in_json(self, column: Any) -> Any:
+        """A pre-filter on a JSON column (its text escapes what is beyond ASCII)."""
+        needles = {n for s in self.spellings for n in (s, json.dumps(s)[1:-1])}
+        text = func.lower(cast(column, Text))
+        return or_(*(text.contains(n, autoescape=True) for n in sorted(needles)))
+
+    def local_part_in(self, column: Any) -> Any:
+        """A pre-filter on an address column kept as written (an envelope): its local part.
+
+        Wider than :meth:`owns` (any domain, any case of the domain); beyond
+        ASCII, where SQL cannot fold case as Python does, everything.
+        """
+        local = self.key.rpartition("@")[0]
+        if not local.isascii():
+            return true()
+        return func.lower(column).contains(f"{local}@", autoescape=True)
+
+    def in_bytes(self, column: Any, dialect: str) -> Any:
+        """A pre-filter on raw mail: the bytes hold a spelling, ASCII case ignored.
+
+        Never misses what :meth:`bytes_name` finds. PostgreSQL has no lower()
+        for bytea: its ``escape`` text form is searched (high and NUL bytes as
+        ``\\nnn``), which may find a few more (a needle starting inside an escape).
+        """
+        needles = [s.encode() for s in self.spellings]
+        if dialect == "sqlite":
+            lowered = cast(func.lower(column), LargeBinary)
+            return or_(false(), *(func.instr(lowered, n) > 0 for n in needles))
+        escaped = func.lower(func.encode(column, "escape"))
+        return or_(false(), *(func.strpos(escaped, _escape(n)) > 0 for n in needles))
+
+    def bytes_name(self, data: bytes) -> bool:
+        """The exact test on raw mail."""
+        lowered = data.lower()
+        return any(s.encode() in lowered for s in self.spellings)
+
+
+def _escape(data: bytes) -> str:
+    """``data`` as PostgreSQL's ``encode(data, 'escape')`` writes it."""
+    return "".join(
+        "\\\\" if b == 0x5C else f"\\{b:03o}" if b == 0 or b >= 0x80 else chr(b) for b in data
+    )
