@@ -95,6 +95,14 @@ class ListenerSettings(_Section):
     # than 3/4 of max_connections are taken (Postfix's ${stress?10}{300}), if shorter.
     timeout_seconds: float = Field(default=300, gt=0)
     stress_timeout_seconds: float = Field(default=10, gt=0)
+    # A slow client cannot hold a slot (see intake.smtp.SessionClock): a command line
+    # must arrive whole within that timeout (Exim's smtp_receive_timeout); DATA
+    # starts with the timeout's worth of credit, each byte received earns
+    # 1/min_data_rate s more, never above the timeout (Postfix's smtpd_min_data_rate
+    # with smtpd_per_request_deadline); and no session lasts over max_session_seconds.
+    # 7200 s fit a mail of the default max_message_bytes (50 MiB) at 7.3 KB/s (58 kbit/s).
+    min_data_rate: int = Field(default=500, gt=0)  # bytes per second
+    max_session_seconds: float = Field(default=7200, gt=0)
     tls_cert: Path | None = None  # enables STARTTLS (SMTP only)
     tls_key: Path | None = None
     require_auth: bool = False

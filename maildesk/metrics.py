@@ -38,8 +38,27 @@ from maildesk.db.figures import (
 
 log = logging.getLogger("maildesk.metrics")
 
-INTAKE_OUTCOMES = ("stored", "refused_4xx", "refused_5xx")
 INTAKE_SOURCES = ("smtp", "lmtp", "imap", "file", "stdin")
+LISTENER_SOURCES = ("smtp", "lmtp")
+# Why a listener refused (reason label): 4xx asks the sender to retry, 5xx does not.
+INTAKE_REFUSALS = {
+    "refused_4xx": (
+        "cannot_store",  # our 451: the database could not take it
+        "too_many_connections",  # max_connections(_per_client): 421 at connect
+        "too_many_commands",  # max_junk_commands
+        "too_many_errors",  # max_errors
+        "timeout",  # silent, or a command line not whole, for timeout_seconds
+        "data_too_slow",  # DATA below min_data_rate
+        "session_too_long",  # max_session_seconds
+    ),
+    "refused_5xx": (
+        "not_support_address",  # RCPT
+        "too_large",  # over max_message_bytes (SIZE= or the data itself)
+        "line_too_long",  # a line of DATA over 1 MiB, or a command line too long
+        "auth_failed",  # wrong user or password
+        "bad_command",  # unknown, malformed or out of sequence
+    ),
+}
 DISPOSITIONS = ("created", "threaded", "duplicate", "quarantined", "spam", "postponed")
 FLAGS = ("possible_spam", "auto_reply", "bounce", "list", "own_mail", "loop")
 DELIVERY_RESULTS = ("sent", "deferred", "failed", "suppressed", "dropped")
@@ -67,9 +86,9 @@ class Metrics:
         r = self.registry
         self.received = Counter(
             "maildesk_intake_messages",
-            "Mails received by this node: stored (acknowledged) or refused (4xx: try later, "
-            "5xx: not a support address)",
-            ["source", "outcome"],
+            "Mails received by this node: stored (acknowledged), or refused by a listener "
+            "(4xx: try later, 5xx: not at all), with the reason of the refusal",
+            ["source", "outcome", "reason"],
             registry=r,
         )
         self.dispositions = Counter(
@@ -119,8 +138,11 @@ class Metrics:
             registry=r,
         )
         for source in INTAKE_SOURCES:
-            for outcome in INTAKE_OUTCOMES:
-                self.received.labels(source, outcome)
+            self.received.labels(source, "stored", "")
+        for source in LISTENER_SOURCES:
+            for outcome, reasons in INTAKE_REFUSALS.items():
+                for reason in reasons:
+                    self.received.labels(source, outcome, reason)
         for name in DISPOSITIONS:
             self.dispositions.labels(name)
         for name in FLAGS:
@@ -131,8 +153,8 @@ class Metrics:
             self.agent_commands.labels(name)
 
     # -- events, called where they happen (after the commit that makes them true) ----
-    def mail_received(self, source: str, outcome: str, count: int = 1) -> None:
-        self.received.labels(source, outcome).inc(count)
+    def mail_received(self, source: str, outcome: str, count: int = 1, reason: str = "") -> None:
+        self.received.labels(source, outcome, reason).inc(count)
 
     def message_finished(
         self, disposition: str, flags: Iterable[str], latency_seconds: float | None

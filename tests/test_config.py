@@ -93,6 +93,12 @@ def test_data_dir_override_from_environment(
             "listeners.0.stress_timeout_seconds",
             "greater",
         ),
+        ("[[listeners]]\nmin_data_rate = 0\n", "listeners.0.min_data_rate", "greater"),
+        (
+            "[[listeners]]\nmax_session_seconds = -5\n",
+            "listeners.0.max_session_seconds",
+            "greater",
+        ),
         (  # no users file: nobody to check, everybody let in
             "[[listeners]]\nrequire_auth = true\n",
             "listeners.0.auth_users_file",
@@ -118,9 +124,16 @@ def test_broken_toml_is_reported_with_the_file(tmp_path: Path) -> None:
     assert str(path) in str(error.value) and "TOML" in str(error.value)
 
 
-def test_bad_config_exits_78_with_file_and_key(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("toml", "key"),
+    [
+        ("[pipeline]\nmax_attempts = 0\n", "pipeline.max_attempts"),
+        ("[[listeners]]\nmax_session_seconds = 0\n", "listeners.0.max_session_seconds"),
+    ],
+)
+def test_bad_config_exits_78_with_file_and_key(tmp_path: Path, toml: str, key: str) -> None:
     path = tmp_path / "maildesk.toml"
-    path.write_text("[pipeline]\nmax_attempts = 0\n")
+    path.write_text(toml)
     result = subprocess.run(
         [sys.executable, "-m", "maildesk", "--config", str(path), "tickets", "list"],
         capture_output=True,
@@ -128,7 +141,7 @@ def test_bad_config_exits_78_with_file_and_key(tmp_path: Path) -> None:
         check=False,
     )
     assert result.returncode == 78
-    assert f"{path}: pipeline.max_attempts:" in result.stderr
+    assert f"{path}: {key}:" in result.stderr
 
 
 def test_secret_from_file_env_or_generated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

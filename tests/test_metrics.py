@@ -139,7 +139,10 @@ def test_counters_and_gauges_follow_mail_through_the_daemon(
     before = wait_for(daemon, lambda s: value(s, "maildesk_database_up") == 1)
     assert value(before, "maildesk_up") == 1
     assert value(before, "maildesk_database_up") == 1
-    assert value(before, "maildesk_intake_messages_total", source="smtp", outcome="stored") == 0
+    assert (
+        value(before, "maildesk_intake_messages_total", source="smtp", outcome="stored", reason="")
+        == 0
+    )
     assert value(before, "maildesk_pipeline_messages_total", disposition="created") == 0
 
     with smtplib.SMTP("127.0.0.1", daemon.smtp_port) as client:
@@ -159,7 +162,10 @@ def test_counters_and_gauges_follow_mail_through_the_daemon(
             and value(s, "maildesk_database_up") == 1
         ),
     )
-    assert value(after, "maildesk_intake_messages_total", source="smtp", outcome="stored") == 1
+    assert (
+        value(after, "maildesk_intake_messages_total", source="smtp", outcome="stored", reason="")
+        == 1
+    )
     assert value(after, "maildesk_pipeline_messages_total", disposition="created") == 1
     assert value(after, "maildesk_outbound_deliveries_total", result="sent") == 1, "the ack"
     assert value(after, "maildesk_pipeline_latency_seconds_count") == 1
@@ -188,8 +194,12 @@ def test_counters_and_gauges_follow_mail_through_the_daemon(
     )
     assert value(held, "maildesk_quarantine_messages", scope="database", reason="unparseable") == 1
     assert value(held, "maildesk_pipeline_messages_total", disposition="quarantined") == 1
-    assert value(held, "maildesk_intake_messages_total", source="smtp", outcome="stored") == 2
-    assert value(held, "maildesk_intake_messages_total", source="smtp", outcome="refused_5xx") == 1
+    assert (
+        value(held, "maildesk_intake_messages_total", source="smtp", outcome="stored", reason="")
+        == 2
+    )
+    refused = {"source": "smtp", "outcome": "refused_5xx", "reason": "not_support_address"}
+    assert value(held, "maildesk_intake_messages_total", **refused) == 1
     assert value(held, "maildesk_outbound_deliveries_total", result="sent") == 1, "no ack for it"
 
     # `status` sees the same database, and says the held mail needs looking at.

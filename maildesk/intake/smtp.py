@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import re
@@ -110,7 +111,6 @@ class IntakeHandler:
             address = self.postmaster[domain.lower()]
         elif base_address(address) not in self.support:
             log.info("rejected RCPT %s from %s: not a support address", address, session.peer)
-            self._count("refused_5xx")
             return f"550 5.1.1 <{address}>: not a support address here"
         if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             # 452, not 552: the sender delivers the rest in another transaction.
@@ -135,11 +135,9 @@ class IntakeHandler:
         except StorageUnavailable as exc:
             log.error("cannot store message from %s: %s", session.peer, exc)
             status = "451 4.3.0 Cannot store the message now, try again later"
-            self._count("refused_4xx")
         except Exception:  # not stored, by our fault: never a 5xx, which would bounce it
             log.exception("cannot store message from %s", session.peer)
             status = "451 4.3.0 Cannot store the message now, try again later"
-            self._count("refused_4xx")
         else:
             log.info(
                 "intake=%s stored from %s for %s", intake_id, session.peer, ",".join(item.rcpt_to)
@@ -151,10 +149,29 @@ class IntakeHandler:
             return "\r\n".join(status for _ in envelope.rcpt_tos)
         return status
 
-    def _count(self, outcome: str) -> None:
+    def refused(self, outcome: str, reason: str) -> None:
         """A refusal, in the metrics (a stored mail is counted by the store)."""
         if self.store.metrics is not None:
-            self.store.metrics.mail_received(self.protocol, outcome)
+            self.store.metrics.mail_received(self.protocol, outcome, reason=reason)
+
+
+def refusal_reason(reply: str) -> tuple[str, str] | None:
+    """A reply's outcome and reason in ``maildesk_intake_messages_total``; None if
+    it refuses nothing the metrics count (a 2xx/3xx, or a 4xx such as "452 too many
+    recipients" that only asks for another transaction)."""
+    if reply.startswith("451 4.3.0"):
+        return "refused_4xx", "cannot_store"
+    if not reply.startswith("5"):
+        return None
+    if reply.startswith("550 5.1.1"):
+        return "refused_5xx", "not_support_address"
+    if reply.startswith("552"):
+        return "refused_5xx", "too_large"
+    if reply.startswith(("500 Line too long", "500 Command line too long")):
+        return "refused_5xx", "line_too_long"
+    if reply.startswith("535"):
+        return "refused_5xx", "auth_failed"
+    return "refused_5xx", "bad_command"
 
 
 LONG_LINE_LIMIT = 1024 * 1024  # see _LimitedConnections
@@ -182,7 +199,7 @@ class ConnectionSlots:
     stress timeout, so idle holders make room for senders. Entering stress
     re-arms every session's timer, the idle ones already open included;
     leaving it does not, so the sessions idle through it are shed all the
-    same (the next byte from a client arms the timeout that applies then).
+    same (the next command, or byte of DATA, arms the timeout that applies then).
     """
 
     def __init__(self, limit: int, per_client: int, name: str) -> None:
@@ -270,6 +287,60 @@ class ConnectionSlots:
         return b"421 4.7.0 Too many connections, try again later\r\n"
 
 
+@dataclasses.dataclass(frozen=True)
+class Limit:
+    """A time limit of a session: what its 421 says, and its reason in the metrics."""
+
+    reason: str  # in maildesk_intake_messages_total{outcome="refused_4xx"}
+    reply: str
+
+
+TIMEOUT = Limit("timeout", "421 4.4.2 Timeout exceeded, closing")
+DATA_TOO_SLOW = Limit("data_too_slow", "421 4.4.2 Data arriving too slowly, closing")
+SESSION_TOO_LONG = Limit("session_too_long", "421 4.4.2 Session time limit exceeded, closing")
+
+
+@dataclasses.dataclass
+class SessionClock:
+    """When a session's time is up, and by which limit. Times are the event loop's.
+
+    A trickling client must not hold a slot: bytes alone never restart a
+    clock. A command line must come whole within the timeout from when the
+    session is ready for it (Exim's smtp_receive_timeout per line, Postfix's
+    smtpd_per_request_deadline). DATA starts with the timeout's worth of
+    credit; each byte received earns ``1/min_data_rate`` s more, never above
+    the timeout from that byte (Postfix's smtpd_min_data_rate): a sender at
+    or above that rate is never cut, one below it runs out. The timeout is
+    the stress timeout while the listener is under stress, so both tighten
+    then, as Postfix's do. Whatever it sends, no session outlives
+    ``max_session_seconds`` from its connection.
+    """
+
+    started: float
+    ready_at: float  # ready for the next command line; in DATA, the last byte received
+    data_deadline: float | None = None  # while DATA is received: when its credit runs out
+
+    def command_ready(self, now: float) -> None:
+        self.ready_at, self.data_deadline = now, None
+
+    def data_started(self, now: float, timeout: float) -> None:
+        self.ready_at, self.data_deadline = now, now + timeout
+
+    def data_received(self, now: float, size: int, timeout: float, min_rate: float) -> None:
+        if self.data_deadline is None:
+            return  # bytes of a command line: no more time for it
+        self.ready_at = now
+        self.data_deadline = min(self.data_deadline + size / min_rate, now + timeout)
+
+    def expiry(self, timeout: float, max_session: float) -> tuple[float, Limit]:
+        """The next limit to run out (a silence before a slow rate, on a tie)."""
+        due = [(self.ready_at + timeout, TIMEOUT)]
+        if self.data_deadline is not None:
+            due.append((self.data_deadline, DATA_TOO_SLOW))
+        due.append((self.started + max_session, SESSION_TOO_LONG))
+        return min(due, key=lambda pair: pair[0])
+
+
 class _LimitedConnections(SMTP):
     """An SMTP/LMTP session that first takes one of the listener's slots, and
     gives it back when the client wastes it.
@@ -278,10 +349,11 @@ class _LimitedConnections(SMTP):
     than ``max_junk_commands`` junk commands, or gets ``max_errors`` error
     replies (refused RCPTs of an address prober, unknown commands, failed
     AUTH); a stored mail forgives both counts (Postfix resets them after a
-    delivery). A client silent for ``timeout_seconds`` is closed, and for only
-    ``stress_timeout_seconds`` while the listener is under stress
-    (``ConnectionSlots``); every byte received counts as activity, so a
-    sender of a large mail on a slow but steady link is never cut.
+    delivery). The time limits of ``SessionClock`` close it with ``421 4.4.2``:
+    the timeout (``timeout_seconds``, only ``stress_timeout_seconds`` while
+    the listener is under stress, see ``ConnectionSlots``), ``min_data_rate``
+    and ``max_session_seconds``. Each refusal is counted in the metrics with
+    its reason; one that ends the session is also logged with the peer.
     """
 
     # RFC 5321 caps lines at 1,000 octets, but real mail (HTML from marketing
@@ -295,12 +367,13 @@ class _LimitedConnections(SMTP):
     client: str | None = None
     junk = errors = 0
     command: str | None = None  # the one being served
-    active_at: float  # the loop's time of the client's last byte
+    clock: SessionClock
+    expiring: Limit = TIMEOUT  # the limit the armed timer stands for
     in_hook = False  # our handler is at work: the client waits for us, not idle
 
     def __init__(self, handler: Any, **kwargs: Any) -> None:
         super().__init__(handler, **kwargs)
-        self.active_at = self.loop.time()
+        self.clock = SessionClock(started=self.loop.time(), ready_at=self.loop.time())
         # One wrapper round every command aiosmtpd dispatches: aiosmtpd has no
         # hook that sees them all (functools.wraps keeps the syntax HELP shows).
         self._smtp_methods = {
@@ -316,25 +389,36 @@ class _LimitedConnections(SMTP):
         self.command = command
         if command in JUNK_COMMANDS:
             if self.junk >= self.settings.max_junk_commands:
-                await self._close_with("421 4.7.0 Too many commands without mail, closing")
+                await self._close_with(
+                    "421 4.7.0 Too many commands without mail, closing", "too_many_commands"
+                )
                 return
             self.junk += 1
         await method(arg)
+        if self.transport is not None and not self.transport.is_closing():
+            self._reset_timeout()  # served: the next command line's time starts now
 
     async def push(self, status: AnyStr) -> None:
         await super().push(status)
         text = status if isinstance(status, str) else status.decode("utf-8", "replace")
-        if self.command == "DATA" and text.startswith("250"):
+        refusal = refusal_reason(text)
+        if refusal is not None:
+            self.event_handler.refused(*refusal)
+        if self.command == "DATA" and text.startswith("354"):
+            self.clock.data_started(self.loop.time(), self._current_timeout())
+            self.arm_timeout()
+        elif self.command == "DATA" and text.startswith("250"):
             self.junk = self.errors = 0  # a stored mail: the client makes progress
         elif text[:1] in ("4", "5") and not text.startswith(NOT_CLIENT_ERRORS):
             self.errors += 1
             if self.errors >= self.settings.max_errors:
-                await self._close_with("421 4.7.0 Too many errors, closing")
+                await self._close_with("421 4.7.0 Too many errors, closing", "too_many_errors")
 
-    async def _close_with(self, reply: str) -> None:
+    async def _close_with(self, reply: str, reason: str) -> None:
         assert self.session is not None and self.transport is not None
         log.info("closing the session of %s: %s", self.session.peer, reply)
-        await SMTP.push(self, reply)  # not counted, and one line even in LMTP
+        self.event_handler.refused("refused_4xx", reason)
+        await SMTP.push(self, reply)  # not an error of the client, and one line even in LMTP
         self.transport.close()
 
     async def _call_handler_hook(self, command: str, *args: Any) -> Any:
@@ -345,35 +429,66 @@ class _LimitedConnections(SMTP):
             self.in_hook = False
 
     def _reset_timeout(self, duration: float | None = None) -> None:
-        # aiosmtpd calls this on each command (and we on every byte received);
-        # its duration is only for the PROXY handshake, which we do not enable.
-        self.active_at = self.loop.time()
+        # aiosmtpd calls this as the session starts and as each valid command
+        # comes (we too, once one is served): ready for the next command line.
+        # Its duration is only for the PROXY handshake, which we do not enable.
+        self.clock.command_ready(self.loop.time())
         self.arm_timeout()
 
+    def _current_timeout(self) -> float:
+        if self.slots is not None and self.slots.stressed:
+            return min(self._timeout_duration, self.settings.stress_timeout_seconds)
+        return float(self._timeout_duration)
+
     def arm_timeout(self) -> None:
-        """(Re)start the idle timer: the timeout that applies now, from the last byte."""
-        stressed = self.slots is not None and self.slots.stressed
-        timeout = self._timeout_duration
-        if stressed:
-            timeout = min(timeout, self.settings.stress_timeout_seconds)
+        """(Re)start the timer for the first of the session's limits to run out now."""
+        now = self.loop.time()
+        if self.in_hook:  # storing a mail: our time, not the client's; look again later
+            expiry, self.expiring = now + self._current_timeout(), TIMEOUT
+        else:
+            limits = self.clock.expiry(self._current_timeout(), self.settings.max_session_seconds)
+            expiry, self.expiring = limits
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()
-        delay = max(self.active_at + timeout - self.loop.time(), 0.0)
-        self._timeout_handle = self.loop.call_later(delay, self._timeout_cb)
+        self._timeout_handle = self.loop.call_later(max(expiry - now, 0.0), self._timeout_cb)
 
     def _timeout_cb(self) -> None:
         if self.in_hook:  # storing the mail takes long: that is our time, not the client's
             self._reset_timeout()
             return
         assert isinstance(self.transport, asyncio.WriteTransport)
-        self.transport.write(b"421 4.4.2 Timeout exceeded, closing\r\n")
+        assert self.session is not None
+        limit = self.expiring
+        log.info(
+            "closing the session of %s: %s (%s)",
+            self.session.peer,
+            limit.reply,
+            self._setting_of(limit),
+        )
+        self.event_handler.refused("refused_4xx", limit.reason)
+        self.transport.write(limit.reply.encode() + b"\r\n")
         super()._timeout_cb()
 
+    def _setting_of(self, limit: Limit) -> str:
+        """The setting that ran out, for the log line: ops see which one to look at."""
+        if limit is DATA_TOO_SLOW:
+            return f"min_data_rate = {self.settings.min_data_rate} bytes/s"
+        if limit is SESSION_TOO_LONG:
+            return f"max_session_seconds = {self.settings.max_session_seconds:g}"
+        if self._current_timeout() < self._timeout_duration:
+            return f"stress_timeout_seconds = {self.settings.stress_timeout_seconds:g}"
+        return f"timeout_seconds = {self._timeout_duration:g}"
+
     def data_received(self, data: bytes) -> None:
-        # aiosmtpd restarts its idle timeout only when a command comes, so a
-        # whole DATA phase had to fit into it: a large mail on a slow but
-        # steady link was cut at every attempt. A client that sends is not idle.
-        self._reset_timeout()
+        # aiosmtpd's idle timer is restarted only by a command, so a whole DATA
+        # had to fit into one timeout; restarted by every byte, it let a client
+        # hold the session with a byte now and then. DATA now earns time by
+        # the bytes received, a command line none (see SessionClock).
+        self.clock.data_received(
+            self.loop.time(), len(data), self._current_timeout(), self.settings.min_data_rate
+        )
+        if self.clock.data_deadline is not None:
+            self.arm_timeout()
         super().data_received(data)
 
     def _getparams(self, params: Sequence[str]) -> dict[str, str | bool] | None:
@@ -392,6 +507,7 @@ class _LimitedConnections(SMTP):
             refusal = self.slots.take(self, self.client)
             if refusal is not None:
                 self.refused = True
+                self.event_handler.refused("refused_4xx", "too_many_connections")
                 assert isinstance(transport, asyncio.WriteTransport)
                 transport.write(refusal)
                 transport.close()

@@ -154,7 +154,7 @@ def test_under_stress_idle_sessions_are_shed_while_a_steady_sender_completes(
     """Three idle clients of four slots: with the 300 s timeout they stayed, and
     the next sender was refused. Over 3/4 of the slots taken, a client silent
     for the stress timeout (0.4 s here) is closed; one that sends its mail a line
-    every 0.15 s for 1.2 s is not."""
+    every 0.15 s for 1.2 s (about 50 bytes/s, over min_data_rate) is not."""
     port = free_port()
     settings = ListenerSettings(
         protocol=protocol,
@@ -162,6 +162,7 @@ def test_under_stress_idle_sessions_are_shed_while_a_steady_sender_completes(
         max_connections=4,
         timeout_seconds=30,
         stress_timeout_seconds=0.4,
+        min_data_rate=20,
     )
     controller = start(app, settings)
     try:

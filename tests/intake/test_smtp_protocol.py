@@ -177,9 +177,10 @@ def test_a_steady_sender_is_not_cut_by_the_idle_timeout_however_long_data_takes(
 ) -> None:
     """aiosmtpd restarted its timer only per command: a large mail on a slow link
     (a 50 MB mail below ~170 KB/s with the 300 s default) was cut at every attempt.
-    The timeout is 2 s here; the client never pauses more than 0.3 s."""
+    The timeout is 2 s here; the client never pauses more than 0.3 s, and sends
+    about 27 bytes/s, over min_data_rate (10 bytes/s here)."""
     port = free_port()
-    controller = start(app, ListenerSettings(port=port, timeout_seconds=2))
+    controller = start(app, ListenerSettings(port=port, timeout_seconds=2, min_data_rate=10))
     try:
         client = RawClient(port)
         client.command("EHLO slow.example")
