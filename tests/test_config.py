@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 from pathlib import Path
+from typing import get_args
 
 import pytest
 
@@ -23,9 +24,12 @@ def test_example_config_loads_and_documents_every_key() -> None:
         for name, field in model.model_fields.items():  # type: ignore[attr-defined]
             if name == "source":
                 continue
-            annotation = field.annotation
-            if isinstance(annotation, type) and hasattr(annotation, "model_fields"):
-                found += keys(annotation, f"{name}.")
+            # A section, or a list or table of them ([[listeners]], [calendars.x]).
+            inner = [field.annotation, *get_args(field.annotation)]
+            models = [t for t in inner if isinstance(t, type) and hasattr(t, "model_fields")]
+            if models:
+                found.append(name)
+                found += keys(models[0], f"{name}.")
             else:
                 found.append(name)
         return found
