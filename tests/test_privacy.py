@@ -28,7 +28,7 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import LargeBinary, func, select
+from sqlalchemy import LargeBinary, event, func, select
 
 from maildesk.app import App
 from maildesk.config import OutboundSettings
@@ -309,6 +309,36 @@ def test_an_erasure_during_a_delivery_does_not_stop_the_sender(
     assert sum(ALICE in mail.rcpt_tos for mail in relay.received) == 1
     assert any(DAVE in mail.rcpt_tos for mail in relay.received)
     assert result.sent == len(relay.received) - 1
+    assert rows_containing(app, ALICE, SECRET_WORD) == []
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SQLite: one writer
+def test_an_erasure_between_reading_a_row_and_its_bytes_sends_no_empty_mail(
+    app: App, tmp_path: Path, relay: RelaySink
+) -> None:
+    """On PostgreSQL each statement sees what is committed when it runs: an erasure
+    that commits after the sender read the outbox row and before it read the mail's
+    bytes left it with no bytes, and it sent an empty mail to the customer."""
+    alice_history(app, bounce=False)
+    settings = OutboundSettings(transport="smtp", relay_port=relay.port)
+    sender = OutboxSender(app.db, SmtpTransport(settings, password=""), settings, app.clock, "n1")
+    erased: list[int] = []
+
+    def erase_before_the_bytes_are_read(
+        _conn: Any, _cursor: Any, statement: str, *_args: Any
+    ) -> None:
+        if not erased and statement.lstrip().startswith("SELECT") and "FROM blobs" in statement:
+            erased.append(cli(app, tmp_path, "privacy", "forget", ALICE, "--yes").exit_code)
+
+    event.listen(app.db.engine, "before_cursor_execute", erase_before_the_bytes_are_read)
+    try:
+        sender.drain(limit=100)
+    finally:
+        event.remove(app.db.engine, "before_cursor_execute", erase_before_the_bytes_are_read)
+    assert erased == [0]
+    assert relay.received, "the rest of the batch went out"
+    for mail in relay.received:
+        assert mail.message["Message-ID"] and len(mail.raw) > 200, mail.raw[:200]
     assert rows_containing(app, ALICE, SECRET_WORD) == []
 
 

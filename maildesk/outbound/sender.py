@@ -525,7 +525,11 @@ class OutboxSender:
                 result.dropped += 1
                 return
             blob = session.get(Blob, row.raw_sha256)
-            raw = bytes(blob.data) if blob else b""
+            if blob is None:  # erased after the row was read (PostgreSQL: each statement
+                # sees what is committed when it runs): nothing to send, nothing to record
+                log.info("outbox=%s: erased before it was sent", outbox_id)
+                return
+            raw = bytes(blob.data)
             envelope_from, recipients = row.envelope_from, list(row.recipients)
             context = f"outbox={row.id} ticket={row.ticket_id}"
         blocked = self._suppressed(recipients)
