@@ -140,5 +140,7 @@ class App:
             dkim=DkimSigner.from_settings(self.settings),
             undelivered=DeliveryFailedNotifier(self.notices()),
             metrics=self.metrics,
-            journal=journal_path(self.settings.data_dir, node or self.node_name),
+            # The daemon's: a restart reads it. A one-off command's node name is
+            # new each run, so nothing would ever read its journal.
+            journal=journal_path(self.settings.data_dir, self.node_name) if node is None else None,
         )

@@ -43,7 +43,7 @@ class Delivery(NamedTuple):
 
 
 def journal_path(data_dir: Path, node: str) -> Path:
-    """This node's journal: one per node, so a CLI run beside the daemon keeps its own."""
+    """The daemon's journal, named for its node (nodes may share a data directory)."""
     safe = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in node)
     return data_dir / f"outbox-unrecorded-{safe}.json"
 
