@@ -69,6 +69,18 @@ class Directory:
         """Agents of ``group`` in config order (the order round robin walks)."""
         return tuple(a for a in self.agents.values() if group in a.groups)
 
+    def without_group(self) -> tuple[AgentSettings, ...]:
+        """Who takes a ticket of no group: agents in no group or in one that assigns by
+        itself; not those only in groups assigning by hand (specialists, say)."""
+
+        def assigns_by_itself(name: str) -> bool:
+            group = self.groups.get(name)
+            return group is None or group.strategy != "none"
+
+        return tuple(
+            a for a in self.agents.values() if not a.groups or any(map(assigns_by_itself, a.groups))
+        )
+
     def agent_or_group(self, name: str) -> AgentSettings | GroupSettings | None:
         return self.agents.get(name) or self.groups.get(name)
 

@@ -80,7 +80,11 @@ class AgentNotices:
         return list(out.values())
 
     def _group_members(self, ticket: Ticket) -> list[str]:
-        return [a.name for a in self.directory.members(ticket.group)] if ticket.group else []
+        """The ticket's group; for a ticket of no group (or one no longer configured),
+        every agent: it waits for any of them (:func:`maildesk.routing.assign.all_agents`)."""
+        if ticket.group and self.directory.group(ticket.group) is not None:
+            return [a.name for a in self.directory.members(ticket.group)]
+        return [a.name for a in self.directory.without_group()]
 
     def _first_or_group(self, ticket: Ticket, *names: str | None) -> list[str]:
         """The first of ``names`` a notice can reach, else the ticket's group.

@@ -11,6 +11,12 @@ below their open-ticket cap (the agent's ``max_open_tickets``, else the group's
 responsible (the group's, else the queue's) gets the ticket, whatever their
 shift or load; without one the ticket waits until someone is eligible
 (:mod:`maildesk.routing.waiting`).
+
+A ticket with no group (no rule, queue group or default group gave it one, and
+its queue has no default responsible) is assigned in the pool :func:`all_agents`:
+the agents in no group or in one that assigns by itself
+(``Directory.without_group``), round robin, each agent's own cap. Without it
+such a ticket would reach nobody, since agents work only from their mail.
 """
 
 from __future__ import annotations
@@ -34,6 +40,22 @@ class Assignment:
     agent: str | None
     reason: str
     rule: str  # reopen, sticky, round_robin, least_open, skill, default_responsible, none
+
+
+ALL_AGENTS = "*"  # the pool's name: its routing_state row; no group can be named so
+
+
+def all_agents() -> GroupSettings:
+    """The pool of a ticket with no group: every agent, round robin, no group cap."""
+    return GroupSettings.model_construct(name=ALL_AGENTS)
+
+
+def is_all_agents(group: GroupSettings) -> bool:
+    return group.name == ALL_AGENTS
+
+
+def _within(group: GroupSettings) -> str:
+    return "among all agents" if is_all_agents(group) else f"in {group.name}"
 
 
 def cap_of(agent: AgentSettings, group: GroupSettings) -> int | None:
@@ -109,10 +131,10 @@ def choose(
         ring = [a for a in _rotation(members, last_assigned) if a.name in allowed]
         if strategy is Strategy.ROUND_ROBIN:
             picked = ring[0]
-            detail = f"round robin in {group.name} after {last_assigned or 'nobody'}"
+            detail = f"round robin {_within(group)} after {last_assigned or 'nobody'}"
         else:
             pool = ring
-            detail = f"fewest open tickets in {group.name}"
+            detail = f"fewest open tickets {_within(group)}"
             if strategy is Strategy.SKILL:
                 skilled = [a for a in ring if category and category in a.skills]
                 if skilled:
@@ -124,7 +146,7 @@ def choose(
         return Assignment(picked.name, prefix + detail, how)
     if strategy is Strategy.NONE:
         return Assignment(None, f"group {group.name} assigns by hand", "none")
-    reason = f"nobody eligible in {group.name} ({'; '.join(why_not) or 'no members'})"
+    reason = f"nobody eligible {_within(group)} ({'; '.join(why_not) or 'no members'})"
     if default_responsible is not None:
         return Assignment(
             default_responsible, f"{reason}: default responsible", "default_responsible"

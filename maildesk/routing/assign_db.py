@@ -18,11 +18,11 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.orm import Session
 
-from maildesk.config import GroupSettings, Settings
+from maildesk.config import AgentSettings, GroupSettings, Settings
 from maildesk.db.models import Event, RoutingState, Ticket, TicketStatus
 from maildesk.db.upsert import insert_ignore
 from maildesk.people import Directory
-from maildesk.routing.assign import Assignment, choose
+from maildesk.routing.assign import Assignment, all_agents, choose, is_all_agents
 
 OPEN_STATUSES = (TicketStatus.NEW, TicketStatus.OPEN, TicketStatus.PENDING)
 Record = Callable[[str, str, dict[str, Any]], None]
@@ -152,22 +152,29 @@ def assign_ticket(
     record: Record,
     reopened: bool = False,
 ) -> Assignment | None:
-    """Assign ``ticket`` within its group; None when it has no group (nothing recorded)."""
+    """Assign ``ticket`` within its group, else among all agents.
+
+    None when it has no group and there is nobody to assign it to: no default
+    responsible for its queue and no agents at all (nothing recorded).
+    """
     group_name = group_for(settings, ticket)
     group = directory.group(group_name) if group_name else None
-    if group is None:
-        fallback = settings.routing.default_responsible.get(ticket.queue or "")
-        if fallback is None:
-            return None
+    fallback = settings.routing.default_responsible.get(ticket.queue or "")
+    if group is None and fallback is not None:
         result = Assignment(
             fallback,
             f"queue {ticket.queue} has no group: default responsible",
             "default_responsible",
         )
+    elif group is None and not directory.without_group():
+        return None
     else:
-        ticket.group = group.name
+        if group is None:
+            group = all_agents()  # the ticket keeps no group
+        else:
+            ticket.group = group.name
         lock_group(session, group.name, now)
-        result = choose_in_group(
+        result, _ = choose_in_group(
             session,
             ticket,
             group,
@@ -186,6 +193,13 @@ def assign_ticket(
     return result
 
 
+def pool_of(directory: Directory, group: GroupSettings) -> tuple[AgentSettings, ...]:
+    """The agents who take ``group``'s tickets: its members, or all for :func:`all_agents`."""
+    if is_all_agents(group):
+        return directory.without_group()
+    return directory.members(group.name)
+
+
 def choose_in_group(
     session: Session,
     ticket: Ticket,
@@ -195,13 +209,14 @@ def choose_in_group(
     directory: Directory,
     now: datetime,
     reopened: bool = False,
-) -> Assignment:
+) -> tuple[Assignment, dict[str, int]]:
     """The agent of ``group`` for ``ticket`` now; the caller holds :func:`lock_group`.
 
-    Moves the group's round-robin cursor when the rotation chose; leaves the
-    ticket itself to the caller.
+    Also returns the open counts the choice was made on (the agents', this
+    ticket not counted). Moves the group's round-robin cursor when the
+    rotation chose; leaves the ticket itself to the caller.
     """
-    members = directory.members(group.name)
+    members = pool_of(directory, group)
     names = [m.name for m in members]
     previous, why, outsider = None, "", None
     if reopened:
@@ -213,10 +228,11 @@ def choose_in_group(
     elif group.sticky:
         previous, why = previous_agent_of_requester(session, ticket, names), "sticky customer"
     counted = [*names, outsider.name] if outsider is not None else names
+    counts = open_counts(session, counted, besides=ticket.id)
     result = choose(
         group,
         members,
-        open_counts=open_counts(session, counted, besides=ticket.id),
+        open_counts=counts,
         on_shift=lambda agent: directory.on_shift(agent, now),
         last_assigned=last_round_robin(session, group.name),
         category=ticket.category,
@@ -228,4 +244,4 @@ def choose_in_group(
     )
     if result.agent is not None and result.rule in ROTATION_RULES:
         remember_round_robin(session, group.name, result.agent, now)
-    return result
+    return result, counts

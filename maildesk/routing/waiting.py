@@ -11,16 +11,18 @@ assignment does.
 Waiting means: the ticket's last ``assigned`` event left it without an agent
 (rule ``none``) and it still has none; new or open (not pending, resolved or
 closed); not merged, not possible spam; in a group whose strategy is not
-``none``. A ticket nobody was ever asked to take (automated mail) or one an
-agent or rule assigned does not wait.
+``none``, or in no group (none, or one no longer configured): those wait for
+any agent (:func:`maildesk.routing.assign.all_agents`). A ticket nobody was
+ever asked to take (automated mail) or one an agent or rule assigned does not
+wait.
 
 Each group's tickets are assigned in one transaction that holds the
 assignment lock (:func:`assign_db.lock_group`: one assigner at a time on
 PostgreSQL, so two nodes never both count an agent below their cap) and
 locks the tickets it takes ``FOR NO KEY UPDATE SKIP LOCKED`` (a ticket a
 mail or an agent is changing right now waits for the next run). The open
-counts are counted afresh for every ticket, so the cap holds across the
-batch.
+counts are counted afresh for every ticket (the same count serves the choice
+and the "why now" of its event), so the cap holds across the batch.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.base import BaseScheduler
-from sqlalchemy import Select, func, select
+from sqlalchemy import ColumnElement, Select, func, or_, select
 from sqlalchemy.orm import Session
 
 from maildesk.config import AgentSettings, GroupSettings, Settings
@@ -41,8 +43,8 @@ from maildesk.db.models import Event, Ticket, TicketStatus
 from maildesk.outbound.agent_notices import AgentNotices
 from maildesk.outbound.notices import Notices
 from maildesk.people import Directory
-from maildesk.routing.assign import Assignment, Strategy, cap_of
-from maildesk.routing.assign_db import choose_in_group, lock_group, open_counts
+from maildesk.routing.assign import Strategy, all_agents, cap_of, is_all_agents
+from maildesk.routing.assign_db import choose_in_group, lock_group
 
 if TYPE_CHECKING:
     from maildesk.app import App
@@ -61,11 +63,22 @@ class Assigned:
 
 
 def waiting_groups(directory: Directory) -> list[GroupSettings]:
-    """The groups that assign by themselves (strategy other than ``none``)."""
-    return [g for g in directory.groups.values() if g.strategy != Strategy.NONE]
+    """The groups that assign by themselves (strategy other than ``none``), then the
+    pool of the tickets with no group (:meth:`Directory.without_group`), when it has anyone."""
+    groups = [g for g in directory.groups.values() if g.strategy != Strategy.NONE]
+    return [*groups, all_agents()] if directory.without_group() else groups
 
 
-def _waiting_query(group: str, limit: int) -> Select[Ticket, datetime, Any]:
+def _in_group(group: GroupSettings, directory: Directory) -> ColumnElement[bool]:
+    if not is_all_agents(group):
+        return Ticket.group == group.name
+    # No group, or one taken out of the config: nobody else gives these out.
+    return or_(Ticket.group.is_(None), Ticket.group.not_in(list(directory.groups)))
+
+
+def _waiting_query(
+    group: GroupSettings, directory: Directory, limit: int
+) -> Select[Ticket, datetime, Any]:
     last_assigned = (
         select(func.max(Event.id))
         .where(Event.ticket_id == Ticket.id, Event.kind == "assigned")
@@ -76,7 +89,7 @@ def _waiting_query(group: str, limit: int) -> Select[Ticket, datetime, Any]:
         select(Ticket, Event.at, Event.data)
         .join(Event, Event.id == last_assigned)
         .where(
-            Ticket.group == group,
+            _in_group(group, directory),
             Ticket.assignee.is_(None),
             Ticket.status.in_(WAITING_STATUSES),
             Ticket.merged_into_id.is_(None),
@@ -117,22 +130,21 @@ def assign_waiting_in_group(
     limit: int = BATCH,
 ) -> list[Assigned]:
     """Assign the group's waiting tickets, oldest first, while someone is eligible."""
-    if session.execute(_waiting_query(group.name, 1)).first() is None:
+    if session.execute(_waiting_query(group, directory, 1)).first() is None:
         return []  # the usual case: nothing waits, no lock taken
     lock_group(session, group.name, now)
     rows = session.execute(
-        _waiting_query(group.name, limit).with_for_update(
+        _waiting_query(group, directory, limit).with_for_update(
             of=Ticket, skip_locked=True, key_share=True
         )
     ).all()
     told = AgentNotices(notices, directory)
     done: list[Assigned] = []
-    names = [m.name for m in directory.members(group.name)]
     for ticket, since, data in rows:
         since = since if since.tzinfo else since.replace(tzinfo=UTC)
         # A reopened ticket that found its last assignee away goes back to them if
         # they are the one available now, as it would have when it reopened.
-        result: Assignment = choose_in_group(
+        result, counts = choose_in_group(
             session,
             ticket,
             group,
@@ -143,7 +155,6 @@ def assign_waiting_in_group(
         )
         if result.agent is None:
             break  # nobody eligible: no later ticket of this group finds anyone either
-        counts = open_counts(session, names)
         ticket.assignee = result.agent
         waited = f"waiting since {since:%Y-%m-%d %H:%M} UTC"
         if result.rule == "default_responsible":  # one configured since: their shift is moot
@@ -159,7 +170,7 @@ def assign_waiting_in_group(
                 ticket_id=ticket.id,
                 data={
                     "agent": result.agent,
-                    "group": group.name,
+                    "group": ticket.group,
                     "rule": result.rule,
                     "waiting_since": since.isoformat(),
                 },
@@ -222,9 +233,15 @@ class WaitingAssigner:
 
 
 def add_waiting_assignment(scheduler: BaseScheduler, app: App) -> WaitingAssigner | None:
-    """Schedule the job; None when routing is off or no group assigns by itself."""
+    """Schedule the job; None when routing is off or nobody assigns by themselves."""
     routing = app.settings.routing
-    if not routing.enabled or not waiting_groups(app.directory):
+    if not routing.enabled:
+        return None
+    if not app.directory.agents:
+        log.warning(
+            "no agents are configured: new tickets are assigned to nobody and no agent is told"
+        )
+    if not waiting_groups(app.directory):
         return None
     assigner = WaitingAssigner.for_app(app)
     scheduler.add_job(

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from apscheduler.schedulers.background import BackgroundScheduler
 from sqlalchemy import select
 
 from maildesk.app import App
@@ -22,7 +23,7 @@ from maildesk.routing import waiting
 from maildesk.routing.waiting import WaitingAssigner
 from maildesk.service import Daemon
 from maildesk.tickets import change_status
-from tests.conftest import FrozenClock
+from tests.conftest import FrozenClock, make_settings
 from tests.mailfactory import deliver, make_mail, reply_to
 from tests.routing.test_assignment_review import (  # noqa: F401 (pg_private: a fixture)
     desk,
@@ -199,6 +200,117 @@ def test_tickets_that_are_not_waiting_for_an_agent_are_left_alone(
     night.now = night.now.replace(hour=10)
     assert run_job(app) == [(5, "ann")]  # the only one waiting
     assert [ticket_of(app, n).assignee for n in (1, 2, 3, 4, 6, 7)] == [None] * 6
+
+
+def desk_without_groups(
+    tmp_path: Path, database_url: str, clock: FrozenClock, agents: list[dict[str, Any]]
+) -> App:
+    """A small desk: agents, no groups, no default group, no rules."""
+    folder = tmp_path / "rules"
+    folder.mkdir(exist_ok=True)
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        agents=[{"addresses": [f"{a['name']}@example.com"], **a} for a in agents],
+        routing={"rules_dir": folder},
+    )
+    return App.build(settings, clock=clock)
+
+
+def test_a_ticket_with_no_group_waits_for_any_agent_on_shift(
+    tmp_path: Path, database_url: str, night: FrozenClock
+) -> None:
+    """Two agents and no groups: a ticket that came at night belongs to no group, yet it
+    must not stay unassigned forever. Everyone hears of it at the start of their shift,
+    and the agents on shift take the waiting tickets by round robin within their caps."""
+    agents = [
+        {"name": "ann", "hours": OFFICE},
+        {"name": "ben", "hours": OFFICE, "max_open_tickets": 1},
+    ]
+    app = desk_without_groups(tmp_path, database_url, night, agents)
+    mail(app, 1)
+    night.advance(minutes=10)
+    mail(app, 2)
+    assert [ticket_of(app, n).assignee for n in (1, 2)] == [None, None]
+    night.now = night.now.replace(hour=9, minute=5)
+    assert run_job(app) == [(1, "ann"), (2, "ben")]
+    ticket = ticket_of(app, 1)
+    assert (ticket.group, ticket.assignee) == (None, "ann")
+    first, last = events_of(app, 1, "assigned")
+    assert first.reason == (
+        "nobody eligible among all agents (ann off shift; ben off shift); "
+        "no default responsible: left unassigned"
+    )
+    assert last.reason == (
+        "assigned to ann: waiting since 2026-03-02 07:00 UTC; ann came on shift: "
+        "round robin among all agents after nobody"
+    )
+    assert [len(assigned_notices(app, a)) for a in ("ann", "ben")] == [1, 1]
+    # Both heard of each new ticket, held until their shift started at 09:00.
+    with app.db.transaction() as session:
+        held = session.execute(
+            select(Outbox.recipients, Outbox.next_attempt_at).where(Outbox.purpose == "new_ticket")
+        ).all()
+    assert sorted(r for [r], at in held if at.replace(tzinfo=night.now.tzinfo).hour == 9) == [
+        "ann@example.com",
+        "ann@example.com",
+        "ben@example.com",
+        "ben@example.com",
+    ]
+    # In the day a ticket with no group goes out at once: ben is at his cap, so to ann.
+    mail(app, 3)
+    assert ticket_of(app, 3).assignee == "ann"
+    assert run_job(app) == []
+
+
+def test_a_ticket_with_no_group_skips_agents_only_in_groups_that_assign_by_hand(
+    tmp_path: Path, database_url: str, night: FrozenClock
+) -> None:
+    """A specialist only in a hand-assigned group (L3, say) is not dealt tickets no rule
+    placed, nor told of them; an agent of a group that assigns by itself is."""
+    folder = tmp_path / "rules"
+    folder.mkdir()
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        agents=[
+            {"name": "sam", "addresses": ["sam@example.com"], "groups": ["l3"]},
+            {"name": "ann", "addresses": ["ann@example.com"], "groups": ["l1"], "hours": OFFICE},
+        ],
+        groups=[{"name": "l3", "strategy": "none"}, {"name": "l1"}],
+        routing={"rules_dir": folder},
+    )
+    app = App.build(settings, clock=night)
+    try:
+        mail(app, 1)  # at night: ann is off shift, sam always on
+        assert ticket_of(app, 1).assignee is None
+        with app.db.transaction() as session:
+            told = session.scalars(
+                select(Outbox.recipients).where(Outbox.purpose == "new_ticket")
+            ).all()
+        assert told == [["ann@example.com"]]
+        night.now = night.now.replace(hour=9, minute=5)
+        assert run_job(app) == [(1, "ann")]
+    finally:
+        app.db.dispose()
+
+
+def test_the_job_runs_for_agents_without_groups_and_not_without_agents(
+    tmp_path: Path, database_url: str, night: FrozenClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The daemon schedules the job for a desk of agents without groups; a desk with no
+    agents at all has nobody to give tickets to, and the daemon says so at start."""
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    with_agents = desk_without_groups(tmp_path / "a", database_url, night, [{"name": "ann"}])
+    nobody = desk_without_groups(tmp_path / "b", database_url, night, [])
+    try:
+        assert waiting.add_waiting_assignment(BackgroundScheduler(), with_agents) is not None
+        assert waiting.add_waiting_assignment(BackgroundScheduler(), nobody) is None
+        assert "no agents are configured: new tickets are assigned to nobody" in caplog.text
+    finally:
+        with_agents.db.dispose()
+        nobody.db.dispose()
 
 
 def test_two_nodes_running_the_job_at_once_assign_each_ticket_once_within_the_caps(
