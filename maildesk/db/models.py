@@ -236,6 +236,7 @@ class Ticket(Base):
             postgresql_where=text(OPEN_TICKETS_PREDICATE),
             sqlite_where=text(OPEN_TICKETS_PREDICATE),
         ),
+        Index("ix_tickets_created_at", "created_at"),  # a report's period
         {"sqlite_autoincrement": True},
     )
 
@@ -317,6 +318,8 @@ class Message(Base):
     ticket: Mapped[Ticket] = relationship(back_populates="messages", foreign_keys=[ticket_id])
     attachments: Mapped[list[Attachment]] = relationship(order_by="Attachment.id")
 
+    __table_args__ = (Index("ix_messages_created_at_kind", "created_at", "kind"),)  # replies sent
+
 
 class KnownMessageId(Base):
     """Every Message-ID a ticket knows, for threading lookups (MAIL-RULES §2 rule 2)."""
@@ -370,6 +373,8 @@ class Event(Base):
     message_pk: Mapped[int | None] = mapped_column(ForeignKey("messages.id"))
     reason: Mapped[str] = mapped_column(Text, default="")
     data: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+    __table_args__ = (Index("ix_events_at_kind", "at", "kind"),)  # status changes in a period
 
 
 class OutboxState(enum.StrEnum):

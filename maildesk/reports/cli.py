@@ -8,7 +8,7 @@ from pathlib import Path
 import click
 
 from maildesk.reports.data import collect
-from maildesk.reports.render import Format, Kind, render
+from maildesk.reports.render import Format, Kind, render, sections
 from maildesk.sla.sweep import build_calendars
 
 EX_CANTCREAT = 73  # sysexits: the output file cannot be created
@@ -77,6 +77,7 @@ def report(
             _day_start(first),
             after_last,
             now,
+            sections(Kind(kind), Format(fmt)),
         )
     text = render(data, Kind(kind), Format(fmt))
     if output is not None:

@@ -11,23 +11,27 @@ from __future__ import annotations
 
 import math
 from collections import Counter, defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, Date, func, select
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.orm import Session, load_only
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 
 from maildesk.config import Settings
 from maildesk.db.models import Event, Message, MessageKind, Rating, Ticket, TicketStatus
 from maildesk.people import Directory
 from maildesk.sla.calendar import BusinessCalendar
-from maildesk.sla.facts import TicketHistory, load_histories
+from maildesk.sla.facts import CHUNK, TicketHistory, load_histories
 from maildesk.sla.policy import SlaEvaluation, TargetStatus, evaluate
 from maildesk.sla.select import select_policy
 
 PERCENTILES = (50, 75, 90, 95)
+SECTIONS = ("sla", "agents", "categories", "volume")
 OPEN = (TicketStatus.NEW, TicketStatus.OPEN, TicketStatus.PENDING)
 FRT_BUCKETS = (30, 60, 120, 240, 480, 960, 1920)  # upper bounds in business minutes
 
@@ -159,21 +163,30 @@ def _bucket(minutes: float) -> str:
 
 
 def agent_figures(
-    session: Session, directory: Directory, live: Sequence[Ticket], start: datetime, end: datetime
+    session: Session, directory: Directory, start: datetime, end: datetime
 ) -> list[dict[str, Any]]:
-    load: Counter[str] = Counter(t.assignee for t in live if t.status in OPEN and t.assignee)
+    load: Counter[str] = Counter()
+    for assignee, count in session.execute(
+        select(Ticket.assignee, func.count())
+        .where(_live(), Ticket.assignee.is_not(None))
+        .group_by(Ticket.assignee)
+    ):
+        if assignee:
+            load[assignee] += count
     replies: Counter[str] = Counter()
     replied_tickets: dict[str, set[int]] = defaultdict(set)
-    for ticket_id, sender in session.execute(
-        select(Message.ticket_id, Message.from_addr).where(
+    for sender, ticket_id, count in session.execute(
+        select(Message.from_addr, Message.ticket_id, func.count())
+        .where(
             Message.kind == MessageKind.AGENT_REPLY,
             Message.created_at >= start,
             Message.created_at < end,
         )
+        .group_by(Message.from_addr, Message.ticket_id)
     ):
         agent = directory.agent_by_address(sender)
         name = agent.name if agent else sender
-        replies[name] += 1
+        replies[name] += count
         replied_tickets[name].add(ticket_id)
     resolved = resolutions(session, directory, start, end)
     names = sorted(set(directory.agents) | set(load) | set(replies) | set(resolved))
@@ -201,21 +214,150 @@ def resolutions(
     which events before it was recorded lack: for those, today's assignee.
     """
     rows = session.execute(
-        select(Event.ticket_id, Event.data, Ticket.assignee)
-        .join(Ticket, Ticket.id == Event.ticket_id)
-        .where(Event.kind == "status", Event.at >= start, Event.at < end)
+        select(Event.ticket_id, Event.data).where(
+            Event.kind == "status",
+            Event.at >= start,
+            Event.at < end,
+            Event.ticket_id.is_not(None),
+        )
     )
     credited: set[tuple[str, int]] = set()
-    for ticket_id, data, assignee_now in rows:
+    unrecorded: list[int] = []  # resolved by no agent, the assignee of the time not recorded
+    for ticket_id, data in rows:
         if not isinstance(data, dict) or data.get("to") != TicketStatus.RESOLVED:
             continue
         actor = str(data.get("actor") or "")
         agent = actor.removeprefix("agent:") if actor.startswith("agent:") else ""
         if agent not in directory.agents:
-            agent = str(data.get("assignee", assignee_now) or "")
+            if "assignee" not in data:
+                unrecorded.append(ticket_id)
+                continue
+            agent = str(data["assignee"] or "")
         if agent:
             credited.add((agent, ticket_id))
+    for offset in range(0, len(unrecorded), CHUNK):
+        for ticket_id, assignee_now in session.execute(
+            select(Ticket.id, Ticket.assignee).where(
+                Ticket.id.in_(set(unrecorded[offset : offset + CHUNK]))
+            )
+        ):
+            if assignee_now:
+                credited.add((assignee_now, ticket_id))
     return Counter(agent for agent, _ticket in credited)
+
+
+class _UtcDay(FunctionElement[date]):
+    """The UTC day of a stored instant (SQLite keeps instants as UTC text)."""
+
+    type = Date()
+    name = "utc_day"
+    inherit_cache = True
+
+
+@compiles(_UtcDay, "postgresql")
+def _utc_day_postgresql(element: _UtcDay, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"CAST(timezone('UTC', {compiler.process(element.clauses, **kw)}) AS DATE)"
+
+
+@compiles(_UtcDay)
+def _utc_day_sqlite(element: _UtcDay, compiler: SQLCompiler, **kw: Any) -> str:
+    return f"date({compiler.process(element.clauses, **kw)})"
+
+
+def _created_in(start: datetime, end: datetime) -> ColumnElement[bool]:
+    """Tickets created in ``[start, end)``, merged ones left out."""
+    return (
+        (Ticket.created_at >= start) & (Ticket.created_at < end) & Ticket.merged_into_id.is_(None)
+    )
+
+
+def _live() -> ColumnElement[bool]:
+    return Ticket.status.in_(OPEN) & Ticket.merged_into_id.is_(None)
+
+
+# What SLA evaluation and the overdue list read of a ticket (not its JSON columns).
+_SLA_COLUMNS = load_only(
+    Ticket.id,
+    Ticket.number,
+    Ticket.subject,
+    Ticket.status,
+    Ticket.priority,
+    Ticket.category,
+    Ticket.queue,
+    Ticket.requester_id,
+    Ticket.assignee,
+    Ticket.created_at,
+    Ticket.merged_into_id,
+    Ticket.sla_policy,
+    Ticket.organisation,
+)
+
+
+def sla_section(
+    session: Session,
+    settings: Settings,
+    directory: Directory,
+    calendars: Mapping[str, BusinessCalendar],
+    start: datetime,
+    end: datetime,
+    now: datetime,
+) -> dict[str, Any]:
+    """SLA figures of the tickets created in the period and of the open ones; a ticket
+    in both (created lately, still open) is evaluated once."""
+    created = list(
+        session.scalars(
+            select(Ticket).options(_SLA_COLUMNS).where(_created_in(start, end)).order_by(Ticket.id)
+        )
+    )
+    live_tickets = list(
+        session.scalars(select(Ticket).options(_SLA_COLUMNS).where(_live()).order_by(Ticket.id))
+    )
+    unique = sorted({t.id: t for t in (*created, *live_tickets)}.values(), key=lambda t: t.id)
+    histories = load_histories(session, unique, directory)
+    evaluated = {e.ticket.id: e for e in _evaluate_all(histories, settings, calendars, now)}
+    in_period = [evaluated[t.id] for t in created]
+    sla = sla_figures(in_period, [evaluated[t.id] for t in live_tickets], now)
+    sla["tickets"] = len(created)
+    sla["without_policy"] = sum(1 for e in in_period if e.policy is None)
+    return sla
+
+
+@dataclass
+class CreatedCounts:
+    """Tickets created in the period, counted by UTC day, category and first mailbox."""
+
+    tickets: int = 0
+    per_day: Counter[date] = field(default_factory=Counter)
+    per_category: Counter[str] = field(default_factory=Counter)
+    per_mailbox: Counter[str] = field(default_factory=Counter)
+
+
+def created_counts(session: Session, start: datetime, end: datetime) -> CreatedCounts:
+    created = select(
+        _UtcDay(Ticket.created_at).label("day"),
+        Ticket.category.label("category"),
+        Ticket.support_addresses[0].as_string().label("mailbox"),
+    ).where(_created_in(start, end))
+    inner = created.subquery()
+    counts = CreatedCounts()
+    for day, category, mailbox, count in session.execute(
+        select(inner.c.day, inner.c.category, inner.c.mailbox, func.count()).group_by(
+            inner.c.day, inner.c.category, inner.c.mailbox
+        )
+    ):
+        counts.tickets += count
+        counts.per_day[day] += count
+        counts.per_category[category or "(none)"] += count
+        counts.per_mailbox["-" if mailbox is None else mailbox] += count
+    return counts
+
+
+def _days(start: datetime, end: datetime) -> Iterable[date]:
+    """Each UTC day ``[start, end)`` touches."""
+    day: date = start.date()
+    while day < end.date() or (day == end.date() and end.time() != datetime.min.time()):
+        yield day
+        day += timedelta(days=1)
 
 
 def collect(
@@ -226,45 +368,31 @@ def collect(
     start: datetime,
     end: datetime,
     now: datetime,
+    sections: Collection[str] = SECTIONS,
 ) -> ReportData:
+    """The figures of the named :data:`SECTIONS` (the others are left empty)."""
     data = ReportData(start, end, now)
-    created = list(
-        session.scalars(
-            select(Ticket)
-            .where(
-                Ticket.created_at >= start, Ticket.created_at < end, Ticket.merged_into_id.is_(None)
-            )
-            .order_by(Ticket.id)
-        )
-    )
-    live_tickets = list(
-        session.scalars(
-            select(Ticket)
-            .where(Ticket.status.in_(OPEN), Ticket.merged_into_id.is_(None))
-            .order_by(Ticket.id)
-        )
-    )
-    in_period = _evaluate_all(load_histories(session, created, directory), settings, calendars, now)
-    live = _evaluate_all(load_histories(session, live_tickets, directory), settings, calendars, now)
-    data.sla = sla_figures(in_period, live, now)
-    data.sla["tickets"] = len(created)
-    data.sla["without_policy"] = sum(1 for e in in_period if e.policy is None)
-    data.agents = agent_figures(session, directory, live_tickets, start, end)
-    per_category = Counter(t.category or "(none)" for t in created)
-    data.categories = [{"category": c, "tickets": n} for c, n in sorted(per_category.items())]
-    per_day = Counter(t.created_at.date() for t in created)
-    days = []
-    day: date = start.date()
-    while day < end.date() or (day == end.date() and end.time() != datetime.min.time()):
-        days.append({"day": day.isoformat(), "tickets": per_day[day]})
-        day += timedelta(days=1)
-    per_mailbox = Counter((t.support_addresses or ["-"])[0] for t in created)
-    data.volume = {
-        "tickets": len(created),
-        "per_day": days,
-        "per_mailbox": [{"mailbox": m, "tickets": n} for m, n in sorted(per_mailbox.items())],
-        "ratings": rating_figures(session, start, end),
-    }
+    if "sla" in sections:
+        data.sla = sla_section(session, settings, directory, calendars, start, end, now)
+    if "agents" in sections:
+        data.agents = agent_figures(session, directory, start, end)
+    if "categories" in sections or "volume" in sections:
+        counts = created_counts(session, start, end)
+        data.categories = [
+            {"category": c, "tickets": n} for c, n in sorted(counts.per_category.items())
+        ]
+        if "volume" in sections:
+            data.volume = {
+                "tickets": counts.tickets,
+                "per_day": [
+                    {"day": day.isoformat(), "tickets": counts.per_day[day]}
+                    for day in _days(start, end)
+                ],
+                "per_mailbox": [
+                    {"mailbox": m, "tickets": n} for m, n in sorted(counts.per_mailbox.items())
+                ],
+                "ratings": rating_figures(session, start, end),
+            }
     return data
 
 

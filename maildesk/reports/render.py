@@ -12,7 +12,7 @@ from datetime import timedelta
 from html import escape
 from typing import Any
 
-from maildesk.reports.data import ReportData
+from maildesk.reports.data import SECTIONS, ReportData
 from maildesk.reports.svg import bar_chart
 from maildesk.terminal import printable
 
@@ -31,6 +31,11 @@ class Format(enum.StrEnum):
     CSV = "csv"
     JSON = "json"
     HTML = "html"
+
+
+def sections(kind: Kind, fmt: Format) -> frozenset[str]:
+    """The figures a report shows: HTML every section, the other formats their kind's."""
+    return frozenset(SECTIONS) if fmt is Format.HTML else frozenset({kind.value})
 
 
 def rows(data: ReportData, kind: Kind) -> list[dict[str, Any]]:
@@ -77,6 +82,8 @@ def _period(data: ReportData) -> tuple[str, str]:
 
 def _columns(text: str) -> int:
     """Terminal columns ``text`` takes: wide (CJK) characters two, combining marks none."""
+    if text.isascii():
+        return len(text)
     return sum(
         0 if unicodedata.combining(c) else 2 if unicodedata.east_asian_width(c) in "WF" else 1
         for c in text

@@ -32,6 +32,8 @@ MINUTES_PER_DAY = 24 * 60
 DEFAULT_MAX_CLOSED_DAYS = 3 * 366
 _INTERVAL_RE = re.compile(r"^\s*(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})\s*$")
 _WINDOW_CACHE_DAYS = 4096
+# Whole days' open time is summed in runs grown by at least this many days at a time.
+_DAY_TOTALS_GROWTH = 366
 
 
 class CalendarClosedError(ValueError):
@@ -230,6 +232,7 @@ class CalendarConfig(_Model):
 _ALL_WEEK = WeeklyHours.model_validate({d: "24h" for d in WeeklyHours.model_fields})
 
 Window = tuple[datetime, datetime]
+_DAY = timedelta(days=1)
 
 
 class TimeScale(Protocol):
@@ -303,6 +306,10 @@ class BusinessCalendar:
             )
         self._exceptions = tuple(sorted(config.exceptions, key=lambda e: e.start))
         self._windows_on = functools.lru_cache(maxsize=_WINDOW_CACHE_DAYS)(self._compute_windows)
+        # (first day ordinal, running totals): totals[i] is the open time of the
+        # days from the first up to, not including, the i-th after it. Replaced
+        # whole, never changed in place, so a reader in another thread sees one.
+        self._day_totals: tuple[int, tuple[timedelta, ...]] = (0, ())
 
     @classmethod
     def always_open(cls, timezone: str = "UTC") -> BusinessCalendar:
@@ -409,16 +416,66 @@ class BusinessCalendar:
         start, end = _utc(a, "a"), _utc(b, "b")
         if end < start:
             return -self.business_time_between(b, a)
+        first, last = self._local_day(start), self._local_day(end)
+        if (last - first).days < 4:
+            return self._open_time_of_days(first - _DAY, last + _DAY, start, end)
+        # A day two or more after ``start``'s and before ``end``'s lies wholly inside:
+        # its windows count whole, from running totals, instead of one day at a time.
+        return (
+            self._open_time_of_days(first - _DAY, first + _DAY, start, end)
+            + self._whole_days_open_time(first + 2 * _DAY, last - 2 * _DAY)
+            + self._open_time_of_days(last - _DAY, last + _DAY, start, end)
+        )
+
+    def _open_time_of_days(
+        self, day: date, last_day: date, start: datetime, end: datetime
+    ) -> timedelta:
+        """Open time in ``[start, end)`` of the windows of local days ``day``..``last_day``."""
         total = timedelta(0)
-        day = self._local_day(start) - timedelta(days=1)
-        last_day = self._local_day(end) + timedelta(days=1)
         while day <= last_day:
             for window_start, window_end in self.windows_on(day):
                 overlap = min(window_end, end) - max(window_start, start)
                 if overlap > timedelta(0):
                     total += overlap
-            day += timedelta(days=1)
+            day += _DAY
         return total
+
+    def _whole_days_open_time(self, first: date, last: date) -> timedelta:
+        """Open time of local days ``first``..``last``, every window whole."""
+        lo, hi = first.toordinal(), last.toordinal() + 1
+        base, totals = self._day_totals
+        if not totals or lo < base or hi >= base + len(totals):
+            base, totals = self._grow_day_totals(lo, hi)
+        return totals[hi - base] - totals[lo - base]
+
+    def _grow_day_totals(self, lo: int, hi: int) -> tuple[int, tuple[timedelta, ...]]:
+        """Running totals covering day ordinals ``lo`` to ``hi``, kept for later calls."""
+
+        def day_open(ordinal: int) -> timedelta:
+            windows = self.windows_on(date.fromordinal(ordinal))
+            return sum((end - start for start, end in windows), timedelta(0))
+
+        def run(first: int, stop: int) -> list[timedelta]:
+            out = [timedelta(0)]
+            for ordinal in range(first, stop):
+                out.append(out[-1] + day_open(ordinal))
+            return out
+
+        base, totals = self._day_totals
+        if not totals:
+            grown = (lo, tuple(run(lo, hi)))
+        else:
+            old_end = base + len(totals) - 1
+            new_base = max(1, min(lo, base - _DAY_TOTALS_GROWTH)) if lo < base else base
+            left = run(new_base, base)
+            merged = left[:-1] + [total + left[-1] for total in totals]
+            if hi > old_end:
+                stop = min(max(hi, old_end + _DAY_TOTALS_GROWTH), date.max.toordinal())
+                for ordinal in range(old_end, stop):
+                    merged.append(merged[-1] + day_open(ordinal))
+            grown = (new_base, tuple(merged))
+        self._day_totals = grown
+        return grown
 
     def add_business_minutes(self, start: datetime, minutes: float) -> datetime:
         """:meth:`add_business_time` in minutes (float, >= 0)."""

@@ -175,3 +175,44 @@ def test_add_business_minutes_matches_a_minute_walk(
             break
     assert calendar.add_business_minutes(start, amount) == expected
     assert calendar.is_open(expected - MINUTE)
+
+
+@settings(max_examples=25, deadline=None)
+@given(scenarios(), st.integers(4 * 24 * 60, 10 * 24 * 60))
+def test_business_minutes_between_over_days_matches_a_minute_walk(
+    scenario: tuple[dict[str, Any], datetime, int], length: int
+) -> None:
+    """Spans of days (whole days in the middle count from running totals)."""
+    config, start, _ = scenario
+    calendar = BusinessCalendar(CalendarConfig.model_validate(config))
+    end = start + length * MINUTE
+    expected = sum(Oracle(config).open_minutes(start, end))
+    assert calendar.business_minutes_between(start, end) == expected
+
+
+def _window_walk(calendar: BusinessCalendar, a: datetime, b: datetime) -> timedelta:
+    """Open time in ``[a, b)``: every local day's windows, clipped, one day at a time."""
+    zone = ZoneInfo(calendar.config.timezone)
+    day, last = a.astimezone(zone).date() - timedelta(days=1), b.astimezone(zone).date()
+    total = timedelta(0)
+    while day <= last + timedelta(days=1):
+        for start, end in calendar.windows_on(day):
+            total += max(timedelta(0), min(end, b) - max(start, a))
+        day += timedelta(days=1)
+    return total
+
+
+@settings(max_examples=30, deadline=None)
+@given(scenarios(), st.lists(st.tuples(st.integers(-800, 800), st.integers(0, 800)), max_size=6))
+def test_spans_of_years_on_one_calendar_match_a_walk_over_its_windows(
+    scenario: tuple[dict[str, Any], datetime, int], spans: list[tuple[int, int]]
+) -> None:
+    """One calendar asked about many spans, earlier and later (as a year's report asks),
+    over holidays and clock changes, counts each as a walk over every day would."""
+    config, origin, _ = scenario
+    calendar = BusinessCalendar(CalendarConfig.model_validate(config))
+    for offset, days in spans:
+        a = origin + timedelta(days=offset, minutes=offset * 7)
+        b = a + timedelta(days=days, minutes=days * 13)
+        assert calendar.business_time_between(a, b) == _window_walk(calendar, a, b)
+        assert calendar.business_time_between(b, a) == -_window_walk(calendar, a, b)
