@@ -796,6 +796,7 @@ def _echo_status(figures: Figures, imap: list[dict[str, Any]]) -> None:
         + age(figures.outbox_oldest_due_age_seconds).replace("oldest", "due for"),
         "tickets     "
         + ", ".join(f"{n} {s}" for s, n in opened.items())
+        + f"; {sum(figures.tickets_unassigned.values())} unassigned"
         + f"; {figures.tickets_past_sla_due} past an SLA due time",
         f"suppressed  {figures.suppressed_addresses} address(es)",
     ]

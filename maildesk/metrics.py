@@ -293,6 +293,14 @@ def database_families(f: Figures) -> Iterator[GaugeMetricFamily]:
     for status, group, count in f.tickets_open:
         g.add_metric([scope, status, group], count)
     yield g
+    g = _gauge(
+        "maildesk_tickets_unassigned",
+        "Tickets new, open or pending that nobody is assigned (waiting for an agent)",
+        ("group",),
+    )
+    for group, count in sorted(f.tickets_unassigned.items()):
+        g.add_metric([scope, group], count)
+    yield g
     g = _gauge("maildesk_tickets_past_sla_due", "Open tickets past an SLA due time")
     g.add_metric([scope], f.tickets_past_sla_due)
     yield g

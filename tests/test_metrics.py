@@ -173,6 +173,9 @@ def test_counters_and_gauges_follow_mail_through_the_daemon(
     assert value(after, "maildesk_tickets_open", scope="database", status="new", group="") == 1, (
         "one new ticket, counted from the database"
     )
+    assert value(after, "maildesk_tickets_unassigned", scope="database", group="") == 1, (
+        "nobody took it: the desk has no agents"
+    )
     assert value(after, "maildesk_outbox_messages", scope="database", state="queued") == 0
     assert value(after, "maildesk_intake_pending_messages", scope="database", state="pending") == 0
     assert (value(after, "maildesk_last_success_timestamp_seconds", job="outbox") or 0) > (
@@ -211,6 +214,11 @@ def test_counters_and_gauges_follow_mail_through_the_daemon(
     assert figures["quarantine"]["by_reason"]["unparseable"] == 1
     assert figures["quarantine"]["total"] == 1
     assert figures["tickets"]["open"] == {"new": 1, "open": 0, "pending": 0}
+    assert (figures["tickets"]["unassigned"], figures["tickets"]["unassigned_by_group"]) == (
+        1,
+        {"": 1},
+    )
+    assert "1 unassigned" in daemon.status()[1]
     assert figures["intake"] == {
         "pending": 0,
         "processing": 0,

@@ -72,7 +72,8 @@ _OUTBOX_OLDEST_DUE = text(
     "ORDER BY next_attempt_at LIMIT 1"
 )
 _TICKETS = text(
-    'SELECT status, "group", count(*) FROM tickets '
+    'SELECT status, "group", count(*), '
+    "sum(CASE WHEN assignee IS NULL THEN 1 ELSE 0 END) FROM tickets "
     f'WHERE {OPEN_TICKETS_PREDICATE} GROUP BY status, "group"'
 )
 # The live-targets index's own predicate, word for word: SQLite uses a partial index
@@ -103,6 +104,8 @@ class Figures:
     outbox_failed_last_day: int = 0  # of the mail queued in the last 24 hours
     outbox_oldest_due_age_seconds: float | None = None
     tickets_open: list[tuple[str, str, int]] = field(default_factory=list)  # status, group
+    # Open tickets nobody is assigned, by group ("": of no group): waiting for an agent.
+    tickets_unassigned: dict[str, int] = field(default_factory=dict)
     tickets_past_sla_due: int = 0
     suppressed_addresses: int = 0
 
@@ -138,6 +141,8 @@ class Figures:
                     {"status": s, "group": g, "count": c} for s, g, c in self.tickets_open
                 ],
                 "past_sla_due": self.tickets_past_sla_due,
+                "unassigned": sum(self.tickets_unassigned.values()),
+                "unassigned_by_group": dict(sorted(self.tickets_unassigned.items())),
             },
             "suppressed_addresses": self.suppressed_addresses,
         }
@@ -193,10 +198,12 @@ def read_figures(conn: Connection, now: datetime) -> Figures:
     if figures.outbox_failed:
         since = {"since": now - timedelta(days=1)}
         figures.outbox_failed_last_day = int(conn.scalar(_OUTBOX_FAILED_SINCE, since) or 0)
-    figures.tickets_open = sorted(
-        (str(status), str(group or ""), int(count))
-        for status, group, count in conn.execute(_TICKETS)
-    )
+    for status, group, count, unassigned in conn.execute(_TICKETS):
+        figures.tickets_open.append((str(status), str(group or ""), int(count)))
+        if unassigned:
+            waiting = figures.tickets_unassigned
+            waiting[str(group or "")] = waiting.get(str(group or ""), 0) + int(unassigned)
+    figures.tickets_open.sort()
     figures.tickets_past_sla_due = int(conn.scalar(_PAST_DUE, at) or 0)
     figures.suppressed_addresses = int(conn.scalar(_SUPPRESSED, at) or 0)
     return figures
