@@ -16,11 +16,34 @@ Design
   corrections moves the model toward the new evidence without forgetting the rest.
   The reservoir holds hashed feature values only, never the text.
 * Confidence: each learner gives ``sigmoid(margin)``, a log-loss probability that
-  its label applies; the confidence of the winning label is its probability
-  divided by the sum over labels (sklearn's OvR normalisation). It is
-  calibrated-ish: monotone and in [0, 1], but not guaranteed to match observed
-  accuracy exactly. ``predict`` returns ``label=None`` below ``threshold``. A model
+  its label applies; the winner's share is its probability divided by the sum
+  over labels (sklearn's OvR normalisation). That share says which label, not
+  whether the text is like the history at all: with few labels nearly any text
+  gets one (0.96 for a parcel-tracking mail to a billing/tech model). So the
+  share is multiplied by the text's *evidence*: how much of its hashed features
+  the model has seen in training (a bucket is seen when any learner's weight is
+  non-zero; SGD never touches an unseen bucket, so old files need nothing new).
+  Evidence is the Wilson upper bound (z = 1) on the seen share of the text's
+  distinct features, so a short text is not judged on three words, corrected
+  for chance (a full hash table makes unseen n-grams land on seen buckets:
+  ``(upper - s) / (1 - s)`` with ``s`` the share of seen buckets), and counts in
+  full from 0.9. ``predict`` returns ``label=None`` below ``threshold``. A model
   that knows a single label has nothing to choose between: confidence 0.
+
+  Measured at threshold 0.6 (``bench/categorize`` split of the IT tickets, and
+  4,150 SpamAssassin ham mails as out-of-domain text, same model)::
+
+      confidence                       coverage  acc. covered  ham labelled
+      share over labels (before)          0.898        0.903         0.846
+      raw sigmoid of the winner           0.835        0.921         0.567
+      min(raw, share)                     0.803        0.933         0.559
+      raw x (1 - runner-up raw)           0.752        0.950         0.508
+      share x evidence, no bound, /0.8    0.880        0.906         0.051
+      share x evidence (chosen)           0.889        0.905         0.074
+
+  Accuracy over all held-out tickets is unchanged (0.860): the label ranking is.
+  A stored document-frequency array (seen = df >= 2 or 3) separated no better
+  once corrected for chance, so the file format stays as it was.
 * Files: one ``.npz`` written with ``allow_pickle=False`` holding float arrays and a
   UTF-8 JSON metadata blob (labels, format, feature config, counts, version).
   Saved atomically (temporary file + ``os.replace``); loading never unpickles.
@@ -52,6 +75,9 @@ FORMAT_NAME: Final = "maildesk-category-model"
 FORMAT_VERSION: Final = 1
 _NEG, _POS = 0, 1
 _BINARY_CLASSES: Final = np.array([_NEG, _POS])
+# Evidence (see the module docstring): Wilson bound width, and the evidence that counts in full.
+_EVIDENCE_Z: Final = 1.0
+_EVIDENCE_FULL: Final = 0.9
 
 
 _CSV_FIELD_LIMIT: Final = 64 * 1024 * 1024
@@ -209,6 +235,8 @@ class CategoryModel:
         self._revision = 0
         self._corrections = 0
         self._weights: tuple[NDArray[np.float64], NDArray[np.float64]] | None = None
+        # Buckets any learner has a weight for, and their share; rebuilt with _weights.
+        self._seen: tuple[NDArray[np.bool_], float] | None = None
 
     # -- introspection -------------------------------------------------------------
 
@@ -246,12 +274,14 @@ class CategoryModel:
             # installation would otherwise claim every ticket).
             (only,) = self._learners
             return [Prediction(None, 0.0, only) for _ in texts]
-        proba = self._proba(self._vectorizer.transform(list(texts)))
+        X = self._vectorizer.transform(list(texts))
+        proba = self._proba(X)
         best = proba.argmax(axis=1)
+        trust = np.minimum(self._evidence(X) / _EVIDENCE_FULL, 1.0)
         labels = self.labels
         out: list[Prediction] = []
         for row, k in enumerate(best):
-            conf = float(proba[row, k])
+            conf = float(proba[row, k] * trust[row])
             top = labels[int(k)]
             out.append(Prediction(top if conf >= self.threshold else None, conf, top))
         return out
@@ -272,12 +302,38 @@ class CategoryModel:
         uniform = np.full_like(p, 1.0 / p.shape[1])
         return np.where(total > 0, p / np.where(total > 0, total, 1.0), uniform)
 
+    def _evidence(self, X: sp.csr_matrix) -> NDArray[np.float64]:
+        """Per row: chance-corrected upper bound on the share of its features seen in
+        training, in [0, 1]; 0 for a text without features."""
+        self._stacked()
+        assert self._seen is not None
+        seen, chance = self._seen
+        n = np.diff(X.indptr).astype(np.float64)
+        rows = np.repeat(np.arange(X.shape[0]), np.diff(X.indptr))
+        hits = np.bincount(rows, weights=seen[X.indices], minlength=X.shape[0])
+        m = np.maximum(n, 1.0)
+        p, z2 = hits / m, _EVIDENCE_Z**2
+        spread = _EVIDENCE_Z * np.sqrt(p * (1.0 - p) / m + z2 / (4.0 * m * m))
+        upper = (p + z2 / (2.0 * m) + spread) / (1.0 + z2 / m)
+        corrected = (upper - chance) / (1.0 - chance) if chance < 1.0 else upper
+        return np.where(n > 0, np.clip(corrected, 0.0, 1.0), 0.0)
+
     def _stacked(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """(coef, intercept) of all learners, coef shaped (labels, features).
+
+        coef is the transpose of a C-ordered (features, labels) array, so
+        ``X @ coef.T`` reads it in place: with a row-major coef that product first
+        copied the whole matrix, 3.6 ms per ticket on the IT-tickets model.
+        """
         if self._weights is None:
-            learners = self._learners.values()
-            coef = np.vstack([m.coef_.reshape(1, -1) for m in learners])
+            learners = list(self._learners.values())
+            coef_t = np.empty((self.features.n_features, len(learners)))
+            for i, m in enumerate(learners):
+                coef_t[:, i] = m.coef_.ravel()
             intercept = np.array([float(m.intercept_[0]) for m in learners])
-            self._weights = (coef, intercept)
+            self._weights = (coef_t.T, intercept)
+            seen = (coef_t != 0.0).any(axis=1)
+            self._seen = (seen, float(seen.mean()))
         return self._weights
 
     # -- learning ------------------------------------------------------------------

@@ -349,6 +349,34 @@ def test_low_confidence_guess_is_recorded_not_applied(
     assert guess.data["applied"] is False and "not applied" in guess.reason
 
 
+def test_mail_unlike_the_history_is_not_filed_by_the_model(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    model_path = tmp_path / "category.npz"
+    model = CategoryModel()
+    texts = [f"vpn tunnel drops connection {i}" for i in range(30)] + [
+        f"password reset locked account {i}" for i in range(30)
+    ]
+    model.train(texts, ["network"] * 30 + ["access"] * 30)
+    model.save(model_path)
+    app = build(tmp_path, database_url, clock, category_model=str(model_path), min_confidence=0.6)
+    deliver(
+        app,
+        make_mail(
+            sender="m@customer.test",
+            subject="Order status",
+            body="My account says the parcel left the warehouse a week ago "
+            "but the tracking number shows no delivery.",
+        ),
+        mail_from="m@customer.test",
+    )
+    # One known word ("account") made it "access" at 0.72 when only the labels' shares counted.
+    assert ticket_of(app, 1).category is None
+    (guess,) = events_of(app, 1, "categorized")
+    assert guess.data["applied"] is False and guess.data["confidence"] < 0.6
+    assert "not applied" in guess.reason
+
+
 def test_agent_corrections_teach_the_model_and_queue_moves_reassign(
     tmp_path: Path, database_url: str, clock: FrozenClock
 ) -> None:
