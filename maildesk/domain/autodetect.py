@@ -19,6 +19,7 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 
+from maildesk.domain.address import base_address
 from maildesk.domain.message import ParsedMessage
 
 _MAX_REASON_VALUE = 120
@@ -192,10 +193,16 @@ def _own_reasons(
     msg: ParsedMessage, envelope_sender: str | None, own_addresses: frozenset[str]
 ) -> list[str]:
     own = {a.strip().lower() for a in own_addresses}
+
+    def ours(address: str) -> bool:
+        # A sub-address (support+t-1-..., our VERP return path) is ours too.
+        address = address.strip().strip("<>").lower()
+        return address in own or ("@" in address and base_address(address) in own)
+
     reasons: list[str] = []
-    if msg.from_ is not None and msg.from_.addr.lower() in own:
+    if msg.from_ is not None and ours(msg.from_.addr):
         reasons.append(_reason("From", msg.from_.addr))
-    if envelope_sender and envelope_sender.strip().strip("<>").lower() in own:
+    if envelope_sender and ours(envelope_sender):
         reasons.append(_reason("envelope sender", envelope_sender))
     return reasons
 

@@ -125,7 +125,7 @@ class Notices:
         address = address.lower()
         if not address or "@" not in address:
             return "no usable sender address"
-        if address in self.settings.own_addresses:
+        if self.settings.is_own_address(address):  # a sub-address of ours too
             return f"{address} is one of our own addresses"
         local = address.split("@", 1)[0]
         if local in ("mailer-daemon", "postmaster") or local.startswith(

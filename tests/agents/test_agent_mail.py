@@ -9,9 +9,10 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.app import App
-from maildesk.db.models import Intake, IntakeState, Message, MessageKind, Rating
+from maildesk.db.models import Intake, IntakeState, Message, MessageKind, Rating, SpamFeedback
 from tests.agents.agenthelp import (
     AGENT_ADDRESSES,
+    AGENTS,
     Sent,
     agent_app,
     client_reply,
@@ -403,3 +404,112 @@ def test_signatures_made_with_a_retired_secret_count_until_its_grace_period_ends
         assert [h.quarantine_reason or "" for h in held][-1].startswith("held agent mail")
     finally:
         forgotten.db.dispose()
+
+
+@pytest.mark.parametrize(
+    "commands",
+    ["#spam\n", "#status resolved\n#spam\n", "#spam\n#status resolved\n"],
+    ids=["spam", "resolve-then-spam", "spam-then-resolve"],
+)
+def test_spam_by_mail_sends_the_spammer_nothing_and_closes_the_ticket(
+    app: App, commands: str
+) -> None:
+    """MAIL-RULES §3 and §5: #spam is a command, and spam is never answered: neither the
+    agent's words under it nor a resolution mail may go to the sender (backscatter)."""
+    notice = _open_ticket(app, body="Cheap pills at https://pills.example.top\n")
+    raw = client_reply(notice, f"{commands}\nJunk, do not answer this.\n")
+    _agent_deliver(app, raw, reply_address(notice))
+
+    assert [s.purpose for s in to(app, ALICE)] == ["ack"], "only the ack sent before #spam"
+    ticket = ticket_number(app)
+    assert ticket.possible_spam
+    if commands.rstrip().endswith("#spam"):  # else the agent's later #status stands
+        assert ticket.status == "closed"
+    with app.db.transaction() as session:
+        verdicts = session.scalars(select(SpamFeedback.label)).all()
+    assert verdicts == ["spam"], "and the filter learns it"
+    assert "spam" in [e.data["command"] for e in events_of_kind(app, "agent_command")]
+    [result] = to(app, "bob@agents.test", "agent_result")
+    assert "applied: #spam" in result.text
+
+
+def test_every_mail_we_generate_carries_auto_submitted_our_loop_header_and_marker(app: App) -> None:
+    """MAIL-RULES §3: whatever we send (acknowledgement, agents' notices, command
+    results, warnings, resolution mail) says it is automatic and carries our loop
+    header, so no responder answers it and our own guard knows it when it comes back.
+    The agent's answer is a person's mail (Auto-Submitted: no) but carries the header."""
+    notice = _open_ticket(app)
+    first = make_mail(message_id="first@customer.test")
+    deliver(app, reply_to(first, body="Any news?\n", message_id="second@customer.test"))
+    forged = reply_to(first, sender="Bob Agent <bob@agents.test>", body="#status closed\n")
+    deliver(app, forged, mail_from="bob@agents.test")  # held: bob is warned
+    new = plain_mail(
+        "Bob Agent <bob@agents.test>", "support@example.com", "[Support #1] x", "#priority high\n"
+    )
+    deliver(app, new, mail_from="bob@agents.test")  # asks bob to confirm
+    raw = client_reply(notice, "#assign carol\n#status resolved\n\nDone.\n")
+    _agent_deliver(app, raw, reply_address(notice))
+
+    sent = outbox(app)
+    purposes = {s.purpose for s in sent}
+    assert {"ack", "new_ticket", "customer_reply", "agent_held", "agent_confirm"} <= purposes
+    assert {"agent_reply", "agent_result", "assigned", "resolved"} <= purposes
+    token = app.notices().composer.loop_token
+    for mail in sent:
+        assert mail.msg["X-Maildesk-Loop"] == token, mail.purpose
+        assert app.signer.find_body_marker(mail.text) == 1, mail.purpose  # threads back
+        expected = {"no"} if mail.purpose == "agent_reply" else {"auto-replied", "auto-generated"}
+        assert mail.msg["Auto-Submitted"] in expected, mail.purpose
+
+
+def test_an_agents_reply_to_the_support_address_counts_by_its_signed_in_reply_to(
+    app: App,
+) -> None:
+    """MAIL-RULES §5: a client that answers the From instead of the Reply-To still
+    answers a Message-ID signed for that agent and ticket; the same id under another
+    agent's From proves nothing."""
+    notice = _open_ticket(app)
+    assert str(notice.msg["Message-ID"]).startswith("<md.a.1.")
+    stolen = client_reply(
+        notice,
+        "#status closed\n\nx\n",
+        sender="Carol <carol@agents.test>",
+        to_addr="support@example.com",
+    )
+    _forged(app, stolen, "support@example.com")
+
+    raw = client_reply(
+        notice, "#priority high\n\nPlease unplug it.\n", to_addr="support@example.com"
+    )
+    _agent_deliver(app, raw, "support@example.com")
+    [answer] = to(app, ALICE, "agent_reply")
+    assert "Please unplug it." in answer.text and "#priority" not in answer.text
+    assert ticket_number(app).priority == "high"
+    [applied] = events_of_kind(app, "agent_command")
+    assert applied.data["checks"][0] == "signature"
+
+
+def test_agents_get_only_the_notifications_their_settings_ask_for(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """MAIL-RULES §5: a notification per new ticket / customer reply, per their settings."""
+    agents = [{**AGENTS[0], "notify": {"customer_reply": False}}, AGENTS[1]]
+    app = agent_app(tmp_path, database_url, clock, agents=agents)
+    try:
+        first = make_mail(message_id="first@customer.test")
+        deliver(app, first)
+        deliver(app, reply_to(first, body="Any news?\n", message_id="second@customer.test"))
+        assert [s.purpose for s in to(app, "bob@agents.test")] == ["new_ticket"]
+    finally:
+        app.db.dispose()
+    # The same database, bob's settings turned the other way round.
+    quiet = [{**AGENTS[0], "notify": {"new_ticket": False}}, AGENTS[1]]
+    app = agent_app(tmp_path, database_url, clock, agents=quiet)
+    try:
+        first = make_mail(message_id="third@customer.test", subject="Other", sender="zoe@c.test")
+        deliver(app, first)
+        deliver(app, reply_to(first, body="Hello?\n", message_id="fourth@customer.test"))
+        later = [s.purpose for s in to(app, "bob@agents.test")][1:]
+        assert later == ["customer_reply"]
+    finally:
+        app.db.dispose()

@@ -74,6 +74,27 @@ CASES: list[tuple[str, ParsedMessage, str | None, AutoKind, str | None]] = [
         AutoKind.OWN_MAIL,
         None,
     ),
+    (
+        "from a sub-address of ours",
+        make(sender="support+anything@example.com"),
+        None,
+        AutoKind.OWN_MAIL,
+        "From: support+anything@example.com",
+    ),
+    (
+        "envelope sender is our VERP return path",
+        make(),
+        "<support+bounce-1-3-abc@example.com>",
+        AutoKind.OWN_MAIL,
+        None,
+    ),
+    (
+        "a customer at a look-alike address",
+        make(sender="support@example.com.evil.test"),
+        None,
+        AutoKind.HUMAN,
+        None,
+    ),
     # BOUNCE
     (
         "delivery-status report",

@@ -171,6 +171,25 @@ def test_lmtp_on_a_unix_socket_answers_per_recipient(app: App, tmp_path: Path) -
     assert row.envelope_to == ["support@example.com", "billing@example.com"]
 
 
+def test_lmtp_storage_failure_answers_451_for_every_recipient(app: App, tmp_path: Path) -> None:
+    """MAIL-RULES §1: nothing says yes before the bytes are stored, in LMTP either: each
+    recipient is told "later", so the MTA keeps the mail for every mailbox."""
+    sock = tmp_path / "lmtp.sock"
+    controller = start(app, ListenerSettings(protocol="lmtp", socket=sock))
+    with app.db.engine.begin() as conn:
+        conn.exec_driver_sql("ALTER TABLE intake RENAME TO intake_gone")
+    try:
+        statuses = lmtp_conversation(
+            sock, ["support@example.com", "billing@example.com"], make_mail(message_id="l2@c.test")
+        )
+    finally:
+        with app.db.engine.begin() as conn:
+            conn.exec_driver_sql("ALTER TABLE intake_gone RENAME TO intake")
+        controller.stop()  # type: ignore[attr-defined]
+    assert len(statuses) == 2 and all(s.startswith("451") for s in statuses), statuses
+    assert stored(app) == []
+
+
 def test_starttls_and_auth_when_configured(
     app: App, tmp_path: Path, tls_files: tuple[Path, Path]
 ) -> None:

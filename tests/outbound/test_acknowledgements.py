@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import email
+import email.utils
 from email.message import Message as EmailMessageT
 from pathlib import Path
 
@@ -15,10 +16,13 @@ from maildesk.db.models import (
     Blob,
     Direction,
     Event,
+    Intake,
+    IntakeState,
     Message,
     MessageKind,
     Outbox,
     OutboxState,
+    Ticket,
     TicketStatus,
 )
 from maildesk.outbound.sender import MaildirTransport, OutboxSender
@@ -117,6 +121,29 @@ def test_mail_from_our_own_address_is_not_answered(app: App) -> None:
         make_mail(message_id="own@example.com", sender="support@example.com", subject="hello me"),
     )
     assert outbox(app) == []
+
+
+@pytest.mark.parametrize(
+    "sender", ["Support <support+foo@example.com>", "support+t-1-abc@Example.com"]
+)
+def test_mail_from_a_sub_address_of_ours_is_not_answered(app: App, sender: str) -> None:
+    """A sub-address of a support address is ours too (the listener takes it as ours):
+    an acknowledgement to it is mail to ourselves, the first turn of a loop."""
+    address = sender.rpartition("<")[2].rstrip(">")
+    deliver(app, make_mail(message_id="own@x.test", sender=sender), mail_from=address)
+    assert outbox(app) == []
+    with app.db.transaction() as session:
+        [message] = session.scalars(select(Message)).all()
+        assert message.kind == MessageKind.AUTO and message.auto_kind == "own_mail"
+        ticket = queries.ticket_by_number(session, 1)
+        assert ticket is not None
+        change_status(
+            session, ticket, TicketStatus.RESOLVED, app.clock(), app.notices(), actor="test"
+        )
+    assert outbox(app) == [], "nor is any other mail to the customer side sent to it"
+    with app.db.transaction() as session:
+        reasons = session.scalars(select(Event.reason).where(Event.kind == "resolved_skipped"))
+        assert any("one of our own addresses" in r for r in reasons)
 
 
 def test_acknowledgements_are_rate_limited_per_sender(app: App, clock: FrozenClock) -> None:
@@ -395,3 +422,118 @@ def test_quoting_in_acknowledgements_can_be_always_or_never(
         assert ("mail-verify.example.top" in ack_text(ack)) is quoted
     finally:
         app.db.dispose()
+
+
+def test_mail_to_the_reply_to_of_an_acknowledgement_joins_its_ticket(app: App) -> None:
+    """MAIL-RULES §4: the Reply-To leads back to the ticket, even from a client that
+    writes a new mail to it (no thread headers, no quote, another subject)."""
+    deliver(app, make_mail(message_id="q@customer.test", subject="Printer on fire"))
+    [(_, ack)] = outbox(app)
+    address = email.utils.parseaddr(ack["Reply-To"])[1]
+    assert address.startswith("support+t-1-")
+
+    def new_mail_to(rcpt: str, n: int) -> int:
+        raw = make_mail(
+            message_id=f"new{n}@customer.test", to=rcpt, subject=f"one more thing {n}", body="Hi\n"
+        )
+        deliver(app, raw, rcpt=(rcpt,))
+        with app.db.transaction() as session:
+            message = session.scalars(
+                select(Message).where(Message.header_message_id == f"new{n}@customer.test")
+            ).one()
+            ticket = session.get(Ticket, message.ticket_id)
+            assert ticket is not None and ticket.number is not None
+            return ticket.number
+
+    assert new_mail_to(address, 1) == 1
+    # The signature proves the number: another number under it leads nowhere.
+    local, _, domain = address.partition("@")
+    forged = local.replace("+t-1-", "+t-2-") + "@" + domain
+    assert new_mail_to(forged, 2) == 2
+    assert len([r for r, _ in outbox(app) if r.purpose == "ack"]) == 2
+
+
+def test_acknowledgements_are_also_limited_per_sender_per_day(app: App, clock: FrozenClock) -> None:
+    """Two mails an hour never meet the hourly limit (5); the daily one (20) still holds."""
+    for n in range(25):
+        deliver(app, make_mail(message_id=f"day{n}@customer.test", subject=f"question {n}"))
+        clock.advance(minutes=50)
+    assert len(outbox(app)) == 20, "per_sender_per_day default is 20"
+    assert sum("in the last day" in r for r in skipped_reasons(app)) == 5
+    clock.advance(days=1)
+    deliver(app, make_mail(message_id="next-day@customer.test", subject="next day"))
+    assert len(outbox(app)) == 21
+
+
+def test_mail_carrying_our_loop_header_is_stored_but_never_answered(app: App) -> None:
+    """A responder that drops Auto-Submitted but keeps our headers (it answers with a
+    copy of ours) must not get an acknowledgement of its own: that starts a loop."""
+    deliver(app, make_mail(message_id="q@customer.test"))
+    [(_, ack)] = outbox(app)
+    robot = make_mail(
+        message_id="robot1@robot.test",
+        sender="Robot <robot@robot.test>",
+        subject="Your request was received",
+        body="We got your mail.\n",
+        headers={"X-Maildesk-Loop": ack["X-Maildesk-Loop"]},
+    )
+    summary = deliver(app, robot, mail_from="robot@robot.test")
+    assert summary.as_dict()["created"] == 1, "stored, on a ticket of its own"
+    assert len(outbox(app)) == 1, "and not answered"
+    with app.db.transaction() as session:
+        message = session.scalars(
+            select(Message).where(Message.header_message_id == "robot1@robot.test")
+        ).one()
+        assert message.kind == MessageKind.AUTO and message.auto_kind == "loop"
+    assert any("X-Maildesk-Loop" in r for r in skipped_reasons(app))
+
+
+def _fail_when_an_intake_is_done(app: App, on: bool) -> None:
+    """A real database error at the very end of apply, after the ack row was written."""
+    with app.db.engine.begin() as conn:
+        if conn.dialect.name == "sqlite":
+            conn.exec_driver_sql(
+                "CREATE TRIGGER fail_done BEFORE UPDATE ON intake WHEN NEW.state = 'done' "
+                "BEGIN SELECT RAISE(ABORT, 'injected failure'); END"
+                if on
+                else "DROP TRIGGER fail_done"
+            )
+        elif on:
+            conn.exec_driver_sql(
+                "CREATE FUNCTION fail_done() RETURNS trigger AS $$ BEGIN "
+                "RAISE EXCEPTION 'injected failure'; END $$ LANGUAGE plpgsql"
+            )
+            conn.exec_driver_sql(
+                "CREATE TRIGGER fail_done BEFORE UPDATE ON intake FOR EACH ROW "
+                "WHEN (NEW.state = 'done') EXECUTE FUNCTION fail_done()"
+            )
+        else:
+            conn.exec_driver_sql("DROP TRIGGER fail_done ON intake")
+            conn.exec_driver_sql("DROP FUNCTION fail_done()")
+
+
+def test_an_acknowledgement_is_queued_in_the_transaction_of_its_ticket(
+    app: App, clock: FrozenClock
+) -> None:
+    """MAIL-RULES §4: queued in the same transaction as the change that caused it. When
+    the ticket is not written, neither is its acknowledgement (no mail about a ticket
+    that does not exist); processed again, the mail is acknowledged once."""
+    _fail_when_an_intake_is_done(app, on=True)
+    try:
+        deliver(app, make_mail(message_id="tx@customer.test"))
+        for _ in range(app.settings.pipeline.max_attempts):
+            clock.advance(hours=1)  # past any retry delay
+            app.worker().drain()
+        with app.db.transaction() as session:
+            [intake] = session.scalars(select(Intake)).all()
+            assert intake.state is IntakeState.QUARANTINED, intake.state
+            assert session.scalars(select(Ticket)).all() == []
+            assert session.scalars(select(Message)).all() == []
+        assert outbox(app) == []
+    finally:
+        _fail_when_an_intake_is_done(app, on=False)
+    with app.db.transaction() as session:  # `maildesk quarantine retry`
+        [intake] = session.scalars(select(Intake)).all()
+        intake.state, intake.attempts, intake.not_before = IntakeState.PENDING, 0, None
+    assert app.worker().drain().as_dict()["created"] == 1
+    assert [row.purpose for row, _ in outbox(app)] == ["ack"]

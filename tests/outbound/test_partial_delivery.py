@@ -151,3 +151,56 @@ def test_a_relay_refusing_us_for_its_own_reasons_suppresses_nobody(app: App) -> 
     finally:
         relay.stop()
     assert suppressed(app) == {}
+
+
+@dataclass
+class CountingDeferringRelay(RelaySink):
+    """Says 451 to every RCPT while ``defer`` is set, and counts the attempts."""
+
+    defer: bool = True
+    attempts: int = 0
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, options: list[str]
+    ) -> str:
+        self.attempts += 1
+        if self.defer:
+            return "451 4.3.0 try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+
+def test_a_temporary_failure_is_retried_after_a_wait_that_grows(
+    app: App, clock: FrozenClock
+) -> None:
+    """MAIL-RULES §4: retry with backoff. A relay saying "later" is not asked again at
+    once (that would hammer it each drain), and each wait is longer than the last."""
+    relay = CountingDeferringRelay().start()
+    try:
+        message_id = queue(app, "deferred answer")
+        settings = OutboundSettings(
+            transport="smtp", relay_port=relay.port, retry_base_seconds=30, retry_max_seconds=3600
+        )
+        sender = OutboxSender(
+            app.db, SmtpTransport(settings, password=""), settings, app.clock, "node-a"
+        )
+        waits = []
+        for _ in range(4):
+            before = relay.attempts
+            assert sender.drain().retried == 1
+            assert relay.attempts == before + 1
+            with app.db.transaction() as session:
+                [row] = session.scalars(select(Outbox)).all()
+                assert row.state is OutboxState.QUEUED and "451" in (row.last_error or "")
+                wait = row.next_attempt_at - clock()
+            waits.append(wait.total_seconds())
+            clock.advance(seconds=wait.total_seconds() - 1)
+            sender.drain()  # a second early: the relay is left alone
+            assert relay.attempts == before + 1
+            clock.advance(seconds=1)
+        assert waits == [30, 60, 120, 240]
+        relay.defer = False
+        assert sender.drain().sent == 1
+        assert [str(mail.message["Message-ID"]) for mail in relay.received] == [f"<{message_id}>"]
+    finally:
+        relay.stop()

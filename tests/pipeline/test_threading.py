@@ -477,3 +477,125 @@ def test_a_redelivered_copy_of_quarantined_bytes_is_a_duplicate(
         assert all(f"in quarantine as intake {rows[0].id}" in r for r in reasons), reasons
         assert session.scalars(select(Ticket)).all() == []
     lenient.db.dispose()
+
+
+def test_the_first_rule_that_matches_decides_when_several_name_different_tickets(
+    app: App,
+) -> None:
+    """MAIL-RULES §2: one ordered decision. Alice has two open tickets; each mail below
+    carries evidence for both, and must land on the one its earliest rule names (else
+    the answers to it go to the other conversation)."""
+    root = base64.b64encode(os.urandom(22)).decode()
+    printer = make_mail(
+        message_id="printer@customer.test",
+        subject="Printer on fire",
+        headers={"Thread-Index": root},
+    )
+    deliver(app, printer)
+    deliver(app, make_mail(message_id="vpn@customer.test", subject="VPN down"))
+    one, two = ticket_of(app, "printer@customer.test"), ticket_of(app, "vpn@customer.test")
+    assert one != two
+    marker_two = f"Thanks.\n\n> {app.signer.body_marker(two)}\n"
+
+    # 2 (References) before 3 (body marker), 4 (subject tag) and 6 (sender + subject).
+    deliver(
+        app,
+        reply_to(
+            printer,
+            message_id="r-refs@customer.test",
+            subject=f"Re: [Support #{two}] VPN down",
+            body=marker_two,
+        ),
+    )
+    # 3 (body marker) before 4 (subject tag) and 6 (sender + subject).
+    deliver(
+        app,
+        make_mail(
+            message_id="r-marker@customer.test",
+            subject=f"Re: [Support #{one}] Printer on fire",
+            body=marker_two,
+        ),
+    )
+    # 4 (subject tag) before 5 (Thread-Index) and 6: the tag names ticket two, the
+    # Outlook conversation and the bare subject are ticket one's.
+    child = base64.b64encode(base64.b64decode(root) + os.urandom(5)).decode()
+    deliver(
+        app,
+        make_mail(
+            message_id="r-tag@customer.test",
+            subject=f"AW: [Support #{two}] Printer on fire",
+            headers={"Thread-Index": child},
+        ),
+    )
+    # 5 (Thread-Index) before 6 (same sender, same subject as ticket two).
+    deliver(
+        app,
+        make_mail(
+            message_id="r-index@customer.test",
+            subject="Re: VPN down",
+            headers={"Thread-Index": child},
+        ),
+    )
+    expected = {
+        "r-refs@customer.test": (one, "references"),
+        "r-marker@customer.test": (two, "body_marker"),
+        "r-tag@customer.test": (two, "subject_tag"),
+        "r-index@customer.test": (one, "thread_index"),
+    }
+    found = {mid: (ticket_of(app, mid), thread_event(app, mid).data["rule"]) for mid in expected}
+    assert found == expected
+    assert len(tickets(app)) == 2
+
+
+def test_a_mail_without_message_id_delivered_twice_is_one_ticket_and_one_ack(app: App) -> None:
+    """MAIL-RULES §1: a message without Message-ID gets a synthetic one from its hash,
+    so its second delivery (another MX, an MTA retry) is the same message."""
+    raw = b"\n".join(
+        line
+        for line in make_mail(subject="No id here", body="Where is my parcel?\n").split(b"\n")
+        if not line.startswith(b"Message-ID:")
+    )
+    assert b"Message-ID" not in raw
+    first = deliver(app, b"Received: from mx1.example.com\r\n" + raw)
+    again = deliver(app, b"Received: from mx2.example.com\r\n" + raw)
+    assert (first.as_dict()["created"], again.as_dict()["duplicates"]) == (1, 1)
+    [ticket] = tickets(app)
+    with app.db.transaction() as session:
+        inbound = session.scalars(
+            select(Message).where(Message.direction == Direction.INBOUND)
+        ).all()
+        assert [m.ticket_id for m in inbound] == [ticket.id]
+        assert inbound[0].header_message_id is None
+        assert inbound[0].dedupe_key.endswith("@synthetic.maildesk.invalid")
+        acks = session.scalars(select(Message).where(Message.direction == Direction.OUTBOUND)).all()
+        assert len(acks) == 1, "acknowledged once"
+
+
+def test_a_configured_ticket_tag_is_the_one_written_and_read(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """MAIL-RULES §2 rule 4: the tag is configurable, like RT's rtname; two installations
+    with different tags must not read each other's numbers."""
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, database_url, threading={"ticket_tag": "ACME-IT"})
+    app = App.build(settings, clock=clock)
+    try:
+        deliver(app, make_mail(message_id="orig@customer.test", cc="carol@customer.test"))
+        with app.db.transaction() as session:
+            [ack] = session.scalars(select(Message).where(Message.direction == Direction.OUTBOUND))
+            assert (ack.subject or "").startswith("[ACME-IT #1] ")
+        for n, tag in enumerate(("ACME-IT", "Support")):
+            deliver(
+                app,
+                make_mail(
+                    message_id=f"c{n}@customer.test",
+                    sender="carol@customer.test",
+                    subject=f"[{tag} #1] still broken",
+                ),
+            )
+        assert ticket_of(app, "c0@customer.test") == 1
+        assert thread_event(app, "c0@customer.test").data["rule"] == "subject_tag"
+        assert ticket_of(app, "c1@customer.test") != 1, "another installation's tag"
+    finally:
+        app.db.dispose()
