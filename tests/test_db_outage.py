@@ -11,6 +11,7 @@ failing on its content, a database error from its data) still ends in quarantine
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import subprocess
 import sys
@@ -31,6 +32,7 @@ from maildesk.config import OutboundSettings
 from maildesk.db.database import Database, is_transient, is_unavailable
 from maildesk.db.models import (
     Disposition,
+    Event,
     Intake,
     IntakeState,
     Outbox,
@@ -390,6 +392,57 @@ def test_a_delivery_unrecorded_when_the_daemon_stopped_is_recorded_at_its_restar
     assert not journal_path(app.settings.data_dir, "node-a").exists()
 
 
+class Killed(BaseException):
+    """kill -9, as near as a test gets: nothing after it runs."""
+
+
+def test_a_journal_entry_recorded_just_before_a_kill_is_not_recorded_twice(
+    pg: tuple[App, PgOutage],
+    clock: FrozenClock,
+    relay: RelaySink,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A restarted daemon records the relay's refusal from its journal and is killed
+    before the journal says so: at the next restart that refusal is already on the
+    ticket. It must not be recorded again (a second "not delivered" for the agent)."""
+    app, outage = pg
+    queue_one(app, clock())
+    relay.reply = "554 5.7.1 rejected by policy"
+    sender = relay_sender(app, clock, relay)
+    send_mail = sender.transport.send
+
+    def refused_then_outage(*args: Any) -> None:
+        try:
+            send_mail(*args)
+        finally:
+            outage.refuse()  # the relay has answered; its answer cannot be written
+
+    monkeypatch.setattr(sender.transport, "send", refused_then_outage)
+    with contextlib.suppress(Exception):
+        sender.drain()
+    outage.refuse(False)
+    assert journal_path(app.settings.data_dir, "node-a").exists()
+    clock.advance(minutes=30)
+
+    first = relay_sender(app, clock, relay)
+
+    def killed() -> None:
+        raise Killed
+
+    monkeypatch.setattr(first, "_keep_unrecorded", killed)  # dies after the commit
+    with pytest.raises(Killed):
+        first.release_own_claims()
+    assert journal_path(app.settings.data_dir, "node-a").exists()
+
+    relay_sender(app, clock, relay).release_own_claims()
+    with app.db.transaction() as session:
+        row = session.scalars(select(Outbox)).one()
+        assert (row.state, row.attempts) == (OutboxState.FAILED, 1)
+        failed = session.scalars(select(Event).where(Event.kind == "outbound_failed")).all()
+        assert len(failed) == 1, [e.reason for e in failed]
+    assert not journal_path(app.settings.data_dir, "node-a").exists()
+
+
 def test_an_unreadable_journal_is_moved_aside_and_the_sender_starts(
     sqlite_app: App, clock: FrozenClock, relay: RelaySink, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -404,6 +457,20 @@ def test_an_unreadable_journal_is_moved_aside_and_the_sender_starts(
     assert any(
         "cannot read the deliveries not yet recorded" in r.getMessage() for r in caplog.records
     )
+
+
+def test_a_journal_left_by_the_nodes_old_name_is_reported_at_start(
+    sqlite_app: App, clock: FrozenClock, relay: RelaySink, caplog: pytest.LogCaptureFixture
+) -> None:
+    """node_name changed while a journal was kept: the renamed daemon does not read it,
+    so its mails go out again once the old name's claims run out. Ops must hear of it."""
+    app = sqlite_app
+    old = journal_path(app.settings.data_dir, "old-name")
+    old.parent.mkdir(parents=True, exist_ok=True)
+    old.write_text('{"format": 1, "deliveries": {}}')
+    with caplog.at_level(logging.WARNING, logger="maildesk.outbound"):
+        relay_sender(app, clock, relay).release_own_claims()  # as the daemon starts
+    assert any(str(old) in r.getMessage() for r in caplog.records), caplog.text
 
 
 # -- SQLite: the write lock held by another process --------------------------------------

@@ -853,3 +853,135 @@ def test_an_erasure_recorded_under_the_old_key_is_still_recognised(
         again = cli(app, tmp_path, "privacy", "forget", spelling, "--dry-run")
         assert "erased before on" in again.output, spelling
     assert "erased before on" not in cli(app, tmp_path, "privacy", "forget", ALICE).output
+
+
+# -- an address inside another -------------------------------------------------------
+JOANN = "joann@customer.test"  # not the one asking: her address ends in "ann@customer.test"
+JOANN_WORD = "pterodactyl3"
+
+
+def test_forget_leaves_the_mail_of_an_address_that_merely_ends_in_hers(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """Erasing ann@customer.test must not take joann@customer.test's quarantined mail,
+    nor her entries in the spam digest: her address only contains the other's."""
+    spam = {"unsure_at": 0.0, "spam_at": 0.0, "digest_to": "postmaster@example.com"}
+    app = agent_app(tmp_path, database_url, clock, spam={**spam, "digest_at": "07:00"})
+    try:
+        deliver(
+            app,
+            make_mail(
+                sender=f"Jo Ann <{JOANN}>", subject=f"Hi {JOANN_WORD}", message_id="j1@c.test"
+            ),
+            mail_from=JOANN,
+        )
+        clock.advance(days=1)
+        assert send_digest(app)
+        assert rows_containing(app, JOANN_WORD)
+        assert all(JOANN in text for text in _digest_texts(app).values())
+
+        result = cli(app, tmp_path, "privacy", "forget", "ann@customer.test", "--yes")
+
+        assert result.exit_code == 0, result.output
+        assert rows_containing(app, JOANN_WORD), "joann's quarantined mail was erased"
+        [digest] = _digest_texts(app).values()
+        assert JOANN in digest and "(erased)" not in digest
+    finally:
+        app.db.dispose()
+
+
+@pytest.mark.parametrize(
+    ("raw", "hers"),
+    [
+        (b"From: Ann <ann@customer.test>\r\n", True),
+        (b"To: ANN@Customer.Test, bob@x.test\r\n", True),
+        (b"write to ann@customer.test.\r\n", True),
+        (b'href=3D"mailto:ann@customer.test?subject=3Dhi"', True),
+        (b"Ann =3Cann@customer.test=3E wrote:", True),
+        (b"From: Jo Ann <joann@customer.test>\r\n", False),
+        (b"From: <jo.ann@customer.test>\r\n", False),
+        (b"From: <jo+ann@customer.test>\r\n", False),
+        (b"From: <ann@customer.test.example>\r\n", False),
+        (b"From: <ann@customer.testing>\r\n", False),
+    ],
+)
+def test_her_address_is_found_in_raw_mail_only_as_a_whole_address(raw: bytes, hers: bool) -> None:
+    """Quarantined mail is erased for the bytes that name her: written any way she is,
+    never because another's address ends or begins with hers."""
+    from maildesk.privacy.match import Person
+
+    person = Person.of("Ann@customer.test")
+    assert person.bytes_name(raw) is hers
+    assert person.named_in(raw.decode()) is hers
+
+
+def test_forget_leaves_the_mail_to_an_address_that_merely_ends_in_hers_on_her_ticket(
+    app: App, tmp_path: Path
+) -> None:
+    """Ann was Cc'd on Jo Ann's ticket: erasing Ann takes Ann off it, and leaves the
+    acknowledgement and notices of Jo Ann's mail (to and naming joann@) where they are."""
+    deliver(
+        app,
+        make_mail(
+            sender=f"Jo Ann <{JOANN}>",
+            message_id="j2@customer.test",
+            subject="Printer",
+            body=f"Our printer, {JOANN_WORD}.\n",
+            cc="ann@customer.test",
+        ),
+        mail_from=JOANN,
+    )
+
+    def generated() -> list[tuple[int, list[str]]]:
+        with app.db.transaction() as session:
+            rows = session.scalars(select(Message).where(Message.from_addr != JOANN)).all()
+            return sorted((m.id, m.to_addrs) for m in rows if "ann@customer.test" not in m.to_addrs)
+
+    before = generated()
+    assert any(JOANN in to_addrs for _id, to_addrs in before), before  # her acknowledgement
+
+    assert cli(app, tmp_path, "privacy", "forget", "ann@customer.test", "--yes").exit_code == 0
+
+    assert generated() == before
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)  # SQLite: one writer
+def test_a_digest_rewritten_between_reading_its_row_and_its_bytes_goes_out_next_drain(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """An erasure that rewrites the queued spam digest after the sender read its row and
+    before it read its bytes leaves the old bytes gone: the digest (now without her) must
+    go out at the next drain, not wait for the sender's claim to run out."""
+    spam = {"unsure_at": 0.0, "spam_at": 0.0, "digest_to": "postmaster@example.com"}
+    app = agent_app(tmp_path, database_url, clock, spam={**spam, "digest_at": "07:00"})
+    sent_dir = tmp_path / "sent"
+    sender = OutboxSender(app.db, MaildirTransport(sent_dir), app.settings.outbound, clock, "n1")
+    erased: list[int] = []
+
+    def erase_before_the_bytes_are_read(
+        _conn: Any, _cursor: Any, statement: str, *_args: Any
+    ) -> None:
+        if not erased and statement.lstrip().startswith("SELECT") and "FROM blobs" in statement:
+            erased.append(cli(app, tmp_path, "privacy", "forget", ALICE, "--yes").exit_code)
+
+    try:
+        deliver(app, make_mail(subject=f"Cheap {SECRET_WORD}", message_id="s0@c.test"))
+        deliver(
+            app,
+            make_mail(sender=f"Spammer <{SPAMMER}>", subject="Pills", message_id="x0@s.t"),
+            mail_from=SPAMMER,
+        )
+        clock.advance(days=1)
+        assert send_digest(app)
+        event.listen(app.db.engine, "before_cursor_execute", erase_before_the_bytes_are_read)
+        try:
+            sender.drain()
+        finally:
+            event.remove(app.db.engine, "before_cursor_execute", erase_before_the_bytes_are_read)
+        assert erased == [0]
+        sender.drain()  # a minute later, say
+        sent = [p.read_bytes() for p in sent_dir.rglob("*") if p.is_file()]
+        assert len(sent) == 1, "the digest waits for the sender's own claim to run out"
+        assert b"Pills" in sent[0] and SECRET_WORD.encode() not in sent[0]
+    finally:
+        app.db.dispose()

@@ -360,6 +360,8 @@ class OutboxSender:
         First the deliveries the relay took but the database could not record
         before the stop are recorded (from the journal): those are not sent again.
         """
+        if self.journal is not None:
+            unrecorded.warn_of_others(self.journal)
         self._record_unrecorded(DrainResult())
         with self.db.transaction() as session:
             rows = session.scalars(
@@ -526,8 +528,15 @@ class OutboxSender:
                 return
             blob = session.get(Blob, row.raw_sha256)
             if blob is None:  # erased after the row was read (PostgreSQL: each statement
-                # sees what is committed when it runs): nothing to send, nothing to record
-                log.info("outbox=%s: erased before it was sent", outbox_id)
+                # sees what is committed when it runs): nothing to send, nothing to record.
+                # A rewritten mail (a spam digest without an erased person) is still
+                # queued with new bytes: our claim goes, so the next drain sends it.
+                log.info("outbox=%s: its bytes changed before it was sent", outbox_id)
+                session.execute(
+                    update(Outbox)
+                    .where(Outbox.id == outbox_id, Outbox.claimed_by == self.node)
+                    .values(claimed_by=None, claimed_at=None)
+                )
                 return
             raw = bytes(blob.data)
             envelope_from, recipients = row.envelope_from, list(row.recipients)
@@ -596,6 +605,11 @@ class OutboxSender:
             row = session.get(Outbox, outbox_id)
             if row is None:  # erased (`maildesk privacy`) while it was being delivered
                 log.info("outbox=%s: erased while it was delivered; nothing to record", outbox_id)
+                return
+            if row.state != OutboxState.QUEUED:
+                # Recorded already: a journal entry whose record committed just before
+                # the daemon died, or a delivery of another node after our claim ran out.
+                log.info("outbox=%s: already %s; not recorded again", outbox_id, row.state)
                 return
             row.attempts += 1
             row.claimed_by = row.claimed_at = None

@@ -48,6 +48,23 @@ def journal_path(data_dir: Path, node: str) -> Path:
     return data_dir / f"outbox-unrecorded-{safe}.json"
 
 
+def warn_of_others(path: Path) -> None:
+    """Say so when the data directory holds another node's journal.
+
+    Only the node it is named for reads it: left by this node under its old
+    ``node_name``, its mails are sent again once that name's claims expire.
+    """
+    for other in sorted(path.parent.glob("outbox-unrecorded-*.json")):
+        if other.name != path.name:
+            log.warning(
+                "%s: deliveries not yet recorded by another node_name; this node (%s) does not "
+                "read it. If it was this node's old name, run once with that name so they "
+                "are recorded, or they are sent again",
+                other,
+                path.name,
+            )
+
+
 def save(path: Path, deliveries: dict[int, Delivery]) -> None:
     """Replace the journal with ``deliveries`` (removed when there are none)."""
     if not deliveries:

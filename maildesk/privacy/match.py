@@ -10,12 +10,37 @@ and the exact test in Python compares :func:`mailbox_key` (one rule for both:
 from __future__ import annotations
 
 import json
+import re
+from collections.abc import Collection
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 from sqlalchemy import LargeBinary, Text, cast, false, func, or_, true
 
 from maildesk.domain.address import address_key, address_spellings
+
+# Where a written address ends: a spelling inside a longer address is not it
+# (``ann@x.test`` in ``joann@x.test`` or ``ann@x.test.example``). Before it no
+# character of a local part (RFC 5322 atext, the dot, anything beyond ASCII),
+# unless that is the end of a quoted-printable or URL escape (``=3Cann@x.test``);
+# after it no character that continues the domain.
+_BEFORE = r"(?:(?<=[=%][0-9A-Fa-f]{2})|(?<![\w!#$%&'*+/=?^`{|}~.\-]))"
+_AFTER = r"(?![\w\-]|\.\w)"
+_BEFORE_BYTES = rb"(?:(?<=[=%][0-9A-Fa-f]{2})|(?<![A-Za-z0-9_!#$%&'*+/=?^`{|}~.\-\x80-\xff]))"
+_AFTER_BYTES = rb"(?![A-Za-z0-9_\-\x80-\xff]|\.[A-Za-z0-9_\x80-\xff])"
+
+
+def mention_re(spellings: Collection[str]) -> re.Pattern[str]:
+    """Where text names one of ``spellings`` as a whole address, case ignored."""
+    either = "|".join(re.escape(s) for s in spellings)
+    return re.compile(f"{_BEFORE}(?:{either}){_AFTER}", re.IGNORECASE)
+
+
+def mention_bytes_re(spellings: Collection[str]) -> re.Pattern[bytes]:
+    """As :func:`mention_re` for raw mail: ASCII case ignored, as ``bytes.lower()`` does."""
+    either = b"|".join(re.escape(s.encode()) for s in spellings)
+    return re.compile(_BEFORE_BYTES + b"(?:" + either + b")" + _AFTER_BYTES, re.IGNORECASE)
 
 
 def mailbox_key(address: str) -> str:
@@ -34,6 +59,18 @@ class Person:
     def of(cls, address: str) -> Person:
         key = mailbox_key(address)
         return cls(key, address_spellings(key))
+
+    @cached_property
+    def _mention(self) -> re.Pattern[str]:
+        return mention_re(self.spellings)
+
+    def named_in(self, text: str | None) -> bool:
+        """The exact test on text: it names this mailbox as a whole address."""
+        return bool(text) and self._mention.search(text or "") is not None
+
+    def scrub(self, text: str, replacement: str) -> str:
+        """``text`` with each whole mention of this mailbox replaced."""
+        return self._mention.sub(replacement, text)
 
     def owns(self, stored: str | None) -> bool:
         """The exact test: ``stored`` is this mailbox, however it is written."""
@@ -79,9 +116,8 @@ class Person:
         return or_(false(), *(func.strpos(escaped, _escape(n)) > 0 for n in needles))
 
     def bytes_name(self, data: bytes) -> bool:
-        """The exact test on raw mail."""
-        lowered = data.lower()
-        return any(s.encode() in lowered for s in self.spellings)
+        """The exact test on raw mail: it names this mailbox as a whole address."""
+        return mention_bytes_re(self.spellings).search(data) is not None
 
 
 def _escape(data: bytes) -> str:

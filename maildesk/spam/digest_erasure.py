@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from maildesk.db.models import Blob, Outbox
 from maildesk.intake.store import put_blob
 from maildesk.outbound.compose import WIRE_POLICY
+from maildesk.privacy.match import mention_re
 from maildesk.spam.quarantine import DIGEST_PURPOSE
 
 ERASED = "(erased)"
@@ -31,14 +32,11 @@ _ENTRY = re.compile(r"#(\d+)\b")
 
 
 def _names(text: str, spellings: Collection[str]) -> bool:
-    lowered = text.lower()
-    return any(spelling in lowered for spelling in spellings)
+    return mention_re(spellings).search(text) is not None
 
 
 def _scrub(line: str, spellings: Collection[str]) -> str:
-    for spelling in spellings:
-        line = re.sub(re.escape(spelling), ERASED, line, flags=re.IGNORECASE)
-    return line
+    return mention_re(spellings).sub(ERASED, line)
 
 
 def redact_text(text: str, intake_ids: Collection[int], spellings: Collection[str]) -> str:
