@@ -1,6 +1,6 @@
 """Time every read command and periodic daemon query of maildesk on a big PostgreSQL database.
 
-Usage: .venv/bin/python bench/scale/measure.py [--scale 0.2] [--url URL] [--explain]
+Usage: .venv/bin/python bench/scale/measure.py [--scale 0.2] [--url URL] [--explain] [--only TEXT]
 
 Without --url a private database is created on the local server
 (MAILDESK_TEST_PG_URL, default postgres@127.0.0.1:5432), filled by
@@ -10,6 +10,12 @@ dropped. At the default scale 0.2 that takes about a minute. Prints per
 command: wall time, statements, the slowest statement with its time and the
 rows it returned, and (with --explain) whether its plan reads a big table
 whole (Seq Scan). Each command is cut off after 120 s (reported as TIMEOUT).
+``--only`` measures just the commands and jobs whose name contains the text.
+
+The SLA sweep is measured as two whole passes over every ticket it walks, in
+one transaction rolled back after them: the first fires every escalation due
+(a catch-up after downtime), the second finds them fired (the daemon's steady
+state, every ``sla.sweep_interval_seconds``).
 """
 
 from __future__ import annotations
@@ -133,7 +139,7 @@ def seq_scans(url: str, stmt: Statement) -> tuple[list[str], float | None]:
     return found, plan.get("Execution Time")
 
 
-def measure(url: str, name: str, run: Callable[[], Any], explain: bool) -> None:
+def measure(url: str, name: str, run: Callable[[], Any], explain: bool) -> str:
     RECORDER.statements.clear()
     RECORDER.on = True
     started = time.perf_counter()
@@ -156,6 +162,7 @@ def measure(url: str, name: str, run: Callable[[], Any], explain: bool) -> None:
             line += "  seq scan: " + (",".join(scans) if scans else "-")
         line += "  " + " ".join(slow.sql.split())[:110]
     print(line, flush=True)
+    return outcome
 
 
 def main() -> None:
@@ -163,6 +170,7 @@ def main() -> None:
     parser.add_argument("--scale", type=float, default=0.2)
     parser.add_argument("--url", default=None, help="an already filled database (kept)")
     parser.add_argument("--explain", action="store_true")
+    parser.add_argument("--only", default="", help="measure only names containing this")
     args = parser.parse_args()
     host = urlsplit(ADMIN_URL.replace("+psycopg", "")).hostname
     if host not in ("127.0.0.1", "localhost", "::1"):
@@ -238,7 +246,8 @@ def run_all(url: str, args: argparse.Namespace, *, fill_first: bool) -> None:
         ("explain", "i770@mail.example.org"),
         ("status",),
     ):
-        measure(url, " ".join(argv), command(*argv), args.explain)
+        if args.only in " ".join(argv):
+            measure(url, " ".join(argv), command(*argv), args.explain)
 
     settings = Settings.model_validate(
         {
@@ -264,8 +273,41 @@ def run_all(url: str, args: argparse.Namespace, *, fill_first: bool) -> None:
     app = App.build(settings, clock=lambda: now)
     jobs = daemon_jobs(app, now)
     for job_name, job in jobs.items():
-        measure(url, job_name, job, args.explain)
+        if args.only in job_name:
+            measure(url, job_name, job, args.explain)
+    if args.only in "job: sla sweep":
+        sweep_passes(app, url, args.explain)
     app.db.dispose()
+
+
+def sweep_passes(app: Any, url: str, explain: bool) -> None:
+    """Two whole SLA sweep passes in one transaction, rolled back after both."""
+    from sqlalchemy.orm import Session
+
+    from maildesk.sla.sweep import SlaSweeper
+
+    sweeper = SlaSweeper.for_app(app)
+
+    def one_pass(session: Session) -> Callable[[], Any]:
+        def run() -> None:
+            after, tickets, fired = 0, 0, 0
+            closed = sweeper._closed_with_live_targets(session)
+            while batch := sweeper._claim_batch(session, after, closed):
+                after = batch[-1].id
+                result = sweeper._sweep_batch(session, batch)
+                tickets, fired = tickets + result.tickets, fired + result.fired
+            print(f"  ({tickets} tickets, {fired} escalations fired)", flush=True)
+
+        return run
+
+    with Session(app.db.engine) as session:
+        outcome = measure(url, "job: sla sweep (catch-up pass)", one_pass(session), explain)
+        if outcome == "ok":
+            outcome = measure(url, "job: sla sweep (next pass)", one_pass(session), explain)
+        if outcome == "ok":
+            session.rollback()
+        else:  # cut off inside a statement: drop the connection (the server rolls back)
+            session.connection().invalidate()
 
 
 def daemon_jobs(app: Any, now: datetime) -> dict[str, Callable[[], Any]]:

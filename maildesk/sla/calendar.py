@@ -15,6 +15,7 @@ weekday.
 
 from __future__ import annotations
 
+import bisect
 import enum
 import functools
 import itertools
@@ -247,6 +248,8 @@ class TimeScale(Protocol):
 
 
 def _utc(value: datetime, name: str = "datetime") -> datetime:
+    if value.tzinfo is UTC:
+        return value
     if value.tzinfo is None or value.utcoffset() is None:
         raise NaiveDatetimeError(f"{name} must be timezone-aware, got naive {value.isoformat()}")
     return value.astimezone(UTC)
@@ -284,6 +287,50 @@ def _wall_to_utc(day: date, minute: int, zone: ZoneInfo) -> datetime:
     return datetime.fromtimestamp(hi, UTC)
 
 
+class _DayTotals(NamedTuple):
+    """Running open time of consecutive local days, and where they are closed.
+
+    ``sums[i]`` is the open time of the days from ordinal ``base`` up to, not
+    including, ``base + i``; ``closed`` holds the runs of days without open
+    time as ``(first, last)`` ordinals, in order.
+    """
+
+    base: int
+    sums: tuple[timedelta, ...]
+    closed: tuple[tuple[int, int], ...]
+
+    @property
+    def end(self) -> int:
+        """The last day ordinal covered."""
+        return self.base + len(self.sums) - 2
+
+    def covers(self, lo: int, hi: int) -> bool:
+        """Whether ``sums`` has the entries for ordinals ``lo`` and ``hi``."""
+        return bool(self.sums) and self.base <= lo and hi < self.base + len(self.sums)
+
+    def closed_runs_between(self, lo: int, hi: int) -> Iterator[tuple[int, int]]:
+        """The closed runs with a day in ``lo``..``hi``."""
+        index = bisect.bisect_left(self.closed, (lo, lo))
+        if index and self.closed[index - 1][1] >= lo:
+            index -= 1
+        for run in itertools.islice(self.closed, index, None):
+            if run[0] > hi:
+                return
+            yield run
+
+
+def _closed_runs(base: int, sums: list[timedelta]) -> tuple[tuple[int, int], ...]:
+    runs: list[tuple[int, int]] = []
+    for index in range(len(sums) - 1):
+        if sums[index + 1] == sums[index]:
+            day = base + index
+            if runs and runs[-1][1] == day - 1:
+                runs[-1] = (runs[-1][0], day)
+            else:
+                runs.append((day, day))
+    return tuple(runs)
+
+
 class BusinessCalendar:
     """Business-time arithmetic over a :class:`CalendarConfig`.
 
@@ -306,10 +353,8 @@ class BusinessCalendar:
             )
         self._exceptions = tuple(sorted(config.exceptions, key=lambda e: e.start))
         self._windows_on = functools.lru_cache(maxsize=_WINDOW_CACHE_DAYS)(self._compute_windows)
-        # (first day ordinal, running totals): totals[i] is the open time of the
-        # days from the first up to, not including, the i-th after it. Replaced
-        # whole, never changed in place, so a reader in another thread sees one.
-        self._day_totals: tuple[int, tuple[timedelta, ...]] = (0, ())
+        # Replaced whole, never changed in place, so a reader in another thread sees one.
+        self._day_totals = _DayTotals(0, (), ())
 
     @classmethod
     def always_open(cls, timezone: str = "UTC") -> BusinessCalendar:
@@ -398,18 +443,73 @@ class BusinessCalendar:
         Adding zero returns the instant ``start`` (even when closed); a positive
         amount that exactly uses up a window ends at that window's close.
         """
-        cursor = _utc(start, "start")
+        cursor = since = _utc(start, "start")
         if amount < timedelta(0):
             raise ValueError(f"cannot add negative business time {amount}")
         if amount == timedelta(0):
             return cursor
-        remaining = amount
-        for window_start, window_end in self._windows_from(cursor):
-            span = window_end - window_start
-            if remaining <= span:
+        # The days around ``start``'s, window by window from ``start``; as in
+        # business_time_between, a day two or more after it lies wholly after it.
+        first = self._local_day(cursor)
+        remaining, closed_days = amount, 0
+        for day in (first - _DAY, first, first + _DAY):
+            found = False
+            for window_start, window_end in self.windows_on(day):
+                window_start = max(window_start, cursor)
+                if window_end <= window_start:
+                    continue
+                found = True
+                if remaining <= window_end - window_start:
+                    return window_start + remaining
+                remaining -= window_end - window_start
+                cursor = window_end
+            closed_days = 0 if found else closed_days + 1
+            self._check_closed_days(closed_days, since, day)
+        # Then whole days, jumped over by the running totals to the day the time runs out.
+        day, remaining = self._day_using_up(first + 2 * _DAY, remaining, closed_days, since)
+        for window_start, window_end in self.windows_on(day):
+            if remaining <= window_end - window_start:
                 return window_start + remaining
-            remaining -= span
-        raise AssertionError("unreachable: _windows_from never ends")  # pragma: no cover
+            remaining -= window_end - window_start
+        raise AssertionError("unreachable: the running totals said this day has the time")
+
+    def _check_closed_days(self, closed_days: int, since: datetime, day: date) -> None:
+        if closed_days > self.max_closed_days:
+            raise CalendarClosedError(
+                f"calendar has no open time between {since.isoformat()} and "
+                f"{day.isoformat()} ({self.max_closed_days} closed days in a row)"
+            )
+
+    def _day_using_up(
+        self, first: date, amount: timedelta, closed_before: int, since: datetime
+    ) -> tuple[date, timedelta]:
+        """The day from ``first`` on whose windows (all whole) use up ``amount`` > 0 of
+        open time, and how much of it is left for that day.
+
+        ``closed_before`` closed days come right before ``first``; more than
+        ``max_closed_days`` in a row before that day raise CalendarClosedError.
+        """
+        lo = first.toordinal()
+        totals = self._day_totals
+        if not totals.covers(lo, lo + 1):
+            totals = self._grow_day_totals(lo, lo + 1)
+        while True:
+            goal = totals.sums[lo - totals.base] + amount
+            index = bisect.bisect_left(totals.sums, goal, lo=lo - totals.base)
+            stop = totals.base + index - 1 if index < len(totals.sums) else totals.end
+            # Closed runs before that day (or, not found yet, up to the last day known).
+            for run_start, run_end in totals.closed_runs_between(lo, stop):
+                carried = closed_before if run_start <= lo else 0
+                run = min(run_end, stop) - max(run_start, lo) + 1 + carried
+                if run > self.max_closed_days:
+                    fired = max(run_start, lo) + self.max_closed_days - carried
+                    self._check_closed_days(run, since, date.fromordinal(fired))
+            if index < len(totals.sums):
+                used = totals.sums[index - 1] - totals.sums[lo - totals.base]
+                return date.fromordinal(stop), amount - used
+            if totals.end >= date.max.toordinal() - 1:
+                raise OverflowError(f"adding {amount} of business time passes year 9999")
+            totals = self._grow_day_totals(lo, totals.end + 2)
 
     def business_time_between(self, a: datetime, b: datetime) -> timedelta:
         """Open time in ``[a, b)``; negative (the open time in ``[b, a)``) when b < a."""
@@ -443,12 +543,12 @@ class BusinessCalendar:
     def _whole_days_open_time(self, first: date, last: date) -> timedelta:
         """Open time of local days ``first``..``last``, every window whole."""
         lo, hi = first.toordinal(), last.toordinal() + 1
-        base, totals = self._day_totals
-        if not totals or lo < base or hi >= base + len(totals):
-            base, totals = self._grow_day_totals(lo, hi)
-        return totals[hi - base] - totals[lo - base]
+        totals = self._day_totals
+        if not totals.covers(lo, hi):
+            totals = self._grow_day_totals(lo, hi)
+        return totals.sums[hi - totals.base] - totals.sums[lo - totals.base]
 
-    def _grow_day_totals(self, lo: int, hi: int) -> tuple[int, tuple[timedelta, ...]]:
+    def _grow_day_totals(self, lo: int, hi: int) -> _DayTotals:
         """Running totals covering day ordinals ``lo`` to ``hi``, kept for later calls."""
 
         def day_open(ordinal: int) -> timedelta:
@@ -461,9 +561,9 @@ class BusinessCalendar:
                 out.append(out[-1] + day_open(ordinal))
             return out
 
-        base, totals = self._day_totals
+        base, totals = self._day_totals.base, self._day_totals.sums
         if not totals:
-            grown = (lo, tuple(run(lo, hi)))
+            new_base, merged = lo, run(lo, hi)
         else:
             old_end = base + len(totals) - 1
             new_base = max(1, min(lo, base - _DAY_TOTALS_GROWTH)) if lo < base else base
@@ -473,7 +573,7 @@ class BusinessCalendar:
                 stop = min(max(hi, old_end + _DAY_TOTALS_GROWTH), date.max.toordinal())
                 for ordinal in range(old_end, stop):
                     merged.append(merged[-1] + day_open(ordinal))
-            grown = (new_base, tuple(merged))
+        grown = _DayTotals(new_base, tuple(merged), _closed_runs(new_base, merged))
         self._day_totals = grown
         return grown
 

@@ -104,7 +104,7 @@ def load_histories(
     return histories
 
 
-def _among(column: QueryableAttribute[Any], ids: Collection[int]) -> ColumnElement[bool]:
+def among(column: QueryableAttribute[Any], ids: Collection[int]) -> ColumnElement[bool]:
     """``column IN (...)`` with the ids written into the statement: the driver parses a
     thousand placeholders in more time than the query takes to run."""
     return column.in_(bindparam(None, sorted(ids), expanding=True, literal_execute=True))
@@ -120,7 +120,7 @@ def _load_chunk(
     for ticket_id, at, kind in session.execute(
         select(Message.ticket_id, Message.created_at, Message.kind)
         .where(
-            _among(Message.ticket_id, ids),
+            among(Message.ticket_id, ids),
             Message.kind.in_((MessageKind.CUSTOMER, MessageKind.AGENT_REPLY)),
         )
         .order_by(Message.id)
@@ -129,14 +129,14 @@ def _load_chunk(
     statuses: dict[int, list[StatusFact]] = defaultdict(list)
     for row in session.execute(
         select(Event.ticket_id, Event.id, Event.at, Event.kind, Event.reason, Event.data)
-        .where(_among(Event.ticket_id, ids), Event.kind.in_(_STATUS_KINDS))
+        .where(among(Event.ticket_id, ids), Event.kind.in_(_STATUS_KINDS))
         .order_by(Event.id)
     ):
         statuses[row.ticket_id].append(StatusFact(row.id, row.at, row.kind, row.reason, row.data))
     requesters = dict(
         session.execute(
             select(Contact.id, Contact.email).where(
-                _among(Contact.id, {t.requester_id for t in tickets if t.requester_id is not None})
+                among(Contact.id, {t.requester_id for t in tickets if t.requester_id is not None})
             )
         ).all()
     )

@@ -295,14 +295,15 @@ def _clip(running: list[_Span], start: datetime, end: datetime | None) -> list[_
     return clipped
 
 
-def _instant_at(scale: TimeScale, spans: list[_Span], amount: timedelta) -> datetime | None:
-    """When the running clock over ``spans`` reaches ``amount``; None if it has not
-    and cannot (no open-ended span)."""
+def _instant_at(
+    scale: TimeScale, spans: list[_Span], times: list[timedelta], amount: timedelta
+) -> datetime | None:
+    """When the running clock over ``spans`` (``times`` of it in each) reaches
+    ``amount``; None if it has not and cannot (no open-ended span)."""
     used = timedelta(0)
-    for start, end in spans:
+    for (start, end), span in zip(spans, times, strict=True):
         if end is None:
             return scale.add_business_time(start, amount - used)
-        span = scale.business_time_between(start, end)
         if used + span >= amount:
             return min(scale.add_business_time(start, amount - used), end)
         used += span
@@ -331,16 +332,16 @@ def _evaluate_instance(
     now: datetime,
 ) -> TargetState:
     spans = _clip(timeline.running, instance.start, instance.end)
-    elapsed = sum(
-        (scale.business_time_between(s, e if e is not None else now) for s, e in spans),
-        timedelta(0),
-    )
+    times = [scale.business_time_between(s, e if e is not None else now) for s, e in spans]
+    elapsed = sum(times, timedelta(0))
     target_time = timedelta(minutes=spec.minutes)
-    deadline = _instant_at(scale, spans, target_time)
-    shows_at = _instant_at(scale, spans, target_time + _PAST) if deadline is not None else None
+    deadline = _instant_at(scale, spans, times, target_time)
+    shows_at = (
+        _instant_at(scale, spans, times, target_time + _PAST) if deadline is not None else None
+    )
     warn_at = None
     if warning_share is not None:
-        warn_at = _instant_at(scale, spans, timedelta(minutes=spec.minutes * warning_share))
+        warn_at = _instant_at(scale, spans, times, timedelta(minutes=spec.minutes * warning_share))
     if instance.end is not None:
         status = TargetStatus.SATISFIED
         horizon = instance.end

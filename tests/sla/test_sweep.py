@@ -10,7 +10,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import event, func, select
 
 from maildesk.db.models import (
     Event,
@@ -27,6 +27,7 @@ from tests.conftest import FrozenClock
 from tests.sla.slahelp import (
     AGENTS,
     OFFICE,
+    agent_reply,
     berlin,
     new_ticket,
     set_status,
@@ -369,3 +370,40 @@ def test_a_ticket_the_sweep_cannot_handle_does_not_stop_the_others(
     with app.db.transaction() as session:
         kept = session.scalars(select(SlaTargetRow).where(SlaTargetRow.ticket_id == broken.id))
         assert list(kept) == []
+
+
+def test_a_pass_with_nothing_new_to_fire_costs_no_statements_per_ticket(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """The sweep walks every open ticket every minute. Once their escalations have
+    fired, a pass must not ask the database again per ticket (a ledger insert that
+    does nothing, a savepoint, an INSERT per SLA row): at 20,000 open tickets that
+    was some 60,000 statements a minute. Half the tickets here are answered (their
+    rows have no due time), half are late (warning and breach fired)."""
+    app = sla_app(tmp_path, database_url, clock)
+    tickets = [
+        new_ticket(
+            app, clock, berlin(2026, 3, 9, 10, n), message_id=f"m{n}@x.test", subject=f"T{n}"
+        )
+        for n in range(16)
+    ]
+    for ticket in tickets[::2]:
+        agent_reply(app, ticket.id, berlin(2026, 3, 9, 11))
+    clock.now = berlin(2026, 3, 10, 12)
+    assert sweeper(app).run().fired == 16  # 8 late tickets: warning and breach each
+    statements: list[str] = []
+
+    def count(conn: object, cursor: object, sql: str, *args: object) -> None:
+        statements.append(sql)
+
+    event.listen(app.db.engine, "before_cursor_execute", count)
+    clock.now = berlin(2026, 3, 10, 12, 1)
+    again = sweeper(app).run()
+    event.remove(app.db.engine, "before_cursor_execute", count)
+    assert (again.tickets, again.fired) == (16, 0)
+    # Find the closed tickets with live rows; one batch: claim it, read messages, events
+    # and requesters, read the ledger, replace the SLA rows; then find no next batch.
+    # (SQLite adds its BEGIN per transaction.)
+    assert len(statements) <= 12, statements
+    assert target_row(app, tickets[1].id, "first_response").breached
+    assert target_row(app, tickets[0].id, "first_response").status == "satisfied"
