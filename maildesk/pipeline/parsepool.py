@@ -6,6 +6,12 @@ side: while batch N is applied, batch N+1 is parsed in a child process (with
 its own SIGALRM deadline, as the child parses in its main thread). Small
 batches, as the daemon makes them, are parsed in-process: a round trip to the
 child would only add latency. If the child dies, the batch is parsed in-process.
+
+The children are spawned, never forked, even by a bulk import with no other
+thread (forking would save each child about a second of imports): a forked
+child holds a copy of the parent's open SQLite connection, and SQLite forbids
+carrying one across fork() (closed in the child, it may checkpoint and remove
+the WAL the parent still writes).
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from datetime import datetime
 
 from maildesk.config import PipelineSettings
 from maildesk.domain.message import ParsedMessage
+from maildesk.domain.rawheader import body_hash
 from maildesk.pipeline.context import EventNote, MessageContext, Stop
 from maildesk.pipeline.spam import score_message
 from maildesk.pipeline.stages import parse_stage
@@ -44,8 +51,11 @@ def parse_batch(
     scorer = scorer_for(spam) if spam is not None else None
     for ctx in batch:
         stop = parse_stage(ctx, limits)
-        if stop is None and scorer is not None:
-            score_message(ctx, scorer)
+        if stop is None:
+            # Dedupe's hash of the raw body: here, beside parsing, not on apply's path.
+            ctx.body_hash = body_hash(ctx.raw)
+            if scorer is not None:
+                score_message(ctx, scorer)
         parsed.append((ctx, stop))
     return parsed
 
@@ -56,6 +66,7 @@ class _ChildResult:
 
     parsed: ParsedMessage | None
     arrived_at: datetime | None
+    body_hash: str | None
     spam: SpamScore | None
     notes: list[EventNote]
     stop: Stop | None
@@ -65,7 +76,7 @@ def _parse_in_child(
     batch: Sequence[MessageContext], limits: PipelineSettings, spam: ScorerSpec | None
 ) -> list[_ChildResult]:
     return [
-        _ChildResult(ctx.parsed, ctx.arrived_at, ctx.spam, ctx.notes, stop)
+        _ChildResult(ctx.parsed, ctx.arrived_at, ctx.body_hash, ctx.spam, ctx.notes, stop)
         for ctx, stop in parse_batch(batch, limits, spam)
     ]
 
@@ -100,6 +111,7 @@ def _warm_child(spam: ScorerSpec | None) -> None:
 def _merge(batch: Sequence[MessageContext], results: list[_ChildResult]) -> Parsed:
     for ctx, result in zip(batch, results, strict=True):
         ctx.parsed, ctx.arrived_at, ctx.spam = result.parsed, result.arrived_at, result.spam
+        ctx.body_hash = result.body_hash
         ctx.notes = result.notes
     return [(ctx, result.stop) for ctx, result in zip(batch, results, strict=True)]
 
@@ -151,11 +163,10 @@ class ParsePool:
 
     def _pool(self) -> ProcessPoolExecutor:
         if self._executor is None:
-            # spawn, not fork: the daemon has threads (listeners, scheduler).
-            context = multiprocessing.get_context("spawn")
+            # spawn, not fork: the daemon has threads (listeners, scheduler), and see above.
             self._executor = ProcessPoolExecutor(
                 max_workers=PARSE_CHILDREN,
-                mp_context=context,
+                mp_context=multiprocessing.get_context("spawn"),
                 initializer=_die_with_parent,
                 initargs=(os.getpid(),),
             )
