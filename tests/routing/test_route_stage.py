@@ -302,9 +302,8 @@ def test_reopened_ticket_goes_back_to_its_last_assignee(
     )
 
 
-def test_model_category_only_where_no_rule_set_it_with_confidence_and_version(
-    tmp_path: Path, database_url: str, clock: FrozenClock
-) -> None:
+def network_or_access_model(tmp_path: Path) -> tuple[Path, CategoryModel]:
+    """A saved model of two categories, each learned from 30 tickets."""
     model_path = tmp_path / "category.npz"
     model = CategoryModel()
     texts = [f"vpn tunnel drops connection {i}" for i in range(30)] + [
@@ -312,6 +311,13 @@ def test_model_category_only_where_no_rule_set_it_with_confidence_and_version(
     ]
     model.train(texts, ["network"] * 30 + ["access"] * 30)
     model.save(model_path)
+    return model_path, model
+
+
+def test_model_category_only_where_no_rule_set_it_with_confidence_and_version(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    model_path, model = network_or_access_model(tmp_path)
     app = build(tmp_path, database_url, clock, category_model=str(model_path), min_confidence=0.6)
     deliver(
         app,
@@ -352,13 +358,7 @@ def test_low_confidence_guess_is_recorded_not_applied(
 def test_mail_unlike_the_history_is_not_filed_by_the_model(
     tmp_path: Path, database_url: str, clock: FrozenClock
 ) -> None:
-    model_path = tmp_path / "category.npz"
-    model = CategoryModel()
-    texts = [f"vpn tunnel drops connection {i}" for i in range(30)] + [
-        f"password reset locked account {i}" for i in range(30)
-    ]
-    model.train(texts, ["network"] * 30 + ["access"] * 30)
-    model.save(model_path)
+    model_path, _model = network_or_access_model(tmp_path)
     app = build(tmp_path, database_url, clock, category_model=str(model_path), min_confidence=0.6)
     deliver(
         app,
