@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -140,11 +141,18 @@ def _stamp(path: Path) -> tuple[int, int] | None:
 
 # One scorer per model location in each process: the parse child has no App to
 # hold it, and loading a model per batch would cost more than scoring the batch.
-_SCORERS: dict[ScorerSpec, SpamScorer] = {}
+# The few used last are kept (a daemon uses one): each holds its model, tens of
+# MB, and a process that meets many locations (tests, tools) must not keep them all.
+_SCORERS: OrderedDict[ScorerSpec, SpamScorer] = OrderedDict()
+SCORERS_KEPT = 4
 
 
 def scorer_for(spec: ScorerSpec) -> SpamScorer:
     scorer = _SCORERS.get(spec)
     if scorer is None:
         scorer = _SCORERS[spec] = SpamScorer(spec)
+        while len(_SCORERS) > SCORERS_KEPT:
+            _SCORERS.popitem(last=False)
+    else:
+        _SCORERS.move_to_end(spec)
     return scorer
