@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import random
 import threading
 import time
@@ -211,7 +212,7 @@ def test_2000_corpus_messages_with_kill_9_and_dovecot_restart(
             writer.start()
 
         # Chaos while the mail flows: kill -9 at random moments, one Dovecot restart.
-        seed = random.randrange(1 << 30)
+        seed = int(os.environ.get("CHAOS_SEED") or random.randrange(1 << 30))
         print(f"\nchaos seed {seed}")  # the kill moments differ per run; this replays them
         chaos = random.Random(seed)
         events = ["kill"] * KILLS
@@ -254,7 +255,12 @@ def test_2000_corpus_messages_with_kill_9_and_dovecot_restart(
         deadline = time.monotonic() + 60
         while post_actions_pending(dovecot) and time.monotonic() < deadline:
             time.sleep(0.5)
-        assert post_actions_pending(dovecot) == ""
+        pending = post_actions_pending(dovecot)
+        # On failure: what the daemon said about its IMAP sessions, for the replay.
+        said = [line for line in daemon.log().splitlines() if "imap" in line]
+        assert pending == "", f"{pending}; chaos seed {seed}; daemon said:\n" + "\n".join(
+            said[-60:]
+        )
         print(
             f"\nappended {TOTAL} in {appended_at - started:.1f}s; all stored "
             f"{stored_at - appended_at:.1f}s later; post-actions "
