@@ -115,9 +115,13 @@ class Person:
         escaped = func.lower(func.encode(column, "escape"))
         return or_(false(), *(func.strpos(escaped, _escape(n)) > 0 for n in needles))
 
+    @cached_property
+    def _mention_bytes(self) -> re.Pattern[bytes]:
+        return mention_bytes_re(self.spellings)
+
     def bytes_name(self, data: bytes) -> bool:
         """The exact test on raw mail: it names this mailbox as a whole address."""
-        return mention_bytes_re(self.spellings).search(data) is not None
+        return self._mention_bytes.search(data) is not None
 
 
 def _escape(data: bytes) -> str:

@@ -26,7 +26,7 @@ from maildesk.config import Settings
 from maildesk.db.models import Event, Message, MessageKind, Rating, Ticket, TicketStatus
 from maildesk.people import Directory
 from maildesk.sla.calendar import BusinessCalendar
-from maildesk.sla.facts import CHUNK, TicketHistory, load_histories
+from maildesk.sla.facts import CHUNK, TicketHistory, among, load_histories
 from maildesk.sla.policy import SlaEvaluation, TargetStatus, evaluate
 from maildesk.sla.select import select_policy
 
@@ -238,7 +238,7 @@ def resolutions(
     for offset in range(0, len(unrecorded), CHUNK):
         for ticket_id, assignee_now in session.execute(
             select(Ticket.id, Ticket.assignee).where(
-                Ticket.id.in_(set(unrecorded[offset : offset + CHUNK]))
+                among(Ticket.id, unrecorded[offset : offset + CHUNK])
             )
         ):
             if assignee_now:

@@ -414,11 +414,7 @@ class BusinessCalendar:
                 cursor = end
                 yield start, end
             closed_days = 0 if found else closed_days + 1
-            if closed_days > self.max_closed_days:
-                raise CalendarClosedError(
-                    f"calendar has no open time between {instant.isoformat()} and "
-                    f"{day.isoformat()} ({self.max_closed_days} closed days in a row)"
-                )
+            self._check_closed_days(closed_days, instant, day)
             day += timedelta(days=1)
 
     # -- instants -----------------------------------------------------------

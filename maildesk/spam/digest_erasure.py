@@ -31,30 +31,23 @@ ERASED = "(erased)"
 _ENTRY = re.compile(r"#(\d+)\b")
 
 
-def _names(text: str, spellings: Collection[str]) -> bool:
-    return mention_re(spellings).search(text) is not None
-
-
-def _scrub(line: str, spellings: Collection[str]) -> str:
-    return mention_re(spellings).sub(ERASED, line)
-
-
 def redact_text(text: str, intake_ids: Collection[int], spellings: Collection[str]) -> str:
     """The digest's text without the entries of ``intake_ids`` or naming ``spellings``."""
+    mention = mention_re(spellings)
     out: list[str] = []
     lines = text.splitlines(keepends=True)
     i = 0
     while i < len(lines):
         start = _ENTRY.match(lines[i])
         if start is None:
-            out.append(_scrub(lines[i], spellings))
+            out.append(mention.sub(ERASED, lines[i]))
             i += 1
             continue
         end = i + 1
         while end < len(lines) and lines[end][:1] in (" ", "\t") and lines[end].strip():
             end += 1
         entry = "".join(lines[i:end])
-        if int(start.group(1)) in intake_ids or _names(entry, spellings):
+        if int(start.group(1)) in intake_ids or mention.search(entry):
             out.append(f"#{start.group(1)}  {ERASED} on request\n")
         else:
             out.append(entry)
