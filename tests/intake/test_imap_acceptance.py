@@ -27,7 +27,7 @@ from imapclient import SEEN, IMAPClient
 from sqlalchemy import select
 
 from maildesk.db.database import Database
-from maildesk.db.models import Intake
+from maildesk.db.models import ImapFolderState, Intake
 from maildesk.domain.rawheader import extract_message_id
 from tests.daemon_harness import DaemonProcess, RelaySink
 from tests.dovecot_harness import Dovecot, append_with, dovecot_server
@@ -258,8 +258,9 @@ def test_2000_corpus_messages_with_kill_9_and_dovecot_restart(
         pending = post_actions_pending(dovecot)
         # On failure: what the daemon said about its IMAP sessions, for the replay.
         said = [line for line in daemon.log().splitlines() if "imap" in line]
-        assert pending == "", f"{pending}; chaos seed {seed}; daemon said:\n" + "\n".join(
-            said[-60:]
+        assert pending == "", (
+            f"{pending}; chaos seed {seed}; folder progress {folder_progress(db_path)}; "
+            "daemon said:\n" + "\n".join(said[-60:])
         )
         print(
             f"\nappended {TOTAL} in {appended_at - started:.1f}s; all stored "
@@ -290,15 +291,38 @@ def post_actions_pending(dovecot: Dovecot) -> str:
     with dovecot.client(FLAGGED) as client:
         client.select_folder("INBOX", readonly=True)
         flags = client.get_flags(client.search())
-        unseen = sum(SEEN not in f for f in flags.values())
+        unseen = sorted(uid for uid, f in flags.items() if SEEN not in f)
         if unseen or len(flags) < TOTAL // 2:
-            return f"{FLAGGED}: {unseen} of {len(flags)} not \\Seen"
+            listed = f" (UIDs {unseen[0]}..{unseen[-1]}: {unseen[:60]})" if unseen else ""
+            return f"{FLAGGED}: {len(unseen)} of {len(flags)} not \\Seen{listed}"
     with dovecot.client(MOVED) as client:
         inbox = client.folder_status("INBOX", [b"MESSAGES"])[b"MESSAGES"]
         processed = client.folder_status("Processed", [b"MESSAGES"])[b"MESSAGES"]
         if inbox or processed < TOTAL // 2:
             return f"{MOVED}: {inbox} still in INBOX, {processed} in Processed"
     return ""
+
+
+def folder_progress(db_path: Path) -> list[tuple[str, str, int, int]]:
+    """What the daemon recorded per folder: (mailbox, folder, last stored UID, last acted UID).
+
+    A UID left unacted at or below its acted UID was passed over; one above it
+    was still to come.
+    """
+    db = Database(f"sqlite:///{db_path}")
+    try:
+        with db.transaction() as session:
+            rows = session.execute(
+                select(
+                    ImapFolderState.mailbox,
+                    ImapFolderState.folder,
+                    ImapFolderState.last_uid,
+                    ImapFolderState.acted_uid,
+                )
+            ).all()
+    finally:
+        db.dispose()
+    return [(m, f, last, acted) for m, f, last, acted in rows]
 
 
 def wait_for_log(daemon: DaemonProcess, text: str, more_than: int, timeout: float = 60) -> None:
