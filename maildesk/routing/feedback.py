@@ -74,14 +74,9 @@ def correct_category(
 ) -> str | None:
     """An agent's ``#category``: set it, record it, learn from it. Returns the model version."""
     record = record or event_recorder(session, ticket, now)
-    previous = ticket.category
-    ticket.category = label
-    version = None
-    if not _taught(session, ticket, "category_corrected", label):
-        version = _learn_safely(session, ticket, label, "category", settings, slots)
-    data: dict[str, Any] = {"from": previous, "to": label, "actor": actor, "learned": version}
-    record("category_corrected", f"{actor}: category {previous} -> {label}", data)
-    return version
+    return _relabel(
+        session, ticket, "category", "category_corrected", label, actor, settings, slots, record
+    )
 
 
 def move_queue(
@@ -98,19 +93,37 @@ def move_queue(
 ) -> str | None:
     """Reassign a ticket to another queue: the queue's group takes it; the queue model learns."""
     record = record or event_recorder(session, ticket, now)
-    previous = ticket.queue
-    ticket.queue = queue
-    version = None
-    if not _taught(session, ticket, "queue_changed", queue):
-        version = _learn_safely(session, ticket, queue, "queue", settings, slots)
-    data: dict[str, Any] = {"from": previous, "to": queue, "actor": actor, "learned": version}
-    record("queue_changed", f"{actor}: queue {previous} -> {queue}", data)
+    version = _relabel(
+        session, ticket, "queue", "queue_changed", queue, actor, settings, slots, record
+    )
     group = settings.routing.queue_groups.get(queue)
     if group is not None and group != ticket.group:
         ticket.group, ticket.assignee = group, None
         assign_ticket(
             session, ticket, settings=settings, directory=directory, now=now, record=record
         )
+    return version
+
+
+def _relabel(
+    session: Session,
+    ticket: Ticket,
+    field: str,
+    kind: str,
+    label: str,
+    actor: str,
+    settings: Settings,
+    slots: dict[str, ModelSlot] | None,
+    record: Record,
+) -> str | None:
+    """Set the ticket's ``field`` to ``label``, learn it once, record event ``kind``."""
+    previous = getattr(ticket, field)
+    setattr(ticket, field, label)
+    version = None
+    if not _taught(session, ticket, kind, label):
+        version = _learn_safely(session, ticket, label, field, settings, slots)
+    data: dict[str, Any] = {"from": previous, "to": label, "actor": actor, "learned": version}
+    record(kind, f"{actor}: {field} {previous} -> {label}", data)
     return version
 
 
