@@ -12,8 +12,14 @@ import re
 from dataclasses import dataclass
 
 from maildesk.db.models import Priority, TicketStatus
+from maildesk.domain.author import shorten
 
 MAX_COMMANDS = 20
+# The longest command line that can be well-formed ("#cc" and an address of RFC 5321's
+# longest). A longer line is an error, and only its start is kept: the line is echoed
+# in the agent's confirmation request and result mail, and in the audit events, and
+# the mail it came from may be anyone's with an agent's From.
+MAX_LINE = 400
 # Any white space but a line end separates a command from its argument: a no-break
 # space is what some clients put there.
 _LINE = re.compile(r"^#([A-Za-z][A-Za-z_-]{1,15})(?:[^\S\n]+(.*?))?[^\S\n]*$")
@@ -75,7 +81,12 @@ def parse_commands(text: str) -> Parsed:
         match = _LINE.match(line)
         if match is None:
             break
-        commands.append(check(match.group(1).lower(), (match.group(2) or "").strip(), line))
+        name = match.group(1).lower()
+        if len(line) > MAX_LINE:
+            cut = shorten(line, MAX_LINE)
+            commands.append(Command(name, "", cut, f"longer than {MAX_LINE} characters"))
+        else:
+            commands.append(check(name, (match.group(2) or "").strip(), line))
         i += 1
     if not commands:
         return Parsed((), text)

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 from maildesk.config import AgentMailSettings, AgentSettings
+from maildesk.domain.author import MAX_SHOWN_ADDRESS, shorten
 from maildesk.domain.authresults import trusted_results
 from maildesk.domain.message import ParsedMessage
 from maildesk.domain.signing import RefPurpose, Signer
@@ -93,9 +94,9 @@ def agent_refs(
         if ticket is None:
             continue
         extra = found[2] if found else ()
-        refs.append(
-            AgentRef(ticket, f"address {local}@", found[0] if found else None, purpose, extra)
-        )
+        # ``via`` is shown to the agent when the mail is held: the sender chose it.
+        via = f"address {shorten(local, MAX_SHOWN_ADDRESS)}@"
+        refs.append(AgentRef(ticket, via, found[0] if found else None, purpose, extra))
     for mid in msg.in_reply_to:
         local = mid.rpartition("@")[0].lower()
         parts = local.split(".")
@@ -105,7 +106,8 @@ def agent_refs(
             (a.name for a in agents if signer.parse_outbound_message_id(mid, agent=a.name)), None
         )
         if parts[2].isdigit() and len(parts[2]) <= 18:
-            refs.append(AgentRef(int(parts[2]), f"In-Reply-To <{mid}>", agent))
+            via = f"In-Reply-To <{shorten(mid, MAX_SHOWN_ADDRESS)}>"
+            refs.append(AgentRef(int(parts[2]), via, agent))
     return refs
 
 
@@ -157,7 +159,8 @@ def judge(
             False,
             ref.agent,
             ref.ticket,
-            f"{ref.via} is signed for agent {ref.agent}, but the mail is from {sender or 'nobody'}",
+            f"{ref.via} is signed for agent {ref.agent}, but the mail is from "
+            f"{shorten(sender, MAX_SHOWN_ADDRESS) or 'nobody'}",
             ref=ref,
         )
     agent = agent_by_name(ref.agent)

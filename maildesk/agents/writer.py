@@ -40,9 +40,11 @@ from maildesk.db.models import (
     TicketStatus,
 )
 from maildesk.db.upsert import insert_row
+from maildesk.domain.author import MAX_SHOWN_ADDRESS, shorten
 from maildesk.domain.quotes import strip_reply
 from maildesk.domain.signing import RefPurpose
 from maildesk.outbound.agent_notices import AgentNotices, marker_line, notify_after_customer_mail
+from maildesk.outbound.compose import quoted_subject
 from maildesk.outbound.notices import Notices
 from maildesk.people import Directory
 from maildesk.pipeline.context import MessageContext
@@ -439,7 +441,13 @@ def after_hold(applier: Applier, session: Session, ctx: MessageContext, intake: 
     agent = directory.agent(mail.agent or "") or directory.agent(ticket.assignee or "")
     if agent is None:
         return
-    held = {"reason": mail.reason, "sender": sender, "subject": msg.subject, "intake": intake.id}
+    # Whoever forged the mail chose its From and Subject: the notice shows them bounded.
+    held = {
+        "reason": mail.reason,
+        "sender": shorten(sender, MAX_SHOWN_ADDRESS),
+        "subject": quoted_subject(msg.subject),
+        "intake": intake.id,
+    }
     AgentNotices(notices, directory).send(
         session, ticket, agent, "agent_held", extra={"held": held}
     )

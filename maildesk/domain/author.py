@@ -69,11 +69,24 @@ def customer_address(msg: ParsedMessage) -> Address | None:
     return list_author(msg) or msg.from_
 
 
+# The most of a display name (and of an address) agents are shown; a sender chooses
+# both, up to the parser's limit for a whole header block (256 kB).
+MAX_SHOWN_NAME = 200
+MAX_SHOWN_ADDRESS = 320  # RFC 5321's longest path, with room to spare
+
+
+def shorten(text: str, limit: int) -> str:
+    """``text`` if it has at most ``limit`` characters, else its start and "…" in ``limit``."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
+
+
 def shown_sender(name: str, addr: str) -> str:
     """``Name <addr>`` as agents are shown it: the address always, a name only where it
     cannot pass for another address (``"support@bank.example" <evil@x>`` is shown
-    ``<evil@x>``)."""
+    ``<evil@x>``). Both are bounded: every notice about the mail repeats them."""
     name = " ".join(name.replace("<", " ").replace(">", " ").split()).strip('"')
+    name = shorten(name, MAX_SHOWN_NAME)
+    addr = shorten(addr, MAX_SHOWN_ADDRESS)
     if not addr:
         return name or "(no address)"
     if not name or "@" in name or name.lower() == addr.lower():

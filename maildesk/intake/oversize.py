@@ -25,15 +25,18 @@ from sqlalchemy.orm import Session
 
 from maildesk.config import ImapMailboxSettings, OversizeNotice, Settings
 from maildesk.db.models import Blob, Event, Intake, IntakeState, Outbox, OutboxState
+from maildesk.domain.author import MAX_SHOWN_NAME, shorten
 from maildesk.domain.autodetect import classify
 from maildesk.domain.message import TRUNCATED_HEADER
 from maildesk.domain.rawheader import raw_header_values
 from maildesk.intake.store import put_blob
 from maildesk.outbound.compose import (
     LOOP_HEADER,
+    MessageIdsHeader,
     header_address,
     needs_smtputf8,
     one_line,
+    quoted_subject,
     split_address,
     wire_address,
 )
@@ -130,10 +133,15 @@ def _notice(session: Session, notices: Notices, intake: Intake, now: datetime) -
         PURPOSE,
         "customer",
         {
-            "original_subject": msg.subject,
+            # The sender's own words, bounded as every notice quotes them (the header
+            # alone may be 256 kB, and the From may be forged).
+            "original_subject": quoted_subject(msg.subject),
             "size": intake_size(note),
             "limit": mailbox.max_message_bytes,
-            "customer": {"email": sender, "name": msg.from_.name if msg.from_ else ""},
+            "customer": {
+                "email": sender,
+                "name": shorten(one_line(msg.from_.name), MAX_SHOWN_NAME) if msg.from_ else "",
+            },
             "support": {"name": settings.outbound.from_name, "address": support},
         },
     )
@@ -144,9 +152,13 @@ def _notice(session: Session, notices: Notices, intake: Intake, now: datetime) -
     mime["Subject"] = one_line(rendered.subject) or "Your message was too large"
     mime["Date"] = format_datetime(now)
     mime["Message-ID"] = f"<{message_id}>"
-    if msg.message_id:
-        mime["In-Reply-To"] = f"<{one_line(msg.message_id)}>"
-        mime["References"] = f"<{one_line(msg.message_id)}>"
+    # As every mail we write: an id is never RFC 2047-encoded (an Outlook-length one
+    # would be, and the sender's client could not place the notice in the thread).
+    answered = [msg.message_id] if msg.message_id else []
+    for name in ("In-Reply-To", "References"):
+        ids = MessageIdsHeader(name, answered)
+        if ids:
+            mime[name] = ids
     mime["Auto-Submitted"] = "auto-replied"
     mime["X-Auto-Response-Suppress"] = "All"
     mime[LOOP_HEADER] = notices.composer.loop_token

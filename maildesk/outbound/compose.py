@@ -35,6 +35,7 @@ from maildesk.db.models import (
     Ticket,
 )
 from maildesk.domain.address import ascii_domain
+from maildesk.domain.author import shorten
 from maildesk.domain.signing import Signer
 from maildesk.domain.subject import add_ticket_tag, one_reply_prefix
 from maildesk.intake.store import put_blob
@@ -51,11 +52,24 @@ WIRE_UTF8_POLICY = WIRE_POLICY.clone(utf8=True)
 MAX_REFERENCES = 20
 # The longest line RFC 5322 allows, without its CR LF.
 MAX_LINE_OCTETS = 998
+# The most of a mail's subject that mail we write repeats: as much as a ticket keeps
+# of it (maildesk.pipeline.apply), never the whole of a header block the parser took.
+MAX_QUOTED_SUBJECT = 2000
 
 
 def one_line(value: str) -> str:
     """Fold any line breaks and control characters out of a header value."""
     return " ".join("".join(ch if ch >= " " or ch == "\t" else " " for ch in value).split())
+
+
+def quoted_subject(subject: str) -> str:
+    """A mail's subject as mail we write repeats it: one line, cut at :data:`MAX_QUOTED_SUBJECT`.
+
+    Whoever sends the mail chooses its subject, up to the parser's limit for a
+    whole header block (256 kB); a notice that quoted all of it would be a
+    quarter megabyte, to our own agents or to an address the sender forged.
+    """
+    return shorten(one_line(subject), MAX_QUOTED_SUBJECT)
 
 
 class MessageIdsHeader(str):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import email
 from collections.abc import Iterator
+from email.header import decode_header, make_header
 from email.message import Message
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,17 @@ from maildesk.db.models import Blob, Event, Intake, IntakeState, Outbox
 from maildesk.intake.oversize import EVENT, queue_notices, run_once
 from maildesk.intake.store import Envelope
 from tests.conftest import FrozenClock, make_settings
+from tests.daemon_harness import RelaySink
 from tests.dovecot_harness import Dovecot, dovecot_server
 from tests.intake.test_imap import Runner, crlf, mail, wait_until
 from tests.mailfactory import make_mail
+from tests.outbound.test_bounces import drain_to
 
 USER = "support"
 LIMIT = 10_000
 BIG_BODY = ("y" * 76 + "\n") * 400
+# A Message-ID as Exchange Online writes it: longer than a header line of 78.
+OUTLOOK_ID = "DB9PR08MB6588D2C8E8B2A0A1B7E9F6C3C4F29@DB9PR08MB6588.eurprd08.prod.outlook.com"
 
 
 @pytest.fixture
@@ -103,6 +108,41 @@ def test_sender_of_an_over_size_message_is_told_once(
         body = payload.decode()
         assert f"({len(big)} bytes)" in body and f"{LIMIT}" in body
         assert events(app) == ["too_large notice queued"]
+    finally:
+        app.db.dispose()
+
+
+def test_the_notice_quotes_a_hostile_subject_bounded_and_names_an_outlook_id_as_it_is(
+    tmp_path: Path, database_url: str, clock: FrozenClock, dovecot: Dovecot, relay: RelaySink
+) -> None:
+    """The notice repeated the whole Subject and From name (a 100 kB header made a
+    quarter-megabyte notice, to whatever address the sender chose), and wrote an
+    Outlook-length Message-ID RFC 2047-encoded, so no client threaded it."""
+    block = dovecot.mailbox(
+        USER, max_message_bytes=LIMIT, oversize_notice="sender", post_action="none"
+    )
+    app = build_app(tmp_path, database_url, clock, block)
+    huge = " ".join(f"w{n:05d}" for n in range(8_000))  # 56 kB of words
+    try:
+        big = mail(
+            1,
+            sender=f'"{huge}" <alice@customer.test>',
+            subject=f"Scans {huge}",
+            body=BIG_BODY,
+            message_id=OUTLOOK_ID,
+        )
+        dovecot.append(USER, big)
+        read_in(app, dovecot, 1)
+        assert notify(app) == 1
+        drain_to(app, relay)
+        [sent] = relay.received
+        notice = sent.message
+        assert sent.rcpt_tos == ["alice@customer.test"]
+        assert len(sent.raw) < 20_000, f"notice of {len(sent.raw)} bytes"
+        subject = str(make_header(decode_header(str(notice["Subject"]))))
+        assert subject.startswith("Your message was too large: Scans w00000 w00001")
+        assert notice["In-Reply-To"] == f"<{OUTLOOK_ID}>"
+        assert notice["References"] == f"<{OUTLOOK_ID}>"
     finally:
         app.db.dispose()
 
