@@ -80,13 +80,25 @@ def shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "\u2026"
 
 
+# Unicode's explicit direction controls (embeddings, overrides, isolates, marks). In a
+# name they turn what follows around on screen ("Trojan Source"): a right-to-left
+# override makes ``<moc.evil@x>`` read as another address. Plain right-to-left text
+# needs none of them.
+_BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+_DROP_BIDI = str.maketrans(dict.fromkeys(_BIDI_CONTROLS, ""))
+_MARK_BIDI = str.maketrans(dict.fromkeys(_BIDI_CONTROLS, "\ufffd"))
+
+
 def shown_sender(name: str, addr: str) -> str:
     """``Name <addr>`` as agents are shown it: the address always, a name only where it
     cannot pass for another address (``"support@bank.example" <evil@x>`` is shown
-    ``<evil@x>``). Both are bounded: every notice about the mail repeats them."""
+    ``<evil@x>``). Both are bounded: every notice about the mail repeats them. A
+    direction control is dropped from the name, and shown as \ufffd in an address
+    (where it is part of what was written)."""
+    name = name.translate(_DROP_BIDI)
     name = " ".join(name.replace("<", " ").replace(">", " ").split()).strip('"')
     name = shorten(name, MAX_SHOWN_NAME)
-    addr = shorten(addr, MAX_SHOWN_ADDRESS)
+    addr = shorten(addr.translate(_MARK_BIDI), MAX_SHOWN_ADDRESS)
     if not addr:
         return name or "(no address)"
     if not name or "@" in name or name.lower() == addr.lower():

@@ -66,6 +66,11 @@ def test_list_author(sender: str, headers: dict[str, str], author: str | None) -
         ("Bank <support@bank.example>", "evil@x.test", "<evil@x.test>"),
         ("a@c.test", "a@c.test", "<a@c.test>"),
         ("Alice", "", "Alice"),
+        # A right-to-left override would show the address after it reversed.
+        ("Alice \u202e", "moc.evil@x.test", "Alice <moc.evil@x.test>"),
+        ("\u2067Bob\u2069 \u202d", "b@c.test", "Bob <b@c.test>"),
+        ("Alice", "a\u202e@c.test", "Alice <a\ufffd@c.test>"),
+        ("\u05e9\u05dc\u05d5\u05dd", "s@c.test", "\u05e9\u05dc\u05d5\u05dd <s@c.test>"),
     ],
 )
 def test_shown_sender(name: str, addr: str, shown: str) -> None:
