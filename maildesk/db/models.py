@@ -516,7 +516,10 @@ class SlaTargetRow(Base):
     """One SLA target instance of a ticket as last computed by the SLA sweep (issue 8).
 
     Recomputed from the ticket's messages and status events, so changing the
-    priority, policy or status moves ``due_at`` on the next sweep.
+    priority, policy or status moves ``due_at`` on the next sweep. A pass writes
+    only the rows whose values changed (:mod:`maildesk.sla.rows`): ``computed_at``
+    is the pass that last wrote the row, and a running target's ``elapsed_minutes``
+    is as of then.
     """
 
     __tablename__ = "sla_targets"

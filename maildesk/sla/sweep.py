@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from sqlalchemy import delete, insert, or_, select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -36,6 +36,7 @@ from maildesk.sla.actions import Escalation, EscalationActions
 from maildesk.sla.calendar import BusinessCalendar
 from maildesk.sla.facts import TicketHistory, among, load_histories
 from maildesk.sla.policy import CustomerMessage, SlaEvaluation, TargetState, TargetStatus, evaluate
+from maildesk.sla.rows import WantedRow, stored_rows, wanted_rows, write_rows
 from maildesk.sla.select import select_policy
 from maildesk.sla.settings import Level, PolicySettings
 from maildesk.tickets import change_status
@@ -47,7 +48,6 @@ log = logging.getLogger("maildesk.sla")
 
 AUTO_CLOSE = "auto_close"
 _LIVE = (TargetStatus.RUNNING.value, TargetStatus.PAUSED.value)
-ENDED = "ended"  # a target of a closed ticket that was never satisfied
 
 
 @dataclass
@@ -258,8 +258,8 @@ class SlaSweeper:
         histories = load_histories(session, batch, self._directory())
         ids = [t.id for t in batch]
         claimed = claimed_keys(session, ids)
-        rows: list[dict[str, object]] = []
-        session.execute(delete(SlaTargetRow).where(among(SlaTargetRow.ticket_id, ids)))
+        stored = stored_rows(session, ids)
+        rows: list[WantedRow] = []
         for history in histories:
             if history.ticket.created_at > now:  # another node's clock runs ahead
                 continue
@@ -281,21 +281,19 @@ class SlaSweeper:
                 continue
             rows += ticket_rows
             result.add(mine)  # its fired, late and auto-close counts (tickets: 0)
-        if rows:
-            # None values written as NULLs: left out, they would split the rows into
-            # groups by the columns they have, an INSERT each (one per row, mostly).
-            session.execute(insert(SlaTargetRow).execution_options(render_nulls=True), rows)
+        # A skipped ticket's rows go, as they did when every pass rewrote them all.
+        write_rows(session, stored, rows)
         return result
 
     def _sweep_ticket(
         self, writes: TicketWrites, history: TicketHistory, now: datetime, result: SweepResult
-    ) -> list[dict[str, object]]:
+    ) -> list[WantedRow]:
         """Escalate and auto-close one ticket; its SLA target rows."""
-        rows: list[dict[str, object]] = []
+        rows: list[WantedRow] = []
         selection = select_policy(self.sla, history.facts)
         if selection is not None:
             evaluation = evaluate(selection.policy, history.events, now, self.calendars)
-            rows = self._rows(history.ticket, selection.policy.name, evaluation, now)
+            rows = wanted_rows(history.ticket, selection.policy.name, evaluation, now)
             # Possible spam is nobody's work until released as ham: no escalation
             # (no mail to agents, no priority or group change) before then; what
             # came due meanwhile fires once it is released.
@@ -306,32 +304,6 @@ class SlaSweeper:
                 self._escalate(writes, history.ticket, selection.policy, evaluation, now, result)
         result.auto_closed += self._auto_close(writes, history, now)
         return rows
-
-    @staticmethod
-    def _rows(
-        ticket: Ticket, policy: str, evaluation: SlaEvaluation, now: datetime
-    ) -> list[dict[str, object]]:
-        closed = ticket.status is TicketStatus.CLOSED
-        return [
-            {
-                "ticket_id": ticket.id,
-                "target": str(s.target),
-                "instance": s.instance,
-                "policy": policy,
-                "status": ENDED
-                if closed and s.status is not TargetStatus.SATISFIED
-                else str(s.status),
-                "started_at": s.started_at,
-                "warn_at": s.warn_at,
-                "due_at": s.due_at,
-                "satisfied_at": s.satisfied_at,
-                "breached": s.breached,
-                "elapsed_minutes": s.elapsed_minutes,
-                "target_minutes": s.target_minutes,
-                "computed_at": now,
-            }
-            for s in evaluation.states()
-        ]
 
     def _due_levels(
         self, policy: PolicySettings, state: TargetState

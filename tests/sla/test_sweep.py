@@ -6,11 +6,14 @@ Calendar: Mon–Fri 10:00–19:00 Europe/Berlin. Fri 6 March 2026 is a Friday
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import event, func, select
+from sqlalchemy import delete, event, func, select
 
 from maildesk.db.models import (
     Event,
@@ -407,3 +410,106 @@ def test_a_pass_with_nothing_new_to_fire_costs_no_statements_per_ticket(
     assert len(statements) <= 12, statements
     assert target_row(app, tickets[1].id, "first_response").breached
     assert target_row(app, tickets[0].id, "first_response").status == "satisfied"
+
+
+def _target_rows(app) -> dict[tuple[int, str, int], dict[str, object]]:  # type: ignore[no-untyped-def]
+    """Every stored SLA target row, every column, by (ticket, target, instance)."""
+    with app.db.transaction() as session:
+        rows = session.execute(select(SlaTargetRow.__table__)).mappings().all()
+    return {(r["ticket_id"], r["target"], r["instance"]): dict(r) for r in rows}
+
+
+@contextmanager
+def _sla_row_writes(app) -> Iterator[list[str]]:  # type: ignore[no-untyped-def]
+    """The INSERT/UPDATE/DELETE statements on sla_targets run meanwhile (their verbs)."""
+    writes: list[str] = []
+
+    def record(conn: object, cursor: object, sql: str, *args: object) -> None:
+        if re.match(r"\s*(INSERT INTO|UPDATE|DELETE FROM) sla_targets\b", sql):
+            writes.append(sql.split()[0])
+
+    event.listen(app.db.engine, "before_cursor_execute", record)
+    try:
+        yield writes
+    finally:
+        event.remove(app.db.engine, "before_cursor_execute", record)
+
+
+def test_a_steady_pass_writes_no_sla_rows_and_a_change_writes_only_the_rows_it_moved(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """Every pass used to delete and rewrite every SLA row of every open ticket: at a
+    million tickets on PostgreSQL most of a 24 s pass that had nothing to do. A pass
+    where nothing changed writes nothing; a reply, a policy change and a new ticket
+    write just their rows, which read as a full recomputation's would."""
+    sla = {
+        "default_policy": "standard",
+        "policies": [
+            {
+                "name": "standard",
+                "first_response": {"minutes": 240, "calendar": "office"},
+                "resolution": {"minutes": 1440, "calendar": "office"},
+                "warning": {"notify": ["assignee"], "targets": ["first_response"]},
+                "breach": {"notify": ["assignee"], "targets": ["first_response"]},
+            },
+            {"name": "quick", "first_response": {"minutes": 60, "calendar": "office"}},
+        ],
+    }
+    app = sla_app(tmp_path, database_url, clock, sla)
+    t = [
+        new_ticket(
+            app, clock, berlin(2026, 3, 9, 10, n), message_id=f"m{n}@x.test", subject=f"T{n}"
+        )
+        for n in range(5)
+    ]
+    agent_reply(app, t[0].id, berlin(2026, 3, 9, 11))  # answered in time
+    set_status(app, t[1].id, TicketStatus.PENDING)  # its clock stopped
+    clock.now = berlin(2026, 3, 10, 12)
+    assert sweeper(app).run().fired == 6  # three late tickets: warning and breach each
+    before = _target_rows(app)
+    assert len(before) == 10
+
+    # A minute later (business time running): nothing to fire, nothing to write.
+    clock.now = berlin(2026, 3, 10, 12, 1)
+    with _sla_row_writes(app) as writes:
+        again = sweeper(app).run()
+    assert (again.tickets, again.fired) == (5, 0)
+    assert writes == []
+    assert _target_rows(app) == before
+
+    # A reply to a late ticket, another ticket moved to a policy without a resolution
+    # target, and a new ticket: one DELETE, one UPDATE (two rows), one INSERT.
+    agent_reply(app, t[2].id, berlin(2026, 3, 10, 12, 2))
+    _set(app, t[3].id, sla_policy="quick")
+    new = new_ticket(app, clock, berlin(2026, 3, 10, 12, 5), message_id="n@x.test", subject="N")
+    with _sla_row_writes(app) as writes:
+        assert sweeper(app).run().fired == 0  # the policy change fires nothing again
+    assert writes == ["DELETE", "UPDATE", "INSERT"]
+    after = _target_rows(app)
+    moved = {
+        (t[2].id, "first_response", 0),
+        (t[3].id, "first_response", 0),
+    }
+    assert set(before) - set(after) == {(t[3].id, "resolution", 0)}
+    assert set(after) - set(before) == {(new.id, "first_response", 0), (new.id, "resolution", 0)}
+    for key in set(before) & set(after):
+        assert (after[key] == before[key]) == (key not in moved), key
+    assert after[(t[2].id, "first_response", 0)]["status"] == "satisfied"
+    assert after[(t[3].id, "first_response", 0)]["policy"] == "quick"
+
+    # The same as a pass that rewrote every row would have stored, but for the row
+    # ids and when each was written (a running clock's minutes are as of then).
+    with app.db.transaction() as session:
+        session.execute(delete(SlaTargetRow))
+    sweeper(app).run()
+    rewritten = _target_rows(app)
+
+    def comparable(row: dict[str, object]) -> dict[str, object]:
+        skip = {"id", "computed_at"} | (
+            {"elapsed_minutes"} if row["status"] == "running" else set()
+        )
+        return {k: v for k, v in row.items() if k not in skip}
+
+    assert {k: comparable(r) for k, r in after.items()} == {
+        k: comparable(r) for k, r in rewritten.items()
+    }
