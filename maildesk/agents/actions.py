@@ -3,6 +3,11 @@
 Only commands that parsed cleanly and make sense for this ticket are applied;
 every other one is reported back with the reason. Every applied command is an
 ``agent_command`` event naming the agent and the trust checks that passed.
+
+:meth:`CommandRunner.problems` tells, before anything is applied, which
+commands cannot be applied as written (a typo, an unknown agent, queue,
+canned answer or ticket): the writer then applies none of the mail and sends
+nothing, rather than doing half of what the agent asked.
 """
 
 from __future__ import annotations
@@ -98,6 +103,54 @@ class CommandRunner:
         out.assignment_changed = self.ticket.assignee != out.assignee_before
         return out
 
+    def problems(self, commands: Sequence[Command]) -> list[str]:
+        """``"<line> (<why>)"`` for each command that cannot be applied as written.
+
+        Read-only, and only what does not depend on the commands before it: a
+        syntax error, or a name (agent, group, queue, canned answer, ticket)
+        that does not exist. What only applying can tell (an escalation past
+        the top, a merge another node made first) is reported as it happens.
+        """
+        out = []
+        for command in commands:
+            error = command.error or self._problem(command)
+            if error is not None:
+                out.append(f"{command.line} ({error})")
+        return out
+
+    def _problem(self, command: Command) -> str | None:
+        name, arg = command.name, command.arg
+        if name == "assign":
+            who = self.agent.name if arg.lower() == "me" else arg
+            if self.directory.agent(who) is None and self.directory.group(who) is None:
+                return f"no agent or group named {arg!r}"
+        elif name == "queue":
+            known = self._queues()
+            if arg not in known:
+                listed = f" (known: {', '.join(sorted(known))})" if known else ""
+                return f"no queue named {arg!r}{listed}"
+        elif name == "escalate" and arg and self.directory.group(arg) is None:
+            return f"unknown group {arg!r}"
+        elif name == "cc" and arg in self.notices.settings.own_addresses:
+            return "that is one of our own addresses"
+        elif name == "merge":
+            other = queries.ticket_by_number(self.session, int(arg))
+            if other is None:
+                return f"no ticket #{arg}"
+            if other.id == self.ticket.id:
+                return "cannot merge a ticket into itself"
+        elif name == "template":
+            return self._render_template(arg)[1]
+        return None
+
+    def _queues(self) -> set[str]:
+        settings = self.notices.settings
+        return {
+            *settings.routing.queue_groups,
+            *settings.routing.default_responsible,
+            *(a.queue for a in settings.address if a.queue),
+        }
+
     def _event(self, kind: str, reason: str, command: Command) -> None:
         data = {"command": command.name, "arg": command.arg, "agent": self.agent.name}
         self._record(kind, reason, {**data, "checks": self.checks})
@@ -172,11 +225,7 @@ class CommandRunner:
     def _do_queue(self, arg: str, out: Outcome) -> str | None:
         """Move to another queue: its group takes the ticket, the queue model learns."""
         settings = self.notices.settings
-        known = {
-            *settings.routing.queue_groups,
-            *settings.routing.default_responsible,
-            *(a.queue for a in settings.address if a.queue),
-        }
+        known = self._queues()
         if arg not in known:
             listed = f" (known: {', '.join(sorted(known))})" if known else ""
             return f"no queue named {arg!r}{listed}"
@@ -310,6 +359,14 @@ class CommandRunner:
         return None
 
     def _do_template(self, arg: str, out: Outcome) -> str | None:
+        text, error = self._render_template(arg)
+        if text is None:
+            return error
+        out.inserted.append(text.strip("\n"))
+        return None
+
+    def _render_template(self, arg: str) -> tuple[str | None, str | None]:
+        """The canned answer ``arg`` rendered for this ticket, or None and why not."""
         customer = self.ticket.requester or Contact(email="", name="")
         variables: dict[str, Any] = self.notices.variables(self.ticket, customer)
         variables["agent"] = {"name": self.agent.name, "display_name": self.agent.display_name}
@@ -321,10 +378,8 @@ class CommandRunner:
             keep_trailing_newline=True,
         )
         try:
-            text = env.get_template(f"{arg}.txt.j2").render(variables)
+            return env.get_template(f"{arg}.txt.j2").render(variables), None
         except TemplateNotFound:
-            return f"no canned answer {arg!r} in {directory}"
+            return None, f"no canned answer {arg!r} in {directory}"
         except (TemplateSyntaxError, UndefinedError, SecurityError) as exc:
-            return f"canned answer {arg!r} does not render: {exc}"
-        out.inserted.append(text.strip("\n"))
-        return None
+            return None, f"canned answer {arg!r} does not render: {exc}"

@@ -4,11 +4,20 @@ One command per line, each starting with ``#``, before any other text; blank
 lines between them are allowed. The first line that is not a command ends the
 block. Only the command lines are removed from the text the customer gets.
 A line such as ``#1 in the queue`` is not a command (names are words).
+
+A line is read as the agent meant it, not only as they should have typed it:
+a full-width or small number sign (what a CJK input method types), invisible
+format characters a client puts in front (zero-width space, direction marks)
+and a colon after the name (``#note:``) still make it a command line. A line
+that looks like a command but is not a valid one (``#note text``, ``#notes``)
+is kept in the block with its error: it never falls through into the text the
+customer gets.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from maildesk.db.models import Priority, TicketStatus
@@ -20,9 +29,10 @@ MAX_COMMANDS = 20
 # in the agent's confirmation request and result mail, and in the audit events, and
 # the mail it came from may be anyone's with an agent's From.
 MAX_LINE = 400
-# Any white space but a line end separates a command from its argument: a no-break
-# space is what some clients put there.
-_LINE = re.compile(r"^#([A-Za-z][A-Za-z_-]{1,15})(?:[^\S\n]+(.*?))?[^\S\n]*$")
+# Any white space but a line end separates a command from its argument (a no-break
+# space is what some clients put there), and a punctuation mark may end the name
+# ("#note:"). A name is a word, so "#1 in the queue" is no command.
+_LINE = re.compile(r"^#([A-Za-z][A-Za-z0-9_-]{1,15})(?![\w])[^\S\n]*[:.,;!]?[^\S\n]*(.*?)[^\S\n]*$")
 _NAME = re.compile(r"^[A-Za-z0-9][\w.\-]{0,119}$")
 _CATEGORY = re.compile(r"^[\w][\w .&/\-]{0,119}$")
 _TEMPLATE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
@@ -74,7 +84,7 @@ def parse_commands(text: str) -> Parsed:
     commands: list[Command] = []
     i = 0
     while i < len(lines) and len(commands) < MAX_COMMANDS:
-        line = lines[i].strip().lstrip("\ufeff")
+        line = command_line(lines[i])
         if not line:
             i += 1
             continue
@@ -92,6 +102,19 @@ def parse_commands(text: str) -> Parsed:
         return Parsed((), text)
     rest = "\n".join(lines[i:]).strip("\n")
     return Parsed(tuple(commands), rest + ("\n" if rest else ""))
+
+
+def command_line(line: str) -> str:
+    """``line`` as a command would be read: format characters (BOM, zero-width space,
+    direction marks) in front dropped and compatibility forms folded (NFKC), so a
+    full-width ``\uff03`` or small ``\ufe5f`` number sign is ``#`` and a no-break space a
+    space. Only for telling and reading commands; the text the customer gets is untouched.
+    """
+    start = 0
+    stripped = line.strip()
+    while start < len(stripped) and unicodedata.category(stripped[start]) == "Cf":
+        start += 1
+    return unicodedata.normalize("NFKC", stripped[start:]).strip()
 
 
 def check(name: str, arg: str, line: str) -> Command:

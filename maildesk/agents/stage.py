@@ -167,7 +167,10 @@ def agent_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop 
             CONFIRM, ticket.id, verdict.agent, verdict.reason, verdict.checks, held_id=held
         )
     else:
-        kind = INTERNAL if internal else REPLY
+        # A reply to a mail about the agent's own mail (a result, a held-mail warning)
+        # is no answer to the customer: "that was not me" must not reach them.
+        kept = internal or verdict.ref.purpose == RefPurpose.NOTE
+        kind = INTERNAL if kept else REPLY
         ctx.agent = AgentMail(kind, ticket.id, verdict.agent, verdict.reason, verdict.checks)
     return None
 

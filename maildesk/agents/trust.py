@@ -13,6 +13,10 @@ From alone proves nothing. A mail counts as an agent's only when
 Only In-Reply-To is read for agent Message-IDs, not References: a customer's
 reply may well carry our ids in References, but it never answers a mail that
 only the agent received.
+
+The purpose of the reference says what the reply is: ``a`` an answer for the
+customer, ``n`` (a reply to a mail about the agent's own mail) an internal
+note, ``c`` the confirmation of held commands.
 """
 
 from __future__ import annotations
@@ -57,7 +61,9 @@ class Verdict:
     ref: AgentRef | None = None
 
 
-_AGENT_PURPOSES = (RefPurpose.AGENT, RefPurpose.CONFIRM)
+_AGENT_PURPOSES = (RefPurpose.AGENT, RefPurpose.NOTE, RefPurpose.CONFIRM)
+# The purposes an agent Message-ID is made with (a confirmation needs its signed address).
+_MESSAGE_ID_PURPOSES = (RefPurpose.AGENT, RefPurpose.NOTE)
 
 
 def signed_locals(addresses: Iterable[str], support_addresses: Iterable[str]) -> list[str]:
@@ -100,14 +106,14 @@ def agent_refs(
     for mid in msg.in_reply_to:
         local = mid.rpartition("@")[0].lower()
         parts = local.split(".")
-        if len(parts) != 5 or parts[0] != "md" or parts[1] != RefPurpose.AGENT:
+        if len(parts) != 5 or parts[0] != "md" or parts[1] not in _MESSAGE_ID_PURPOSES:
             continue
         agent = next(
             (a.name for a in agents if signer.parse_outbound_message_id(mid, agent=a.name)), None
         )
         if parts[2].isdigit() and len(parts[2]) <= 18:
             via = f"In-Reply-To <{shorten(mid, MAX_SHOWN_ADDRESS)}>"
-            refs.append(AgentRef(int(parts[2]), via, agent))
+            refs.append(AgentRef(int(parts[2]), via, agent, parts[1]))
     return refs
 
 

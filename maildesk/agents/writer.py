@@ -251,8 +251,8 @@ class _AgentTurn:
     def event(self, message: Message, kind: str, reason: str, data: dict[str, Any]) -> None:
         _event(self.applier, self.session, self.intake, self.ticket, message, kind, reason, data)
 
-    def run(self, commands: Sequence[Command], checks: Sequence[str]) -> Outcome:
-        runner = CommandRunner(
+    def runner(self, checks: Sequence[str]) -> CommandRunner:
+        return CommandRunner(
             self.session,
             self.ticket,
             self.agent,
@@ -262,19 +262,33 @@ class _AgentTurn:
             checks=checks,
             intake_id=self.intake.id,
         )
-        out = runner.run(commands)
+
+    def run(self, commands: Sequence[Command], checks: Sequence[str]) -> Outcome:
+        out = self.runner(checks).run(commands)
         self.ctx.commands_applied += len(out.applied)
         self.ctx.commands_failed += len(out.failed)
         return out
 
     def tell_agent(self, template: str, extra: dict[str, Any], **reply: Any) -> None:
-        """Answer the agent's own mail: now, not held for their shift (they are at it)."""
+        """Answer the agent's own mail: now, not held for their shift (they are at it).
+
+        A reply to such a mail stays internal (``n``), unless ``reply_purpose`` says else.
+        """
+        reply.setdefault("reply_purpose", RefPurpose.NOTE)
         AgentNotices(self.notices, self.directory).send(
             self.session, self.ticket, self.agent, template, extra=extra, hold=False, **reply
         )
 
-    def result_mail(self, out: Outcome, sent: Sequence[str], note: bool) -> None:
-        extra = {"applied": out.applied, "failed": out.failed, "sent": list(sent), "note": note}
+    def result_mail(
+        self, out: Outcome, sent: Sequence[str], note: bool, *, refused: bool = False
+    ) -> None:
+        extra = {
+            "applied": out.applied,
+            "failed": out.failed,
+            "sent": list(sent),
+            "note": note,
+            "refused": refused,
+        }
         self.tell_agent("agent_result", extra)
 
     def after_commands(self, out: Outcome) -> None:
@@ -292,6 +306,10 @@ class _AgentTurn:
         """Commands, then the answer to the customer (or an internal note)."""
         mail, ticket, agent = self.mail, self.ticket, self.agent
         parsed = parse_commands(self.ctx.message.text)
+        problems = self.runner(mail.checks).problems(parsed.commands)
+        if problems:
+            self.refuse(problems)
+            return
         text = _clean_text(self.ctx, parsed.text, self.notices, ticket)
         out = self.run(parsed.commands, mail.checks)
         answer = "\n\n".join([*out.inserted, text]).strip()
@@ -342,6 +360,29 @@ class _AgentTurn:
         self.after_commands(out)
         if parsed.commands or (send and sent is None) or out.failed:
             self.result_mail(out, sent.recipients if sent else (), is_note)
+
+    def refuse(self, problems: Sequence[str]) -> None:
+        """A mail with commands that cannot be applied as written: none of it is.
+
+        What the agent meant is unsure (``#note text`` or ``#notes`` was meant to keep
+        the text internal; ``#assign nobdy`` to hand the ticket over before the
+        answer promises it), so no command is applied and nothing is sent to the
+        customer; the agent is told what to correct before sending it again. The
+        whole mail, its command lines too, is kept on the ticket as neither an answer
+        nor a note: a note's text is never sent, and the corrected answer sent again
+        must not be held back as one.
+        """
+        mail, agent = self.mail, self.agent
+        text = _clean_text(self.ctx, self.ctx.message.text, self.notices, self.ticket)
+        message = self.store(MessageKind.AUTO, text)
+        self.ctx.commands_failed += len(problems)
+        self.event(
+            message,
+            "agent_mail_refused",
+            f"agent {agent.name}'s mail not applied, nothing sent: {'; '.join(problems)}",
+            {**_data(mail), "problems": list(problems)},
+        )
+        self.result_mail(Outcome(failed=list(problems)), (), True, refused=True)
 
     def confirm_request(self) -> None:
         """Commands in a mail not signed for the agent (a new mail, or one to the internal
@@ -448,6 +489,8 @@ def after_hold(applier: Applier, session: Session, ctx: MessageContext, intake: 
         "subject": quoted_subject(msg.subject),
         "intake": intake.id,
     }
+    # The warning is about a mail in the agent's name, which may be an attacker's: a reply
+    # to it ("that was not me") is kept as an internal note, never sent to the customer.
     AgentNotices(notices, directory).send(
-        session, ticket, agent, "agent_held", extra={"held": held}
+        session, ticket, agent, "agent_held", extra={"held": held}, reply_purpose=RefPurpose.NOTE
     )

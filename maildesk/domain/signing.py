@@ -42,10 +42,16 @@ class RefPurpose(StrEnum):
 
     TICKET = "t"  # a customer reply to the ticket
     AGENT = "a"  # an agent's reply (signed for that agent)
+    # An agent's reply kept internal (signed for that agent): to a mail about the agent's
+    # own mail (a command's result, a held-mail warning), which is no customer's to read.
+    NOTE = "n"
     RATE = "rate"  # a rating: extra = (score,)
     BOUNCE = "bounce"  # a VERP return path: extra = (outbox id,)
     CONFIRM = "c"  # an agent confirms held commands: extra = (held mail id,); agent-bound
 
+
+# How our Message-IDs of mail to agents start (``md.<purpose>.``): never in customer mail.
+AGENT_MESSAGE_ID_PREFIXES = (f"md.{RefPurpose.AGENT}.", f"md.{RefPurpose.NOTE}.")
 
 # How many extra fields a purpose carries; unknown purposes carry none.
 _EXTRA_COUNT: dict[str, int] = {RefPurpose.RATE: 1, RefPurpose.BOUNCE: 1, RefPurpose.CONFIRM: 1}

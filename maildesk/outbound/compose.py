@@ -36,7 +36,7 @@ from maildesk.db.models import (
 )
 from maildesk.domain.address import ascii_domain
 from maildesk.domain.author import shorten
-from maildesk.domain.signing import Signer
+from maildesk.domain.signing import RefPurpose, Signer
 from maildesk.domain.subject import add_ticket_tag, one_reply_prefix
 from maildesk.intake.store import put_blob
 from maildesk.outbound.templates import Rendered
@@ -205,6 +205,20 @@ class OutboundMail:
     author: str | None = None
 
 
+def message_id_purpose(mail: OutboundMail) -> str:
+    """What a reply that names this mail only by its Message-ID (In-Reply-To) is.
+
+    Mail to an agent: an answer to the customer (``a``), unless replies to it
+    are to stay internal, as its Reply-To says (``n``); a confirmation request
+    too, whose confirmation needs its signed address. Other mail: ``t``.
+    """
+    if not mail.agent:
+        return RefPurpose.TICKET
+    if mail.reply_purpose in (RefPurpose.NOTE, RefPurpose.CONFIRM):
+        return RefPurpose.NOTE
+    return RefPurpose.AGENT
+
+
 class Composer:
     def __init__(self, settings: Settings, signer: Signer, clock: Callable[[], datetime]) -> None:
         self.settings = settings
@@ -234,7 +248,7 @@ class Composer:
         msg["To"] = [header_address(one_line(r.name), a or "") for r, a in wire]
         reply_local = self.signer.reply_local_part(
             local,
-            mail.reply_purpose or ("a" if mail.agent else "t"),
+            mail.reply_purpose or (RefPurpose.AGENT if mail.agent else RefPurpose.TICKET),
             ticket.number,
             mail.agent,
             extra=mail.reply_extra,
@@ -297,7 +311,7 @@ class Composer:
             ticket.number,
             domain or self.settings.mail_domain,
             nonce=secrets.token_hex(6),
-            purpose="a" if mail.agent else "t",
+            purpose=message_id_purpose(mail),
             agent=mail.agent,
         )
         mime = self.build(mail, message_id)

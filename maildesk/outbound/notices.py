@@ -27,7 +27,7 @@ from maildesk.db.models import (
     Suppression,
     Ticket,
 )
-from maildesk.domain.signing import RefPurpose
+from maildesk.domain.signing import AGENT_MESSAGE_ID_PREFIXES, RefPurpose
 from maildesk.outbound.compose import Composer, OutboundMail, Recipient, wire_address
 from maildesk.outbound.templates import TemplateRenderer
 
@@ -302,8 +302,9 @@ class Notices:
         """Ids of the conversation the customer side has seen: its mail and ours to it.
 
         Agents' own mail (replies, notes, confirmations, their out-of-office answers,
-        all inbound but not customer mail) and mail to agents (ids "md.a.*") stay out:
-        their ids name the agents' private hosts.
+        all inbound but not customer mail) and mail to agents (ids "md.a.*", "md.n.*")
+        stay out: their ids name the agents' private hosts, or would let a reply
+        pass for one to an agent's mail.
         """
         ids = session.scalars(
             select(Message.header_message_id)
@@ -317,4 +318,4 @@ class Notices:
             )
             .order_by(Message.id)
         ).all()
-        return [i for i in ids if i and not i.startswith("md.a.")]
+        return [i for i in ids if i and not i.startswith(AGENT_MESSAGE_ID_PREFIXES)]

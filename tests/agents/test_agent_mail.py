@@ -120,14 +120,16 @@ def test_invalid_commands_are_not_applied_and_reported(app: App) -> None:
         "#status maybe\n#assign nobody\n#frobnicate\n#category billing\n\nDone.\n",
     )
     _agent_deliver(app, raw, reply_address(notice))
+    # Nothing by halves: the well-formed #category is not applied either, nothing is sent.
     ticket = ticket_number(app)
-    assert ticket.status == "open" and ticket.category == "billing"
+    assert ticket.status == "new" and ticket.category is None
     report = to(app, "bob@agents.test", "agent_result")[0].text
     assert "NOT applied: #status maybe (status must be one of" in report
     assert "NOT applied: #assign nobody (no agent or group named 'nobody')" in report
     assert "NOT applied: #frobnicate (unknown command #frobnicate)" in report
-    assert "applied: #category billing" in report
-    assert "Done." in to(app, ALICE, "agent_reply")[0].text
+    assert "applied: #category billing" not in report
+    assert "nothing was sent to the customer" in report
+    assert to(app, ALICE, "agent_reply") == []
 
 
 def test_assign_watch_and_template(app: App, tmp_path: Path) -> None:

@@ -353,3 +353,74 @@ def test_a_note_saved_to_a_text_file_in_another_charset_is_not_sent_to_the_custo
     assert list(answer.msg.iter_attachments()) == []
     result = to(app, "bob@agents.test", "agent_result")[-1]
     assert "attachment 'notiz.txt' NOT sent" in result.text
+
+
+NOT_ME = "That was not me! Someone is sending mail in my name, ops please check the logs"
+
+
+@pytest.mark.parametrize("via", ["reply-to", "in-reply-to"])
+def test_an_agents_answer_to_a_held_mail_warning_is_never_sent_to_the_customer(
+    app: App, via: str
+) -> None:
+    """Mallory forges bob's From on Alice's ticket; bob is warned and answers the warning.
+
+    The warning says nothing of answering the customer, and rightly bob writes to
+    whoever reads it. His words went to Alice and her Cc'd colleague.
+    """
+    first = make_mail(message_id="first@customer.test", cc="Dave <dave@customer.test>")
+    deliver(app, first)
+    forged = reply_to(first, sender="Bob Agent <bob@agents.test>", body="#status closed\n")
+    deliver(app, forged, mail_from=MALLORY)
+    [warning] = to(app, "bob@agents.test", "agent_held")
+
+    if via == "reply-to":
+        raw, rcpt = client_reply(warning, NOT_ME + "\n"), reply_address(warning)
+    else:  # a client that answers the From: the signed Message-ID alone says what it answers
+        raw = client_reply(warning, NOT_ME + "\n", to_addr="support@example.com")
+        rcpt = "support@example.com"
+    deliver(app, raw, rcpt=(rcpt,), mail_from="bob@agents.test")
+
+    customer_mail = [s for s in outbox(app) if not AGENT_ADDRESSES & set(s.recipients)]
+    assert [s.purpose for s in customer_mail] == ["ack"]
+    assert all("not me" not in s.text for s in customer_mail)
+    # Kept for the agents, as a note of bob's.
+    deliver(app, reply_to(first, body="Any news?\n", message_id="second@customer.test"))
+    assert NOT_ME in " ".join(to(app, "bob@agents.test", "customer_reply")[-1].text.split())
+    # bob's answer from that notice goes out, and names no mail that went only to bob.
+    notice = to(app, "bob@agents.test", "customer_reply")[-1]
+    deliver(
+        app,
+        client_reply(notice, "Hello Alice,\n\nplease unplug the printer.\n"),
+        rcpt=(reply_address(notice),),
+        mail_from="bob@agents.test",
+    )
+    [answer] = to(app, ALICE, "agent_reply")
+    assert "please unplug the printer." in answer.text
+    assert "md.n." not in str(answer.msg["References"]) and "md.a." not in str(
+        answer.msg["References"]
+    )
+
+
+def test_an_agents_answer_to_the_result_of_their_commands_stays_internal(app: App) -> None:
+    """The result mail is about bob's own mail; a reply to it is a note (its commands apply)."""
+    deliver(app, make_mail(message_id="first@customer.test", cc="Dave <dave@customer.test>"))
+    notice = to(app, "bob@agents.test", "new_ticket")[0]
+    deliver(
+        app,
+        client_reply(notice, "#note\n\nCalled her, she will send the serial number.\n"),
+        rcpt=(reply_address(notice),),
+        mail_from="bob@agents.test",
+    )
+    [result] = to(app, "bob@agents.test", "agent_result")
+    deliver(
+        app,
+        client_reply(result, f"#priority high\n\nAlso for the team: {SECRET}\n"),
+        rcpt=(reply_address(result),),
+        mail_from="bob@agents.test",
+    )
+
+    assert ticket_number(app).priority == "high"
+    customer_mail = [s for s in outbox(app) if not AGENT_ADDRESSES & set(s.recipients)]
+    assert [s.purpose for s in customer_mail] == ["ack"]
+    report = to(app, "bob@agents.test", "agent_result")[-1].text
+    assert "stored as an internal note" in report

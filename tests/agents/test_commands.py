@@ -34,6 +34,14 @@ from maildesk.agents.commands import parse_commands
             [("status", "resolved", None), ("note", "", None)],
             "secret\n",
         ),
+        # What an input method or a client makes of the number sign, and a colon after
+        # the name: still commands, so the note after them is not sent to the customer.
+        ("\uff03note\nsecret\n", [("note", "", None)], "secret\n"),
+        ("\ufe5fnote\nsecret\n", [("note", "", None)], "secret\n"),
+        ("\u200b#note\nsecret\n", [("note", "", None)], "secret\n"),
+        ("\u200f#note\nsecret\n", [("note", "", None)], "secret\n"),
+        ("#note:\nsecret\n", [("note", "", None)], "secret\n"),
+        ("#Status: Resolved\nThanks\n", [("status", "resolved", None)], "Thanks\n"),
     ],
 )
 def test_parse(text: str, commands: list[tuple[str, str, None]], rest: str) -> None:
@@ -50,6 +58,9 @@ def test_parse(text: str, commands: list[tuple[str, str, None]], rest: str) -> N
         ("#priority asap", "priority must be one of low, normal, high, urgent"),
         ("#assign", "#assign needs an argument"),
         ("#note now", "#note takes no argument"),
+        ("#note: legal says no", "#note takes no argument"),
+        ("#note. legal says no", "#note takes no argument"),
+        ("#notes", "unknown command #notes"),
         ("#cc not-an-address", "not a mail address: 'not-an-address'"),
         ("#cc a@b.test\r\nBcc: x@y.test", None),  # a line break ends the command: no injection
         ("#merge abc", "not a ticket number"),

@@ -94,9 +94,11 @@ def test_escalate_to_a_named_group_and_past_the_top(app: App) -> None:
 
 
 def test_queue_move_and_category_correction_are_recorded_as_feedback(app: App) -> None:
-    report = _bob_replies(app, "#category billing\n#queue sales\n#queue nowhere\n")
-    assert "applied: #category billing" in report and "applied: #queue sales" in report
+    report = _bob_replies(app, "#category billing\n#queue nowhere\n")
     assert "NOT applied: #queue nowhere (no queue named 'nowhere' (known: sales))" in report
+    assert ticket_number(app).category is None  # a mail with a wrong command applies nothing
+    report = _bob_replies(app, "#category billing\n#queue sales\n")
+    assert "applied: #category billing" in report and "applied: #queue sales" in report
     ticket = ticket_number(app)
     assert (ticket.category, ticket.queue, ticket.group) == ("billing", "sales", "L3")
     [corrected] = events_of_kind(app, "category_corrected")
