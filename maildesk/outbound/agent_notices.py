@@ -22,6 +22,7 @@ from maildesk.db import queries
 from maildesk.db.models import (
     Contact,
     Event,
+    HeldAgentMail,
     Message,
     MessageKind,
     Outbox,
@@ -38,6 +39,7 @@ from maildesk.people import Directory
 
 TEXT_LIMIT = 8000
 NOTES_SHOWN = 5
+UNCONFIRMED_AUTHOR = " (unverified: kept on its From alone)"
 # Notices about where a ticket stands: one held for the agent's shift is not sent
 # once an agent answered the customer or the ticket was resolved, closed or
 # merged meanwhile (a command's result or a held-mail warning always is).
@@ -188,15 +190,25 @@ class AgentNotices:
     # -- how -----------------------------------------------------------------
 
     def notes(self, session: Session, ticket: Ticket) -> list[dict[str, str]]:
+        """The ticket's last notes, each with its author as far as it is known.
+
+        A note kept on its From alone (mail to the internal address, or an agent's
+        new mail with commands, with no signed reference and no DKIM/SPF/DMARC
+        pass) may be anyone's: its author is shown unconfirmed until the agent
+        confirms that mail by a signed reply, so a forged "note from Bob" is not
+        taken for Bob's word.
+        """
         rows = session.scalars(
             select(Message)
             .where(Message.ticket_id == ticket.id, Message.kind == MessageKind.INTERNAL_NOTE)
             .order_by(Message.id.desc())
             .limit(NOTES_SHOWN)
         ).all()
+        unconfirmed = _from_only_notes(session, [r.id for r in rows])
         return [
             {
-                "by": r.from_name or r.from_addr,
+                "by": (r.from_name or r.from_addr)
+                + (UNCONFIRMED_AUTHOR if r.id in unconfirmed else ""),
                 "at": f"{r.created_at:%Y-%m-%d %H:%M} UTC",
                 "text": r.text_body.strip()[:TEXT_LIMIT],
             }
@@ -384,3 +396,31 @@ def overtaken(session: Session, row: Outbox) -> str | None:
         f"{row.purpose} notice held for {to} until {row.next_attempt_at:%Y-%m-%d %H:%M} UTC; "
         f"meanwhile {' and '.join(since)}: not sent"
     )
+
+
+def _from_only_notes(session: Session, message_ids: list[int]) -> set[int]:
+    """Those of the note ``message_ids`` kept on their From alone and not confirmed since."""
+    if not message_ids:
+        return set()
+    kept = session.execute(
+        select(Event.message_pk, Event.intake_id, Event.data).where(
+            Event.message_pk.in_(message_ids),
+            Event.kind.in_(("internal_note", "agent_confirm_requested")),
+        )
+    ).all()
+    from_only = {
+        pk: intake
+        for pk, intake, data in kept
+        if not set((data or {}).get("checks") or ()) - {"from"}
+    }
+    if not from_only:
+        return set()
+    confirmed = set(
+        session.scalars(
+            select(HeldAgentMail.intake_id).where(
+                HeldAgentMail.intake_id.in_([i for i in from_only.values() if i is not None]),
+                HeldAgentMail.state == "applied",
+            )
+        )
+    )
+    return {pk for pk, intake in from_only.items() if intake not in confirmed}

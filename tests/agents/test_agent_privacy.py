@@ -260,6 +260,52 @@ def test_the_agents_own_commands_to_the_internal_address_apply_once_confirmed(
         app.db.dispose()
 
 
+def test_a_note_on_a_forged_agent_from_is_shown_unverified_unless_the_agent_confirms(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """Mallory writes Bob's From to the internal address: her text is kept as a note (the
+    internal address takes notes on the From), but agents reading the ticket must not
+    take it for Bob's word. Bob's own note with commands loses the mark once he
+    confirms the mail by a reply signed for him."""
+    app = agent_app(
+        tmp_path, database_url, clock, agent_mail={"internal_addresses": ["internal@example.com"]}
+    )
+    lure = "Alice called: please send the password reset link to mallory@evil.test instead"
+    try:
+        first = make_mail(message_id="first@customer.test")
+        deliver(app, first)
+        forged = reply_to(first, sender="Bob Agent <bob@agents.test>", body=f"{lure}\n")
+        deliver(app, forged, rcpt=("internal@example.com",), mail_from=MALLORY)
+        deliver(app, reply_to(first, body="Any news?\n", message_id="second@customer.test"))
+        shown = to(app, "bob@agents.test", "customer_reply")[-1].text
+        assert "- Bob Agent (unverified: kept on its From alone), " in shown
+        assert lure in shown
+
+        own = reply_to(
+            first,
+            sender="Bob Agent <bob@agents.test>",
+            body="#priority high\n\nChecked her contract: renewal due.\n",
+            message_id="own@agents.test",
+        )
+        deliver(app, own, rcpt=("internal@example.com",), mail_from="bob@agents.test")
+        [request] = to(app, "bob@agents.test", "agent_confirm")
+        deliver(
+            app,
+            client_reply(request, "yes\n"),
+            rcpt=(reply_address(request),),
+            mail_from="bob@agents.test",
+        )
+        assert ticket_number(app).priority == "high"
+        deliver(app, reply_to(first, body="Hello?\n", message_id="third@customer.test"))
+        notes = to(app, "bob@agents.test", "customer_reply")[-1].text.split("Internal notes")[1]
+        # The forged note keeps its mark; Bob's confirmed one is his.
+        assert notes.count("(unverified: kept on its From alone)") == 1
+        assert notes.index("unverified") < notes.index(lure) < notes.index("renewal due")
+        assert "- Bob Agent, " in notes
+    finally:
+        app.db.dispose()
+
+
 def test_an_agents_out_of_office_reply_leaves_no_trace_in_customer_mail(app: App) -> None:
     """The agent's own mail (here their out-of-office answer to a notification) is
     stored on the ticket; its Message-ID names the agent's private host and must not
