@@ -41,7 +41,13 @@ from maildesk.db.models import (
 from maildesk.intake.files import SourceError, count_messages, iter_messages, read_ahead
 from maildesk.logs import configure_logging
 from maildesk.pipeline.runner import Summary, Worker
-from maildesk.status import Thresholds, problems, read_imap_health, status_json
+from maildesk.status import (
+    Thresholds,
+    disk_problems,
+    problems,
+    read_imap_health,
+    status_json,
+)
 from maildesk.terminal import printable, printable_text
 from maildesk.views import (
     SCHEMA_VERSION,
@@ -736,6 +742,8 @@ def outbox_drain(ctx: click.Context) -> None:
     )
     if sender.outage.down:  # what is not sent yet is sent by a later drain
         _fail("database unavailable: drain stopped; the rest stays queued", EX_TEMPFAIL)
+    if sender.maildir_outage.down:
+        _fail("the Maildir cannot be written: drain stopped; the rest stays queued", EX_TEMPFAIL)
 
 
 @main.command("status")
@@ -754,9 +762,20 @@ def outbox_drain(ctx: click.Context) -> None:
     show_default=True,
     help="Outbound mail due and not sent for longer is a problem.",
 )
+@click.option(
+    "--disk-free-mb",
+    type=click.FloatRange(min=0),
+    default=Thresholds.disk_free_mb,
+    show_default=True,
+    help="Less free space where the daemon writes is a problem (5% of a smaller disk).",
+)
 @click.pass_context
 def status(
-    ctx: click.Context, as_json: bool, pending_minutes: float, outbox_minutes: float
+    ctx: click.Context,
+    as_json: bool,
+    pending_minutes: float,
+    outbox_minutes: float,
+    disk_free_mb: float,
 ) -> None:
     """What is waiting, held or failing; exit 1 when something needs looking at."""
     app = build_app(ctx)
@@ -770,7 +789,8 @@ def status(
     finally:
         engine.dispose()
     imap = read_imap_health(app.settings.data_dir)
-    found = problems(figures, imap, Thresholds(pending_minutes, outbox_minutes))
+    limits = Thresholds(pending_minutes, outbox_minutes, disk_free_mb)
+    found = problems(figures, imap, limits) + disk_problems(_written_places(app), limits)
     if as_json:
         _echo_json(status_json(figures, imap, found))
     else:
@@ -779,6 +799,18 @@ def status(
             click.echo(printable(f"PROBLEM {problem}"))
         click.echo("ok" if not found else f"{len(found)} problem(s)")
     sys.exit(1 if found else 0)
+
+
+def _written_places(app: App) -> list[tuple[str, Path]]:
+    """Where the daemon writes: the data directory, a SQLite database, the outbound Maildir."""
+    settings = app.settings
+    places = [("data directory", settings.data_dir)]
+    if app.db.is_sqlite and app.db.engine.url.database:
+        places.append(("database", Path(app.db.engine.url.database).parent))
+    if settings.outbound.transport == "maildir":
+        maildir = settings.outbound.maildir or settings.data_dir / "outbox-maildir"
+        places.append(("outbound Maildir", maildir))
+    return places
 
 
 def _echo_status(figures: Figures, imap: list[dict[str, Any]]) -> None:

@@ -193,9 +193,9 @@ class Daemon:
     imap: ImapIntake | None = None
     run_lock: RunLock | None = None
     metrics_server: MetricsServer | None = None
-    # Per scheduler job: its Outage, if it has one; a run while the database is
-    # away returns normally, but is no success.
-    job_outages: dict[str, Outage] = field(default_factory=dict)
+    # Per scheduler job: its Outages, if it has any; a run while the database (or
+    # the Maildir) is away returns normally, but is no success.
+    job_outages: dict[str, tuple[Outage, ...]] = field(default_factory=dict)
 
     def request_stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -268,13 +268,13 @@ class Daemon:
         log.info("metrics: http://%s/metrics", settings.metrics.listen)
 
     def _job_ran(self, event: JobExecutionEvent) -> None:
-        outage = self.job_outages.get(event.job_id)
-        if event.exception is None and (outage is None or not outage.down):
+        outages = self.job_outages.get(event.job_id, ())
+        if event.exception is None and not any(outage.down for outage in outages):
             self.app.metrics.job_succeeded(event.job_id, time.time())
 
     def start_scheduler(self) -> None:
         sender = self.sender = self.app.sender()
-        self.job_outages["outbox"] = sender.outage
+        self.job_outages["outbox"] = (sender.outage, sender.maildir_outage)
         interval = self.app.settings.outbound.drain_interval_seconds
         scheduler = BackgroundScheduler(timezone="UTC")
         scheduler.add_job(
@@ -287,8 +287,9 @@ class Daemon:
             coalesce=True,
         )
         if (sweeper := add_sla_jobs(scheduler, self.app)) is not None:
-            self.job_outages["sla"] = sweeper.outage
-        add_spam_learning(scheduler, self.app)
+            self.job_outages["sla"] = (sweeper.outage,)
+        if (learning := add_spam_learning(scheduler, self.app)) is not None:
+            self.job_outages["spam-learn"] = learning.outages
         add_oversize_notices(scheduler, self.app)
         add_waiting_assignment(scheduler, self.app)
         add_retention(scheduler, self.app)

@@ -12,7 +12,10 @@ thresholds. What is judged, and why:
   not answered (older failures stay listed in the figures, not judged);
 * mail held in quarantine for a reason other than spam: it waits for ops
   (`maildesk quarantine retry|release`); spam held is the filter working;
-* an IMAP folder failing several times in a row.
+* an IMAP folder failing several times in a row;
+* a file system the daemon writes to (the data directory, the outbound
+  Maildir) nearly full: the daemon cannot say so itself, it has no room to
+  write it (intake answers 4xx, outbound mail waits, both until there is room).
 
 Tickets past an SLA due time are shown, not judged: they are the agents' to act on.
 """
@@ -20,6 +23,8 @@ Tickets past an SLA due time are shown, not judged: they are the agents' to act 
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +40,11 @@ IMAP_FAILURES = 3  # failures in a row of a folder before it is something to loo
 class Thresholds:
     pending_minutes: float = 10.0
     outbox_minutes: float = 15.0
+    # Free space below this (or below DISK_FREE_SHARE of a smaller file system) is a problem.
+    disk_free_mb: float = 64.0
+
+
+DISK_FREE_SHARE = 0.05
 
 
 def read_imap_health(data_dir: Path) -> list[dict[str, Any]]:
@@ -78,6 +88,36 @@ def problems(
             found.append(
                 f"IMAP {folder.get('mailbox')}/{folder.get('folder')}: {failures} failures "
                 f"in a row: {folder.get('last_error') or folder.get('status')}"
+            )
+    return found
+
+
+def disk_problems(
+    places: Iterable[tuple[str, Path]], limits: Thresholds = Thresholds()
+) -> list[str]:
+    """One sentence per file system of ``places`` (what, path) with too little room left.
+
+    Free space is what an unprivileged process may use (``f_bavail``): the
+    daemon does not run as root. A path not made yet is judged by its parent.
+    """
+    found, seen = [], set()
+    for what, path in places:
+        probe = path
+        while not probe.exists() and probe.parent != probe:
+            probe = probe.parent
+        try:
+            device = os.stat(probe).st_dev
+            fs = os.statvfs(probe)
+        except OSError:
+            continue
+        if device in seen:
+            continue
+        seen.add(device)
+        free, size = fs.f_bavail * fs.f_frsize, fs.f_blocks * fs.f_frsize
+        if free < min(limits.disk_free_mb * 2**20, size * DISK_FREE_SHARE):
+            found.append(
+                f"{what} {path}: its file system is (nearly) full ({free / 2**20:.1f} MiB free "
+                f"of {size / 2**20:.0f} MiB): make room"
             )
     return found
 

@@ -1,4 +1,5 @@
-"""One loop's view of a database outage: said once, retried with a growing delay."""
+"""One loop's view of an outage (the database, a full disk): said once, retried with a
+growing delay."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ MAX_DELAY_SECONDS = 60.0
 
 
 class Outage:
-    """Tracks whether the database is away for one loop (the worker, the sender, a sweep).
+    """Tracks whether the database (or another ``resource``) is away for one loop.
 
     The first failure is logged once as "database unavailable", its end once as
     "available again"; meanwhile each failure doubles the wait before the next
@@ -27,9 +28,11 @@ class Outage:
         base: float = 1.0,
         ceiling: float = MAX_DELAY_SECONDS,
         monotonic: Callable[[], float] = time.monotonic,
+        resource: str = "database",
     ) -> None:
         self.log = log
         self.what = what
+        self.resource = resource
         self.base = max(base, 0.1)
         self.ceiling = max(ceiling, self.base)
         self.monotonic = monotonic
@@ -52,14 +55,15 @@ class Outage:
             self.since, self.delay = now, self.base
             first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
             self.log.warning(
-                "%s: database unavailable, retrying with backoff (every %.0fs at most): %s",
+                "%s: %s unavailable, retrying with backoff (every %.0fs at most): %s",
                 self.what,
+                self.resource,
                 self.ceiling,
                 first_line,
             )
         else:
             self.delay = min(self.delay * 2, self.ceiling)
-            self.log.debug("%s: database still unavailable: %s", self.what, exc)
+            self.log.debug("%s: %s still unavailable: %s", self.what, self.resource, exc)
         self.next_try = now + self.delay
         return self.delay
 
@@ -67,8 +71,9 @@ class Outage:
         """Note a try that worked: says once that the outage is over."""
         if self.since is not None:
             self.log.warning(
-                "%s: database available again after %.1fs",
+                "%s: %s available again after %.1fs",
                 self.what,
+                self.resource,
                 self.monotonic() - self.since,
             )
         self.since, self.delay, self.next_try = None, 0.0, 0.0

@@ -1166,6 +1166,7 @@ class ImapIntake:
     lock: threading.Lock = field(default_factory=threading.Lock)
     _health: dict[tuple[str, str], FolderHealth] = field(default_factory=dict)
     _health_write_lock: threading.Lock = field(default_factory=threading.Lock)
+    _health_write_failing: bool = False  # said once until a write works again
 
     @classmethod
     def build(
@@ -1271,13 +1272,26 @@ class ImapIntake:
             self._write_health(snapshot)
 
     def _write_health(self, snapshot: list[dict[str, Any]]) -> None:
+        """Replace the health file; one that cannot be written (a full disk) is said once.
+
+        It is written at each change of a folder's state, every second or so
+        while a folder retries: a line each time would flood the log.
+        """
         assert self.health_path is not None
         tmp = self.health_path.with_name(f".{self.health_path.name}.{threading.get_ident()}")
         try:
             tmp.write_text(json.dumps(snapshot, indent=1), encoding="utf-8")
             os.replace(tmp, self.health_path)
         except OSError as exc:
-            log.warning("cannot write %s: %s", self.health_path, exc)
+            tmp.unlink(missing_ok=True)  # a part written, on a disk with no room
+            (log.debug if self._health_write_failing else log.warning)(
+                "cannot write %s (not said again until it can): %s", self.health_path, exc
+            )
+            self._health_write_failing = True
+            return
+        if self._health_write_failing:
+            log.warning("%s: written again", self.health_path)
+            self._health_write_failing = False
 
 
 def resolve_logins(settings: Settings, clock: Clock) -> dict[str, Login]:

@@ -94,6 +94,15 @@ class PartlyRefused(Exception):
         self.dead = dead or []
 
 
+class MaildirUnavailable(Exception):
+    """The local Maildir cannot be written (its disk is full, it is read-only): no mail's fault.
+
+    Nothing was delivered, so nothing is recorded: the sender gives its claims
+    back and waits with a growing delay, as for a database outage, instead of
+    counting an attempt against each mail in turn.
+    """
+
+
 class Transport(Protocol):
     def send(self, envelope_from: str, recipients: list[str], raw: bytes) -> None: ...
 
@@ -108,21 +117,30 @@ class MaildirTransport:
         """Deliver as a Maildir delivery agent does: write in tmp/, fsync, rename into new/.
 
         The row is marked sent once this returns, so the file must survive a
-        power loss (Python's mailbox.Maildir does not fsync).
+        power loss (Python's mailbox.Maildir does not fsync). Raises
+        :class:`MaildirUnavailable` when the file cannot be written whole (a full
+        disk): what was written of it is removed, nothing is in ``new/``.
         """
-        for sub in ("tmp", "new", "cur"):
-            (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
         eol = b"\r\n" if b"\r\n" in raw[:4096] else b"\n"  # the message's own line ends
         trace = f"Return-Path: <{envelope_from}>", f"X-Maildesk-Rcpt: {', '.join(recipients)}"
         data = b"".join(line.encode() + eol for line in trace) + raw
         name = f"{time.time_ns()}.M{uuid.uuid4().hex}P{os.getpid()}.{socket.gethostname()}"
         tmp = self.path / "tmp" / name
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.rename(tmp, self.path / "new" / name)
+        try:
+            for sub in ("tmp", "new", "cur"):
+                (self.path / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            try:
+                with os.fdopen(fd, "wb") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.rename(tmp, self.path / "new" / name)
+            except BaseException:
+                tmp.unlink(missing_ok=True)
+                raise
+        except OSError as exc:
+            raise MaildirUnavailable(f"cannot write to {self.path}: {exc.strerror or exc}") from exc
         directory = os.open(self.path / "new", os.O_RDONLY)
         try:
             os.fsync(directory)
@@ -340,12 +358,14 @@ class OutboxSender:
         self.undelivered = undelivered
         self.metrics = metrics
         self.outage = Outage(log, "outbox sender")
+        self.maildir_outage = Outage(log, "outbox sender", resource="the Maildir")
         # What a database outage kept from being written: deliveries made (recorded
         # before anything else, so the mail is not sent again; kept in ``journal``
         # too, for a restart) and claims not sent.
         self.journal = journal
         kept = unrecorded.load(journal) if journal is not None else {}
         self._unrecorded = {i: Attempt.from_journal(d) for i, d in kept.items()}
+        self._journal_stale = False  # the journal could not be written (a full disk)
         self._unsent: set[int] = set()
 
     def cut_deliveries(self) -> None:
@@ -450,7 +470,7 @@ class OutboxSender:
         one delivery, not for a whole batch at a slow relay.
         """
         result = DrainResult()
-        if not self.outage.ready():  # the database is away: wait out the backoff
+        if not (self.outage.ready() and self.maildir_outage.ready()):  # wait out the backoff
             return result
         try:
             self._catch_up(result)
@@ -470,6 +490,10 @@ class OutboxSender:
                 self._send_one(outbox_id, result)
                 if result.dropped > dropped and self.metrics is not None:
                     self.metrics.delivered("dropped")  # committed by now
+            except MaildirUnavailable as exc:
+                self.maildir_outage.failed(exc)
+                self._give_back(claimed[n:])
+                break
             except Exception as exc:
                 if is_transient(exc):  # given back (or recorded) at the next drain
                     self._unsent.update(i for i in claimed[n:] if i not in self._unrecorded)
@@ -479,8 +503,19 @@ class OutboxSender:
                 break
         return result
 
+    def _give_back(self, outbox_ids: list[int]) -> None:
+        """Claims not sent go back now, or at the next drain if the database cannot take it."""
+        try:
+            self._release(outbox_ids)
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            self._unsent.update(outbox_ids)
+
     def _catch_up(self, result: DrainResult) -> None:
         """Write what an outage kept from being written; raises while it lasts."""
+        if self._journal_stale:
+            self._keep_unrecorded()
         self._record_unrecorded(result)
         if self._unsent:
             self._release(sorted(self._unsent))
@@ -494,10 +529,33 @@ class OutboxSender:
             log.info("outbox=%s: delivery recorded after the database came back", outbox_id)
 
     def _keep_unrecorded(self) -> None:
-        """The journal says what ``_unrecorded`` says (nothing written when it is off)."""
-        if self.journal is not None:
-            forms = {i: a.journal_form() for i, a in self._unrecorded.items()}
+        """The journal says what ``_unrecorded`` says (nothing written when it is off).
+
+        A journal that cannot be written (its disk is full) is said once and
+        tried again at each drain: meanwhile this process still knows what it
+        delivered, only a stop before the database records it sends it again.
+        """
+        if self.journal is None:
+            return
+        forms = {i: a.journal_form() for i, a in self._unrecorded.items()}
+        try:
             unrecorded.save(self.journal, forms)
+        except OSError as exc:
+            if not self._journal_stale:
+                log.error(
+                    "%s: cannot write the deliveries not yet recorded (%s): a stop before "
+                    "the database records outbox %s sends them again; trying again",
+                    self.journal,
+                    exc.strerror or exc,
+                    ", ".join(str(i) for i in sorted(self._unrecorded)),
+                )
+            self._journal_stale = True
+            return
+        if self._journal_stale:
+            log.warning(
+                "%s: the journal of deliveries not yet recorded is up to date again", self.journal
+            )
+        self._journal_stale = False
 
     def _release(self, outbox_ids: list[int]) -> None:
         with self.db.transaction() as session:
@@ -554,6 +612,7 @@ class OutboxSender:
                 refused = exc
             except (TemporaryFailure, PermanentFailure) as exc:
                 error = exc
+            self.maildir_outage.succeeded()  # a transport that answered at all
         attempt = Attempt(live, blocked, error, refused)
         try:
             self._record(outbox_id, attempt, result)

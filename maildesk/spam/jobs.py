@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 from apscheduler.schedulers.base import BaseScheduler
 from apscheduler.triggers.cron import CronTrigger
 
+from maildesk.db.database import is_unavailable
+from maildesk.db.outage import Outage
 from maildesk.shared_models import pull
 from maildesk.spam.feedback import learn_pending
 from maildesk.spam.quarantine import expire_spam, queue_digest
@@ -44,23 +46,65 @@ class SpamNotLearned(RuntimeError):
     """Pending feedback could not be learned this time (logged); it stays pending."""
 
 
+def _learn(app: App) -> int:
+    spec = ScorerSpec.from_settings(app.settings)
+    if spec is None:
+        return 0
+    pull(app.db, spec.live_path)  # what other nodes learned
+    learned = learn_pending(app.db, spec, app.clock, app.node_name)
+    app.metrics.learned(learned)
+    return learned
+
+
 def learn_now(app: App) -> int:
     """Learn what feedback is pending.
 
     A failure is logged and raised as :class:`SpamNotLearned`, so the scheduler
     (and with it the job's last success in the metrics) sees the run failed.
     """
-    spec = ScorerSpec.from_settings(app.settings)
-    if spec is None:
-        return 0
     try:
-        pull(app.db, spec.live_path)  # what other nodes learned
-        learned = learn_pending(app.db, spec, app.clock, app.node_name)
+        return _learn(app)
     except Exception as exc:
         log.exception("spam feedback not learned this time (it stays pending)")
         raise SpamNotLearned(str(exc)) from exc
-    app.metrics.learned(learned)
-    return learned
+
+
+class ScheduledLearning:
+    """:func:`learn_now` every interval, but a database or a disk that is away (a full
+    disk cannot take the saved model) is said once and waited out with a growing
+    delay, not a traceback each round. The feedback stays pending meanwhile.
+
+    The service counts a round during either outage as no success (``outages``).
+    """
+
+    def __init__(self, app: App) -> None:
+        self.app = app
+        spec = ScorerSpec.from_settings(app.settings)
+        where = f"the model file {spec.live_path}" if spec is not None else "the model file"
+        self.database = Outage(log, "spam learning")
+        self.disk = Outage(log, "spam learning", resource=where)
+
+    @property
+    def outages(self) -> tuple[Outage, ...]:
+        return (self.database, self.disk)
+
+    def __call__(self) -> int:
+        if not (self.database.ready() and self.disk.ready()):
+            return 0
+        try:
+            learned = _learn(self.app)
+        except OSError as exc:  # the model file cannot be written: no room, no permission
+            self.disk.failed(exc)
+            return 0
+        except Exception as exc:
+            if not is_unavailable(exc):
+                log.exception("spam feedback not learned this time (it stays pending)")
+                raise SpamNotLearned(str(exc)) from exc
+            self.database.failed(exc)
+            return 0
+        self.database.succeeded()
+        self.disk.succeeded()
+        return learned
 
 
 def send_digest(app: App) -> bool:
@@ -75,16 +119,16 @@ def expire(app: App) -> int:
         return expire_spam(session, app.clock(), app.settings.spam.retention_days)
 
 
-def add_spam_learning(scheduler: BaseScheduler, app: App) -> None:
+def add_spam_learning(scheduler: BaseScheduler, app: App) -> ScheduledLearning | None:
     """Schedule the spam filter's jobs (none when the filter is off)."""
     spam = app.settings.spam
     if not spam.enabled:
-        return
+        return None
     common = {"max_instances": 1, "coalesce": True}
+    learning = ScheduledLearning(app)
     scheduler.add_job(
-        learn_now,
+        learning,
         "interval",
-        args=(app,),
         seconds=spam.learn_interval_seconds,
         id="spam-learn",
         **common,
@@ -113,6 +157,7 @@ def add_spam_learning(scheduler: BaseScheduler, app: App) -> None:
             next_run_time=datetime.now(UTC) + timedelta(seconds=30),
             **common,
         )
+    return learning
 
 
 def on_shutdown(app: App) -> None:
