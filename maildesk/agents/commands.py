@@ -21,6 +21,7 @@ import unicodedata
 from dataclasses import dataclass
 
 from maildesk.db.models import Priority, TicketStatus
+from maildesk.domain.address import overlong_address
 from maildesk.domain.author import shorten
 
 MAX_COMMANDS = 20
@@ -150,11 +151,11 @@ def check(name: str, arg: str, line: str) -> Command:
         return Command(name, arg, line) if _CATEGORY.match(arg) else bad("not a category name")
     if name == "cc":
         address = arg.strip("<>")
-        return (
-            Command(name, address.lower(), line)
-            if _ADDRESS.match(address)
-            else bad(f"not a mail address: {arg!r}")
-        )
+        if not _ADDRESS.match(address):
+            return bad(f"not a mail address: {arg!r}")
+        if (overlong := overlong_address(address)) is not None:
+            return bad(overlong)
+        return Command(name, address.lower(), line)
     if name == "merge":
         match = _TICKET.match(arg)
         return Command(name, match.group(1), line) if match else bad("not a ticket number")

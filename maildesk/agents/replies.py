@@ -28,6 +28,7 @@ from maildesk.db.models import (
     Suppression,
     Ticket,
 )
+from maildesk.domain.address import elided
 from maildesk.domain.message import ParsedAttachment
 from maildesk.domain.rawheader import decode_text
 from maildesk.outbound.compose import (
@@ -147,7 +148,8 @@ def carried_attachments(parts: Sequence[ParsedAttachment]) -> list[OutboundAttac
     """The agent's attachments as the composer takes them; names are display text only."""
     out = []
     for part in parts:
-        name = one_line(part.filename).replace("/", "_").replace("\\", "_")[:200]
+        # Bounded keeping both ends: a name cut short would lose its extension.
+        name = elided(one_line(part.filename).replace("/", "_").replace("\\", "_"), 200)
         ctype = part.content_type.lower()
         if not _SAFE_TYPE.match(ctype) or ctype.split("/")[0] in ("message", "multipart"):
             ctype = "application/octet-stream"

@@ -180,7 +180,7 @@ def _rating(
             Rating(
                 ticket_id=ticket.id,
                 score=mail.score or 0,
-                contact=sender[:320],
+                contact=sender,
                 message_pk=message.id,
                 created_at=applier.now,
             )

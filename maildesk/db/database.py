@@ -15,7 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from psycopg import OperationalError as PgOperationalError
 from sqlalchemy import Engine, create_engine, event, inspect
-from sqlalchemy.exc import DBAPIError, OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError, StatementError
 from sqlalchemy.orm import Session, sessionmaker
 
 MIGRATIONS_DIR = Path(__file__).with_name("migrations")
@@ -31,6 +31,28 @@ class SchemaTooNew(SchemaOutOfDate):
 
 class StorageUnavailable(Exception):
     """The database cannot be reached or is locked: a temporary failure, retry later."""
+
+
+# The most of an error's own words a quarantine reason or an intake's last error keeps.
+MAX_ERROR_SUMMARY = 200
+
+
+def error_summary(exc: BaseException, limit: int = MAX_ERROR_SUMMARY) -> str:
+    """``exc`` in one short line: its class and the first line of its message.
+
+    For a reason ops read (quarantine, an intake's last error): SQLAlchemy's text
+    of a failed statement carries the SQL and its parameters, the customer's
+    text, and a driver's detail lines may quote values too, so only the first
+    line of the driver's own message is kept. The traceback goes to the log only.
+    """
+    inner = exc.orig if isinstance(exc, StatementError) and exc.orig is not None else None
+    name = type(exc).__name__
+    if inner is not None:
+        name = f"{name} ({type(inner).__name__})"
+    text = str(inner if inner is not None else exc)
+    first = next((line.strip() for line in text.splitlines() if line.strip()), "")
+    summary = f"{name}: {first}" if first else name
+    return summary if len(summary) <= limit else summary[: limit - 1].rstrip() + "\u2026"
 
 
 def is_transient(exc: BaseException) -> bool:

@@ -26,6 +26,7 @@ from maildesk.db.models import (
     TicketLink,
     TicketStatus,
 )
+from maildesk.domain.rawheader import bounded_key
 
 OPEN_STATUSES = (TicketStatus.NEW, TicketStatus.OPEN, TicketStatus.PENDING)
 MAX_MERGE_HOPS = 20
@@ -217,6 +218,7 @@ def open_ticket_by_sender_subject(
 def intakes_for_message_id(session: Session, message_id: str) -> list[Intake]:
     """Intakes with this header Message-ID, else the one whose ticket message has it as
     its key: a mail without a Message-ID is shown under the synthetic one it was given."""
+    message_id = bounded_key(message_id)  # as stored (an id over 998 characters)
     stmt = select(Intake).where(Intake.header_message_id == message_id).order_by(Intake.id)
     found = list(session.scalars(stmt))
     if found:

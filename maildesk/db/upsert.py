@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import cache
 from typing import Any, TypeVar
 
@@ -90,7 +92,33 @@ def insert_row(session: Session, model: type[Row], **values: Any) -> Row:
     instance_dict(row).update(full)
     make_transient_to_detached(row)
     session.add(row)
+    session.info.setdefault(_INSERTED, []).append(row)
     return row
+
+
+# The rows :func:`insert_row` put in a session, for :func:`savepoint`.
+_INSERTED = "maildesk_inserted_rows"
+
+
+@contextmanager
+def savepoint(session: Session) -> Iterator[None]:
+    """``session.begin_nested()``, also letting go of :func:`insert_row`'s rows if it rolls back.
+
+    SQLAlchemy forgets on rollback only the rows it flushed itself; a row added
+    as persistent stays in the identity map, and the next insert given the same
+    key (SQLite hands a rolled-back id out again) fails as "already present".
+    """
+    rows: list[Any] = session.info.setdefault(_INSERTED, [])
+    mark = len(rows)
+    try:
+        with session.begin_nested():
+            yield
+    except BaseException:
+        for row in rows[mark:]:
+            if row in session:
+                session.expunge(row)
+        del rows[mark:]
+        raise
 
 
 @cache

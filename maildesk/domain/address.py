@@ -7,6 +7,15 @@ import unicodedata
 
 import idna
 
+# RFC 5321 s. 4.5.3.1: the most a local part, a domain and a whole path may hold, in
+# octets (RFC 6531: of UTF-8). A path of 256 is the address in angle brackets: 254.
+MAX_LOCAL_PART = 64
+MAX_DOMAIN = 255
+MAX_ADDRESS = 254
+# The most such addresses of one message its record names one by one (a Cc may hold
+# thousands); the rest are counted.
+MAX_UNUSABLE_NOTES = 5
+
 
 def base_address(address: str) -> str:
     """``Support+t-12-abc@Example.com`` -> ``support@example.com``: the address without its tag."""
@@ -23,6 +32,43 @@ def ascii_domain(domain: str) -> str | None:
         return idna.encode(domain, uts46=True).decode("ascii")
     except (idna.IDNAError, UnicodeError):  # UnicodeError: a label over 63 octets
         return None
+
+
+def _octets(text: str) -> int:
+    return len(text.encode("utf-8", "surrogatepass"))
+
+
+def overlong_address(address: str) -> str | None:
+    """Why ``address`` is longer than RFC 5321 lets an address be, in plain words, or None.
+
+    Such an address is no mailbox anyone can deliver to: nothing is ever sent to it,
+    and it is never stored cut short (its first 320 characters may be someone else's).
+    """
+    local, at, domain = address.rpartition("@")
+    if not at:
+        local, domain = "", address
+    for what, part, limit in (
+        ("the address", address, MAX_ADDRESS),
+        ("its part before the @", local, MAX_LOCAL_PART),
+        ("its domain", domain, MAX_DOMAIN),
+    ):
+        size = _octets(part)
+        if size > limit:
+            unit = "characters" if part.isascii() else "bytes (UTF-8)"
+            return (
+                f"{what} is {size} {unit} long, more than the {limit} RFC 5321 allows: "
+                "no mail can be delivered to it"
+            )
+    return None
+
+
+def elided(address: str, limit: int = 80) -> str:
+    """``address`` in at most ``limit`` characters, keeping both ends (so its domain, or
+    a file name's extension, shows)."""
+    if len(address) <= limit:
+        return address
+    tail = (limit - 1) * 2 // 3
+    return address[: limit - 1 - tail] + "\u2026" + address[-tail:]
 
 
 def address_key(address: str) -> str:

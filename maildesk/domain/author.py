@@ -17,6 +17,7 @@ from __future__ import annotations
 import email.utils
 import re
 
+from maildesk.domain.address import overlong_address
 from maildesk.domain.message import Address, ParsedMessage
 
 _MAILTO = re.compile(r"<\s*mailto:([^>?\s]+)", re.IGNORECASE)
@@ -40,9 +41,10 @@ def _list_addresses(msg: ParsedMessage) -> set[str]:
 
 
 def _first_address(values: list[str]) -> Address | None:
+    """The first mailbox named; an address longer than RFC 5321 allows is none."""
     for name, addr in email.utils.getaddresses(values):
         addr = addr.strip().lower()
-        if "@" in addr:
+        if "@" in addr and overlong_address(addr) is None:
             return Address(addr=addr, name=name.strip())
     return None
 

@@ -82,6 +82,11 @@ class ParsedMessage:
     defects: tuple[str, ...] = field(default=())  # parser complaints, for the record
     # What the parse left out of this form (over a limit); the raw mail still has it.
     cuts: tuple[str, ...] = field(default=())
+    # Addresses of From and Reply-To left out as no mailbox (longer than RFC 5321
+    # allows), each with why: mail is never sent to them, nor are they stored. To and
+    # Cc keep theirs, as written (they say where the mail went); a Cc of that kind
+    # never becomes a participant (see the pipeline's apply).
+    unusable_addresses: tuple[str, ...] = field(default=())
     # Header values by lower-case name: the guard asks for dozens of headers per message.
     _by_name: dict[str, list[str]] = field(init=False, repr=False, compare=False)
 

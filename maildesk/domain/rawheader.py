@@ -165,6 +165,22 @@ def message_id_from_value(value: str) -> str | None:
     return inner or None
 
 
+# The longest Message-ID (or key made of one) our columns hold: RFC 5322's line length.
+MAX_ID_KEY = 998
+
+
+def bounded_key(key: str) -> str:
+    """``key`` if it fits :data:`MAX_ID_KEY`, else its start and a hash of the whole of it.
+
+    Two ids that differ only past the limit stay two keys: an id cut short would be
+    another message's.
+    """
+    if len(key) <= MAX_ID_KEY:
+        return key
+    digest = hashlib.sha256(key.encode("utf-8", "surrogatepass")).hexdigest()[:40]
+    return key[: MAX_ID_KEY - 41] + "#" + digest
+
+
 def extract_message_id(raw: bytes) -> str | None:
     """The first non-empty Message-ID of ``raw``, read from the raw header.
 

@@ -54,7 +54,6 @@ from maildesk.db.database import Database
 from maildesk.db.models import Blob, ImapFolderState, Intake
 from maildesk.db.upsert import insert_ignore
 from maildesk.domain.message import TRUNCATED_HEADER, UNFETCHABLE_HEADER
-from maildesk.domain.rawheader import extract_message_id
 from maildesk.intake.oauth2 import (
     Login,
     OAuth2Error,
@@ -62,7 +61,7 @@ from maildesk.intake.oauth2 import (
     PasswordLogin,
     oauth2_login,
 )
-from maildesk.intake.store import Envelope, IntakeStore
+from maildesk.intake.store import Envelope, IntakeStore, header_message_id
 
 log = logging.getLogger("maildesk.intake.imap")
 
@@ -812,7 +811,7 @@ class FolderPoller:
         That happens after a crash between storing and recording the UID, and
         after a UIDVALIDITY change, when the whole folder is read again.
         """
-        ids = {raw: (extract_message_id(raw) or "")[:998] for raw, _env in items}
+        ids = {raw: header_message_id(raw) or "" for raw, _env in items}
         hashes = {raw: hashlib.sha256(raw).hexdigest() for raw, _env in items}
         wanted = {mid for mid in ids.values() if mid}
         # Without a Message-ID the bytes alone identify it: only when they are

@@ -172,7 +172,7 @@ def _notice(session: Session, notices: Notices, intake: Intake, now: datetime) -
             message_id=message_id,
             envelope_from=support,
             recipients=[to],
-            recipient_key=to.lower()[:320],
+            recipient_key=to.lower(),
             raw_sha256=put_blob(session, mime.as_bytes()),
             state=OutboxState.QUEUED,
             next_attempt_at=now,

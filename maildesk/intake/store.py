@@ -19,8 +19,9 @@ from sqlalchemy.orm import Session
 from maildesk.db.database import Database, StorageUnavailable
 from maildesk.db.models import Attachment, Blob, Intake, IntakeState
 from maildesk.db.upsert import insert_ignore
+from maildesk.domain.address import elided
 from maildesk.domain.message import ParsedAttachment
-from maildesk.domain.rawheader import extract_message_id
+from maildesk.domain.rawheader import bounded_key, extract_message_id
 from maildesk.metrics import Metrics
 
 Clock = Callable[[], datetime]
@@ -34,6 +35,12 @@ class Envelope:
     source_ref: str = ""
     mail_from: str | None = None
     rcpt_to: tuple[str, ...] = field(default=())
+
+
+def header_message_id(raw: bytes) -> str | None:
+    """The Message-ID an intake row is found by: whole, or one over the column's
+    length bounded with a hash of it (see ``bounded_key``), never cut to another's."""
+    return bounded_key(storable(extract_message_id(raw) or "")) or None
 
 
 def storable(text: str) -> str:
@@ -57,14 +64,27 @@ def put_blob(session: Session, data: bytes) -> str:
     return digest
 
 
+# The longest attachment name kept whole (a display name; the mail may give 100 kB).
+MAX_FILENAME = 1000
+# RFC 6838 s. 4.2: a type and a subtype name of at most 127 characters each.
+MAX_MEDIA_TYPE = 255
+
+
+def media_type(content_type: str) -> str:
+    """``content_type``, or application/octet-stream when it is longer than any media
+    type can be (never cut into another type)."""
+    return content_type if len(content_type) <= MAX_MEDIA_TYPE else "application/octet-stream"
+
+
 def store_attachments(session: Session, message_pk: int, parts: Sequence[ParsedAttachment]) -> None:
     """Each attachment's bytes content-addressed; the mail's file name is display text only."""
     for part in parts:
         session.add(
             Attachment(
                 message_pk=message_pk,
-                filename=part.filename[:1000],
-                content_type=part.content_type[:255],
+                # Both ends: a name cut short could lose its real extension to a decoy.
+                filename=elided(part.filename, MAX_FILENAME),
+                content_type=media_type(part.content_type),
                 size=len(part.content),
                 sha256=put_blob(session, part.content),
                 content_id=part.content_id,
@@ -127,7 +147,7 @@ class IntakeStore:
             "envelope_to": [storable(rcpt) for rcpt in env.rcpt_to],
             "raw_sha256": digest,
             "size": len(raw),
-            "header_message_id": storable(extract_message_id(raw) or "")[:998] or None,
+            "header_message_id": header_message_id(raw),
             "state": IntakeState.PENDING,
             "attempts": 0,
         }

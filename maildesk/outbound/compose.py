@@ -34,7 +34,7 @@ from maildesk.db.models import (
     OutboxState,
     Ticket,
 )
-from maildesk.domain.address import ascii_domain
+from maildesk.domain.address import ascii_domain, elided, overlong_address
 from maildesk.domain.author import shorten
 from maildesk.domain.signing import RefPurpose, Signer
 from maildesk.domain.subject import add_ticket_tag, one_reply_prefix
@@ -114,9 +114,10 @@ def wire_address(address: str) -> str | None:
     as the same domain, so such mail needs nothing of the relay. A local part
     beyond ASCII (``jörg@example.de``) has no ASCII form: it is kept as it is
     (RFC 6531), and the mail goes out with SMTPUTF8 (see :func:`needs_smtputf8`).
+    An address longer than RFC 5321 allows is no mailbox: None, and nothing is sent.
     """
     local, _, domain = address.rpartition("@")
-    if not local or not domain:
+    if not local or not domain or overlong_address(address) is not None:
         return None
     wire_domain = ascii_domain(domain)
     if wire_domain is None:
@@ -130,7 +131,8 @@ def wire_address(address: str) -> str | None:
         HeaderAddress(addr_spec=f"{stand_in}@{wire_domain}")
     except (ValueError, TypeError, HeaderParseError):  # HeaderDefect is a ValueError
         return None
-    return f"{local}@{wire_domain}"
+    wire = f"{local}@{wire_domain}"
+    return wire if overlong_address(wire) is None else None
 
 
 def _utf8_local_part(local: str) -> bool:
@@ -238,7 +240,8 @@ class Composer:
         wire = [(r, wire_address(r.addr)) for r in mail.recipients]
         unaddressable = [r.addr for r, address in wire if address is None]
         if unaddressable:  # not an address at all: send nothing
-            raise ValueError(f"not an address we can write: {unaddressable!r}")
+            shown = ", ".join(elided(a) for a in unaddressable[:5])
+            raise ValueError(f"not an address we can write: {shown}")
         utf8 = any(needs_smtputf8(a or "") for _r, a in wire)
         msg = EmailMessage(policy=WIRE_UTF8_POLICY if utf8 else WIRE_POLICY)
         msg["From"] = HeaderAddress(
@@ -347,7 +350,7 @@ class Composer:
             message_id=message_id,
             envelope_from="",
             recipients=[r.addr for r in mail.recipients],
-            recipient_key=mail.recipients[0].addr.lower()[:320] if mail.recipients else "",
+            recipient_key=mail.recipients[0].addr.lower() if mail.recipients else "",
             raw_sha256=digest,
             state=OutboxState.QUEUED,
             next_attempt_at=now,

@@ -27,6 +27,7 @@ from maildesk.db.models import (
     Suppression,
     Ticket,
 )
+from maildesk.domain.address import elided, overlong_address
 from maildesk.domain.signing import AGENT_MESSAGE_ID_PREFIXES, RefPurpose
 from maildesk.outbound.compose import Composer, OutboundMail, Recipient, wire_address
 from maildesk.outbound.templates import TemplateRenderer
@@ -125,6 +126,8 @@ class Notices:
         address = address.lower()
         if not address or "@" not in address:
             return "no usable sender address"
+        if (overlong := overlong_address(address)) is not None:
+            return f"{elided(address)}: {overlong}"
         if self.settings.is_own_address(address):  # a sub-address of ours too
             return f"{address} is one of our own addresses"
         local = address.split("@", 1)[0]

@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.db.models import Suppression
 from maildesk.db.upsert import insert_ignore
+from maildesk.domain.address import overlong_address
 
 # RFC 3463 "bad destination mailbox address" (5.1.1), "bad destination system
 # address" (5.1.2) and RFC 7505's null MX (5.1.10): the address itself is dead.
@@ -29,8 +30,14 @@ def no_such_mailbox(code: int, reply: bytes) -> bool:
 
 
 def suppress(session: Session, address: str, until: datetime, reason: str, now: datetime) -> None:
-    """Put ``address`` on the suppression list until ``until`` (insert or extend)."""
-    address = address.lower()[:320]
+    """Put ``address`` on the suppression list until ``until`` (insert or extend).
+
+    An address longer than RFC 5321 allows is never mailed (see ``wire_address``),
+    so none bounces: it is not put there, and never cut short to another's.
+    """
+    if overlong_address(address) is not None:
+        return
+    address = address.lower()
     insert_ignore(
         session,
         Suppression,

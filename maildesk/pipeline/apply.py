@@ -31,7 +31,7 @@ from maildesk.db.models import (
 )
 from maildesk.db.queries import KnownId, StoredMessage
 from maildesk.db.upsert import insert_ignore, insert_row, upsert_contact
-from maildesk.domain.address import base_address
+from maildesk.domain.address import MAX_UNUSABLE_NOTES, base_address, elided, overlong_address
 from maildesk.domain.author import customer_address, list_author, shown_sender
 from maildesk.domain.authresults import failed_dmarc, passed_dmarc
 from maildesk.domain.autodetect import AutoKind
@@ -218,7 +218,7 @@ class Applier:
         # otherwise subscribe whoever forged it to the answers given to that From.
         self._remember_ids(session, ctx, ticket, proven=proven and forged is None)
         if proven:
-            cc = msg.cc if forged is None else ()
+            cc = self._mailboxes(session, intake, ticket, msg.cc if forged is None else ())
             left_out = self._participants(session, ticket, requester, cc, created)
             if left_out:
                 cap = self.settings.agent_mail.max_cc_participants
@@ -318,6 +318,8 @@ class Applier:
                 why, answerable = "possible spam: not acknowledged until released", False
             elif forged is not None and self.settings.acknowledgements.skip_dmarc_fail:
                 why, answerable = f"{forged}: the sender is likely forged (no backscatter)", False
+            elif requester is None and (unusable := _unusable_sender(msg)) is not None:
+                why, answerable = unusable, False
             elif ctx.route is not None and ctx.route.result.ack_suppressed_by:
                 why, answerable = f"suppressed by rule {ctx.route.result.ack_suppressed_by}", False
             else:
@@ -543,8 +545,12 @@ class Applier:
         return ticket
 
     def _contact(self, session: Session, address: Address) -> int:
-        """The contact id for an address (one upsert, cached for the batch)."""
-        email = address.addr[:320]
+        """The contact id for an address (one upsert, cached for the batch).
+
+        Never an address longer than RFC 5321 allows: the parse left those out
+        (its first 320 characters may be another's address, so none is cut).
+        """
+        email = address.addr
         contact_id = self._contacts.get(email)
         if contact_id is None:
             contact_id = upsert_contact(session, CONTACTS, email, address.name[:500], self.now)
@@ -552,6 +558,26 @@ class Applier:
             if (lookahead := Lookahead.of(session)) is not None:
                 lookahead.contact(email, contact_id)
         return contact_id
+
+    def _mailboxes(
+        self, session: Session, intake: Intake, ticket: Ticket, cc: Iterable[Address]
+    ) -> list[Address]:
+        """The Cc that are mailboxes: one longer than RFC 5321 allows would get every
+        answer to the ticket, and none can reach it; the ticket says so instead."""
+        kept: list[Address] = []
+        unusable: list[str] = []
+        for address in cc:
+            why = overlong_address(address.addr)
+            if why is None:
+                kept.append(address)
+            else:
+                unusable.append(f"Cc address {elided(address.addr)} not added: {why}")
+        for reason in unusable[:MAX_UNUSABLE_NOTES]:
+            self.event(session, "address_unusable", reason, intake=intake, ticket=ticket)
+        if len(unusable) > MAX_UNUSABLE_NOTES:
+            more = f"and {len(unusable) - MAX_UNUSABLE_NOTES} more Cc address(es) not added"
+            self.event(session, "address_unusable", more, intake=intake, ticket=ticket)
+        return kept
 
     def _participants(
         self,
@@ -693,3 +719,8 @@ class Applier:
             key = conversation_key(msg.thread_index)
             if key:
                 insert_ignore(session, Conversation, {"key": key, "ticket_id": ticket.id}, ["key"])
+
+
+def _unusable_sender(msg: ParsedMessage) -> str | None:
+    """Why the parse left the sender's address out (no mailbox: too long), or None."""
+    return next((why for why in msg.unusable_addresses if why.startswith("From ")), None)

@@ -42,7 +42,7 @@ from inscriptis import get_text
 from mailparser.dates import parse_mail_date
 from mailparser.utils import get_addresses
 
-from maildesk.domain.address import dsn_address
+from maildesk.domain.address import MAX_UNUSABLE_NOTES, dsn_address, elided, overlong_address
 from maildesk.domain.message import Address, DeliveryStatus, ParsedAttachment, ParsedMessage
 from maildesk.domain.rawheader import (
     decode_header_text,
@@ -233,6 +233,7 @@ def _parse(raw: bytes, max_header_bytes: int) -> ParsedMessage:
     if not text.strip():
         text = _html_to_text(html, defects, cuts) if html else "\n\n".join(walker.other_text)
     address_values = _address_values(msg, hint)
+    unusable: list[str] = []
     date, date_defect = _parse_date(msg, hint)
     if date_defect:
         defects.append(date_defect)
@@ -241,10 +242,10 @@ def _parse(raw: bytes, max_header_bytes: int) -> ParsedMessage:
         in_reply_to=tuple(parse_msgid_list(" ".join(raw_index.get("in-reply-to", [])))),
         references=tuple(parse_msgid_list(" ".join(raw_index.get("references", [])))),
         subject=_first(headers, "subject") or "",
-        from_=_from_address(address_values.get("from", [])[:1], defects),
+        from_=_from_address(address_values.get("from", [])[:1], defects, unusable),
         to=_addresses(address_values.get("to", []), defects),
         cc=_addresses(address_values.get("cc", []), defects),
-        reply_to=_addresses(address_values.get("reply-to", []), defects),
+        reply_to=_reply_addresses(address_values.get("reply-to", []), defects, unusable),
         date=date,
         text=text,
         html=html,
@@ -256,7 +257,17 @@ def _parse(raw: bytes, max_header_bytes: int) -> ParsedMessage:
         returned_headers=walker.returned_headers,
         defects=tuple(dict.fromkeys([*cuts, *defects]))[:MAX_DEFECTS],
         cuts=tuple(dict.fromkeys(cuts)),
+        unusable_addresses=_bounded_list(unusable),
     )
+
+
+def _bounded_list(notes: list[str]) -> tuple[str, ...]:
+    """At most :data:`MAX_UNUSABLE_NOTES` notes, then how many more there were."""
+    notes = list(dict.fromkeys(notes))
+    if len(notes) <= MAX_UNUSABLE_NOTES:
+        return tuple(notes)
+    more = len(notes) - MAX_UNUSABLE_NOTES
+    return (*notes[:MAX_UNUSABLE_NOTES], f"and {more} more address(es) left out for that reason")
 
 
 def _without_nul(value: Any) -> Any:
@@ -418,15 +429,33 @@ def _address_field(value: str) -> tuple[tuple[Address, ...], bool]:
 _address_field_cached = functools.lru_cache(maxsize=ADDRESS_CACHE_SIZE)(_address_field)
 
 
+def _unusable(address: Address, field_name: str, unusable: list[str]) -> bool:
+    """Whether ``address`` is no mailbox (see :func:`overlong_address`); if so, says why."""
+    why = overlong_address(address.addr)
+    if why is not None:
+        unusable.append(f"{field_name} address {elided(address.addr)} left out: {why}")
+    return why is not None
+
+
 def _addresses(values: list[str], defects: list[str]) -> tuple[Address, ...]:
     return tuple(a for a in _parse_addresses(values, defects) if a.addr)
 
 
-def _from_address(values: list[str], defects: list[str]) -> Address | None:
-    """The sender; an Address with empty ``addr`` when the field is garbage."""
+def _reply_addresses(
+    values: list[str], defects: list[str], unusable: list[str]
+) -> tuple[Address, ...]:
+    """Reply-To: where a reply would go, so an address no mail can reach is left out."""
+    return tuple(a for a in _addresses(values, defects) if not _unusable(a, "Reply-To", unusable))
+
+
+def _from_address(values: list[str], defects: list[str], unusable: list[str]) -> Address | None:
+    """The sender; an Address with empty ``addr`` when the field is garbage or its
+    address no mailbox (longer than RFC 5321 allows: nothing may be sent to it)."""
     found = _parse_addresses(values, defects)
     for address in found:
         if address.addr:
+            if _unusable(address, "From", unusable):
+                return Address(addr="", name=address.name)
             return address
     if values and values[0].strip():
         defects.append("from field has no usable address")

@@ -23,12 +23,14 @@ from sqlalchemy.orm.attributes import set_committed_value
 from maildesk.config import Settings
 from maildesk.db.database import (
     Database,
+    error_summary,
     is_lock_conflict,
     is_transient,
     is_unavailable,
     retry_on_lock_conflict,
 )
 from maildesk.db.models import Blob, Disposition, Intake, IntakeState
+from maildesk.db.upsert import savepoint
 from maildesk.domain.autodetect import AutoKind
 from maildesk.domain.signing import Signer
 from maildesk.metrics import Metrics
@@ -385,7 +387,7 @@ class Worker:
     ) -> Outcome:
         for attempt in (1, 2):
             try:
-                with session.begin_nested():
+                with savepoint(session):
                     return self._decide_and_apply(session, applier, ctx, intake, parse_stop)
             except (IntegrityError, NoResultFound):
                 # Another node stored the same message or id at the same moment, or
@@ -402,11 +404,10 @@ class Worker:
                 if is_transient(exc):  # e.g. its statement timed out: later, counted
                     ctx.reset_decisions()
                     self._deferred[ctx.intake_id] = exc
-                    return Outcome(ctx.intake_id, None, reason=f"temporary failure: {exc}")
-                log.exception("intake=%s failed", ctx.intake_id)
-                return self._fail(
-                    session, intake, f"processing failed: {type(exc).__name__}: {exc}"
-                )
+                    reason = f"temporary failure: {error_summary(exc)}"
+                    return Outcome(ctx.intake_id, None, reason=reason)
+                log.exception("intake=%s failed", ctx.intake_id)  # the whole of it: here only
+                return self._fail(session, intake, f"processing failed: {error_summary(exc)}")
         raise AssertionError("unreachable")
 
     def _decide_and_apply(
@@ -470,11 +471,11 @@ class Worker:
         temporary failure is retried, never quarantined). If the database is
         still away, the claim is put back by this worker once it is there again.
         """
-        reason = f"temporary failure, will retry: {exc}"
+        reason = f"temporary failure, will retry: {error_summary(exc)}"
         if is_unavailable(exc):  # the outage itself is said once, by the loop (Outage)
             log.info("intake=%s put back, database unavailable", intake_id)
         else:
-            log.warning("intake=%s %s", intake_id, reason)
+            log.warning("intake=%s temporary failure, will retry: %s", intake_id, exc)
         if self._unreleased:  # a put-back failed just now: the database is away still
             self._unreleased[intake_id] = exc
             return Outcome(intake_id, None, reason=reason)
@@ -493,7 +494,7 @@ class Worker:
             row = session.get(Intake, intake_id)
             if row is not None and row.claimed_by == self.node:
                 row.state, row.claimed_by = IntakeState.PENDING, None
-                row.not_before, row.last_error = self.clock() + delay, str(exc)[:2000]
+                row.not_before, row.last_error = self.clock() + delay, error_summary(exc, 2000)
                 if is_lock_conflict(exc) or is_unavailable(exc):
                     row.attempts = max(row.attempts - 1, 0)
 

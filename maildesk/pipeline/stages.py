@@ -18,6 +18,7 @@ from maildesk.agents.stage import agent_stage
 from maildesk.config import PipelineSettings, Settings
 from maildesk.db import queries
 from maildesk.db.models import IdOrigin, MessageKind, Outbox, Ticket, TicketStatus
+from maildesk.domain.address import overlong_address
 from maildesk.domain.author import customer_address
 from maildesk.domain.autodetect import AutoKind, classify
 from maildesk.domain.bounces import bounced_message_ids
@@ -27,7 +28,12 @@ from maildesk.domain.message import (
     Address,
     ParsedMessage,
 )
-from maildesk.domain.rawheader import body_hash, extract_message_id, raw_header_values
+from maildesk.domain.rawheader import (
+    body_hash,
+    bounded_key,
+    extract_message_id,
+    raw_header_values,
+)
 from maildesk.domain.signing import RefPurpose, SignedRef, Signer
 from maildesk.domain.subject import find_ticket_numbers, normalize_subject
 from maildesk.domain.threadindex import conversation_key
@@ -37,7 +43,6 @@ from maildesk.pipeline.parse import ParseError, parse_message
 from maildesk.pipeline.spam import spam_stage
 from maildesk.routing.router import Router, route_stage
 
-MAX_KEY = 998
 LOOP_HEADER = "X-Maildesk-Loop"
 # The Received line a listener puts above a message it accepted within its own
 # max_message_bytes (HELO word <= 255 bytes, a peer address, a date).
@@ -83,6 +88,8 @@ def parse_stage(ctx: MessageContext, limits: PipelineSettings) -> Stop | None:
         ctx.note("parse", f"released by ops although it cannot be parsed: {exc.reason}")
     for cut in ctx.parsed.cuts:
         ctx.note("parse", f"not all of the mail was read: {cut}")
+    for why in ctx.parsed.unusable_addresses:
+        ctx.note("address_unusable", why)
     ctx.arrived_at = arrival_time(ctx.parsed.date, ctx.source, ctx.received_at)
     return None
 
@@ -92,6 +99,8 @@ def fallback_message(raw: bytes) -> ParsedMessage:
     subject = (raw_header_values(raw, "Subject") or [""])[0]
     sender = (raw_header_values(raw, "From") or [""])[0]
     addr = sender.split("<")[-1].rstrip(">").strip().lower() if "@" in sender else ""
+    if overlong_address(addr) is not None:  # no mailbox: nothing may be sent to it
+        addr = ""
     return ParsedMessage(
         message_id=extract_message_id(raw),
         in_reply_to=(),
@@ -129,12 +138,6 @@ def synthetic_message_id(msg: ParsedMessage, body_digest: str) -> str:
     date = msg.date.isoformat() if msg.date else ""
     basis = "\0".join((sender, date, msg.subject, body_digest)).encode("utf-8", "replace")
     return f"{hashlib.sha256(basis).hexdigest()[:40]}@synthetic.maildesk.invalid"
-
-
-def bounded_key(key: str) -> str:
-    if len(key) <= MAX_KEY:
-        return key
-    return key[: MAX_KEY - 41] + "#" + hashlib.sha256(key.encode()).hexdigest()[:40]
 
 
 def _stored_message(session: Session, key: str) -> queries.StoredMessage | None:

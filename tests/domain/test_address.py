@@ -9,7 +9,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from maildesk.domain.address import address_key, address_spellings, dsn_address
+from maildesk.domain.address import (
+    address_key,
+    address_spellings,
+    dsn_address,
+    elided,
+    overlong_address,
+)
 
 # (field value as the report writes it, the address it names)
 DSN_ADDRESSES = [
@@ -129,3 +135,42 @@ def test_the_ascii_reports_of_the_corpus_name_the_same_addresses_as_before(corpu
         v for v in values if dsn_address(v) != v.split(";", 1)[1].strip().strip("<>").strip()
     ]
     assert changed == []
+
+
+def _address(local: int, domain: int) -> str:
+    """An address with a local part and a domain of these lengths (labels of 63)."""
+    labels, left = [], domain - len(".test")
+    while left > 0:
+        size = min(63, left if left <= 63 else 62)
+        labels.append("d" * size)
+        left -= size + 1
+    return "l" * local + "@" + ".".join(labels) + ".test"
+
+
+@pytest.mark.parametrize(
+    ("address", "too_long"),
+    [
+        (_address(64, 20), None),
+        (_address(65, 20), "its part before the @ is 65 characters long, more than the 64"),
+        (_address(64, 189), None),  # 254 in all: RFC 5321's longest path, without <>
+        (_address(64, 190), "the address is 255 characters long, more than the 254"),
+        ("ü" * 32 + "@example.de", None),  # 64 bytes of UTF-8
+        ("ü" * 33 + "@example.de", "66 bytes (UTF-8) long, more than the 64"),
+    ],
+)
+def test_an_address_longer_than_rfc_5321_allows_is_no_mailbox(
+    address: str, too_long: str | None
+) -> None:
+    why = overlong_address(address)
+    if too_long is None:
+        assert why is None, why
+    else:
+        assert why is not None and too_long in why, why
+        assert why.endswith("RFC 5321 allows: no mail can be delivered to it")
+
+
+def test_elided_keeps_both_ends_within_its_limit() -> None:
+    shown = elided("a" * 300 + "@victim.test.attacker.example")
+    assert len(shown) == 80 and shown.startswith("aaa") and "\u2026" in shown
+    assert shown.endswith("@victim.test.attacker.example")
+    assert elided("short@x.test") == "short@x.test"
