@@ -19,7 +19,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import selectinload
 
 from maildesk.app import App
-from maildesk.config import EX_CONFIG, ConfigError, load_settings
+from maildesk.config import EX_CONFIG, ConfigError, Settings, load_settings
 from maildesk.db import queries
 from maildesk.db.database import (
     SchemaOutOfDate,
@@ -790,7 +790,8 @@ def status(
         engine.dispose()
     imap = read_imap_health(app.settings.data_dir)
     limits = Thresholds(pending_minutes, outbox_minutes, disk_free_mb)
-    found = problems(figures, imap, limits) + disk_problems(_written_places(app), limits)
+    found = problems(figures, imap, limits, _outbound_blocker(app.settings))
+    found += disk_problems(_written_places(app), limits)
     if as_json:
         _echo_json(status_json(figures, imap, found))
     else:
@@ -801,14 +802,28 @@ def status(
     sys.exit(1 if found else 0)
 
 
+def _outbound_maildir(settings: Settings) -> Path | None:
+    """The Maildir outbound mail is written to; None when it goes to a relay."""
+    if settings.outbound.transport != "maildir":
+        return None
+    return settings.outbound.maildir or settings.data_dir / "outbox-maildir"
+
+
+def _outbound_blocker(settings: Settings) -> str:
+    """What keeps outbound mail waiting, said for the transport in use."""
+    maildir = _outbound_maildir(settings)
+    if maildir is not None:
+        return f"the Maildir {maildir} cannot be written"
+    return "the relay refuses or cannot be reached"
+
+
 def _written_places(app: App) -> list[tuple[str, Path]]:
     """Where the daemon writes: the data directory, a SQLite database, the outbound Maildir."""
     settings = app.settings
     places = [("data directory", settings.data_dir)]
     if app.db.is_sqlite and app.db.engine.url.database:
         places.append(("database", Path(app.db.engine.url.database).parent))
-    if settings.outbound.transport == "maildir":
-        maildir = settings.outbound.maildir or settings.data_dir / "outbox-maildir"
+    if (maildir := _outbound_maildir(settings)) is not None:
         places.append(("outbound Maildir", maildir))
     return places
 

@@ -57,9 +57,15 @@ def read_imap_health(data_dir: Path) -> list[dict[str, Any]]:
 
 
 def problems(
-    figures: Figures, imap: list[dict[str, Any]], limits: Thresholds = Thresholds()
+    figures: Figures,
+    imap: list[dict[str, Any]],
+    limits: Thresholds = Thresholds(),
+    outbound: str = "the relay refuses or cannot be reached",
 ) -> list[str]:
-    """What ops should look at, one sentence each; empty when all is well."""
+    """What ops should look at, one sentence each; empty when all is well.
+
+    ``outbound`` says what keeps outbound mail waiting, by the transport in use.
+    """
     found = []
     age = figures.intake_oldest_pending_age_seconds
     if age is not None and age > limits.pending_minutes * 60:
@@ -71,7 +77,7 @@ def problems(
     if due is not None and due > limits.outbox_minutes * 60:
         found.append(
             f"outbound mail due for {due / 60:.0f} minutes (more than {limits.outbox_minutes:g}): "
-            "the relay refuses or cannot be reached (`maildesk outbox list`)"
+            f"{outbound} (`maildesk outbox list`)"
         )
     if figures.outbox_failed_last_day:
         found.append(

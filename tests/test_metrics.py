@@ -263,6 +263,34 @@ def test_status_is_healthy_on_a_quiet_installation_and_names_what_waits(tmp_path
     assert code == 0 and "1 pending" in out
 
 
+def test_status_names_what_keeps_outbound_mail_waiting_by_the_transport(tmp_path: Path) -> None:
+    """An acknowledgement due an hour ago and not sent: through a relay, the relay is to
+    blame; written to a Maildir, the Maildir is (a full disk, a directory not writable)."""
+    daemon = MetricsDaemon(tmp_path, relay_port=free_port(), metrics_port=free_port())
+    daemon.write_config()
+    stored = daemon.cli("ingest", "-", stdin=make_mail(message_id="due@c.test"))
+    assert stored.returncode == 0, stored.stderr
+    engine = create_engine(f"sqlite:///{tmp_path / 'data' / 'maildesk.sqlite3'}")
+    with engine.begin() as conn:
+        an_hour_ago = (datetime.now(UTC) - timedelta(hours=1)).replace(tzinfo=None)
+        queued = conn.execute(
+            text("UPDATE outbox SET next_attempt_at = :t WHERE state = 'queued'"),
+            {"t": an_hour_ago},
+        ).rowcount
+    engine.dispose()
+    assert queued == 1  # the acknowledgement
+    code, shown = daemon.status("--json")
+    [due] = [p for p in shown["problems"] if p.startswith("outbound mail due")]
+    assert code == 1 and "the relay refuses or cannot be reached" in due
+
+    config = daemon.config_path.read_text().replace('transport = "smtp"', 'transport = "maildir"')
+    daemon.config_path.write_text(config)
+    code, shown = daemon.status("--json")
+    [due] = [p for p in shown["problems"] if p.startswith("outbound mail due")]
+    maildir = tmp_path / "data" / "outbox-maildir"
+    assert code == 1 and f"the Maildir {maildir} cannot be written" in due
+
+
 @pytest.mark.parametrize(
     ("listen", "reason"),
     [
