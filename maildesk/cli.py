@@ -850,6 +850,12 @@ def _echo_status(figures: Figures, imap: list[dict[str, Any]]) -> None:
     lines += [
         f"imap        {f.get('mailbox')}/{f.get('folder')}: {f.get('status')}"
         + (f", {f.get('consecutive_failures')} failures" if f.get("consecutive_failures") else "")
+        + (
+            f", {f.get('post_action_waiting')} waiting for their post-action "
+            f"({f.get('post_action_waiting_reason')})"
+            if f.get("post_action_waiting")
+            else ""
+        )
         for f in imap
     ]
     for line in lines:

@@ -395,6 +395,10 @@ class ImapMailboxSettings(_Section):
     lease_seconds: float = Field(default=60.0, ge=5)
     timeout_seconds: float = Field(default=60.0, gt=0)
     command_deadline_seconds: float = Field(default=300.0, gt=0)
+    # A post-action refused for a reason that may pass (NO [OVERQUOTA], say) is
+    # tried again after this wait, doubling up to an hour, for this long at most.
+    post_action_retry_seconds: float = Field(default=60.0, gt=0)
+    post_action_retry_for_seconds: float = Field(default=86400.0, gt=0)
 
     @model_validator(mode="after")
     def _move_needs_target(self) -> ImapMailboxSettings:

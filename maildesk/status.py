@@ -16,6 +16,9 @@ thresholds. What is judged, and why:
 * a file system the daemon writes to (the data directory, the outbound
   Maildir) nearly full: the daemon cannot say so itself, it has no room to
   write it (intake answers 4xx, outbound mail waits, both until there is room).
+* stored IMAP mail whose flag/move/delete the server refused for a reason that
+  may pass (a full ``move_to`` folder): it is tried again, but piles up in the
+  folder until someone acts (deletes mail, raises the quota).
 
 Tickets past an SLA due time are shown, not judged: they are the agents' to act on.
 """
@@ -95,6 +98,13 @@ def problems(
                 f"IMAP {folder.get('mailbox')}/{folder.get('folder')}: {failures} failures "
                 f"in a row: {folder.get('last_error') or folder.get('status')}"
             )
+        waiting = int(folder.get("post_action_waiting") or 0)
+        if waiting:
+            found.append(
+                f"IMAP {folder.get('mailbox')}/{folder.get('folder')}: {waiting} stored "
+                "message(s) wait for their post-action, refused by the server and tried "
+                f"again: {folder.get('post_action_waiting_reason')}"
+            )
     return found
 
 
@@ -146,6 +156,8 @@ def status_json(figures: Figures, imap: list[dict[str, Any]], found: list[str]) 
                     "consecutive_failures",
                     "last_ok_at",
                     "last_error",
+                    "post_action_waiting",
+                    "post_action_waiting_reason",
                 )
             }
             for folder in imap

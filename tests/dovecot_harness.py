@@ -225,6 +225,12 @@ class Dovecot:
         self.stop()
         self.start()
 
+    def reload(self) -> None:
+        """``doveadm reload``: new sessions get the config as it now is; running ones keep theirs."""
+        subprocess.run(
+            ["doveadm", "-c", str(self.config), "reload"], check=True, capture_output=True
+        )
+
     def remove(self) -> None:
         self.stop()
         shutil.rmtree(self.root, ignore_errors=True)

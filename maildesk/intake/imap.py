@@ -61,6 +61,7 @@ from maildesk.intake.oauth2 import (
     PasswordLogin,
     oauth2_login,
 )
+from maildesk.intake.post_action_retry import RetryBook, passes, refusal_code
 from maildesk.intake.store import Envelope, IntakeStore, header_message_id
 
 log = logging.getLogger("maildesk.intake.imap")
@@ -168,6 +169,10 @@ class FolderHealth:
     last_ok_at: str = ""  # ISO time of the last successful search
     stored: int = 0  # messages stored by this process
     last_uid: int = 0
+    # Stored messages whose post-action the server refused for a reason that may
+    # pass (NO [OVERQUOTA], say): tried again later; the reason is the latest refusal.
+    post_action_waiting: int = 0
+    post_action_waiting_reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -496,6 +501,14 @@ class FolderPoller:
         self.uidvalidity = 0  # of the folder as selected by the current session
         self.move_target_problem = ""  # why move_to could not be created, if it could not
         self.gate = LoginGate()  # ImapIntake shares one between the folders of a mailbox
+        # UIDs whose refused post-action is tried again (post_action_retry), and the
+        # highest UID up to which each is acted on, passed over or waiting there:
+        # what this process knows (a restart finds it again between acted_uid and
+        # last_uid, and tries it all).
+        self.retries = RetryBook(
+            mailbox.post_action_retry_seconds, mailbox.post_action_retry_for_seconds
+        )
+        self.settled_uid = 0
 
     # -- the loop -----------------------------------------------------------
     def run(self) -> None:
@@ -508,12 +521,14 @@ class FolderPoller:
                     stop.wait(held)
                     continue
                 if not self.state.acquire():
+                    self._forget_progress()
                     self._report(FolderStatus.STANDBY)
                     stop.wait(self.mailbox.lease_seconds / 3)
                     continue
                 self.session()
             except LeaseLost as exc:
                 log.warning("imap %s: %s; standing by", self.name, exc)
+                self._forget_progress()
                 self._report(FolderStatus.STANDBY, str(exc))
             except LoginHeld:  # another folder's login was refused meanwhile
                 self._report(FolderStatus.BACKOFF, self.gate.error)
@@ -580,6 +595,14 @@ class FolderPoller:
                     log.info("imap %s: working again after %d failures", self.name, self.failures)
                     self.failures = 0
                     self.health.consecutive_failures = 0
+                if writable and self.retries.due(time.monotonic()):
+                    # On a new connection: a server's raised quota or other changed
+                    # limits (Dovecot after `doveadm reload`) often reach only new sessions.
+                    log.info(
+                        "imap %s: post-actions due to be tried again; reconnecting for them",
+                        self.name,
+                    )
+                    return
                 if use_idle:
                     self._idle(client)
                 else:
@@ -626,6 +649,7 @@ class FolderPoller:
             )
         self.state.reset(uidvalidity)
         self.fetch_failures.clear()
+        self._forget_progress()
         return Progress(uidvalidity, 0, 0)
 
     # -- reading ------------------------------------------------------------
@@ -669,7 +693,7 @@ class FolderPoller:
         if fresh:
             self.deps.on_stored()
         self._post_action(client, uids, sizes)
-        self.state.record_acted(uids[-1])
+        self._settle(uids[-1])
         # Failures of UIDs passed are forgotten; a given-up one is kept, so no
         # catch-up of post-actions in this process acts on it.
         self.fetch_failures = {
@@ -882,14 +906,91 @@ class FolderPoller:
                 # target that cannot be created). The mail is stored, so leaving it
                 # where it is loses nothing; stopping the folder for it would stall
                 # every later mail.
-                error = f"post-action {action} refused: {exc}"
-                if action is ImapPostAction.MOVE and self.move_target_problem:
-                    error += f" ({self.move_target_problem})"
+                self._refused(uids, str(exc))
+                return
+        if any(u in self.retries for u in uids):
+            log.info("imap %s: post-action %s done at last for UIDs %s", self.name, action, uids)
+            self.retries.done(uids)
+            self._report_waiting()
+
+    def _refused(self, uids: list[int], reason: str) -> None:
+        """Keep ``uids`` to be tried again if the reason may pass, else pass them over."""
+        action = self.mailbox.post_action
+        error = f"post-action {action} refused: {reason}"
+        if action is ImapPostAction.MOVE and self.move_target_problem:
+            error += f" ({self.move_target_problem})"
+        where = f"UIDs {uids[0]}:{uids[-1]} ({len(uids)})"
+        if not passes(reason):
+            self.retries.done(uids)
+            log.warning("imap %s: %s; %s left as they are", self.name, error, where)
+        else:
+            now = self.deps.clock()
+            fresh = [u for u in uids if u not in self.retries]
+            self.retries.refused(uids, reason, now, time.monotonic(), self._stored_at(fresh))
+            given_up = self.retries.expired(now)
+            if given_up:
                 log.warning(
-                    "imap %s: %s; UIDs %d:%d left as they are", self.name, error, uids[0], uids[-1]
+                    "imap %s: %s; gave up on UIDs %s after trying for %.0f hours "
+                    "(post_action_retry_for_seconds); left as they are",
+                    self.name,
+                    error,
+                    ", ".join(map(str, given_up[:20])) + (" ..." if len(given_up) > 20 else ""),
+                    self.mailbox.post_action_retry_for_seconds / 3600,
                 )
-                self.health.last_error = error
-                self.deps.on_health(replace(self.health))
+            still = [self.retries.waiting[u] for u in uids if u in self.retries]
+            if still:
+                wait = max(0.0, (self.retries.next_at() or 0.0) - time.monotonic())
+                # A warning when they begin to wait; each refusal after it, one info line.
+                say = log.warning if any(w.attempts == 1 for w in still) else log.info
+                say(
+                    "imap %s: %s (%s, a reason that may pass); %s stay to be tried again in %.0fs",
+                    self.name,
+                    error,
+                    refusal_code(reason) or "no code",
+                    where,
+                    wait,
+                )
+        self.health.last_error = error
+        self._report_waiting(force=True)
+
+    def _stored_at(self, uids: list[int]) -> dict[int, datetime]:
+        """When each of ``uids`` was stored (its retries are counted from then); if known."""
+        if not uids:
+            return {}
+        refs = {source_ref(self.mailbox.key, self.folder, self.uidvalidity, u): u for u in uids}
+        with self.deps.db.transaction() as session:
+            rows = session.execute(
+                select(Intake.source_ref, func.min(Intake.received_at))
+                .where(Intake.source == SOURCE, Intake.source_ref.in_(list(refs)))
+                .group_by(Intake.source_ref)
+            ).all()
+        return {refs[ref]: at for ref, at in rows}
+
+    def _settle(self, uid: int) -> None:
+        """Every UID up to ``uid`` is acted on, passed over or waiting: record what is done.
+
+        acted_uid stays below the lowest UID waiting, so a restart tries it again.
+        """
+        self.settled_uid = max(self.settled_uid, uid)
+        lowest = self.retries.lowest()
+        self.state.record_acted(self.settled_uid if lowest is None else lowest - 1)
+
+    def _forget_progress(self) -> None:
+        """What this process knew of post-actions (another node may act meanwhile)."""
+        self.retries.clear()
+        self.settled_uid = 0
+        self._report_waiting()
+
+    def _report_waiting(self, force: bool = False) -> None:
+        waiting, reason = len(self.retries), self.retries.summary()
+        if not force and (waiting, reason) == (
+            self.health.post_action_waiting,
+            self.health.post_action_waiting_reason,
+        ):
+            return
+        self.health.post_action_waiting = waiting
+        self.health.post_action_waiting_reason = reason
+        self.deps.on_health(replace(self.health))
 
     def _apply_post_action(self, client: IMAPClient, uids: list[int]) -> None:
         action = self.mailbox.post_action
@@ -955,18 +1056,37 @@ class FolderPoller:
         return found
 
     def _catch_up_post_actions(self, client: IMAPClient, progress: Progress) -> None:
-        """Apply post-actions a crash left undone (stored, recorded, not yet acted on)."""
-        if progress.acted_uid >= progress.last_uid:
+        """Apply post-actions a crash left undone, and try again those due.
+
+        Between acted_uid and last_uid lie UIDs whose post-action was not done:
+        after a crash (or in a new process) all of them, within this process only
+        those waiting in :attr:`retries`; the rest there were acted on or passed over.
+        """
+        undone_from = max(progress.acted_uid, self.settled_uid)
+        due = set(self.retries.due(time.monotonic()))
+        if undone_from >= progress.last_uid and not due:
             return
         with self.watch.command("SEARCH"):
             found = client.search(["UID", f"{progress.acted_uid + 1}:{progress.last_uid}"])
-        uids = [u for u in sorted(found) if progress.acted_uid < u <= progress.last_uid]
+        there = {u for u in found if progress.acted_uid < u <= progress.last_uid}
+        gone = [u for u in self.retries.waiting if u not in there]
+        if gone:  # moved or deleted by someone else: nothing left to act on
+            self.retries.done(gone)
+        undone = sorted(u for u in there if u > undone_from)
+        uids = sorted({*undone, *(due & there)})
         placeholders = self._stored_placeholders(progress.uidvalidity, uids)
         self._post_action(client, [u for u in uids if u not in placeholders])
-        self.state.record_acted(progress.last_uid)
-        log.info(
-            "imap %s: applied the post-action left undone to %d messages", self.name, len(uids)
-        )
+        # Whatever is still due was not tried (a placeholder): it would bring the
+        # poller straight back here on every connection.
+        self.retries.done(self.retries.due(time.monotonic()))
+        self._settle(progress.last_uid)
+        self._report_waiting()
+        if undone:
+            log.info(
+                "imap %s: applied the post-action left undone to %d messages",
+                self.name,
+                len(undone),
+            )
 
     def _stored_placeholders(self, uidvalidity: int, uids: list[int]) -> set[int]:
         """UIDs stored only as a placeholder (the server failed to deliver them).
@@ -1013,6 +1133,7 @@ class FolderPoller:
         if _take_change_notices(client):
             return  # mail came in during the last poll's commands or as IDLE began
         until = time.monotonic() + min(self.mailbox.poll_interval_seconds, IDLE_MAX_SECONDS)
+        until = min(until, self.retries.next_at() or until)  # a retry due ends the IDLE
         while not self.deps.stop.is_set() and time.monotonic() < until:
             if _buffered_change(client):
                 return
@@ -1025,6 +1146,7 @@ class FolderPoller:
     def _wait(self, seconds: float) -> None:
         self._report(FolderStatus.WAITING)
         until = time.monotonic() + seconds
+        until = min(until, self.retries.next_at() or until)
         while not self.deps.stop.is_set() and time.monotonic() < until:
             self.deps.stop.wait(min(IDLE_CHECK_SECONDS * 5, max(0.0, until - time.monotonic())))
             self._renew_if_due()
