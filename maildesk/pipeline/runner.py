@@ -389,14 +389,17 @@ class Worker:
             try:
                 with savepoint(session):
                     return self._decide_and_apply(session, applier, ctx, intake, parse_stop)
-            except (IntegrityError, NoResultFound):
+            except (IntegrityError, NoResultFound) as exc:
                 # Another node stored the same message or id at the same moment, or
                 # erased the ticket it threads to (``privacy forget``, retention):
                 # decide again against what it wrote.
                 applier.discard_events()
                 ctx.reset_decisions()
                 if attempt == 2:
-                    return self._fail(session, intake, "conflicting concurrent writes twice")
+                    # Twice is no race any more: say what the database said.
+                    log.warning("intake=%s failed twice: %s", ctx.intake_id, exc)
+                    reason = f"conflicting concurrent writes twice: {error_summary(exc)}"
+                    return self._fail(session, intake, reason)
             except Exception as exc:
                 if is_unavailable(exc) or is_lock_conflict(exc):
                     raise  # the whole batch waits (or is applied again)

@@ -159,25 +159,36 @@ REFUSE = "refuse-me"
 SECRET = "my card number is 4111 1111 1111 1111"
 
 
-def refuse_messages_with(app: App, marker: str) -> None:
+def refuse_messages_with(app: App, marker: str, constraint: bool = False) -> None:
     """Make the database refuse a message row whose subject has ``marker``: a failure
-    nobody foresaw (as a value too long for its column was), the same on both."""
+    nobody foresaw (as a value too long for its column was), the same on both; with
+    ``constraint``, as a broken constraint (an IntegrityError, as a race also raises)."""
     with app.db.transaction() as session:
         if app.db.is_sqlite:
-            # zeroblob over SQLite's length limit: "string or blob too big" (a DataError).
+            # zeroblob over SQLite's length limit: "string or blob too big" (a DataError);
+            # RAISE(ABORT) is a constraint failure.
+            refusal = (
+                "SELECT RAISE(ABORT, 'CHECK constraint failed: messages_subject')"
+                if constraint
+                else "SELECT zeroblob(2000000000)"
+            )
             session.execute(
                 text(
                     "CREATE TRIGGER refuse BEFORE INSERT ON messages "
                     f"WHEN NEW.subject LIKE '%{marker}%' "
-                    "BEGIN SELECT zeroblob(2000000000); END"
+                    f"BEGIN {refusal}; END"
                 )
             )
         else:
+            refusal = (
+                "'new row violates check constraint \"messages_subject\"' USING ERRCODE = '23514'"
+                if constraint
+                else "'value too long for type character varying(320)' USING ERRCODE = '22001'"
+            )
             session.execute(
                 text(
                     "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
-                    f"IF NEW.subject LIKE '%{marker}%' THEN RAISE EXCEPTION "
-                    "'value too long for type character varying(320)' USING ERRCODE = '22001'; "
+                    f"IF NEW.subject LIKE '%{marker}%' THEN RAISE EXCEPTION {refusal}; "
                     "END IF; RETURN NEW; END $$"
                 )
             )
@@ -189,14 +200,18 @@ def refuse_messages_with(app: App, marker: str) -> None:
             )
 
 
+def drop_refusal(app: App) -> None:
+    with app.db.transaction() as session:
+        session.execute(text("DROP TRIGGER refuse" + ("" if app.db.is_sqlite else " ON messages")))
+        if not app.db.is_sqlite:
+            session.execute(text("DROP FUNCTION refuse()"))
+
+
 @pytest.fixture
 def refusing_desk(desk: App) -> Iterator[App]:
     refuse_messages_with(desk, REFUSE)
     yield desk
-    with desk.db.transaction() as session:
-        session.execute(text("DROP TRIGGER refuse" + ("" if desk.db.is_sqlite else " ON messages")))
-        if not desk.db.is_sqlite:
-            session.execute(text("DROP FUNCTION refuse()"))
+    drop_refusal(desk)
 
 
 def test_a_refused_row_quarantines_with_a_short_reason_without_sql_or_text(
@@ -216,6 +231,26 @@ def test_a_refused_row_quarantines_with_a_short_reason_without_sql_or_text(
     # The daemon went on with the next mail.
     assert following.disposition is Disposition.CREATED
     assert ALICE in recipients(relay)
+
+
+def test_a_constraint_broken_twice_is_no_race_and_the_reason_says_what_broke(
+    desk: App, relay: RelaySink
+) -> None:
+    """An IntegrityError is first taken for another node's write at the same moment and
+    decided again; failing twice, the quarantine reason names what the database said."""
+    refuse_messages_with(desk, REFUSE, constraint=True)
+    try:
+        refused = make_mail(subject=f"{REFUSE} {SECRET}", message_id="c1@x.test")
+        by_smtp(desk, (ALICE, refused), (ALICE, make_mail(message_id="c2@x.test")))
+    finally:
+        drop_refusal(desk)
+    held, following = intakes(desk)
+    assert held.state is IntakeState.QUARANTINED
+    reason = held.quarantine_reason or ""
+    assert reason.startswith("conflicting concurrent writes twice: IntegrityError ("), reason
+    assert "IntegrityError" in reason and "messages_subject" in reason, reason
+    assert SECRET not in reason and "INSERT" not in reason, reason
+    assert following.disposition is Disposition.CREATED
 
 
 def with_folded_message_id(raw: bytes, message_id: str) -> bytes:
