@@ -189,6 +189,29 @@ retry_max_seconds = 1
         self.proc.kill()
         self.proc.wait(timeout=30)
 
+    def status_json(self) -> tuple[int, dict[str, Any]]:
+        """`maildesk status --json` as ops run it: its exit code (1 while something needs
+        looking at) and what it says."""
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "maildesk",
+                "--config",
+                str(self.config_path),
+                "status",
+                "--json",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            cwd=self.workdir,
+            env=maildesk_env(),
+        )
+        assert result.returncode in (0, 1), result.stderr
+        return result.returncode, dict(json.loads(result.stdout))
+
     def cli(self, *args: str) -> Any:
         result = subprocess.run(
             [sys.executable, "-m", "maildesk", "--config", str(self.config_path), *args],

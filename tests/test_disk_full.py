@@ -14,7 +14,6 @@ import json
 import os
 import smtplib
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -32,7 +31,7 @@ from maildesk.db.models import Intake, SpamFeedback
 from maildesk.spam.feedback import SpamLabel, record_feedback
 from maildesk.spam.model import SpamFilter
 from maildesk.spam.scoring import SEED_MODEL
-from tests.daemon_harness import DaemonProcess, RelaySink, maildesk_env
+from tests.daemon_harness import DaemonProcess, RelaySink
 from tests.dovecot_harness import append_with, dovecot_server
 from tests.intake.test_imap_daemon import all_seen, imap_config, stored_refs
 from tests.mailfactory import make_mail
@@ -79,28 +78,6 @@ class MaildirDaemon(DaemonProcess):
         local = f'transport = "maildir"\nmaildir = "{self.maildir}"'
         self.config_path.write_text(text.replace('transport = "smtp"', local), encoding="utf-8")
 
-    def status(self) -> tuple[int, dict[str, Any]]:
-        """`maildesk status --json` as ops run it: its exit code and what it says."""
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "maildesk",
-                "--config",
-                str(self.config_path),
-                "status",
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            cwd=self.workdir,
-            env=maildesk_env(),
-        )
-        assert result.returncode in (0, 1), result.stderr
-        return result.returncode, json.loads(result.stdout)
-
 
 def wait_until(what: str, done: Callable[[], bool], timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
@@ -133,7 +110,9 @@ def test_outbound_mail_waits_for_a_full_maildir_disk_and_goes_out_once_there_is_
                 "the three acknowledgements are in the Maildir",
                 lambda: new.exists() and len(list(new.iterdir())) >= len(customers),
             )
-            wait_until("`maildesk status` healthy again", lambda: daemon.status()[1]["healthy"])
+            wait_until(
+                "`maildesk status` healthy again", lambda: daemon.status_json()[1]["healthy"]
+            )
             acks = [message_from_bytes(p.read_bytes()) for p in sorted(new.iterdir())]
             assert sorted(str(a["To"]) for a in acks) == customers  # each once
             assert list((maildir / "tmp").iterdir()) == []  # no half-written file left behind
@@ -154,16 +133,16 @@ def test_status_names_a_full_data_directory_while_the_daemon_cannot_say_so(
         daemon.maildir = tmp_path / "outmail"  # not on the full disk
         daemon.start()
         try:
-            code, said = daemon.status()
+            code, said = daemon.status_json()
             assert code == 0, said
             filler = data / "filler"
             fill(filler)
-            code, said = daemon.status()
+            code, said = daemon.status_json()
             assert code == 1, said
             assert [p for p in said["problems"] if "data directory" in p], said
             assert not [p for p in said["problems"] if "Maildir" in p], said
             filler.unlink()
-            code, said = daemon.status()
+            code, said = daemon.status_json()
             assert code == 0, said
         finally:
             assert daemon.terminate() == 0

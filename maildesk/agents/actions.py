@@ -125,31 +125,38 @@ class CommandRunner:
             if self.directory.agent(who) is None and self.directory.group(who) is None:
                 return f"no agent or group named {arg!r}"
         elif name == "queue":
-            known = self._queues()
-            if arg not in known:
-                listed = f" (known: {', '.join(sorted(known))})" if known else ""
-                return f"no queue named {arg!r}{listed}"
+            return self._unknown_queue(arg)
         elif name == "escalate" and arg and self.directory.group(arg) is None:
             return f"unknown group {arg!r}"
         elif name == "cc" and arg in self.notices.settings.own_addresses:
             return "that is one of our own addresses"
         elif name == "merge":
-            other = queries.ticket_by_number(self.session, int(arg))
-            if other is None:
-                return f"no ticket #{arg}"
-            if other.id == self.ticket.id:
-                return "cannot merge a ticket into itself"
+            return self._merge_target(arg)[1]
         elif name == "template":
             return self._render_template(arg)[1]
         return None
 
-    def _queues(self) -> set[str]:
+    def _unknown_queue(self, arg: str) -> str | None:
+        """Why ``arg`` names no queue (listing the known ones), or None."""
         settings = self.notices.settings
-        return {
+        known = {
             *settings.routing.queue_groups,
             *settings.routing.default_responsible,
             *(a.queue for a in settings.address if a.queue),
         }
+        if arg in known:
+            return None
+        listed = f" (known: {', '.join(sorted(known))})" if known else ""
+        return f"no queue named {arg!r}{listed}"
+
+    def _merge_target(self, arg: str) -> tuple[Ticket | None, str | None]:
+        """The ticket ``#merge arg`` names, or None and why it cannot be merged here."""
+        other = queries.ticket_by_number(self.session, int(arg))
+        if other is None:
+            return None, f"no ticket #{arg}"
+        if other.id == self.ticket.id:
+            return None, "cannot merge a ticket into itself"
+        return other, None
 
     def _event(self, kind: str, reason: str, command: Command) -> None:
         data = {"command": command.name, "arg": command.arg, "agent": self.agent.name}
@@ -225,10 +232,8 @@ class CommandRunner:
     def _do_queue(self, arg: str, out: Outcome) -> str | None:
         """Move to another queue: its group takes the ticket, the queue model learns."""
         settings = self.notices.settings
-        known = self._queues()
-        if arg not in known:
-            listed = f" (known: {', '.join(sorted(known))})" if known else ""
-            return f"no queue named {arg!r}{listed}"
+        if (unknown := self._unknown_queue(arg)) is not None:
+            return unknown
         if arg == self.ticket.queue:
             return f"the ticket is already in queue {arg}"
         move_queue(
@@ -305,11 +310,9 @@ class CommandRunner:
         return None
 
     def _do_merge(self, arg: str, out: Outcome) -> str | None:
-        other = queries.ticket_by_number(self.session, int(arg))
+        other, problem = self._merge_target(arg)
         if other is None:
-            return f"no ticket #{arg}"
-        if other.id == self.ticket.id:
-            return "cannot merge a ticket into itself"
+            return problem
         reason = f"#merge by agent {self.agent.name}"
         if not merge_tickets(self.session, other, self.ticket, self.now, reason=reason):
             # Decided on the locked rows: another node's merge may have come first.

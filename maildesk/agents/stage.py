@@ -70,13 +70,20 @@ def _auth(ctx: MessageContext, all_settings: Settings, agent: AgentSettings) -> 
     return check_auth(settings, ctx.message, domain, lambda: dkim_domain(ctx.raw))
 
 
-def _confirm_request(ticket_id: int, agent: str, where: str, parsed: Parsed) -> AgentMail:
-    """Commands held until the agent confirms them by replying to a mail signed for them."""
+def _confirm_request(
+    ticket_id: int, agent: str, where: str, parsed: Parsed, checked: AuthCheck
+) -> AgentMail:
+    """Commands held until the agent confirms them by replying to a mail signed for them.
+
+    The factors that passed are kept as for a note without commands: the note's author
+    is shown unverified only where nothing but its From vouches for it.
+    """
     return AgentMail(
         CONFIRM_REQUEST,
         ticket_id,
         agent,
         f"commands in {where}: confirmation requested",
+        ("from", *checked.passed),
         commands=tuple(c.line for c in parsed.commands),
     )
 
@@ -118,7 +125,11 @@ def agent_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop 
                 # nothing, and the internal address may be only a Cc header): the note
                 # is kept, the commands wait for the agent's signed "reply to apply".
                 ctx.agent = _confirm_request(
-                    thread.ticket_id, sender_agent.name, "a mail to the internal address", parsed
+                    thread.ticket_id,
+                    sender_agent.name,
+                    "a mail to the internal address",
+                    parsed,
+                    checked,
                 )
                 return None
             ctx.agent = AgentMail(
@@ -132,7 +143,9 @@ def agent_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop 
         replying = thread.rule not in (ThreadRule.SUBJECT_TAG, ThreadRule.NEW_TICKET)
         ticket = _tagged_ticket(ctx, session, deps)
         if parsed.commands and ticket is not None and checked.ok and not replying:
-            ctx.agent = _confirm_request(ticket.id, sender_agent.name, "a new mail", parsed)
+            ctx.agent = _confirm_request(
+                ticket.id, sender_agent.name, "a new mail", parsed, checked
+            )
             ctx.thread = ThreadDecision(
                 ThreadRule.SUBJECT_TAG,
                 ticket.id,

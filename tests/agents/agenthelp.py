@@ -15,6 +15,7 @@ from sqlalchemy import select
 from maildesk.app import App
 from maildesk.db.models import Blob, Event, Outbox, Ticket
 from tests.conftest import FrozenClock, make_settings
+from tests.daemon_harness import Received, RelaySink
 
 AGENTS = [
     {
@@ -173,3 +174,18 @@ def events_of_kind(app: App, kind: str) -> list[Event]:
         rows = list(session.scalars(select(Event).where(Event.kind == kind).order_by(Event.id)))
         session.expunge_all()
         return rows
+
+
+def wait_for_sent(relay: RelaySink, rcpt: str, subject_part: str) -> Sent:
+    """The first mail the relay got for ``rcpt`` with ``subject_part`` in its Subject,
+    waited for (daemon tests)."""
+
+    def found(got: list[Received]) -> Received | None:
+        return next(
+            (r for r in got if rcpt in r.rcpt_tos and subject_part in str(r.message["Subject"])),
+            None,
+        )
+
+    hit = found(relay.wait_for(lambda got: found(got) is not None))
+    assert hit is not None
+    return Sent("", list(hit.rcpt_tos), hit.raw)

@@ -4,55 +4,15 @@ from __future__ import annotations
 
 import smtplib
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, text
 
-from tests.agents.agenthelp import Sent, client_reply, reply_address
-from tests.daemon_harness import DaemonProcess, Received, RelaySink
+from tests.agents.agenthelp import client_reply, reply_address, wait_for_sent
+from tests.daemon_harness import DaemonProcess, RelaySink
 from tests.mailfactory import make_mail
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-def daemon(tmp_path: Path, relay: RelaySink) -> Iterator[DaemonProcess]:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    extra = f"""
-[routing]
-default_group = "L1"
-rules_dir = "{rules}"
-
-[[groups]]
-name = "L1"
-
-[[agents]]
-name = "bob"
-display_name = "Bob Agent"
-addresses = ["bob@agents.test"]
-groups = ["L1"]
-"""
-    proc = DaemonProcess(tmp_path, relay_port=relay.port, extra_config=extra).start()
-    yield proc
-    if proc.proc is not None and proc.proc.poll() is None:
-        proc.kill()
-
-
-def _sent(got: list[Received], rcpt: str, subject_part: str) -> Sent | None:
-    for r in got:
-        if rcpt in r.rcpt_tos and subject_part in str(r.message["Subject"]):
-            return Sent("", list(r.rcpt_tos), r.raw)
-    return None
-
-
-def _wait(relay: RelaySink, rcpt: str, subject_part: str) -> Sent:
-    got = relay.wait_for(lambda r: _sent(r, rcpt, subject_part) is not None)
-    found = _sent(got, rcpt, subject_part)
-    assert found is not None
-    return found
 
 
 @pytest.mark.parametrize("style", ["thunderbird", "outlook", "gmail"])
@@ -65,8 +25,8 @@ def test_customer_agent_reply_resolve_and_rating_over_the_daemon(
             ["support@example.com"],
             make_mail(message_id="e2e-a1@customer.test", subject="VPN drops", body="It drops.\n"),
         )
-    _wait(relay, "alice@customer.test", "We received your request")
-    notice = _wait(relay, "bob@agents.test", "New ticket")
+    wait_for_sent(relay, "alice@customer.test", "We received your request")
+    notice = wait_for_sent(relay, "bob@agents.test", "New ticket")
     assert "It drops." in notice.text
 
     answer_text = "Hi Alice,\n\nplease update the client to 4.2.\n\nBob"
@@ -74,7 +34,7 @@ def test_customer_agent_reply_resolve_and_rating_over_the_daemon(
     with smtplib.SMTP("127.0.0.1", daemon.smtp_port) as client:
         client.sendmail("bob@agents.test", [reply_address(notice)], reply)
 
-    answer = _wait(relay, "alice@customer.test", "Re: VPN drops")
+    answer = wait_for_sent(relay, "alice@customer.test", "Re: VPN drops")
     body = answer.text
     assert "please update the client to 4.2." in body
     assert "#status" not in body and "It drops." not in body and "reply above" not in body
@@ -82,7 +42,7 @@ def test_customer_agent_reply_resolve_and_rating_over_the_daemon(
     assert str(answer.msg["From"]) == "Support <support@example.com>"
     assert answer.msg["In-Reply-To"] == "<e2e-a1@customer.test>"
 
-    resolved = _wait(relay, "alice@customer.test", "Resolved: VPN drops")
+    resolved = wait_for_sent(relay, "alice@customer.test", "Resolved: VPN drops")
     rate = next(
         line.split(": ", 1)[1].strip()
         for line in resolved.text.splitlines()

@@ -306,6 +306,52 @@ def test_a_note_on_a_forged_agent_from_is_shown_unverified_unless_the_agent_conf
         app.db.dispose()
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        "Checked her contract: renewal due.\n",
+        "#priority high\n\nChecked her contract: renewal due.\n",
+    ],
+    ids=["note", "note-with-command"],
+)
+def test_an_authenticated_note_to_the_internal_address_is_not_shown_unverified(
+    tmp_path: Path, database_url: str, clock: FrozenClock, body: str
+) -> None:
+    """Bob's note to the internal address that our MTA says passed DKIM/SPF/DMARC for his
+    domain was not kept on its From alone: it carries no "unverified" mark, whether or
+    not it also holds a command waiting for his confirmation (it was marked when it did)."""
+    app = agent_app(
+        tmp_path,
+        database_url,
+        clock,
+        agent_mail={
+            "internal_addresses": ["internal@example.com"],
+            "trusted_authserv_ids": ["mx.example.com"],
+        },
+    )
+    try:
+        first = make_mail(message_id="first@customer.test")
+        deliver(app, first)
+        note = reply_to(
+            first,
+            sender="Bob Agent <bob@agents.test>",
+            body=body,
+            message_id="own@agents.test",
+            headers={
+                "Authentication-Results": "mx.example.com; dkim=pass header.d=agents.test; "
+                "spf=pass smtp.mailfrom=agents.test; dmarc=pass header.from=agents.test"
+            },
+        )
+        deliver(app, note, rcpt=("internal@example.com",), mail_from="bob@agents.test")
+        deliver(app, reply_to(first, body="Any news?\n", message_id="second@customer.test"))
+        notes = to(app, "bob@agents.test", "customer_reply")[-1].text.split("Internal notes")[1]
+        assert "renewal due" in notes
+        assert "unverified" not in notes
+        assert "- Bob Agent, " in notes
+    finally:
+        app.db.dispose()
+
+
 def test_an_agents_out_of_office_reply_leaves_no_trace_in_customer_mail(app: App) -> None:
     """The agent's own mail (here their out-of-office answer to a notification) is
     stored on the ticket; its Message-ID names the agent's private host and must not

@@ -10,8 +10,6 @@ one command applied the others and sent the answer anyway.
 from __future__ import annotations
 
 import smtplib
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -27,8 +25,9 @@ from tests.agents.agenthelp import (
     reply_address,
     ticket_number,
     to,
+    wait_for_sent,
 )
-from tests.daemon_harness import DaemonProcess, Received, RelaySink
+from tests.daemon_harness import DaemonProcess, RelaySink
 from tests.mailfactory import deliver, make_mail
 
 ALICE = "alice@customer.test"
@@ -132,44 +131,6 @@ def test_a_mail_with_a_command_that_cannot_be_applied_applies_nothing_and_sends_
     assert len(to(app, ALICE, "resolved")) == 1
 
 
-@pytest.fixture
-def daemon(tmp_path: Path, relay: RelaySink) -> Iterator[DaemonProcess]:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    extra = f"""
-[routing]
-default_group = "L1"
-rules_dir = "{rules}"
-
-[[groups]]
-name = "L1"
-
-[[agents]]
-name = "bob"
-display_name = "Bob Agent"
-addresses = ["bob@agents.test"]
-groups = ["L1"]
-"""
-    proc = DaemonProcess(tmp_path, relay_port=relay.port, extra_config=extra).start()
-    yield proc
-    if proc.proc is not None and proc.proc.poll() is None:
-        proc.kill()
-
-
-def _sent(got: list[Received], rcpt: str, subject_part: str) -> Sent | None:
-    for r in got:
-        if rcpt in r.rcpt_tos and subject_part in str(r.message["Subject"]):
-            return Sent("", list(r.rcpt_tos), r.raw)
-    return None
-
-
-def _wait(relay: RelaySink, rcpt: str, subject_part: str) -> Sent:
-    got = relay.wait_for(lambda r: _sent(r, rcpt, subject_part) is not None)
-    found = _sent(got, rcpt, subject_part)
-    assert found is not None
-    return found
-
-
 @pytest.mark.slow
 def test_over_the_daemon_a_note_with_text_on_its_command_line_stays_internal(
     daemon: DaemonProcess, relay: RelaySink
@@ -177,13 +138,13 @@ def test_over_the_daemon_a_note_with_text_on_its_command_line_stays_internal(
     first = make_mail(message_id="intent-1@customer.test", subject="Refund", cc=f"Dave <{DAVE}>")
     with smtplib.SMTP("127.0.0.1", daemon.smtp_port) as client:
         client.sendmail(ALICE, ["support@example.com"], first)
-    notice = _wait(relay, "bob@agents.test", "New ticket")
+    notice = wait_for_sent(relay, "bob@agents.test", "New ticket")
 
     reply = client_reply(notice, f"#note Customer is lying about the warranty\n{SECRET}\n")
     with smtplib.SMTP("127.0.0.1", daemon.smtp_port) as client:
         client.sendmail("bob@agents.test", [reply_address(notice)], reply)
     # The result of bob's mail is the last thing the daemon sends for it.
-    result = _wait(relay, "bob@agents.test", "Commands on")
+    result = wait_for_sent(relay, "bob@agents.test", "Commands on")
     assert "nothing was sent to the customer" in " ".join(result.text.split())
 
     to_customers = [r for r in relay.received if {ALICE, DAVE} & set(r.rcpt_tos)]

@@ -10,14 +10,12 @@ from __future__ import annotations
 import email
 import email.policy
 import smtplib
-from collections.abc import Iterator
 from email.message import EmailMessage
-from pathlib import Path
 
 import pytest
 
-from tests.agents.agenthelp import Sent
-from tests.daemon_harness import DaemonProcess, Received, RelaySink
+from tests.agents.agenthelp import wait_for_sent
+from tests.daemon_harness import DaemonProcess, RelaySink
 from tests.mailfactory import make_mail
 
 pytestmark = pytest.mark.slow
@@ -26,42 +24,6 @@ pytestmark = pytest.mark.slow
 HUGE = " ".join(f"w{n:05d}" for n in range(16_000))  # 112 kB
 # What a notice about a plain mail weighs, with generous room: a few kB.
 NOTICE_BYTES = 20_000
-
-
-@pytest.fixture
-def daemon(tmp_path: Path, relay: RelaySink) -> Iterator[DaemonProcess]:
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    extra = f"""
-[routing]
-default_group = "L1"
-rules_dir = "{rules}"
-
-[[groups]]
-name = "L1"
-
-[[agents]]
-name = "bob"
-display_name = "Bob Agent"
-addresses = ["bob@agents.test"]
-groups = ["L1"]
-"""
-    proc = DaemonProcess(tmp_path, relay_port=relay.port, extra_config=extra).start()
-    yield proc
-    if proc.proc is not None and proc.proc.poll() is None:
-        proc.kill()
-
-
-def _wait(relay: RelaySink, rcpt: str, subject_part: str) -> Sent:
-    def found(got: list[Received]) -> Received | None:
-        return next(
-            (r for r in got if rcpt in r.rcpt_tos and subject_part in str(r.message["Subject"])),
-            None,
-        )
-
-    hit = found(relay.wait_for(lambda got: found(got) is not None))
-    assert hit is not None
-    return Sent("", list(hit.rcpt_tos), hit.raw)
 
 
 def _send(daemon: DaemonProcess, mail_from: str, raw: bytes) -> None:
@@ -83,7 +45,7 @@ def test_a_huge_display_name_or_subject_is_cut_in_the_agents_notices(
             body="It drops.\n",
         ),
     )
-    notice = _wait(relay, "bob@agents.test", "New ticket")
+    notice = wait_for_sent(relay, "bob@agents.test", "New ticket")
     assert "It drops." in notice.text
     assert "<alice@customer.test>" in notice.text  # who wrote is still shown
     assert "w00000 w00001" in notice.text
@@ -102,7 +64,7 @@ def test_a_huge_display_name_or_subject_is_cut_in_the_agents_notices(
             body="Refund approved, send your card number.\n",
         ),
     )
-    held = _wait(relay, "bob@agents.test", "Held:")
+    held = wait_for_sent(relay, "bob@agents.test", "Held:")
     assert "was NOT accepted" in held.text
     assert "Subject: [Support #1] w00000 w00001" in held.text
     assert len(held.raw) < NOTICE_BYTES, f"held-mail warning of {len(held.raw)} bytes"
@@ -116,7 +78,7 @@ def test_a_forged_agent_mail_of_huge_command_lines_is_not_echoed_to_the_agent(
     the agent's confirmation, and the "Reply to apply" mail listed every line as
     it came: nineteen lines of 100 kB made a 1.9 MB mail to the agent from one mail."""
     _send(daemon, "alice@customer.test", make_mail(message_id="c1@customer.test"))
-    _wait(relay, "bob@agents.test", "New ticket")
+    wait_for_sent(relay, "bob@agents.test", "New ticket")
     forged = email.message_from_bytes(
         make_mail(
             sender="Bob Agent <bob@agents.test>",
@@ -130,7 +92,7 @@ def test_a_forged_agent_mail_of_huge_command_lines_is_not_echoed_to_the_agent(
     # Quoted-printable, as a client sends lines longer than SMTP's 1000 octets.
     forged.set_content(lines + "#priority high\n\nDone.\n", cte="quoted-printable")
     _send(daemon, "bob@agents.test", forged.as_bytes(policy=email.policy.SMTP))
-    confirm = _wait(relay, "bob@agents.test", "Reply to apply")
+    confirm = wait_for_sent(relay, "bob@agents.test", "Reply to apply")
     assert "#status xxxxxxxx" in confirm.text  # still told what was asked
     assert "#priority high" in confirm.text
     assert len(confirm.raw) < NOTICE_BYTES, f"confirmation request of {len(confirm.raw)} bytes"
@@ -143,7 +105,7 @@ def test_a_forged_agent_reference_of_any_length_is_cut_in_the_held_mail_warning(
     """A mail addressed to a made-up agent reply address is held, and the warning
     named the address as it came: a 60 kB local part made a 60 kB warning."""
     _send(daemon, "alice@customer.test", make_mail(message_id="c1@customer.test"))
-    _wait(relay, "bob@agents.test", "New ticket")
+    wait_for_sent(relay, "bob@agents.test", "New ticket")
     made_up = "support+a-1-" + "q" * 60_000 + "@example.com"
     _send(
         daemon,
@@ -156,7 +118,7 @@ def test_a_forged_agent_reference_of_any_length_is_cut_in_the_held_mail_warning(
             body="#status resolved\n",
         ),
     )
-    held = _wait(relay, "bob@agents.test", "Held:")
+    held = wait_for_sent(relay, "bob@agents.test", "Held:")
     assert "the signature on address support+a-1-qqqq" in held.text
     assert len(held.raw) < NOTICE_BYTES, f"held-mail warning of {len(held.raw)} bytes"
     assert daemon.terminate() == 0

@@ -10,8 +10,6 @@ namespace with a quota of its own (as an archive on cheaper storage would).
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,7 +19,7 @@ import pytest
 from maildesk.app import App
 from maildesk.intake.post_action_retry import passes, retry_delay
 from tests.conftest import FrozenClock
-from tests.daemon_harness import DaemonProcess, RelaySink, maildesk_env
+from tests.daemon_harness import DaemonProcess, RelaySink
 from tests.dovecot_harness import Dovecot, dovecot_server
 from tests.intake.test_imap import USER, Runner, flags_of, folder_state, mail, stored, wait_until
 from tests.intake.test_imap_post_actions import ACL
@@ -190,29 +188,6 @@ post_action_retry_seconds = 3600
 """
 
 
-def status_json(daemon: DaemonProcess) -> dict[str, Any]:
-    """`maildesk status --json` as ops run it (exit 1 while something needs looking at)."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "maildesk",
-            "--config",
-            str(daemon.config_path),
-            "status",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        cwd=daemon.workdir,
-        env=maildesk_env(),
-    )
-    assert result.returncode in (0, 1), result.stderr
-    return dict(json.loads(result.stdout))
-
-
 @pytest.mark.slow
 def test_uids_waiting_for_their_move_are_moved_after_kill_9_and_a_restart(
     tmp_path: Path, relay: RelaySink, dovecot: Dovecot
@@ -224,7 +199,7 @@ def test_uids_waiting_for_their_move_are_moved_after_kill_9_and_a_restart(
     try:
         status = wait_until(
             lambda: (
-                (s := status_json(daemon))["imap"]
+                (s := daemon.status_json()[1])["imap"]
                 and "OVERQUOTA" in (s["imap"][0]["last_error"] or "")
                 and s
             ),
