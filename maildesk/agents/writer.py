@@ -67,6 +67,10 @@ def _event(
     applier.event(session, kind, reason, intake=intake, ticket=ticket, message=message, data=data)
 
 
+# The most of a held mail's note text its "reply to apply" request shows.
+CONFIRM_NOTE_SHOWN = 2000
+
+
 def _store(
     applier: Applier,
     session: Session,
@@ -411,6 +415,9 @@ class _AgentTurn:
         extra = {
             "commands": list(mail.commands),
             "expires_hours": self.applier.settings.agent_mail.confirm_hours,
+            # What confirming vouches for as well: the text kept as a note in the agent's
+            # name (a forger's, if the agent did not write it).
+            "note": shorten(text.strip(), CONFIRM_NOTE_SHOWN),
         }
         self.tell_agent(
             "agent_confirm", extra, reply_purpose=RefPurpose.CONFIRM, reply_extra=(str(held.id),)

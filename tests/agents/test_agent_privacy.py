@@ -289,6 +289,9 @@ def test_a_note_on_a_forged_agent_from_is_shown_unverified_unless_the_agent_conf
         )
         deliver(app, own, rcpt=("internal@example.com",), mail_from="bob@agents.test")
         [request] = to(app, "bob@agents.test", "agent_confirm")
+        # Confirming vouches for the note too: the request shows it.
+        assert "Checked her contract: renewal due." in request.text
+        assert "If you did not send that mail, do not reply" in request.text
         deliver(
             app,
             client_reply(request, "yes\n"),
