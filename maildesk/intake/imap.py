@@ -79,6 +79,8 @@ STORE_BYTES = 32 * 1024 * 1024  # at most this much message data held per store 
 FETCH_MIN_BYTES_PER_SECOND = 16 * 1024
 # A message whose own FETCH failed this often is stored as a placeholder and passed over.
 FETCH_ATTEMPTS = 3
+# The longest UID set one post-action command names (well under any server's line limit).
+UID_SET_CHARS = 4000
 # After the server refused a mailbox's credentials, its next login waits this
 # long, doubling up to LOGIN_RETRY_MAX_SECONDS: providers lock an account after a
 # handful of failed logins (Microsoft 365 smart lockout: 10 by default).
@@ -213,6 +215,33 @@ def unfetchable_copy(where: str, attempts: int, error: str) -> bytes:
 def new_uids(found: Iterable[int], last_uid: int) -> list[int]:
     """UIDs above ``last_uid``: ``UID n+1:*`` also returns the last message when it is <= n."""
     return sorted(uid for uid in set(found) if uid > last_uid)
+
+
+def uid_sets(uids: Iterable[int], limit: int = UID_SET_CHARS) -> Iterator[str]:
+    """``uids`` as IMAP sequence sets (``"3:7,9"``), each at most ``limit`` characters.
+
+    A runs of consecutive UIDs is one range, so a post-action after a long wait
+    (every UID since acted_uid, thousands of them) is a short command; servers
+    refuse command lines past a limit (Dovecot: 64 kB), which a list of every
+    UID would pass. Only UIDs given are named: a range covers no gap.
+    """
+    runs: list[list[int]] = []
+    for uid in sorted(set(uids)):
+        if runs and uid == runs[-1][1] + 1:
+            runs[-1][1] = uid
+        else:
+            runs.append([uid, uid])
+    part: list[str] = []
+    size = 0
+    for first, last in runs:
+        text = str(first) if first == last else f"{first}:{last}"
+        if part and size + 1 + len(text) > limit:
+            yield ",".join(part)
+            part, size = [], 0
+        part.append(text)
+        size += len(text) + (1 if size else 0)
+    if part:
+        yield ",".join(part)
 
 
 def size_groups(sizes: Sequence[tuple[int, int]], budget: int) -> Iterator[list[int]]:
@@ -995,12 +1024,15 @@ class FolderPoller:
     def _apply_post_action(self, client: IMAPClient, uids: list[int]) -> None:
         action = self.mailbox.post_action
         if action is ImapPostAction.FLAG:
-            client.add_flags(uids, [SEEN], silent=True)
+            for part in uid_sets(uids):
+                client.add_flags(part, [SEEN], silent=True)
         elif action is ImapPostAction.MOVE:
             if client.has_capability("MOVE"):
-                client.move(uids, self.mailbox.move_to)
+                for part in uid_sets(uids):
+                    client.move(part, self.mailbox.move_to)
             else:
-                client.copy(uids, self.mailbox.move_to)
+                for part in uid_sets(uids):
+                    client.copy(part, self.mailbox.move_to)
                 self._expunge(client, uids)
         elif action is ImapPostAction.DELETE:
             self._expunge(client, uids)
@@ -1018,9 +1050,11 @@ class FolderPoller:
         two commands: a flag set in between is not seen, which is as much as a
         server without UIDPLUS allows.
         """
-        client.add_flags(uids, [DELETED], silent=True)
+        for part in uid_sets(uids):
+            client.add_flags(part, [DELETED], silent=True)
         if client.has_capability("UIDPLUS"):
-            client.uid_expunge(uids)
+            for part in uid_sets(uids):
+                client.uid_expunge(part)
             return
         others = set(client.search(["DELETED"])) - set(uids)
         others -= self._stored_whole(sorted(others))

@@ -29,6 +29,7 @@ from maildesk.intake.imap import (
     ref_folder,
     size_groups,
     source_ref,
+    uid_sets,
 )
 from maildesk.intake.store import IntakeStore
 from tests.dovecot_harness import Dovecot, dovecot_server
@@ -146,6 +147,24 @@ def test_size_groups_keep_order_and_respect_the_budget(pairs: list[tuple[int, in
     for group in groups:
         total = sum(next(sizes) for _ in group)
         assert len(group) == 1 or total <= 8000
+
+
+@given(st.sets(st.integers(1, 50_000), max_size=3000), st.integers(11, 400))
+def test_uid_sets_name_exactly_the_uids_in_short_commands(uids: set[int], limit: int) -> None:
+    """A post-action after a long wait names thousands of UIDs: as ranges, in commands a
+    server takes, never one UID more (a range over a gap would act on unstored mail)."""
+    named: list[int] = []
+    for part in uid_sets(uids, limit):
+        assert len(part) <= limit
+        for item in part.split(","):
+            first, _, last = item.partition(":")
+            named += range(int(first), int(last or first) + 1)
+    assert sorted(named) == sorted(uids) and len(named) == len(set(named))
+
+
+def test_uid_sets_of_a_long_run_are_one_range() -> None:
+    assert list(uid_sets(range(1, 20_001))) == ["1:20000"]
+    assert list(uid_sets([5, 3, 4, 9, 10, 12])) == ["3:5,9:10,12"]
 
 
 @pytest.mark.parametrize(
