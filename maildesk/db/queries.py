@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import bindparam, func, select
+from sqlalchemy import and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from maildesk.db.models import (
@@ -26,10 +26,13 @@ from maildesk.db.models import (
     TicketLink,
     TicketStatus,
 )
+from maildesk.domain.address import mailbox_spellings
 from maildesk.domain.rawheader import bounded_key
 
 OPEN_STATUSES = (TicketStatus.NEW, TicketStatus.OPEN, TicketStatus.PENDING)
 MAX_MERGE_HOPS = 20
+# tickets.number is an INTEGER column: 32 bits on PostgreSQL.
+MAX_TICKET_NUMBER = 2**31 - 1
 # The link from a ticket opened by a reply to an ended ticket, to that ticket.
 FOLLOW_UP_OF = "follow_up_of"
 
@@ -123,6 +126,13 @@ def first_known_reference(
 
 
 def ticket_by_number(session: Session, number: int) -> Ticket | None:
+    """The ticket with this number; None for a number no ticket can have.
+
+    Numbers come from mail (a subject tag, a command): one beyond the column's
+    INTEGER (another helpdesk's tag, a typo) must not fail the query on PostgreSQL.
+    """
+    if not 0 <= number <= MAX_TICKET_NUMBER:
+        return None
     return session.scalars(select(Ticket).where(Ticket.number == number)).first()
 
 
@@ -177,13 +187,14 @@ def newest_follow_up(session: Session, ticket_id: int) -> int | None:
 
 
 def is_participant(session: Session, ticket: Ticket, address: str) -> bool:
-    address = address.lower()
-    if ticket.requester is not None and ticket.requester.email == address:
+    """Whether ``address`` (in any spelling of its domain) is the requester or a participant."""
+    spellings = mailbox_spellings(address)
+    if ticket.requester is not None and ticket.requester.email in spellings:
         return True
     stmt = (
         select(Participant.id)
         .join(Contact, Contact.id == Participant.contact_id)
-        .where(Participant.ticket_id == ticket.id, Contact.email == address)
+        .where(Participant.ticket_id == ticket.id, Contact.email.in_(spellings))
     )
     return session.scalars(stmt).first() is not None
 
@@ -199,20 +210,48 @@ def ticket_by_conversation(session: Session, key: str) -> Ticket | None:
 def open_ticket_by_sender_subject(
     session: Session, sender: str, normalized_subject: str, since: datetime
 ) -> Ticket | None:
-    """Newest open ticket of this requester with this subject, active since ``since``."""
+    """Newest open ticket of this requester (any spelling of the address's domain) with
+    this subject, active since ``since``.
+
+    A ticket of theirs merged into another stands for the ticket it survives in
+    (MAIL-RULES §2: merged tickets forward their threading), so the customer's own
+    subject still finds their conversation after an agent merged it away.
+    """
     stmt = (
         select(Ticket)
         .join(Contact, Contact.id == Ticket.requester_id)
         .where(
-            Contact.email == sender.lower(),
+            Contact.email.in_(mailbox_spellings(sender)),
             Ticket.normalized_subject == normalized_subject,
-            Ticket.status.in_(OPEN_STATUSES),
-            Ticket.updated_at >= since,
-            Ticket.merged_into_id.is_(None),
+            or_(
+                and_(
+                    Ticket.status.in_(OPEN_STATUSES),
+                    Ticket.updated_at >= since,
+                    Ticket.merged_into_id.is_(None),
+                ),
+                Ticket.merged_into_id.is_not(None),
+            ),
         )
-        .order_by(Ticket.updated_at.desc())
     )
-    return session.scalars(stmt).first()
+    return newest_open_survivor(session, session.scalars(stmt), since)
+
+
+def newest_open_survivor(
+    session: Session, candidates: Iterable[Ticket], since: datetime
+) -> Ticket | None:
+    """Of ``candidates`` (merged ones followed to their survivor), the newest ticket that
+    is open and active since ``since``."""
+    found: dict[int, Ticket] = {}
+    for ticket in candidates:
+        if ticket.merged_into_id is not None:
+            ticket = surviving_ticket(session, ticket)
+        if (
+            ticket.merged_into_id is None
+            and ticket.status in OPEN_STATUSES
+            and ticket.updated_at >= since
+        ):
+            found[ticket.id] = ticket
+    return max(found.values(), key=lambda t: t.updated_at, default=None)
 
 
 def intakes_for_message_id(session: Session, message_id: str) -> list[Intake]:

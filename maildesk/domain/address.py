@@ -98,6 +98,13 @@ def address_spellings(address: str) -> tuple[str, ...]:
     return (key,) if unicode == domain else (key, f"{local}@{unicode}")
 
 
+def mailbox_spellings(address: str) -> tuple[str, ...]:
+    """Every form a contact of this mailbox may be stored under: the address as written
+    (lower case, as contacts are kept), then its :func:`address_spellings`. One
+    customer's clients may write their domain in U-labels or in A-labels."""
+    return tuple(dict.fromkeys((address.lower(), *address_spellings(address))))
+
+
 # RFC 6533 s. 3: EmbeddedUnicodeChar, "\x{" HEXPOINT "}" (taken in any case, as Postfix does).
 _EMBEDDED_CHAR = re.compile(r"\\x\{([0-9A-Fa-f]{1,6})\}")
 # RFC 3461 s. 4: xtext's hexchar, "+" and two upper-case hex digits.

@@ -51,6 +51,7 @@ _PREFIX_WORDS = (
     # Turkish, Hungarian, Finnish, Estonian, Latvian
     "ynt",
     "ilt",
+    "i\u0307lt",  # Outlook's "İLT:" casefolded: the dotted capital I becomes i + U+0307
     "vá",
     "továbbítás",
     "vs",

@@ -19,12 +19,13 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 from sqlalchemy.orm import Session
 
 from maildesk.db import queries
 from maildesk.db.models import Contact, IdOrigin, Ticket
 from maildesk.db.queries import KnownId, StoredMessage
+from maildesk.domain.address import mailbox_spellings
 from maildesk.domain.author import customer_address
 from maildesk.domain.rawheader import body_hash
 from maildesk.domain.subject import normalize_subject
@@ -66,7 +67,7 @@ class Lookahead:
             msg = ctx.parsed
             author = customer_address(msg)
             if author and author.addr:
-                senders.add(author.addr.lower())
+                senders.update(mailbox_spellings(author.addr))
                 subjects.add(normalize_subject(msg.subject))
                 start = ctx.arrived_at - subject_window
                 if lookahead._window_start is None or start < lookahead._window_start:
@@ -115,12 +116,15 @@ class Lookahead:
         contact_ids = [cid for cid in self._contact_ids.values() if cid is not None]
         if not contact_ids or not subjects or self._window_start is None:
             return
-        # Updated before the earliest window start and untouched by the batch: cannot match.
+        # Updated before the earliest window start and untouched by the batch: cannot
+        # match. A merged ticket may: it stands for its survivor (followed when read).
         tickets = select(Ticket).where(
             Ticket.requester_id.in_(contact_ids),
             Ticket.normalized_subject.in_(subjects),
-            Ticket.merged_into_id.is_(None),
-            Ticket.updated_at >= self._window_start,
+            or_(
+                and_(Ticket.merged_into_id.is_(None), Ticket.updated_at >= self._window_start),
+                Ticket.merged_into_id.is_not(None),
+            ),
         )
         for ticket in session.scalars(tickets):
             self._tickets[ticket.id] = ticket
@@ -151,25 +155,23 @@ class Lookahead:
 
     def covers_sender(self, sender: str, since: datetime) -> bool:
         window = self._window_start
-        return sender.lower() in self._contact_ids and window is not None and since >= window
+        known = all(form in self._contact_ids for form in mailbox_spellings(sender))
+        return known and window is not None and since >= window
 
     def open_ticket_by_sender_subject(
-        self, sender: str, normalized_subject: str, since: datetime
+        self, session: Session, sender: str, normalized_subject: str, since: datetime
     ) -> Ticket | None:
         """As :func:`queries.open_ticket_by_sender_subject`, from the batch's tickets."""
-        contact_id = self._contact_ids.get(sender.lower())
-        if contact_id is None:
+        forms = (self._contact_ids.get(form) for form in mailbox_spellings(sender))
+        contact_ids = {cid for cid in forms if cid is not None}
+        if not contact_ids:
             return None
         matches = [
             t
             for t in self._tickets.values()
-            if t.requester_id == contact_id
-            and t.normalized_subject == normalized_subject
-            and t.status in queries.OPEN_STATUSES
-            and t.updated_at >= since
-            and t.merged_into_id is None
+            if t.requester_id in contact_ids and t.normalized_subject == normalized_subject
         ]
-        return max(matches, key=lambda t: t.updated_at, default=None)
+        return queries.newest_open_survivor(session, matches, since)
 
     # -- what apply wrote -------------------------------------------------
     def quarantined(self, raw_sha256: str, intake_id: int) -> None:

@@ -18,7 +18,7 @@ from maildesk.agents.stage import agent_stage
 from maildesk.config import PipelineSettings, Settings
 from maildesk.db import queries
 from maildesk.db.models import IdOrigin, MessageKind, Outbox, Ticket, TicketStatus
-from maildesk.domain.address import overlong_address
+from maildesk.domain.address import address_key, overlong_address
 from maildesk.domain.author import customer_address
 from maildesk.domain.autodetect import AutoKind, classify
 from maildesk.domain.bounces import bounced_message_ids
@@ -37,7 +37,14 @@ from maildesk.domain.rawheader import (
 from maildesk.domain.signing import RefPurpose, SignedRef, Signer
 from maildesk.domain.subject import find_ticket_numbers, normalize_subject
 from maildesk.domain.threadindex import conversation_key
-from maildesk.pipeline.context import MessageContext, Stop, StopKind, ThreadDecision, ThreadRule
+from maildesk.pipeline.context import (
+    HUMAN_KINDS,
+    MessageContext,
+    Stop,
+    StopKind,
+    ThreadDecision,
+    ThreadRule,
+)
 from maildesk.pipeline.lookahead import Lookahead
 from maildesk.pipeline.parse import ParseError, parse_message
 from maildesk.pipeline.spam import spam_stage
@@ -457,8 +464,8 @@ def conversation_keys(ctx: MessageContext) -> set[str]:
         refs = (*refs[:LOCKED_REFERENCES], *refs[-LOCKED_REFERENCES:])
     keys = {f"id:{mid}" for mid in (msg.message_id, *msg.in_reply_to, *refs) if mid}
     sender, normalized = _sender(msg), normalize_subject(msg.subject)
-    if sender and normalized:
-        keys.add(f"subject:{sender}\0{normalized}")
+    if sender and normalized:  # either spelling of the sender's domain: one mailbox
+        keys.add(f"subject:{address_key(sender)}\0{normalized}")
     if msg.thread_index and (key := conversation_key(msg.thread_index)):
         keys.add(f"thread-index:{key}")
     return keys
@@ -469,7 +476,7 @@ def _open_ticket_by_sender_subject(
 ) -> Ticket | None:
     lookahead = Lookahead.of(session)
     if lookahead is not None and lookahead.covers_sender(sender, since):
-        return lookahead.open_ticket_by_sender_subject(sender, normalized, since)
+        return lookahead.open_ticket_by_sender_subject(session, sender, normalized, since)
     return queries.open_ticket_by_sender_subject(session, sender, normalized, since)
 
 
@@ -535,8 +542,13 @@ def reopenable(ticket: Ticket, at: datetime, settings: Settings) -> bool:
 def lifecycle(
     ctx: MessageContext, ticket: Ticket, found: ThreadDecision, deps: StageDeps
 ) -> ThreadDecision:
-    """Reopen a resolved ticket inside the window; otherwise a linked follow-up ticket."""
-    automated = ctx.verdict is not None and not ctx.verdict.answerable
+    """Reopen a resolved ticket inside the window; otherwise a linked follow-up ticket.
+
+    Automated mail (an auto-reply, a bounce) only joins the ticket. A list post is a
+    person's mail, though never acknowledged: a customer's answer that reaches us
+    through a mailing list reopens or follows up like any other reply.
+    """
+    automated = ctx.verdict is not None and ctx.verdict.kind not in HUMAN_KINDS
     if ticket.status not in (TicketStatus.RESOLVED, TicketStatus.CLOSED) or automated:
         return found
     if reopenable(ticket, ctx.arrival, deps.settings):

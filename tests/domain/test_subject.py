@@ -30,6 +30,7 @@ from maildesk.domain.subject import (
         ("R: I: RIF: Printer on fire", "printer on fire"),  # Italian
         ("Odp: PD: Printer on fire", "printer on fire"),  # Polish
         ("YNT: Printer on fire", "printer on fire"),  # Turkish
+        ("İLT: YNT: İlt: Printer on fire", "printer on fire"),  # Turkish Outlook, dotted İ
         ("Ответ: Отв: Пересл: Принтер горит", "принтер горит"),
         ("回复：转发：答复: 打印机着火了", "打印机着火了"),  # full-width colon
         ("[users] Re: [users] Printer on fire", "printer on fire"),
