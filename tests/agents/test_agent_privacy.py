@@ -190,6 +190,12 @@ def test_a_mail_with_hundreds_of_cc_does_not_make_each_answer_a_mailing(app: App
         assert note.reason.startswith("252 Cc address(es) not added")
 
 
+def bob_confirms(app: App, request: Sent) -> None:
+    """Bob answers his "reply to apply" request, as his mail client does."""
+    raw = client_reply(request, "yes\n")
+    deliver(app, raw, rcpt=(reply_address(request),), mail_from="bob@agents.test")
+
+
 def test_a_forged_agent_from_with_the_internal_address_in_cc_applies_no_command(
     tmp_path: Path, database_url: str, clock: FrozenClock
 ) -> None:
@@ -244,12 +250,7 @@ def test_the_agents_own_commands_to_the_internal_address_apply_once_confirmed(
         assert ticket_number(app).priority == "normal"
         [request] = to(app, "bob@agents.test", "agent_confirm")
         assert "#priority high" in request.text
-        deliver(
-            app,
-            client_reply(request, "yes\n"),
-            rcpt=(reply_address(request),),
-            mail_from="bob@agents.test",
-        )
+        bob_confirms(app, request)
         assert ticket_number(app).priority == "high"
         # The note is kept, for the agents only.
         deliver(app, reply_to(first, body="Any news?\n", message_id="second@customer.test"))
@@ -292,12 +293,7 @@ def test_a_note_on_a_forged_agent_from_is_shown_unverified_unless_the_agent_conf
         # Confirming vouches for the note too: the request shows it.
         assert "Checked her contract: renewal due." in request.text
         assert "If you did not send that mail, do not reply" in request.text
-        deliver(
-            app,
-            client_reply(request, "yes\n"),
-            rcpt=(reply_address(request),),
-            mail_from="bob@agents.test",
-        )
+        bob_confirms(app, request)
         assert ticket_number(app).priority == "high"
         deliver(app, reply_to(first, body="Hello?\n", message_id="third@customer.test"))
         notes = to(app, "bob@agents.test", "customer_reply")[-1].text.split("Internal notes")[1]
