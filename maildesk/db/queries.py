@@ -28,6 +28,7 @@ from maildesk.db.models import (
 )
 from maildesk.domain.address import mailbox_spellings
 from maildesk.domain.rawheader import bounded_key
+from maildesk.domain.subject import normalize_subject
 
 OPEN_STATUSES = (TicketStatus.NEW, TicketStatus.OPEN, TicketStatus.PENDING)
 MAX_MERGE_HOPS = 20
@@ -234,6 +235,41 @@ def open_ticket_by_sender_subject(
         )
     )
     return newest_open_survivor(session, session.scalars(stmt), since)
+
+
+def open_ticket_by_our_subject(
+    session: Session, sender: str, normalized_subject: str, since: datetime
+) -> Ticket | None:
+    """Newest open ticket of this requester to whom we sent, since ``since``, a mail whose
+    subject normalises to ``normalized_subject``.
+
+    A reply to our mail (the acknowledgement's "We received your request: ...") whose
+    client dropped the headers and our tag carries our wording, not the ticket's
+    subject. Only mail we sent to this sender counts, so nobody else's mail joins.
+    """
+    spellings = mailbox_spellings(sender)
+    stmt = (
+        select(Ticket, Message.subject, Message.to_addrs)
+        .join(Contact, Contact.id == Ticket.requester_id)
+        .join(Message, Message.ticket_id == Ticket.id)
+        .where(
+            Contact.email.in_(spellings),
+            Message.direction == Direction.OUTBOUND,
+            Message.created_at >= since,
+            or_(
+                and_(Ticket.status.in_(OPEN_STATUSES), Ticket.merged_into_id.is_(None)),
+                Ticket.merged_into_id.is_not(None),
+            ),
+        )
+    )
+    wanted = set(spellings)
+    candidates = (
+        ticket
+        for ticket, subject, to_addrs in session.execute(stmt)
+        if normalize_subject(subject) == normalized_subject
+        and wanted.intersection(a.lower() for a in to_addrs or ())
+    )
+    return newest_open_survivor(session, candidates, since)
 
 
 def newest_open_survivor(

@@ -7,6 +7,7 @@ subject); the tag functions serve rule 4 (``[<tag> #<number>]``).
 from __future__ import annotations
 
 import re
+import unicodedata
 
 # Reply/forward prefixes as mail clients write them, in many languages. They are
 # matched only when a colon follows (ASCII or full-width), so a subject that merely
@@ -100,9 +101,12 @@ _TAG = r"\[[^\[\]]*\]"
 # Every leading prefix and tag in one pass (linear even for "Re: Re: Re: ..." by the thousand).
 _LEADING_RE = re.compile(r"(?:\s*(?:" + _PREFIX + "|" + _TAG + "))+", re.IGNORECASE)
 _PREFIX_RE = re.compile(_PREFIX, re.IGNORECASE)
-# Trailing "(fwd)" as old Pine/Unix mailers append it; matched on the collapsed tail only.
+# Trailing "(fwd)" as old Pine/Unix mailers append it, or a ticket tag "[Support #12]" as
+# some clients move it to the end; matched on the collapsed tail only.
 _TRAILING_FWD_RE = re.compile(r"\(\s?fwd\s?\)$", re.IGNORECASE)
+_TRAILING_TICKET_TAG_RE = re.compile(r"\[[^\[\]#]{1,60}#\s*[0-9]{1,18}\s*\]$")
 _TAIL = 16
+_TAG_TAIL = 90
 # Characters that end a line somewhere (str.splitlines): never allowed in a header value.
 _LINE_BREAKS_RE = re.compile(r"[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")
 
@@ -114,8 +118,8 @@ def _collapse(text: str) -> str:
 def _strip_trailing_fwd(text: str) -> str:
     end = len(text)
     while True:
-        window_start = max(0, end - _TAIL)
-        match = _TRAILING_FWD_RE.search(text, window_start, end)
+        match = _TRAILING_FWD_RE.search(text, max(0, end - _TAIL), end)
+        match = match or _TRAILING_TICKET_TAG_RE.search(text, max(0, end - _TAG_TAIL), end)
         if match is None:
             break
         end = match.start()
@@ -124,13 +128,20 @@ def _strip_trailing_fwd(text: str) -> str:
     return text[:end]
 
 
-def normalize_subject(subject: str) -> str:
-    """The subject without reply/forward prefixes, list or ticket tags, ``(fwd)``.
+def _fold(text: str) -> str:
+    """Compatibility-normalised and casefolded: a CJK client's full-width "Ｒｅ：" and
+    "［Support ＃12］" become "re:" and "[support #12]"."""
+    return unicodedata.normalize("NFKC", unicodedata.normalize("NFKC", text).casefold())
 
-    Whitespace is collapsed and the result is casefolded, so two mails of one
-    conversation compare equal. Idempotent; never raises.
+
+def normalize_subject(subject: str) -> str:
+    """The subject without reply/forward prefixes, list or ticket tags (leading, or a
+    ticket tag at the end), ``(fwd)``.
+
+    Whitespace is collapsed and the result is NFKC-normalised and casefolded, so two
+    mails of one conversation compare equal. Idempotent; never raises.
     """
-    text = _collapse(subject.casefold())
+    text = _collapse(_fold(subject))
     while True:
         match = _LEADING_RE.match(text)
         stripped = text[match.end() :] if match else text
@@ -174,7 +185,7 @@ def _tag_pattern(tag: str) -> re.Pattern[str]:
 def find_ticket_numbers(subject: str, tag: str) -> list[int]:
     """All numbers of our tag in ``subject``, in order of appearance, without duplicates."""
     numbers: list[int] = []
-    for match in _tag_pattern(tag).finditer(subject):
+    for match in _tag_pattern(_fold(tag)).finditer(_fold(subject)):
         number = int(match.group(1))
         if number not in numbers:
             numbers.append(number)

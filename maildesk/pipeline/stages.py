@@ -166,6 +166,19 @@ def _same_agent_mail(existing: queries.StoredMessage, msg: ParsedMessage) -> boo
     return existing.kind in _AGENT_KINDS and bool(sender) and existing.from_addr.lower() == sender
 
 
+def _list_copy(existing: queries.StoredMessage, msg: ParsedMessage) -> bool:
+    """A list's copy of a customer's mail we stored (support is subscribed to a list she
+    Cc'd): her Message-ID, her as author (the list may rewrite From), the list's footer
+    changing the body. MAIL-RULES §1: the same message, stored once; the copy's raw
+    bytes stay on its intake row as a duplicate of the message."""
+    if existing.kind is not MessageKind.CUSTOMER or not existing.from_addr:
+        return False
+    if not (msg.header_all("List-Id") or msg.header_all("List-Post")):
+        return False
+    author = customer_address(msg)
+    return author is not None and address_key(author.addr) == address_key(existing.from_addr)
+
+
 def dedupe_stage(ctx: MessageContext, session: Session, _deps: StageDeps) -> Stop | None:
     msg = ctx.message
     if ctx.body_hash is None:
@@ -178,6 +191,14 @@ def dedupe_stage(ctx: MessageContext, session: Session, _deps: StageDeps) -> Sto
             return Stop(
                 StopKind.DUPLICATE,
                 f"Message-ID {key}: the agent's mail again, its body changed on the way",
+                duplicate_of_message=existing.id,
+                duplicate_of_ticket=existing.ticket_id,
+            )
+        if _list_copy(existing, msg):
+            return Stop(
+                StopKind.DUPLICATE,
+                f"Message-ID {key}: a mailing list's copy of the customer's mail, "
+                "its body changed by the list",
                 duplicate_of_message=existing.id,
                 duplicate_of_ticket=existing.ticket_id,
             )
@@ -430,6 +451,14 @@ def find_conversation(ctx: MessageContext, session: Session, deps: StageDeps) ->
                 ThreadRule.SENDER_SUBJECT,
                 ticket.id,
                 f"same sender {sender} and subject {normalized!r} as open ticket "
+                f"#{ticket.number} within {window:g} days",
+            )
+        ticket = _pin(ctx, queries.open_ticket_by_our_subject(session, sender, normalized, since))
+        if ticket is not None:
+            return ThreadDecision(
+                ThreadRule.SENDER_SUBJECT,
+                ticket.id,
+                f"subject {normalized!r} of our mail to {sender} on open ticket "
                 f"#{ticket.number} within {window:g} days",
             )
 

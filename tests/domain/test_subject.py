@@ -36,6 +36,9 @@ from maildesk.domain.subject import (
         ("[users] Re: [users] Printer on fire", "printer on fire"),
         ("[Support #12] Re: Printer on fire", "printer on fire"),
         ("Re: [Support #12] Printer on fire", "printer on fire"),
+        ("Ｒｅ：ＦＷ： Printer on fire", "printer on fire"),  # CJK clients' full width
+        ("Printer on fire [Support #12]", "printer on fire"),  # our tag moved to the end
+        ("Re: Printer on fire ［Support ＃12］ (fwd)", "printer on fire"),
         ("Printer on fire (fwd)", "printer on fire"),
         ("Re: Printer on fire (FWD) (fwd)", "printer on fire"),
         ("  Printer\t on \n fire  ", "printer on fire"),
@@ -56,6 +59,7 @@ def test_normalize_subject_strips_prefixes_tags_and_case(subject: str, expected:
         "Training schedule",  # "Tr"
         "Review: quarterly numbers",  # a word that only begins with a prefix
         "Invoice [draft] for March",  # brackets not at the start
+        "Invoice [2024]",  # a bracket at the end that is no ticket tag
         "Call me re: the invoice",  # prefix not at the start
     ],
 )
@@ -101,6 +105,7 @@ def test_format_ticket_tag() -> None:
         ("Re: Printer [support #12]", [12]),
         ("[ Support  #12 ] Printer", [12]),
         ("[Support# 12]", [12]),
+        ("Ｒｅ：Printer ［Support ＃12］", [12]),  # typed in full width
         ("[Support #12] Re: [Support #7] [SUPPORT #12]", [12, 7]),
         ("[Billing #12] Printer", []),  # another tag
         ("[Supporter #12]", []),  # a longer tag is another tag
