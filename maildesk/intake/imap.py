@@ -656,6 +656,10 @@ class FolderPoller:
         except imaplib.IMAP4.abort:
             raise
         except imaplib.IMAP4.error as exc:
+            if refusal_code(str(exc)) == "ALREADYEXISTS":
+                # Created between our LIST and CREATE: by another folder's poller
+                # starting at the same moment, another node, or a person.
+                return
             hint = _separator_hint(client, target)
             error = f"move_to {target!r} does not exist and cannot be created ({exc}){hint}"
             log.warning("imap %s: %s; mail is stored and left in %s", self.name, error, self.folder)

@@ -9,10 +9,12 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pytest
 from imapclient import DELETED
 
+import maildesk.intake.imap as imap_module
 from maildesk.app import App
 from maildesk.intake.imap import FolderStatus
 from maildesk.intake.store import Envelope, IntakeStore
@@ -177,6 +179,32 @@ def test_folders_with_non_ascii_names_are_read_moved_into_and_watched_as_junk(
     assert stored(app)[0][0].startswith(f"{USER}/Поддержка & Hilfe/")
     wait_until(lambda: message_ids(dovecot, "Erledigt.Größer"), "moved")
     assert all(h.consecutive_failures == 0 and not h.last_error for h in intake.health())
+
+
+def test_a_move_target_created_by_someone_else_meanwhile_is_used_without_complaint(
+    app: App, dovecot: Dovecot, runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two folders' pollers (or two nodes) start at once, both find ``move_to`` missing,
+    both CREATE it: Dovecot answers the second NO [ALREADYEXISTS]. The folder is there,
+    so nothing is wrong; it was reported as "cannot be created" in the health file
+    (seen once in CI). The LIST that missed it is replayed here: it answers as before
+    the other CREATE, and the server really creates the folder in between."""
+    real_selectable = imap_module._selectable
+
+    def list_then_someone_creates(client: Any, folder: str) -> bool:
+        found = real_selectable(client, folder)
+        if not found:
+            with dovecot.client(USER) as other:
+                other.create_folder(folder)
+        return found
+
+    monkeypatch.setattr(imap_module, "_selectable", list_then_someone_creates)
+    dovecot.append(USER, mail(1))
+    intake = runner.start(app, dovecot.mailbox(USER, post_action="move", move_to="Processed"))
+    wait_until(lambda: len(stored(app)) == 1, "stored")
+    wait_until(lambda: message_ids(dovecot, "Processed"), "moved")
+    [health] = intake.health()
+    assert health.last_error == "" and health.consecutive_failures == 0, health
 
 
 def test_a_folder_named_with_the_wrong_separator_is_reported_as_such(
