@@ -6,7 +6,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import NamedTuple
 
-from sqlalchemy import and_, bindparam, func, or_, select
+from sqlalchemy import ColumnElement, and_, bindparam, func, or_, select
 from sqlalchemy.orm import Session
 
 from maildesk.db.models import (
@@ -208,6 +208,15 @@ def ticket_by_conversation(session: Session, key: str) -> Ticket | None:
         return session.get(Ticket, row.ticket_id) if row else None
 
 
+def _open_or_merged(*also: ColumnElement[bool]) -> ColumnElement[bool]:
+    """A ticket that may take a reply itself (open, unmerged, and ``also``), or a merged
+    one, which :func:`newest_open_survivor` follows to the ticket it survives in."""
+    return or_(
+        and_(Ticket.status.in_(OPEN_STATUSES), Ticket.merged_into_id.is_(None), *also),
+        Ticket.merged_into_id.is_not(None),
+    )
+
+
 def open_ticket_by_sender_subject(
     session: Session, sender: str, normalized_subject: str, since: datetime
 ) -> Ticket | None:
@@ -224,14 +233,7 @@ def open_ticket_by_sender_subject(
         .where(
             Contact.email.in_(mailbox_spellings(sender)),
             Ticket.normalized_subject == normalized_subject,
-            or_(
-                and_(
-                    Ticket.status.in_(OPEN_STATUSES),
-                    Ticket.updated_at >= since,
-                    Ticket.merged_into_id.is_(None),
-                ),
-                Ticket.merged_into_id.is_not(None),
-            ),
+            _open_or_merged(Ticket.updated_at >= since),
         )
     )
     return newest_open_survivor(session, session.scalars(stmt), since)
@@ -256,10 +258,7 @@ def open_ticket_by_our_subject(
             Contact.email.in_(spellings),
             Message.direction == Direction.OUTBOUND,
             Message.created_at >= since,
-            or_(
-                and_(Ticket.status.in_(OPEN_STATUSES), Ticket.merged_into_id.is_(None)),
-                Ticket.merged_into_id.is_not(None),
-            ),
+            _open_or_merged(),
         )
     )
     wanted = set(spellings)

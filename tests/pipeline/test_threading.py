@@ -17,6 +17,7 @@ from maildesk.db.models import (
     IntakeState,
     KnownMessageId,
     Message,
+    Outbox,
     Ticket,
     TicketLink,
     TicketStatus,
@@ -43,6 +44,12 @@ def thread_event(app: App, message_id: str) -> Event:
         intake = queries.intakes_for_message_id(session, message_id)[-1]
         events = queries.events_for_intake(session, intake.id)
         return next(e for e in events if e.kind in ("created", "threaded"))
+
+
+def ack_count(app: App) -> int:
+    """How many acknowledgements were queued, to anyone."""
+    with app.db.transaction() as session:
+        return len(session.scalars(select(Outbox.id).where(Outbox.purpose == "ack")).all())
 
 
 def set_status(app: App, number: int, status: TicketStatus, clock: FrozenClock) -> None:

@@ -14,13 +14,13 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.app import App
-from maildesk.db.models import Outbox, Ticket, TicketLink, TicketStatus
+from maildesk.db.models import Ticket, TicketLink, TicketStatus
 from maildesk.intake.store import Envelope
 from maildesk.tickets import change_status
 from tests.agents.agenthelp import agent_app, client_reply, reply_address, to
 from tests.conftest import FrozenClock
 from tests.mailfactory import deliver, make_mail, reply_to
-from tests.pipeline.test_threading import thread_event, ticket_of
+from tests.pipeline.test_threading import ack_count, thread_event, ticket_of
 
 ALICE = "alice@customer.test"
 DAVE = "dave@customer.test"
@@ -136,8 +136,7 @@ def test_the_same_mailbox_in_the_other_spelling_of_its_domain_is_the_customer(
     assert thread_event(app, "u3@customer.test").data["rule"] == "sender_subject"
     with app.db.transaction() as session:
         assert session.scalars(select(Ticket.number)).all() == [1]
-        acks = session.scalars(select(Outbox.purpose).where(Outbox.purpose == "ack")).all()
-    assert len(acks) == 1, "one acknowledgement"
+    assert ack_count(app) == 1, "one acknowledgement"
 
 
 def test_a_customer_forwarding_her_own_mail_again_in_turkish_outlook_is_no_new_ticket(
@@ -158,9 +157,7 @@ def test_a_customer_forwarding_her_own_mail_again_in_turkish_outlook_is_no_new_t
     )
     assert ticket_of(app, "t2@customer.test") == 1
     assert thread_event(app, "t2@customer.test").data["rule"] == "sender_subject"
-    with app.db.transaction() as session:
-        acks = session.scalars(select(Outbox.purpose).where(Outbox.purpose == "ack")).all()
-    assert len(acks) == 1, "acknowledged once"
+    assert ack_count(app) == 1, "acknowledged once"
 
 
 def _via_list(first: bytes, message_id: str, body: str) -> bytes:
@@ -210,9 +207,8 @@ def test_a_customer_reply_carried_by_a_mailing_list_reopens_or_follows_up(
         follow_up = session.scalars(select(Ticket).where(Ticket.number == 2)).one()
         assert follow_up.requester is not None and follow_up.requester.email == ALICE
         links = session.execute(select(TicketLink.kind)).scalars().all()
-        acks = session.scalars(select(Outbox.purpose).where(Outbox.purpose == "ack")).all()
     assert links == ["follow_up_of"]
-    assert len(acks) == 1, "only Alice's first, direct mail is acknowledged: never a list"
+    assert ack_count(app) == 1, "only Alice's first, direct mail is acknowledged: never a list"
 
 
 def test_a_ticket_tag_with_a_number_no_ticket_can_have_is_no_reason_to_quarantine(
@@ -244,6 +240,4 @@ def test_a_ticket_tag_with_a_number_no_ticket_can_have_is_no_reason_to_quarantin
     )
     assert ticket_of(app, "f3@customer.test") == 1
     assert thread_event(app, "f3@customer.test").data["rule"] == "subject_tag"
-    with app.db.transaction() as session:
-        acks = session.scalars(select(Outbox.purpose).where(Outbox.purpose == "ack")).all()
-    assert len(acks) == 2
+    assert ack_count(app) == 2

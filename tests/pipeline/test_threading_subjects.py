@@ -12,17 +12,12 @@ import pytest
 from sqlalchemy import func, select
 
 from maildesk.app import App
-from maildesk.db.models import Direction, Intake, Message, Outbox, Ticket, TicketStatus
+from maildesk.db.models import Direction, Intake, Message, Ticket, TicketStatus
 from tests.conftest import FrozenClock
 from tests.mailfactory import deliver, make_mail
-from tests.pipeline.test_threading import set_status, thread_event, ticket_of
+from tests.pipeline.test_threading import ack_count, set_status, thread_event, ticket_of
 
 ALICE = "alice@customer.test"
-
-
-def _acks(app: App) -> int:
-    with app.db.transaction() as session:
-        return len(session.scalars(select(Outbox.id).where(Outbox.purpose == "ack")).all())
 
 
 @pytest.mark.parametrize(
@@ -38,7 +33,7 @@ def test_a_full_width_reply_prefix_is_the_same_conversation(
     deliver(app, make_mail(message_id="w2@customer.test", subject=subject, body="Any news?\n"))
     assert ticket_of(app, "w2@customer.test") == 1
     assert thread_event(app, "w2@customer.test").data["rule"] == "sender_subject"
-    assert _acks(app) == 1, "acknowledged once"
+    assert ack_count(app) == 1, "acknowledged once"
 
 
 def test_a_full_width_ticket_tag_at_the_end_is_our_tag(app: App) -> None:
@@ -51,7 +46,7 @@ def test_a_full_width_ticket_tag_at_the_end_is_our_tag(app: App) -> None:
     )
     assert ticket_of(app, "j2@customer.test") == 1
     assert thread_event(app, "j2@customer.test").data["rule"] == "subject_tag"
-    assert _acks(app) == 1
+    assert ack_count(app) == 1
 
 
 def test_a_ticket_tag_at_the_end_is_not_part_of_the_subject(app: App, clock: FrozenClock) -> None:
@@ -67,7 +62,7 @@ def test_a_ticket_tag_at_the_end_is_not_part_of_the_subject(app: App, clock: Fro
     deliver(app, make_mail(message_id="e3@customer.test", subject="Re: Printer on fire"))
     assert ticket_of(app, "e3@customer.test") == 2
     assert thread_event(app, "e3@customer.test").data["rule"] == "sender_subject"
-    assert _acks(app) == 2, "the first ticket and its follow-up, not a third"
+    assert ack_count(app) == 2, "the first ticket and its follow-up, not a third"
 
 
 def test_a_reply_to_our_acknowledgement_without_headers_or_tag_finds_its_ticket(
@@ -94,7 +89,7 @@ def test_a_reply_to_our_acknowledgement_without_headers_or_tag_finds_its_ticket(
     )
     assert ticket_of(app, "k2@customer.test") == 1
     assert thread_event(app, "k2@customer.test").data["rule"] == "sender_subject"
-    assert _acks(app) == 1
+    assert ack_count(app) == 1
 
     deliver(
         app,
@@ -152,4 +147,4 @@ def test_a_lists_copy_of_a_customer_mail_is_one_message(
         [first, copy] = session.scalars(select(Intake).order_by(Intake.id)).all()
         assert copy.disposition == "duplicate"
         assert copy.message_pk == first.message_pk and copy.raw_sha256 != first.raw_sha256
-    assert _acks(app) == 1
+    assert ack_count(app) == 1
