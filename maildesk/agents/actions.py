@@ -7,7 +7,9 @@ every other one is reported back with the reason. Every applied command is an
 :meth:`CommandRunner.problems` tells, before anything is applied, which
 commands cannot be applied as written (a typo, an unknown agent, queue,
 canned answer or ticket): the writer then applies none of the mail and sends
-nothing, rather than doing half of what the agent asked.
+nothing, rather than doing half of what the agent asked. A command that fails
+only as it is applied (a ticket merged meanwhile) is in :attr:`Outcome.failed`,
+and the writer undoes the commands before it (:mod:`maildesk.agents.writer`).
 """
 
 from __future__ import annotations
@@ -17,8 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound, TemplateSyntaxError
-from jinja2.exceptions import SecurityError, UndefinedError
+from jinja2 import FileSystemLoader, StrictUndefined, TemplateNotFound
 from jinja2.sandbox import SandboxedEnvironment
 from sqlalchemy import Table, select
 from sqlalchemy.orm import Session
@@ -109,7 +110,8 @@ class CommandRunner:
         Read-only, and only what does not depend on the commands before it: a
         syntax error, or a name (agent, group, queue, canned answer, ticket)
         that does not exist. What only applying can tell (an escalation past
-        the top, a merge another node made first) is reported as it happens.
+        the top, a merge another node made first) shows in :meth:`run`'s
+        ``failed``, and the writer then undoes the whole mail.
         """
         out = []
         for command in commands:
@@ -235,7 +237,7 @@ class CommandRunner:
         if (unknown := self._unknown_queue(arg)) is not None:
             return unknown
         if arg == self.ticket.queue:
-            return f"the ticket is already in queue {arg}"
+            return None  # already as asked: nothing to do, and no reason to hold the answer
         move_queue(
             self.session,
             self.ticket,
@@ -251,6 +253,8 @@ class CommandRunner:
     def _do_escalate(self, arg: str, out: Outcome) -> str | None:
         """Up a tier (the group's ``escalates_to``) or to the named group; the group is told."""
         before = self.ticket.group
+        if arg and arg == before:
+            return None  # already with that group: as asked
         try:
             group = escalate(
                 self.session,
@@ -384,5 +388,7 @@ class CommandRunner:
             return env.get_template(f"{arg}.txt.j2").render(variables), None
         except TemplateNotFound:
             return None, f"no canned answer {arg!r} in {directory}"
-        except (TemplateSyntaxError, UndefinedError, SecurityError) as exc:
+        except Exception as exc:  # the canned answer's own code failed, not ours
+            # A syntax error, a misspelt variable, or a runtime error of its own (a number
+            # format given None): the agent is told, the mail is not quarantined unread.
             return None, f"canned answer {arg!r} does not render: {exc}"

@@ -39,7 +39,7 @@ from maildesk.db.models import (
     Ticket,
     TicketStatus,
 )
-from maildesk.db.upsert import insert_row
+from maildesk.db.upsert import insert_row, savepoint
 from maildesk.domain.author import MAX_SHOWN_ADDRESS, shorten
 from maildesk.domain.quotes import strip_reply
 from maildesk.domain.signing import RefPurpose
@@ -48,6 +48,7 @@ from maildesk.outbound.compose import quoted_subject
 from maildesk.outbound.notices import Notices
 from maildesk.people import Directory
 from maildesk.pipeline.context import MessageContext
+from maildesk.pipeline.lookahead import Lookahead
 from maildesk.pipeline.stages import reopenable
 
 if TYPE_CHECKING:
@@ -235,6 +236,14 @@ def _data(mail: AgentMail) -> dict[str, Any]:
     return {"agent": mail.agent, "checks": list(mail.checks), "why": mail.reason}
 
 
+class _NotApplied(Exception):
+    """A command failed as it was applied: the savepoint undoes the ones before it."""
+
+    def __init__(self, failed: list[str]) -> None:
+        super().__init__("; ".join(failed))
+        self.failed = failed
+
+
 @dataclass
 class _AgentTurn:
     """One verified agent mail being written: a reply, a confirmation request, a confirmation."""
@@ -267,10 +276,30 @@ class _AgentTurn:
             intake_id=self.intake.id,
         )
 
-    def run(self, commands: Sequence[Command], checks: Sequence[str]) -> Outcome:
-        out = self.runner(checks).run(commands)
+    def apply_all(self, commands: Sequence[Command], checks: Sequence[str]) -> Outcome | list[str]:
+        """The commands applied, all of them, or none: then ``"<line> (<why>)"`` for each
+        that cannot be.
+
+        Validated first, which writes nothing; then applied in a savepoint that is
+        rolled back whole if one fails only as it is applied (a #merge of a ticket
+        another node merged meanwhile, a canned answer that does not render for the
+        ticket as the commands before it left it, an escalation past the top): the
+        agent gets all of what they asked or none of it, never the half before it.
+        """
+        runner = self.runner(checks)
+        problems = runner.problems(commands)
+        if problems:
+            return problems
+        try:
+            with savepoint(self.session):
+                out = runner.run(commands)
+                if out.failed:
+                    raise _NotApplied(out.failed)
+        except _NotApplied as exc:
+            if (lookahead := Lookahead.of(self.session)) is not None:
+                lookahead.invalidate()  # it may hold what was rolled back (a merge)
+            return exc.failed
         self.ctx.commands_applied += len(out.applied)
-        self.ctx.commands_failed += len(out.failed)
         return out
 
     def tell_agent(self, template: str, extra: dict[str, Any], **reply: Any) -> None:
@@ -310,12 +339,11 @@ class _AgentTurn:
         """Commands, then the answer to the customer (or an internal note)."""
         mail, ticket, agent = self.mail, self.ticket, self.agent
         parsed = parse_commands(self.ctx.message.text)
-        problems = self.runner(mail.checks).problems(parsed.commands)
-        if problems:
-            self.refuse(problems)
+        out = self.apply_all(parsed.commands, mail.checks)
+        if not isinstance(out, Outcome):
+            self.refuse(out)
             return
         text = _clean_text(self.ctx, parsed.text, self.notices, ticket)
-        out = self.run(parsed.commands, mail.checks)
         answer = "\n\n".join([*out.inserted, text]).strip()
         is_note = out.note or mail.kind == kinds.INTERNAL
         send = bool(answer) and not is_note and not out.spam
@@ -366,7 +394,8 @@ class _AgentTurn:
             self.result_mail(out, sent.recipients if sent else (), is_note)
 
     def refuse(self, problems: Sequence[str]) -> None:
-        """A mail with commands that cannot be applied as written: none of it is.
+        """A mail with commands that cannot be applied (as written, or as things are now):
+        none of it is.
 
         What the agent meant is unsure (``#note text`` or ``#notes`` was meant to keep
         the text internal; ``#assign nobdy`` to hand the ticket over before the
@@ -376,15 +405,17 @@ class _AgentTurn:
         nor a note: a note's text is never sent, and the corrected answer sent again
         must not be held back as one.
         """
-        mail, agent = self.mail, self.agent
         text = _clean_text(self.ctx, self.ctx.message.text, self.notices, self.ticket)
-        message = self.store(MessageKind.AUTO, text)
+        self.refused(self.store(MessageKind.AUTO, text), problems, {})
+
+    def refused(self, message: Message, problems: Sequence[str], data: dict[str, Any]) -> None:
+        """Audit a refused mail (kept as ``message``) and tell the agent what to correct."""
         self.ctx.commands_failed += len(problems)
         self.event(
             message,
             "agent_mail_refused",
-            f"agent {agent.name}'s mail not applied, nothing sent: {'; '.join(problems)}",
-            {**_data(mail), "problems": list(problems)},
+            f"agent {self.agent.name}'s mail not applied, nothing sent: {'; '.join(problems)}",
+            {**_data(self.mail), **data, "problems": list(problems)},
         )
         self.result_mail(Outcome(failed=list(problems)), (), True, refused=True)
 
@@ -448,9 +479,12 @@ class _AgentTurn:
             self.event(message, "agent_confirm_failed", str(problem), _data(mail))
             self.result_mail(Outcome(failed=[f"confirmation not applied: {problem}"]), (), True)
             return
-        out = self.run(
-            parse_commands("\n".join(held.commands)).commands, [*mail.checks, "confirmed"]
-        )
+        commands = parse_commands("\n".join(held.commands)).commands
+        out = self.apply_all(commands, [*mail.checks, "confirmed"])
+        if not isinstance(out, Outcome):
+            held.state, held.decided_at = "refused", now
+            self.refused(message, out, {"held": held.id})
+            return
         held.state, held.decided_at = "applied", now
         self.event(
             message,

@@ -285,7 +285,8 @@ class HeldAgentMail(Base):
     agent: Mapped[str] = mapped_column(String(120))
     intake_id: Mapped[int | None] = mapped_column(ForeignKey("intake.id"))
     commands: Mapped[list[str]] = mapped_column(default=list)
-    state: Mapped[str] = mapped_column(String(16), default="pending")  # pending, applied, expired
+    # pending, applied, refused (a command failed as it was applied: none were), expired
+    state: Mapped[str] = mapped_column(String(16), default="pending")
     created_at: Mapped[datetime]
     decided_at: Mapped[datetime | None]
 

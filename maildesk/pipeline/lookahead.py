@@ -93,7 +93,8 @@ class Lookahead:
         session.info.pop(SESSION_KEY, None)
 
     def invalidate(self) -> None:
-        """Existing rows were rewritten (a merge): ask the database from now on."""
+        """What it holds may be untrue (rows rewritten by a merge, or a savepoint rolled
+        back what it was told): ask the database from now on."""
         self.active = False
 
     def _prefetch(self, session: Session, keys: list[str], ids: list[str]) -> None:

@@ -107,6 +107,23 @@ def test_queue_move_and_category_correction_are_recorded_as_feedback(app: App) -
     assert moved.data["to"] == "sales"
 
 
+def test_a_queue_or_group_the_ticket_is_already_in_does_not_hold_the_answer(app: App) -> None:
+    """``#queue sales`` twice, ``#escalate L3`` when it is with L3: as asked, so the agent's
+    answer goes out; only a command that cannot be done holds the whole mail back."""
+    _bob_replies(app, "#queue sales\n")
+    assert (ticket_number(app).queue, ticket_number(app).group) == ("sales", "L3")
+
+    report = _bob_replies(app, "#queue sales\n#escalate L3\n\nOur sales team has it.\n")
+
+    assert "NOT applied" not in report
+    [answer] = to(app, "alice@customer.test", "agent_reply")
+    assert "Our sales team has it." in answer.text
+    assert len(events_of_kind(app, "queue_changed")) == 1 and not events_of_kind(app, "escalated")
+
+    _bob_replies(app, "#escalate\n\nA specialist will call you.\n")  # L3 is the top tier
+    assert len(to(app, "alice@customer.test", "agent_reply")) == 1  # held back with it
+
+
 def test_cc_a_colleague_makes_them_a_watcher_not_a_customer_recipient(app: App) -> None:
     report = _bob_replies(app, "#cc carol@agents.test\n\nLooking into it.\n")
     assert "applied: #cc carol@agents.test" in report
