@@ -5,6 +5,8 @@ path: with ``trickle`` on, everything the server sends reaches the client one
 byte at a time, ``interval`` apart, so no single read ever waits long enough
 for a socket timeout, while a command never ends. What the client sends goes
 through at once, or (``slow_upload``) it is what trickles instead.
+``on_upload`` sees each piece the client sends before the server does (a test
+acts at a given command that way).
 """
 
 from __future__ import annotations
@@ -13,13 +15,21 @@ import contextlib
 import socket
 import threading
 import time
+from collections.abc import Callable
 
 
 class SlowLink:
-    def __init__(self, target_port: int, interval: float = 0.2, slow_upload: bool = False) -> None:
+    def __init__(
+        self,
+        target_port: int,
+        interval: float = 0.2,
+        slow_upload: bool = False,
+        on_upload: Callable[[bytes], None] | None = None,
+    ) -> None:
         self.target_port = target_port
         self.interval = interval
         self.slow_upload = slow_upload
+        self.on_upload = on_upload
         self.trickle = threading.Event()
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
@@ -53,14 +63,22 @@ class SlowLink:
             with self._lock:
                 self._sockets += [client, server]
             up = self.slow_upload
-            for source, sink, slow in ((client, server, up), (server, client, not up)):
+            for source, sink, slow, upload in (
+                (client, server, up, True),
+                (server, client, not up, False),
+            ):
                 threading.Thread(
-                    target=self._pump, args=(source, sink, slow), name="slow-link", daemon=True
+                    target=self._pump,
+                    args=(source, sink, slow, upload),
+                    name="slow-link",
+                    daemon=True,
                 ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket, slow: bool) -> None:
+    def _pump(self, source: socket.socket, sink: socket.socket, slow: bool, upload: bool) -> None:
         try:
             while data := source.recv(65536):
+                if upload and self.on_upload is not None:
+                    self.on_upload(data)
                 if not (slow and self.trickle.is_set()):
                     sink.sendall(data)
                     continue

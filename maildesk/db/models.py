@@ -495,7 +495,10 @@ class ImapFolderState(Base):
     """Per IMAP folder: how far it has been stored, and which node reads it now.
 
     ``last_uid`` is the highest UID stored under ``uidvalidity``; ``acted_uid``
-    the highest UID whose post-action (flag/move/delete) has been applied. The
+    the highest UID whose post-action (flag/move/delete) has been applied.
+    ``copied_uids`` (an IMAP sequence set, ``"3:7,9"``) names the UIDs above
+    ``acted_uid`` already copied into ``move_to`` on a server without MOVE, whose
+    \\Deleted and EXPUNGE may still be tried again: they are not copied twice. The
     lease (``lease_holder`` until ``lease_expires_at``) lets one node at a time
     read the folder; another takes over once it has expired.
     """
@@ -507,6 +510,7 @@ class ImapFolderState(Base):
     uidvalidity: Mapped[int] = mapped_column(BigInteger, default=0)
     last_uid: Mapped[int] = mapped_column(BigInteger, default=0)
     acted_uid: Mapped[int] = mapped_column(BigInteger, default=0)
+    copied_uids: Mapped[str] = mapped_column(Text, default="", server_default="")
     lease_holder: Mapped[str | None] = mapped_column(String(128))
     lease_expires_at: Mapped[datetime | None]
     updated_at: Mapped[datetime | None]

@@ -182,6 +182,7 @@ class Progress:
     uidvalidity: int
     last_uid: int
     acted_uid: int
+    copied: frozenset[int] = frozenset()  # above acted_uid, in move_to already (no MOVE)
 
 
 def backoff_delay(failures: int) -> float:
@@ -242,6 +243,15 @@ def uid_sets(uids: Iterable[int], limit: int = UID_SET_CHARS) -> Iterator[str]:
         size += len(text) + (1 if size else 0)
     if part:
         yield ",".join(part)
+
+
+def uid_set_members(text: str) -> set[int]:
+    """The UIDs a sequence set written by :func:`uid_sets` names (``"3:5,9"``: 3, 4, 5, 9)."""
+    found: set[int] = set()
+    for item in filter(None, text.split(",")):
+        first, _, last = item.partition(":")
+        found.update(range(int(first), int(last or first) + 1))
+    return found
 
 
 def size_groups(sizes: Sequence[tuple[int, int]], budget: int) -> Iterator[list[int]]:
@@ -480,16 +490,21 @@ class FolderStateStore:
                     ImapFolderState.mailbox == self.mailbox, ImapFolderState.folder == self.folder
                 )
             ).one()
-            return Progress(row.uidvalidity, row.last_uid, row.acted_uid)
+            copied = frozenset(uid_set_members(row.copied_uids))
+            return Progress(row.uidvalidity, row.last_uid, row.acted_uid, copied)
 
     def reset(self, uidvalidity: int) -> None:
-        self.renew(uidvalidity=uidvalidity, last_uid=0, acted_uid=0)
+        self.renew(uidvalidity=uidvalidity, last_uid=0, acted_uid=0, copied_uids="")
 
     def record_stored(self, uid: int) -> None:
         self.renew(last_uid=uid)
 
     def record_acted(self, uid: int) -> None:
         self.renew(acted_uid=uid)
+
+    def record_copied(self, uids: Iterable[int]) -> None:
+        """The UIDs now in move_to whose move is not done yet (what was there is replaced)."""
+        self.renew(copied_uids=",".join(uid_sets(uids)))
 
 
 @dataclass
@@ -1035,11 +1050,28 @@ class FolderPoller:
                 for part in uid_sets(uids):
                     client.move(part, self.mailbox.move_to)
             else:
-                for part in uid_sets(uids):
-                    client.copy(part, self.mailbox.move_to)
-                self._expunge(client, uids)
+                self._copy_and_expunge(client, uids)
         elif action is ImapPostAction.DELETE:
             self._expunge(client, uids)
+
+    def _copy_and_expunge(self, client: IMAPClient, uids: list[int]) -> None:
+        """A move without MOVE: COPY into move_to what is not there yet, then expunge.
+
+        Each COPY that went through is recorded at once: when a later COPY,
+        the STORE \\Deleted or the EXPUNGE is refused (or the connection drops,
+        or the daemon restarts), the move is tried again, and copying anew would
+        leave the mail in move_to once more each time. Only UIDs copied, now or
+        before, are expunged. A crash between a COPY and its record copies those
+        UIDs once more on the next try: without MOVE the two cannot be one step.
+        """
+        progress = self.state.load()
+        copied = set(progress.copied)
+        for part in uid_sets(u for u in uids if u not in copied):
+            client.copy(part, self.mailbox.move_to)
+            copied |= uid_set_members(part)
+            # Those at or below acted_uid are settled and never tried again.
+            self.state.record_copied(u for u in copied if u > progress.acted_uid)
+        self._expunge(client, uids)
 
     def _expunge(self, client: IMAPClient, uids: list[int]) -> None:
         """Flag ``uids`` \\Deleted and expunge them, and never anything else.

@@ -29,6 +29,7 @@ from maildesk.intake.imap import (
     ref_folder,
     size_groups,
     source_ref,
+    uid_set_members,
     uid_sets,
 )
 from maildesk.intake.store import IntakeStore
@@ -160,6 +161,12 @@ def test_uid_sets_name_exactly_the_uids_in_short_commands(uids: set[int], limit:
             first, _, last = item.partition(":")
             named += range(int(first), int(last or first) + 1)
     assert sorted(named) == sorted(uids) and len(named) == len(set(named))
+
+
+@given(st.sets(st.integers(1, 50_000), max_size=300))
+def test_uid_set_members_reads_back_what_uid_sets_wrote(uids: set[int]) -> None:
+    """The UIDs copied into move_to are kept in the folder state as one sequence set."""
+    assert uid_set_members(",".join(uid_sets(uids))) == uids
 
 
 def test_uid_sets_of_a_long_run_are_one_range() -> None:

@@ -9,13 +9,16 @@ namespace with a quota of its own (as an archive on cheaper storage would).
 
 from __future__ import annotations
 
+import fcntl
 import json
+import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import pytest
 
+import maildesk.intake.imap as imap_module
 from maildesk.app import App
 from maildesk.intake.post_action_retry import passes, retry_delay
 from tests.conftest import FrozenClock
@@ -23,6 +26,7 @@ from tests.daemon_harness import DaemonProcess, RelaySink
 from tests.dovecot_harness import Dovecot, dovecot_server
 from tests.intake.test_imap import USER, Runner, flags_of, folder_state, mail, stored, wait_until
 from tests.intake.test_imap_post_actions import ACL
+from tests.slow_link import SlowLink
 
 ACL_UNCACHED = ACL.replace("acl = vfile", "acl = vfile::cache_secs=0")
 
@@ -79,7 +83,11 @@ def moving(dovecot: Dovecot, **overrides: Any) -> dict[str, Any]:
 
 def health_file(app: App) -> dict[str, Any]:
     """The folder's entry of imap-health.json ({} before the poller first wrote it)."""
-    path = app.settings.data_dir / "imap-health.json"
+    return health_in(app.settings.data_dir)
+
+
+def health_in(data_dir: Path) -> dict[str, Any]:
+    path = data_dir / "imap-health.json"
     if not path.exists():
         return {}
     [folder] = json.loads(path.read_text())
@@ -172,17 +180,17 @@ def test_retrying_gives_up_with_one_warning_after_the_bounded_time(
     assert sorted(flags_of(dovecot)) == uids  # left as they are, stored
 
 
-def daemon_config(dovecot: Dovecot) -> str:
+def daemon_config(dovecot: Dovecot, port: int = 0, move_to: str = TARGET) -> str:
     return f"""
 [[imap]]
 name = "{USER}"
 host = "127.0.0.1"
-port = {dovecot.port}
+port = {port or dovecot.port}
 security = "none"
 user = "{USER}"
 password = "{dovecot.users[USER]}"
 post_action = "move"
-move_to = "{TARGET}"
+move_to = "{move_to}"
 poll_interval_seconds = 30
 post_action_retry_seconds = 3600
 """
@@ -222,6 +230,128 @@ def test_uids_waiting_for_their_move_are_moved_after_kill_9_and_a_restart(
     finally:
         if daemon.proc is not None and daemon.proc.poll() is None:
             daemon.kill()
+
+
+# -- a server without MOVE: COPY, then \Deleted and EXPUNGE ----------------------
+NO_MOVE = """
+protocol imap {
+  imap_capability = IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE NAMESPACE UIDPLUS
+}
+# A lock held this long fails the command (NO [SERVERBUG]) instead of waiting minutes.
+mail_max_lock_timeout = 1s
+"""
+
+
+@pytest.fixture
+def copying_dovecot(monkeypatch: pytest.MonkeyPatch) -> Iterator[Dovecot]:
+    """The quota'd Dovecot of :func:`dovecot`, without MOVE: a move is COPY, STORE, EXPUNGE."""
+    import tests.dovecot_harness as harness
+
+    monkeypatch.setattr(harness, "CONFIG", harness.CONFIG + QUOTA)
+    with dovecot_server(USER, extra_config=NO_MOVE) as server:
+        with server.client(USER) as client:
+            assert not client.has_capability("MOVE")
+            client.create_folder(TARGET)
+        yield server
+
+
+class InboxLockedFromCopy:
+    """From maildesk's first COPY on, another process (a backup, a busy delivery
+    agent) holds INBOX's index lock until :meth:`release`: the COPY into another
+    folder goes through, the STORE \\Deleted after it waits and is refused with
+    NO [SERVERBUG], a reason that passes. Hooked on the link to Dovecot."""
+
+    def __init__(self, dovecot: Dovecot) -> None:
+        self.path = dovecot.root / "home" / USER / "Maildir" / "dovecot.index.log"
+        self.held: IO[bytes] | None = None
+        self.released = False
+        self.lock = threading.Lock()
+
+    def __call__(self, sent: bytes) -> None:
+        with self.lock:
+            if b" COPY " in sent.upper() and not self.released and self.held is None:
+                self.held = self.path.open("r+b")
+                fcntl.lockf(self.held, fcntl.LOCK_EX)
+
+    def release(self) -> None:
+        with self.lock:
+            self.released = True
+            if self.held is not None:
+                self.held.close()
+
+
+def test_without_move_a_move_tried_again_copies_the_mail_once(
+    app: App, copying_dovecot: Dovecot, runner: Runner
+) -> None:
+    """The COPY went through, the STORE \\Deleted was refused: the retry copied
+    again, and the mail lay in move_to twice."""
+    dovecot = copying_dovecot
+    dovecot.append(USER, mail(1))
+    locked = InboxLockedFromCopy(dovecot)
+    with SlowLink(dovecot.port, on_upload=locked) as link:
+        block = dovecot.mailbox(
+            USER,
+            port=link.port,
+            post_action="move",
+            move_to="Processed",
+            post_action_retry_seconds=1,
+        )
+        runner.start(app, block)
+        wait_until(
+            lambda: "SERVERBUG" in health_file(app).get("last_error", ""), "the STORE refused"
+        )
+        assert locked.held is not None  # refused after the COPY
+        locked.release()
+        wait_until(lambda: not flags_of(dovecot), "INBOX emptied on the retry", timeout=30)
+        wait_until(lambda: health_file(app).get("post_action_waiting") == 0, "nothing waits")
+    assert len(flags_of(dovecot, "Processed")) == 1
+
+
+def test_without_move_a_copy_refused_half_way_does_not_copy_the_first_half_again(
+    app: App, copying_dovecot: Dovecot, runner: Runner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Thousands of UIDs are copied in several commands (uid_sets); here each UID is
+    one. The archive has room for one: the first COPY goes through, the second is
+    refused NO [OVERQUOTA]; once there is room, the retry copied the first again."""
+    dovecot = copying_dovecot
+    monkeypatch.setattr(imap_module, "uid_sets", lambda uids: map(str, sorted(set(uids))))
+    uids = [dovecot.append(USER, mail(n)) for n in range(2)]
+    runner.start(app, moving(dovecot, post_action_retry_seconds=1))
+    wait_until(lambda: "OVERQUOTA" in health_file(app).get("last_error", ""), "the 2nd refused")
+    assert len(flags_of(dovecot, TARGET)) == 1 and sorted(flags_of(dovecot)) == uids
+    raise_quota(dovecot)
+    wait_until(lambda: not flags_of(dovecot), "INBOX emptied on the retry", timeout=30)
+    assert len(flags_of(dovecot, TARGET)) == 2
+
+
+@pytest.mark.slow
+def test_without_move_a_move_waiting_after_its_copy_copies_once_after_kill_9(
+    tmp_path: Path, relay: RelaySink, copying_dovecot: Dovecot
+) -> None:
+    """Copied, STORE \\Deleted refused, kill -9 while the move waits (an hour):
+    the restart's catch-up copied it again."""
+    dovecot = copying_dovecot
+    locked = InboxLockedFromCopy(dovecot)
+    with SlowLink(dovecot.port, on_upload=locked) as link:
+        config = daemon_config(dovecot, port=link.port, move_to="Processed")
+        daemon = DaemonProcess(tmp_path, relay_port=relay.port, extra_config=config)
+        dovecot.append(USER, mail(1))
+        daemon.start()
+        try:
+            wait_until(
+                lambda: health_in(tmp_path / "data").get("post_action_waiting") == 1,
+                "the move to wait",
+                timeout=60,
+            )
+            daemon.kill()
+            locked.release()
+            daemon.start()
+            wait_until(lambda: not flags_of(dovecot), "INBOX emptied after the restart", timeout=60)
+            assert daemon.terminate() == 0
+        finally:
+            if daemon.proc is not None and daemon.proc.poll() is None:
+                daemon.kill()
+    assert len(flags_of(dovecot, "Processed")) == 1
 
 
 @pytest.mark.parametrize(
