@@ -9,6 +9,7 @@ address and for a word only their mail contained.
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import hashlib
@@ -911,8 +912,43 @@ def test_her_address_is_found_in_raw_mail_only_as_a_whole_address(raw: bytes, he
     from maildesk.privacy.match import Person
 
     person = Person.of("Ann@customer.test")
-    assert person.bytes_name(raw) is hers
+    assert person.mail_names(raw) is hers
     assert person.named_in(raw.decode()) is hers
+
+
+QP = b"Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+B64 = b"Content-Transfer-Encoding: base64\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    ("address", "raw", "hers"),
+    [
+        ("ann@customer.test", QP + b"write to ann@custo=\r\nmer.test", True),
+        ("ann@customer.test", QP + b"write to ann=40customer.test", True),
+        ("ann@customer.test", b"no encoding named: ann@custo=\r\nmer.test", False),
+        ("ann@customer.test", B64 + base64.encodebytes(b"Fwd: <ANN@customer.test>"), True),
+        ("ann@customer.test", B64 + base64.b64encode(b"Fwd: ann@customer.test").rstrip(b"="), True),
+        ("ann@customer.test", B64 + base64.encodebytes(b"Fwd: <joann@customer.test>"), False),
+        ("ann@customer.test", b"Cc: =?utf-8?B?QW5uIDxhbm5AY3VzdG9tZXIudGVzdD4=?=\r\n", True),
+        ("ann@customer.test", b"Cc: =?utf-8?q?ann=40custo?=\r\n =?utf-8?q?mer.test?=\r\n", True),
+        ("ann@customer.test", b"Cc: =?utf-8?q?jo?=ann@customer.test\r\n", False),
+        ("müller@example.test", "Cc: Jörg <MÜLLER@Example.test>\r\n".encode(), True),
+        ("müller@example.test", "Cc: <MÜLLER@Example.test>\r\n".encode("latin-1"), True),
+        ("müller@example.test", QP + b"M=C3=9CLLER@example.test", True),
+        ("müller@example.test", "Cc: <jmüller@example.test>\r\n".encode(), False),
+    ],
+)
+def test_her_address_is_found_where_a_reader_sees_it(address: str, raw: bytes, hers: bool) -> None:
+    """Behind a transfer encoding the mail names, or in a case beyond ASCII, her address
+    is hers as a mail client shows it; the pre-filter on the bytes lets such mail through."""
+    from maildesk.privacy.match import Person
+    from maildesk.privacy.readable import MARKERS
+
+    person = Person.of(address)
+    assert person.mail_names(raw) is hers
+    if hers:  # what SQL's lower() (ASCII only) finds: a needle of in_bytes
+        lowered = raw.lower()
+        assert any(marker in lowered for marker in MARKERS) or b"ller@example.test" in lowered
 
 
 def test_forget_leaves_the_mail_to_an_address_that_merely_ends_in_hers_on_her_ticket(
@@ -983,5 +1019,122 @@ def test_a_digest_rewritten_between_reading_its_row_and_its_bytes_goes_out_next_
         sent = [p.read_bytes() for p in sent_dir.rglob("*") if p.is_file()]
         assert len(sent) == 1, "the digest waits for the sender's own claim to run out"
         assert b"Pills" in sent[0] and SECRET_WORD.encode() not in sent[0]
+    finally:
+        app.db.dispose()
+
+
+# -- her address as a reader sees it, not as the bytes spell it ----------------------
+MUELLER = "müller@example.test"
+SPAM = {"unsure_at": 0.0, "spam_at": 0.0, "digest_to": "postmaster@example.com"}
+
+
+def _spam(headers: str, body: bytes, message_id: str, *, encoding: str = "7bit") -> bytes:
+    """A spammer's mail (quarantined) that names her only where a reader decodes it."""
+    return (
+        f"From: Spammer <{SPAMMER}>\r\nTo: support@example.com\r\n{headers}"
+        f"Subject: Fwd: invoice\r\nMessage-ID: <{message_id}>\r\n"
+        "Date: Mon, 2 Mar 2026 08:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+        f"Content-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: {encoding}\r\n\r\n"
+    ).encode() + body
+
+
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
+
+
+# Mail of a spammer (quarantined) naming one of them only where a reader decodes it.
+ENCODED = {
+    "base64-body": (
+        ALICE,
+        _spam(
+            "",
+            base64.encodebytes(
+                f"---------- Forwarded message ---------\nFrom: Alice <{ALICE}>\n"
+                "Please pay the attached invoice.\n".encode()
+            ),
+            "b64@spam.test",
+            encoding="base64",
+        ),
+    ),
+    "quoted-printable-soft-break": (
+        ALICE,
+        _spam(
+            "",
+            b"Forwarded from Alice <alice@custo=\r\nmer.test>, pay now.\r\n",
+            "qp@spam.test",
+            encoding="quoted-printable",
+        ),
+    ),
+    "encoded-word-cc": (
+        ALICE,
+        _spam(f"Cc: =?utf-8?b?{_b64(ALICE)}?=\r\n", b"Pay.\r\n", "ew@spam.test"),
+    ),
+    "encoded-display-name": (
+        ALICE,
+        _spam(
+            f"Cc: =?utf-8?b?{_b64(f'Alice <{ALICE}>')}?= <x2@spam.test>\r\n",
+            b"Pay.\r\n",
+            "dn@spam.test",
+        ),
+    ),
+    "non-ascii-upper-case": (
+        MUELLER,
+        _spam("Cc: Jörg <MÜLLER@Example.test>\r\n", b"Pay.\r\n", "up@spam.test", encoding="8bit"),
+    ),
+}
+
+
+def _readers_view(raw: bytes) -> str:
+    """What a mail client shows of ``raw``: every header decoded, every part's text."""
+    parsed = email.message_from_bytes(raw, policy=email.policy.default)
+    shown = []
+    for part in parsed.walk():
+        shown += [str(value) for value in part.values()]
+        if not part.is_multipart():
+            payload = part.get_payload(decode=True)
+            charset = part.get_content_charset() or "utf-8"
+            shown.append(bytes(payload or b"").decode(charset, "replace"))
+    return "\n".join(shown).lower()
+
+
+def readable_in_blobs(app: App, address: str) -> list[str]:
+    """The Message-IDs of the stored mail (quarantine, tickets, attachments) in which
+    a reader finds ``address``."""
+    with app.db.transaction() as session:
+        blobs = session.scalars(select(Blob.data)).all()
+    return sorted(
+        str(email.message_from_bytes(bytes(data)).get("Message-ID", "?"))
+        for data in blobs
+        if address in _readers_view(bytes(data))
+    )
+
+
+def test_forget_erases_quarantined_mail_that_names_her_only_in_encoded_form(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """A forward in base64, a quoted-printable line broken inside her address, an RFC 2047
+    header, her address in another case beyond ASCII: a reader of the quarantined mail
+    sees her address, so her erasure takes it; the spammer's other mail stays."""
+    app = agent_app(tmp_path, database_url, clock, spam=SPAM)
+    try:
+        for _person, raw in ENCODED.values():
+            deliver(app, raw, mail_from=SPAMMER)
+        deliver(app, _spam("", b"Nobody named here.\r\n", "other@spam.test"), mail_from=SPAMMER)
+        with app.db.transaction() as session:
+            held = session.scalar(
+                select(func.count()).where(Intake.state == IntakeState.QUARANTINED)
+            )
+        assert held == len(ENCODED) + 1
+
+        for person in (ALICE, MUELLER):
+            theirs = [name for name, (who, _raw) in ENCODED.items() if who == person]
+            assert len(readable_in_blobs(app, person)) == len(theirs)  # the reader sees them
+
+            result = cli(app, tmp_path, "privacy", "forget", person, "--yes")
+
+            assert result.exit_code == 0, result.output
+            assert readable_in_blobs(app, person) == [], theirs
+            assert f"intake {len(theirs)}," in result.output
+        assert rows_containing(app, "Nobody named here")
     finally:
         app.db.dispose()

@@ -52,6 +52,8 @@ from maildesk.spam.digest_erasure import redact_digests
 log = logging.getLogger("maildesk.privacy")
 ERASED_EVENT = "privacy_erased"
 ERASED = "(erased)"  # what an erased address is replaced with in another's audit trail
+# Candidate mail read for the exact test this many blobs at a time (memory, not speed).
+BLOB_BATCH = 200
 
 
 def _salted(salt: str, text: str) -> str:
@@ -112,9 +114,10 @@ class Plan:
 def _their_loose_intake(session: Session, person: Person) -> list[int]:
     """Their mail that is on no ticket: quarantined, released, or a copy recorded as such.
 
-    Theirs by envelope sender or by an address in the raw bytes. SQL finds the
-    candidates (the envelope's local part; the bytes searched in the database),
-    so only those rows and blobs come to Python for the exact test.
+    Theirs by envelope sender or by an address a reader of the mail finds in it.
+    SQL finds the candidates (the envelope's local part; the bytes searched in the
+    database for a spelling or an encoding), so only those rows and blobs come to
+    Python for the exact test, a batch of blobs at a time.
     """
     loose = (Intake.ticket_id.is_(None), Intake.message_pk.is_(None), Intake.state.in_(SETTLED))
     by_envelope = session.execute(
@@ -134,13 +137,11 @@ def _their_loose_intake(session: Session, person: Person) -> list[int]:
         if intake_id not in found
     ]
     digests = sorted({digest for _id, digest in by_bytes})
-    naming = {
-        digest
-        for digest, data in session.execute(
-            select(Blob.sha256, Blob.data).where(Blob.sha256.in_(digests))
-        )
-        if person.bytes_name(bytes(data))
-    }
+    naming = set()
+    for start in range(0, len(digests), BLOB_BATCH):
+        batch = digests[start : start + BLOB_BATCH]
+        rows = session.execute(select(Blob.sha256, Blob.data).where(Blob.sha256.in_(batch)))
+        naming |= {digest for digest, data in rows if person.mail_names(bytes(data))}
     found |= {intake_id for intake_id, digest in by_bytes if digest in naming}
     return sorted(found)
 

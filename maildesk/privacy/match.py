@@ -4,7 +4,11 @@ One mailbox has more than one spelling: case, and an internationalised domain
 in U-labels (``anna@bücher.example``) or A-labels (``anna@xn--bcher-kva.example``).
 Rows keep what the mail said, so the SQL filters here look for every spelling,
 and the exact test in Python compares :func:`mailbox_key` (one rule for both:
-:func:`maildesk.domain.address.address_key`).
+:func:`maildesk.domain.address.address_key`). Stored mail is searched as a
+reader sees it (:mod:`maildesk.privacy.readable`): decoded, in any case.
+
+A SQL filter that picks the candidates for an exact test here (``in_*``,
+``local_part_in``) never misses what that test finds: it may only be wider.
 """
 
 from __future__ import annotations
@@ -19,14 +23,17 @@ from typing import Any
 from sqlalchemy import LargeBinary, Text, cast, false, func, or_, true
 
 from maildesk.domain.address import address_key, address_spellings
+from maildesk.domain.rawheader import decode_text
+from maildesk.privacy.readable import MARKERS, readable_forms
 
 # Where a written address ends: a spelling inside a longer address is not it
 # (``ann@x.test`` in ``joann@x.test`` or ``ann@x.test.example``). Before it no
 # character of a local part (RFC 5322 atext, the dot, anything beyond ASCII),
 # unless that is the end of a quoted-printable or URL escape (``=3Cann@x.test``);
-# after it no character that continues the domain.
-_BEFORE = r"(?:(?<=[=%][0-9A-Fa-f]{2})|(?<![\w!#$%&'*+/=?^`{|}~.\-]))"
-_AFTER = r"(?![\w\-]|\.\w)"
+# after it no character that continues the domain. In text, a byte no charset
+# decoded is a surrogate escape (U+DC80-U+DCFF), as beyond ASCII as in bytes.
+_BEFORE = r"(?:(?<=[=%][0-9A-Fa-f]{2})|(?<![\w!#$%&'*+/=?^`{|}~.\-\udc80-\udcff]))"
+_AFTER = r"(?![\w\-\udc80-\udcff]|\.\w)"
 _BEFORE_BYTES = rb"(?:(?<=[=%][0-9A-Fa-f]{2})|(?<![A-Za-z0-9_!#$%&'*+/=?^`{|}~.\-\x80-\xff]))"
 _AFTER_BYTES = rb"(?![A-Za-z0-9_\-\x80-\xff]|\.[A-Za-z0-9_\x80-\xff])"
 
@@ -102,13 +109,16 @@ class Person:
         return func.lower(column).contains(f"{local}@", autoescape=True)
 
     def in_bytes(self, column: Any, dialect: str) -> Any:
-        """A pre-filter on raw mail: the bytes hold a spelling, ASCII case ignored.
+        """A pre-filter on raw mail: the bytes hold a spelling or name an encoding.
 
-        Never misses what :meth:`bytes_name` finds. PostgreSQL has no lower()
-        for bytea: its ``escape`` text form is searched (high and NUL bytes as
-        ``\\nnn``), which may find a few more (a needle starting inside an escape).
+        Never misses what :meth:`mail_names` finds: a spelling in ASCII case
+        ignored; one beyond ASCII, whose case neither SQLite nor bytes fold, by
+        its longest ASCII part; an encoded address by the encoding's marker.
+        PostgreSQL has no lower() for bytea: its ``escape`` text form is searched
+        (high and NUL bytes as ``\\nnn``), which may find a few more (a needle
+        starting inside an escape).
         """
-        needles = [s.encode() for s in self.spellings]
+        needles = sorted({*self._needles, *MARKERS})
         if dialect == "sqlite":
             lowered = cast(func.lower(column), LargeBinary)
             return or_(false(), *(func.instr(lowered, n) > 0 for n in needles))
@@ -119,9 +129,50 @@ class Person:
     def _mention_bytes(self) -> re.Pattern[bytes]:
         return mention_bytes_re(self.spellings)
 
-    def bytes_name(self, data: bytes) -> bool:
-        """The exact test on raw mail: it names this mailbox as a whole address."""
-        return self._mention_bytes.search(data) is not None
+    @cached_property
+    def _mention_beyond_ascii(self) -> re.Pattern[str] | None:
+        """The spellings beyond ASCII, any case (``MÜLLER@`` is ``müller@``)."""
+        wide = [s for s in self.spellings if not s.isascii()]
+        return mention_re(wide) if wide else None
+
+    def mail_names(self, data: bytes) -> bool:
+        """The exact test on stored mail: a reader of it finds this mailbox as a whole
+        address, in the bytes or where they are decoded (base64, quoted-printable,
+        RFC 2047), in any case."""
+        return any(self._form_names(form) for form in readable_forms(data))
+
+    @cached_property
+    def _needles(self) -> tuple[bytes, ...]:
+        """What a form naming this mailbox holds in lower case (:meth:`in_bytes` looks
+        for them too): each spelling, or of one beyond ASCII its longest ASCII part."""
+        return tuple(sorted({_ascii_part(s).encode() for s in self.spellings}))
+
+    def _form_names(self, form: bytes) -> bool:
+        lowered = form.lower()
+        if not any(needle in lowered for needle in self._needles):
+            return False  # no regex over mail that cannot name them (most of it)
+        if self._mention_bytes.search(form) is not None:
+            return True
+        wide = self._mention_beyond_ascii
+        if wide is None or form.isascii():
+            return False
+        return any(wide.search(text) is not None for text in _as_text(form))
+
+
+def _ascii_part(spelling: str) -> str:
+    """``spelling`` if ASCII, else its longest ASCII part (``ller@example.test``)."""
+    if spelling.isascii():
+        return spelling
+    return max(re.findall(r"[\x00-\x7f]+", spelling), key=len, default="")
+
+
+def _as_text(data: bytes) -> tuple[str, ...]:
+    """``data`` as UTF-8; unless it all is, also as Windows-1252 (Latin-1): one mail
+    may hold both (a UTF-8 header over a Latin-1 body)."""
+    try:
+        return (data.decode("utf-8"),)
+    except UnicodeDecodeError:
+        return (data.decode("utf-8", "surrogateescape"), decode_text(data, "windows-1252")[0])
 
 
 def _escape(data: bytes) -> str:
