@@ -54,6 +54,7 @@ class StoredMessage(NamedTuple):
     body_hash: str | None
     kind: MessageKind
     from_addr: str
+    auto_kind: str | None  # the guard's verdict when not "human" ("list": a list's copy)
 
 
 class KnownId(NamedTuple):
@@ -65,7 +66,12 @@ class KnownId(NamedTuple):
 
 
 _STORED_MESSAGE = select(
-    Message.id, Message.ticket_id, Message.body_hash, Message.kind, Message.from_addr
+    Message.id,
+    Message.ticket_id,
+    Message.body_hash,
+    Message.kind,
+    Message.from_addr,
+    Message.auto_kind,
 )
 _KNOWN_ID = select(KnownMessageId.message_id, KnownMessageId.ticket_id, KnownMessageId.origin)
 
@@ -95,6 +101,20 @@ def quarantined_copies(
         .group_by(Intake.raw_sha256)
     )
     return {digest: int(pk) for digest, pk in session.execute(stmt)}
+
+
+LATE_ACK = "ack_late"  # the event of an acknowledgement decided after the ticket started
+
+
+def unacknowledged_start(session: Session, ticket_id: int, message_pk: int) -> bool:
+    """Whether the ticket started with this message and no acknowledgement has been
+    queued for it, nor decided late (:data:`LATE_ACK`): in this transaction too."""
+    first = session.scalar(select(func.min(Message.id)).where(Message.ticket_id == ticket_id))
+    if first != message_pk:
+        return False
+    acked = select(Outbox.id).where(Outbox.ticket_id == ticket_id, Outbox.purpose == "ack")
+    late = select(Event.id).where(Event.ticket_id == ticket_id, Event.kind == LATE_ACK)
+    return session.scalar(acked.limit(1)) is None and session.scalar(late.limit(1)) is None
 
 
 def known_ids(session: Session, ids: Sequence[str]) -> dict[str, KnownId]:

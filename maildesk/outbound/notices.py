@@ -180,11 +180,14 @@ class Notices:
         template: str | None = None,
         *,
         dmarc_passed: bool = False,
+        quote: str | None = None,
     ) -> None:
         """Queue the acknowledgement of a new ticket, or record why not.
 
         ``template`` (chosen by a routing rule) replaces ``ack`` when it exists.
         ``dmarc_passed``: our own MTA found the From's domain vouching for it.
+        ``quote``: the customer's text, when the message stored is not hers as she
+        wrote it (a list's copy, with its footer); the message's own otherwise.
         """
         if not self.settings.acknowledgements.enabled:
             return self._event(session, ticket, "ack_skipped", "acknowledgements are disabled")
@@ -198,7 +201,9 @@ class Notices:
             ticket,
             customer,
             purpose="ack",
-            quote=message.text_body if self._may_quote(session, customer, dmarc_passed) else "",
+            quote=(quote if quote is not None else message.text_body)
+            if self._may_quote(session, customer, dmarc_passed)
+            else "",
             answers=message,
             auto_submitted="auto-replied",
             template=template if template and self.renderer.exists(template, "customer") else None,

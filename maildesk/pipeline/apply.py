@@ -29,7 +29,7 @@ from maildesk.db.models import (
     TicketLink,
     TicketStatus,
 )
-from maildesk.db.queries import KnownId, StoredMessage
+from maildesk.db.queries import LATE_ACK, KnownId, StoredMessage
 from maildesk.db.upsert import insert_ignore, insert_row, upsert_contact
 from maildesk.domain.address import MAX_UNUSABLE_NOTES, base_address, elided, overlong_address
 from maildesk.domain.author import customer_address, list_author, shown_sender
@@ -115,8 +115,19 @@ class Applier:
             session.connection().execute(insert(Event), self._events)
             self._events = []
 
-    def stop(self, session: Session, ctx: MessageContext, intake: Intake, stop: Stop) -> None:
-        """Record a flow that ended early: a duplicate or a quarantined message."""
+    def stop(
+        self,
+        session: Session,
+        ctx: MessageContext,
+        intake: Intake,
+        stop: Stop,
+        *,
+        held: Stop | None = None,
+    ) -> None:
+        """Record a flow that ended early: a duplicate or a quarantined message.
+
+        ``held``: the spam filter's quarantine of a duplicate to acknowledge late.
+        """
         for note in ctx.notes:
             self.event(session, note.kind, note.reason, intake=intake, data=note.data)
         if stop.kind is StopKind.DUPLICATE:
@@ -133,6 +144,8 @@ class Applier:
                 f"; also addressed to {', '.join(new_addresses)}" if new_addresses else ""
             )
             self.event(session, "duplicate", reason, intake=intake, ticket=ticket, message=message)
+            if stop.acknowledge_late and ticket is not None and message is not None:
+                self._acknowledge_late(session, ctx, intake, ticket, message, held)
             intake.state, intake.disposition = IntakeState.DONE, Disposition.DUPLICATE
             intake.message_pk = message.id if message else None
             intake.ticket_id = ticket.id if ticket else None
@@ -307,33 +320,9 @@ class Applier:
             )
         if verdict.kind is AutoKind.BOUNCE:
             self._suppress(session, ctx, intake, ticket, message)
-        # Released from quarantine by ops: it waited there on us, not in an old mailbox.
-        written = self.now if ctx.forced and ctx.source != "file" else at
+        written = self._written(ctx)
         if created and self.notices is not None:
-            why = f"{verdict.kind}: " + "; ".join(verdict.reasons)
-            max_age = timedelta(hours=self.settings.acknowledgements.max_age_hours)
-            if self.now - written > max_age:
-                why, answerable = f"written {at:%Y-%m-%d %H:%M} UTC, older than {max_age}", False
-            elif ctx.possible_spam:
-                why, answerable = "possible spam: not acknowledged until released", False
-            elif forged is not None and self.settings.acknowledgements.skip_dmarc_fail:
-                why, answerable = f"{forged}: the sender is likely forged (no backscatter)", False
-            elif requester is None and (unusable := _unusable_sender(msg)) is not None:
-                why, answerable = unusable, False
-            elif ctx.route is not None and ctx.route.result.ack_suppressed_by:
-                why, answerable = f"suppressed by rule {ctx.route.result.ack_suppressed_by}", False
-            else:
-                answerable = verdict.answerable
-            template = ctx.route.result.ack_template if ctx.route is not None else None
-            self.notices.acknowledge(
-                session,
-                ticket,
-                message,
-                answerable,
-                why,
-                template,
-                dmarc_passed=self._sender_passed_dmarc(ctx),
-            )
+            self._acknowledge(session, ctx, ticket, message, requester, forged)
         if self.notices is not None and not automated:  # issue 5: tell the agents
             notify_after_customer_mail(
                 session,
@@ -366,6 +355,95 @@ class Applier:
         intake.claimed_by = None
         self.flush_events(session)
         return ticket
+
+    def _written(self, ctx: MessageContext) -> datetime:
+        """When the mail counts as written, for the acknowledgement's age and the agents'
+        notices. Released from quarantine by ops: it waited there on us, not in an old
+        mailbox."""
+        return self.now if ctx.forced and ctx.source != "file" else ctx.arrival
+
+    def _acknowledge(
+        self,
+        session: Session,
+        ctx: MessageContext,
+        ticket: Ticket,
+        message: Message,
+        requester: int | None,
+        forged: str | None,
+        *,
+        quote: str | None = None,
+    ) -> None:
+        """Queue the acknowledgement of the mail that starts ``ticket``, or record why not."""
+        assert self.notices is not None and ctx.verdict is not None
+        verdict = ctx.verdict
+        why = f"{verdict.kind}: " + "; ".join(verdict.reasons)
+        max_age = timedelta(hours=self.settings.acknowledgements.max_age_hours)
+        if self.now - self._written(ctx) > max_age:
+            why = f"written {ctx.arrival:%Y-%m-%d %H:%M} UTC, older than {max_age}"
+            answerable = False
+        elif ctx.possible_spam:
+            why, answerable = "possible spam: not acknowledged until released", False
+        elif forged is not None and self.settings.acknowledgements.skip_dmarc_fail:
+            why, answerable = f"{forged}: the sender is likely forged (no backscatter)", False
+        elif requester is None and (unusable := _unusable_sender(ctx.message)) is not None:
+            why, answerable = unusable, False
+        elif ctx.route is not None and ctx.route.result.ack_suppressed_by:
+            why, answerable = f"suppressed by rule {ctx.route.result.ack_suppressed_by}", False
+        else:
+            answerable = verdict.answerable
+        template = ctx.route.result.ack_template if ctx.route is not None else None
+        self.notices.acknowledge(
+            session,
+            ticket,
+            message,
+            answerable,
+            why,
+            template,
+            dmarc_passed=self._sender_passed_dmarc(ctx),
+            quote=quote,
+        )
+
+    def _acknowledge_late(
+        self,
+        session: Session,
+        ctx: MessageContext,
+        intake: Intake,
+        ticket: Ticket,
+        message: Message,
+        held: Stop | None,
+    ) -> None:
+        """Her own copy after the list's copy that started the ticket unacknowledged
+        (:func:`maildesk.pipeline.stages.acknowledged_as_first`): the acknowledgement
+        her copy would have had first, through every check of one (``held``: the spam
+        filter quarantines her copy). The agents were told of the ticket already."""
+        if self.notices is None:
+            return
+        reason = (
+            f"her own copy of <{ctx.message.message_id}> came after the list's copy that "
+            "started the ticket, which as list mail is never answered: her acknowledgement "
+            "decided now, as if her copy had come first"
+        )
+        # Written at once, not with the batch's events: another copy of the mail later
+        # in this batch must find it decided (queries.unacknowledged_start).
+        session.add(
+            Event(
+                at=self.now,
+                kind=LATE_ACK,
+                reason=reason,
+                intake_id=intake.id,
+                ticket_id=ticket.id,
+                message_pk=message.id,
+                data={},
+            )
+        )
+        if held is not None:
+            self.notices.acknowledge(session, ticket, message, False, held.reason)
+            return
+        forged = self._forged_sender(ctx)
+        # Her text, not the list's copy stored with its footer.
+        self._acknowledge(
+            session, ctx, ticket, message, ticket.requester_id, forged, quote=ctx.message.text
+        )
 
     def _reply_to_shown(self, msg: ParsedMessage, author: Address | None) -> dict[str, Any]:
         """A Reply-To the agents are shown: answers never go to it by itself (README,
@@ -672,7 +750,12 @@ class Applier:
             lookahead.stored_message(
                 ctx.dedupe_key,
                 StoredMessage(
-                    message.id, ticket.id, ctx.body_hash, message.kind, message.from_addr
+                    message.id,
+                    ticket.id,
+                    ctx.body_hash,
+                    message.kind,
+                    message.from_addr,
+                    message.auto_kind,
                 ),
             )
             lookahead.touched(ticket)

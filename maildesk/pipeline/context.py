@@ -44,6 +44,9 @@ class Stop:
     reason: str
     duplicate_of_message: int | None = None
     duplicate_of_ticket: int | None = None
+    # A duplicate that is her own copy of a mail whose list's copy started the ticket,
+    # which was not acknowledged for being list mail: acknowledged now, as if first.
+    acknowledge_late: bool = False
 
 
 @dataclass(frozen=True)

@@ -42,6 +42,7 @@ from maildesk.pipeline.parsepool import Parsed, ParsePool
 from maildesk.pipeline.stages import (
     DB_STAGES,
     StageDeps,
+    acknowledged_as_first,
     conversation_keys,
     copy_of_quarantined,
 )
@@ -429,7 +430,8 @@ class Worker:
             stop = stage(ctx, session, self.deps)
         automated = ctx.verdict is not None and ctx.verdict.kind not in HUMAN_KINDS
         if stop is not None:
-            applier.stop(session, ctx, intake, stop)
+            held = acknowledged_as_first(ctx, session, self.deps) if stop.acknowledge_late else None
+            applier.stop(session, ctx, intake, stop, held=held)
             stopped = (
                 Disposition.DUPLICATE
                 if stop.kind is StopKind.DUPLICATE

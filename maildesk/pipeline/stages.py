@@ -166,17 +166,28 @@ def _same_agent_mail(existing: queries.StoredMessage, msg: ParsedMessage) -> boo
     return existing.kind in _AGENT_KINDS and bool(sender) and existing.from_addr.lower() == sender
 
 
+def _from_a_list(msg: ParsedMessage) -> bool:
+    return bool(msg.header_all("List-Id") or msg.header_all("List-Post"))
+
+
 def _list_copy(existing: queries.StoredMessage, msg: ParsedMessage) -> bool:
-    """A list's copy of a customer's mail we stored (support is subscribed to a list she
-    Cc'd): her Message-ID, her as author (the list may rewrite From), the list's footer
-    changing the body. MAIL-RULES §1: the same message, stored once; the copy's raw
-    bytes stay on its intake row as a duplicate of the message."""
+    """A customer's mail and a list's copy of it, in either order (support is subscribed
+    to a list she Cc'd): her Message-ID, the list's footer changing the body, the list
+    perhaps rewriting From. MAIL-RULES §1: the same message, stored once; the later
+    copy's raw bytes stay on its intake row as a duplicate of the message."""
     if existing.kind is not MessageKind.CUSTOMER or not existing.from_addr:
         return False
-    if not (msg.header_all("List-Id") or msg.header_all("List-Post")):
-        return False
+    stored_from = address_key(existing.from_addr)
     author = customer_address(msg)
-    return author is not None and address_key(author.addr) == address_key(existing.from_addr)
+    if author is None:
+        return False
+    if _from_a_list(msg):  # the list's copy second
+        return address_key(author.addr) == stored_from
+    if existing.auto_kind != AutoKind.LIST:
+        return False
+    # Her own copy second: the list's copy came From her, or From the list she wrote to.
+    written_to = (author, *msg.to, *msg.cc)
+    return stored_from in {address_key(a.addr) for a in written_to if a.addr}
 
 
 def dedupe_stage(ctx: MessageContext, session: Session, _deps: StageDeps) -> Stop | None:
@@ -197,10 +208,11 @@ def dedupe_stage(ctx: MessageContext, session: Session, _deps: StageDeps) -> Sto
         if _list_copy(existing, msg):
             return Stop(
                 StopKind.DUPLICATE,
-                f"Message-ID {key}: a mailing list's copy of the customer's mail, "
-                "its body changed by the list",
+                f"Message-ID {key}: the customer's mail and a mailing list's copy of it "
+                "(the list changed the body)",
                 duplicate_of_message=existing.id,
                 duplicate_of_ticket=existing.ticket_id,
+                acknowledge_late=_her_copy_after_the_lists(ctx, session, existing),
             )
         ctx.note(
             "message_id_collision",
@@ -218,6 +230,43 @@ def dedupe_stage(ctx: MessageContext, session: Session, _deps: StageDeps) -> Sto
             duplicate_of_ticket=existing.ticket_id,
         )
     return copy_of_quarantined(ctx, session)
+
+
+def _her_copy_after_the_lists(
+    ctx: MessageContext, session: Session, existing: queries.StoredMessage
+) -> bool:
+    """Her own copy of a mail whose list's copy started the ticket, unacknowledged
+    because list mail never is (MAIL-RULES §3): her copy is mail we answer, and gets
+    the acknowledgement it would have had first. Once, and only to her (the requester
+    a list's copy named must be her); decided with the ticket locked, and after any
+    other copy of the mail (the runner locks the conversation of its Message-ID).
+    """
+    msg = ctx.message
+    if _from_a_list(msg) or existing.auto_kind != AutoKind.LIST:
+        return False
+    if ctx.verdict is None or not ctx.verdict.answerable:
+        return False
+    author = customer_address(msg)
+    requester = queries.locked_ticket(session, existing.ticket_id).requester
+    if author is None or requester is None:
+        return False
+    if address_key(requester.email) != address_key(author.addr):
+        return False
+    return queries.unacknowledged_start(session, existing.ticket_id, existing.id)
+
+
+def acknowledged_as_first(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop | None:
+    """Her copy after the list's (:func:`_her_copy_after_the_lists`): what the stages
+    after dedupe decide for the mail that starts a ticket, for its acknowledgement:
+    the spam filter's verdict (a quarantine returned: no acknowledgement) and the
+    route, whose rules may suppress the acknowledgement or choose its template."""
+    ctx.thread = ThreadDecision(
+        ThreadRule.NEW_TICKET, None, "her own copy after the list's: decided as if first"
+    )
+    held = spam_stage(ctx, session, deps)
+    if held is None:
+        route_stage(ctx, session, deps)
+    return held
 
 
 def copy_of_quarantined(ctx: MessageContext, session: Session) -> Stop | None:

@@ -347,7 +347,13 @@ def _announce(
 
     The flag is also set by a spam verdict on a ticket that was acknowledged
     and announced when it came in; a later ham verdict must not do it again.
+    Automated mail (an auto-reply, a list's mail) gets neither, ham or not, as
+    when it came in: answering an autoresponder is a loop (MAIL-RULES §3).
     """
+    if message.auto_kind is not None:
+        why = f"{message.auto_kind}: automated mail is never answered"
+        notices.acknowledge(session, ticket, message, False, f"released as ham; {why}")
+        return
     if _queued(session, ticket, "ack"):
         _event(session, ticket, now, "already acknowledged: not acknowledged again")
     else:

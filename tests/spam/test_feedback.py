@@ -83,6 +83,29 @@ def test_marking_a_possible_spam_ticket_ham_sends_its_acknowledgement(
     assert ack.purpose == "ack" and ack.recipients == ["alice@customer.test"]
 
 
+@pytest.mark.parametrize(
+    "headers",
+    [{"Auto-Submitted": "auto-replied"}, {"List-Id": "<users.lists.test>", "Precedence": "list"}],
+    ids=["auto-reply", "list-mail"],
+)
+def test_marking_automated_possible_spam_ham_never_answers_it(
+    tmp_path: Path, database_url: str, headers: dict[str, str]
+) -> None:
+    """An auto-reply or a list's mail flagged possible spam, then marked ham: a ticket as
+    it was, still not answered (MAIL-RULES §3: answering an autoresponder is a loop)."""
+    config = config_file(tmp_path, database_url, "unsure_at = 0.0\nspam_at = 1.0")
+    mail = make_mail(message_id="auto@customer.test", headers=headers)
+    cli(config, "ingest", "-", stdin=mail)
+    [ticket] = rows(database_url, Ticket)
+    assert ticket.possible_spam
+
+    assert "released" in cli(config, "spam", "mark", "ham", "<auto@customer.test>").output
+
+    [ticket] = rows(database_url, Ticket)
+    assert not ticket.possible_spam
+    assert [row.purpose for row in rows(database_url, Outbox) if row.purpose == "ack"] == []
+
+
 def test_marking_a_ticket_spam_closes_it_and_a_correction_is_learned_again(
     tmp_path: Path, database_url: str
 ) -> None:
