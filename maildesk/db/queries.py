@@ -108,11 +108,15 @@ LATE_ACK = "ack_late"  # the event of an acknowledgement decided after the ticke
 
 def unacknowledged_start(session: Session, ticket_id: int, message_pk: int) -> bool:
     """Whether the ticket started with this message and no acknowledgement has been
-    queued for it, nor decided late (:data:`LATE_ACK`): in this transaction too."""
+    queued for it, nor decided late (:data:`LATE_ACK`), in this transaction too; nor
+    has an agent answered it meanwhile (an acknowledgement after the answer says
+    nothing she does not know)."""
     first = session.scalar(select(func.min(Message.id)).where(Message.ticket_id == ticket_id))
     if first != message_pk:
         return False
-    acked = select(Outbox.id).where(Outbox.ticket_id == ticket_id, Outbox.purpose == "ack")
+    acked = select(Outbox.id).where(
+        Outbox.ticket_id == ticket_id, Outbox.purpose.in_(("ack", "agent_reply"))
+    )
     late = select(Event.id).where(Event.ticket_id == ticket_id, Event.kind == LATE_ACK)
     return session.scalar(acked.limit(1)) is None and session.scalar(late.limit(1)) is None
 

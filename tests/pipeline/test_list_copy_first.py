@@ -25,7 +25,14 @@ from maildesk.db.models import Direction, Event, Intake, Message, Ticket
 from maildesk.intake.store import Envelope
 from maildesk.outbound.suppression import suppress
 from maildesk.pipeline import stages
-from tests.agents.agenthelp import AGENT_ADDRESSES, agent_app, outbox, to
+from tests.agents.agenthelp import (
+    AGENT_ADDRESSES,
+    agent_app,
+    client_reply,
+    outbox,
+    reply_address,
+    to,
+)
 from tests.conftest import FrozenClock
 from tests.mailfactory import deliver, make_mail
 
@@ -196,6 +203,26 @@ def test_the_late_acknowledgement_quotes_her_text_not_the_lists_footer(
         assert "my printer is on fire" in ack.text and "Users mailing list" not in ack.text
     finally:
         app.db.dispose()
+
+
+def test_no_late_acknowledgement_once_an_agent_has_answered(desk: App) -> None:
+    """Her own copy held up for hours, after the agent answered the list's copy: an
+    acknowledgement then would tell her nothing, so none goes out."""
+    deliver(desk, _list_copy(), mail_from=LIST_BOUNCES)
+    [notice] = [s for agent in AGENT_ADDRESSES for s in to(desk, agent, "new_ticket")]
+    agent = notice.recipients[0]
+    deliver(
+        desk,
+        client_reply(notice, "Please unplug it.\n", sender=f"Agent <{agent}>"),
+        rcpt=(reply_address(notice),),
+        mail_from=agent,
+    )
+    assert [s.purpose for s in to(desk, ALICE)] == ["agent_reply"]
+
+    deliver(desk, _direct(), mail_from=ALICE)
+
+    assert [s.purpose for s in to(desk, ALICE)] == ["agent_reply"]
+    assert _late_acks(desk) == []
 
 
 def _in_thread(work: Callable[[], object]) -> Callable[[], None]:
