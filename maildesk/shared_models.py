@@ -14,11 +14,12 @@ machine runs the same path with one node.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import Table, event, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, SessionTransaction
 
 from maildesk.atomic import write_atomic
 from maildesk.db.database import Database
@@ -124,11 +125,42 @@ def settle(live_path: Path, version: int) -> None:
     _hold(live_path, version)
 
 
-def settle_on_commit(session: Session, live_path: Path, version: int) -> None:
+def settle_on_commit(
+    session: Session, live_path: Path, version: int, undo: Callable[[], None]
+) -> None:
     """:func:`settle` once ``session``'s transaction commits; never if it rolls back.
 
     For a :func:`publish` inside a caller's transaction: recorded before its
     commit, a rollback would leave this node believing it holds a version the
-    database never got, and another node's version of that number unseen.
+    database never got, and another node's version of that number unseen. A
+    savepoint released is no commit (the transaction around it may still roll
+    back), and one rolled back undoes the publish as well: then ``undo`` puts
+    back this node's copy as it was before the lesson (the last lesson first),
+    and the copy is no version, so that the next :func:`pull` takes the
+    database's (a :func:`pull_in` in the same transaction may have claimed one).
     """
-    event.listen(session, "after_commit", lambda _session: settle(live_path, version), once=True)
+    start = session.get_nested_transaction() or session.get_transaction()
+    published_in = list(_self_and_parents(start))
+    done = False
+
+    def committed(session: Session) -> None:
+        nonlocal done
+        if not done and not session.in_nested_transaction():
+            done = True
+            settle(live_path, version)
+
+    def rolled_back(_session: Session, previous: SessionTransaction) -> None:
+        nonlocal done
+        if not done and any(previous is t for t in published_in):
+            done = True
+            _version_file(live_path).unlink(missing_ok=True)
+            undo()
+
+    event.listen(session, "after_commit", committed)
+    event.listen(session, "after_soft_rollback", rolled_back, insert=True)  # last lesson first
+
+
+def _self_and_parents(transaction: SessionTransaction | None) -> Iterator[SessionTransaction]:
+    while transaction is not None:
+        yield transaction
+        transaction = transaction.parent

@@ -53,6 +53,7 @@ from maildesk.outbound.sender import MaildirTransport, OutboxSender, SmtpTranspo
 from maildesk.privacy.erase import erase_ticket, lock_tickets
 from maildesk.privacy.forget import ERASED_EVENT, address_hash
 from maildesk.privacy.jobs import apply_retention
+from maildesk.privacy.match import Person
 from maildesk.privacy.retention import purge
 from maildesk.spam.jobs import send_digest
 from maildesk.tickets import change_status
@@ -1136,5 +1137,40 @@ def test_forget_erases_quarantined_mail_that_names_her_only_in_encoded_form(
             assert readable_in_blobs(app, person) == [], theirs
             assert f"intake {len(theirs)}," in result.output
         assert rows_containing(app, "Nobody named here")
+    finally:
+        app.db.dispose()
+
+
+def test_forget_reads_a_quarantined_mail_of_many_short_paragraphs_in_linear_time(
+    tmp_path: Path, database_url: str, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A mail naming base64 whose text is many one-word paragraphs (a list, a spammer's
+    filler): each looked like a base64 body, and the search for the header before it
+    went back to the mail's start each time. 240 KB took 5-8 s; 5 MB, hours, and her
+    erasure never finished. She is named after them, in a base64 part. A guard against
+    that hang, not a speed test: 480 KB takes about 0.2 s now and 20-30 s the old way,
+    so the bound sits far from both."""
+    app = agent_app(tmp_path, database_url, clock, spam=SPAM)
+    try:
+        forward = f"--B\r\nContent-Transfer-Encoding: base64\r\n\r\n{_b64(f'To: {ALICE}')}\r\n"
+        body = b"\r\n\r\nok\r\n" * 60_000 + forward.encode()
+        deliver(app, _spam("", body, "filler@spam.test", encoding="base64"), mail_from=SPAMMER)
+        reading: list[float] = []
+        original = Person.mail_names
+
+        def timed(self: Person, data: bytes) -> bool:
+            start = time.perf_counter()
+            try:
+                return original(self, data)
+            finally:
+                reading.append(time.perf_counter() - start)
+
+        monkeypatch.setattr(Person, "mail_names", timed)
+
+        result = cli(app, tmp_path, "privacy", "forget", ALICE, "--yes")
+
+        assert result.exit_code == 0, result.output
+        assert "intake 1," in result.output
+        assert reading and sum(reading) < 8.0, f"{sum(reading):.1f} s to read the mail"
     finally:
         app.db.dispose()

@@ -60,9 +60,16 @@ def readable_forms(data: bytes, depth: int = 0) -> Iterator[bytes]:
 
 def _base64_bodies(data: bytes, lowered: bytes) -> Iterator[bytes]:
     """Each body of ``data`` its header says is base64, decoded."""
+    # The header of a body starts after the blank line before it, which is not before
+    # the previous body's: searched back only that far, or many bodies cost their
+    # number times the mail's size.
+    previous = 0
     for body in _BODY_AFTER_BLANK_LINE.finditer(lowered):
         end = body.start() + 1  # the header's last line break
-        start = max(lowered.rfind(b"\n\n", 0, end), lowered.rfind(b"\n\r\n", 0, end), 0)
+        start = max(
+            lowered.rfind(b"\n\n", previous, end), lowered.rfind(b"\n\r\n", previous, end), previous
+        )
+        previous = body.start()
         if _BASE64_FIELD.search(lowered, start, end):
             yield _base64(data[body.start(1) : body.end(1)])
 

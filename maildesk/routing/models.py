@@ -12,11 +12,13 @@ import logging
 import os
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sqlalchemy.orm import Session
 
+from maildesk.atomic import write_atomic
 from maildesk.config import Settings
 from maildesk.db.database import Database
 from maildesk.shared_models import (
@@ -91,6 +93,15 @@ class ModelSlot:
         prediction = model.predict(text)
         return Guess(self.field, prediction.top_label, prediction.confidence, model.version)
 
+    def _put_back(self, data: bytes | None) -> None:
+        """The file as it was before a lesson the database did not keep (rolled back)."""
+        assert self.path is not None
+        if data is None:
+            self.path.unlink(missing_ok=True)
+        else:
+            write_atomic(self.path, data)
+        self._model, self._stamp = None, None
+
     def learn(
         self,
         text: str,
@@ -122,6 +133,7 @@ class ModelSlot:
                 raise ModelFileError(f"{self.path}: the {self.field} model does not load")
             if model is None:
                 model = CategoryModel()
+            before = self.path.read_bytes() if self.path.exists() else None
             model.learn(text, label)
             model.save(self.path)
             self._model, self._stamp = model, self._current_stamp()
@@ -139,7 +151,7 @@ class ModelSlot:
             except PublishConflict as exc:
                 log.info("%s; learning the correction again on the newer model", exc)
                 continue
-            settle_on_commit(session, self.path, version)
+            settle_on_commit(session, self.path, version, partial(self._put_back, before))
             return model.version
         raise PublishConflict(f"{self.field} model: still conflicting after {PUBLISH_ATTEMPTS}")
 

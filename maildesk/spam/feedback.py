@@ -40,6 +40,7 @@ from maildesk.db.models import (
 from maildesk.db.upsert import insert_ignore_statement
 from maildesk.outbound.agent_notices import notify_after_customer_mail
 from maildesk.outbound.notices import Notices
+from maildesk.pipeline.context import HUMAN_KINDS
 from maildesk.pipeline.parse import ParseError, parse_message
 from maildesk.shared_models import PUBLISH_ATTEMPTS, PublishConflict, publish, pull, settle
 from maildesk.spam.scoring import ScorerSpec
@@ -347,18 +348,19 @@ def _announce(
 
     The flag is also set by a spam verdict on a ticket that was acknowledged
     and announced when it came in; a later ham verdict must not do it again.
-    Automated mail (an auto-reply, a list's mail) gets neither, ham or not, as
-    when it came in: answering an autoresponder is a loop (MAIL-RULES §3).
+    As when it came in, automated mail and a list's mail are never acknowledged
+    (answering an autoresponder is a loop, MAIL-RULES §3), and only automated
+    mail is not announced: a list's mail is a person's, the agents hear of it.
     """
     if message.auto_kind is not None:
         why = f"{message.auto_kind}: automated mail is never answered"
         notices.acknowledge(session, ticket, message, False, f"released as ham; {why}")
-        return
-    if _queued(session, ticket, "ack"):
+    elif _queued(session, ticket, "ack"):
         _event(session, ticket, now, "already acknowledged: not acknowledged again")
     else:
         notices.acknowledge(session, ticket, message, True, "released as ham")
-    if not _queued(session, ticket, "new_ticket"):
+    automated = message.auto_kind not in (None, *HUMAN_KINDS)
+    if not automated and not _queued(session, ticket, "new_ticket"):
         notify_after_customer_mail(
             session,
             notices,

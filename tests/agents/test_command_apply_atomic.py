@@ -27,6 +27,9 @@ from maildesk.agents.actions import CommandRunner
 from maildesk.app import App
 from maildesk.db.models import HeldAgentMail, Intake, IntakeState, Message, Ticket, TicketStatus
 from maildesk.outbound.templates import SHIPPED_TEMPLATES
+from maildesk.routing.categorize import CategoryModel
+from maildesk.routing.models import CATEGORY_MODEL_NAME, ModelSlot
+from maildesk.shared_models import held_version, pull, shared_version
 from tests.agents.agenthelp import (
     Sent,
     agent_app,
@@ -215,6 +218,33 @@ def test_confirmed_held_commands_apply_all_or_nothing(app: App) -> None:
     assert REFUSED in report
     with app.db.transaction() as session:
         assert list(session.scalars(select(HeldAgentMail.state))) == ["refused"]
+
+
+def test_a_correction_undone_with_its_mail_is_not_in_the_nodes_model(
+    app: App, tmp_path: Path
+) -> None:
+    """``#category`` teaches the category model (a file, published in the database)
+    before the ``#merge`` after it fails and the savepoint undoes the mail. This node's
+    copy must be the database's again: not believe it holds a version the database never
+    got, and so keep its undone lesson and never take another node's."""
+    _ticket(app, 1)
+    second, third = _ticket(app, 2), _ticket(app, 3)
+    _from_bob(app, second, "#merge 1\n")
+
+    _from_bob(app, third, "#category printing\n#merge 1\n\nAll settled in one place.\n")
+
+    assert ticket_number(app, 3).category is None
+    assert not events_of_kind(app, "category_corrected")
+    path = app.settings.data_dir / CATEGORY_MODEL_NAME
+    assert held_version(path) == shared_version(app.db, "category")
+    # Another node learns a correction of its own; this node takes it, and only it.
+    other = ModelSlot("category", tmp_path / "other" / CATEGORY_MODEL_NAME)
+    assert other.path is not None
+    other.path.parent.mkdir()
+    with app.db.transaction() as session:
+        other.learn("the vpn drops every hour", "network", session=session, node="other")
+    pull(app.db, path, "category")
+    assert CategoryModel.load(path).labels == ("network",)
 
 
 def _in_thread(work: Callable[[], object]) -> Callable[[], None]:

@@ -210,3 +210,49 @@ def test_a_correction_whose_transaction_rolls_back_leaves_the_node_taking_the_ne
     assert node_a.path is not None
     pull(app.db, node_a.path, "category")
     assert CategoryModel.load(node_a.path).labels == ("network",)
+
+
+def test_a_correction_in_a_released_savepoint_whose_transaction_rolls_back_is_not_held(
+    app: App, tmp_path: Path
+) -> None:
+    """A savepoint released (an agent's commands all applied) is no commit: when the
+    transaction around it rolls back, node A must not hold the version it published."""
+    node_a = ModelSlot("category", tmp_path / "a" / CATEGORY_MODEL_NAME)
+    node_b = ModelSlot("category", tmp_path / "b" / CATEGORY_MODEL_NAME)
+    for slot in (node_a, node_b):
+        assert slot.path is not None
+        slot.path.parent.mkdir()
+    with pytest.raises(RuntimeError), app.db.transaction() as session:
+        with session.begin_nested():
+            node_a.learn("the printer has a paper jam", "printing", session=session, node="a")
+        raise RuntimeError("a later step of this mail failed")
+    with app.db.transaction() as session:
+        node_b.learn("the vpn drops every hour", "network", session=session, node="b")
+
+    assert node_a.path is not None
+    pull(app.db, node_a.path, "category")
+    assert CategoryModel.load(node_a.path).labels == ("network",)
+
+
+def test_two_corrections_in_a_savepoint_rolled_back_leave_the_node_taking_the_next_model(
+    app: App, tmp_path: Path
+) -> None:
+    """Two lessons to one model in one agent mail that is then undone (a savepoint
+    rolled back): neither stays in node A's copy, which takes node B's model next."""
+    node_a = ModelSlot("category", tmp_path / "a" / CATEGORY_MODEL_NAME)
+    node_b = ModelSlot("category", tmp_path / "b" / CATEGORY_MODEL_NAME)
+    for slot in (node_a, node_b):
+        assert slot.path is not None
+        slot.path.parent.mkdir()
+    with app.db.transaction() as session:
+        node_a.learn("the password expired", "access", session=session, node="a")
+    with app.db.transaction() as session, pytest.raises(RuntimeError), session.begin_nested():
+        node_a.learn("the printer has a paper jam", "printing", session=session, node="a")
+        node_a.learn("the printer toner is empty", "supplies", session=session, node="a")
+        raise RuntimeError("a later command of this mail failed")
+    with app.db.transaction() as session:
+        node_b.learn("the vpn drops every hour", "network", session=session, node="b")
+
+    assert node_a.path is not None
+    pull(app.db, node_a.path, "category")
+    assert set(CategoryModel.load(node_a.path).labels) == {"access", "network"}

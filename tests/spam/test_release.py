@@ -185,3 +185,31 @@ def test_releasing_held_spam_releases_the_possible_spam_follow_up_it_joins(
         assert mail_out(app) == ANNOUNCED
     finally:
         app.db.dispose()
+
+
+LIST_MAIL = {"List-Id": "<users.lists.test>", "Precedence": "list"}
+
+
+@pytest.mark.parametrize(
+    "spam", [EVERYTHING_IS_HAM, EVERYTHING_IS_UNSURE], ids=["never-flagged", "marked-ham"]
+)
+def test_a_lists_mail_marked_ham_reaches_the_agents_as_it_would_have_unflagged(
+    tmp_path: Path,
+    database_url: str,
+    clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+    spam: dict[str, float],
+) -> None:
+    """A list's mail is never acknowledged, but the agents hear of its ticket (it is a
+    person's mail, only not answered automatically). Flagged possible spam and then
+    marked ham, it must reach them too, not wait unseen."""
+    app = desk(tmp_path, database_url, clock, spam)
+    try:
+        deliver(app, make_mail(message_id="list@customer.test", headers=LIST_MAIL))
+        if spam is EVERYTHING_IS_UNSURE:
+            assert tickets(app)[0].possible_spam and mail_out(app) == []
+            run = ops(app, tmp_path, clock, monkeypatch)
+            assert "released" in run("spam", "mark", "ham", "list@customer.test")
+        assert mail_out(app) == [("new_ticket", ["bob@agents.test"])]
+    finally:
+        app.db.dispose()
