@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
@@ -189,3 +191,18 @@ def wait_for_sent(relay: RelaySink, rcpt: str, subject_part: str) -> Sent:
     hit = found(relay.wait_for(lambda got: found(got) is not None))
     assert hit is not None
     return Sent("", list(hit.rcpt_tos), hit.raw)
+
+
+def in_thread(work: Callable[[], object]) -> Callable[[], None]:
+    """Start ``work`` as another node would; give it a second (it finishes, or it waits
+    for our lock). Returns what waits for it to finish."""
+    done: list[object] = []
+    thread = threading.Thread(target=lambda: done.append(work()))
+    thread.start()
+    thread.join(timeout=1.0)
+
+    def finish() -> None:
+        thread.join(timeout=60)
+        assert done, "the other node did not finish"
+
+    return finish

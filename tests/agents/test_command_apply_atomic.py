@@ -35,6 +35,7 @@ from tests.agents.agenthelp import (
     agent_app,
     client_reply,
     events_of_kind,
+    in_thread,
     plain_mail,
     reply_address,
     ticket_number,
@@ -247,20 +248,6 @@ def test_a_correction_undone_with_its_mail_is_not_in_the_nodes_model(
     assert CategoryModel.load(path).labels == ("network",)
 
 
-def _in_thread(work: Callable[[], object]) -> Callable[[], None]:
-    """Start ``work``; give it a second (it finishes, or it waits for our lock)."""
-    done: list[object] = []
-    thread = threading.Thread(target=lambda: done.append(work()))
-    thread.start()
-    thread.join(timeout=1.0)
-
-    def finish() -> None:
-        thread.join(timeout=60)
-        assert done, "the other node did not finish"
-
-    return finish
-
-
 def test_merge_another_node_makes_between_validation_and_apply(
     nodes: tuple[App, App], database_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -279,7 +266,7 @@ def test_merge_another_node_makes_between_validation_and_apply(
 
     def paused(self: CommandRunner, commands: Any) -> Any:
         if threading.current_thread() is main and not finish:
-            finish.append(_in_thread(lambda: meanwhile(other_node)))
+            finish.append(in_thread(lambda: meanwhile(other_node)))
         return original(self, commands)
 
     monkeypatch.setattr(CommandRunner, "run", paused)

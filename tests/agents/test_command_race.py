@@ -25,6 +25,7 @@ from tests.agents.agenthelp import (
     Sent,
     agent_app,
     client_reply,
+    in_thread,
     plain_mail,
     reply_address,
     to,
@@ -33,20 +34,6 @@ from tests.conftest import FrozenClock
 from tests.mailfactory import deliver, make_mail
 
 BOB = "bob@agents.test"
-
-
-def _in_thread(work: Callable[[], object]) -> Callable[[], None]:
-    """Start ``work``; give it a second (it finishes, or it waits for our lock)."""
-    done: list[object] = []
-    thread = threading.Thread(target=lambda: done.append(work()))
-    thread.start()
-    thread.join(timeout=1.0)
-
-    def finish() -> None:
-        thread.join(timeout=60)
-        assert done, "the other node did not finish"
-
-    return finish
 
 
 def _new_ticket(app: App, message_id: str, subject: str) -> tuple[Ticket, bytes]:
@@ -90,7 +77,7 @@ def test_customer_reply_while_its_ticket_is_merged_follows_the_merge(
     def paused(ctx: Any, session: Any, deps: Any) -> Any:
         decision = original(ctx, session, deps)
         if ctx.message.message_id.strip("<>") == "a2@customer.test" and not finish:
-            finish.append(_in_thread(merge))
+            finish.append(in_thread(merge))
         return decision
 
     monkeypatch.setattr(stages, "decide_thread", paused)
@@ -125,7 +112,7 @@ def test_two_agent_mails_resolving_one_ticket_on_two_nodes_resolve_it_once(
 
     def paused(self: CommandRunner, commands: Any) -> Any:
         if threading.current_thread() is main:  # the first mail's commands: pause them
-            finish.append(_in_thread(second))
+            finish.append(in_thread(second))
         return original(self, commands)
 
     monkeypatch.setattr(CommandRunner, "run", paused)
@@ -169,7 +156,7 @@ def _confirmed_twice(
     def paused(self: CommandRunner, commands: Any) -> Any:
         if threading.current_thread() is main and not finish:
             finish.append(
-                _in_thread(lambda: deliver(other_node, second, rcpt=(rcpt,), mail_from=BOB))
+                in_thread(lambda: deliver(other_node, second, rcpt=(rcpt,), mail_from=BOB))
             )
         return original(self, commands)
 

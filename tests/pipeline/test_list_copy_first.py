@@ -11,7 +11,6 @@ Before, she was never acknowledged in that order.
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +28,7 @@ from tests.agents.agenthelp import (
     AGENT_ADDRESSES,
     agent_app,
     client_reply,
+    in_thread,
     outbox,
     reply_address,
     to,
@@ -225,20 +225,6 @@ def test_no_late_acknowledgement_once_an_agent_has_answered(desk: App) -> None:
     assert _late_acks(desk) == []
 
 
-def _in_thread(work: Callable[[], object]) -> Callable[[], None]:
-    """Start ``work``; give it a second (it finishes, or it waits for our lock)."""
-    done: list[object] = []
-    thread = threading.Thread(target=lambda: done.append(work()))
-    thread.start()
-    thread.join(timeout=1.0)
-
-    def finish() -> None:
-        thread.join(timeout=60)
-        assert done, "the other node did not finish"
-
-    return finish
-
-
 def test_the_two_copies_on_two_nodes_at_once(
     tmp_path: Path, database_url: str, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -254,7 +240,7 @@ def test_the_two_copies_on_two_nodes_at_once(
         def paused(ctx: Any, session: Any, deps: Any) -> Any:
             decision = original(ctx, session, deps)
             if ctx.message.header_all("List-Id") and not finish:
-                finish.append(_in_thread(lambda: deliver(other_node, _direct(), mail_from=ALICE)))
+                finish.append(in_thread(lambda: deliver(other_node, _direct(), mail_from=ALICE)))
             return decision
 
         monkeypatch.setattr(stages, "decide_thread", paused)

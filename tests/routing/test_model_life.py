@@ -190,17 +190,25 @@ def test_train_takes_a_ticket_longer_than_the_csv_modules_field_limit(tmp_path: 
     assert set(CategoryModel.load(out).labels) == set(HISTORY)
 
 
+def _two_nodes(tmp_path: Path) -> tuple[ModelSlot, ModelSlot]:
+    """The category model slot of node A and of node B, each with its own directory."""
+    nodes = (
+        ModelSlot("category", tmp_path / "a" / CATEGORY_MODEL_NAME),
+        ModelSlot("category", tmp_path / "b" / CATEGORY_MODEL_NAME),
+    )
+    for slot in nodes:
+        assert slot.path is not None
+        slot.path.parent.mkdir()
+    return nodes
+
+
 def test_a_correction_whose_transaction_rolls_back_leaves_the_node_taking_the_next_model(
     app: App, tmp_path: Path
 ) -> None:
     """Node A learns a correction, then its transaction fails (a later step of the same
     mail); node B publishes its own. A must take B's model, not believe it already
     holds that version number."""
-    node_a = ModelSlot("category", tmp_path / "a" / CATEGORY_MODEL_NAME)
-    node_b = ModelSlot("category", tmp_path / "b" / CATEGORY_MODEL_NAME)
-    for slot in (node_a, node_b):
-        assert slot.path is not None
-        slot.path.parent.mkdir()
+    node_a, node_b = _two_nodes(tmp_path)
     with pytest.raises(RuntimeError), app.db.transaction() as session:
         node_a.learn("the printer has a paper jam", "printing", session=session, node="a")
         raise RuntimeError("a later step of this mail failed")
@@ -217,11 +225,7 @@ def test_a_correction_in_a_released_savepoint_whose_transaction_rolls_back_is_no
 ) -> None:
     """A savepoint released (an agent's commands all applied) is no commit: when the
     transaction around it rolls back, node A must not hold the version it published."""
-    node_a = ModelSlot("category", tmp_path / "a" / CATEGORY_MODEL_NAME)
-    node_b = ModelSlot("category", tmp_path / "b" / CATEGORY_MODEL_NAME)
-    for slot in (node_a, node_b):
-        assert slot.path is not None
-        slot.path.parent.mkdir()
+    node_a, node_b = _two_nodes(tmp_path)
     with pytest.raises(RuntimeError), app.db.transaction() as session:
         with session.begin_nested():
             node_a.learn("the printer has a paper jam", "printing", session=session, node="a")
@@ -239,11 +243,7 @@ def test_two_corrections_in_a_savepoint_rolled_back_leave_the_node_taking_the_ne
 ) -> None:
     """Two lessons to one model in one agent mail that is then undone (a savepoint
     rolled back): neither stays in node A's copy, which takes node B's model next."""
-    node_a = ModelSlot("category", tmp_path / "a" / CATEGORY_MODEL_NAME)
-    node_b = ModelSlot("category", tmp_path / "b" / CATEGORY_MODEL_NAME)
-    for slot in (node_a, node_b):
-        assert slot.path is not None
-        slot.path.parent.mkdir()
+    node_a, node_b = _two_nodes(tmp_path)
     with app.db.transaction() as session:
         node_a.learn("the password expired", "access", session=session, node="a")
     with app.db.transaction() as session, pytest.raises(RuntimeError), session.begin_nested():
