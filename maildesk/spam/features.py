@@ -23,7 +23,7 @@ import re
 import unicodedata
 import zlib
 from dataclasses import dataclass
-from itertools import pairwise
+from itertools import chain, pairwise
 from typing import NamedTuple
 from urllib.parse import urlsplit
 
@@ -317,7 +317,9 @@ def _beyond_ascii_tokens(text: str, prefix: str, sink: _Sink) -> list[str]:
 
 def _domain_suffixes(host: str) -> list[str]:
     """``a.b.example.co.uk`` -> the last 2, 3 and 4 labels (the registrable-ish parts)."""
-    labels = [label for label in host.lower().strip(".").split(".") if label]
+    labels = host.lower().strip(".").split(".")
+    if "" in labels:  # "a..b": empty labels do not count
+        labels = [label for label in labels if label]
     out: list[str] = []
     for n in (1, 2, 3):
         if len(labels) >= n:
@@ -330,13 +332,11 @@ def _url_tokens(url: str, sink: _Sink) -> str:
     if url.startswith("www."):
         url = "http://" + url
     try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = parts.port
+        scheme, host, port, userinfo, path, query = _link_parts(url)
     except ValueError:
         sink.add("url:unparsable")
         return ""
-    sink.add("url:scheme:" + parts.scheme)
+    sink.add("url:scheme:" + scheme)
     if not host:
         sink.add("url:nohost")
         return ""
@@ -347,14 +347,36 @@ def _url_tokens(url: str, sink: _Sink) -> str:
             sink.add("url:" + suffix)
     if port is not None:
         sink.add("url:port")
-    if "@" in parts.netloc:
+    if userinfo:
         sink.add("url:userinfo")
-    for piece in _ALPHA_RUN.findall(parts.path):
+    for piece in _ALPHA_RUN.findall(path):
         if 2 <= len(piece) <= 20:
             sink.add("urlp:" + piece)
-    if parts.query:
+    if query:
         sink.add("url:query")
     return host
+
+
+# A plain http(s) link: a host without user, port, IPv6 brackets or zone, then the
+# path up to the query or fragment, and the query up to the fragment.
+_PLAIN_LINK = re.compile(r"(https?)://([^/?#@:%\[\]]*)(?=[/?#]|$)([^?#]*)(?:\?([^#]*))?")
+
+
+def _link_parts(url: str) -> tuple[str, str, int | None, bool, str, str]:
+    """(scheme, host or "", port, whether the netloc has an "@", path, query) of
+    ``url``, as :func:`urllib.parse.urlsplit` reads them; ValueError if it cannot.
+
+    Most links are plain http(s) ones written in printable ASCII, which one match
+    splits (a link's tokens cost a third of what they did through urlsplit);
+    anything else goes to urlsplit.
+    """
+    plain = _PLAIN_LINK.match(url) if url.isascii() and url.isprintable() else None
+    if plain is not None:
+        scheme, netloc, path, query = plain.groups()
+        return scheme, netloc.lower(), None, False, path, query or ""
+    parts = urlsplit(url)
+    host, port = parts.hostname or "", parts.port  # port: ValueError if not a number
+    return parts.scheme, host, port, "@" in parts.netloc, parts.path, parts.query
 
 
 def _link_sender_token(hosts: list[str], sender: str) -> str:
@@ -407,7 +429,7 @@ def _domain_of(addr: str) -> str:
 
 def _local_shape(addr: str) -> str:
     local = addr.rpartition("@")[0]
-    has_digit = any(c.isdigit() for c in local)
+    has_digit = any(map(str.isdigit, local))
     bucket = "short" if len(local) < 5 else "long" if len(local) > 15 else "mid"
     return f"{bucket}:{'digits' if has_digit else 'alpha'}"
 
@@ -432,6 +454,15 @@ def _sender_domain(domain: str) -> str:
     return ".".join(labels[-keep:]) if len(labels) >= 2 else ""
 
 
+def _is_local_hop(hop: str) -> bool:
+    """``_LOCAL_HOP.search(hop)``, by two substring tests when ``hop`` is ASCII
+    (case-insensitive matching also finds "localhoſt" and the Kelvin sign)."""
+    if hop.isascii():
+        lower = hop.lower()
+        return "localhost" in lower or "127.0.0.1" in lower
+    return _LOCAL_HOP.search(hop) is not None
+
+
 def _received_tokens(
     msg: ParsedMessage, config: FeatureConfig, sink: _Sink, from_domain: str = ""
 ) -> None:
@@ -443,14 +474,16 @@ def _received_tokens(
     of hops is not a feature: each installation adds its own (none for mail
     sent straight to our listener, one behind Postfix, more via a provider).
     """
-    hops = [h for h in msg.header_all("Received") if not _LOCAL_HOP.search(h[:120])]
+    hops = [h for h in msg.header_all("Received") if not _is_local_hop(h[:120])]
     if config.sender_origin and hops:
         # Mail from a domain's own servers names the domain in its first hops;
         # a made-up sender on a stranger's relay does not. Compared, not learned
         # token by token, so it speaks for senders never seen before.
         sender = _sender_domain(from_domain)
-        names = _RCVD_WORD.findall(" ".join(hops[-2:])[:800].lower())
-        own = any(_is_senders(name.rstrip("."), sender) for name in names)
+        text = " ".join(hops[-2:])[:800].lower()
+        own = sender in text and any(  # a name that is or ends with it holds it
+            _is_senders(name.rstrip("."), sender) for name in _RCVD_WORD.findall(text)
+        )
         sink.add("from:origin:" + ("own" if own else "other"))
     for depth, hop in enumerate(reversed(hops[-2:])):
         lhop = " ".join(hop.split()).lower()
@@ -488,7 +521,11 @@ def _received_tokens(
                 break
 
 
-_RCVD_FOR = re.compile(r"\bfor\s+<?[^\s;>]*>?", re.IGNORECASE)
+# "for <recipient>", any case, as a word of its own. Spelled with the F first and
+# the word boundary as a look-behind, not as ``\bfor`` with IGNORECASE: a pattern
+# that starts with a character class is scanned for in C, four times faster here.
+# (Case-insensitive f, o and r match nothing but F, O and R, even in Unicode.)
+_RCVD_FOR = re.compile(r"[Ff](?<!\w[Ff])[Oo][Rr]\s+<?[^\s;>]*>?")
 _RCVD_WORD = re.compile(r"[A-Za-z0-9][A-Za-z0-9.\-_]{2,60}")
 _RCVD_STOP = frozenset({"from", "by", "with", "id", "for", "via", "envelope-from"})
 # Our SMTP listener's Received line says "by maildesk": on every mail it takes,
@@ -564,9 +601,8 @@ def _header_tokens(msg: ParsedMessage, config: FeatureConfig, sink: _Sink) -> No
     if msg.header("Date") is None:
         sink.add("date:missing")
     sink.add("ct:" + msg.content_type)
-    for key, value in msg.headers:
-        lkey = key.lower()
-        if lkey == "content-type" or lkey == "content-transfer-encoding":
+    for lkey in ("content-type", "content-transfer-encoding"):
+        for value in msg.header_all(lkey):
             lvalue = value.lower()
             if "charset=" in lvalue:
                 charset = lvalue.split("charset=", 1)[1].strip("\"' ").split(";")[0]
@@ -705,17 +741,26 @@ def _hash_ngrams(
     """Hashed index of each of the ``seeds.size`` n-grams starting in ``data``.
 
     ``seeds`` holds each n-gram's starting value (zeros, or a salt per field).
+    In-place steps on one array and numpy scalars made once: on arrays this
+    short the cost is the number of numpy calls, not the arithmetic.
     """
-    acc = seeds
+    size = seeds.size
     wide = data.astype(np.uint64)  # once, not once per position
-    for k in range(n):
-        acc = acc * np.uint64(1099511628211) + wide[k : seeds.size + k]
-    acc ^= acc >> np.uint64(29)
-    acc *= np.uint64(0xBF58476D1CE4E5B9)
-    acc ^= acc >> np.uint64(32)
-    return (acc & np.uint64(mask)).astype(np.int64)
+    acc = seeds * _FNV_PRIME
+    acc += wide[:size]
+    for k in range(1, n):
+        acc *= _FNV_PRIME
+        acc += wide[k : size + k]
+    acc ^= acc >> _SHIFT_29
+    acc *= _MIX
+    acc ^= acc >> _SHIFT_32
+    acc &= np.uint64(mask)
+    return acc.view(np.int64)  # below 2**63 after the mask: the same values
 
 
+_FNV_PRIME = np.uint64(1099511628211)
+_MIX = np.uint64(0xBF58476D1CE4E5B9)
+_SHIFT_29, _SHIFT_32 = np.uint64(29), np.uint64(32)
 _FIELD_SALTS = np.array([0x5B1EC7, 0x5E4DE2, 0x3E55A6E], dtype=np.uint64)  # subject, sender, id
 
 
@@ -729,28 +774,41 @@ def field_char_ngram_indices(
     n-grams of these short strings carry what word tokens miss: obfuscated or
     foreign-script subjects, machine-made sender names and the id formats of
     bulk-mail software, and they generalise from a handful of examples
-    (measured: MODEL_CARD.md). One vectorised pass over the three fields.
+    (measured: MODEL_CARD.md).
     """
+    subject, sender, message_id = _field_char_ngrams(msg, config)
+    return np.concatenate((subject, sender)), message_id
+
+
+def _field_char_ngrams(
+    msg: ParsedMessage, config: FeatureConfig
+) -> tuple[NDArray[np.int64], NDArray[np.int64], NDArray[np.int64]]:
+    """:func:`field_char_ngram_indices` per field (subject, sender, Message-ID), as
+    views of one vectorised pass over the three fields joined: an n-gram that
+    runs from one field into the next is left out of both."""
     n, mask = config.field_char_ngrams, config.n_features - 1
     empty = np.zeros(0, dtype=np.int64)
     if n <= 0:
-        return empty, empty
+        return empty, empty, empty
     sender = ((msg.from_.name or "") + " " + msg.from_.addr) if msg.from_ else ""
     fields = (
         " ".join((msg.subject or "").lower().split()).encode("utf-8", "replace")[:300],
         sender.lower().encode("utf-8", "replace")[:300],
         (msg.message_id or "").rpartition("@")[0].lower().encode("utf-8", "replace")[:300],
     )
-    data = np.frombuffer(b"".join(fields), dtype=np.uint8)
-    starts = max(data.size - n + 1, 0)
-    if starts == 0:
-        return empty, empty
+    joined = b"".join(fields)
+    starts = len(joined) - n + 1
+    if starts <= 0:
+        return empty, empty, empty
     lengths = [len(f) for f in fields]
-    field_of = np.repeat(np.arange(3), lengths)[:starts]
-    ends = np.cumsum(lengths)[field_of]
-    keep = np.arange(starts) + n <= ends  # the n-gram lies inside one field
-    hashed = _hash_ngrams(data, n, _FIELD_SALTS[field_of], mask)
-    return hashed[keep & (field_of < 2)], hashed[keep & (field_of == 2)]
+    data = np.frombuffer(joined, dtype=np.uint8)
+    hashed = _hash_ngrams(data, n, np.repeat(_FIELD_SALTS, lengths)[:starts], mask)
+    second, third = lengths[0], lengths[0] + lengths[1]  # where each field starts
+    return (
+        hashed[: max(second - n + 1, 0)],
+        hashed[second : max(third - n + 1, second)],
+        hashed[third:],
+    )
 
 
 def token_groups(msg: ParsedMessage, config: FeatureConfig) -> tuple[list[str], list[str]]:
@@ -809,13 +867,18 @@ def _hash(toks: list[str], mask: int) -> NDArray[np.int64]:
 
     A body repeats half its tokens; a set drops them for less than hashing them costs.
     """
-    distinct = set(toks)  # iterated twice below, unchanged: the same order both times
+    return _hash_distinct([set(toks)], mask)
+
+
+def _hash_distinct(groups: list[set[str]], mask: int) -> NDArray[np.int64]:
+    """CRC-32 indices of the tokens of all ``groups``, group after group, in one pass."""
+    count = sum(map(len, groups))
     # One encode of all the tokens joined, instead of one per token. A token that
     # holds the separator (only in hostile mail) adds a part: then one at a time.
-    encoded = "\0".join(distinct).encode("utf-8", "replace").split(b"\0")
-    if len(encoded) != len(distinct):
-        encoded = [token.encode("utf-8", "replace") for token in distinct]
-    hashed = np.fromiter(map(zlib.crc32, encoded), np.int64, len(distinct))
+    encoded = "\0".join(chain.from_iterable(groups)).encode("utf-8", "replace").split(b"\0")
+    if len(encoded) != count:
+        encoded = [token.encode("utf-8", "replace") for token in chain.from_iterable(groups)]
+    hashed = np.fromiter(map(zlib.crc32, encoded), np.int64, count)
     hashed &= mask
     return hashed
 
@@ -826,10 +889,18 @@ def token_index(token: str, n_features: int) -> int:
 
 
 def _distinct(*parts: NDArray[np.int64]) -> NDArray[np.int64]:
-    """Sorted distinct values of the concatenated ``parts``."""
+    """Sorted distinct values of the concatenated ``parts`` (one part is sorted in place)."""
     merged = np.concatenate(parts) if len(parts) > 1 else parts[0]
     merged.sort()
-    return merged[np.concatenate(([True], merged[1:] != merged[:-1]))] if merged.size else merged
+    return merged[_first_of_runs(merged)]
+
+
+def _first_of_runs(values: NDArray[np.int64]) -> NDArray[np.bool_]:
+    """True where sorted ``values`` differ from the value before (always at the first)."""
+    first = np.empty(values.size, dtype=np.bool_)
+    first[:1] = True
+    np.not_equal(values[1:], values[:-1], out=first[1:])
+    return first
 
 
 class MessageFeatures(NamedTuple):
@@ -862,32 +933,36 @@ class FeatureExtractor:
 
     def extract(self, msg: ParsedMessage) -> MessageFeatures:
         """The feature vector of ``msg``, with the word-token indices apart."""
-        content, head = token_groups(msg, self.config)
-        body_tokens, head_tokens = _hash(content, self._mask), _hash(head, self._mask)
-        counted = _distinct(body_tokens, head_tokens)
-        body_parts, head_parts = [body_tokens], [head_tokens]
-        if self.config.field_char_ngrams:
-            content_grams, head_grams = field_char_ngram_indices(msg, self.config)
-            body_parts.append(content_grams)
-            head_parts.append(head_grams)
-        if self.config.char_ngrams:
+        config = self.config
+        content, head = token_groups(msg, config)
+        head_set = set(head)
+        # Both groups hashed in one pass, the header group's tokens first.
+        hashed = _hash_distinct([head_set, set(content)], self._mask)
+        head_parts, body_parts = [hashed[: len(head_set)]], [hashed[len(head_set) :]]
+        if config.field_char_ngrams:
+            subject_grams, sender_grams, id_grams = _field_char_ngrams(msg, config)
+            body_parts += (subject_grams, sender_grams)
+            head_parts.append(id_grams)
+        if config.char_ngrams:
             text = (msg.subject or "") + " " + (msg.text or msg.html or "")
-            body_parts.append(_char_ngram_indices(text, self.config.char_ngrams, self._mask))
+            body_parts.append(_char_ngram_indices(text, config.char_ngrams, self._mask))
         # One sort for both groups: key = 2 * index + group (header 0, body 1). The
         # distinct keys give each group's size; the first key of each index says
         # whether the header group has it.
-        keys = np.concatenate([*head_parts, *body_parts]) * 2
-        keys[sum(part.size for part in head_parts) :] += 1
+        keys = np.concatenate(head_parts + body_parts)
+        keys <<= 1
+        keys[sum(part.size for part in head_parts) :] |= 1
         keys = _distinct(keys)
+        counted = _distinct(hashed)  # after the keys: it sorts ``hashed`` in place
         in_body = keys & 1
         body_size = int(np.count_nonzero(in_body))
-        head_value = self.config.header_weight / math.sqrt(max(keys.size - body_size, 1))
+        head_value = config.header_weight / math.sqrt(max(keys.size - body_size, 1))
         body_value = 1.0 / math.sqrt(max(body_size, 1))
-        idx = keys >> 1
-        first = np.concatenate(([True], idx[1:] != idx[:-1])) if idx.size else idx.astype(bool)
+        keys >>= 1
+        first = _first_of_runs(keys)
         # An index in both groups (a hash collision) takes the header group's value.
         return MessageFeatures(
-            idx[first], np.where(in_body[first], body_value, head_value), counted
+            keys[first], np.where(in_body[first], body_value, head_value), counted
         )
 
     def indices(self, msg: ParsedMessage) -> tuple[NDArray[np.int64], NDArray[np.float64]]:

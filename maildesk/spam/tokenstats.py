@@ -58,14 +58,30 @@ class TokenStats:
 
     def __init__(self, n_features: int, config: TokenStatsConfig | None = None) -> None:
         self.config = config or TokenStatsConfig()
-        self.spam_counts: NDArray[np.int32] = np.zeros(n_features, dtype=np.int32)
-        self.ham_counts: NDArray[np.int32] = np.zeros(n_features, dtype=np.int32)
+        # Both counts of a feature side by side: scoring reads them for a few
+        # hundred scattered features, one memory fetch each instead of two.
+        self._counts: NDArray[np.int32] = np.zeros((n_features, 2), dtype=np.int32)
         self.n_spam = 0
         self.n_ham = 0
 
+    @property
+    def spam_counts(self) -> NDArray[np.int32]:
+        """Spam messages that had each feature (a view: writes go to the counts)."""
+        return self._counts[:, 0]
+
+    @property
+    def ham_counts(self) -> NDArray[np.int32]:
+        """Ham messages that had each feature (a view: writes go to the counts)."""
+        return self._counts[:, 1]
+
+    def _read(self, idx: NDArray[np.int64]) -> tuple[NDArray[np.int32], NDArray[np.int32]]:
+        """The spam and the ham counts of ``idx``, from one gather."""
+        both = self._counts.take(idx, axis=0)
+        return both[:, 0], both[:, 1]
+
     def spamicity(self, idx: NDArray[np.int64]) -> float:
         """Robinson-Fisher indicator I in [0, 1] for distinct feature indices ``idx``."""
-        return self._spamicity(self.spam_counts.take(idx), self.ham_counts.take(idx))
+        return self._spamicity(*self._read(idx))
 
     def log_count_ratio(self, idx: NDArray[np.int64], smoothing: float) -> NDArray[np.float64]:
         """Smoothed ``log(P(token | spam) / P(token | ham))`` of each index (NBSVM's r).
@@ -73,15 +89,13 @@ class TokenStats:
         Each count gets ``smoothing`` added, so a token seen in one class only
         has a large but finite ratio, and an unseen one has about 0.
         """
-        return self._log_count_ratio(
-            self.spam_counts.take(idx), self.ham_counts.take(idx), smoothing
-        )
+        return self._log_count_ratio(*self._read(idx), smoothing)
 
     def evidence(
         self, idx: NDArray[np.int64], smoothing: float
     ) -> tuple[float, NDArray[np.float64]]:
         """:meth:`spamicity` and :meth:`log_count_ratio` from one read of the counts."""
-        spam, ham = self.spam_counts.take(idx), self.ham_counts.take(idx)
+        spam, ham = self._read(idx)
         return self._spamicity(spam, ham), self._log_count_ratio(spam, ham, smoothing)
 
     def _spamicity(self, spam: NDArray[np.int32], ham: NDArray[np.int32]) -> float:
@@ -116,15 +130,15 @@ class TokenStats:
     def learn(self, idx: NDArray[np.int64], is_spam: bool) -> None:
         """Count one message (its distinct features) as spam or ham."""
         if is_spam:
-            self.spam_counts[idx] += 1
+            self._counts[idx, 0] += 1
             self.n_spam += 1
         else:
-            self.ham_counts[idx] += 1
+            self._counts[idx, 1] += 1
             self.n_ham += 1
 
     def nonzero(self) -> tuple[NDArray[np.int32], NDArray[np.uint32], NDArray[np.uint32]]:
         """Sparse form for saving: indices with any count, and both counts there."""
-        where = np.flatnonzero((self.spam_counts > 0) | (self.ham_counts > 0)).astype(np.int32)
+        where = np.flatnonzero((self._counts > 0).any(axis=1)).astype(np.int32)
         return (
             where,
             self.spam_counts[where].astype(np.uint32),
@@ -140,7 +154,7 @@ class TokenStats:
         n_ham: int,
     ) -> None:
         """Inverse of :meth:`nonzero`; raises ValueError on inconsistent arrays."""
-        size = self.spam_counts.size
+        size = self._counts.shape[0]
         if not (
             where.ndim == spam.ndim == ham.ndim == 1 and where.shape == spam.shape == ham.shape
         ):
@@ -151,9 +165,8 @@ class TokenStats:
             raise ValueError("negative message counts")
         if spam.size and (int(spam.max()) > n_spam or int(ham.max()) > n_ham):
             raise ValueError("a token count exceeds its message count")
-        self.spam_counts[:] = 0
-        self.ham_counts[:] = 0
-        self.spam_counts[where] = spam.astype(np.int32)
-        self.ham_counts[where] = ham.astype(np.int32)
+        self._counts[:] = 0
+        self._counts[where, 0] = spam.astype(np.int32)
+        self._counts[where, 1] = ham.astype(np.int32)
         self.n_spam = n_spam
         self.n_ham = n_ham

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import zlib
+from urllib.parse import urlsplit
 
 import pytest
 from hypothesis import given, settings
@@ -12,12 +13,15 @@ from hypothesis import strategies as st
 
 from maildesk.domain.message import Address, ParsedAttachment, ParsedMessage
 from maildesk.spam.features import (
+    _RCVD_FOR,
     _WORD,
     _WORD_ASCII,
     FEATURE_VERSION,
     FeatureConfig,
     FeatureExtractor,
     _hash,
+    _is_local_hop,
+    _link_parts,
     field_char_ngram_indices,
     token_groups,
     tokens,
@@ -404,6 +408,68 @@ def test_word_tokens_are_words_money_and_numbers(text: str) -> None:
 def test_ascii_text_has_the_same_word_tokens_on_the_fast_path(text: str) -> None:
     # Most mail is ASCII and is scanned with _WORD_ASCII; nothing may change.
     assert _WORD_ASCII.findall(text) == _WORD_SPEC.findall(text)
+
+
+def _urlsplit_parts(url: str) -> tuple[str, str, int | None, bool, str, str] | str:
+    try:
+        parts = urlsplit(url)
+        return (
+            parts.scheme, parts.hostname or "", parts.port, "@" in parts.netloc, parts.path,
+            parts.query,
+        )  # fmt: skip
+    except ValueError:
+        return "unparsable"
+
+
+def _link_parts_or_unparsable(url: str) -> tuple[str, str, int | None, bool, str, str] | str:
+    try:
+        return _link_parts(url)
+    except ValueError:
+        return "unparsable"
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.sampled_from(["http://", "https://", "HTTP://", "mailto:", "", "//"]).flatmap(
+        lambda scheme: st.text(
+            alphabet=st.sampled_from("ab.Z09-/?#@:%[]&= \t\x01ｈ") | st.characters(), max_size=30
+        ).map(lambda rest: scheme + rest)
+    )
+    | st.sampled_from(
+        [
+            "http://a.b:80/x",
+            "http://u@h/x",
+            "http://[::1]/x",
+            "http://[::1/x",
+            "http://h:x/",
+            "http://h:99999/",
+            "http:///x",
+            "http://h#f?q",
+            "http://h?q#f",
+            "http://h/p?",
+            "https://H.Example.COM/Path",
+            "http://h/\tx",
+            "http://ｈ.com/",
+            "http://h%41/",
+        ]
+    )
+)
+def test_links_are_read_as_urlsplit_reads_them(url: str) -> None:
+    # _link_parts splits plain http(s) links itself, for speed; nothing may change.
+    assert _link_parts_or_unparsable(url) == _urlsplit_parts(url)
+
+
+# What _RCVD_FOR and _is_local_hop mean, written plainly (they are spelled for speed).
+_RCVD_FOR_SPEC = re.compile(r"\bfor\s+<?[^\s;>]*>?", re.IGNORECASE)
+_LOCAL_HOP_SPEC = re.compile(r"localhost|127\.0\.0\.1", re.IGNORECASE)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("fFoOrR <>;_é1 \tx") | st.characters(), max_size=40))
+def test_received_for_clauses_and_local_hops_are_found_in_any_case(text: str) -> None:
+    assert _RCVD_FOR.sub(" ", text) == _RCVD_FOR_SPEC.sub(" ", text)
+    for hop in (text, text + "LocalHost", "127.0.0.1" + text, text + "localhoſt"):
+        assert _is_local_hop(hop) == bool(_LOCAL_HOP_SPEC.search(hop))
 
 
 @settings(max_examples=200, deadline=None)
