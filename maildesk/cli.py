@@ -323,7 +323,8 @@ def ingest(
     if unreadable:
         for why in unreadable:
             click.echo(f"maildesk: not read: {printable_text(why)}", err=True)
-        _fail(f"{len(unreadable)} path(s) could not be read; the rest is stored", EX_NOINPUT)
+        what = "the rest is stored" if stored else "nothing was stored"
+        _fail(f"{len(unreadable)} path(s) could not be read; {what}", EX_NOINPUT)
 
 
 def _release_claims_of_dead_commands(app: App, worker: Worker) -> None:

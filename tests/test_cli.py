@@ -61,6 +61,7 @@ def test_missing_path_exits_66(config: Path, tmp_path: Path) -> None:
     result = cli(config, "ingest", str(tmp_path / "nope.eml"))
     assert result.exit_code == 66
     assert "no such file" in result.output
+    assert "1 path(s) could not be read; nothing was stored" in result.output
 
 
 def test_storage_unavailable_exits_75(tmp_path: Path) -> None:

@@ -418,6 +418,19 @@ def test_forget_without_yes_changes_nothing(app: App, tmp_path: Path) -> None:
     assert counts(app) == before
 
 
+def test_the_count_first_is_what_the_erasure_then_deletes(app: App, tmp_path: Path) -> None:
+    """Ops confirm an erasure on its counts: they must be what then goes, not a subset
+    (the mail and notices of her tickets were left out of "intake" and "outbox")."""
+    alice_history(app)
+
+    dry = json.loads(cli(app, tmp_path, "privacy", "forget", ALICE, "--json").stdout)
+    done = json.loads(cli(app, tmp_path, "privacy", "forget", ALICE, "--yes", "--json").stdout)
+
+    assert done["intake"] > 0 and done["outbox"] > 0
+    for key in ("tickets", "messages", "intake", "outbox", "ratings", "suppressions"):
+        assert dry[key] == done[key], (key, dry, done)
+
+
 def test_a_cc_participant_is_taken_off_a_ticket_someone_else_asked(
     app: App, tmp_path: Path, relay: RelaySink
 ) -> None:
@@ -833,6 +846,18 @@ def test_forget_finds_her_under_either_spelling_of_her_domain(
     again = cli(app, tmp_path, "privacy", "forget", written, "--dry-run")
     assert "tickets 0, messages 0" in again.output
     assert "erased before on" in again.output
+
+
+def test_forget_yes_json_says_when_the_address_was_erased_before(app: App, tmp_path: Path) -> None:
+    """README: asked again for the same address, `forget` says when it was erased before;
+    a script erasing with --yes --json is told too, not only one that counts first."""
+    first = cli(app, tmp_path, "privacy", "forget", ALICE, "--yes", "--json")
+    assert first.exit_code == 0, first.output
+    assert json.loads(first.stdout)["previously_erased"] == []
+    again = cli(app, tmp_path, "privacy", "forget", ALICE.upper(), "--yes", "--json")
+    assert again.exit_code == 0, again.output
+    done = json.loads(again.stdout)
+    assert done["dry_run"] is False and len(done["previously_erased"]) == 1
 
 
 def test_an_erasure_recorded_under_the_old_key_is_still_recognised(

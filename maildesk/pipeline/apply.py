@@ -379,7 +379,8 @@ class Applier:
         why = f"{verdict.kind}: " + "; ".join(verdict.reasons)
         max_age = timedelta(hours=self.settings.acknowledgements.max_age_hours)
         if self.now - self._written(ctx) > max_age:
-            why = f"written {ctx.arrival:%Y-%m-%d %H:%M} UTC, older than {max_age}"
+            hours = self.settings.acknowledgements.max_age_hours
+            why = f"written {ctx.arrival:%Y-%m-%d %H:%M} UTC, more than {hours:g} hours ago"
             answerable = False
         elif ctx.possible_spam:
             why, answerable = "possible spam: not acknowledged until released", False

@@ -79,7 +79,7 @@ def forget_command(
             return
     done = forget(app.db, address, actor=_actor(actor), now=app.clock, whole_cc_tickets=whole)
     if as_json:
-        _echo_json({"dry_run": False, **done.as_dict()})
+        _echo_json({"dry_run": False, **done.as_dict(), "previously_erased": before})
     else:
         click.echo("erased: " + ", ".join(f"{k} {v}" for k, v in done.as_dict().items()))
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from functools import partial
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import and_, func, or_, select
 from sqlalchemy.orm import Session
 
 from maildesk.db.database import Database
@@ -97,14 +97,16 @@ class Plan:
     suppressions: int = 0
     ticket_messages: int = 0
     ticket_count: int = 0  # with the tickets merged into them
+    ticket_intake: int = 0  # the mail received and sent on those tickets, as the
+    ticket_outbox: int = 0  # erasure counts it (what was stored again included)
 
     def summary(self) -> dict[str, int]:
         return {
             "tickets": self.ticket_count,
             "messages": self.ticket_messages + len(self.cc_messages),
             "participations": len(self.cc_tickets),
-            "intake": len(self.intake),
-            "outbox": len(self.outbox),
+            "intake": self.ticket_intake + len(self.intake),
+            "outbox": self.ticket_outbox + len(self.outbox),
             "digests": self.digests,
             "ratings": self.ratings,
             "suppressions": self.suppressions,
@@ -189,10 +191,12 @@ def plan_forget(session: Session, address: str, *, whole_cc_tickets: bool = Fals
         )
         or 0
     )
+    ticket_intake, plan.ticket_outbox = _ticket_mail(session, erased)
     plan.cc_tickets = sorted(shared - erased)
     if plan.cc_tickets:
         plan.cc_messages = _theirs_on(session, plan.cc_tickets, person)
     plan.intake = _their_loose_intake(session, person)
+    plan.ticket_intake = len(ticket_intake - set(plan.intake))  # a copy is counted once
     candidates = session.execute(
         select(Outbox.id, Outbox.recipients, Outbox.ticket_id).where(
             or_(person.is_(Outbox.recipient_key), person.in_json(Outbox.recipients))
@@ -219,6 +223,29 @@ def plan_forget(session: Session, address: str, *, whole_cc_tickets: bool = Fals
         or 0
     )
     return plan
+
+
+def _ticket_mail(session: Session, erased: set[int]) -> tuple[set[int], int]:
+    """Intake rows (ids) and the number of outbox rows that go with the ``erased``
+    tickets, as :func:`maildesk.privacy.erase.erase_ticket` finds what it deletes: by
+    ticket or message, and the copies of their bytes stored again outside any ticket."""
+    if not erased:
+        return set(), 0
+    messages = select(Message.id).where(Message.ticket_id.in_(erased))
+    on_tickets = or_(Intake.ticket_id.in_(erased), Intake.message_pk.in_(messages))
+    copies = and_(
+        Intake.ticket_id.is_(None),
+        Intake.message_pk.is_(None),
+        Intake.state.in_(SETTLED),
+        Intake.raw_sha256.in_(select(Message.raw_sha256).where(Message.ticket_id.in_(erased))),
+    )
+    intake = set(session.scalars(select(Intake.id).where(or_(on_tickets, copies))))
+    outbox = session.scalar(
+        select(func.count())
+        .select_from(Outbox)
+        .where(or_(Outbox.ticket_id.in_(erased), Outbox.message_pk.in_(messages)))
+    )
+    return intake, outbox or 0
 
 
 def _theirs_on(session: Session, ticket_ids: list[int], person: Person) -> list[int]:

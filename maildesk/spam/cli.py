@@ -9,10 +9,12 @@ from pathlib import Path
 import click
 
 from maildesk.pipeline.parse import ParseError, parse_message
+from maildesk.spam.bands import Thresholds
 from maildesk.spam.evaluate import Protocol, evaluate_index
 from maildesk.spam.explain import Explanation
 from maildesk.spam.explain import explain as explain_score
 from maildesk.spam.model import ModelLoadError, SpamFilter
+from maildesk.spam.scoring import ScorerSpec
 
 SEED_PATH = Path(__file__).resolve().parents[2] / "spam_model" / "seed.npz"
 DEFAULT_MODEL = Path("spam-model.npz")
@@ -107,19 +109,49 @@ def train(
     click.echo(f"learned {learned} messages ({skipped} skipped); saved {out}")
 
 
+def _scoring_model(ctx: click.Context, model_path: Path | None) -> tuple[SpamFilter, Thresholds]:
+    """The model ``spam score`` uses, with its bands: the file given, else the installation's.
+
+    Without --model that is what the daemon and ``spam why`` score with: the live
+    model of the data directory (else the seed), its thresholds and trusted verdicts.
+    """
+    if model_path is None:
+        from maildesk.cli import build_app
+
+        spec = ScorerSpec.from_settings(build_app(ctx).settings)
+        if spec is not None:
+            try:
+                model, note = spec.load()
+            except ModelLoadError as exc:
+                raise click.ClickException(f"no usable spam model: {exc}") from exc
+            click.echo(note, err=True)
+            return model, spec.thresholds(model)
+        model_path = DEFAULT_MODEL  # the filter is off: a model file here, else the seed
+    model = _load(model_path)
+    return model, model.thresholds
+
+
 @spam.command("score")
 @click.argument("files", nargs=-1, required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--model", "model_path", type=click.Path(path_type=Path), default=DEFAULT_MODEL)
+@click.option(
+    "--model",
+    "model_path",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A model file to score with instead of the installation's live model.",
+)
 @click.option(
     "--explain",
     is_flag=True,
     help="Also print the largest parts of each score: the tokens that pushed it up or down.",
 )
 @TOP_PARTS
-def score(files: tuple[Path, ...], model_path: Path, explain: bool, top: int) -> None:
+@click.pass_context
+def score(
+    ctx: click.Context, files: tuple[Path, ...], model_path: Path | None, explain: bool, top: int
+) -> None:
     """Print probability and band for each message file."""
-
-    model = _load(model_path)
+    model, bands = _scoring_model(ctx, model_path)
     for path in _message_files(files):
         try:
             msg = parse_message(path.read_bytes())
@@ -127,8 +159,8 @@ def score(files: tuple[Path, ...], model_path: Path, explain: bool, top: int) ->
             click.echo(f"{path}\tunparsable\t{exc}")
             continue
         why = explain_score(model, msg) if explain else None
-        verdict = why.verdict if why is not None else model.score(msg)
-        click.echo(f"{path}\t{verdict.probability:.4f}\t{verdict.band.value}")
+        probability = (why.verdict if why is not None else model.score(msg)).probability
+        click.echo(f"{path}\t{probability:.4f}\t{bands.band(probability).value}")
         if why is not None:
             _echo_parts(why, top)
 

@@ -67,6 +67,14 @@ class ScorerSpec:
         model.read_verdicts(self.verdict_headers, self.authserv_ids)
         return model, note
 
+    def thresholds(self, model: SpamFilter) -> Thresholds:
+        """The installation's bands (spam.unsure_at / spam_at), else the model's own."""
+        own = model.thresholds
+        return Thresholds(
+            self.unsure_at if self.unsure_at is not None else own.unsure_at,
+            self.spam_at if self.spam_at is not None else own.spam_at,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class SpamScore:
@@ -91,7 +99,7 @@ class SpamScorer:
         if model is None:
             return None
         verdict = model.score(msg)
-        band = self._thresholds(model).band(verdict.probability)
+        band = self.spec.thresholds(model).band(verdict.probability)
         return SpamScore(verdict.probability, band, self._label, model.seen)
 
     def load(self) -> None:
@@ -101,13 +109,6 @@ class SpamScorer:
     def model(self) -> SpamFilter | None:
         """The model :meth:`score` uses now (None when none can be loaded)."""
         return self._current()
-
-    def _thresholds(self, model: SpamFilter) -> Thresholds:
-        own = model.thresholds
-        return Thresholds(
-            self.spec.unsure_at if self.spec.unsure_at is not None else own.unsure_at,
-            self.spec.spam_at if self.spec.spam_at is not None else own.spam_at,
-        )
 
     def _current(self) -> SpamFilter | None:
         stamp = _stamp(self.spec.live_path)

@@ -6,6 +6,7 @@ import json
 from email.message import EmailMessage
 from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
 from maildesk.cli import main
@@ -203,3 +204,26 @@ def test_score_explain_names_what_pushed_each_score(tmp_path: Path) -> None:
     sizes = [abs(float(share)) for share, _ in named]
     assert sizes == sorted(sizes, reverse=True)
     assert any(what in {"from:deals.biz", "s:CHEAP", "pills"} for _, what in named)
+
+
+def test_score_without_model_uses_the_installation_live_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README: `spam score --explain FILE` does for a file what `spam why` does for a
+    stored mail, with the model as it is now: the live one in the data directory."""
+    config = tmp_path / "maildesk.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\n'
+        'support_addresses = ["support@example.com"]\ninstallation_secret = "score-test"\n'
+    )
+    live = tmp_path / "data" / "spam-model.npz"
+    live.parent.mkdir()
+    train_fresh(tmp_path).rename(live)
+    monkeypatch.chdir(tmp_path)  # no ./spam-model.npz here: only the live model counts
+    probe = write_mail(tmp_path / "ps.eml", "new@deals.biz", "CHEAP MEDS", "Buy pills now")
+    runner = CliRunner()
+    by_live = runner.invoke(spam, ["score", "--model", str(live), str(probe)])
+    result = runner.invoke(main, ["--config", str(config), "spam", "score", str(probe)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout == by_live.stdout
+    assert "falling back to the seed" not in result.stderr
