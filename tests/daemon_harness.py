@@ -192,28 +192,13 @@ retry_max_seconds = 1
     def status_json(self) -> tuple[int, dict[str, Any]]:
         """`maildesk status --json` as ops run it: its exit code (1 while something needs
         looking at) and what it says."""
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "maildesk",
-                "--config",
-                str(self.config_path),
-                "status",
-                "--json",
-            ],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-            cwd=self.workdir,
-            env=maildesk_env(),
-        )
+        result = self._run("status", "--json")
         assert result.returncode in (0, 1), result.stderr
         return result.returncode, dict(json.loads(result.stdout))
 
-    def cli(self, *args: str) -> Any:
-        result = subprocess.run(
+    def _run(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """``maildesk --config <this config> ARGS`` in the daemon's working directory."""
+        return subprocess.run(
             [sys.executable, "-m", "maildesk", "--config", str(self.config_path), *args],
             capture_output=True,
             text=True,
@@ -222,5 +207,8 @@ retry_max_seconds = 1
             cwd=self.workdir,
             env=maildesk_env(),
         )
+
+    def cli(self, *args: str) -> Any:
+        result = self._run(*args)
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout) if "--json" in args else result.stdout

@@ -862,16 +862,10 @@ def tokens(msg: ParsedMessage, config: FeatureConfig) -> list[str]:
     return list(dict.fromkeys([*content, *head]))
 
 
-def _hash(toks: list[str], mask: int) -> NDArray[np.int64]:
-    """CRC-32 indices of the distinct ``toks`` (unsorted; colliding tokens repeat an index).
-
-    A body repeats half its tokens; a set drops them for less than hashing them costs.
-    """
-    return _hash_distinct([set(toks)], mask)
-
-
 def _hash_distinct(groups: list[set[str]], mask: int) -> NDArray[np.int64]:
-    """CRC-32 indices of the tokens of all ``groups``, group after group, in one pass."""
+    """CRC-32 indices of the tokens of all ``groups``, group after group, in one pass
+    (unsorted; colliding tokens repeat an index). Sets: a body repeats half its
+    tokens, and dropping them costs less than hashing them."""
     count = sum(map(len, groups))
     # One encode of all the tokens joined, instead of one per token. A token that
     # holds the separator (only in hostile mail) adds a part: then one at a time.
@@ -884,7 +878,7 @@ def _hash_distinct(groups: list[set[str]], mask: int) -> NDArray[np.int64]:
 
 
 def token_index(token: str, n_features: int) -> int:
-    """The index one token hashes to (what :func:`_hash` computes for many at once)."""
+    """The index one token hashes to (what :func:`_hash_distinct` computes for many at once)."""
     return zlib.crc32(token.encode("utf-8", "replace")) & (n_features - 1)
 
 

@@ -202,6 +202,18 @@ def _two_nodes(tmp_path: Path) -> tuple[ModelSlot, ModelSlot]:
     return nodes
 
 
+def _labels_after_node_b_publishes(
+    app: App, node_a: ModelSlot, node_b: ModelSlot
+) -> tuple[str, ...]:
+    """Node B learns and publishes a correction; the labels node A's model has once it
+    pulls (B's model, unless A wrongly believes it holds that version already)."""
+    with app.db.transaction() as session:
+        node_b.learn("the vpn drops every hour", "network", session=session, node="b")
+    assert node_a.path is not None
+    pull(app.db, node_a.path, "category")
+    return CategoryModel.load(node_a.path).labels
+
+
 def test_a_correction_whose_transaction_rolls_back_leaves_the_node_taking_the_next_model(
     app: App, tmp_path: Path
 ) -> None:
@@ -212,12 +224,7 @@ def test_a_correction_whose_transaction_rolls_back_leaves_the_node_taking_the_ne
     with pytest.raises(RuntimeError), app.db.transaction() as session:
         node_a.learn("the printer has a paper jam", "printing", session=session, node="a")
         raise RuntimeError("a later step of this mail failed")
-    with app.db.transaction() as session:
-        node_b.learn("the vpn drops every hour", "network", session=session, node="b")
-
-    assert node_a.path is not None
-    pull(app.db, node_a.path, "category")
-    assert CategoryModel.load(node_a.path).labels == ("network",)
+    assert _labels_after_node_b_publishes(app, node_a, node_b) == ("network",)
 
 
 def test_a_correction_in_a_released_savepoint_whose_transaction_rolls_back_is_not_held(
@@ -230,12 +237,7 @@ def test_a_correction_in_a_released_savepoint_whose_transaction_rolls_back_is_no
         with session.begin_nested():
             node_a.learn("the printer has a paper jam", "printing", session=session, node="a")
         raise RuntimeError("a later step of this mail failed")
-    with app.db.transaction() as session:
-        node_b.learn("the vpn drops every hour", "network", session=session, node="b")
-
-    assert node_a.path is not None
-    pull(app.db, node_a.path, "category")
-    assert CategoryModel.load(node_a.path).labels == ("network",)
+    assert _labels_after_node_b_publishes(app, node_a, node_b) == ("network",)
 
 
 def test_two_corrections_in_a_savepoint_rolled_back_leave_the_node_taking_the_next_model(
@@ -250,9 +252,4 @@ def test_two_corrections_in_a_savepoint_rolled_back_leave_the_node_taking_the_ne
         node_a.learn("the printer has a paper jam", "printing", session=session, node="a")
         node_a.learn("the printer toner is empty", "supplies", session=session, node="a")
         raise RuntimeError("a later command of this mail failed")
-    with app.db.transaction() as session:
-        node_b.learn("the vpn drops every hour", "network", session=session, node="b")
-
-    assert node_a.path is not None
-    pull(app.db, node_a.path, "category")
-    assert set(CategoryModel.load(node_a.path).labels) == {"access", "network"}
+    assert set(_labels_after_node_b_publishes(app, node_a, node_b)) == {"access", "network"}

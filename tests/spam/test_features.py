@@ -19,7 +19,7 @@ from maildesk.spam.features import (
     FEATURE_VERSION,
     FeatureConfig,
     FeatureExtractor,
-    _hash,
+    _hash_distinct,
     _is_local_hop,
     _link_parts,
     field_char_ngram_indices,
@@ -373,8 +373,8 @@ def test_vector_is_the_union_of_both_groups_and_a_collision_takes_the_header_val
     content, head = token_groups(msg, config)
     content_grams, head_grams = field_char_ngram_indices(msg, config)
     mask = config.n_features - 1
-    header = set(_hash(head, mask).tolist()) | set(head_grams.tolist())
-    body = set(_hash(content, mask).tolist()) | set(content_grams.tolist())
+    header = set(_hash_distinct([set(head)], mask).tolist()) | set(head_grams.tolist())
+    body = set(_hash_distinct([set(content)], mask).tolist()) | set(content_grams.tolist())
     assert header & body, "the test needs a collision between the groups"
     features = FeatureExtractor(config).extract(msg)
     assert features.indices.tolist() == sorted(header | body)
@@ -383,7 +383,9 @@ def test_vector_is_the_union_of_both_groups_and_a_collision_takes_the_header_val
         for index in features.indices.tolist()
     ]
     assert features.values.tolist() == pytest.approx(expected, rel=1e-12)
-    words = set(_hash(content, mask).tolist()) | set(_hash(head, mask).tolist())
+    words = set(_hash_distinct([set(content)], mask).tolist()) | set(
+        _hash_distinct([set(head)], mask).tolist()
+    )
     assert features.counted.tolist() == sorted(words)  # n-grams are not counted
 
 
@@ -477,7 +479,7 @@ def test_received_for_clauses_and_local_hops_are_found_in_any_case(text: str) ->
 def test_token_hashes_are_the_crc32_of_each_token_even_with_nul_inside(toks: list[str]) -> None:
     mask = (1 << 20) - 1
     expected = {zlib.crc32(token.encode("utf-8", "replace")) & mask for token in toks}
-    assert set(_hash(toks, mask).tolist()) == expected
+    assert set(_hash_distinct([set(toks)], mask).tolist()) == expected
 
 
 def test_chinese_and_japanese_text_gives_character_bigrams() -> None:
