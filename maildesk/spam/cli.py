@@ -14,7 +14,7 @@ from maildesk.spam.evaluate import Protocol, evaluate_index
 from maildesk.spam.explain import Explanation
 from maildesk.spam.explain import explain as explain_score
 from maildesk.spam.model import ModelLoadError, SpamFilter
-from maildesk.spam.scoring import ScorerSpec
+from maildesk.spam.scoring import SEED_MODEL, ScorerSpec, SpamScorer
 
 SEED_PATH = Path(__file__).resolve().parents[2] / "spam_model" / "seed.npz"
 DEFAULT_MODEL = Path("spam-model.npz")
@@ -56,7 +56,6 @@ def _start_model(ctx: click.Context, start: str) -> SpamFilter:
     spec = None
     if start == LIVE_START:
         from maildesk.cli import build_app
-        from maildesk.spam.scoring import ScorerSpec
 
         spec = ScorerSpec.from_settings(build_app(ctx).settings)
         if spec is None:
@@ -193,7 +192,6 @@ def why(ctx: click.Context, message_id: str, top: int) -> None:
     from maildesk.cli import build_app
     from maildesk.db import queries
     from maildesk.db.models import Blob, Intake
-    from maildesk.spam.scoring import ScorerSpec, SpamScorer
     from maildesk.terminal import printable
 
     app = build_app(ctx)
@@ -285,8 +283,6 @@ def mark(ctx: click.Context, label: str, message_id: str) -> None:
 @click.pass_context
 def status(ctx: click.Context, model_path: Path | None) -> None:
     """Show which model is in use, its version, what it has learned and when it was saved."""
-    from maildesk.spam.scoring import SEED_MODEL, ScorerSpec
-
     seed_path, pending, shared = SEED_PATH, None, None
     if model_path is None:
         from maildesk.cli import build_app
