@@ -204,22 +204,21 @@ class Dovecot:
         # Its imap processes outlive the master (their sessions would go on):
         # end them too, as a real restart does (systemd: SIGTERM to every process
         # of the service, SIGKILL to what is left after a grace period). SIGKILL
-        # at once would leave a session's maildir lock (dovecot-uidlist.lock,
+        # to them would leave a session's maildir lock (dovecot-uidlist.lock,
         # which holds no pid) for Dovecot to wait out: two minutes before it is
-        # stale, every session of that mailbox stalls in SELECT.
-        children = _children(self.proc.pid)
+        # stale, every session of that mailbox stalls in SELECT. The master holds
+        # no such lock, and on SIGTERM it waits a second for its children; so it
+        # is stopped (no new session while they are listed) and killed, and they
+        # get the SIGTERM.
+        children: list[int] = []
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=timeout)
+            self.proc.send_signal(signal.SIGSTOP)
+            children = _children(self.proc.pid)
+            self.proc.kill()
+            self.proc.wait(timeout=timeout)
         _end_processes(children, grace=5.0)
+        (self.root / "run" / "master.pid").unlink(missing_ok=True)
         self.proc = None
-        deadline = time.monotonic() + timeout
-        while (self.root / "run" / "master.pid").exists() and time.monotonic() < deadline:
-            time.sleep(0.05)
 
     def restart(self) -> None:
         self.stop()
