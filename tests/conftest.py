@@ -80,6 +80,9 @@ def private_pg_database(prefix: str, *, migrate: bool = True) -> Iterator[str]:
     try:
         with admin.connect() as conn:
             conn.execute(text(f'CREATE DATABASE "{name}"'))
+            # The tests never crash the server, so a commit need not wait for its
+            # WAL to reach the disk (it is as atomic and as visible as before).
+            conn.execute(text(f'ALTER DATABASE "{name}" SET synchronous_commit = off'))
     except Exception as exc:  # pragma: no cover - depends on the machine
         admin.dispose()
         if os.environ.get("CI"):
@@ -106,10 +109,19 @@ def pg_url() -> Iterator[str]:
 
 
 def _truncate_all(url: str) -> None:
+    """Every table emptied and every id counter back at 1, as ``TRUNCATE ... RESTART
+    IDENTITY`` leaves them, at a hundredth of its cost for the few rows a test leaves
+    (TRUNCATE gives every table and index a new file). The foreign-key triggers are
+    off while it deletes (``session_replication_role``): each would look up every
+    deleted row's referrers, and after a test that left many rows that took minutes.
+    """
     engine = create_engine(url)
-    tables = ", ".join(t.name for t in Base.metadata.sorted_tables)
     with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+        conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+        conn.exec_driver_sql(
+            "; ".join(f"DELETE FROM {table.name}" for table in Base.metadata.sorted_tables)
+        )
+        conn.exec_driver_sql("SELECT setval(oid, 1, false) FROM pg_class WHERE relkind = 'S'")
     engine.dispose()
 
 
