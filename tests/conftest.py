@@ -108,7 +108,7 @@ def pg_url() -> Iterator[str]:
         yield url
 
 
-def _truncate_all(url: str) -> None:
+def _empty_all_tables(url: str) -> None:
     """Every table emptied and every id counter back at 1, as ``TRUNCATE ... RESTART
     IDENTITY`` leaves them, at a hundredth of its cost for the few rows a test leaves
     (TRUNCATE gives every table and index a new file). The foreign-key triggers are
@@ -132,7 +132,7 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path, sqlite_template
         shutil.copy(sqlite_template, path)
         return f"sqlite:///{path}"
     url: str = request.getfixturevalue("pg_url")
-    _truncate_all(url)
+    _empty_all_tables(url)
     return url
 
 

@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from maildesk.db.models import Outbox, SlaEscalation, Ticket
 from maildesk.sla.sweep import SweepResult, claim_ledger
-from tests.conftest import FrozenClock, _truncate_all
+from tests.conftest import FrozenClock, _empty_all_tables
 from tests.sla.slahelp import berlin, new_ticket, sla_app, sweeper
 
 TICKETS = 24
@@ -35,7 +35,7 @@ def _ledger_values(ticket_id: int, now: datetime) -> dict[str, object]:
 def test_two_nodes_sweeping_at_once_send_each_escalation_once(
     tmp_path: Path, pg_url: str, clock: FrozenClock
 ) -> None:
-    _truncate_all(pg_url)
+    _empty_all_tables(pg_url)
     node_a = sla_app(tmp_path / "a", pg_url, clock)
     node_b = sla_app(tmp_path / "b", pg_url, clock)
     ids = []
@@ -79,7 +79,7 @@ def test_two_nodes_sweeping_at_once_send_each_escalation_once(
 def test_a_second_nodes_ledger_insert_waits_and_then_does_nothing(
     tmp_path: Path, pg_url: str, clock: FrozenClock
 ) -> None:
-    _truncate_all(pg_url)
+    _empty_all_tables(pg_url)
     node_a = sla_app(tmp_path / "a", pg_url, clock)
     node_b = sla_app(tmp_path / "b", pg_url, clock)
     ticket = new_ticket(node_a, clock, berlin(2026, 3, 6, 15, 0))

@@ -17,7 +17,7 @@ from maildesk.db.models import Blob, Event, Intake, Outbox, Ticket
 from maildesk.outbound.sender import MaildirTransport, OutboxSender
 from maildesk.spam.jobs import expire, send_digest
 from maildesk.spam.quarantine import queue_digest
-from tests.conftest import FrozenClock, _truncate_all, command_beside, make_settings
+from tests.conftest import FrozenClock, _empty_all_tables, command_beside, make_settings
 from tests.mailfactory import deliver, make_mail
 
 EVERYTHING_IS_SPAM = {"unsure_at": 0.0, "spam_at": 0.0}
@@ -118,7 +118,7 @@ def test_a_release_that_meets_the_expiry_is_told_it_came_too_late(
     expiry locks what it reads, so the release waits for it and then says the
     message is gone. (PostgreSQL only: SQLite has one writer at a time.)
     """
-    _truncate_all(pg_url)
+    _empty_all_tables(pg_url)
     spam = {**EVERYTHING_IS_SPAM, "digest_to": "postmaster@example.com"}
     spam_app = App.build(make_settings(tmp_path, pg_url, spam=spam), clock=clock)
     deliver(spam_app, make_mail(subject="Invoice question", message_id="fp@customer.test"))
@@ -158,7 +158,7 @@ def test_two_nodes_queueing_the_same_days_digest_at_once_queue_one_quietly(
     then meets its unique Message-ID. It used to fail the job with a traceback in
     the log; now the second node leaves it to the first. (PostgreSQL: on SQLite
     one writer at a time cannot interleave.)"""
-    _truncate_all(pg_url)
+    _empty_all_tables(pg_url)
     spam = {**EVERYTHING_IS_SPAM, "digest_to": "postmaster@example.com", "digest_at": "07:00"}
     node_a = App.build(make_settings(tmp_path / "a", pg_url, spam=spam), clock=clock)
     node_b = App.build(make_settings(tmp_path / "b", pg_url, spam=spam), clock=clock)
