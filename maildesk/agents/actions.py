@@ -362,7 +362,8 @@ class CommandRunner:
         ).first()
         if intake is not None:
             actor = f"agent:{self.agent.name}"
-            settle_ticket(self.session, intake, SpamLabel(label), None, self.now, actor=actor)
+            notices = self.notices  # #ham sends what the flag held back, as `spam mark ham` does
+            settle_ticket(self.session, intake, SpamLabel(label), notices, self.now, actor=actor)
         return None
 
     def _do_template(self, arg: str, out: Outcome) -> str | None:

@@ -8,6 +8,7 @@ own addresses, or past the per-sender hourly and daily limits.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.errors import HeaderParseError
 from typing import Any
@@ -33,6 +34,21 @@ from maildesk.outbound.compose import Composer, OutboundMail, Recipient, wire_ad
 from maildesk.outbound.templates import TemplateRenderer
 
 QUOTE_LIMIT = 4000
+ACK_SKIPPED = "ack_skipped"
+ACK_HELD = "ack_held"  # possible spam: the acknowledgement a release sends
+# What a possible-spam ticket's acknowledgement was recorded as before ACK_HELD existed.
+_LEGACY_HELD = "not answered: possible spam: not acknowledged until released"
+
+
+@dataclass(frozen=True)
+class AckDecision:
+    """What was decided for a ticket's acknowledgement when it came in."""
+
+    held: bool  # True: held back for possible spam, the rest below to send it with
+    reason: str
+    template: str | None = None
+    dmarc_passed: bool = False
+    quote: str | None = None
 
 
 class Notices:
@@ -190,12 +206,12 @@ class Notices:
         wrote it (a list's copy, with its footer); the message's own otherwise.
         """
         if not self.settings.acknowledgements.enabled:
-            return self._event(session, ticket, "ack_skipped", "acknowledgements are disabled")
+            return self._event(session, ticket, ACK_SKIPPED, "acknowledgements are disabled")
         if not answerable:
-            return self._event(session, ticket, "ack_skipped", f"not answered: {why}")
+            return self._event(session, ticket, ACK_SKIPPED, f"not answered: {why}")
         customer = ticket.requester
         if customer is None:
-            return self._event(session, ticket, "ack_skipped", "no requester address")
+            return self._event(session, ticket, ACK_SKIPPED, "no requester address")
         self._queue_notice(
             session,
             ticket,
@@ -209,6 +225,47 @@ class Notices:
             template=template if template and self.renderer.exists(template, "customer") else None,
         )
         return None
+
+    def hold_acknowledgement(
+        self,
+        session: Session,
+        ticket: Ticket,
+        template: str | None,
+        *,
+        dmarc_passed: bool,
+        quote: str | None,
+    ) -> None:
+        """The spam filter was unsure: keep the acknowledgement every other check allowed
+        (the routing rule's template, the quote) for the release to send
+        (:meth:`held_acknowledgement`)."""
+        data: dict[str, Any] = {"template": template, "dmarc_passed": dmarc_passed}
+        if quote is not None:
+            data["quote"] = quote[:QUOTE_LIMIT]
+        reason = "possible spam: not acknowledged until released"
+        self._event(session, ticket, ACK_HELD, reason, **data)
+
+    def held_acknowledgement(self, session: Session, ticket: Ticket) -> AckDecision | None:
+        """The last decision on the acknowledgement of ``ticket``: held for a release or
+        skipped (with why); None when none was recorded (or before held ones were: those
+        tickets get what a release gave them then)."""
+        event = session.scalars(
+            select(Event)
+            .where(Event.ticket_id == ticket.id, Event.kind.in_((ACK_HELD, ACK_SKIPPED)))
+            .order_by(Event.id.desc())
+            .limit(1)
+        ).first()
+        if event is None or event.reason == _LEGACY_HELD:
+            return None
+        if event.kind == ACK_SKIPPED:
+            return AckDecision(held=False, reason=event.reason)
+        data = event.data or {}
+        return AckDecision(
+            held=True,
+            reason=event.reason,
+            template=data.get("template"),
+            dmarc_passed=bool(data.get("dmarc_passed")),
+            quote=data.get("quote"),
+        )
 
     def _may_quote(self, session: Session, customer: Contact, dmarc_passed: bool) -> bool:
         """Whether the acknowledgement may carry the message back to its From.

@@ -382,8 +382,6 @@ class Applier:
             hours = self.settings.acknowledgements.max_age_hours
             why = f"written {ctx.arrival:%Y-%m-%d %H:%M} UTC, more than {hours:g} hours ago"
             answerable = False
-        elif ctx.possible_spam:
-            why, answerable = "possible spam: not acknowledged until released", False
         elif forged is not None and self.settings.acknowledgements.skip_dmarc_fail:
             why, answerable = f"{forged}: the sender is likely forged (no backscatter)", False
         elif requester is None and (unusable := _unusable_sender(ctx.message)) is not None:
@@ -393,6 +391,13 @@ class Applier:
         else:
             answerable = verdict.answerable
         template = ctx.route.result.ack_template if ctx.route is not None else None
+        dmarc_passed = self._sender_passed_dmarc(ctx)
+        if answerable and (ctx.possible_spam or ticket.possible_spam):
+            # Every other check passed: what a release sends (spam.feedback.settle_ticket).
+            self.notices.hold_acknowledgement(
+                session, ticket, template, dmarc_passed=dmarc_passed, quote=quote
+            )
+            return
         self.notices.acknowledge(
             session,
             ticket,
@@ -400,7 +405,7 @@ class Applier:
             answerable,
             why,
             template,
-            dmarc_passed=self._sender_passed_dmarc(ctx),
+            dmarc_passed=dmarc_passed,
             quote=quote,
         )
 
@@ -416,7 +421,9 @@ class Applier:
         """Her own copy after the list's copy that started the ticket unacknowledged
         (:func:`maildesk.pipeline.stages.acknowledged_as_first`): the acknowledgement
         her copy would have had first, through every check of one (``held``: the spam
-        filter quarantines her copy). The agents were told of the ticket already."""
+        filter quarantines her copy). The agents were told of the ticket already. The
+        filter unsure of her copy flags the ticket, as it would have flagged it first: the
+        acknowledgement waits for its release, as a flagged ticket's does."""
         if self.notices is None:
             return
         reason = (
@@ -424,6 +431,9 @@ class Applier:
             "started the ticket, which as list mail is never answered: her acknowledgement "
             "decided now, as if her copy had come first"
         )
+        if held is None and ctx.possible_spam and not ticket.possible_spam:
+            ticket.possible_spam = True
+            reason += "; the spam filter is unsure of her copy: the ticket is now possible spam"
         # Written at once, not with the batch's events: another copy of the mail later
         # in this batch must find it decided (queries.unacknowledged_start).
         session.add(

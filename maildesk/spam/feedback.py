@@ -348,15 +348,31 @@ def _announce(
 
     The flag is also set by a spam verdict on a ticket that was acknowledged
     and announced when it came in; a later ham verdict must not do it again.
-    As when it came in, automated mail and a list's mail are never acknowledged
-    (answering an autoresponder is a loop, MAIL-RULES §3), and only automated
-    mail is not announced: a list's mail is a person's, the agents hear of it.
+    The acknowledgement is the one held back when the mail came in, with its
+    routing rule's template; one skipped then for another reason (a rule, a
+    forged sender, automated or list mail: MAIL-RULES §3) stays skipped. Only
+    automated mail is not announced: a list's mail is a person's, the agents
+    hear of it.
     """
-    if message.auto_kind is not None:
+    decision = notices.held_acknowledgement(session, ticket)
+    if _queued(session, ticket, "ack"):
+        _event(session, ticket, now, "already acknowledged: not acknowledged again")
+    elif decision is not None and decision.held:
+        notices.acknowledge(
+            session,
+            ticket,
+            message,
+            True,
+            "released as ham",
+            decision.template,
+            dmarc_passed=decision.dmarc_passed,
+            quote=decision.quote,
+        )
+    elif decision is not None:
+        _event(session, ticket, now, f"released as ham; still not acknowledged: {decision.reason}")
+    elif message.auto_kind is not None:  # flagged before held acknowledgements were recorded
         why = f"{message.auto_kind}: automated mail is never answered"
         notices.acknowledge(session, ticket, message, False, f"released as ham; {why}")
-    elif _queued(session, ticket, "ack"):
-        _event(session, ticket, now, "already acknowledged: not acknowledged again")
     else:
         notices.acknowledge(session, ticket, message, True, "released as ham")
     automated = message.auto_kind not in (None, *HUMAN_KINDS)

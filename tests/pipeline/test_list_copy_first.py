@@ -24,6 +24,7 @@ from maildesk.db.models import Direction, Event, Intake, Message, Ticket
 from maildesk.intake.store import Envelope
 from maildesk.outbound.suppression import suppress
 from maildesk.pipeline import stages
+from maildesk.spam.feedback import SpamLabel, settle_ticket
 from tests.agents.agenthelp import (
     AGENT_ADDRESSES,
     agent_app,
@@ -161,7 +162,8 @@ def test_the_late_acknowledgement_goes_through_every_check_of_a_first_one(
 ) -> None:
     """Her copy would not have been acknowledged first (her address on the suppression
     list; the spam filter unsure of her copy, while the list is on its allow list):
-    after the list's copy it is not acknowledged either, and the ticket says why."""
+    after the list's copy it is not acknowledged either, and the ticket says why
+    (held for a release, when it is possible spam)."""
     spam = {"unsure_at": 0.0, "spam_at": 1.0, "allow_addresses": [LIST]}
     app = agent_app(
         tmp_path, database_url, clock, **({"spam": spam} if check != "suppressed" else {})
@@ -178,10 +180,11 @@ def test_the_late_acknowledgement_goes_through_every_check_of_a_first_one(
             kinds = session.scalars(
                 select(Event.kind).where(Event.kind.startswith("ack")).order_by(Event.id)
             ).all()
+            decided = "ack_skipped" if check == "suppressed" else "ack_held"
             last = session.scalars(
-                select(Event.reason).where(Event.kind == "ack_skipped").order_by(Event.id.desc())
+                select(Event.reason).where(Event.kind == decided).order_by(Event.id.desc())
             ).first()
-        assert kinds == ["ack_skipped", "ack_late", "ack_skipped"]
+        assert kinds == ["ack_skipped", "ack_late", decided]
         assert last is not None
         assert ("suppressed" if check == "suppressed" else "possible spam") in last
     finally:
@@ -251,3 +254,57 @@ def test_the_two_copies_on_two_nodes_at_once(
     finally:
         for each in apps:
             each.db.dispose()
+
+
+@pytest.mark.parametrize("unsure_of", ["hers", "the-lists"])
+def test_a_copy_the_spam_filter_is_unsure_of_flags_the_ticket_and_its_release_acknowledges_her(
+    tmp_path: Path, database_url: str, clock: FrozenClock, unsure_of: str
+) -> None:
+    """The list's copy starts the ticket and the agents hear of it; her own copy follows.
+    The filter unsure of either copy: the ticket is possible spam (as her copy first
+    would have made it) and her acknowledgement waits. The agent who answers the
+    notice with ``#ham`` releases it: she gets that acknowledgement, quoting her text,
+    and the agents are not told of the ticket again. (It used to be withheld for good:
+    the ticket was not flagged, and a release answered only the list's copy, list
+    mail, which is never answered.)"""
+    allowed = [LIST] if unsure_of == "hers" else [ALICE]
+    spam = {"unsure_at": 0.0, "spam_at": 1.0, "allow_addresses": allowed}
+    app = agent_app(
+        tmp_path, database_url, clock, spam=spam, acknowledgements={"quote_message": "always"}
+    )
+    try:
+        deliver(app, _list_copy(), mail_from=LIST_BOUNCES)
+        with app.db.transaction() as session:
+            flagged_by_the_list = session.scalars(select(Ticket.possible_spam)).one()
+        assert flagged_by_the_list is (unsure_of == "the-lists")
+        notices = [s for agent in AGENT_ADDRESSES for s in to(app, agent, "new_ticket")]
+        if unsure_of == "hers":
+            [notice] = notices  # the list's copy, not flagged, reached them
+        else:
+            assert notices == []
+        deliver(app, _direct(), mail_from=ALICE)
+        with app.db.transaction() as session:
+            assert session.scalars(select(Ticket.possible_spam)).one()
+        assert _acks(app) == []
+        assert _late_acks(app) == [(1, 1)]
+
+        if unsure_of == "hers":
+            agent = notice.recipients[0]
+            release = client_reply(notice, "#ham\n", sender=f"Agent <{agent}>")
+            deliver(app, release, rcpt=(reply_address(notice),), mail_from=agent)
+        else:
+            with app.db.transaction() as session:
+                intake = session.scalars(select(Intake).order_by(Intake.id)).first()
+                assert intake is not None
+                settle_ticket(session, intake, SpamLabel.HAM, app.notices(), clock(), actor="ops")
+
+        [ack] = [s for s in outbox(app) if s.purpose == "ack"]
+        assert ack.recipients == [ALICE]
+        assert ack.msg["In-Reply-To"] == "<n1@customer.test>"
+        assert "my printer is on fire" in ack.text and "Users mailing list" not in ack.text
+        told = [s.purpose for agent in AGENT_ADDRESSES for s in to(app, agent)]
+        assert told.count("new_ticket") == 1, told
+        with app.db.transaction() as session:
+            assert not session.scalars(select(Ticket.possible_spam)).one()
+    finally:
+        app.db.dispose()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -17,7 +18,7 @@ from sqlalchemy import select
 
 from maildesk.app import App
 from maildesk.cli import main
-from maildesk.db.models import Intake, Outbox, Ticket
+from maildesk.db.models import Blob, Intake, Outbox, Ticket
 from tests.conftest import FrozenClock, make_settings
 from tests.mailfactory import deliver, make_mail, reply_to
 
@@ -40,7 +41,9 @@ EVERYTHING_IS_UNSURE = {"unsure_at": 0.0, "spam_at": 1.0}
 EVERYTHING_IS_HAM = {"unsure_at": 1.0, "spam_at": 1.0}
 
 
-def desk(tmp_path: Path, database_url: str, clock: FrozenClock, spam: dict[str, float]) -> App:
+def desk(
+    tmp_path: Path, database_url: str, clock: FrozenClock, spam: dict[str, float], **more: Any
+) -> App:
     """The daemon's side: agents in group L1, the filter as strict as ``spam`` says."""
     rules = tmp_path / "rules"
     rules.mkdir(exist_ok=True)
@@ -51,6 +54,7 @@ def desk(tmp_path: Path, database_url: str, clock: FrozenClock, spam: dict[str, 
         groups=[{"name": "L1"}],
         routing={"default_group": "L1", "rules_dir": str(rules)},
         spam=spam,
+        **more,
     )
     return App.build(settings, clock=clock)
 
@@ -60,10 +64,12 @@ def ops(
 ) -> Callable[..., str]:
     """``maildesk ...`` as ops run it on the same installation, on the test's clock."""
     config = tmp_path / "maildesk.toml"
+    templates = app.settings.templates_dir  # None: the shipped ones
     config.write_text(
         f'data_dir = "{tmp_path / "cli-data"}"\n'
         f'database_url = "{app.settings.database_url}"\n'
-        'support_addresses = ["support@example.com"]\n'
+        + (f'templates_dir = "{templates}"\n' if templates is not None else "")
+        + 'support_addresses = ["support@example.com"]\n'
         'installation_secret = "test-secret"\n' + AGENTS_TOML.format(rules=tmp_path / "rules")
     )
     build = App.build.__func__  # type: ignore[attr-defined]
@@ -211,5 +217,63 @@ def test_a_lists_mail_marked_ham_reaches_the_agents_as_it_would_have_unflagged(
             run = ops(app, tmp_path, clock, monkeypatch)
             assert "released" in run("spam", "mark", "ham", "list@customer.test")
         assert mail_out(app) == [("new_ticket", ["bob@agents.test"])]
+    finally:
+        app.db.dispose()
+
+
+RULES = """
+[[rule]]
+name = "billing"
+when = { subject_keywords = ["invoice"] }
+then = { ack_template = "ack_billing" }
+
+[[rule]]
+name = "campaigns-quiet"
+when = { header = { name = "X-Campaign", regex = "." } }
+then = { ack = false }
+"""
+
+
+def test_a_released_ticket_gets_the_acknowledgement_its_routing_rules_chose(
+    tmp_path: Path, database_url: str, clock: FrozenClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flagged possible spam, then marked ham: the acknowledgement held back is the one
+    the routing rules chose when the mail came in (their template), and mail a rule
+    says never to acknowledge stays unacknowledged. A release used to send the
+    generic acknowledgement to both."""
+    (tmp_path / "rules").mkdir()
+    (tmp_path / "rules" / "10-main.toml").write_text(RULES, encoding="utf-8")
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    for item in (Path(__file__).resolve().parents[2] / "templates").iterdir():
+        if item.is_file():
+            (templates / item.name).write_bytes(item.read_bytes())
+    (templates / "ack_billing.customer.txt.j2").write_text(
+        "Subject: Billing got your mail\n\nThe billing team has ticket {{ ticket.number }}.\n"
+    )
+    app = desk(tmp_path, database_url, clock, EVERYTHING_IS_UNSURE, templates_dir=templates)
+    try:
+        deliver(app, make_mail(message_id="bill@customer.test", subject="Invoice question"))
+        quiet = make_mail(
+            message_id="news@customer.test",
+            sender="bob@customer.test",
+            subject="Our newsletter",
+            headers={"X-Campaign": "7"},
+        )
+        deliver(app, quiet, mail_from="bob@customer.test")
+        assert [t.possible_spam for t in tickets(app)] == [True, True] and mail_out(app) == []
+
+        run = ops(app, tmp_path, clock, monkeypatch)
+        assert "released" in run("spam", "mark", "ham", "bill@customer.test")
+        assert "released" in run("spam", "mark", "ham", "news@customer.test")
+
+        assert mail_out(app) == [
+            *ANNOUNCED,
+            ("new_ticket", ["bob@agents.test"]),  # the quiet one: the agents, not bob
+        ]
+        with app.db.transaction() as session:
+            ack = session.scalars(select(Outbox).where(Outbox.purpose == "ack")).one()
+            blob = session.get(Blob, ack.raw_sha256)
+            assert blob is not None and b"The billing team has ticket 1" in bytes(blob.data)
     finally:
         app.db.dispose()
