@@ -67,6 +67,11 @@ def failed_dmarc(headers: Sequence[str], trusted_ids: Iterable[str]) -> str | No
     return None
 
 
+def no_backscatter(failed: str) -> str:
+    """Why no automatic mail goes to a From our MTA found failing DMARC (``failed``)."""
+    return f"{failed}: the sender is likely forged (no backscatter)"
+
+
 def passed_dmarc(headers: Sequence[str], trusted_ids: Iterable[str]) -> str | None:
     """``dmarc=pass (domain)`` when our own MTA found the From's domain vouching for it."""
     for method, result, domain in trusted_results(headers, trusted_ids):

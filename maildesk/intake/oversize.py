@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 from maildesk.config import ImapMailboxSettings, OversizeNotice, Settings
 from maildesk.db.models import Blob, Event, Intake, IntakeState, Outbox, OutboxState
 from maildesk.domain.author import MAX_SHOWN_NAME, shorten
+from maildesk.domain.authresults import failed_dmarc, no_backscatter
 from maildesk.domain.autodetect import classify
 from maildesk.domain.message import TRUNCATED_HEADER
 from maildesk.domain.rawheader import raw_header_values
@@ -112,6 +113,10 @@ def _notice(session: Session, notices: Notices, intake: Intake, now: datetime) -
     verdict = classify(msg, envelope_sender=None, own_addresses=settings.own_addresses)
     if verdict.kind not in HUMAN_KINDS:
         return f"automated mail ({verdict.kind}) is never answered"
+    authentication = msg.header_all("Authentication-Results")
+    failed = failed_dmarc(authentication, settings.agent_mail.trusted_authserv_ids)
+    if failed is not None and settings.acknowledgements.skip_dmarc_fail:
+        return no_backscatter(failed)  # as for an acknowledgement: never to a forged From
     sender = msg.from_.addr if msg.from_ else ""
     blocked = notices.blocked_reason(session, sender, PURPOSE)
     if blocked:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from email.errors import HeaderParseError
 from email.headerregistry import Address as HeaderAddress
+from email.headerregistry import HeaderRegistry
 from email.message import EmailMessage
 from email.policy import SMTP, Policy
 from email.utils import format_datetime
@@ -57,9 +58,34 @@ MAX_LINE_OCTETS = 998
 MAX_QUOTED_SUBJECT = 2000
 
 
-def one_line(value: str) -> str:
-    """Fold any line breaks and control characters out of a header value."""
+# The email package's reading of a header value, as it reads ours when we write them.
+_HEADERS = HeaderRegistry()
+# How many RFC 2047 layers one_line takes off a value before it gives up decoding.
+MAX_ENCODED_LAYERS = 8
+
+
+def _folded(value: str) -> str:
     return " ".join("".join(ch if ch >= " " or ch == "\t" else " " for ch in value).split())
+
+
+def one_line(value: str) -> str:
+    """Fold any line breaks and control characters out of a header value.
+
+    What the email package would decode in it is decoded and folded first: an
+    RFC 2047 encoded-word in the text (a subject or name the sender encoded twice,
+    its inner layer holding a CR LF) is decoded again when the text becomes a header
+    of our mail, and Python before 3.11.10 and 3.12.5 writes that line break as it
+    is (CVE-2024-6923): a ``Bcc:`` or a body of the sender's choosing in our mail.
+    """
+    text = _folded(value)
+    for _ in range(MAX_ENCODED_LAYERS):
+        if "=?" not in text:
+            return text
+        decoded = _folded(str(_HEADERS("Subject", text)))
+        if decoded == text:
+            return text
+        text = decoded
+    return text.replace("=?", "= ?")  # still encoded: written as plain text, not decoded
 
 
 def quoted_subject(subject: str) -> str:

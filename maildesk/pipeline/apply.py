@@ -33,7 +33,7 @@ from maildesk.db.queries import LATE_ACK, KnownId, StoredMessage
 from maildesk.db.upsert import insert_ignore, insert_row, upsert_contact
 from maildesk.domain.address import MAX_UNUSABLE_NOTES, base_address, elided, overlong_address
 from maildesk.domain.author import customer_address, list_author, shown_sender
-from maildesk.domain.authresults import failed_dmarc, passed_dmarc
+from maildesk.domain.authresults import failed_dmarc, no_backscatter, passed_dmarc
 from maildesk.domain.autodetect import AutoKind
 from maildesk.domain.bounces import undeliverable
 from maildesk.domain.message import Address, ParsedMessage
@@ -383,7 +383,7 @@ class Applier:
             why = f"written {ctx.arrival:%Y-%m-%d %H:%M} UTC, more than {hours:g} hours ago"
             answerable = False
         elif forged is not None and self.settings.acknowledgements.skip_dmarc_fail:
-            why, answerable = f"{forged}: the sender is likely forged (no backscatter)", False
+            why, answerable = no_backscatter(forged), False
         elif requester is None and (unusable := _unusable_sender(ctx.message)) is not None:
             why, answerable = unusable, False
         elif ctx.route is not None and ctx.route.result.ack_suppressed_by:

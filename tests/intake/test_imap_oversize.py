@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email
 from collections.abc import Iterator
 from email.header import decode_header, make_header
@@ -174,6 +175,49 @@ def test_no_notice_to_automated_mail_or_when_the_policy_is_none(
         assert any("policy is none" in r for r in events(quiet))
     finally:
         quiet.db.dispose()
+
+
+FORGED = "mx.example.com; spf=fail smtp.mailfrom=evil.test; dmarc=fail header.from=bank.test"
+# A subject encoded twice, its inner word holding a CR LF and a header (CVE-2024-6923).
+INJECTED = (
+    "=?utf-8?b?" + base64.b64encode(b"=?utf-8?q?Scans=0D=0ABcc=3A_x=40evil=2Etest?=").decode()
+)
+
+
+def test_no_notice_to_a_forged_sender_nor_a_header_from_a_subject_encoded_twice(
+    tmp_path: Path, database_url: str, clock: FrozenClock, dovecot: Dovecot
+) -> None:
+    """A From our MTA found failing DMARC is forged: the acknowledgement of such mail is
+    not sent (no backscatter), and the notice, which repeats the forger's subject and
+    name to the address he chose, was. A subject encoded twice put its own Bcc line
+    into the notice."""
+    block = dovecot.mailbox(
+        USER, max_message_bytes=LIMIT, oversize_notice="sender", post_action="none"
+    )
+    trusting = {"trusted_authserv_ids": ["mx.example.com"]}
+    settings = make_settings(tmp_path, database_url, imap=[block], agent_mail=trusting)
+    app = App.build(settings, clock=clock)
+    try:
+        forged = make_mail(
+            sender="Victim <victim@bank.test>",
+            subject="Your account is locked: call +1 555 0100",
+            body=BIG_BODY,
+            headers={"Authentication-Results": FORGED},
+        )
+        dovecot.append(USER, crlf(forged))
+        dovecot.append(USER, crlf(make_mail(subject=INJECTED + "?=", body=BIG_BODY)))
+        read_in(app, dovecot, 2)
+        assert notify(app) == 1
+        (notice,) = outbox(app)
+        assert notice["To"] == "alice@customer.test"
+        assert notice["Bcc"] is None
+        forged_sender = "dmarc=fail (bank.test): the sender is likely forged (no backscatter)"
+        assert sorted(events(app)) == [
+            "no too_large notice: " + forged_sender,
+            "too_large notice queued",
+        ]
+    finally:
+        app.db.dispose()
 
 
 def test_one_hostile_sender_does_not_block_the_other_notices(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import email
 import email.utils
 from email.message import Message as EmailMessageT
@@ -230,6 +231,64 @@ def test_header_injection_in_subject_and_name_cannot_add_headers(app: App) -> No
     assert row.recipients == ["alice@customer.test"]
     assert "\n" not in ack["Subject"] and "\r" not in ack["Subject"]
     assert "victim@evil.test" not in ack.as_string().split("\n\n", 1)[0].replace(ack["Subject"], "")
+
+
+def _encoded(text: str, layers: int) -> str:
+    """``text`` as an RFC 2047 word, that as another one, ``layers`` deep."""
+    for _ in range(layers):
+        text = "=?utf-8?b?" + base64.b64encode(text.encode()).decode() + "?="
+    return text
+
+
+INJECTED_SUBJECT = "=?utf-8?q?hi=0D=0ABcc=3A_victim=40evil=2Etest=0D=0A=0D=0AInjected_body?="
+INJECTED_NAME = "=?utf-8?q?Alice=0D=0AX-Injected=3A_yes?="
+
+
+@pytest.mark.parametrize("layers", [1, 2, 5])
+def test_a_subject_or_name_encoded_twice_or_more_cannot_add_headers_or_a_body(
+    app: App, layers: int
+) -> None:
+    """A subject whose encoded-word decodes to another encoded-word holding a CR LF:
+    decoded once on the way in, the email package decoded it again as our
+    acknowledgement was written, and Python before 3.11.10/3.12.5 wrote the line break
+    as it is (CVE-2024-6923). The acknowledgement went out with the sender's Bcc and
+    a body of his choosing in place of ours. (The name is decoded twice on the way in.)"""
+    raw = make_mail(message_id="dbl@customer.test", subject="hi").replace(
+        b"Subject: hi", b"Subject: " + _encoded(INJECTED_SUBJECT, layers).encode()
+    )
+    raw = raw.replace(
+        b"From: Alice Customer", b"From: " + _encoded(INJECTED_NAME, layers + 1).encode()
+    )
+    deliver(app, raw)
+    [(row, ack)] = outbox(app)
+    assert row.recipients == ["alice@customer.test"]
+    head, _, body = ack.as_string().partition("\n\n")
+    assert ack["Bcc"] is None and ack["X-Injected"] is None, head
+    assert "\nBcc:" not in head and "\nX-Injected:" not in head, head
+    assert "thank you for writing to us" in body and "Injected body" not in body
+
+
+def test_a_subject_encoded_twice_cannot_add_a_header_to_the_agents_notice(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """The new-ticket notice repeats the subject to the agents: a second Reply-To in it
+    would take their answer, internal notes and all, to the sender's address."""
+    from tests.agents.agenthelp import agent_app, to  # agenthelp imports tests.conftest
+
+    app = agent_app(tmp_path, database_url, clock)
+    try:
+        inner = "=?utf-8?q?hi=0D=0AReply-To=3A_thief=40evil=2Etest?="
+        raw = make_mail(message_id="dbla@customer.test", subject="hi").replace(
+            b"Subject: hi", b"Subject: " + _encoded(inner, 1).encode()
+        )
+        deliver(app, raw)
+        [notice] = to(app, "bob@agents.test", "new_ticket")
+        head = notice.raw.split(b"\r\n\r\n", 1)[0].decode()
+        replies = [line for line in head.split("\r\n") if line.lower().startswith("reply-to:")]
+        assert len(replies) == 1 and "thief" not in replies[0], head
+        assert notice.msg["Subject"].endswith("hi Reply-To: thief@evil.test"), head
+    finally:
+        app.db.dispose()
 
 
 def test_bounce_of_our_ack_suppresses_the_address(app: App) -> None:
