@@ -31,6 +31,7 @@ from maildesk.domain.signing import RefPurpose, claimed_reply_local_part
 from maildesk.domain.subject import find_ticket_numbers
 from maildesk.people import Directory
 from maildesk.pipeline.context import MessageContext, Stop, StopKind, ThreadDecision, ThreadRule
+from maildesk.pipeline.spam import spam_posing_as_an_agent
 
 if TYPE_CHECKING:
     from maildesk.pipeline.stages import StageDeps
@@ -119,6 +120,17 @@ def agent_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop 
             return None  # customer mail
         checked = _auth(ctx, settings, sender_agent)
         parsed = parse_commands(msg.text)
+        joins_by_from = bool(internal) and thread.ticket_id is not None
+        tagged = bool(parsed.commands) and thread.rule in (
+            ThreadRule.SUBJECT_TAG,
+            ThreadRule.NEW_TICKET,
+        )
+        if (joins_by_from or tagged) and checked.ok and not checked.passed:
+            # Only the From says it is an agent's: a stranger's spam is spam, not a note
+            # on a ticket nor a request to the agent to confirm its commands.
+            why = f"only its From, {sender}, says it is agent {sender_agent.name}'s"
+            if (spam := spam_posing_as_an_agent(ctx, settings, why)) is not None:
+                return spam
         if internal and thread.ticket_id is not None and checked.ok:
             if parsed.commands:
                 # A note needs no more than the From; commands do (From alone proves
@@ -155,6 +167,7 @@ def agent_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop 
         if joins:
             return _hold(
                 ctx,
+                settings,
                 thread.ticket_id or thread.link_to,
                 sender_agent.name,
                 f"mail from agent address {sender} without a reply address signed for "
@@ -166,9 +179,10 @@ def agent_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop 
 
     ticket = _by_number(session, ctx, verdict.ticket) if verdict.ticket is not None else None
     if not verdict.trusted:
-        return _hold(ctx, ticket.id if ticket else None, verdict.agent, verdict.reason)
+        return _hold(ctx, settings, ticket.id if ticket else None, verdict.agent, verdict.reason)
     if ticket is None:
-        return _hold(ctx, None, verdict.agent, f"names ticket #{verdict.ticket}, which is unknown")
+        unknown = f"names ticket #{verdict.ticket}, which is unknown"
+        return _hold(ctx, settings, None, verdict.agent, unknown)
     assert verdict.ref is not None
     evidence = f"agent mail: {verdict.reason} ({', '.join(verdict.checks)} passed)"
     ctx.thread = ThreadDecision(ThreadRule.SIGNED_REFERENCE, ticket.id, evidence)
@@ -188,7 +202,15 @@ def agent_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop 
     return None
 
 
-def _hold(ctx: MessageContext, ticket_id: int | None, agent: str | None, reason: str) -> Stop:
+def _hold(
+    ctx: MessageContext, settings: Settings, ticket_id: int | None, agent: str | None, reason: str
+) -> Stop:
+    """Hold a mail that claims to be an agent's and is not proven so; the real agent is
+    told (a forgery, or their own mail failing its checks). Unless the filter calls it
+    spam: a stranger's spam sent to a forged reply address warns nobody."""
+    spam = spam_posing_as_an_agent(ctx, settings, f"not held as agent mail: {reason}")
+    if spam is not None:
+        return spam
     ctx.agent = AgentMail(HELD, ticket_id, agent, reason)
     return Stop(StopKind.QUARANTINE, f"held agent mail: {reason}")
 

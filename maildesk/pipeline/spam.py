@@ -27,7 +27,7 @@ from maildesk.spam.bands import Band
 
 if TYPE_CHECKING:
     from maildesk.pipeline.stages import StageDeps
-    from maildesk.spam.scoring import SpamScorer
+    from maildesk.spam.scoring import SpamScore, SpamScorer
 
 log = logging.getLogger("maildesk.spam")
 
@@ -41,17 +41,46 @@ def score_message(ctx: MessageContext, scorer: SpamScorer) -> None:
         ctx.note("spam", f"not scored: {type(exc).__name__}: {exc}")
 
 
-def spam_stage(ctx: MessageContext, _session: Session, deps: StageDeps) -> Stop | None:
-    score = ctx.spam
-    if score is None or not deps.settings.spam.enabled:
-        return None
-    facts = {
+def _described(score: SpamScore) -> tuple[dict[str, object], str]:
+    facts: dict[str, object] = {
         "probability": round(score.probability, 6),
         "band": str(score.band),
         "model": score.model.split(" ", 1)[0],
         "model_version": score.version,
     }
-    summary = f"p={score.probability:.3f} ({score.band}) by the {score.model} model"
+    return facts, f"p={score.probability:.3f} ({score.band}) by the {score.model} model"
+
+
+def _quarantined_as_spam(
+    ctx: MessageContext, facts: dict[str, object], summary: str, why: str = ""
+) -> Stop:
+    ctx.note("spam", f"{summary}: quarantined as spam, no mail of any kind{why}", **facts)
+    return Stop(StopKind.QUARANTINE, f"spam: {summary}")
+
+
+def spam_posing_as_an_agent(ctx: MessageContext, settings: Settings, why: str) -> Stop | None:
+    """The quarantine of mail the filter calls spam that only looks like an agent's, or None.
+
+    For the agent stage, before it holds a mail that is not proven an agent's (no
+    reference signed for the agent, or one that does not verify) and warns the real
+    agent, or asks them to confirm its commands: such a mail is a stranger's, and a
+    stranger's spam makes no mail of any kind, nor a note on anyone's ticket.
+    """
+    score = ctx.spam
+    if score is None or not settings.spam.enabled or ctx.forced or score.band is not Band.SPAM:
+        return None
+    sender = ctx.message.from_.addr if ctx.message.from_ else ""
+    if exemption(settings, sender):
+        return None
+    facts, summary = _described(score)
+    return _quarantined_as_spam(ctx, facts, summary, f" ({why})")
+
+
+def spam_stage(ctx: MessageContext, _session: Session, deps: StageDeps) -> Stop | None:
+    score = ctx.spam
+    if score is None or not deps.settings.spam.enabled:
+        return None
+    facts, summary = _described(score)
     if ctx.forced:
         ctx.note("spam", f"{summary}; not filtered: released from quarantine by ops", **facts)
         return None
@@ -74,8 +103,7 @@ def spam_stage(ctx: MessageContext, _session: Session, deps: StageDeps) -> Stop 
         ctx.note("spam", f"{summary}; not filtered: {exempt}", **facts)
         return None
     if score.band is Band.SPAM:
-        ctx.note("spam", f"{summary}: quarantined as spam, no mail of any kind", **facts)
-        return Stop(StopKind.QUARANTINE, f"spam: {summary}")
+        return _quarantined_as_spam(ctx, facts, summary)
     if score.band is Band.UNSURE:
         ctx.possible_spam = True
         ctx.note("spam", f"{summary}: possible spam, not acknowledged until released", **facts)

@@ -65,12 +65,15 @@ def ops(
     """``maildesk ...`` as ops run it on the same installation, on the test's clock."""
     config = tmp_path / "maildesk.toml"
     templates = app.settings.templates_dir  # None: the shipped ones
+    spam = app.settings.spam
     config.write_text(
         f'data_dir = "{tmp_path / "cli-data"}"\n'
         f'database_url = "{app.settings.database_url}"\n'
         + (f'templates_dir = "{templates}"\n' if templates is not None else "")
         + 'support_addresses = ["support@example.com"]\n'
-        'installation_secret = "test-secret"\n' + AGENTS_TOML.format(rules=tmp_path / "rules")
+        'installation_secret = "test-secret"\n'
+        + AGENTS_TOML.format(rules=tmp_path / "rules")
+        + f"[spam]\nunsure_at = {spam.unsure_at}\nspam_at = {spam.spam_at}\n"  # the daemon's
     )
     build = App.build.__func__  # type: ignore[attr-defined]
     monkeypatch.setattr(
