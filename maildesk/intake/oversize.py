@@ -44,6 +44,7 @@ from maildesk.outbound.compose import (
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.context import HUMAN_KINDS
 from maildesk.pipeline.parse import ParseError, parse_message
+from maildesk.pipeline.spam import objection_to_answering
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.base import BaseScheduler
@@ -117,6 +118,9 @@ def _notice(session: Session, notices: Notices, intake: Intake, now: datetime) -
     failed = failed_dmarc(authentication, settings.agent_mail.trusted_authserv_ids)
     if failed is not None and settings.acknowledgements.skip_dmarc_fail:
         return no_backscatter(failed)  # as for an acknowledgement: never to a forged From
+    spam = objection_to_answering(session, settings, msg)
+    if spam is not None:
+        return spam
     sender = msg.from_.addr if msg.from_ else ""
     blocked = notices.blocked_reason(session, sender, PURPOSE)
     if blocked:

@@ -22,8 +22,10 @@ from sqlalchemy.orm import Session
 from maildesk.config import Settings
 from maildesk.db.queries import answered_customer
 from maildesk.domain.address import base_address
+from maildesk.domain.message import ParsedMessage
 from maildesk.pipeline.context import MessageContext, Stop, StopKind
 from maildesk.spam.bands import Band
+from maildesk.spam.scoring import ScorerSpec, scorer_for
 
 if TYPE_CHECKING:
     from maildesk.pipeline.stages import StageDeps
@@ -74,6 +76,29 @@ def spam_posing_as_an_agent(ctx: MessageContext, settings: Settings, why: str) -
         return None
     facts, summary = _described(score)
     return _quarantined_as_spam(ctx, facts, summary, f" ({why})")
+
+
+def objection_to_answering(session: Session, settings: Settings, msg: ParsedMessage) -> str | None:
+    """Why the filter forbids mail to the sender of ``msg`` that answers no ticket, or None.
+
+    For the IMAP over-size notice, scored on the header alone (the rest was never
+    fetched): spam gets no mail of any kind, and unsure none until released, which
+    mail that was never fetched never is. Exempt as in :func:`spam_stage`.
+    """
+    spec = ScorerSpec.from_settings(settings)
+    sender = msg.from_.addr if msg.from_ else ""
+    if spec is None or exemption(settings, sender):
+        return None
+    if sender and answered_customer(session, sender) is not None:
+        return None
+    try:
+        score = scorer_for(spec).score(msg)
+    except Exception as exc:  # as score_message: a hostile header must not stop the pass
+        log.warning("spam scoring of a header failed: %s", exc)
+        return None
+    if score is None or score.band is Band.HAM:
+        return None
+    return f"the spam filter's verdict on its header, {_described(score)[1]}"
 
 
 def spam_stage(ctx: MessageContext, _session: Session, deps: StageDeps) -> Stop | None:

@@ -220,6 +220,33 @@ def test_no_notice_to_a_forged_sender_nor_a_header_from_a_subject_encoded_twice(
         app.db.dispose()
 
 
+@pytest.mark.parametrize(
+    "spam", [{"unsure_at": 0.0, "spam_at": 0.0}, {"unsure_at": 0.0, "spam_at": 1.0}]
+)
+def test_no_notice_to_the_sender_of_mail_the_spam_filter_holds(
+    tmp_path: Path, database_url: str, clock: FrozenClock, dovecot: Dovecot, spam: dict[str, float]
+) -> None:
+    """Spam makes no mail of any kind (issue 6): the notice went to whoever sent a mail
+    too large to fetch, spam or not. The header is all there is to score; "unsure"
+    sends nothing either, as nothing goes to an unsure sender until release."""
+    block = dovecot.mailbox(
+        USER, max_message_bytes=LIMIT, oversize_notice="sender", post_action="none"
+    )
+    settings = make_settings(tmp_path, database_url, imap=[block], spam=spam)
+    app = App.build(settings, clock=clock)
+    try:
+        dovecot.append(USER, mail(1, subject="Scans attached", body=BIG_BODY))
+        read_in(app, dovecot, 1)
+        assert notify(app) == 0
+        assert outbox(app) == []
+        (reason,) = events(app)
+        band = "spam" if spam["spam_at"] == 0.0 else "unsure"
+        assert reason.startswith("no too_large notice: the spam filter's verdict on its header")
+        assert f"({band})" in reason
+    finally:
+        app.db.dispose()
+
+
 def test_one_hostile_sender_does_not_block_the_other_notices(
     tmp_path: Path, database_url: str, clock: FrozenClock
 ) -> None:
