@@ -43,6 +43,12 @@ def _last_intake(app: App) -> Intake:
         return row
 
 
+def _assert_held_as_spam(app: App) -> None:
+    held = _last_intake(app)
+    assert held.state is IntakeState.QUARANTINED
+    assert (held.quarantine_reason or "").startswith("spam:"), held.quarantine_reason
+
+
 def _new_mail(app: App, before: int) -> list[tuple[str, list[str]]]:
     return [(s.purpose, s.recipients) for s in outbox(app)[before:]]
 
@@ -71,18 +77,26 @@ def test_spam_to_a_forged_agent_reply_address_warns_no_agent(
             )
         deliver(app, spam, rcpt=(rcpt,), mail_from="mallory@spam.test")
         assert _new_mail(app, before) == [], "spam made outbound mail"
-        held = _last_intake(app)
-        assert held.state is IntakeState.QUARANTINED
-        assert (held.quarantine_reason or "").startswith("spam:"), held.quarantine_reason
+        _assert_held_as_spam(app)
     finally:
         app.db.dispose()
 
 
-def test_spam_forging_an_agents_from_and_quoting_a_ticket_number_warns_no_agent(
-    tmp_path: Path, database_url: str, clock: FrozenClock
+@pytest.mark.parametrize(
+    "body",
+    [
+        "Best prices on meds, click here\n",
+        "#priority urgent\n\nBest prices on meds: http://pills.spam.test/\n",
+    ],
+    ids=["plain", "with-a-command"],
+)
+def test_spam_under_an_agents_from_naming_a_ticket_warns_no_agent_and_notes_nothing(
+    tmp_path: Path, database_url: str, clock: FrozenClock, body: str
 ) -> None:
-    """From: bob (forged), ``[Support #1]`` in the subject, no reference of ours: the
-    thread stage makes it a new ticket (linked: bob is no participant of #1)."""
+    """From: bob (forged), ``[Support #1]`` in the subject, no reference of ours. Plain,
+    the thread stage makes it a new ticket linked to #1 (bob is no participant of it),
+    and it was held as forged agent mail, bob warned; with a ``#priority`` line, the
+    agent stage made it a "reply to apply" request on #1, its text a note there."""
     app = _with_ticket_one(tmp_path, database_url, clock)
     try:
         before = len(outbox(app))
@@ -90,38 +104,14 @@ def test_spam_forging_an_agents_from_and_quoting_a_ticket_number_warns_no_agent(
             "Bob Agent <bob@agents.test>",
             "support@example.com",
             "[Support #1] Cheap meds, act now",
-            "Best prices on meds, click here\n",
+            body,
         )
         deliver(app, spam, mail_from="bob@agents.test")
         assert _new_mail(app, before) == [], "spam made outbound mail"
-        held = _last_intake(app)
-        assert (held.quarantine_reason or "").startswith("spam:"), held.quarantine_reason
-    finally:
-        app.db.dispose()
-
-
-def test_spam_forging_an_agents_from_with_a_command_line_is_not_kept_or_confirmed(
-    tmp_path: Path, database_url: str, clock: FrozenClock
-) -> None:
-    """The same forged mail with a ``#priority`` line at the top: the agent stage turns
-    it into a "reply to apply" request on #1, so the spam stage sees it join #1."""
-    app = _with_ticket_one(tmp_path, database_url, clock)
-    try:
-        before = len(outbox(app))
-        spam = plain_mail(
-            "Bob Agent <bob@agents.test>",
-            "support@example.com",
-            "[Support #1] Cheap meds, act now",
-            "#priority urgent\n\nBest prices on meds: http://pills.spam.test/\n",
-        )
-        deliver(app, spam, mail_from="bob@agents.test")
-        new = _new_mail(app, before)
         with app.db.transaction() as session:
             kinds = list(session.scalars(select(Message.kind).where(Message.ticket_id == 1)))
-        noted = MessageKind.INTERNAL_NOTE in kinds
-        assert (new, noted) == ([], False), "spam made outbound mail / a note on ticket #1"
-        held = _last_intake(app)
-        assert (held.quarantine_reason or "").startswith("spam:"), held.quarantine_reason
+        assert MessageKind.INTERNAL_NOTE not in kinds, "spam kept as a note on ticket #1"
+        _assert_held_as_spam(app)
     finally:
         app.db.dispose()
 
@@ -158,15 +148,15 @@ def test_spam_that_looks_automated_ours_or_a_reply_makes_no_mail(
         ]
         for raw in cases:
             deliver(app, raw, mail_from="mallory@spam.test")
-            assert (_last_intake(app).quarantine_reason or "").startswith("spam:")
+            _assert_held_as_spam(app)
         deliver(
             app,
             make_mail(sender="mallory@spam.test", subject="pills 2"),
             rcpt=("support@example.com", "support+t-1-00000000@example.com"),
         )
-        assert (_last_intake(app).quarantine_reason or "").startswith("spam:")
+        _assert_held_as_spam(app)
         deliver(app, make_mail(sender="mallory@spam.test", subject="pills 3"), source="file")
-        assert (_last_intake(app).quarantine_reason or "").startswith("spam:")
+        _assert_held_as_spam(app)
         assert _new_mail(app, before) == []
     finally:
         app.db.dispose()
@@ -184,7 +174,7 @@ def test_spam_retried_from_quarantine_is_scored_again_and_makes_no_mail(
         deliver(app, make_mail(sender="mallory@spam.test", subject="pills"))
         run = ops(app, tmp_path, clock, monkeypatch)
         assert "quarantined 1" in run("quarantine", "retry", str(held(app)))
-        assert (_last_intake(app).quarantine_reason or "").startswith("spam:")
+        _assert_held_as_spam(app)
         assert mail_out(app) == []
     finally:
         app.db.dispose()
@@ -221,6 +211,6 @@ def test_an_agents_note_to_the_internal_address_is_kept_when_their_domain_vouche
         with app.db.transaction() as session:
             kinds = list(session.scalars(select(Message.kind).where(Message.ticket_id == 1)))
         assert kinds.count(MessageKind.INTERNAL_NOTE) == 1
-        assert (_last_intake(app).quarantine_reason or "").startswith("spam:")
+        _assert_held_as_spam(app)
     finally:
         app.db.dispose()
