@@ -16,6 +16,7 @@ import os
 import re
 import secrets
 import socket
+import ssl
 import stat
 import tomllib
 from collections.abc import Iterable
@@ -30,6 +31,7 @@ from pydantic import (
     ConfigDict,
     Field,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -52,8 +54,28 @@ class ConfigError(Exception):
         super().__init__(f"{file}: {key}: {reason}" if key else f"{file}: {reason}")
 
 
+# The longest time a setting may name: ten years. Beyond it, date arithmetic leaves
+# datetime's range (a window of 1e300 days quarantined every mail with OverflowError).
+MAX_DURATION_SECONDS = 10 * 365 * 86400
+_UNIT_SECONDS = {"_seconds": 1, "_minutes": 60, "_hours": 3600, "_days": 86400}
+
+
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @field_validator("*")
+    @classmethod
+    def _duration_in_range(cls, value: object, info: ValidationInfo) -> object:
+        """Every ``*_seconds``/``_minutes``/``_hours``/``_days`` setting: ten years at most."""
+        name = info.field_name or ""
+        unit = next((s for suffix, s in _UNIT_SECONDS.items() if name.endswith(suffix)), None)
+        if (
+            unit is not None
+            and isinstance(value, int | float)
+            and value * unit > MAX_DURATION_SECONDS
+        ):
+            raise ValueError(f"at most {MAX_DURATION_SECONDS / unit:g} (ten years), not {value:g}")
+        return value
 
 
 class ThreadingSettings(_Section):
@@ -646,7 +668,10 @@ def parse_listen_address(value: str) -> tuple[str, int]:
 
 
 def _plain_address(addr: str) -> str:
-    if "@" not in addr or any(c in addr for c in " \r\n<>,"):
+    """``local@domain`` as written in a config: both parts there, no name, no brackets."""
+    local, _, domain = addr.rpartition("@")
+    labels = domain.split(".")
+    if not local or not domain or any(c in addr for c in " \t\r\n<>,") or "" in labels:
         raise ValueError(f"not a plain address: {addr!r}")
     return addr.lower()
 
@@ -899,10 +924,9 @@ class Settings(_Section):
     @field_validator("support_addresses")
     @classmethod
     def _lower_addresses(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for addr in value:
-            if "@" not in addr or any(c in addr for c in " \r\n<>,"):
-                raise ValueError(f"not a plain address: {addr!r}")
-        return tuple(a.lower() for a in value)
+        if not value:
+            raise ValueError("at least one address is needed: the one customers write to")
+        return tuple(_plain_address(a) for a in value)
 
     @property
     def effective_node_name(self) -> str:
@@ -1002,6 +1026,7 @@ def load_settings(explicit: str | None = None, data_dir: str | None = None) -> S
             key, reason = f"{key}.{named[1]}", named[2]  # and one within a section, its own
         raise ConfigError(source, key, reason) from None
     _check_directories(settings)
+    _check_files(settings)
     return settings
 
 
@@ -1013,11 +1038,38 @@ def _check_directories(settings: Settings) -> None:
     }
     for key, path in named.items():
         if path is not None and not path.is_dir():
-            reason = "no such directory" if not path.exists() else "not a directory"
-            reason = f"{reason}: {path}"
-            if not path.is_absolute():  # under systemd that is /, not where ops ran `check`
-                reason += f" (relative to the working directory {Path.cwd()})"
-            raise ConfigError(settings.source, key, reason)
+            raise ConfigError(settings.source, key, _missing(path, "directory"))
+
+
+def _check_files(settings: Settings) -> None:
+    """Files named in the config are there and are what they should be: found out at the
+    first mail (a spam filter that turns itself off, an IMAP connection that fails
+    forever on a CA bundle it cannot read) they would be found out too late."""
+    seed = settings.spam.seed_path
+    if seed is not None and not seed.is_file():
+        raise ConfigError(settings.source, "spam.seed_path", _missing(seed, "file"))
+    maildir = settings.outbound.maildir
+    if maildir is not None and maildir.exists() and not maildir.is_dir():
+        raise ConfigError(settings.source, "outbound.maildir", f"not a directory: {maildir}")
+    for index, mailbox in enumerate(settings.imap):
+        if mailbox.ca_file is None:
+            continue
+        key = f"imap.{index}.ca_file"
+        if not mailbox.ca_file.is_file():
+            raise ConfigError(settings.source, key, _missing(mailbox.ca_file, "file"))
+        try:
+            ssl.create_default_context(cafile=str(mailbox.ca_file))
+        except (ssl.SSLError, OSError) as exc:
+            reason = f"no CA certificate (PEM) can be read from {mailbox.ca_file}: {exc}"
+            raise ConfigError(settings.source, key, reason) from None
+
+
+def _missing(path: Path, kind: str) -> str:
+    reason = f"no such {kind}" if not path.exists() else f"not a {kind}"
+    reason = f"{reason}: {path}"
+    if not path.is_absolute():  # under systemd that is /, not where ops ran `check`
+        reason += f" (relative to the working directory {Path.cwd()})"
+    return reason
 
 
 def refuse_world_readable(source: str, key: str, path: Path) -> None:

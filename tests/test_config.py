@@ -108,6 +108,32 @@ def test_data_dir_override_from_environment(
             "listeners.0.auth_users_file",
             "require_auth = true needs the file of users",
         ),
+        # Each of these was taken, and every mail then quarantined (IndexError,
+        # OverflowError), or the daemon crashed with a traceback at start.
+        ("support_addresses = []\n", "support_addresses", "at least one address"),
+        ("support_addresses = ['support@']\n", "support_addresses", "not a plain address"),
+        ("support_addresses = ['@example.com']\n", "support_addresses", "not a plain address"),
+        (
+            "[[agents]]\nname = 'alice'\naddresses = ['alice@']\n",
+            "agents.0.addresses",
+            "not a plain address",
+        ),
+        (
+            "[threading]\nsubject_window_days = 1e300\n",
+            "threading.subject_window_days",
+            "ten years",
+        ),
+        (
+            "[pipeline]\nclaim_timeout_seconds = 1e300\n",
+            "pipeline.claim_timeout_seconds",
+            "ten years",
+        ),
+        ("[outbound]\ngive_up_after_hours = 1e9\n", "outbound.give_up_after_hours", "ten years"),
+        (  # the filter turned itself off at the first mail
+            "[spam]\nseed_path = '/nonexistent/seed.npz'\n",
+            "spam.seed_path",
+            "no such file: /nonexistent/seed.npz",
+        ),
     ],
 )
 def test_bad_values_name_file_and_key(tmp_path: Path, toml: str, key: str, reason: str) -> None:
@@ -118,6 +144,26 @@ def test_bad_values_name_file_and_key(tmp_path: Path, toml: str, key: str, reaso
     assert error.value.file == str(path)
     assert error.value.key == key
     assert reason in error.value.reason
+
+
+def test_files_the_config_names_are_checked_at_start(tmp_path: Path) -> None:
+    """A CA bundle that is not one made the IMAP connection fail forever, at every
+    attempt; a maildir that is a file failed every delivery to it."""
+    junk = tmp_path / "ca.pem"
+    junk.write_text("not a certificate\n")
+    imap = "[[imap]]\nhost = 'h'\nuser = 'u'\npassword = 'p'\nca_file = '{}'\n"
+    cases = [
+        (imap.format(junk), "imap.0.ca_file", f"no CA certificate (PEM) can be read from {junk}"),
+        (imap.format(tmp_path / "none.pem"), "imap.0.ca_file", "no such file"),
+        (f"[outbound]\nmaildir = '{junk}'\n", "outbound.maildir", f"not a directory: {junk}"),
+    ]
+    for toml, key, reason in cases:
+        path = tmp_path / "maildesk.toml"
+        path.write_text(toml)
+        with pytest.raises(ConfigError) as error:
+            load_settings(str(path))
+        assert (error.value.key, error.value.file) == (key, str(path))
+        assert reason in error.value.reason
 
 
 def test_broken_toml_is_reported_with_the_file(tmp_path: Path) -> None:
@@ -133,6 +179,7 @@ def test_broken_toml_is_reported_with_the_file(tmp_path: Path) -> None:
     [
         ("[pipeline]\nmax_attempts = 0\n", "pipeline.max_attempts"),
         ("[[listeners]]\nmax_session_seconds = 0\n", "listeners.0.max_session_seconds"),
+        ("[pipeline]\nclaim_timeout_seconds = 1e300\n", "pipeline.claim_timeout_seconds"),
     ],
 )
 def test_bad_config_exits_78_with_file_and_key(tmp_path: Path, toml: str, key: str) -> None:
