@@ -880,6 +880,23 @@ class Settings(_Section):
         return self
 
     @model_validator(mode="after")
+    def _listeners_apart(self) -> Settings:
+        # Two on one port: the second could not bind, and `run` stopped with exit 75 as if
+        # another program held it, after `check` had passed.
+        seen: dict[object, int] = {}
+        for index, listener in enumerate(self.listeners):
+            where: object = listener.socket or (listener.host.lower(), listener.port)
+            if listener.socket is None and listener.port == 0:
+                continue  # any free port: never the same one twice
+            if where in seen:
+                shown = listener.socket or f"{listener.host}:{listener.port}"
+                raise ValueError(
+                    f"listeners.{index}: listens on {shown}, as listeners.{seen[where]} does"
+                )
+            seen[where] = index
+        return self
+
+    @model_validator(mode="after")
     def _no_mail_loops(self) -> Settings:
         # Mail to one of our own addresses comes back in as our own mail: stored, never read.
         own = self.own_addresses | set(self.agent_mail.internal_addresses)
@@ -982,6 +999,8 @@ class ConfigLocation:
 
 def locate_config(explicit: str | None) -> ConfigLocation:
     """Find the config file per the documented order; a named file must exist."""
+    if explicit == "":  # `--config "$UNSET_VARIABLE"`: not a request for the defaults
+        raise ConfigError("--config", "", "an empty path names no file")
     if explicit:
         return ConfigLocation(Path(explicit))
     env = os.environ.get("MAILDESK_CONFIG")

@@ -111,6 +111,11 @@ def test_data_dir_override_from_environment(
         # Each of these was taken, and every mail then quarantined (IndexError,
         # OverflowError), or the daemon crashed with a traceback at start.
         ("support_addresses = []\n", "support_addresses", "at least one address"),
+        (
+            "[[listeners]]\nport = 2600\n[[listeners]]\nprotocol = 'lmtp'\nport = 2600\n",
+            "listeners.1",
+            "listens on 127.0.0.1:2600, as listeners.0 does",
+        ),
         ("support_addresses = ['support@']\n", "support_addresses", "not a plain address"),
         ("support_addresses = ['@example.com']\n", "support_addresses", "not a plain address"),
         (
@@ -164,6 +169,18 @@ def test_files_the_config_names_are_checked_at_start(tmp_path: Path) -> None:
             load_settings(str(path))
         assert (error.value.key, error.value.file) == (key, str(path))
         assert reason in error.value.reason
+
+
+def test_an_empty_config_path_is_no_request_for_the_defaults() -> None:
+    """``--config "$MAILDESK_TOML"`` with the variable unset ran on the built-in defaults."""
+    result = subprocess.run(
+        [sys.executable, "-m", "maildesk", "--config", "", "tickets", "list"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 78
+    assert "--config: an empty path names no file" in result.stderr
 
 
 def test_broken_toml_is_reported_with_the_file(tmp_path: Path) -> None:
