@@ -60,6 +60,10 @@ from maildesk.views import (
 
 EX_TEMPFAIL = 75
 EX_NOINPUT = 66
+# A ticket number or intake id: a database row's, so never past a signed 64-bit integer
+# (a longer one overflowed SQLite's binding with a traceback).
+ROW_ID = click.IntRange(1, 2**63 - 1)
+EX_CANTCREAT = 73  # sysexits: an output file cannot be created (as `report -o` exits)
 INGEST_BATCH = 1000
 APPLY_BATCH = 200  # messages per pipeline transaction in a bulk import
 # `ingest -`'s own time limit: well under Postfix's command_time_limit (1000 s).
@@ -435,7 +439,7 @@ def _quarantined(session: Any, intake_id: int, *, lock: bool = False) -> Intake:
 
 
 @quarantine.command("show")
-@click.argument("intake_id", type=int)
+@click.argument("intake_id", type=ROW_ID)
 @click.option("--raw", is_flag=True, help="Print the raw message bytes.")
 @click.pass_context
 def quarantine_show(ctx: click.Context, intake_id: int, raw: bool) -> None:
@@ -492,7 +496,7 @@ def learn_spam_feedback(app: App) -> None:
 
 
 @quarantine.command("retry")
-@click.argument("intake_id", type=int)
+@click.argument("intake_id", type=ROW_ID)
 @click.pass_context
 def quarantine_retry(ctx: click.Context, intake_id: int) -> None:
     """Run the message through the pipeline again (after a fix or a config change)."""
@@ -500,7 +504,7 @@ def quarantine_retry(ctx: click.Context, intake_id: int) -> None:
 
 
 @quarantine.command("release")
-@click.argument("intake_id", type=int)
+@click.argument("intake_id", type=ROW_ID)
 @click.pass_context
 def quarantine_release(ctx: click.Context, intake_id: int) -> None:
     """Make a ticket of it whatever held it (unparsable mail keeps its raw text)."""
@@ -563,7 +567,7 @@ def tickets_list(
 
 
 @tickets.command("show")
-@click.argument("number", type=int)
+@click.argument("number", type=ROW_ID)
 @click.option("--json", "as_json", is_flag=True)
 @click.pass_context
 def tickets_show(ctx: click.Context, number: int, as_json: bool) -> None:
@@ -637,7 +641,10 @@ def explain(ctx: click.Context, message_id: str, as_json: bool) -> None:
 def export(ctx: click.Context, output: Path | None) -> None:
     """Write every ticket with all its messages as JSON Lines (backup/migration format)."""
     app = build_app(ctx)
-    out = output.open("w", encoding="utf-8") if output else sys.stdout
+    try:
+        out = output.open("w", encoding="utf-8") if output else sys.stdout
+    except OSError as exc:
+        _fail(f"cannot write {output}: {exc.strerror or exc}", EX_CANTCREAT)
     count = 0
     try:
         with app.db.transaction() as session:
@@ -946,7 +953,7 @@ def templates_preview(ctx: click.Context, name: str, number: int, audience: str)
 
 
 @tickets.command("set-status")
-@click.argument("number", type=int)
+@click.argument("number", type=ROW_ID)
 @click.argument("status", type=click.Choice([s.value for s in TicketStatus]))
 @click.pass_context
 def tickets_set_status(ctx: click.Context, number: int, status: str) -> None:

@@ -155,6 +155,27 @@ def test_tickets_show_explain_and_export(config: Path, tmp_path: Path) -> None:
     assert len(lines) == 1 and lines[0]["schema"] == 1 and len(lines[0]["messages"]) == 2
 
 
+def test_export_to_a_folder_that_does_not_exist_exits_73_naming_the_file(
+    config: Path, tmp_path: Path
+) -> None:
+    target = tmp_path / "no-such-dir" / "x.jsonl"
+    result = CliRunner().invoke(main, ["--config", str(config), "export", "-o", str(target)])
+    assert result.exit_code == 73, result.output  # EX_CANTCREAT, as `report -o` exits
+    assert f"maildesk: cannot write {target}: No such file or directory" in result.output
+    assert "Traceback" not in result.output and not target.parent.exists()
+
+
+@pytest.mark.parametrize(
+    "args", [("quarantine", "show"), ("quarantine", "retry"), ("tickets", "show")]
+)
+def test_an_id_past_any_database_row_is_a_usage_error(config: Path, args: tuple[str, str]) -> None:
+    """A 20-digit id overflowed SQLite's integer binding with a traceback."""
+    huge = "99999999999999999999"
+    result = CliRunner().invoke(main, ["--config", str(config), *args, huge])
+    assert result.exit_code == 2, result.output
+    assert huge in result.output and "Traceback" not in result.output
+
+
 def test_hostile_attachment_name_is_display_text_only(config: Path, tmp_path: Path) -> None:
     from email.message import EmailMessage
 

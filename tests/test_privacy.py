@@ -569,6 +569,17 @@ def test_purge_from_the_command_line_keeps_open_tickets(app: App, tmp_path: Path
         assert list(session.scalars(select(Ticket.number))) == [2]
 
 
+def test_purge_older_than_beyond_the_calendar_is_a_usage_error(app: App, tmp_path: Path) -> None:
+    deliver(app, make_mail(message_id="x1@customer.test", subject="one"))
+    _close(app, 1, TicketStatus.CLOSED)
+    for dry_run in (["--dry-run"], []):
+        result = cli(app, tmp_path, "privacy", "purge", "--older-than", "1000000", *dry_run)
+        assert result.exit_code == 2, result.output
+        assert "--older-than" in result.output and "1000000" in result.output
+        assert "Traceback" not in result.output and isinstance(result.exception, SystemExit)
+    assert counts(app)["tickets"] == 1
+
+
 def test_retention_days_are_validated_like_the_rest_of_the_config(tmp_path: Path) -> None:
     config = write_cli_config(
         tmp_path / "bad.toml",

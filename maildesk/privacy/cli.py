@@ -13,6 +13,10 @@ from maildesk.privacy.match import mailbox_key
 from maildesk.privacy.retention import dry_purge
 from maildesk.privacy.retention import purge as purge_tickets
 
+# A thousand years: further back is before every ticket, and far enough beyond
+# (~739,000 days from now) before year 1, where no cutoff date can be computed.
+MAX_DAYS = 365_000
+
 
 def _actor(given: str | None) -> str:
     return given or os.environ.get("SUDO_USER") or os.environ.get("USER") or "ops"
@@ -88,7 +92,8 @@ def forget_command(
 @click.option(
     "--older-than",
     "days",
-    type=click.FloatRange(min=0, min_open=True),
+    metavar="DAYS",
+    type=click.FloatRange(min=0, min_open=True, max=MAX_DAYS),
     required=True,
     help="Delete tickets closed (or resolved and left so) more than DAYS ago.",
 )

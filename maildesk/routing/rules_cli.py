@@ -49,6 +49,19 @@ def _router(settings: Settings, folder: Path | None) -> tuple[Router, RuleSet]:
     return router, router.rules
 
 
+def _arrival_time(_ctx: click.Context, _param: click.Parameter, value: str | None) -> datetime:
+    """``--at``: an ISO 8601 time (UTC when it names no offset); now when not given."""
+    if value is None:
+        return datetime.now(UTC)
+    try:
+        at = datetime.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not an ISO 8601 time (such as 2024-05-06T09:30:00+02:00)"
+        ) from None
+    return at if at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
 _dir_option = click.option(
     "--rules-dir",
     type=click.Path(file_okay=False, path_type=Path),
@@ -79,7 +92,13 @@ def check_command(ctx: click.Context, rules_dir: Path | None) -> None:
 @click.argument("message", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @_dir_option
 @click.option("--to", "rcpt", multiple=True, help="Envelope recipient (repeatable).")
-@click.option("--at", "at_text", default=None, help="Time of arrival, ISO 8601 (default: now).")
+@click.option(
+    "--at",
+    default=None,
+    metavar="TIME",
+    callback=_arrival_time,
+    help="Time of arrival, ISO 8601 (default: now).",
+)
 @click.option("--follow-up", is_flag=True, help="Treat it as a reply joining a ticket.")
 @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
 @click.pass_context
@@ -88,7 +107,7 @@ def test_command(
     message: Path,
     rules_dir: Path | None,
     rcpt: tuple[str, ...],
-    at_text: str | None,
+    at: datetime,
     follow_up: bool,
     as_json: bool,
 ) -> None:
@@ -96,9 +115,6 @@ def test_command(
     settings = _settings(ctx)
     router, _rules = _router(settings, rules_dir)
     raw = message.read_bytes()
-    at = datetime.fromisoformat(at_text) if at_text else datetime.now(UTC)
-    if at.tzinfo is None:
-        at = at.replace(tzinfo=UTC)
     context = MessageContext(
         intake_id=0, raw=raw, envelope_from=None, envelope_to=rcpt, source="file", received_at=at
     )

@@ -10,7 +10,7 @@ import click
 
 from maildesk.pipeline.parse import ParseError, parse_message
 from maildesk.spam.bands import Thresholds
-from maildesk.spam.evaluate import Protocol, evaluate_index
+from maildesk.spam.evaluate import IndexFormatError, Protocol, evaluate_index
 from maildesk.spam.explain import Explanation
 from maildesk.spam.explain import explain as explain_score
 from maildesk.spam.model import ModelLoadError, SpamFilter
@@ -45,6 +45,18 @@ def _load(model_path: Path) -> SpamFilter:
     return model
 
 
+def _named_model(path: Path, option: str) -> SpamFilter:
+    """A model file the command line names: it loads, or the command stops, naming it.
+
+    Only the installation's own live model falls back to the seed (as the daemon
+    does); scores or figures of the seed under another model's name would mislead.
+    """
+    try:
+        return SpamFilter.load(path)
+    except ModelLoadError as exc:
+        raise click.BadParameter(str(exc), param_hint=option) from exc
+
+
 def _start_model(ctx: click.Context, start: str) -> SpamFilter:
     """The model ``spam eval --start`` names: empty, the shipped seed, the live one, a file.
 
@@ -65,10 +77,7 @@ def _start_model(ctx: click.Context, start: str) -> SpamFilter:
         path = spec.live_path
     else:
         path = SEED_PATH if start == SEED_START else Path(start)
-    try:
-        model = SpamFilter.load(path)
-    except ModelLoadError as exc:
-        raise click.BadParameter(str(exc), param_hint="--start") from exc
+    model = _named_model(path, "--start")
     if spec is not None:  # as the daemon scores: with the verdicts the installation trusts
         model.read_verdicts(spec.verdict_headers, spec.authserv_ids)
     click.echo(
@@ -92,7 +101,19 @@ def train(
     spam_paths: tuple[Path, ...], ham_paths: tuple[Path, ...], out: Path, fresh: bool
 ) -> None:
     """Learn messages (files or directories) as spam / ham and save the model."""
-    model = SpamFilter() if fresh else _load(out)
+    if fresh:
+        model = SpamFilter()
+    elif out.exists():  # go on from it; anything else there is not ours to write over
+        try:
+            model = SpamFilter.load(out)
+        except ModelLoadError as exc:
+            raise click.BadParameter(
+                f"{str(exc).rstrip('.')}; left as it is "
+                "(--fresh starts an empty model and writes over it)",
+                param_hint="--out",
+            ) from exc
+    else:
+        model = _load(out)
     labelled = [(p, True) for p in _message_files(spam_paths)]
     labelled += [(p, False) for p in _message_files(ham_paths)]
     labelled.sort(key=lambda item: str(item[0]))  # interleave classes deterministically
@@ -125,8 +146,9 @@ def _scoring_model(ctx: click.Context, model_path: Path | None) -> tuple[SpamFil
                 raise click.ClickException(f"no usable spam model: {exc}") from exc
             click.echo(note, err=True)
             return model, spec.thresholds(model)
-        model_path = DEFAULT_MODEL  # the filter is off: a model file here, else the seed
-    model = _load(model_path)
+        model = _load(DEFAULT_MODEL)  # the filter is off: a model file here, else the seed
+    else:
+        model = _named_model(model_path, "--model")
     return model, model.thresholds
 
 
@@ -284,7 +306,13 @@ def mark(ctx: click.Context, label: str, message_id: str) -> None:
 def status(ctx: click.Context, model_path: Path | None) -> None:
     """Show which model is in use, its version, what it has learned and when it was saved."""
     seed_path, pending, shared = SEED_PATH, None, None
-    if model_path is None:
+    if model_path is not None:
+        model = _named_model(model_path, "--model")
+        note = (
+            f"spam model: loaded {model_path} "
+            f"({model.trained_spam} spam / {model.trained_ham} ham trained)"
+        )
+    else:
         from maildesk.cli import build_app
         from maildesk.shared_models import SPAM, held_version, shared_version
         from maildesk.spam.feedback import feedback_counts
@@ -298,10 +326,10 @@ def status(ctx: click.Context, model_path: Path | None) -> None:
         with app.db.transaction() as session:
             pending = feedback_counts(session)
         shared = shared_version(app.db, SPAM)
-    try:
-        model, note = SpamFilter.load_or_seed(model_path, seed_path)
-    except ModelLoadError as exc:
-        raise click.ClickException(f"no usable model: {exc}") from exc
+        try:
+            model, note = SpamFilter.load_or_seed(model_path, seed_path)
+        except ModelLoadError as exc:
+            raise click.ClickException(f"no usable model: {exc}") from exc
     click.echo(note)
     meta = model.metadata()
     live = "falling back" not in note
@@ -325,7 +353,9 @@ def status(ctx: click.Context, model_path: Path | None) -> None:
 
 
 @spam.command("eval")
-@click.option("--index", "index", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option(
+    "--index", "index", required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
 @click.option("--protocol", type=click.Choice([p.value for p in Protocol]), default="online")
 @click.option("--limit", type=int, default=None, help="Only the first N index lines.")
 @click.option("--json", "as_json", is_flag=True)
@@ -353,7 +383,10 @@ def eval_(
             click.echo(f"eval: {done} messages", err=True)
 
     model = _start_model(ctx, start)
-    result = evaluate_index(index, Protocol(protocol), model, limit=limit, progress=progress)
+    try:
+        result = evaluate_index(index, Protocol(protocol), model, limit=limit, progress=progress)
+    except IndexFormatError as exc:
+        raise click.BadParameter(str(exc), param_hint="--index") from exc
     if as_json:
         click.echo(json.dumps({"start": start, **result.as_dict()}))
         return

@@ -67,17 +67,31 @@ class EvalResult:
         return asdict(self)
 
 
+class IndexFormatError(ValueError):
+    """The index file is not ``spam|ham <path>`` lines of UTF-8 text; says where."""
+
+
 def read_index(index: Path, limit: int | None = None) -> list[IndexEntry]:
-    """Parse a TREC index; paths are relative to the index file's directory."""
+    """Parse a TREC index; paths are relative to the index file's directory.
+
+    Raises :class:`IndexFormatError` for a file that is not an index (OSError
+    when it cannot be read).
+    """
+    try:
+        text = index.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise IndexFormatError(
+            f"{index}: not a text index (byte {exc.start} is not UTF-8)"
+        ) from None
     entries: list[IndexEntry] = []
-    for number, line in enumerate(index.read_text().splitlines(), start=1):
+    for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
         label, _, rel = line.strip().partition(" ")
         try:
             entries.append(IndexEntry(Label(label.lower()), index.parent / rel.strip()))
         except ValueError as exc:
-            raise ValueError(f"{index}:{number}: expected 'spam|ham <path>'") from exc
+            raise IndexFormatError(f"{index}:{number}: expected 'spam|ham <path>'") from exc
         if limit is not None and len(entries) >= limit:
             break
     return entries

@@ -66,6 +66,22 @@ def test_test_prints_matches_reasons_and_fields_and_writes_nothing(tmp_path: Pat
     assert '"priority": "high"' in as_json.output
 
 
+def test_test_at_a_time_that_is_not_iso_8601_is_a_usage_error(tmp_path: Path) -> None:
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "10-billing.toml").write_text(GOOD)
+    message = tmp_path / "m.eml"
+    message.write_bytes(make_mail(subject="Where is my invoice?"))
+    cfg = config(tmp_path, rules)
+    args = ["--config", str(cfg), "rules", "test", str(message), "--at"]
+    bad = CliRunner().invoke(main, [*args, "notatime"])
+    assert bad.exit_code == 2, bad.output
+    assert "--at" in bad.output and "'notatime' is not an ISO 8601 time" in bad.output
+    assert "Traceback" not in bad.output and isinstance(bad.exception, SystemExit)
+    good = CliRunner().invoke(main, [*args, "2024-05-06T09:30:00+02:00", "--json"])
+    assert good.exit_code == 0, good.output
+
+
 def test_test_on_a_corpus_message(tmp_path: Path, corpus: Path) -> None:
     rules = tmp_path / "rules"
     rules.mkdir()

@@ -7,7 +7,7 @@ from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
+from click.testing import CliRunner, Result
 
 from maildesk.cli import main
 from maildesk.spam.cli import spam
@@ -83,11 +83,52 @@ def test_train_then_score_ranks_spam_above_ham(tmp_path: Path) -> None:
     assert lines[0][2] in {"ham", "unsure", "spam"}
 
 
-def test_status_reports_seed_fallback_when_live_model_missing(tmp_path: Path) -> None:
-    result = CliRunner().invoke(spam, ["status", "--model", str(tmp_path / "none.npz")])
+def test_status_reports_seed_fallback_when_live_model_missing(
+    tmp_path: Path, database_url: str
+) -> None:
+    config = tmp_path / "maildesk.toml"
+    config.write_text(
+        f'data_dir = "{tmp_path / "data"}"\ndatabase_url = "{database_url}"\n'
+        'support_addresses = ["support@example.com"]\ninstallation_secret = "status-test"\n'
+    )
+    result = CliRunner().invoke(main, ["--config", str(config), "spam", "status"])
     assert result.exit_code == 0, result.output
-    assert "falling back to the seed" in result.output
+    assert "spam-model.npz does not exist; falling back to the seed" in result.output
     assert "trained_spam:" in result.output
+
+
+def _refused(result: Result, *named: str) -> None:
+    """A usage error (exit 2) that names what is wrong, not a traceback."""
+    assert result.exit_code == 2, result.output
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    for text in named:
+        assert text in result.output
+
+
+def test_a_model_named_on_the_command_line_must_load(tmp_path: Path) -> None:
+    """--model is what the user asked for: no quiet fallback to the seed's scores."""
+    probe = write_mail(tmp_path / "ps.eml", "new@deals.biz", "CHEAP MEDS", "Buy pills now")
+    missing = tmp_path / "nope.npz"
+    broken = tmp_path / "broken.npz"
+    broken.write_bytes(b"not a model")
+    runner = CliRunner()
+    for model, why in ((missing, "nope.npz does not exist"), (broken, "not a readable model")):
+        _refused(runner.invoke(spam, ["score", "--model", str(model), str(probe)]), "--model", why)
+        _refused(runner.invoke(spam, ["status", "--model", str(model)]), "--model", why)
+    status = runner.invoke(spam, ["status", "--model", str(train_fresh(tmp_path))])
+    assert status.exit_code == 0, status.output
+    assert "trained: 6 spam, 6 ham" in status.output and "falling back" not in status.output
+
+
+def test_train_does_not_write_over_a_file_that_is_not_a_model(tmp_path: Path) -> None:
+    make_corpus(tmp_path)
+    other = tmp_path / "notes.txt"
+    other.write_bytes(b"someone's notes, not a model")
+    result = CliRunner().invoke(
+        spam, ["train", "--ham", str(tmp_path / "ham"), "--out", str(other)]
+    )
+    _refused(result, "--out", "notes.txt", "--fresh")
+    assert other.read_bytes() == b"someone's notes, not a model"
 
 
 def test_eval_online_json_on_a_small_index(tmp_path: Path) -> None:
@@ -186,7 +227,16 @@ def test_eval_rejects_a_malformed_index(tmp_path: Path) -> None:
     index = tmp_path / "index"
     index.write_text("maybe some/file\n")
     result = CliRunner().invoke(spam, ["eval", "--index", str(index)])
-    assert result.exit_code != 0
+    _refused(result, "--index", f"{index}:1: expected 'spam|ham <path>'")
+
+
+def test_eval_rejects_a_binary_file_or_a_folder_as_index(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(bytes(range(256)) * 8)
+    result = CliRunner().invoke(spam, ["eval", "--index", str(junk)])
+    _refused(result, "--index", f"{junk}: not a text index")
+    result = CliRunner().invoke(spam, ["eval", "--index", str(tmp_path)])
+    _refused(result, "--index", "is a directory")
 
 
 def test_score_explain_names_what_pushed_each_score(tmp_path: Path) -> None:
