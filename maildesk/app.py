@@ -18,7 +18,12 @@ from maildesk.outbound.delivery_failed import DeliveryFailedNotifier
 from maildesk.outbound.dkim_sign import DkimSigner
 from maildesk.outbound.notices import Notices
 from maildesk.outbound.sender import OutboxSender, build_transport
-from maildesk.outbound.templates import TemplateRenderer, default_templates_dir
+from maildesk.outbound.templates import (
+    TemplateRenderer,
+    check_templates,
+    default_templates_dir,
+    template_problems,
+)
 from maildesk.outbound.unrecorded import journal_path
 from maildesk.people import Directory
 from maildesk.pipeline.runner import Worker
@@ -61,15 +66,17 @@ class App:
         """(Re)load what ops may edit while the daemon runs: templates and routing rules.
 
         A broken rules file keeps the last good rules (the error is logged and returned);
-        on a reload, a template that does not compile keeps the last good templates
+        on a reload, a template that does not compile, or one every installation
+        sends that is gone or does not render, keeps the last good templates
         (``template_errors`` names it). The first load reads templates as they are
-        used, so a one-off command (an MTA's ``ingest -`` per mail) does not compile
-        them all; the daemon does at start (:meth:`compile_templates`).
+        used and keeps whatever rules error it meets: a command that processes
+        mail checks both first (:meth:`check_pipeline`), and exits 78 on either,
+        as there are no last good ones to keep.
         """
         templates = default_templates_dir(self.settings.templates_dir)
         renderer = TemplateRenderer(templates)
         if hasattr(self, "renderer"):
-            self.template_errors = renderer.compile_all()
+            self.template_errors = template_problems(self.settings, renderer)
             if self.template_errors:
                 log.error("templates in %s: %s", templates, "; ".join(self.template_errors))
             else:
@@ -81,10 +88,17 @@ class App:
             self.router = Router(self.settings, lambda: self.directory, templates)
         return self.router.reload()
 
-    def compile_templates(self) -> list[str]:
-        """Compile every template now (kept in memory); the ones that do not compile."""
-        self.template_errors = self.renderer.compile_all()
-        return self.template_errors
+    def check_pipeline(self, *, rules: bool = True) -> None:
+        """ConfigError (exit 78) unless mail can be processed as configured.
+
+        Every template compiles (and stays compiled in memory, as for the daemon),
+        the ones every installation sends are there and render, and (``rules``)
+        the routing rules loaded: at start there are no last good ones to fall
+        back on, and mail processed meanwhile would be quarantined or unrouted.
+        """
+        check_templates(self.settings, self.renderer)
+        if rules and self.router.holder.last_error is not None:
+            raise self.router.holder.last_error
 
     @property
     def node_name(self) -> str:

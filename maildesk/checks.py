@@ -7,7 +7,7 @@ import smtplib
 import socket
 import urllib.request
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from maildesk.app import utc_now
 from maildesk.config import (
@@ -29,25 +29,23 @@ from maildesk.intake.imap import (
 from maildesk.intake.oauth2 import Login
 from maildesk.intake.smtp import check_listener_files
 from maildesk.outbound.dkim_sign import load_keys
-from maildesk.outbound.templates import TemplateRenderer, default_templates_dir
+from maildesk.outbound.templates import (
+    TemplateRenderer,
+    check_templates,
+    default_templates_dir,
+    required_templates,
+)
 from maildesk.routing.router import known_names, rules_dir
 from maildesk.routing.rules import RulesError, load_rules
 from maildesk.sla.settings import named_templates
 
-SAMPLE: dict[str, Any] = {
-    "ticket": {
-        "number": 1,
-        "subject": "s",
-        "status": "new",
-        "priority": "normal",
-        "category": None,
-    },
-    "customer": {"email": "c@example.com", "name": "C"},
-    "support": {"name": "Support", "address": "support@example.com"},
-    "quote": "q",
-    "reopen_days": 14,
-    "rating": [{"score": 5, "address": "support+rate-1-5-sig@example.com"}],
-}
+
+class Check(NamedTuple):
+    """One line of `maildesk check`; ``config``: a failure is a configuration error (78)."""
+
+    ok: bool
+    line: str
+    config: bool = False
 
 
 def check_startup(settings: Settings) -> None:
@@ -76,18 +74,20 @@ def check_startup(settings: Settings) -> None:
                 )
 
 
-def run_checks(settings: Settings) -> Iterator[tuple[bool, str]]:
-    yield _data_dir(settings)
-    yield _secret(settings)
-    yield _database(settings)
-    yield from _templates(settings)
+def run_checks(settings: Settings) -> Iterator[Check]:
+    """Each part, one line; templates and rules fail as `maildesk run` does: exit 78."""
+    yield Check(*_data_dir(settings))
+    yield Check(*_secret(settings))
+    yield Check(*_database(settings))
+    yield _templates(settings)
     yield _rules(settings)
     for listener in settings.listeners:
-        yield _listener(listener)
+        yield Check(*_listener(listener))
     if settings.metrics.address is not None:
-        yield _metrics(*settings.metrics.address)
-    yield from _imap(settings)
-    yield _outbound(settings)
+        yield Check(*_metrics(*settings.metrics.address))
+    for result in _imap(settings):
+        yield Check(*result)
+    yield Check(*_outbound(settings))
 
 
 def _data_dir(settings: Settings) -> tuple[bool, str]:
@@ -139,26 +139,26 @@ def _database(settings: Settings) -> tuple[bool, str]:
     return True, f"database {shown}: reachable, schema {current}"
 
 
-def _templates(settings: Settings) -> Iterator[tuple[bool, str]]:
+def _templates(settings: Settings) -> Check:
+    """As `maildesk run` checks them at start (App.check_pipeline)."""
     directory = default_templates_dir(settings.templates_dir)
-    renderer = TemplateRenderer(directory)
-    for event in ("ack", "resolved"):
-        try:
-            renderer.render(event, "customer", SAMPLE)
-        except Exception as exc:
-            yield False, f"template {event}.customer in {directory}: {exc}"
-        else:
-            yield True, f"template {event}.customer in {directory}: renders"
+    try:
+        check_templates(settings, TemplateRenderer(directory))
+    except ConfigError as exc:
+        return Check(False, f"templates: {exc}", config=True)
+    rendered = ", ".join(f"{event}.customer" for event in required_templates(settings))
+    return Check(True, f"templates {directory}: all compile; {rendered} render")
 
 
-def _rules(settings: Settings) -> tuple[bool, str]:
+def _rules(settings: Settings) -> Check:
+    """As `maildesk run` loads them at start: names checked against the config."""
     folder = rules_dir(settings)
     known = known_names(settings, default_templates_dir(settings.templates_dir))
     try:
         rule_set = load_rules(folder, known)
     except RulesError as exc:
-        return False, f"rules: {exc}"
-    return True, f"rules {folder}: {len(rule_set.rules)} rules"
+        return Check(False, f"rules: {exc}", config=True)
+    return Check(True, f"rules {folder}: {len(rule_set.rules)} rules")
 
 
 def _greeting(family: int, address: Any) -> bytes:

@@ -126,11 +126,24 @@ def main(
     ctx.obj = {"config": config_path, "data_dir": data_dir}
 
 
-def build_app(ctx: click.Context, *, check_schema: bool = True) -> App:
-    """Load config and open the database; exit 78 on bad config, 75 when storage is down."""
+def build_app(
+    ctx: click.Context,
+    *,
+    check_schema: bool = True,
+    pipeline: bool = False,
+    notices: bool = False,
+) -> App:
+    """Load config and open the database; exit 78 on bad config, 75 when storage is down.
+
+    ``pipeline`` (a command that processes mail) also checks the templates and the
+    routing rules, ``notices`` (one that sends mail) the templates, and exits 78 on
+    a problem with them: there are no last good ones to fall back on.
+    """
     try:
         settings = load_settings(ctx.obj["config"], ctx.obj["data_dir"])
         app = App.build(settings)
+        if pipeline or notices:
+            app.check_pipeline(rules=pipeline)
     except ConfigError as exc:
         _fail(str(exc), EX_CONFIG)
     except OSError as exc:  # the data directory cannot be created or written
@@ -271,7 +284,9 @@ def ingest(
     if time_limit is None:
         time_limit = STDIN_TIME_LIMIT if "-" in paths else 0
     deadline = _Deadline(time_limit)
-    app = build_app(ctx)
+    # Files ops import wait on disk while templates or rules are mended; mail an MTA
+    # pipes in would bounce (78 is permanent to Postfix): stored, it waits in quarantine.
+    app = build_app(ctx, pipeline=not no_process and "-" not in paths)
     show = progress if progress is not None else sys.stderr.isatty()
     if not no_process:
         from maildesk.spam.jobs import take_shared_model
@@ -456,7 +471,7 @@ def quarantine_show(ctx: click.Context, intake_id: int, raw: bool) -> None:
 
 
 def _requeue(ctx: click.Context, intake_id: int, *, force: bool) -> None:
-    app = build_app(ctx)
+    app = build_app(ctx, pipeline=True)
     with app.db.transaction() as session:
         row = _quarantined(session, intake_id, lock=True)
         was_spam = (row.quarantine_reason or "").startswith("spam:")
@@ -673,13 +688,10 @@ def run_daemon(ctx: click.Context) -> None:
     app = build_app(ctx)
     try:
         check_startup(app.settings)
+        # At start there are no last good rules or templates to keep.
+        app.check_pipeline()
     except ConfigError as exc:
         _fail(str(exc), EX_CONFIG)
-    # At start there are no last good rules or templates to keep.
-    if app.router.holder.last_error is not None:
-        _fail(str(app.router.holder.last_error), EX_CONFIG)
-    if errors := app.compile_templates():
-        _fail("templates: " + "; ".join(errors), EX_CONFIG)
     sys.exit(Daemon(app).run())
 
 
@@ -696,11 +708,13 @@ def check(ctx: click.Context) -> None:
         click.echo(f"FAIL config: {exc}")
         sys.exit(EX_CONFIG)
     click.echo(f"ok   config: {settings.source}")
-    failures = 0
-    for ok, line in run_checks(settings):
-        click.echo(("ok   " if ok else "FAIL ") + line)
-        failures += not ok
-    sys.exit(1 if failures else 0)
+    failures = config_failures = 0
+    for result in run_checks(settings):
+        click.echo(("ok   " if result.ok else "FAIL ") + result.line)
+        failures += not result.ok
+        config_failures += not result.ok and result.config
+    # Templates and rules `maildesk run` refuses to start with: the exit code it gives.
+    sys.exit(EX_CONFIG if config_failures else 1 if failures else 0)
 
 
 @main.group()
@@ -960,7 +974,7 @@ def tickets_set_status(ctx: click.Context, number: int, status: str) -> None:
     """Change a ticket's status (resolving it sends the resolution notice)."""
     from maildesk.tickets import change_status
 
-    app = build_app(ctx)
+    app = build_app(ctx, notices=True)  # resolving sends the resolution notice
     with app.db.transaction() as session:
         ticket = queries.ticket_by_number(session, number)
         if ticket is None:

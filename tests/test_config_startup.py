@@ -8,6 +8,7 @@ at the first SLA sweep, or never visibly at all.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ import pytest
 from click.testing import CliRunner
 
 from maildesk.cli import main
+from tests.mailfactory import make_mail
 
 REPO = Path(__file__).resolve().parents[1]
 AGENT = '[[agents]]\nname = "alice"\naddresses = ["alice@example.com"]\n'
@@ -321,3 +323,158 @@ def test_a_relay_login_in_clear_over_the_network_is_a_config_error(
         assert "s3cret" not in output
     else:
         assert code == 0, output
+
+
+# -- templates and routing rules: what every mail needs, checked before any mail comes ----
+
+
+def _templates(
+    tmp_path: Path, drop: tuple[str, ...] = (), write: dict[str, str] | None = None
+) -> Path:
+    folder = tmp_path / "templates"
+    shutil.copytree(REPO / "templates", folder)
+    for name in drop:
+        (folder / name).unlink()
+    for name, text in (write or {}).items():
+        (folder / name).write_text(text, encoding="utf-8")
+    return folder
+
+
+def _mail(tmp_path: Path) -> Path:
+    mail = tmp_path / "new.eml"
+    mail.write_bytes(make_mail(sender="carol@customer.test", message_id="cfg-1@customer.test"))
+    return mail
+
+
+def _refused_everywhere(tmp_path: Path, path: Path, said: str) -> None:
+    """`run` exits 78 saying so; `check` reports the same with exit 78; `ingest` stores nothing."""
+    result = _run_daemon(path, tmp_path)
+    assert result.returncode == 78, result.stderr
+    assert said in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr
+
+    code, output = _cli(path, "check")
+    assert code == 78, output
+    assert said in output, output
+
+    code, output = _cli(path, "ingest", str(_mail(tmp_path)))
+    assert code == 78, output
+    assert said in output, output
+    code, output = _cli(path, "quarantine", "list", "--json")
+    assert (code, output.strip()) == (0, "[]"), "refused before storing: the file stays"
+
+    # An MTA's pipe: 78 would bounce the mail. It is stored (and processed as it can be,
+    # or quarantined until the templates are mended).
+    piped = CliRunner().invoke(
+        main, ["--config", str(path), "ingest", "-"], input=_mail(tmp_path).read_bytes()
+    )
+    assert piped.exit_code == 0, piped.output
+    assert "stored 1," in piped.output, piped.output
+
+
+@pytest.mark.parametrize(
+    ("drop", "write", "said"),
+    [
+        (  # every new mail was quarantined with TemplateMissing
+            ("ack.customer.txt.j2", "ack.customer.html.j2"),
+            {},
+            "no template ack.customer.txt.j2 or ack.customer.html.j2 in {templates}",
+        ),
+        (  # ingest quarantined every new mail with a traceback
+            (),
+            {"ack.customer.txt.j2": "Hello {{ ticket.number }\n"},
+            "{templates}/ack.customer.txt.j2 line 1: unexpected '}'",
+        ),
+        (  # resolving a ticket said nothing and sent nothing
+            ("resolved.customer.txt.j2",),
+            {},
+            "no template resolved.customer.txt.j2 or resolved.customer.html.j2 in {templates}",
+        ),
+        (  # compiles, and fails on every ticket
+            (),
+            {"ack.customer.txt.j2": "Ticket {{ ticket.numbr }}\n"},
+            "{templates}/ack.customer.txt.j2: does not render: UndefinedError: ",
+        ),
+        (
+            (),
+            {"assigned.agent.txt.j2": "{% if %}\n"},
+            "{templates}/assigned.agent.txt.j2 line 1: ",
+        ),
+    ],
+)
+def test_templates_every_mail_needs_are_a_config_error_at_start(
+    tmp_path: Path, drop: tuple[str, ...], write: dict[str, str], said: str
+) -> None:
+    templates = _templates(tmp_path, drop, write)
+    path = _config(tmp_path, f'templates_dir = "{templates}"\n[[listeners]]\nport = 0\n')
+    _refused_everywhere(
+        tmp_path, path, f"{path}: templates_dir: " + said.replace("{templates}", str(templates))
+    )
+
+
+def test_a_template_the_config_makes_optional_may_be_absent(tmp_path: Path) -> None:
+    """No acknowledgements, no ack template; too_large only with oversize_notice = "sender"."""
+    templates = _templates(
+        tmp_path, ("ack.customer.txt.j2", "ack.customer.html.j2", "too_large.customer.txt.j2")
+    )
+    path = _config(
+        tmp_path,
+        f'templates_dir = "{templates}"\n[[listeners]]\nport = 0\n[acknowledgements]\nenabled = false\n',
+    )
+    code, output = _cli(path, "check")
+    assert code == 0, output
+    code, output = _cli(path, "ingest", str(_mail(tmp_path)))
+    assert code == 0 and "created 1" in output, output
+
+
+def test_resolving_without_the_resolution_template_is_refused_not_silent(tmp_path: Path) -> None:
+    templates = _templates(tmp_path)
+    path = _config(tmp_path, f'templates_dir = "{templates}"\n')
+    code, output = _cli(path, "ingest", str(_mail(tmp_path)))
+    assert code == 0 and "created 1" in output, output
+    (templates / "resolved.customer.txt.j2").unlink()
+    code, output = _cli(path, "tickets", "set-status", "1", "resolved")
+    assert code == 78, output
+    assert f"{path}: templates_dir: no template resolved.customer.txt.j2" in output
+    code, output = _cli(path, "tickets", "list", "--json")
+    assert '"status": "new"' in output, output
+
+
+@pytest.mark.parametrize(
+    ("rules", "said"),
+    [
+        (  # tickets were assigned to the nonexistent bob
+            '[[rule]]\nname = "vip"\nwhen = {}\n'
+            'then = { group = "Nope", agent = "bob", sla_policy = "gold" }\n',
+            "rule 'vip': then.agent: unknown name 'bob' (no agents configured)",
+        ),
+        (
+            '[[rule]]\nname = "vip"\nwhen = {}\nthen = { group = "Nope" }\n',
+            "rule 'vip': then.group: unknown name 'Nope' (no groups configured)",
+        ),
+        (
+            '[[rule]]\nname = "vip"\nwhen = {}\nthen = { sla_policy = "gold" }\n',
+            "rule 'vip': then.sla_policy: unknown name 'gold' (no SLA policies configured)",
+        ),
+        (
+            '[[rule]]\nname = "vip"\nwhen = {}\nthen = { ack_template = "ack_vip" }\n',
+            "rule 'vip': then.ack_template: unknown name 'ack_vip' (known: ",
+        ),
+        (  # ingest routed with no rules at all
+            "[[rule]\n",
+            "not valid TOML",
+        ),
+    ],
+)
+def test_rules_naming_what_is_not_configured_are_a_config_error_at_start(
+    tmp_path: Path, rules: str, said: str
+) -> None:
+    folder = tmp_path / "rules"
+    folder.mkdir()
+    (folder / "10-main.toml").write_text(rules, encoding="utf-8")
+    path = _config(tmp_path, f'[[listeners]]\nport = 0\n[routing]\nrules_dir = "{folder}"\n')
+    said = f"{folder / '10-main.toml'}: {said}"
+    _refused_everywhere(tmp_path, path, said)
+    code, output = _cli(path, "rules", "check")
+    assert code == 78, output
+    assert said in output, output

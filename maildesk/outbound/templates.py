@@ -18,8 +18,25 @@ from jinja2 import FileSystemLoader, StrictUndefined, TemplateError, TemplateNot
 from jinja2.sandbox import SandboxedEnvironment
 
 import maildesk
+from maildesk.config import ConfigError, Settings
 
 SHIPPED_TEMPLATES = Path(maildesk.__file__).resolve().parents[1] / "templates"
+
+# The variables of a customer notice (Notices.variables), for a trial render.
+SAMPLE: dict[str, Any] = {
+    "ticket": {
+        "number": 1,
+        "subject": "s",
+        "status": "new",
+        "priority": "normal",
+        "category": None,
+    },
+    "customer": {"email": "c@example.com", "name": "C"},
+    "support": {"name": "Support", "address": "support@example.com"},
+    "quote": "q",
+    "reopen_days": 14,
+    "rating": [{"score": 5, "address": "support+rate-1-5-sig@example.com"}],
+}
 
 
 class TemplateMissing(LookupError):
@@ -68,8 +85,20 @@ class TemplateRenderer:
                 env.get_template(name)
             except TemplateError as exc:
                 line = getattr(exc, "lineno", None)
-                errors.append(f"{name}{f' line {line}' if line else ''}: {exc}")
+                errors.append(f"{self.directory / name}{f' line {line}' if line else ''}: {exc}")
         return errors
+
+    def trial_render(self, event: str, audience: str, variables: dict[str, Any]) -> str | None:
+        """Render the top folder's ``<event>.<audience>`` parts; the first that fails, why."""
+        for kind, env in (("txt", self._text_env), ("html", self._html_env)):
+            name = f"{event}.{audience}.{kind}.j2"
+            try:
+                template = self._load(env, name)
+                if template is not None:
+                    str(template.make_module(variables))
+            except Exception as exc:  # whatever a template does wrong, with any variables
+                return f"{self.directory / name}: does not render: {type(exc).__name__}: {exc}"
+        return None
 
     def _candidates(self, name: str, queue: str | None, language: str | None) -> list[str]:
         prefixes = []
@@ -137,3 +166,40 @@ class TemplateRenderer:
         if text is None:
             text = get_text(html or "")
         return Rendered(subject=" ".join(subject.split()), text=text, html=html)
+
+
+def required_templates(settings: Settings) -> list[str]:
+    """The customer templates this configuration sends (``<event>.customer``).
+
+    The acknowledgement (unless ``acknowledgements.enabled = false``) and the
+    resolution notice. Others are optional or checked where the config names
+    them (the ``[sla]`` templates, a rule's ``ack_template``).
+    """
+    return [*(["ack"] if settings.acknowledgements.enabled else []), "resolved"]
+
+
+def template_problems(settings: Settings, renderer: TemplateRenderer) -> list[str]:
+    """What keeps ``renderer`` from being used, one line each naming the file; [] if nothing.
+
+    Every template must compile, and the ones every installation sends
+    (:func:`required_templates`) must be there and render. Compiled templates stay
+    in ``renderer``, as :meth:`TemplateRenderer.compile_all` keeps them.
+    """
+    problems = renderer.compile_all()
+    if problems:
+        return problems
+    for event in required_templates(settings):
+        if not renderer.exists(event, "customer"):
+            problems.append(
+                f"no template {event}.customer.txt.j2 or {event}.customer.html.j2"
+                f" in {renderer.directory}"
+            )
+        elif problem := renderer.trial_render(event, "customer", SAMPLE):
+            problems.append(problem)
+    return problems
+
+
+def check_templates(settings: Settings, renderer: TemplateRenderer) -> None:
+    """ConfigError (exit 78) naming ``templates_dir`` and each template at fault."""
+    if problems := template_problems(settings, renderer):
+        raise ConfigError(settings.source, "templates_dir", "; ".join(problems))

@@ -34,8 +34,12 @@ DEFAULT_RULES_DIR = Path("rules")
 
 
 def known_names(settings: Settings, templates_dir: Path | None = None) -> KnownNames:
-    templates: frozenset[str] = frozenset()
-    if templates_dir is not None and templates_dir.is_dir():
+    """What the rules may name: the configured agents, groups, policies ... (none if none).
+
+    Templates are checked only when ``templates_dir`` is given.
+    """
+    templates: frozenset[str] | None = None
+    if templates_dir is not None:
         templates = frozenset(
             p.name.split(".customer.")[0] for p in templates_dir.glob("*.customer.*.j2")
         )
@@ -90,11 +94,17 @@ class Router:
         return self.holder.current
 
     def reload(self) -> RulesError | None:
-        """Load the rules again; on error keep the last good set and log why."""
+        """Load the rules again; on error keep the last good set and log why.
+
+        An error on the first load is only returned: there are no last good
+        rules, and whoever routes mail refuses to start with it (exit 78).
+        """
         self.holder.known = known_names(self.settings, self._templates_dir)  # templates change too
+        had_rules = self.holder.loaded
         error = self.holder.reload()
         if error is not None:
-            log.error("rules not reloaded, keeping the last good rules: %s", error)
+            if had_rules:
+                log.error("rules not reloaded, keeping the last good rules: %s", error)
         else:
             log.info("rules loaded: %d from %s", len(self.rules.rules), self.holder.folder)
         return error

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from maildesk.config import ConfigError
 from maildesk.routing.fold import fold_text
 
 PRIORITIES = ("low", "normal", "high", "urgent")
@@ -26,17 +27,19 @@ _LANGUAGE = re.compile(r"^[a-z]{2}$")
 MAX_PATTERN = 1000
 
 
-class RulesError(ValueError):
-    """A rules file problem: ``file: rule NAME: key: reason``."""
+class RulesError(ConfigError, ValueError):
+    """A rules file problem: ``file: rule NAME: key: reason``.
+
+    Bad configuration like any other: the CLI exits 78 (EX_CONFIG) with it.
+    ``key`` is the key within the rule (``then.agent``).
+    """
 
     def __init__(self, file: str, rule: str, key: str, reason: str) -> None:
-        self.file, self.rule, self.key, self.reason = file, rule, key, reason
-        where = [file]
-        if rule:
-            where.append(f"rule {rule!r}")
+        where = [f"rule {rule!r}"] if rule else []
         if key:
             where.append(key)
-        super().__init__(": ".join([*where, reason]))
+        super().__init__(file, ": ".join(where), reason)
+        self.rule, self.key = rule, key
 
 
 class MatchMode(enum.StrEnum):
@@ -99,14 +102,23 @@ class RuleSet:
 
 @dataclass(frozen=True)
 class KnownNames:
-    """Names rules may refer to; an empty set means "not checked"."""
+    """Names rules may refer to; None means "not checked".
 
-    agents: frozenset[str] = frozenset()
-    groups: frozenset[str] = frozenset()
-    sla_policies: frozenset[str] = frozenset()
-    templates: frozenset[str] = frozenset()
-    organisations: frozenset[str] = frozenset()
-    tiers: frozenset[str] = frozenset()
+    An empty set is a configuration that has none: every name is unknown
+    (a rule's agent with no ``[[agents]]`` configured would be given tickets).
+    """
+
+    agents: frozenset[str] | None = None
+    groups: frozenset[str] | None = None
+    sla_policies: frozenset[str] | None = None
+    templates: frozenset[str] | None = None
+    organisations: frozenset[str] | None = None
+    tiers: frozenset[str] | None = None
+
+
+def _unknown(what: str, name: str, allowed: frozenset[str], kind: str) -> str:
+    known = f"known: {', '.join(sorted(allowed))}" if allowed else f"no {kind} configured"
+    return f"unknown {what} {name!r} ({known})"
 
 
 LEAF_KEYS = frozenset(
@@ -288,9 +300,8 @@ def _leaf_value(op: str, value: Any, where: _Where, key: str) -> Any:
     if op in ("organisation", "tier"):
         allowed = where.known.organisations if op == "organisation" else where.known.tiers
         for word in words:
-            if allowed and word not in allowed:
-                known = ", ".join(sorted(allowed))
-                raise where.error(key, f"unknown {op} {word!r} (known: {known})")
+            if allowed is not None and word not in allowed:
+                raise where.error(key, _unknown(op, word, allowed, f"{op}s"))
     return words  # queue, organisation, tier: exact names
 
 
@@ -326,28 +337,35 @@ def _check_names(actions: Actions, where: _Where, known: KnownNames) -> None:
         raise where.error("then.ack", "ack = false and ack_template contradict each other")
     if actions.agent is not None and actions.group is None and actions.escalate:
         raise where.error("then.escalate", "cannot escalate a ticket given to one agent")
-    checks: list[tuple[str, Iterable[str], frozenset[str]]] = [
-        ("then.agent", [actions.agent] if actions.agent else [], known.agents),
-        ("then.watchers", actions.watchers, known.agents),
-        ("then.group", [actions.group] if actions.group else [], known.groups),
+    checks: list[tuple[str, Iterable[str], frozenset[str] | None, str]] = [
+        ("then.agent", [actions.agent] if actions.agent else [], known.agents, "agents"),
+        ("then.watchers", actions.watchers, known.agents, "agents"),
+        ("then.group", [actions.group] if actions.group else [], known.groups, "groups"),
         (
             "then.escalate",
             [actions.escalate] if isinstance(actions.escalate, str) else [],
             known.groups,
+            "groups",
         ),
-        ("then.sla_policy", [actions.sla_policy] if actions.sla_policy else [], known.sla_policies),
+        (
+            "then.sla_policy",
+            [actions.sla_policy] if actions.sla_policy else [],
+            known.sla_policies,
+            "SLA policies",
+        ),
         (
             "then.ack_template",
             [actions.ack_template] if actions.ack_template else [],
             known.templates,
+            "customer templates",
         ),
     ]
-    for key, names, allowed in checks:
-        if not allowed:
+    for key, names, allowed, kind in checks:
+        if allowed is None:
             continue
         for name in names:
             if name not in allowed:
-                raise where.error(key, f"unknown name {name!r}")
+                raise where.error(key, _unknown("name", name, allowed, kind))
 
 
 def _bool(value: Any, where: _Where, key: str) -> bool:
@@ -380,12 +398,18 @@ def _regex(value: Any, where: _Where, key: str) -> re.Pattern[str]:
 
 @dataclass
 class RuleHolder:
-    """The live rule set; a failed reload keeps the last good one."""
+    """The live rule set; a failed reload keeps the last good one.
+
+    ``loaded``: a rule set was ever loaded. Until then a failed load leaves no
+    rules at all, which is no state to route mail in: at start it is a
+    configuration error (exit 78), not a set of last good rules to keep.
+    """
 
     folder: Path
     known: KnownNames = field(default_factory=KnownNames)
     current: RuleSet = field(default_factory=RuleSet)
     last_error: RulesError | None = None
+    loaded: bool = False
 
     def reload(self) -> RulesError | None:
         try:
@@ -394,4 +418,5 @@ class RuleHolder:
             self.last_error = exc
             return exc
         self.last_error = None
+        self.loaded = True
         return None

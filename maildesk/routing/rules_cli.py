@@ -43,9 +43,9 @@ def _router(settings: Settings, folder: Path | None) -> tuple[Router, RuleSet]:
     directory = Directory.from_settings(settings)
     router = Router(settings, lambda: directory, default_templates_dir(settings.templates_dir))
     error = router.holder.reload()
-    if error is not None:
+    if error is not None:  # bad configuration, as `maildesk run` says at start
         click.echo(f"maildesk: {error}", err=True)
-        sys.exit(EX_DATAERR)
+        sys.exit(EX_CONFIG)
     return router, router.rules
 
 
@@ -79,7 +79,7 @@ def rules() -> None:
 @_dir_option
 @click.pass_context
 def check_command(ctx: click.Context, rules_dir: Path | None) -> None:
-    """Validate every rules file; exit 65 naming file, rule and key on the first error."""
+    """Validate every rules file; exit 78 naming file, rule and key on the first error."""
     settings = _settings(ctx)
     _unused, rule_set = _router(settings, rules_dir)
     for rule_file in rule_set.files:

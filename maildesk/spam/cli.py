@@ -270,7 +270,7 @@ def mark(ctx: click.Context, label: str, message_id: str) -> None:
     from maildesk.spam.feedback import SpamLabel, settle_ticket
     from maildesk.spam.quarantine import is_spam_quarantine
 
-    app = build_app(ctx)
+    app = build_app(ctx, pipeline=True)  # a release processes the mail, ham acknowledges it
     wanted = message_id.strip().strip("<>")
     with app.db.transaction() as session:
         intakes = queries.intakes_for_message_id(session, wanted)

@@ -55,7 +55,7 @@ def test_check_reports_a_broken_rules_file(tmp_path: Path) -> None:
     rules.mkdir()
     (rules / "10-bad.toml").write_text(BROKEN)
     result = CliRunner().invoke(main, ["--config", str(_config(tmp_path, rules)), "check"])
-    assert result.exit_code != 0, result.output
+    assert result.exit_code == 78, "the same exit code as `run` gives for it: " + result.output
     assert f"FAIL rules: {rules / '10-bad.toml'}: rule 'oops': when.subject_regex" in result.output
 
 
@@ -190,6 +190,21 @@ def test_sighup_takes_a_new_template_and_the_rule_that_names_it(
         acks = select(Outbox).where(Outbox.purpose == "ack", Outbox.ticket_id == 1)
         blob = session.get(Blob, session.scalars(acks).one().raw_sha256)
         assert blob is not None and b"The VIP desk has ticket 1" in bytes(blob.data)
+
+
+def test_a_reload_without_a_template_every_mail_needs_keeps_the_last_good_ones(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """Deleting ack.customer.* while the daemon runs used to quarantine every new mail."""
+    app = build(tmp_path, database_url, clock)
+    app.check_pipeline()  # as `maildesk run` does at start: every template compiled, in memory
+    for name in ("ack.customer.txt.j2", "ack.customer.html.j2"):
+        (tmp_path / "templates" / name).unlink()
+    assert app.reload() is None  # the rules are fine
+    assert any("no template ack.customer.txt.j2" in e for e in app.template_errors)
+    deliver(app, make_mail(sender="a@customer.test", subject="hello"), mail_from="a@customer.test")
+    with app.db.transaction() as session:
+        assert session.scalars(select(Outbox).where(Outbox.purpose == "ack")).one()
 
 
 def test_run_with_a_template_that_does_not_compile_exits_78_naming_it(

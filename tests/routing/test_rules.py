@@ -355,3 +355,76 @@ def test_rules_on_real_corpus_messages(
     assert result.tags == tags
     if path.endswith("00001.7c53336b37003a9286aba55d2945844c.txt"):
         assert result.ack_suppressed_by == "mailing-lists"
+
+
+# -- names checked against the configuration, also when it configures none ---------
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ('then = { agent = "bob" }', "then.agent", "unknown name 'bob' (no agents configured)"),
+        (
+            'then = { watchers = ["bob"] }',
+            "then.watchers",
+            "unknown name 'bob' (no agents configured)",
+        ),
+        ('then = { group = "Nope" }', "then.group", "unknown name 'Nope' (no groups configured)"),
+        ('then = { escalate = "L2" }', "then.escalate", "unknown name 'L2' (no groups configured)"),
+        (
+            'then = { sla_policy = "gold" }',
+            "then.sla_policy",
+            "unknown name 'gold' (no SLA policies configured)",
+        ),
+        (
+            'then = { ack_template = "ack_vip" }',
+            "then.ack_template",
+            "unknown name 'ack_vip' (known: ack, ",
+        ),
+    ],
+)
+def test_names_a_config_without_any_are_unknown_not_unchecked(
+    tmp_path: Path, text: str, key: str, reason: str
+) -> None:
+    """An empty [[agents]] list used to mean "not checked": a rule gave tickets to "bob"."""
+    from maildesk.routing.router import known_names
+
+    settings = Settings.model_validate({"support_addresses": ["support@example.com"]})
+    known = known_names(settings, REPO / "templates")
+    with pytest.raises(RulesError) as error:
+        parse_rules(f'[[rule]]\nname = "r"\nwhen = {{}}\n{text}\n', "rules/10-x.toml", known)
+    assert (error.value.key, error.value.rule) == (key, "r")
+    assert reason in error.value.reason
+    with pytest.raises(
+        RulesError, match=r"unknown organisation 'ACME' \(no organisations configured\)"
+    ):
+        parse_rules('[[rule]]\nname = "o"\nwhen = { organisation = "ACME" }\n', "x", known)
+    assert parse_rules(f'[[rule]]\nname = "r"\nwhen = {{}}\n{text}\n', "x").rules, (
+        "without a configuration (KnownNames()) names are not checked"
+    )
+
+
+def test_a_first_load_that_fails_keeps_no_last_good_rules_and_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Nothing was loaded before: "keeping the last good rules" was untrue."""
+    from maildesk.config import ConfigError
+    from maildesk.routing.router import Router
+
+    folder = rules_from(tmp_path, a="[[rule]\n")
+    settings = Settings.model_validate(
+        {"support_addresses": ["support@example.com"], "routing": {"rules_dir": folder}}
+    )
+    router = Router(settings, lambda: Directory.from_settings(settings))
+    with caplog.at_level("INFO", logger="maildesk.routing"):
+        error = router.reload()
+    assert isinstance(error, ConfigError), "a CLI command that routes exits 78 with it"
+    assert not router.holder.loaded and router.rules.rules == ()
+    assert "keeping the last good rules" not in caplog.text
+    (folder / "a.toml").write_text('[[rule]]\nname = "one"\nwhen = {}\n')
+    assert router.reload() is None and router.holder.loaded
+    (folder / "a.toml").write_text("[[rule]\n")
+    with caplog.at_level("INFO", logger="maildesk.routing"):
+        assert router.reload() is not None
+    assert "keeping the last good rules" in caplog.text
+    assert [r.name for r in router.rules.rules] == ["one"]

@@ -42,8 +42,29 @@ def test_check_accepts_good_rules_and_names_the_broken_key(tmp_path: Path) -> No
         '[[rule]]\nname = "vip"\nwhen = {}\nthen = { priority = "asap" }\n'
     )
     bad = CliRunner().invoke(main, ["--config", str(cfg), "rules", "check"])
-    assert bad.exit_code == 65
+    assert bad.exit_code == 78, "a broken rules file is bad configuration (EX_CONFIG)"
     assert f"{rules / '20-bad.toml'}: rule 'vip': then.priority: must be one of" in bad.output
+
+
+def test_check_rejects_names_of_agents_groups_and_policies_none_configured(
+    tmp_path: Path,
+) -> None:
+    """With no [[agents]] at all, a rule's agent used to be taken unchecked (and assigned)."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    (rules / "10-vip.toml").write_text(
+        '[[rule]]\nname = "vip"\nwhen = {}\nthen = { agent = "bob", group = "Nope" }\n'
+    )
+    bad = CliRunner().invoke(main, ["--config", str(config(tmp_path, rules)), "rules", "check"])
+    assert bad.exit_code == 78, bad.output
+    said = f"{rules / '10-vip.toml'}: rule 'vip': then.agent: unknown name 'bob' (no agents configured)"
+    assert said in bad.output
+    message = tmp_path / "m.eml"
+    message.write_bytes(make_mail(subject="hello", sender="a@customer.test"))
+    tested = CliRunner().invoke(
+        main, ["--config", str(config(tmp_path, rules)), "rules", "test", str(message)]
+    )
+    assert tested.exit_code == 78 and said in tested.output, tested.output
 
 
 def test_test_prints_matches_reasons_and_fields_and_writes_nothing(tmp_path: Path) -> None:
