@@ -219,6 +219,8 @@ def _parse(raw: bytes, max_header_bytes: int) -> ParsedMessage:
     hint = _safe_charset(msg)
     raw_index = raw_header_index(header_block)
     headers = tuple((name, decode_header_text(str(value), hint)) for name, value in msg.raw_items())
+    if not headers and not raw_index:  # text, or bytes, that never were a mail
+        raise ParseError("not a mail message: no header field (From:, Subject: ...) at its start")
     walker = _PartWalker(hint=hint)
     walker.walk(msg, depth=0, in_report=False)
     defects.extend(walker.defects)

@@ -596,6 +596,27 @@ def test_empty_input_is_a_parse_error(raw: bytes) -> None:
         parse_message(raw)
 
 
+@pytest.mark.parametrize(
+    "raw",
+    [
+        bytes(range(256)) * 8,  # a binary file handed to `ingest`
+        b"Lorem ipsum dolor sit amet, consectetur adipisicing elit.\n\nSed do eiusmod.\n",
+    ],
+    ids=["binary", "text"],
+)
+def test_bytes_that_start_with_no_header_field_are_no_mail(raw: bytes) -> None:
+    """They were a ticket with no sender and no subject; they are quarantined, saying why."""
+    with pytest.raises(ParseError) as caught:
+        parse_message(raw)
+    assert caught.value.reason.startswith("not a mail message: no header field")
+
+
+def test_obsolete_header_syntax_is_still_mail() -> None:
+    """RFC 5322's obsolete syntax (white space before the colon) is mail all the same."""
+    parsed = parse_message(b"From  : John Doe <jdoe@example.org>\r\nTo    : Mary\r\n\r\nHi\r\n")
+    assert "Hi" in parsed.text
+
+
 def test_deep_nesting_is_bounded() -> None:
     depth = 60
     opening = "".join(
