@@ -120,11 +120,9 @@ def agent_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop 
             return None  # customer mail
         checked = _auth(ctx, settings, sender_agent)
         parsed = parse_commands(msg.text)
+        replying = thread.rule not in (ThreadRule.SUBJECT_TAG, ThreadRule.NEW_TICKET)
         joins_by_from = bool(internal) and thread.ticket_id is not None
-        tagged = bool(parsed.commands) and thread.rule in (
-            ThreadRule.SUBJECT_TAG,
-            ThreadRule.NEW_TICKET,
-        )
+        tagged = bool(parsed.commands) and not replying
         if (joins_by_from or tagged) and checked.ok and not checked.passed:
             # Only the From says it is an agent's: a stranger's spam is spam, not a note
             # on a ticket nor a request to the agent to confirm its commands.
@@ -152,7 +150,6 @@ def agent_stage(ctx: MessageContext, session: Session, deps: StageDeps) -> Stop 
                 ("from", *checked.passed),
             )
             return None
-        replying = thread.rule not in (ThreadRule.SUBJECT_TAG, ThreadRule.NEW_TICKET)
         ticket = _tagged_ticket(ctx, session, deps)
         if parsed.commands and ticket is not None and checked.ok and not replying:
             ctx.agent = _confirm_request(

@@ -237,14 +237,14 @@ class Notices:
     ) -> None:
         """The spam filter was unsure: keep the acknowledgement every other check allowed
         (the routing rule's template, the quote) for the release to send
-        (:meth:`held_acknowledgement`)."""
+        (:meth:`acknowledgement_decision`)."""
         data: dict[str, Any] = {"template": template, "dmarc_passed": dmarc_passed}
         if quote is not None:
             data["quote"] = quote[:QUOTE_LIMIT]
         reason = "possible spam: not acknowledged until released"
         self._event(session, ticket, ACK_HELD, reason, **data)
 
-    def held_acknowledgement(self, session: Session, ticket: Ticket) -> AckDecision | None:
+    def acknowledgement_decision(self, session: Session, ticket: Ticket) -> AckDecision | None:
         """The last decision on the acknowledgement of ``ticket``: held for a release or
         skipped (with why); None when none was recorded (or before held ones were: those
         tickets get what a release gave them then)."""

@@ -86,10 +86,7 @@ def objection_to_answering(session: Session, settings: Settings, msg: ParsedMess
     mail that was never fetched never is. Exempt as in :func:`spam_stage`.
     """
     spec = ScorerSpec.from_settings(settings)
-    sender = msg.from_.addr if msg.from_ else ""
-    if spec is None or exemption(settings, sender):
-        return None
-    if sender and answered_customer(session, sender) is not None:
+    if spec is None:
         return None
     try:
         score = scorer_for(spec).score(msg)
@@ -98,7 +95,24 @@ def objection_to_answering(session: Session, settings: Settings, msg: ParsedMess
         return None
     if score is None or score.band is Band.HAM:
         return None
+    sender = msg.from_.addr if msg.from_ else ""
+    if _exempt_sender(session, settings, sender, score.band):
+        return None
     return f"the spam filter's verdict on its header, {_described(score)[1]}"
+
+
+def _exempt_sender(session: Session, settings: Settings, sender: str, band: Band) -> str | None:
+    """Why mail from ``sender`` is not filtered (allow-listed, or a customer an agent
+    answered), or None."""
+    exempt = exemption(settings, sender)
+    if (
+        exempt is None
+        and sender
+        and band is not Band.HAM  # a query per message only where it changes the outcome
+        and (known := answered_customer(session, sender))
+    ):
+        exempt = f"{sender.lower()} is a customer we answered on ticket #{known}"
+    return exempt
 
 
 def spam_stage(ctx: MessageContext, _session: Session, deps: StageDeps) -> Stop | None:
@@ -114,16 +128,11 @@ def spam_stage(ctx: MessageContext, _session: Session, deps: StageDeps) -> Stop 
         ctx.note("spam", f"{summary}; not filtered: joins an existing ticket", **facts)
         return None
     sender = ctx.message.from_.addr if ctx.message.from_ else ""
-    exempt = exemption(deps.settings, sender)
-    if ctx.authenticated_agent is not None:
-        exempt = f"authenticated mail from agent {ctx.authenticated_agent}"
-    elif (
-        exempt is None
-        and sender
-        and score.band is not Band.HAM  # a query per message only where it changes the outcome
-        and (known := answered_customer(_session, sender))
-    ):
-        exempt = f"{sender.lower()} is a customer we answered on ticket #{known}"
+    exempt = (
+        f"authenticated mail from agent {ctx.authenticated_agent}"
+        if ctx.authenticated_agent is not None
+        else _exempt_sender(_session, deps.settings, sender, score.band)
+    )
     if exempt:
         ctx.note("spam", f"{summary}; not filtered: {exempt}", **facts)
         return None

@@ -354,10 +354,16 @@ def _announce(
     automated mail is not announced: a list's mail is a person's, the agents
     hear of it.
     """
-    decision = notices.held_acknowledgement(session, ticket)
     if _queued(session, ticket, "ack"):
         _event(session, ticket, now, "already acknowledged: not acknowledged again")
-    elif decision is not None and decision.held:
+    elif (decision := notices.acknowledgement_decision(session, ticket)) is None:
+        # Flagged before held acknowledgements were recorded: decided as then.
+        if message.auto_kind is not None:
+            why = f"{message.auto_kind}: automated mail is never answered"
+            notices.acknowledge(session, ticket, message, False, f"released as ham; {why}")
+        else:
+            notices.acknowledge(session, ticket, message, True, "released as ham")
+    elif decision.held:
         notices.acknowledge(
             session,
             ticket,
@@ -368,13 +374,8 @@ def _announce(
             dmarc_passed=decision.dmarc_passed,
             quote=decision.quote,
         )
-    elif decision is not None:
-        _event(session, ticket, now, f"released as ham; still not acknowledged: {decision.reason}")
-    elif message.auto_kind is not None:  # flagged before held acknowledgements were recorded
-        why = f"{message.auto_kind}: automated mail is never answered"
-        notices.acknowledge(session, ticket, message, False, f"released as ham; {why}")
     else:
-        notices.acknowledge(session, ticket, message, True, "released as ham")
+        _event(session, ticket, now, f"released as ham; still not acknowledged: {decision.reason}")
     automated = message.auto_kind not in (None, *HUMAN_KINDS)
     if not automated and not _queued(session, ticket, "new_ticket"):
         notify_after_customer_mail(
