@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import os
 import shutil
 import subprocess
@@ -29,6 +30,7 @@ from maildesk.db import queries
 from maildesk.db.database import Database
 from maildesk.db.models import Base, IntakeState, Ticket
 from tests.conftest import REPO, private_pg_database, write_cli_config
+from tests.mailfactory import make_mail
 
 AT = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 
@@ -168,6 +170,51 @@ def test_db_upgrade_keeps_the_mail_of_an_old_database(empty_url: str, tmp_path: 
     if db.is_sqlite:
         with db.engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA foreign_key_check").all() == []
+    db.dispose()
+
+
+def test_upgrade_refolds_old_subjects_so_a_customers_reply_finds_her_ticket(
+    empty_url: str, tmp_path: Path
+) -> None:
+    # Opened before subjects were NFKC-folded: the full-width subject was stored casefolded
+    # only, and her reply ("Re:", no headers, no tag), folded the new way, found nothing.
+    migrate_to(empty_url, "0014")
+    now = datetime.now(UTC)
+    engine = create_engine(empty_url)
+    tables = MetaData()
+    tables.reflect(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            insert(tables.tables["contacts"]).values(
+                id=1, email="alice@customer.test", name="Alice", created_at=now
+            )
+        )
+        conn.execute(
+            insert(tables.tables["tickets"]).values(
+                id=1, number=7, subject="Ｒｅｆｕｎｄ ｆｏｒ ｏｒｄｅｒ １２",
+                normalized_subject="ｒｅｆｕｎｄ ｆｏｒ ｏｒｄｅｒ １２", status="open",
+                priority="normal", requester_id=1, created_at=now, updated_at=now,
+                support_addresses=["support@example.com"],
+            )
+        )  # fmt: skip
+    engine.dispose()
+
+    code, output = cli(tmp_path, empty_url, "db", "upgrade")
+    assert code == 0, output
+    reply = tmp_path / "reply.eml"
+    reply.write_bytes(
+        make_mail(sender="alice@customer.test", subject="Re: Ｒｅｆｕｎｄ ｆｏｒ ｏｒｄｅｒ １２")
+    )
+    code, output = cli(tmp_path, empty_url, "ingest", "--json", str(reply))
+
+    assert code == 0, output
+    summary = json.loads(output.strip().splitlines()[-1])
+    assert (summary["threaded"], summary["created"]) == (1, 0), summary
+    db = Database(empty_url)
+    with db.sessions() as session:
+        assert [m.subject for m in session.get_one(Ticket, 1).messages] == [
+            "Re: Ｒｅｆｕｎｄ ｆｏｒ ｏｒｄｅｒ １２"
+        ]
     db.dispose()
 
 
