@@ -22,6 +22,7 @@ from maildesk.db.models import (
 from maildesk.db.upsert import insert_ignore
 from maildesk.outbound.notices import Notices
 from maildesk.pipeline.lookahead import Lookahead
+from maildesk.sla.merge import exchange_starts, renumber_escalations
 
 
 def change_status(
@@ -87,9 +88,11 @@ def merge_tickets(
     if (lookahead := Lookahead.of(session)) is not None:
         lookahead.merged(source, target)
     session.flush()
+    exchanges = exchange_starts(session, target, now)
     session.execute(
         update(Message).where(Message.ticket_id == source.id).values(ticket_id=target.id)
     )
+    renumber_escalations(session, target.id, exchanges, exchange_starts(session, target, now))
     session.execute(
         update(KnownMessageId)
         .where(KnownMessageId.ticket_id == source.id)

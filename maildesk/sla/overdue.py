@@ -10,6 +10,7 @@ from sqlalchemy import ColumnElement, exists, select
 from sqlalchemy.orm import Session
 
 from maildesk.db.models import SLA_LIVE_STATUSES, SlaTargetRow, Ticket
+from maildesk.db.queries import OPEN_STATUSES
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,17 +34,24 @@ def _late_at(now: datetime) -> ColumnElement[bool]:
 
 
 def is_overdue(now: datetime) -> ColumnElement[bool]:
-    """A condition on tickets: one of its targets is past due and still unmet."""
-    return exists().where(SlaTargetRow.ticket_id == Ticket.id, _late_at(now))
+    """A condition on tickets: still open, and one of its targets is past due and unmet.
+
+    A resolved ticket owes nothing: a first response it never got stays a paused
+    target (it runs again if the ticket is reopened), but is no one's work now.
+    """
+    return Ticket.status.in_(OPEN_STATUSES) & exists().where(
+        SlaTargetRow.ticket_id == Ticket.id, _late_at(now)
+    )
 
 
 def overdue(
     session: Session, now: datetime, ticket_ids: Collection[int] | None = None
 ) -> dict[int, Late]:
-    """Ticket id -> its earliest missed, still unmet target (of ``ticket_ids`` when given)."""
+    """Open ticket id -> its earliest missed, still unmet target (of ``ticket_ids`` when given)."""
     stmt = (
         select(SlaTargetRow.ticket_id, SlaTargetRow.target, SlaTargetRow.due_at)
-        .where(_late_at(now))
+        .join(Ticket, Ticket.id == SlaTargetRow.ticket_id)
+        .where(_late_at(now), Ticket.status.in_(OPEN_STATUSES))
         .order_by(SlaTargetRow.due_at)
     )
     if ticket_ids is not None:

@@ -279,6 +279,13 @@ def _scan(events: Sequence[TicketEvent], now: datetime, policy: SlaPolicy) -> _T
     return _Timeline(running, instances)
 
 
+def next_response_starts(events: Sequence[TicketEvent], now: datetime) -> list[datetime]:
+    """When each next-response instance began, by instance number as :func:`evaluate`
+    numbers them (pauses do not matter to which exchange is which)."""
+    timeline = _scan(events, now.astimezone(UTC), SlaPolicy(name="exchanges"))
+    return [i.start for i in timeline.instances if i.target is Target.NEXT_RESPONSE]
+
+
 def _clip(running: list[_Span], start: datetime, end: datetime | None) -> list[_Span]:
     clipped: list[_Span] = []
     for span_start, span_end in running:

@@ -21,7 +21,7 @@ from datetime import datetime, timedelta
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
@@ -237,13 +237,20 @@ class SlaSweeper:
     def _claim_batch(
         self, session: Session, after: int, closed: Collection[int] = ()
     ) -> list[Ticket]:
-        """The next tickets after id ``after`` that are not closed, or are among ``closed``."""
+        """The next tickets after id ``after`` that are not closed, or are among ``closed``.
+
+        A ticket merged into another is a closed stub: it is swept once more when it
+        still has live targets, so they end (else they stayed "running" and counted
+        as past due in ``maildesk status`` and the metrics for ever).
+        """
         stmt = (
             select(Ticket)
             .where(
                 Ticket.id > after,
-                Ticket.merged_into_id.is_(None),
-                or_(Ticket.status != TicketStatus.CLOSED, among(Ticket.id, closed)),
+                or_(
+                    and_(Ticket.merged_into_id.is_(None), Ticket.status != TicketStatus.CLOSED),
+                    among(Ticket.id, closed),
+                ),
             )
             .order_by(Ticket.id)
             .limit(self.batch_size)
