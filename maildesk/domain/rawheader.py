@@ -30,6 +30,11 @@ _FIELD = re.compile(
 _ANGLE_ID = re.compile(r"<([^<>]*)>")
 _WHITESPACE = re.compile(r"\s+")
 _ID_TOKEN_PUNCT = ",;\"'()"
+# The text before a ``<...>`` of an attribution's author: "from", then a name, with no
+# "of" (the date that follows the author) and no comment between.
+_ATTRIBUTION = re.compile(r"\bfrom\s+(?:(?!\bof\b)[^<>()])*$", re.IGNORECASE)
+_ATTRIBUTION_ROOM = 200  # of the text before a token: a name is shorter (and the search linear)
+_POSSESSIVE = ("'s", "\u2019s")
 
 # Charset names mail clients use that Python does not know, mapped to what
 # they mean in practice. None means "no real charset": guess from the bytes.
@@ -198,11 +203,27 @@ def parse_msgid_list(value: str) -> list[str]:
     """Message-IDs named in an In-Reply-To or References value, in order, once each.
 
     ``<...>`` tokens when there are any; otherwise bare whitespace-separated
-    tokens that contain ``@`` (some clients omit the brackets).
+    tokens that contain ``@`` (some clients omit the brackets). The parent's
+    author that an old-style attribution names is no Message-ID and is left
+    out: ``Message from Hal <hal@x> of "date" <id>`` (MH, nmh, exmh),
+    ``hal@x's message of "date"`` (Gnus), ``; from hal@x on date`` (Mutt).
+    Taken as an id, it would join every reply to any mail of that author.
     """
-    tokens = [_WHITESPACE.sub("", tok) for tok in _ANGLE_ID.findall(value)]
+    tokens: list[str] = []
+    end = 0
+    for match in _ANGLE_ID.finditer(value):
+        before, end = value[end : match.start()], match.end()
+        if not _ATTRIBUTION.search(before[-_ATTRIBUTION_ROOM:]):
+            tokens.append(_WHITESPACE.sub("", match.group(1)))
     if not tokens and "<" not in value:
-        tokens = [tok.strip(_ID_TOKEN_PUNCT) for tok in value.split() if "@" in tok]
+        words = value.split()
+        tokens = [
+            word.strip(_ID_TOKEN_PUNCT)
+            for i, word in enumerate(words)
+            if "@" in word
+            and not word.rstrip(_ID_TOKEN_PUNCT).lower().endswith(_POSSESSIVE)
+            and not (i and words[i - 1].lower() == "from")
+        ]
     seen: set[str] = set()
     result: list[str] = []
     for tok in tokens:

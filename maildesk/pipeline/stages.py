@@ -223,11 +223,16 @@ def dedupe_stage(ctx: MessageContext, session: Session, _deps: StageDeps) -> Sto
         existing = _stored_message(session, key)
     ctx.dedupe_key = key
     if existing is not None:
+        # A list that left her mail as it was (no footer): its copy, first, is this very
+        # content, and her own copy is still owed the acknowledgement the list's was not.
+        late = _list_copy(existing, msg) and _her_copy_after_the_lists(ctx, session, existing)
         return Stop(
             StopKind.DUPLICATE,
-            f"Message-ID {key} with the same content is already stored",
+            f"Message-ID {key} with the same content is already stored"
+            + ("; her own copy after a mailing list's" if late else ""),
             duplicate_of_message=existing.id,
             duplicate_of_ticket=existing.ticket_id,
+            acknowledge_late=late,
         )
     return copy_of_quarantined(ctx, session)
 

@@ -91,6 +91,15 @@ def test_extract_message_id(raw: bytes, expected: str | None) -> None:
         ("Your message of Monday", []),
         ("<Mail2L:1@x> <Mail2L:2@x>", ["Mail2L:1@x", "Mail2L:2@x"]),
         ("<> <  > garbage <<x@y>", ["x@y"]),
+        # Attributions name the parent's author, which is no Message-ID (MH, Gnus, Mutt).
+        ('Message from Hal DeVore <hal@acm.test> of\r\n "Mon, 07 Oct 2002." <6384@d>', ["6384@d"]),
+        ('Message from "Craig R.Hughes" <craig@d.test>    of "Wed" <DADE@d.test>', ["DADE@d.test"]),
+        ("Message from pll@l.test of Fri, 26 Jul 2002 EDT <1@f> <2@f>", ["1@f", "2@f"]),
+        ("message-id <3@p.test> of Fri, Sep 13 07:46:47 2002", ["3@p.test"]),
+        ("<a@b> (message from Joe) <c@d>", ["a@b", "c@d"]),
+        ('Message from Dave Long <dave> of "Wed"', []),
+        ('hal@acm.test\'s message of "Wed, 25 Sep 2002"', []),
+        ("; from valen@t.test on Thu, Aug 29, 2002", []),
         ("", []),
     ],
 )

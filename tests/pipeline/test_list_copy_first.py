@@ -48,9 +48,12 @@ def _direct(message_id: str = "n1@customer.test") -> bytes:
     return make_mail(message_id=message_id, to="support@example.com", cc=LIST, body=BODY)
 
 
-def _list_copy(message_id: str = "n1@customer.test", *, from_rewritten: bool = True) -> bytes:
+def _list_copy(
+    message_id: str = "n1@customer.test", *, from_rewritten: bool = True, footer: bool = True
+) -> bytes:
     """The list's copy of her mail: her Message-ID, To and Cc, the list's headers and
-    footer, and (DMARC mitigation) perhaps the list's From with her in X-Original-From."""
+    footer (unless the list adds none), and (DMARC mitigation) perhaps the list's From
+    with her in X-Original-From."""
     rewritten = {"X-Original-From": f"Alice Customer <{ALICE}>", "Reply-To": ALICE}
     return make_mail(
         message_id=message_id,
@@ -58,7 +61,7 @@ def _list_copy(message_id: str = "n1@customer.test", *, from_rewritten: bool = T
         to="support@example.com",
         cc=LIST,
         subject="[Users] Printer on fire",
-        body=BODY + FOOTER,
+        body=BODY + FOOTER if footer else BODY,
         headers={
             "List-Id": "Users <users.lists.test>",
             "List-Post": f"<mailto:{LIST}>",
@@ -138,6 +141,30 @@ def test_both_copies_and_a_redelivery_in_one_batch(desk: App) -> None:
     for raw, mail_from in ((_list_copy(), LIST_BOUNCES), (_direct(), ALICE), (_direct(), ALICE)):
         envelope = Envelope(source="smtp", mail_from=mail_from, rcpt_to=("support@example.com",))
         intake.store(raw, envelope)
+    desk.worker().drain()
+    _assert_one_acknowledged_request(desk, late=True)
+
+
+@pytest.mark.parametrize("one_batch", [False, True], ids=["one-by-one", "one-batch"])
+@pytest.mark.parametrize("from_rewritten", [True, False], ids=["from-rewritten", "from-kept"])
+def test_a_list_that_adds_no_footer_still_gets_her_acknowledged_once(
+    desk: App, clock: FrozenClock, from_rewritten: bool, one_batch: bool
+) -> None:
+    """The list left her mail as it was: its copy, first, has her Message-ID and her very
+    body, so her own copy is a duplicate of the same content. It is still the copy we
+    answer, and is owed the acknowledgement (before, she never got one)."""
+    copies = (
+        (_list_copy(from_rewritten=from_rewritten, footer=False), LIST_BOUNCES),
+        (_direct(), ALICE),
+        (_direct(), ALICE),  # her MTA's redelivery: nothing more
+    )
+    intake = desk.intake()
+    for raw, mail_from in copies:
+        envelope = Envelope(source="smtp", mail_from=mail_from, rcpt_to=("support@example.com",))
+        intake.store(raw, envelope)
+        if not one_batch:
+            desk.worker().drain()
+            clock.advance(minutes=1)
     desk.worker().drain()
     _assert_one_acknowledged_request(desk, late=True)
 
