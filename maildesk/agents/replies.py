@@ -11,13 +11,14 @@ the ticket's internal notes: a reply that would carry a note is not sent.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maildesk.config import AgentSettings
+from maildesk.agents.trust import signed_locals
+from maildesk.config import AgentSettings, Settings
 from maildesk.db import queries
 from maildesk.db.models import (
     Contact,
@@ -31,6 +32,7 @@ from maildesk.db.models import (
 from maildesk.domain.address import elided
 from maildesk.domain.message import ParsedAttachment
 from maildesk.domain.rawheader import decode_text
+from maildesk.domain.signing import RefPurpose
 from maildesk.outbound.compose import (
     OutboundAttachment,
     OutboundMail,
@@ -47,6 +49,12 @@ _WS = re.compile(r"\s+")
 _PARAGRAPH = re.compile(r"\n\s*\n")
 _QUOTE_PREFIX = re.compile(r"^(?:[ \t]*>)+")
 _SAFE_TYPE = re.compile(r"^[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*$")
+# Anything in a text that reads as a mail address (RFC 5322's atext, any letter). The
+# parts are bounded as RFC 5321 bounds them, so a long run of letters costs a linear
+# scan, not one scan per start position.
+_ADDRESS = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,16}")
+# Sub-addresses of ours signed for an agent: whoever has one may answer as that agent.
+_AGENT_PURPOSES = frozenset({RefPurpose.AGENT, RefPurpose.NOTE, RefPurpose.CONFIRM})
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,32 +67,79 @@ def _squash(text: str) -> str:
     return _WS.sub(" ", text).strip().lower()
 
 
-def note_passages(session: Session, ticket: Ticket) -> list[str]:
-    """The ticket's internal notes, whole and by paragraph, as ``leaked_note`` compares them."""
-    notes = session.scalars(
-        select(Message.text_body).where(
-            Message.ticket_id == ticket.id, Message.kind == MessageKind.INTERNAL_NOTE
+@dataclass(frozen=True, slots=True)
+class NotePassages:
+    """A ticket's internal notes as ``leaked_note`` looks for them in an answer.
+
+    ``passages``: each note whole and by paragraph, looked for anywhere. ``lines``: each
+    note line on its own, looked for only in what the answer quotes, where an agent
+    answering inline keeps one line of a note's paragraph. A line written afresh is
+    not compared: a note's one-line signature or greeting is in every answer too.
+    """
+
+    passages: tuple[str, ...] = ()
+    lines: tuple[str, ...] = ()
+
+
+def note_passages(session: Session, ticket: Ticket) -> NotePassages:
+    """The ticket's internal notes, as :class:`NotePassages`."""
+    notes = [
+        note or ""
+        for note in session.scalars(
+            select(Message.text_body).where(
+                Message.ticket_id == ticket.id, Message.kind == MessageKind.INTERNAL_NOTE
+            )
         )
-    ).all()
-    passages = (
-        _squash(part or "") for note in notes for part in [note, *_PARAGRAPH.split(note or "")]
-    )
-    return [p for p in passages if len(p) >= MIN_LEAK_CHARS]
+    ]
+    passages = (_squash(part) for note in notes for part in [note, *_PARAGRAPH.split(note)])
+    lines = (_squash(line) for note in notes for line in note.splitlines())
+    return NotePassages(_long_enough(passages), _long_enough(lines))
 
 
-def leaked_note(passages: Sequence[str], text: str) -> str | None:
+def _long_enough(passages: Iterable[str]) -> tuple[str, ...]:
+    return tuple(p for p in dict.fromkeys(passages) if len(p) >= MIN_LEAK_CHARS)
+
+
+def leaked_note(notes: NotePassages, text: str) -> str | None:
     """The first note passage that ``text`` contains (its start, for the log), or None.
 
     Also when ``text`` quotes it: ">" prefixes are looked through, as a note of
     several lines comes back with one in front of each line.
     """
-    unquoted = "\n".join(_QUOTE_PREFIX.sub("", line) for line in text.splitlines())
-    haystacks = [h for h in dict.fromkeys((_squash(text), _squash(unquoted))) if h]
-    return next((p[:60] for p in passages if any(p in h for h in haystacks)), None)
+    lines = text.splitlines()
+    unquoted = [_QUOTE_PREFIX.sub("", line) for line in lines]
+    haystacks = [h for h in dict.fromkeys((_squash(text), _squash("\n".join(unquoted)))) if h]
+    quoted = {_squash(bare) for line, bare in zip(lines, unquoted, strict=True) if bare != line}
+    found = (p for p in notes.passages if any(p in h for h in haystacks))
+    return next(found, None) or next((line for line in notes.lines if line in quoted), None)
+
+
+def private_addresses_out(
+    text: str, settings: Settings, directory: Directory, support: str
+) -> tuple[str, list[str]]:
+    """``text`` with every agent's address, and every reply address of ours signed for an
+    agent, replaced by ``support``; and the addresses replaced.
+
+    The customer never sees an agent's own address (an Outlook or Apple Mail signature
+    has no "-- " line that would cut it), nor an address signed for an agent, with
+    which anyone who writes an agent's From answers as that agent.
+    """
+    found: list[str] = []
+
+    def private(match: re.Match[str]) -> str:
+        address = match.group(0)
+        locals_ = signed_locals([address], settings.support_addresses)
+        signed = bool(locals_) and locals_[0].rpartition("+")[2].split("-", 1)[0] in _AGENT_PURPOSES
+        if not signed and not directory.is_agent_address(address):
+            return address
+        found.append(address)
+        return support
+
+    return _ADDRESS.sub(private, text), list(dict.fromkeys(found))
 
 
 def safe_attachments(
-    passages: Sequence[str], parts: Sequence[ParsedAttachment], loop_token: str
+    passages: NotePassages, parts: Sequence[ParsedAttachment], loop_token: str
 ) -> tuple[list[ParsedAttachment], list[str]]:
     """The agent's attachments that may go to the customer, and the names of those that may not.
 

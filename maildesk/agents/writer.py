@@ -19,8 +19,10 @@ from maildesk.agents import stage as kinds
 from maildesk.agents.actions import CommandRunner, Outcome
 from maildesk.agents.commands import Command, parse_commands
 from maildesk.agents.replies import (
+    NotePassages,
     leaked_note,
     note_passages,
+    private_addresses_out,
     queue_customer_reply,
     safe_attachments,
 )
@@ -347,7 +349,17 @@ class _AgentTurn:
         answer = "\n\n".join([*out.inserted, text]).strip()
         is_note = out.note or mail.kind == kinds.INTERNAL
         send = bool(answer) and not is_note and not out.spam
-        notes = note_passages(self.session, ticket) if send else []
+        if send:
+            support = self.notices.support_address_for(ticket)
+            answer, replaced = private_addresses_out(
+                answer, self.applier.settings, self.directory, support
+            )
+            for address in replaced:
+                out.failed.append(
+                    f"{address} replaced by {support} in your answer: an agent's own address "
+                    "or one signed for an agent never reaches the customer"
+                )
+        notes = note_passages(self.session, ticket) if send else NotePassages()
         if send and (leak := leaked_note(notes, answer)) is not None:
             send = False
             out.failed.append(f"reply NOT sent: it contains the internal note text {leak!r}")

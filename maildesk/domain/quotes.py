@@ -261,7 +261,31 @@ def _find_marker(lines: Sequence[str], marker: str) -> int | None:
 
 
 def _after_marker(lines: Sequence[str], cut: int) -> list[str]:
-    head = _trim_tail(list(lines[:cut]))
+    """The new text of a reply whose marker is on line ``cut``.
+
+    The notification may itself be quoted in an older mail that this one quotes: an
+    agent's reply to their own sent answer (a "PS"). That older mail is history as
+    well, with its attribution or header block, which name the agent's private
+    address and the reply address signed for them: a ">"-quoted marker is cut from
+    the top of the quote it is in, and the text above from the first client header
+    block or "Original Message" separator in it.
+    """
+    start = cut
+    if _is_quoted(lines[cut]):
+        while start > 0 and _is_quoted(lines[start - 1]):
+            start -= 1
+    above = list(lines[:start])
+    older = next(
+        (
+            i
+            for i in range(len(above))
+            if _ORIGINAL_MESSAGE.match(above[i])
+            or (_RULE_LINE.match(above[i]) and _header_block_at(above, i + 1))
+            or _header_block_at(above, i)
+        ),
+        None,
+    )
+    head = _trim_tail(above[:older] if older is not None else above)
     if _has_text(head):
         return _drop_signature(head)
     if not _is_quoted(lines[cut]):

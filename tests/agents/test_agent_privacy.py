@@ -515,3 +515,121 @@ def test_an_agents_answer_to_the_result_of_their_commands_stays_internal(app: Ap
     assert [s.purpose for s in customer_mail] == ["ack"]
     report = to(app, "bob@agents.test", "agent_result")[-1].text
     assert "stored as an internal note" in report
+
+
+def _reply(notice: Sent, text: str) -> bytes:
+    """A reply to ``notice`` whose whole plain text is ``text`` (as the client wrote it)."""
+    reply = email.message_from_bytes(client_reply(notice, ""), policy=email.policy.default)
+    assert isinstance(reply, EmailMessage)
+    reply.set_content(text)
+    return reply.as_bytes()
+
+
+def test_a_ps_to_the_agents_own_answer_carries_neither_his_address_nor_his_signed_one(
+    app: App,
+) -> None:
+    """Bob answers Alice in Outlook, then replies to his own sent answer with a PS.
+
+    Outlook quotes that answer under a header block naming bob's private address and
+    the reply address signed for him: with that address and a forged From, anyone
+    answers as bob (commands included). It all went to Alice.
+    """
+    deliver(app, make_mail(message_id="first@customer.test"))
+    notice = to(app, "bob@agents.test", "new_ticket")[0]
+    address = reply_address(notice)
+    raw = client_reply(notice, "Hello Alice,\n\nplease unplug the printer.\n", style="outlook")
+    deliver(app, raw, rcpt=(address,), mail_from="bob@agents.test")
+    sent = email.message_from_bytes(raw, policy=email.policy.default)
+    assert isinstance(sent, EmailMessage)
+    body = sent.get_body(("plain",))
+    assert body is not None
+    ps = (
+        "PS: and plug it in again after ten seconds.\n\n________________________________\n"
+        "From: Bob Agent <bob@agents.test>\nSent: Monday, March 2, 2026 9:05 AM\n"
+        f"To: Support <{address}>\nSubject: {sent['Subject']}\n\n{body.get_content()}"
+    )
+    deliver(app, _reply(notice, ps), rcpt=(address,), mail_from="bob@agents.test")
+
+    first, second = to(app, ALICE, "agent_reply")
+    assert "plug it in again" in second.text
+    assert "please unplug" not in second.text
+    local = address.split("@")[0]
+    for answer in (first, second):
+        assert b"agents.test" not in answer.raw
+        assert local.encode() not in answer.raw
+
+
+def test_an_agents_address_in_a_signature_without_a_delimiter_is_not_sent(app: App) -> None:
+    """Outlook and Apple Mail write the agent's signature with no "-- " line above it."""
+    deliver(app, make_mail(message_id="first@customer.test"))
+    notice = to(app, "bob@agents.test", "new_ticket")[0]
+    text = (
+        "Hello Alice,\n\nplease unplug the printer.\n\nKind regards\nBob Agent\n"
+        "Senior Support | Bob@Agents.test | +49 30 1234567\n"
+    )
+    deliver(
+        app,
+        client_reply(notice, text, style="outlook"),
+        rcpt=(reply_address(notice),),
+        mail_from="bob@agents.test",
+    )
+    [answer] = to(app, ALICE, "agent_reply")
+    assert "Senior Support | support@example.com | +49 30 1234567" in answer.text
+    assert b"agents.test" not in answer.raw.lower()
+    report = to(app, "bob@agents.test", "agent_result")[-1].text
+    assert "Bob@Agents.test replaced by support@example.com" in " ".join(report.split())
+
+
+def test_one_line_of_a_note_kept_in_an_inline_reply_is_not_sent(app: App) -> None:
+    """Bob answers inline and keeps one line of a two-line note in the quote."""
+    note = "Customer owes us 5000 EUR from the last contract.\nDo not mention it until legal signs off.\n"
+    first = make_mail(message_id="first@customer.test")
+    deliver(app, first)
+    notice = to(app, "bob@agents.test", "new_ticket")[0]
+    address = reply_address(notice)
+    deliver(app, client_reply(notice, f"#note\n\n{note}"), rcpt=(address,), mail_from="bob@x")
+    deliver(app, reply_to(first, body="Any news?\n", message_id="second@customer.test"))
+    latest = to(app, "bob@agents.test", "customer_reply")[-1]
+    line = next(line for line in latest.text.splitlines() if "5000 EUR" in line)
+    text = (
+        "On 02.03.26 09:00, Support wrote:\n> Any news?\n\n"
+        "Hello Alice, a technician comes on Monday.\n\n"
+        f"> {line}\n\nWe will talk about that later.\n\nBest regards\n"
+    )
+    deliver(app, _reply(latest, text), rcpt=(address,), mail_from="bob@agents.test")
+
+    customer_mail = [s for s in outbox(app) if not AGENT_ADDRESSES & set(s.recipients)]
+    assert [s.purpose for s in customer_mail] == ["ack"]
+    report = to(app, "bob@agents.test", "agent_result")[-1]
+    assert "reply NOT sent: it contains the internal note text" in report.text
+
+
+@pytest.mark.parametrize(
+    "signature",
+    [
+        "Bob Agent, Senior Support Engineer",  # a line of the note's last paragraph
+        "Kind regards\nBob Agent\nSenior Support | +49 30 1234567",  # a paragraph of its own
+    ],
+    ids=["line", "paragraph"],
+)
+def test_a_signature_a_note_and_an_answer_both_end_with_is_no_leak(
+    app: App, signature: str
+) -> None:
+    """Outlook writes the agent's signature under a note and under an answer alike, with
+    no "-- " line: the answer still goes to the customer, and the note's own words never do."""
+    deliver(app, make_mail(message_id="first@customer.test"))
+    notice = to(app, "bob@agents.test", "new_ticket")[0]
+    address = reply_address(notice)
+    note = f"#note\n\nCustomer owes us 5000 EUR from the last contract.\n{signature}\n"
+    deliver(app, client_reply(notice, note, style="outlook"), rcpt=(address,), mail_from="bob@x")
+    answer = f"Hello Alice,\n\na technician comes on Monday.\n\n{signature}\n"
+    deliver(
+        app,
+        client_reply(notice, answer, style="outlook"),
+        rcpt=(address,),
+        mail_from="bob@agents.test",
+    )
+
+    [sent] = to(app, ALICE, "agent_reply")
+    assert "technician comes on Monday" in sent.text
+    assert "5000 EUR" not in sent.text

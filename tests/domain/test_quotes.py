@@ -110,6 +110,33 @@ def test_marker_is_found_whatever_the_case_and_spacing() -> None:
     assert strip_reply(text, marker=MARKER).text == "Done."
 
 
+PS_FIRST = "Hello Alice,\n\nplease unplug the printer.\n"
+PS = "PS: and plug it in again after ten seconds."
+
+
+@pytest.mark.parametrize("style", ["thunderbird", "thunderbird-bottom", "outlook"])
+def test_a_ps_to_the_agents_own_answer_sends_only_the_ps(style: str) -> None:
+    """The agent answers their own sent answer (a "PS"): it quotes that answer, which
+    quotes the notification. The older answer, its attribution and header block (the
+    agent's private address, the reply address signed for them) are history too."""
+    first = f"{PS_FIRST}\nOn 02.03.26 09:00, Support wrote:\n> {MARKER}\n> {NOTE_TEXT}\n"
+    quoted = "\n".join("> " + line if line else ">" for line in first.splitlines())
+    if style == "thunderbird":
+        text = f"{PS}\n\nOn 02.03.26 09:05, Bob Agent <{PRIVATE}> wrote:\n{quoted}\n"
+    elif style == "thunderbird-bottom":
+        text = f"On 02.03.26 09:05, Bob Agent <{PRIVATE}> wrote:\n{quoted}\n\n{PS}\n"
+    else:
+        text = (
+            f"{PS}\n\n________________________________\nFrom: Bob Agent <{PRIVATE}>\n"
+            "Sent: Monday, March 2, 2026 9:05 AM\n"
+            "To: Support <support+a-1-abcdefghijkl@example.com>\nSubject: Re: Printer\n\n"
+            f"{PS_FIRST}\n________________________________\nFrom: Support "
+            "<support@example.com>\nSent: Monday, March 2, 2026 9:00 AM\n"
+            f"To: Bob Agent <{PRIVATE}>\nSubject: Printer\n\n{MARKER}\n{NOTE_TEXT}\n"
+        )
+    assert strip_reply(text, marker=MARKER) == ReplyText(PS, "marker", True)
+
+
 def test_another_marker_is_not_ours() -> None:
     other = REPLY_MARKER_TEMPLATE.format(ref="[ref:md-43-zzzzzzzzzzzz]")
     text = f"Done.\n\n{other}\nTicket #43\n"
