@@ -612,15 +612,9 @@ class FolderPoller:
         command = self.watch.command
         try:
             writable = self.writable and self.mailbox.post_action is not ImapPostAction.NONE
+            self.uidvalidity = 0
             with command("SELECT"):
-                try:
-                    info = client.select_folder(self.folder, readonly=not writable)
-                except imaplib.IMAP4.abort:
-                    raise
-                except imaplib.IMAP4.error as exc:
-                    hint = _separator_hint(client, self.folder)
-                    raise FolderUnavailable(f"{self.folder!r}: {exc}{hint}") from exc
-            uidvalidity = int(info[b"UIDVALIDITY"])
+                uidvalidity = self._select(client, writable)
             progress = self._check_uidvalidity(uidvalidity)
             self.uidvalidity = uidvalidity
             if writable and self.mailbox.post_action is ImapPostAction.MOVE:
@@ -648,11 +642,43 @@ class FolderPoller:
                     )
                     return
                 if use_idle:
-                    self._idle(client)
+                    noticed = self._idle(client)
                 else:
                     self._wait(self.mailbox.poll_interval_seconds)
+                    noticed = False
+                if noticed or self.deps.stop.is_set():
+                    continue
+                with command("SELECT (reconciliation)"):
+                    if self._select(client, writable) != uidvalidity:
+                        return  # the folder was recreated: a new session reads it anew
         finally:
             disconnect(client, self.watch)
+
+    def _select(self, client: IMAPClient, writable: bool) -> int:
+        """SELECT (EXAMINE) the folder; its UIDVALIDITY. FolderUnavailable if refused.
+
+        Also at each reconciliation: a session keeps the folder as it was when
+        selected. Deleted and created again by someone else meanwhile, Dovecot
+        goes on answering SEARCH from the old one, with no notice and no error,
+        so the new folder's mail was never read.
+        """
+        try:
+            info = client.select_folder(self.folder, readonly=not writable)
+        except imaplib.IMAP4.abort:
+            raise
+        except imaplib.IMAP4.error as exc:
+            hint = _separator_hint(client, self.folder)
+            raise FolderUnavailable(f"{self.folder!r}: {exc}{hint}") from exc
+        uidvalidity = int(info[b"UIDVALIDITY"])
+        if self.uidvalidity and uidvalidity != self.uidvalidity:
+            log.warning(
+                "imap %s: UIDVALIDITY changed from %d to %d while selected (folder "
+                "recreated?); reading it again on a new connection",
+                self.name,
+                self.uidvalidity,
+                uidvalidity,
+            )
+        return uidvalidity
 
     def _ensure_move_target(self, client: IMAPClient) -> None:
         """Create ``move_to`` if it cannot hold mail yet.
@@ -1182,14 +1208,17 @@ class FolderPoller:
         return {refs[ref] for ref in found}
 
     # -- waiting ------------------------------------------------------------
-    def _idle(self, client: IMAPClient) -> None:
-        """IDLE until new mail, the reconciliation interval, or stop; renewing the lease."""
+    def _idle(self, client: IMAPClient) -> bool:
+        """IDLE until new mail, the reconciliation interval, or stop; renewing the lease.
+
+        True when the server announced a change (new mail, BYE).
+        """
         self._report(FolderStatus.IDLE)
         command = self.watch.command
         with command("IDLE"):
             client.idle()
         try:
-            self._wait_in_idle(client)
+            noticed = self._wait_in_idle(client)
         except BaseException:
             # End the IDLE if the connection still works (a lost lease, say);
             # never let that hide why the wait failed.
@@ -1198,20 +1227,22 @@ class FolderPoller:
             raise
         with command("DONE"):
             client.idle_done()
+        return noticed
 
-    def _wait_in_idle(self, client: IMAPClient) -> None:
+    def _wait_in_idle(self, client: IMAPClient) -> bool:
         if _take_change_notices(client):
-            return  # mail came in during the last poll's commands or as IDLE began
+            return True  # mail came in during the last poll's commands or as IDLE began
         until = time.monotonic() + min(self.mailbox.poll_interval_seconds, IDLE_MAX_SECONDS)
         until = min(until, self.retries.next_at() or until)  # a retry due ends the IDLE
         while not self.deps.stop.is_set() and time.monotonic() < until:
             if _buffered_change(client):
-                return
+                return True
             with self.watch.command("IDLE (waiting)"):
                 line = _next_idle_line(client, IDLE_CHECK_SECONDS)
             if line is not None and _notice_of_change(line):
-                return
+                return True
             self._renew_if_due()
+        return False
 
     def _wait(self, seconds: float) -> None:
         self._report(FolderStatus.WAITING)
