@@ -565,15 +565,13 @@ class FolderPoller:
                     stop.wait(held)
                     continue
                 if not self.state.acquire():
-                    self._forget_progress()
-                    self._report(FolderStatus.STANDBY)
+                    self._stand_by()
                     stop.wait(self.mailbox.lease_seconds / 3)
                     continue
                 self.session()
             except LeaseLost as exc:
                 log.warning("imap %s: %s; standing by", self.name, exc)
-                self._forget_progress()
-                self._report(FolderStatus.STANDBY, str(exc))
+                self._stand_by(str(exc))
             except LoginHeld:  # another folder's login was refused meanwhile
                 self._report(FolderStatus.BACKOFF, self.gate.error)
             except Exception as exc:
@@ -583,6 +581,18 @@ class FolderPoller:
         except Exception as exc:
             log.warning("imap %s: could not release the lease: %s", self.name, exc)
         self._report(FolderStatus.STOPPED)
+
+    def _stand_by(self, error: str = "") -> None:
+        """Another node holds the folder's lease: it reads the folder, and says how that goes.
+
+        This node's failures in a row end here: left in its health, `maildesk status`
+        here said the folder failed (and the metric stayed up) for as long as the
+        other node read it.
+        """
+        self._forget_progress()
+        self.failures = 0
+        self.health.consecutive_failures = 0
+        self._report(FolderStatus.STANDBY, error)
 
     def _failed(self, exc: Exception) -> None:
         if self.deps.stop.is_set():  # cut on the way out (ImapIntake.stop)
