@@ -84,6 +84,37 @@ def address_key(address: str) -> str:
     return f"{local.lower()}@{(ascii_domain(domain) or domain).lower()}"
 
 
+_QUOTED_PAIR = re.compile(r"\\(.)")
+
+
+def unquoted_local(local: str) -> str:
+    """A quoted local part as the characters it stands for (RFC 5321 s. 4.1.2):
+    ``"alice"`` and ``alice`` are one mailbox, and so are ``"a\\lice"`` and ``alice``."""
+    if len(local) >= 2 and local.startswith('"') and local.endswith('"'):
+        return _QUOTED_PAIR.sub(r"\1", local[1:-1])
+    return local
+
+
+def plain_mailbox(address: str) -> str:
+    """``address`` in lower case with a quoted local part unquoted: the form the
+    suppression list keeps (``"alice"@example.org`` is ``alice@example.org``)."""
+    local, at, domain = address.strip().rpartition("@")
+    return f"{unquoted_local(local)}@{domain}".lower() if at else domain.lower()
+
+
+def mailbox_key(address: str) -> str:
+    """The mailbox ``address`` reaches, however it is written, for the per-sender limits:
+    :func:`address_key` (case, Unicode form, the domain in A-labels), a quoted local
+    part unquoted, and without a ``+tag`` (``"Alice+x"@Customer.test`` ->
+    ``alice@customer.test``). Never an address to mail: a key to count under."""
+    local, at, domain = address_key(address.strip().strip("<>")).rpartition("@")
+    if not at:
+        return domain
+    local = unquoted_local(local)
+    base = local.split("+", 1)[0]
+    return f"{base or local}@{domain}"
+
+
 def address_spellings(address: str) -> tuple[str, ...]:
     """The ways one mailbox is written in mail: its :func:`address_key` first, then, for
     an internationalised domain, the same in U-labels (``jörg@bücher.example``)."""

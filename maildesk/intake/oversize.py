@@ -25,6 +25,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.config import ImapMailboxSettings, OversizeNotice, Settings
 from maildesk.db.models import Blob, Event, Intake, IntakeState, Outbox, OutboxState
+from maildesk.domain.address import mailbox_key
 from maildesk.domain.author import MAX_SHOWN_NAME, shorten
 from maildesk.domain.authresults import failed_dmarc, no_backscatter
 from maildesk.domain.autodetect import classify
@@ -181,7 +182,7 @@ def _notice(session: Session, notices: Notices, intake: Intake, now: datetime) -
             message_id=message_id,
             envelope_from=support,
             recipients=[to],
-            recipient_key=to.lower(),
+            recipient_key=mailbox_key(to),
             raw_sha256=put_blob(session, mime.as_bytes()),
             state=OutboxState.QUEUED,
             next_attempt_at=now,

@@ -35,7 +35,7 @@ from maildesk.db.models import (
     OutboxState,
     Ticket,
 )
-from maildesk.domain.address import ascii_domain, elided, overlong_address
+from maildesk.domain.address import ascii_domain, elided, mailbox_key, overlong_address
 from maildesk.domain.author import shorten
 from maildesk.domain.signing import RefPurpose, Signer
 from maildesk.domain.subject import add_ticket_tag, one_reply_prefix
@@ -376,7 +376,8 @@ class Composer:
             message_id=message_id,
             envelope_from="",
             recipients=[r.addr for r in mail.recipients],
-            recipient_key=mail.recipients[0].addr.lower() if mail.recipients else "",
+            # The per-sender limits count by mailbox: "alice"@, Alice+x@ and alice@ are one.
+            recipient_key=mailbox_key(mail.recipients[0].addr) if mail.recipients else "",
             raw_sha256=digest,
             state=OutboxState.QUEUED,
             next_attempt_at=now,

@@ -28,7 +28,7 @@ from maildesk.db.models import (
     Suppression,
     Ticket,
 )
-from maildesk.domain.address import elided, overlong_address
+from maildesk.domain.address import elided, mailbox_key, overlong_address, plain_mailbox
 from maildesk.domain.signing import AGENT_MESSAGE_ID_PREFIXES, RefPurpose
 from maildesk.outbound.compose import Composer, OutboundMail, Recipient, wire_address
 from maildesk.outbound.templates import TemplateRenderer
@@ -146,7 +146,7 @@ class Notices:
             return f"{elided(address)}: {overlong}"
         if self.settings.is_own_address(address):  # a sub-address of ours too
             return f"{address} is one of our own addresses"
-        local = address.split("@", 1)[0]
+        local = plain_mailbox(address).rpartition("@")[0]
         if local in ("mailer-daemon", "postmaster") or local.startswith(
             ("noreply", "no-reply", "donotreply")
         ):
@@ -157,7 +157,10 @@ class Notices:
         now = self.clock()
         suppressed = session.scalar(
             select(Suppression.reason)
-            .where(Suppression.address.in_({address, wire}), Suppression.until > now)
+            .where(
+                Suppression.address.in_({address, wire, plain_mailbox(wire)}),
+                Suppression.until > now,
+            )
             .limit(1)
         )
         if suppressed is not None:
@@ -169,7 +172,7 @@ class Notices:
             (timedelta(hours=1), limits.per_sender_per_hour, "hour"),
             (timedelta(days=1), limits.per_sender_per_day, "day"),
         ):
-            sent = self._recent(session, wire, purpose, now - window)
+            sent = self._recent(session, mailbox_key(wire), purpose, now - window)
             if sent >= limit:
                 return f"rate limit: {sent} {purpose} mails to {address} in the last {label}"
         return None

@@ -41,6 +41,7 @@ from maildesk.db.database import (
 )
 from maildesk.db.models import Blob, Event, Outbox, OutboxState, Suppression
 from maildesk.db.outage import Outage
+from maildesk.domain.address import plain_mailbox
 from maildesk.metrics import Metrics
 from maildesk.outbound import unrecorded
 from maildesk.outbound.agent_notices import overtaken
@@ -67,11 +68,15 @@ class TemporaryFailure(Exception):
 
 
 class PartialDelivery(TemporaryFailure):
-    """The relay took the mail for some recipients and said 4xx for ``later``."""
+    """The relay took the mail for some recipients and said 4xx for ``later``.
 
-    def __init__(self, later: list[str], reply: str) -> None:
+    ``refused``: what it refused for good (5xx) in the same delivery, if anything.
+    """
+
+    def __init__(self, later: list[str], reply: str, refused: PartlyRefused | None = None) -> None:
         super().__init__(reply)
         self.later = later
+        self.refused = refused
 
 
 class PermanentFailure(Exception):
@@ -236,6 +241,12 @@ class SmtpTransport:
             )
             if all(code >= 500 for code in codes):
                 raise PermanentFailure(reply, _dead(exc.recipients)) from exc
+            never = {r: said for r, said in exc.recipients.items() if said[0] >= 500}
+            if never:  # 4xx for some, 5xx for others: only the first are tried again
+                later = [r for r, (code, _msg) in exc.recipients.items() if code < 500]
+                said = "; ".join(f"{r}: {code} {msg!r}" for r, (code, msg) in never.items())
+                gone = PartlyRefused(list(never), f"refused; {said}", _dead(never))
+                raise PartialDelivery(later, reply, gone) from exc
             raise TemporaryFailure(reply) from exc
         except smtplib.SMTPResponseException as exc:
             reply = f"{exc.smtp_code} {exc.smtp_error!r}"
@@ -253,11 +264,17 @@ class SmtpTransport:
             replies = "; ".join(f"{rcpt}: {code} {msg!r}" for rcpt, (code, msg) in refused.items())
             log.warning("relay refused some recipients: %s", replies)
             later = [rcpt for rcpt, (code, _msg) in refused.items() if code < 500]
+            never = {rcpt: said for rcpt, said in refused.items() if said[0] >= 500}
+            for_good = None
+            if never:  # recorded (and a dead mailbox suppressed) now, not retried
+                reply = "; ".join(f"{rcpt}: {code} {msg!r}" for rcpt, (code, msg) in never.items())
+                for_good = PartlyRefused(
+                    list(never), f"taken for the other recipients; {reply}", _dead(never)
+                )
             if later:  # the others have it; these are owed it still
-                raise PartialDelivery(later, f"taken for the other recipients; {replies}")
-            raise PartlyRefused(
-                list(refused), f"taken for the other recipients; {replies}", _dead(refused)
-            )
+                raise PartialDelivery(later, f"taken for the other recipients; {replies}", for_good)
+            assert for_good is not None
+            raise for_good
 
 
 def smtputf8_needed_for(envelope_from: str, recipients: list[str], raw: bytes) -> str | None:
@@ -449,17 +466,21 @@ class OutboxSender:
             renewer.join()
 
     def _suppressed(self, recipients: list[str]) -> set[str]:
+        """The recipients (lower case) on the suppression list, in any spelling it keeps."""
         now = self.clock()
+        forms = {r.lower(): {r.lower(), plain_mailbox(r)} for r in recipients}
         with self.db.transaction() as session:
-            rows = session.scalars(
-                select(Suppression.address).where(
-                    and_(
-                        Suppression.address.in_([r.lower() for r in recipients]),
-                        Suppression.until > now,
+            rows = set(
+                session.scalars(
+                    select(Suppression.address).where(
+                        and_(
+                            Suppression.address.in_(set().union(*forms.values())),
+                            Suppression.until > now,
+                        )
                     )
                 )
             )
-            return set(rows)
+        return {r for r, spellings in forms.items() if spellings & rows}
 
     def drain(
         self, limit: int = 50, should_stop: Callable[[], bool] = lambda: False
@@ -610,6 +631,8 @@ class OutboxSender:
                     self.transport.send(envelope_from, live, wire)
             except PartlyRefused as exc:  # sent, but not to everyone
                 refused = exc
+            except PartialDelivery as exc:  # sent to some, later for some, never for some
+                error, refused = exc, exc.refused
             except (TemporaryFailure, PermanentFailure) as exc:
                 error = exc
             self.maildir_outage.succeeded()  # a transport that answered at all
@@ -699,13 +722,21 @@ class OutboxSender:
                 result.failed += 1
                 why = "" if isinstance(error, PermanentFailure) else "gave up retrying: "
                 dead = error.dead if isinstance(error, PermanentFailure) else []
-                self._not_delivered(session, row, live, f"{why}{error}", now, dead)
+                failed = live
+                if isinstance(error, PartialDelivery):  # the others have it
+                    failed = [*error.later, *(refused.refused if refused is not None else [])]
+                    dead = refused.dead if refused is not None else []
+                self._not_delivered(session, row, failed, f"{why}{error}", now, dead)
                 log.warning(
                     "outbox=%s ticket=%s failed permanently: %s", row.id, row.ticket_id, error
                 )
             else:
                 if isinstance(error, PartialDelivery):
                     row.recipients = error.later  # the same mail, to those still owed it
+                    if refused is not None:  # and never to these: said, and not retried
+                        self._not_delivered(
+                            session, row, refused.refused, str(refused), now, refused.dead
+                        )
                 row.last_error = str(error)[:4000]
                 row.next_attempt_at = now + self.backoff(row.attempts)
                 result.retried += 1

@@ -15,7 +15,7 @@ from sqlalchemy.orm import Session
 
 from maildesk.db.models import Suppression
 from maildesk.db.upsert import insert_ignore
-from maildesk.domain.address import overlong_address
+from maildesk.domain.address import overlong_address, plain_mailbox
 
 # RFC 3463 "bad destination mailbox address" (5.1.1), "bad destination system
 # address" (5.1.2) and RFC 7505's null MX (5.1.10): the address itself is dead.
@@ -37,7 +37,7 @@ def suppress(session: Session, address: str, until: datetime, reason: str, now: 
     """
     if overlong_address(address) is not None:
         return
-    address = address.lower()
+    address = plain_mailbox(address)  # "alice"@ is alice@: one row, found for either
     insert_ignore(
         session,
         Suppression,

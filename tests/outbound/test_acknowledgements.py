@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import email
 import email.utils
+from datetime import timedelta
 from email.message import Message as EmailMessageT
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from maildesk.db.models import (
     TicketStatus,
 )
 from maildesk.outbound.sender import MaildirTransport, OutboxSender
+from maildesk.outbound.suppression import suppress
 from maildesk.tickets import change_status
 from tests.conftest import FrozenClock, make_settings
 from tests.mailfactory import deliver, make_mail
@@ -638,3 +640,34 @@ def test_an_acknowledgement_is_queued_in_the_transaction_of_its_ticket(
         intake.state, intake.attempts, intake.not_before = IntakeState.PENDING, 0, None
     assert app.worker().drain().as_dict()["created"] == 1
     assert [row.purpose for row, _ in outbox(app)] == ["ack"]
+
+
+@pytest.mark.parametrize(
+    "spellings",
+    [
+        ['"alice"@customer.test', "alice@customer.test"],
+        ["alice@customer.test", "alice+1@customer.test", "Alice+2@customer.test"],
+    ],
+    ids=["quoted-local-part", "plus-tags"],
+)
+def test_the_rate_limit_counts_one_mailbox_however_its_address_is_spelled(
+    app: App, spellings: list[str]
+) -> None:
+    """``"alice"@`` is ``alice@`` (RFC 5321), and ``alice+1@`` reaches her mailbox too:
+    alternating the spellings must not earn a sixth acknowledgement in an hour."""
+    for n in range(8):
+        sender = spellings[n % len(spellings)]
+        raw = make_mail(sender=sender, message_id=f"sp{n}@customer.test", subject=f"q {n}")
+        deliver(app, raw, mail_from=sender.replace('"', ""))
+    assert len(outbox(app)) == 5, "per_sender_per_hour default is 5"
+    assert sum("rate limit" in r for r in skipped_reasons(app)) == 3
+
+
+def test_a_suppressed_address_is_not_mailed_under_its_quoted_spelling(app: App) -> None:
+    with app.db.transaction() as session:
+        now = app.clock()
+        suppress(session, "alice@customer.test", now + timedelta(days=30), "bounced", now)
+    sender = '"alice"@customer.test'
+    deliver(app, make_mail(sender=sender, message_id="q1@customer.test"), mail_from=None)
+    assert outbox(app) == []
+    assert any("suppressed" in r for r in skipped_reasons(app))

@@ -79,6 +79,61 @@ def test_recipients_the_relay_defers_get_the_same_mail_on_the_retry(
     ]
 
 
+def test_a_recipient_refused_for_good_beside_one_deferred_is_recorded_and_suppressed_at_once(
+    app: App, greylisting_relay: GreylistingRelay, clock: FrozenClock
+) -> None:
+    """451 for carol and 550 5.1.1 for gone@ in one delivery: carol is owed the mail,
+    gone@ never gets it, and that is on the ticket (and gone@ suppressed) now, not
+    lost when the retry to carol overwrites the row's last error."""
+    queue(app, "answer to all")
+    with app.db.transaction() as session:
+        [row] = session.scalars(select(Outbox)).all()
+        row.recipients = ["alice@customer.test", "carol@customer.test", "gone@customer.test"]
+    greylisting_relay.later = {"carol@customer.test"}
+    greylisting_relay.never = {"gone@customer.test"}
+    sender = _smtp_sender(app, greylisting_relay.port)
+
+    assert sender.drain().retried == 1
+    with app.db.transaction() as session:
+        [event] = session.scalars(select(Event).where(Event.kind == "outbound_failed")).all()
+        assert event.data["recipients"] == ["gone@customer.test"]
+        assert "550" in event.reason
+    assert set(suppressed(app)) == {"gone@customer.test"}
+
+    clock.advance(hours=1)
+    assert sender.drain().sent == 1
+    with app.db.transaction() as session:
+        [row] = session.scalars(select(Outbox)).all()
+        assert row.state is OutboxState.SENT
+        failed = session.scalars(select(Event).where(Event.kind == "outbound_failed")).all()
+        assert len(failed) == 1
+
+
+def test_a_dead_recipient_beside_a_deferred_one_with_nobody_taken_is_recorded_at_once(
+    app: App, greylisting_relay: GreylistingRelay, clock: FrozenClock
+) -> None:
+    """451 for carol, 550 5.1.1 for gone@, nobody taken: carol is tried again alone;
+    gone@ is on the ticket and suppressed now, not retried until the give-up."""
+    queue(app, "answer to both")
+    with app.db.transaction() as session:
+        [row] = session.scalars(select(Outbox)).all()
+        row.recipients = ["carol@customer.test", "gone@customer.test"]
+    greylisting_relay.later = {"carol@customer.test"}
+    greylisting_relay.never = {"gone@customer.test"}
+    sender = _smtp_sender(app, greylisting_relay.port)
+
+    assert sender.drain().retried == 1
+    with app.db.transaction() as session:
+        [row] = session.scalars(select(Outbox)).all()
+        assert row.recipients == ["carol@customer.test"]
+        [event] = session.scalars(select(Event).where(Event.kind == "outbound_failed")).all()
+        assert event.data["recipients"] == ["gone@customer.test"]
+    assert set(suppressed(app)) == {"gone@customer.test"}
+    clock.advance(hours=1)
+    assert sender.drain().sent == 1
+    assert [m.rcpt_tos for m in greylisting_relay.received] == [["carol@customer.test"]]
+
+
 def _smtp_sender(app: App, port: int) -> OutboxSender:
     settings = OutboundSettings(transport="smtp", relay_port=port)
     return OutboxSender(app.db, SmtpTransport(settings, password=""), settings, app.clock, "node-a")
