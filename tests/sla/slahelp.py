@@ -76,14 +76,25 @@ def new_ticket(app: App, clock: FrozenClock, at: datetime, **mail: Any) -> Ticke
 
 def agent_reply(app: App, ticket_id: int, at: datetime, agent: str = "bob@example.com") -> None:
     """A public agent reply stored on the ticket (as the agent-mail path stores it)."""
+    _store_message(app, ticket_id, at, MessageKind.AGENT_REPLY, agent)
+
+
+def customer_message(
+    app: App, ticket_id: int, at: datetime, sender: str = "alice@customer.test"
+) -> None:
+    """A customer's follow-up stored on the ticket (as threading stores it)."""
+    _store_message(app, ticket_id, at, MessageKind.CUSTOMER, sender)
+
+
+def _store_message(app: App, ticket_id: int, at: datetime, kind: MessageKind, sender: str) -> None:
     with app.db.transaction() as session:
         session.add(
             Message(
                 ticket_id=ticket_id,
-                dedupe_key=f"reply-{ticket_id}-{at.timestamp()}@example.com",
-                direction="outbound",
-                kind=MessageKind.AGENT_REPLY,
-                from_addr=agent,
+                dedupe_key=f"{kind}-{ticket_id}-{at.timestamp()}@example.com",
+                direction="outbound" if kind is MessageKind.AGENT_REPLY else "inbound",
+                kind=kind,
+                from_addr=sender,
                 subject="Re",
                 created_at=at,
             )

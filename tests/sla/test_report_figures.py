@@ -23,10 +23,10 @@ from sqlalchemy import create_engine, event, text
 from maildesk.app import App
 from maildesk.cli import main
 from maildesk.config import load_settings
-from maildesk.db.models import Event, Message, MessageKind, Rating, Ticket, TicketStatus
+from maildesk.db.models import Event, Rating, Ticket, TicketStatus
 from maildesk.tickets import change_status, merge_tickets
 from tests.conftest import FrozenClock, private_pg_database
-from tests.sla.slahelp import agent_reply, berlin, new_ticket
+from tests.sla.slahelp import agent_reply, berlin, customer_message, new_ticket
 
 CONFIG = """
 data_dir = "{data}"
@@ -67,21 +67,6 @@ policy = "standard"
 """
 PERIOD = ["--from", "2026-03-02", "--to", "2026-03-15", "--now", "2026-03-16T11:00:00"]
 NOW = berlin(2026, 3, 16, 12, 0)
-
-
-def customer_message(app: App, ticket_id: int, at: datetime) -> None:
-    with app.db.transaction() as session:
-        session.add(
-            Message(
-                ticket_id=ticket_id,
-                dedupe_key=f"follow-up-{ticket_id}-{at.timestamp()}@customer.test",
-                direction="inbound",
-                kind=MessageKind.CUSTOMER,
-                from_addr="alice@customer.test",
-                subject="Re",
-                created_at=at,
-            )
-        )
 
 
 def status(

@@ -3,18 +3,25 @@ that a breach already sent is not sent again."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
 from sqlalchemy import select
 
-from maildesk.app import App
 from maildesk.db.figures import read_figures
-from maildesk.db.models import Message, MessageKind, Outbox, SlaTargetRow, Ticket, TicketStatus
+from maildesk.db.models import Outbox, SlaTargetRow, Ticket, TicketStatus
 from maildesk.sla.overdue import is_overdue, overdue
 from maildesk.tickets import merge_tickets
 from tests.conftest import FrozenClock
-from tests.sla.slahelp import agent_reply, berlin, new_ticket, set_status, sla_app, sweeper
+from tests.sla.slahelp import (
+    agent_reply,
+    berlin,
+    customer_message,
+    new_ticket,
+    set_status,
+    sla_app,
+    sweeper,
+)
 
 
 def test_a_merged_away_ticket_is_not_counted_past_due(
@@ -48,21 +55,6 @@ def test_a_merged_away_ticket_is_not_counted_past_due(
     assert all(status not in ("running", "paused") for status in live)
 
 
-def _customer_message(app: App, ticket_id: int, at: datetime) -> None:
-    with app.db.transaction() as session:
-        session.add(
-            Message(
-                ticket_id=ticket_id,
-                dedupe_key=f"customer-{ticket_id}-{at.timestamp()}@example.com",
-                direction="inbound",
-                kind=MessageKind.CUSTOMER,
-                from_addr="customer@example.org",
-                subject="Re",
-                created_at=at,
-            )
-        )
-
-
 NEXT_RESPONSE_SLA = {
     "default_policy": "standard",
     "policies": [
@@ -89,7 +81,7 @@ def test_merging_a_ticket_in_does_not_breach_an_exchange_a_second_time(
     agent_reply(app, kept.id, berlin(2026, 3, 9, 10, 10))
     agent_reply(app, other.id, berlin(2026, 3, 9, 10, 30))
     # The customer answers on the kept ticket at 11:00: due 12:00, breached, fired once.
-    _customer_message(app, kept.id, berlin(2026, 3, 9, 11, 0))
+    customer_message(app, kept.id, berlin(2026, 3, 9, 11, 0))
     clock.now = berlin(2026, 3, 9, 12, 5)
     assert sweeper(app).run().fired == 1
     # The other ticket (a customer mail and a reply after the kept one began) is merged in.
