@@ -381,11 +381,9 @@ def test_an_agents_out_of_office_reply_leaves_no_trace_in_customer_mail(app: App
         assert b"agents.test" not in sent.raw, (sent.purpose, sent.msg["References"])
 
 
-def test_a_note_left_in_an_inline_reply_is_not_sent_to_the_customer(app: App) -> None:
-    """Bob answers inline: he deletes the notification's first lines (the marker and
-    the instructions), writes under Alice's question and signs at the bottom, below
-    the rest of the quote -- which holds the internal notes. A note of more than one
-    line comes back with a "> " in front of each line, and is still a note."""
+def _a_note_then_a_customer_reply(app: App) -> tuple[Sent, str]:
+    """Bob keeps a two-line note on Alice's ticket, then Alice asks again: the agents'
+    notice of her reply (which shows the note) and Bob's reply address."""
     note = "Customer owes us 5000 EUR from the last contract.\nDo not mention it until legal signs off.\n"
     first = make_mail(message_id="first@customer.test")
     deliver(app, first)
@@ -393,7 +391,15 @@ def test_a_note_left_in_an_inline_reply_is_not_sent_to_the_customer(app: App) ->
     address = reply_address(notice)
     deliver(app, client_reply(notice, f"#note\n\n{note}"), rcpt=(address,), mail_from="bob@x")
     deliver(app, reply_to(first, body="Any news?\n", message_id="second@customer.test"))
-    latest = to(app, "bob@agents.test", "customer_reply")[-1]
+    return to(app, "bob@agents.test", "customer_reply")[-1], address
+
+
+def test_a_note_left_in_an_inline_reply_is_not_sent_to_the_customer(app: App) -> None:
+    """Bob answers inline: he deletes the notification's first lines (the marker and
+    the instructions), writes under Alice's question and signs at the bottom, below
+    the rest of the quote -- which holds the internal notes. A note of more than one
+    line comes back with a "> " in front of each line, and is still a note."""
+    latest, address = _a_note_then_a_customer_reply(app)
     assert "legal signs off" in latest.text
 
     lines = latest.text.splitlines()
@@ -582,14 +588,7 @@ def test_an_agents_address_in_a_signature_without_a_delimiter_is_not_sent(app: A
 
 def test_one_line_of_a_note_kept_in_an_inline_reply_is_not_sent(app: App) -> None:
     """Bob answers inline and keeps one line of a two-line note in the quote."""
-    note = "Customer owes us 5000 EUR from the last contract.\nDo not mention it until legal signs off.\n"
-    first = make_mail(message_id="first@customer.test")
-    deliver(app, first)
-    notice = to(app, "bob@agents.test", "new_ticket")[0]
-    address = reply_address(notice)
-    deliver(app, client_reply(notice, f"#note\n\n{note}"), rcpt=(address,), mail_from="bob@x")
-    deliver(app, reply_to(first, body="Any news?\n", message_id="second@customer.test"))
-    latest = to(app, "bob@agents.test", "customer_reply")[-1]
+    latest, address = _a_note_then_a_customer_reply(app)
     line = next(line for line in latest.text.splitlines() if "5000 EUR" in line)
     text = (
         "On 02.03.26 09:00, Support wrote:\n> Any news?\n\n"

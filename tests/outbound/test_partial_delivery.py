@@ -85,13 +85,9 @@ def test_a_recipient_refused_for_good_beside_one_deferred_is_recorded_and_suppre
     """451 for carol and 550 5.1.1 for gone@ in one delivery: carol is owed the mail,
     gone@ never gets it, and that is on the ticket (and gone@ suppressed) now, not
     lost when the retry to carol overwrites the row's last error."""
-    queue(app, "answer to all")
-    with app.db.transaction() as session:
-        [row] = session.scalars(select(Outbox)).all()
-        row.recipients = ["alice@customer.test", "carol@customer.test", "gone@customer.test"]
-    greylisting_relay.later = {"carol@customer.test"}
-    greylisting_relay.never = {"gone@customer.test"}
-    sender = _smtp_sender(app, greylisting_relay.port)
+    sender = _carol_deferred_and_gone_refused(
+        app, greylisting_relay, ["alice@customer.test", "carol@customer.test", "gone@customer.test"]
+    )
 
     assert sender.drain().retried == 1
     with app.db.transaction() as session:
@@ -114,13 +110,9 @@ def test_a_dead_recipient_beside_a_deferred_one_with_nobody_taken_is_recorded_at
 ) -> None:
     """451 for carol, 550 5.1.1 for gone@, nobody taken: carol is tried again alone;
     gone@ is on the ticket and suppressed now, not retried until the give-up."""
-    queue(app, "answer to both")
-    with app.db.transaction() as session:
-        [row] = session.scalars(select(Outbox)).all()
-        row.recipients = ["carol@customer.test", "gone@customer.test"]
-    greylisting_relay.later = {"carol@customer.test"}
-    greylisting_relay.never = {"gone@customer.test"}
-    sender = _smtp_sender(app, greylisting_relay.port)
+    sender = _carol_deferred_and_gone_refused(
+        app, greylisting_relay, ["carol@customer.test", "gone@customer.test"]
+    )
 
     assert sender.drain().retried == 1
     with app.db.transaction() as session:
@@ -132,6 +124,20 @@ def test_a_dead_recipient_beside_a_deferred_one_with_nobody_taken_is_recorded_at
     clock.advance(hours=1)
     assert sender.drain().sent == 1
     assert [m.rcpt_tos for m in greylisting_relay.received] == [["carol@customer.test"]]
+
+
+def _carol_deferred_and_gone_refused(
+    app: App, relay: GreylistingRelay, recipients: list[str]
+) -> OutboxSender:
+    """One queued mail to ``recipients``; the relay says 451 for carol and 550 5.1.1 for
+    gone@ (and takes the rest)."""
+    queue(app, "an answer")
+    with app.db.transaction() as session:
+        [row] = session.scalars(select(Outbox)).all()
+        row.recipients = recipients
+    relay.later = {"carol@customer.test"}
+    relay.never = {"gone@customer.test"}
+    return _smtp_sender(app, relay.port)
 
 
 def _smtp_sender(app: App, port: int) -> OutboxSender:
