@@ -57,9 +57,9 @@ class App:
     def build(cls, settings: Settings, clock: Callable[[], datetime] = utc_now) -> App:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         db = Database(settings.effective_database_url)
-        now = clock()
-        retired = [r.secret.encode() for r in settings.retired_secrets if r.until > now]
-        signer = Signer([resolve_installation_secret(settings), *retired])
+        # Each retired secret verifies until its time, judged at each use (a daemon runs on).
+        retired = [(r.secret.encode(), r.until) for r in settings.retired_secrets]
+        signer = Signer([resolve_installation_secret(settings)], retired=retired, clock=clock)
         return cls(settings, db, signer, clock)
 
     def reload(self) -> RulesError | None:

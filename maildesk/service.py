@@ -196,6 +196,9 @@ class Daemon:
     # Per scheduler job: its Outages, if it has any; a run while the database (or
     # the Maildir) is away returns normally, but is no success.
     job_outages: dict[str, tuple[Outage, ...]] = field(default_factory=dict)
+    models_outage: Outage = field(
+        default_factory=lambda: Outage(logging.getLogger("maildesk.routing"), "shared models")
+    )
 
     def request_stop(self, signum: int, _frame: FrameType | None) -> None:
         log.info("received %s: stopping", signal.Signals(signum).name)
@@ -293,10 +296,11 @@ class Daemon:
         add_oversize_notices(scheduler, self.app)
         add_waiting_assignment(scheduler, self.app)
         add_retention(scheduler, self.app)
+        self.job_outages["shared-models"] = (self.models_outage,)
         scheduler.add_job(
             pull_models,
             "interval",
-            args=(self.app.db, self.app.settings, self.app.router.models),
+            args=(self.app.db, self.app.settings, self.app.router.models, self.models_outage),
             seconds=SHARED_MODELS_INTERVAL_SECONDS,
             id="shared-models",
             max_instances=1,
@@ -318,7 +322,7 @@ class Daemon:
             return os.EX_TEMPFAIL  # systemd tries again once the other one has stopped
         spam_jobs.take_shared_model(self.app)  # before the parse children load it
         # category/queue models other nodes taught
-        pull_models(self.app.db, self.app.settings, self.app.router.models)
+        pull_models(self.app.db, self.app.settings, self.app.router.models, self.models_outage)
         worker = self.app.worker()
         released = worker.release_own_claims() + self.app.sender().release_own_claims()
         if released:
@@ -336,6 +340,20 @@ class Daemon:
             log.info("maildesk running (node %s)", self.app.node_name)
             watchdog_every = self.notifier.watchdog_usec / 2e6 if self.notifier.watchdog_usec else 0
             last_ping = 0.0
+
+            def alive() -> None:
+                nonlocal last_ping
+                if watchdog_every and time.monotonic() - last_ping >= watchdog_every:
+                    self.notifier.notify("WATCHDOG=1")
+                    last_ping = time.monotonic()
+
+            def should_stop() -> bool:
+                # Asked between batches: a drain of a long backlog (an import stored
+                # with --no-process, a burst) is the loop alive, not hung; without a
+                # ping meanwhile systemd's WatchdogSec would kill it, again and again.
+                alive()
+                return self.stop_requested.is_set()
+
             outage = Outage(
                 logging.getLogger("maildesk.pipeline"),
                 "pipeline",
@@ -343,15 +361,13 @@ class Daemon:
             )
             while not self.stop_requested.is_set():
                 # Also while the database is away: the daemon is alive, waiting for it.
-                if watchdog_every and time.monotonic() - last_ping >= watchdog_every:
-                    self.notifier.notify("WATCHDOG=1")
-                    last_ping = time.monotonic()
+                alive()
                 if not outage.ready():  # new mail does not cut the backoff short
                     self.stop_requested.wait(0.5)
                     continue
                 self.wakeup.clear()
                 try:
-                    worker.drain(should_stop=self.stop_requested.is_set, batch_size=DAEMON_BATCH)
+                    worker.drain(should_stop=should_stop, batch_size=DAEMON_BATCH)
                 except Exception as exc:
                     if is_unavailable(exc):
                         # Stored mail stays stored, the listeners go on taking mail:

@@ -6,10 +6,15 @@ import os
 import socket
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from maildesk.app import App
+from maildesk.service import Daemon
+from tests.conftest import make_settings
 from tests.daemon_harness import DaemonProcess, RelaySink
 
 pytestmark = pytest.mark.slow
@@ -93,3 +98,51 @@ def test_systemd_unit_runs_the_config_it_was_given_on_its_data_dir(tmp_path: Pat
     assert "is relative" in rel and "--data-dir /var/lib/maildesk too" in rel
     default = unit()
     assert "--config /etc/maildesk/maildesk.toml --data-dir /var/lib/maildesk run" in default
+
+
+class _RecordingNotifier:
+    def __init__(self, watchdog_usec: int) -> None:
+        self.address = "recorded"
+        self.watchdog_usec = watchdog_usec
+        self.sent: list[tuple[float, str]] = []
+
+    def notify(self, state: str) -> None:
+        self.sent.append((time.monotonic(), state))
+
+
+def test_the_watchdog_is_fed_while_a_long_backlog_drains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A drain of thousands of stored mails (an import stored with --no-process) runs
+    longer than WatchdogSec: the loop is alive, so systemd must hear so meanwhile, not
+    kill the daemon (SIGABRT) and restart it into the same backlog again and again."""
+    settings = make_settings(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'maildesk.sqlite3'}",
+        listeners=[{"host": "127.0.0.1", "port": 0}],
+    )
+    app = App.build(settings)
+    app.db.ensure_schema()
+    notifier = _RecordingNotifier(watchdog_usec=200_000)  # a ping due every 0.1 s
+    daemon = Daemon(app, notifier=notifier)  # type: ignore[arg-type]
+    window: list[float] = []
+
+    class Backlog:
+        """Batch after batch for 1.5 s, as a worker does with a long queue."""
+
+        def release_own_claims(self) -> int:
+            return 0
+
+        def drain(self, *, should_stop: Callable[[], bool], batch_size: int) -> None:
+            window.append(time.monotonic())
+            end = time.monotonic() + 1.5
+            while time.monotonic() < end and not should_stop():
+                time.sleep(0.02)  # one batch
+            window.append(time.monotonic())
+            daemon.stop_requested.set()
+
+    monkeypatch.setattr(app, "worker", lambda *_a, **_k: Backlog())
+    assert daemon.run() == 0
+    start, end = window
+    pings = [at for at, state in notifier.sent if state == "WATCHDOG=1" and start <= at <= end]
+    assert len(pings) >= 5, notifier.sent  # about one per 0.1 s, not none for 1.5 s

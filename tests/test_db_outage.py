@@ -18,7 +18,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -762,3 +762,66 @@ def test_a_message_whose_statement_times_out_does_not_spend_its_neighbours_attem
     assert one.attempts == three.attempts == 1
     assert slow_one.disposition is Disposition.QUARANTINED
     assert "statement timeout" in (slow_one.quarantine_reason or "")
+
+
+def test_the_shared_models_job_waits_out_an_outage_quietly_and_is_no_success(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Every node pulls the shared category model each minute. While the database was
+    away that job logged a traceback each minute and still counted as a success in
+    `maildesk_last_success_timestamp_seconds{job="shared-models"}`."""
+    import maildesk.routing.models as models
+    from maildesk.db.database import StorageUnavailable
+    from maildesk.service import Daemon
+    from tests.conftest import make_settings
+
+    settings = make_settings(tmp_path, f"sqlite:///{tmp_path / 'maildesk.sqlite3'}")
+    app = App.build(settings)
+    app.db.ensure_schema()
+    calls: list[int] = []
+    real_pull = models.pull
+
+    def away(*_args: Any, **_kwargs: Any) -> None:
+        calls.append(1)
+        raise StorageUnavailable("database is locked")
+
+    def success() -> float | None:
+        return app.metrics.registry.get_sample_value(
+            "maildesk_last_success_timestamp_seconds", {"job": "shared-models"}
+        )
+
+    monkeypatch.setattr(models, "pull", away)
+    daemon = Daemon(app)
+    if (outage := getattr(daemon, "models_outage", None)) is not None:
+        outage.base = outage.ceiling = 0.1  # retried soon, for the test
+    daemon.start_scheduler()
+    assert daemon.scheduler is not None
+    try:
+        job = daemon.scheduler.get_job("shared-models")
+        assert job is not None
+        for _round in range(3):
+            seen = len(calls)
+            time.sleep(0.15)
+            job.modify(next_run_time=datetime.now(UTC))
+            deadline = time.monotonic() + 10
+            while len(calls) == seen and time.monotonic() < deadline:
+                time.sleep(0.05)
+        time.sleep(0.3)
+        assert len(calls) >= 2
+        assert success() is None  # no success while the database was away
+        tracebacks = [r for r in caplog.records if r.exc_info and "shared model" in r.getMessage()]
+        assert tracebacks == []
+        said = [
+            r for r in caplog.records if "shared models: database unavailable" in r.getMessage()
+        ]
+        assert len(said) == 1
+        monkeypatch.setattr(models, "pull", real_pull)  # the database is back
+        time.sleep(0.15)
+        job.modify(next_run_time=datetime.now(UTC))
+        deadline = time.monotonic() + 10
+        while success() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert success() is not None
+    finally:
+        daemon.scheduler.shutdown(wait=True)
+        app.db.dispose()

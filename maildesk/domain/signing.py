@@ -15,8 +15,9 @@ import base64
 import hashlib
 import hmac
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from enum import StrEnum
 
 MIN_SIG_LENGTH = 8
@@ -81,18 +82,37 @@ def _parse_ticket(text: str) -> int | None:
 
 
 class Signer:
-    """Signs with the first secret, verifies with any of them."""
+    """Signs with the first secret, verifies with any of them.
 
-    def __init__(self, secrets: Sequence[bytes]) -> None:
+    ``retired`` secrets (``[[retired_secrets]]``) verify only until their time,
+    by ``clock`` at each verification: a daemon started during the grace period
+    must stop accepting them when it ends, not at its next restart.
+    """
+
+    def __init__(
+        self,
+        secrets: Sequence[bytes],
+        *,
+        retired: Sequence[tuple[bytes, datetime]] = (),
+        clock: Callable[[], datetime] | None = None,
+    ) -> None:
         keys = tuple(secrets)
         if not keys:
             raise ValueError("at least one secret is required")
-        if any(not key for key in keys):
+        if any(not key for key in (*keys, *(key for key, _until in retired))):
             raise ValueError("secrets must not be empty")
         self._keys = keys
+        self._retired = tuple(retired)
+        self._clock = clock or (lambda: datetime.now(UTC))
 
     def __repr__(self) -> str:
-        return f"Signer(<{len(self._keys)} secret(s)>)"
+        return f"Signer(<{len(self._keys) + len(self._retired)} secret(s)>)"
+
+    def _verifying_keys(self) -> tuple[bytes, ...]:
+        if not self._retired:
+            return self._keys
+        now = self._clock()
+        return self._keys + tuple(key for key, until in self._retired if until > now)
 
     @staticmethod
     def _token(key: bytes, fields: Sequence[str], length: int) -> str:
@@ -115,7 +135,7 @@ class Signer:
         if not MIN_SIG_LENGTH <= len(token) <= MAX_SIG_LENGTH or not _SIG_RE.fullmatch(token):
             return False
         valid = False
-        for key in self._keys:
+        for key in self._verifying_keys():
             # Check every key: the time taken does not tell which one matched.
             valid |= hmac.compare_digest(self._token(key, fields, len(token)), token)
         return valid

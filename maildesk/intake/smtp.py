@@ -12,6 +12,7 @@ import contextlib
 import dataclasses
 import functools
 import logging
+import os
 import re
 import socket
 import ssl
@@ -559,7 +560,15 @@ class _LimitedController(_LimitedFactory, Controller):
 
 
 class _LimitedSocketController(_LimitedFactory, UnixSocketController):
-    pass
+    # Connecting to a unix socket takes write permission on it. Bound under the
+    # unit's UMask=0027 it was srwxr-x---, and the MTA (Postfix's lmtp client runs
+    # as postfix) was refused: every mail deferred. Like Dovecot's LMTP socket (and
+    # like a loopback port), anyone on this machine may connect.
+    SOCKET_MODE = 0o666
+
+    def start(self) -> None:
+        super().start()
+        os.chmod(self.unix_socket, self.SOCKET_MODE)
 
 
 def _read_users(users_file: Path) -> dict[str, str]:

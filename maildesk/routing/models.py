@@ -20,7 +20,8 @@ from sqlalchemy.orm import Session
 
 from maildesk.atomic import write_atomic
 from maildesk.config import Settings
-from maildesk.db.database import Database
+from maildesk.db.database import Database, is_unavailable
+from maildesk.db.outage import Outage
 from maildesk.shared_models import (
     PUBLISH_ATTEMPTS,
     PublishConflict,
@@ -157,19 +158,31 @@ class ModelSlot:
 
 
 def pull_models(
-    db: Database, settings: Settings, slots: dict[str, ModelSlot] | None = None
+    db: Database,
+    settings: Settings,
+    slots: dict[str, ModelSlot] | None = None,
+    outage: Outage | None = None,
 ) -> None:
     """Take the category/queue models other nodes published (at start and periodically).
 
     ``slots``: the route stage's, so a file is read only when it changed.
+    ``outage`` (the daemon's job): a database that is away is said there once and
+    waited out, not a traceback a minute; the job's round is then no success.
     """
+    if outage is not None and not outage.ready():
+        return
     for slot in (slots or model_slots(settings)).values():
         if slot.path is not None:
             try:
                 # A copy that does not load (damaged on disk) is taken again.
                 pull(db, slot.path, slot.field, force=slot.unreadable())
-            except Exception:
+            except Exception as exc:
+                if outage is not None and is_unavailable(exc):
+                    outage.failed(exc)
+                    return
                 log.exception("%s model: could not take the shared model", slot.field)
+    if outage is not None:
+        outage.succeeded()
 
 
 def model_slots(settings: Settings) -> dict[str, ModelSlot]:

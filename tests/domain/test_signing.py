@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import re
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from maildesk.domain.signing import RefPurpose, SignedRef, Signer
+from tests.conftest import FrozenClock
 
 SECRET = b"installation-secret-1"
 OLD_SECRET = b"installation-secret-0"
@@ -307,3 +310,30 @@ def test_token_contexts_do_not_mix(signer: Signer) -> None:
     """A signature cut from one place does not verify in another."""
     marker_sig = signer.body_marker(5).split("-")[-1].rstrip("]")
     assert signer.parse_reply_local_part(f"support+t-5-{marker_sig}") is None
+
+
+def test_a_running_daemon_stops_accepting_a_retired_secret_when_its_time_ends(
+    tmp_path: Path, clock: FrozenClock
+) -> None:
+    """`[[retired_secrets]] until`: accepted until then, by the clock of each check. The
+    daemon judged it once, at start, and accepted the old secret for as long as it ran."""
+    from maildesk.app import App
+    from tests.conftest import make_settings
+
+    until = (clock() + timedelta(days=1)).isoformat()
+    settings = make_settings(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'maildesk.sqlite3'}",
+        installation_secret="the-new-one",
+        retired_secrets=[{"secret": "the-old-secret", "until": until}],
+    )
+    app = App.build(settings, clock=clock)
+    try:
+        old = Signer([b"the-old-secret"])
+        marker = old.body_marker(7)
+        assert app.signer.find_body_marker(marker) == 7  # in the grace period
+        clock.advance(days=2)  # the daemon runs on past `until`
+        assert app.signer.find_body_marker(marker) is None
+        assert app.signer.find_body_marker(app.signer.body_marker(7)) == 7  # the new one signs
+    finally:
+        app.db.dispose()

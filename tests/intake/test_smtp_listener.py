@@ -318,3 +318,24 @@ def test_a_message_the_listener_accepts_is_not_then_too_big_for_the_pipeline(
         controller.stop()  # type: ignore[attr-defined]
         app.db.dispose()
     assert (summary.counts["created"], summary.counts["quarantined"]) == (1, 0)
+
+
+def test_the_lmtp_socket_takes_the_mtas_connections_under_the_units_umask(
+    app: App, tmp_path: Path
+) -> None:
+    """The systemd unit runs maildesk with UMask=0027; the socket it binds must still
+    let Postfix's lmtp client (another user) connect, which takes write permission."""
+    import os
+    import stat
+
+    sock = tmp_path / "lmtp.sock"
+    old = os.umask(0o027)
+    try:
+        controller = start(app, ListenerSettings(protocol="lmtp", socket=sock))
+    finally:
+        os.umask(old)
+    try:
+        mode = stat.S_IMODE(sock.stat().st_mode)
+    finally:
+        controller.stop()  # type: ignore[attr-defined]
+    assert mode & 0o002, oct(mode)  # another user (the MTA) may connect
