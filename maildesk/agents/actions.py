@@ -130,7 +130,9 @@ class CommandRunner:
             return self._unknown_queue(arg)
         elif name == "escalate" and arg and self.directory.group(arg) is None:
             return f"unknown group {arg!r}"
-        elif name == "cc" and arg in self.notices.settings.own_addresses:
+        elif name == "cc" and self.notices.settings.is_own_address(arg):
+            # A sub-address (support+sales@, a signed reply address) or an internal
+            # address is ours too: never a customer-side participant.
             return "that is one of our own addresses"
         elif name == "merge":
             return self._merge_target(arg)[1]
@@ -298,7 +300,7 @@ class CommandRunner:
     def _do_cc(self, arg: str, out: Outcome) -> str | None:
         """A customer-side address joins the conversation; an agent's address, the watchers."""
         settings = self.notices.settings
-        if arg in settings.own_addresses:
+        if settings.is_own_address(arg):
             return "that is one of our own addresses"
         colleague = self.directory.agent_by_address(arg)
         if colleague is not None:

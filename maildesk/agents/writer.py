@@ -52,6 +52,7 @@ from maildesk.people import Directory
 from maildesk.pipeline.context import MessageContext
 from maildesk.pipeline.lookahead import Lookahead
 from maildesk.pipeline.stages import reopenable
+from maildesk.routing.assign_db import assign_ticket
 
 if TYPE_CHECKING:
     from maildesk.pipeline.apply import Applier
@@ -203,6 +204,7 @@ def _rating(
     if not said:
         return
     ticket.last_inbound_at = ctx.arrival
+    assignee_before = ticket.assignee
     reopen = mail.low and reopenable(ticket, ctx.arrival, applier.settings)
     if reopen:
         ticket.status, ticket.resolved_at = TicketStatus.OPEN, None
@@ -210,6 +212,20 @@ def _rating(
             f"customer rated {mail.score} of {applier.settings.agent_mail.rating_scores} with text"
         )
         _event(applier, session, intake, ticket, message, "reopened", why, data)
+        if ctx.route is not None:
+            # Reopened as a reply reopens it: back to its assignee if they are available
+            # (on shift, not away, under their cap), else to whom the group gives it now.
+            assign_ticket(
+                session,
+                ticket,
+                settings=applier.settings,
+                directory=ctx.route.directory,
+                now=applier.now,
+                record=lambda kind, reason, info: _event(
+                    applier, session, intake, ticket, None, kind, reason, info
+                ),
+                reopened=True,
+            )
     if applier.notices is not None:
         rated = {
             "score": mail.score,
@@ -223,7 +239,7 @@ def _rating(
             message,
             created=False,
             reopened=reopen,
-            assignee_before=ticket.assignee,
+            assignee_before=assignee_before,
             written_at=ctx.arrival,
             extra={"rated": rated, "text": mail.text},
         )

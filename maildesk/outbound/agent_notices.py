@@ -127,7 +127,13 @@ class AgentNotices:
         skip = set(told)
         if not created and ticket.assignee != assignee_before:
             skip |= self.assigned(
-                session, ticket, assignee_before, "maildesk (routing)", message, skip=skip
+                session,
+                ticket,
+                assignee_before,
+                "maildesk (routing)",
+                message,
+                skip=skip,
+                extra=extra,
             )
         names = [*self._first_or_group(ticket, ticket.assignee), *self._watchers(session, ticket)]
         event = "new_ticket" if created else "customer_reply"
@@ -145,18 +151,23 @@ class AgentNotices:
         message: Message | None = None,
         *,
         skip: Collection[str] = (),
+        extra: dict[str, Any] | None = None,
     ) -> set[str]:
         """Tell the new assignee (and the previous one) about an assignment change.
 
-        Returns the names of the agents mailed; those in ``skip`` are not.
+        Returns the names of the agents mailed; those in ``skip`` are not. ``extra``:
+        more for the notice (a rating's words, shown as the customer's text).
         """
         told: set[str] = set()
         for name, to_you in ((ticket.assignee, True), (before, False)):
             for agent in self._agents([name], "assignment"):
                 if agent.name in skip or agent.name in told:
                     continue
-                extra = {"assignment": {"to_you": to_you, "agent": ticket.assignee, "by": by}}
-                if self.send(session, ticket, agent, "assigned", message, extra):
+                more = {
+                    **(extra or {}),
+                    "assignment": {"to_you": to_you, "agent": ticket.assignee, "by": by},
+                }
+                if self.send(session, ticket, agent, "assigned", message, more):
                     told.add(agent.name)
         return told
 

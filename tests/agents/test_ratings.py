@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import func, select
 
 from maildesk.app import App
 from maildesk.db.models import Rating, Ticket
 from tests.agents.agenthelp import (
+    AGENTS,
     Sent,
+    agent_app,
     client_reply,
     events_of_kind,
     outbox,
@@ -17,10 +21,12 @@ from tests.agents.agenthelp import (
     ticket_number,
     to,
 )
+from tests.conftest import FrozenClock
 from tests.mailfactory import deliver, make_mail
 
 ALICE = "alice@customer.test"
 BOB = "bob@agents.test"
+DAN = "dan@agents.test"
 
 
 def _resolved(app: App) -> Sent:
@@ -179,3 +185,31 @@ def test_a_stranger_at_a_rating_address_that_does_not_verify_is_a_customer_to_su
     assert _tickets(app) == 2  # a ticket of her own, not a word on Alice's
     assert len(to(app, "mallory@evil.test", "ack")) == 1
     assert ticket_number(app).status == "resolved"
+
+
+def test_a_low_rating_that_reopens_while_the_assignee_is_away_goes_to_who_is_there(
+    tmp_path: Path, database_url: str, clock: FrozenClock
+) -> None:
+    """Reopened as a reply would reopen it: bob is away, so dan of his group takes it."""
+    away = {"start": "2026-03-04", "end": "2026-03-20"}
+    agents = [
+        {**AGENTS[0], "absences": [away]},
+        {"name": "dan", "addresses": [DAN], "groups": ["L1"]},
+    ]
+    app = agent_app(tmp_path, database_url, clock, agents=agents)
+    try:
+        resolved = _resolved(app)
+        assert ticket_number(app).assignee == "bob"
+        clock.advance(days=2)  # bob's absence has begun
+        _rate(app, resolved, _rating_address(resolved, 1), "Still broken.\n")
+
+        ticket = ticket_number(app)
+        assert (ticket.status, ticket.assignee) == ("open", "dan")
+        last = events_of_kind(app, "assigned")[-1]
+        assert last.data["agent"] == "dan" and last.data["reopened"] is True
+        [notice] = to(app, DAN)  # one notice: the ticket is his now, with her words
+        assert notice.purpose == "assigned"
+        assert "Still broken." in notice.text
+        assert to(app, BOB, "customer_reply") == []  # away: not told
+    finally:
+        app.db.dispose()

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.app import App
-from maildesk.db.models import Watcher
+from maildesk.db.models import Contact, Participant, ParticipantRole, Watcher
 from maildesk.routing.waiting import WaitingAssigner
 from tests.agents.agenthelp import (
     client_reply,
@@ -182,5 +182,36 @@ def test_assign_to_a_group_with_nobody_on_shift_waits_for_the_first_one(
         assert (done.number, done.agent) == (1, "carol")
         assert ticket_number(app).assignee == "carol"
         assert len(to(app, "carol@agents.test", "assigned")) == 1
+    finally:
+        app.db.dispose()
+
+
+@pytest.mark.parametrize("ours", ["support+sales@example.com", "Notes@Example.com"])
+def test_cc_of_a_sub_address_or_internal_address_of_ours_is_refused(
+    tmp_path: Path, database_url: str, clock: FrozenClock, ours: str
+) -> None:
+    """Our own addresses are never customer-side participants, with a +tag or internal."""
+    rules = tmp_path / "rules"
+    rules.mkdir()
+    settings = make_settings(
+        tmp_path,
+        database_url,
+        agents=AGENTS,
+        groups=GROUPS,
+        routing={"default_group": "L1", "rules_dir": str(rules)},
+        agent_mail={"internal_addresses": ["notes@example.com"]},
+    )
+    app = App.build(settings, clock=clock)
+    try:
+        report = _bob_replies(app, f"#cc {ours}\n\nLooking into it.\n")
+        assert f"NOT applied: #cc {ours} (that is one of our own addresses)" in report
+        assert to(app, "alice@customer.test", "agent_reply") == []  # held back, as asked
+        with app.db.transaction() as session:
+            emails = session.scalars(
+                select(Contact.email)
+                .join(Participant, Participant.contact_id == Contact.id)
+                .where(Participant.role == ParticipantRole.CC)
+            ).all()
+        assert emails == []
     finally:
         app.db.dispose()
