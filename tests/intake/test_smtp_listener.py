@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import smtplib
+import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,8 +124,6 @@ def test_storage_failure_answers_451_so_the_sender_retries(app: App, smtp: int) 
 
 def lmtp_conversation(path: Path, recipients: list[str], raw: bytes) -> list[str]:
     """Speak LMTP by hand: smtplib's LMTP client reads only one reply after DATA."""
-    import socket
-
     with socket.socket(socket.AF_UNIX) as sock:
         sock.connect(str(path))
         stream = sock.makefile("rwb")
@@ -339,3 +338,47 @@ def test_the_lmtp_socket_takes_the_mtas_connections_under_the_units_umask(
     finally:
         controller.stop()  # type: ignore[attr-defined]
     assert mode & 0o002, oct(mode)  # another user (the MTA) may connect
+
+
+@pytest.mark.parametrize("end", [b"\n.\n", b"\r.\r", b"\r\n.\n", b"\n.\r\n"])
+def test_a_bare_line_ending_dot_does_not_end_the_data_smtp_smuggling(
+    app: App, smtp: int, end: bytes
+) -> None:
+    """SMTP smuggling (CVE-2023-51764 family, aiosmtpd CVE-2024-27305): only CR LF . CR LF
+    ends DATA. A listener that took a bare-LF/CR dot as the end would read the rest as a
+    second mail from whoever the sender names, past the checks on the first one."""
+
+    smuggled = (
+        b"MAIL FROM:<ceo@example.com>\r\nRCPT TO:<support@example.com>\r\nDATA\r\n"
+        b"From: ceo@example.com\r\nSubject: smuggled\r\nMessage-ID: <smuggled@x.test>\r\n\r\n"
+        b"#status closed\r\n"
+    )
+    first = make_mail(message_id="carrier@customer.test").replace(b"\r\n", b"\n")
+    first = first.replace(b"\n", b"\r\n").rstrip(b"\r\n")
+    with socket.create_connection(("127.0.0.1", smtp), timeout=10) as sock:
+        stream = sock.makefile("rwb")
+
+        def reply() -> str:
+            while True:
+                line = stream.readline().decode()
+                if len(line) < 4 or line[3] != "-":
+                    return line
+
+        reply()
+        for command in (b"EHLO test", b"MAIL FROM:<alice@customer.test>"):
+            stream.write(command + b"\r\n")
+            stream.flush()
+            assert reply().startswith("250")
+        stream.write(b"RCPT TO:<support@example.com>\r\nDATA\r\n")
+        stream.flush()
+        assert reply().startswith("250") and reply().startswith("354")
+        stream.write(first + b"\r\n" + end + smuggled + b".\r\n")
+        stream.flush()
+        answers = [reply()]
+        stream.write(b"QUIT\r\n")
+        stream.flush()
+        answers += [line.decode() for line in stream.readlines()]
+
+    rows = stored(app)
+    assert [row.header_message_id for row in rows] == ["carrier@customer.test"], answers
+    assert rows[0].envelope_from == "alice@customer.test"
