@@ -72,11 +72,19 @@ _SUPERSETS: dict[str, tuple[str, ...]] = {
     "iso8859-9": ("cp1254",),
     "ascii": ("utf-8", "cp1252"),
 }
+# ISO-2022-JP as Windows writes it (CP50220/CP50221): the JIS X 0208 code space with
+# the NEC special characters (row 13: ① Ⅰ ㈱ №) and the NEC-selected IBM extensions,
+# which Python's iso2022_jp codecs refuse. Its two-byte characters are read through
+# cp932, which holds the same repertoire in the Shift_JIS arrangement.
+WINDOWS_ISO2022_JP = "maildesk-cp50220"
 # Tried after the declared codec fails (not before: they decode differently).
 _ALTERNATES: dict[str, tuple[str, ...]] = {
-    "iso2022_jp": ("iso2022_jp_ext", "iso2022_jp_2", "cp932"),
+    "iso2022_jp": ("iso2022_jp_ext", "iso2022_jp_2", WINDOWS_ISO2022_JP, "cp932"),
     "iso2022_kr": ("cp949",),
 }
+# Stateful 7-bit codecs: text in them is ASCII bytes with escape sequences, which
+# every ASCII-compatible codec "decodes" as those escapes, ESC and all.
+_ESCAPE_CODECS = frozenset({"iso2022_jp", "iso2022_kr"})
 _MULTIBYTE = frozenset(
     {
         "gb2312",
@@ -302,9 +310,12 @@ def decode_text(data: bytes, charset: str | None, hint: str | None = None) -> tu
     """
     chain, lossy = _codec_chain(charset, hint)
     declared = _lookup_codec(charset)
+    escaped = declared in _ESCAPE_CODECS and b"\x1b" in data and data.isascii()
     for codec in chain:
+        if escaped and codec not in _ESCAPE_READERS:
+            break  # an ASCII-compatible codec would keep the escape sequences as text
         try:
-            text = data.decode(codec)
+            text = _windows_iso2022_jp(data) if codec == WINDOWS_ISO2022_JP else data.decode(codec)
         except (UnicodeError, LookupError):
             continue
         if codec == "utf-7":  # can yield lone surrogates, which are not text
@@ -312,11 +323,64 @@ def decode_text(data: bytes, charset: str | None, hint: str | None = None) -> tu
                 text.encode("utf-8")
             except UnicodeEncodeError:
                 continue
-        exact = codec == declared or codec in _SUPERSETS.get(declared or "", ()) or data.isascii()
+        exact = (
+            codec in (declared, WINDOWS_ISO2022_JP)
+            or codec in _SUPERSETS.get(declared or "", ())
+            or (data.isascii() and not escaped)
+        )
         return text, exact
     if lossy is not None:
         return data.decode(lossy, "replace"), False
     return data.decode("utf-8", "replace"), False
+
+
+_ESCAPE_READERS = frozenset({"iso2022_jp", "iso2022_jp_ext", "iso2022_jp_2", "iso2022_kr"}) | {
+    WINDOWS_ISO2022_JP
+}
+_JIS_SINGLE = {b"(B": 0, b"(J": 0, b"(I": 1}  # ASCII, JIS-Roman, half-width katakana
+_JIS_DOUBLE = (b"$@", b"$B")  # JIS C 6226 and JIS X 0208
+
+
+def _windows_iso2022_jp(data: bytes) -> str:
+    """``data`` in ISO-2022-JP as Windows writes it (CP50220), or UnicodeDecodeError.
+
+    Each JIS X 0208 pair is moved to its Shift_JIS position and the whole read as
+    cp932; an escape sequence to any other character set is refused.
+    """
+    out = bytearray()
+    mode = 0  # 0 ASCII, 1 half-width katakana, 2 two-byte
+    i, size = 0, len(data)
+    while i < size:
+        byte = data[i]
+        if byte == 0x1B:
+            sequence = data[i + 1 : i + 3]
+            if sequence in _JIS_DOUBLE:
+                mode = 2
+            elif sequence in _JIS_SINGLE:
+                mode = _JIS_SINGLE[sequence]
+            else:
+                raise UnicodeDecodeError("cp50220", data, i, i + 3, "unsupported escape")
+            i += 3
+        elif byte in (0x0A, 0x0D) or mode == 0 or byte < 0x21:
+            out.append(byte)
+            i += 1
+        elif mode == 1:
+            if byte > 0x5F:
+                raise UnicodeDecodeError("cp50220", data, i, i + 1, "not half-width katakana")
+            out.append(byte + 0x80)
+            i += 1
+        else:
+            second = data[i + 1] if i + 1 < size else 0
+            if not (0x21 <= byte <= 0x7E and 0x21 <= second <= 0x7E):
+                raise UnicodeDecodeError("cp50220", data, i, i + 2, "not a JIS X 0208 pair")
+            lead = (byte + 1) // 2 + 0x70
+            out.append(lead + 0x40 if lead >= 0xA0 else lead)
+            if byte % 2:
+                out.append(second + (0x20 if second >= 0x60 else 0x1F))
+            else:
+                out.append(second + 0x7E)
+            i += 2
+    return out.decode("cp932")
 
 
 def _decode_word(charset: str, encoding: str, payload: str) -> bytes | None:

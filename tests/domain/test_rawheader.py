@@ -211,3 +211,19 @@ def test_extract_message_id_returns_the_id_we_formatted(left: str, right: str, e
     msgid = f"{left}@{right}"
     raw = f"From: a@b{eol}Message-ID: <{msgid}>{eol}Subject: x{eol}{eol}body".encode()
     assert extract_message_id(raw) == msgid
+
+
+def test_iso_2022_jp_as_windows_writes_it_decodes_and_escapes_never_pass_as_text() -> None:
+    # こんにちは①です: ① is NEC row 13 (CP50220), which Python's iso2022_jp codecs refuse.
+    data = b"\x1b$B$3$s$K$A$O-!$G$9\x1b(B"
+    assert decode_text(data, "iso-2022-jp") == ("こんにちは①です", True)
+    # Half-width katakana after ESC ( I, and JIS-Roman, as CP50221 writes them.
+    assert decode_text(b"\x1b(I6@6E\x1b(J!\x1b(B", "iso-2022-jp")[0] == "ｶﾀｶﾅ!"
+    # A Russian subject from php-mime-mail-parser's corpus (issue116).
+    assert (
+        decode_header_text("=?iso-2022-jp?B?GyRCJygnJS1iGyhCNDEgGyRCJ2AnZBsoQiAyOC4wOS4yMDE2?=")
+        == "ЖД№41 от 28.09.2016"
+    )
+    # Broken beyond any reading: replacement characters and not exact, never the escapes.
+    text, exact = decode_text(b"\x1b$B$3\x7f\x1b(B", "iso-2022-jp")
+    assert "\x1b" not in text and not exact

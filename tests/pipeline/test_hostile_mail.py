@@ -16,7 +16,16 @@ import pytest
 from sqlalchemy import func, select
 
 from maildesk.app import App
-from maildesk.db.models import Attachment, Blob, Event, Intake, IntakeState, Ticket
+from maildesk.db.models import (
+    Attachment,
+    Blob,
+    Direction,
+    Event,
+    Intake,
+    IntakeState,
+    Message,
+    Ticket,
+)
 from maildesk.pipeline import parse as parse_module
 from maildesk.pipeline.parse import MAX_ATTACHMENTS, MAX_PARSE_DEPTH, parse_message
 from tests.mailfactory import deliver, make_mail
@@ -198,3 +207,59 @@ def test_parsing_a_big_attachment_needs_at_most_six_times_its_size() -> None:
 
 def test_the_depth_limit_is_stated_in_the_reason_not_left_to_recursion() -> None:
     assert parse_module.MAX_PARSE_DEPTH <= 150  # far below the ~450 where recursion broke
+
+
+def windows_iso2022_jp(text: str) -> bytes:
+    """``text`` in ISO-2022-JP as Outlook writes it (CP50220): NEC characters such as ①
+    in the JIS X 0208 code space, where Python's iso2022_jp codecs refuse them."""
+    out = bytearray()
+    two_byte = False
+    for char in text:
+        data = char.encode("cp932")
+        if len(data) == 1:
+            if two_byte:
+                out += b"\x1b(B"
+                two_byte = False
+            out += data
+            continue
+        if not two_byte:
+            out += b"\x1b$B"
+            two_byte = True
+        lead, trail = data
+        lead -= 0xC1 if lead >= 0xE0 else 0x81
+        row = lead * 2 + 0x21 + (trail >= 0x9F)
+        cell = trail - 0x7E if trail >= 0x9F else trail - (0x1F if trail < 0x7F else 0x20)
+        out += bytes([row, cell])
+    if two_byte:
+        out += b"\x1b(B"
+    return bytes(out)
+
+
+def test_japanese_mail_with_nec_characters_is_read_as_japanese_not_escape_codes(
+    app: App,
+) -> None:
+    """Before, ISO-2022-JP with a circled digit or ㈱ (CP50220, as Outlook sends it) failed
+    every iso2022_jp codec and "decoded" as ASCII: the ticket's subject and text were
+    ``\\x1b$B$4Mw...`` escape codes, the acknowledgement quoted them, and no defect said so."""
+    subject = "①請求書の件（㈱テスト）"
+    body = "お世話になっております。\n①の請求書が届きません。\n"
+    encoded_subject = base64.b64encode(windows_iso2022_jp(subject)).decode()
+    raw = (
+        head("nec").replace(
+            b"Subject: nec", f"Subject: =?ISO-2022-JP?B?{encoded_subject}?=".encode()
+        )
+        + b"Content-Type: text/plain; charset=ISO-2022-JP\r\nContent-Transfer-Encoding: 7bit\r\n\r\n"
+        + windows_iso2022_jp(body.replace("\n", "\r\n"))
+    )
+
+    summary = deliver(app, raw)
+
+    assert summary.as_dict()["created"] == 1
+    with app.db.transaction() as session:
+        ticket = session.scalars(select(Ticket)).one()
+        assert ticket.subject == subject
+        [message] = session.scalars(
+            select(Message).where(Message.direction == Direction.INBOUND)
+        ).all()
+        assert message.text_body.strip() == body.strip()
+        assert "\x1b" not in message.text_body
