@@ -1157,14 +1157,29 @@ def resolve_relay_password(settings: Settings) -> str:
 
 
 def _generated_secret(data_dir: Path) -> bytes:
+    """The secret in ``data_dir``, made on first use.
+
+    Two processes may both start first (the daemon, and ``ingest -`` run by the MTA):
+    the file appears whole and only once (a hard link, which fails if it exists), and
+    the one that loses reads the winner's, so every process signs with the secret on
+    disk.
+    """
     path = data_dir / "installation-secret"
     if path.exists():
         return path.read_text(encoding="utf-8").strip().encode()
     data_dir.mkdir(parents=True, exist_ok=True)
     value = secrets.token_urlsafe(32)
-    tmp = path.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(value + "\n")
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(value + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            return path.read_text(encoding="utf-8").strip().encode()
+    finally:
+        tmp.unlink(missing_ok=True)
     return value.encode()

@@ -241,6 +241,24 @@ def test_secret_from_file_env_or_generated(tmp_path: Path, monkeypatch: pytest.M
     assert (tmp_path / "d" / "installation-secret").stat().st_mode & 0o077 == 0
 
 
+def test_two_processes_generating_the_secret_at_once_both_use_the_one_on_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The daemon and ``ingest -`` start first together: both find no secret and make one.
+    The one that came second must not replace the first's (the first then signed reply
+    addresses with a secret nobody has) but use it."""
+    settings = Settings(data_dir=tmp_path / "d")
+    first = resolve_installation_secret(settings)
+    # The second process looked before the first had written its file.
+    monkeypatch.setattr(Path, "exists", lambda self: False)
+    second = resolve_installation_secret(settings)
+    monkeypatch.undo()
+
+    on_disk = (tmp_path / "d" / "installation-secret").read_text().strip().encode()
+    assert first == second == on_disk
+    assert [p.name for p in (tmp_path / "d").iterdir()] == ["installation-secret"]
+
+
 def test_check_reports_each_part_and_fails_on_an_unreachable_relay(tmp_path: Path) -> None:
     good = tmp_path / "good.toml"
     good.write_text(f'data_dir = "{tmp_path / "d"}"\n[[listeners]]\nport = 0\n')
