@@ -293,7 +293,8 @@ class Daemon:
             self.job_outages["sla"] = (sweeper.outage,)
         if (learning := add_spam_learning(scheduler, self.app)) is not None:
             self.job_outages["spam-learn"] = learning.outages
-        add_oversize_notices(scheduler, self.app)
+        if (oversize := add_oversize_notices(scheduler, self.app)) is not None:
+            self.job_outages["imap-oversize-notices"] = (oversize,)
         add_waiting_assignment(scheduler, self.app)
         add_retention(scheduler, self.app)
         self.job_outages["shared-models"] = (self.models_outage,)

@@ -21,10 +21,13 @@ from email.utils import format_datetime
 from typing import TYPE_CHECKING
 
 from sqlalchemy import exists, select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from maildesk.config import ImapMailboxSettings, OversizeNotice, Settings
+from maildesk.db.database import is_lock_conflict, is_unavailable
 from maildesk.db.models import Blob, Event, Intake, IntakeState, Outbox, OutboxState
+from maildesk.db.outage import Outage
 from maildesk.domain.address import mailbox_key
 from maildesk.domain.author import MAX_SHOWN_NAME, shorten
 from maildesk.domain.authresults import failed_dmarc, no_backscatter
@@ -209,26 +212,43 @@ def _support_address(settings: Settings, header: bytes) -> str:
     return settings.support_addresses[0]
 
 
-def run_once(app: App) -> int:
-    """One pass for the scheduler: errors are logged, never raised."""
+def run_once(app: App, outage: Outage | None = None) -> int:
+    """One pass for the scheduler: errors are logged, never raised.
+
+    ``outage`` (the daemon's): a database that is away is said once and waited out,
+    not a traceback a round, and such a round is no success of the job.
+    """
+    if outage is not None and not outage.ready():
+        return 0
     try:
         with app.db.transaction() as session:
-            return queue_notices(session, app.notices(), app.clock())
-    except Exception:
-        log.exception("over-size notices not queued this time (they stay pending)")
+            queued = queue_notices(session, app.notices(), app.clock())
+    except Exception as exc:
+        if outage is not None and is_unavailable(exc):
+            outage.failed(exc)
+        elif isinstance(exc, IntegrityError) or is_lock_conflict(exc):
+            # Another node queued the same notice meanwhile (its Message-ID is unique).
+            log.info("over-size notices: another node took this pass (%s)", type(exc).__name__)
+        else:
+            log.exception("over-size notices not queued this time (they stay pending)")
         return 0
+    if outage is not None:
+        outage.succeeded()
+    return queued
 
 
-def add_oversize_notices(scheduler: BaseScheduler, app: App) -> None:
-    """Schedule the notice pass when any mailbox asks for notices."""
+def add_oversize_notices(scheduler: BaseScheduler, app: App) -> Outage | None:
+    """Schedule the notice pass when any mailbox asks for notices; its outage tracker."""
     if not any(m.oversize_notice is not OversizeNotice.NONE for m in app.settings.imap):
-        return
+        return None
+    outage = Outage(log, "over-size notices")
     scheduler.add_job(
         run_once,
         "interval",
-        args=[app],
+        args=[app, outage],
         seconds=INTERVAL_SECONDS,
         id="imap-oversize-notices",
         max_instances=1,
         coalesce=True,
     )
+    return outage

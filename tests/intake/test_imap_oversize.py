@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import email
+import logging
 from collections.abc import Iterator
 from email.header import decode_header, make_header
 from email.message import Message
@@ -14,7 +15,10 @@ import pytest
 from sqlalchemy import select
 
 from maildesk.app import App
+from maildesk.db.database import StorageUnavailable
 from maildesk.db.models import Blob, Event, Intake, IntakeState, Outbox
+from maildesk.db.outage import Outage
+from maildesk.intake import oversize
 from maildesk.intake.oversize import EVENT, queue_notices, run_once
 from maildesk.intake.store import Envelope
 from tests.conftest import FrozenClock, make_settings
@@ -354,3 +358,37 @@ def test_a_backlog_of_large_messages_is_never_held_in_memory_all_at_once(
     with app.db.transaction() as session:
         refs = session.scalars(select(Intake.source_ref)).all()
     assert len(set(refs)) == 8
+
+
+def test_the_notice_pass_waits_out_a_database_outage_with_one_line(
+    tmp_path: Path,
+    database_url: str,
+    clock: FrozenClock,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The pass runs every ten seconds: while the database was away it logged a traceback
+    each time and counted as a success of the job."""
+    block = {"host": "127.0.0.1", "user": "support", "password": "x", "oversize_notice": "sender"}
+    app = App.build(make_settings(tmp_path, database_url, imap=[block]), clock=clock)
+    outage = Outage(logging.getLogger("maildesk.intake.oversize"), "over-size notices", base=60)
+    tries: list[int] = []
+
+    def away(*_args: Any) -> int:
+        tries.append(1)
+        raise StorageUnavailable("database unavailable: connection refused")
+
+    try:
+        monkeypatch.setattr(oversize, "queue_notices", away)
+        for _ in range(3):
+            assert run_once(app, outage) == 0
+        assert len(tries) == 1 and outage.down  # waited out, not tried every round
+        assert [r for r in caplog.records if r.exc_info] == []
+        said = [r for r in caplog.records if "database unavailable" in r.getMessage()]
+        assert len(said) == 1
+        monkeypatch.undo()
+        outage.next_try = 0.0  # its wait is over
+        assert run_once(app, outage) == 0  # nothing to tell, and a success
+        assert not outage.down
+    finally:
+        app.db.dispose()
