@@ -30,14 +30,3 @@ def write_atomic(path: Path, data: bytes, *, mode: int = 0o644) -> None:
         os.fsync(directory)
     finally:
         os.close(directory)
-
-
-def replace_atomic(source: Path, path: Path) -> None:
-    """Rename ``source`` (written whole and synced, as by :func:`write_atomic`) over
-    ``path``, and make the rename itself survive a crash."""
-    os.replace(source, path)
-    directory = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(directory)
-    finally:
-        os.close(directory)

@@ -24,7 +24,7 @@ from pathlib import Path
 from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
-from maildesk.atomic import replace_atomic
+from maildesk.atomic import write_atomic
 from maildesk.db import queries
 from maildesk.db.database import Database, is_lock_conflict
 from maildesk.db.models import (
@@ -52,10 +52,6 @@ LEARN_BATCH = 500
 class SpamLabel(enum.StrEnum):
     SPAM = "spam"
     HAM = "ham"
-
-
-class SharedModelUnreadable(RuntimeError):
-    """The database's model does not load on this node: learning on the seed would lose it."""
 
 
 class FeedbackError(ValueError):
@@ -149,35 +145,22 @@ def learn_pending(
 
     No database lock is held while the model learns (a SQLite write lock would
     stall intake): read what is pending, bring this node's copy of the shared
-    model up to date (a copy that does not load is taken again from the
-    database, not replaced by the seed), learn and save it beside the copy,
-    then in one transaction publish it (only if no other node published
-    meanwhile) and mark the rows learned; only then does it replace the copy.
-    On a conflict the other node's model is pulled and the lessons learned again.
+    model up to date, learn and save it, then in one transaction publish it
+    (only if no other node published meanwhile) and mark the rows learned. On
+    a conflict the other node's model is pulled and the lessons learned again.
     A file lock beside the model keeps two learners on this node (the daemon
     and a ``spam mark`` command) from racing for the same copy.
     """
-    staging = staging_path(spec.live_path)
     for _attempt in range(PUBLISH_ATTEMPTS):
         with _model_lock(spec.live_path):
             lessons = _pending(db)
             if not lessons:
                 return 0
             based_on = pull(db, spec.live_path)
+            # What this node held before learning: put back if the lessons are not
+            # published (they stay pending, and must not be in the copy twice then).
+            before = spec.live_path.read_bytes() if spec.live_path.exists() else None
             model, note = spec.load()
-            if "falling back" in note and spec.live_path.exists():
-                # A damaged copy is not what the database holds: learning on the seed
-                # would publish it over everything every node learned. Take it again.
-                log.warning("%s", note)
-                based_on = pull(db, spec.live_path, force=True)
-                model, note = spec.load()
-                if "falling back" in note and based_on is not None:
-                    # The database's model does not load here either (one of a feature
-                    # version a newer maildesk wrote): a node that reads it learns these.
-                    raise SharedModelUnreadable(
-                        f"{note}; the shared model (version {based_on}) is not replaced "
-                        "by the seed: the feedback stays pending"
-                    )
             (log.warning if "falling back" in note and spec.live_path.exists() else log.info)(
                 "%s", note
             )
@@ -190,32 +173,23 @@ def learn_pending(
                     continue
                 model.learn(msg, lesson.is_spam)
                 learned += 1
-            # Saved beside the live copy, which takes it only once the lessons are
-            # published and marked learned: a learner killed before that leaves the
-            # live copy as the database knows it, and the lessons pending, so they
-            # are learned once, not again on top of themselves after a restart.
-            model.save(staging)
-            if spec.live_path.exists() and not spec.live_path.is_file():
-                staging.unlink(missing_ok=True)  # found now, the lessons stay pending
-                raise IsADirectoryError(f"{spec.live_path} is not a file: no model can go there")
+            # Saved before the rows are marked: if publishing fails they stay
+            # pending and are learned again next time rather than lost.
+            model.save(spec.live_path)
             now = clock()
             try:
                 with db.transaction() as session:
-                    version = publish(session, staging, based_on, node=node, now=now)
+                    version = publish(session, spec.live_path, based_on, node=node, now=now)
                     _mark_learned(session, lessons, now)
             except PublishConflict as exc:
-                staging.unlink(missing_ok=True)
                 log.info("spam model: %s; learning again on the newer model", exc)
                 continue
             except Exception as exc:
-                staging.unlink(missing_ok=True)
+                _put_back(spec.live_path, before)
                 if not is_lock_conflict(exc):
                     raise
                 log.info("spam model: publishing lost a lock conflict; learning again: %s", exc)
                 continue
-            # Published: a crash from here on leaves this copy older than the
-            # database's, and the next pull takes the database's.
-            replace_atomic(staging, spec.live_path)
             settle(spec.live_path, version)
         log.info(
             "spam model: learned %d message(s); saved %s (version %d, shared version %d)",
@@ -231,9 +205,12 @@ def learn_pending(
     return 0
 
 
-def staging_path(live_path: Path) -> Path:
-    """Where a learner saves the model it has not published yet."""
-    return live_path.with_name(live_path.name + ".next")
+def _put_back(live_path: Path, before: bytes | None) -> None:
+    """This node's copy as it was before lessons that were not published."""
+    if before is None:
+        live_path.unlink(missing_ok=True)
+    else:
+        write_atomic(live_path, before)
 
 
 def _mark_learned(session: Session, lessons: list[_Lesson], now: datetime) -> None:

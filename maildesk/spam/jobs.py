@@ -37,24 +37,9 @@ def take_shared_model(app: App) -> None:
     if spec is None:
         return
     try:
-        # A copy that does not load (damaged on disk) is taken again, rather than
-        # scoring with the seed while the database holds what was learned.
-        pull(app.db, spec.live_path, force=_damaged(spec))
+        pull(app.db, spec.live_path)
     except Exception:
         log.exception("spam model: could not take the shared model; scoring with the local copy")
-
-
-def _damaged(spec: ScorerSpec) -> bool:
-    """This node's copy exists but does not load (the scorer falls back to the seed)."""
-    from maildesk.spam.model import ModelLoadError, SpamFilter  # sklearn: import on use
-
-    if not spec.live_path.exists():
-        return False
-    try:
-        SpamFilter.load(spec.live_path)
-    except ModelLoadError:
-        return True
-    return False
 
 
 class SpamNotLearned(RuntimeError):
