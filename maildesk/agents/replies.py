@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from maildesk.agents.trust import signed_locals
+from maildesk.agents.trust import signed_for_an_agent
 from maildesk.config import AgentSettings, Settings
 from maildesk.db import queries
 from maildesk.db.models import (
@@ -32,7 +32,6 @@ from maildesk.db.models import (
 from maildesk.domain.address import elided
 from maildesk.domain.message import ParsedAttachment
 from maildesk.domain.rawheader import decode_text
-from maildesk.domain.signing import RefPurpose
 from maildesk.outbound.compose import (
     OutboundAttachment,
     OutboundMail,
@@ -53,8 +52,6 @@ _SAFE_TYPE = re.compile(r"^[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*$")
 # parts are bounded as RFC 5321 bounds them, so a long run of letters costs a linear
 # scan, not one scan per start position.
 _ADDRESS = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63}){1,16}")
-# Sub-addresses of ours signed for an agent: whoever has one may answer as that agent.
-_AGENT_PURPOSES = frozenset({RefPurpose.AGENT, RefPurpose.NOTE, RefPurpose.CONFIRM})
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,8 +125,7 @@ def private_addresses_out(
 
     def private(match: re.Match[str]) -> str:
         address = match.group(0)
-        locals_ = signed_locals([address], settings.support_addresses)
-        signed = bool(locals_) and locals_[0].rpartition("+")[2].split("-", 1)[0] in _AGENT_PURPOSES
+        signed = signed_for_an_agent(address, settings.support_addresses)
         if not signed and not directory.is_agent_address(address):
             return address
         found.append(address)

@@ -81,6 +81,13 @@ def _tail_purpose(local: str) -> str:
     return local.rpartition("+")[2].split("-", 1)[0]
 
 
+def signed_for_an_agent(address: str, support_addresses: Iterable[str]) -> bool:
+    """``address`` is a sub-address of ours of an agent purpose (signed or claiming to
+    be): whoever holds one may answer as that agent."""
+    locals_ = signed_locals([address], support_addresses)
+    return bool(locals_) and _tail_purpose(locals_[0]) in _AGENT_PURPOSES
+
+
 def agent_refs(
     msg: ParsedMessage,
     envelope_to: Sequence[str],
