@@ -235,17 +235,11 @@ class SmtpTransport:
                 f"cannot give the relay {[envelope_from, *recipients]!r}: {exc}"
             ) from exc
         except smtplib.SMTPRecipientsRefused as exc:
-            codes = [code for code, _ in exc.recipients.values()]
-            reply = "; ".join(
-                f"{rcpt}: {code} {msg!r}" for rcpt, (code, msg) in exc.recipients.items()
-            )
-            if all(code >= 500 for code in codes):
+            reply = _replies(exc.recipients)
+            later, gone = _split_refusals(exc.recipients, "refused")
+            if not later:
                 raise PermanentFailure(reply, _dead(exc.recipients)) from exc
-            never = {r: said for r, said in exc.recipients.items() if said[0] >= 500}
-            if never:  # 4xx for some, 5xx for others: only the first are tried again
-                later = [r for r, (code, _msg) in exc.recipients.items() if code < 500]
-                said = "; ".join(f"{r}: {code} {msg!r}" for r, (code, msg) in never.items())
-                gone = PartlyRefused(list(never), f"refused; {said}", _dead(never))
+            if gone is not None:  # 4xx for some, 5xx for others: only the first are tried again
                 raise PartialDelivery(later, reply, gone) from exc
             raise TemporaryFailure(reply) from exc
         except smtplib.SMTPResponseException as exc:
@@ -261,16 +255,10 @@ class SmtpTransport:
             except (OSError, smtplib.SMTPException):
                 client.close()
         if refused:
-            replies = "; ".join(f"{rcpt}: {code} {msg!r}" for rcpt, (code, msg) in refused.items())
+            replies = _replies(refused)
             log.warning("relay refused some recipients: %s", replies)
-            later = [rcpt for rcpt, (code, _msg) in refused.items() if code < 500]
-            never = {rcpt: said for rcpt, said in refused.items() if said[0] >= 500}
-            for_good = None
-            if never:  # recorded (and a dead mailbox suppressed) now, not retried
-                reply = "; ".join(f"{rcpt}: {code} {msg!r}" for rcpt, (code, msg) in never.items())
-                for_good = PartlyRefused(
-                    list(never), f"taken for the other recipients; {reply}", _dead(never)
-                )
+            # Those refused for good are recorded (a dead mailbox suppressed) now, not retried.
+            later, for_good = _split_refusals(refused, "taken for the other recipients")
             if later:  # the others have it; these are owed it still
                 raise PartialDelivery(later, f"taken for the other recipients; {replies}", for_good)
             assert for_good is not None
@@ -293,6 +281,23 @@ def smtputf8_needed_for(envelope_from: str, recipients: list[str], raw: bytes) -
 def _dead(refused: dict[str, tuple[int, bytes]]) -> list[str]:
     """The refused recipients whose reply says their mailbox does not exist."""
     return [rcpt for rcpt, (code, reply) in refused.items() if no_such_mailbox(code, reply)]
+
+
+def _replies(refused: dict[str, tuple[int, bytes]]) -> str:
+    """The relay's answers, one ``rcpt: code 'text'`` per recipient."""
+    return "; ".join(f"{rcpt}: {code} {msg!r}" for rcpt, (code, msg) in refused.items())
+
+
+def _split_refusals(
+    refused: dict[str, tuple[int, bytes]], context: str
+) -> tuple[list[str], PartlyRefused | None]:
+    """The recipients refused for now (4xx: tried again), and those refused for good (5xx)
+    as a :class:`PartlyRefused` whose text starts with ``context``, if there are any."""
+    later = [rcpt for rcpt, (code, _msg) in refused.items() if code < 500]
+    never = {rcpt: said for rcpt, said in refused.items() if said[0] >= 500}
+    if not never:
+        return later, None
+    return later, PartlyRefused(list(never), f"{context}; {_replies(never)}", _dead(never))
 
 
 class Attempt(NamedTuple):
