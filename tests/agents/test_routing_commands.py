@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -34,8 +35,8 @@ GROUPS = [
 ]
 
 
-@pytest.fixture
-def app(tmp_path: Path, database_url: str, clock: FrozenClock) -> Iterator[App]:
+def routing_app(tmp_path: Path, database_url: str, clock: FrozenClock, **more: Any) -> App:
+    """An app with the agents and groups above, routing on, and ``more`` settings."""
     rules = tmp_path / "rules"
     rules.mkdir()
     settings = make_settings(
@@ -44,8 +45,14 @@ def app(tmp_path: Path, database_url: str, clock: FrozenClock) -> Iterator[App]:
         agents=AGENTS,
         groups=GROUPS,
         routing={"default_group": "L1", "rules_dir": str(rules), "queue_groups": {"sales": "L3"}},
+        **more,
     )
-    application = App.build(settings, clock=clock)
+    return App.build(settings, clock=clock)
+
+
+@pytest.fixture
+def app(tmp_path: Path, database_url: str, clock: FrozenClock) -> Iterator[App]:
+    application = routing_app(tmp_path, database_url, clock)
     yield application
     application.db.dispose()
 
@@ -191,17 +198,9 @@ def test_cc_of_a_sub_address_or_internal_address_of_ours_is_refused(
     tmp_path: Path, database_url: str, clock: FrozenClock, ours: str
 ) -> None:
     """Our own addresses are never customer-side participants, with a +tag or internal."""
-    rules = tmp_path / "rules"
-    rules.mkdir()
-    settings = make_settings(
-        tmp_path,
-        database_url,
-        agents=AGENTS,
-        groups=GROUPS,
-        routing={"default_group": "L1", "rules_dir": str(rules)},
-        agent_mail={"internal_addresses": ["notes@example.com"]},
+    app = routing_app(
+        tmp_path, database_url, clock, agent_mail={"internal_addresses": ["notes@example.com"]}
     )
-    app = App.build(settings, clock=clock)
     try:
         report = _bob_replies(app, f"#cc {ours}\n\nLooking into it.\n")
         assert f"NOT applied: #cc {ours} (that is one of our own addresses)" in report
